@@ -1,0 +1,149 @@
+"""Protected-attribute handling at the scikit-learn boundary: finding the columns, encoding groups."""
+
+import numbers
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .constraints import intersect_groups
+
+
+def resolve_protected(protected_attributes, feature_names, n_features):
+    """Column indices of the protected attributes.
+
+    Parameters
+    ----------
+    protected_attributes : str, int, or list of str/int
+        Column names (for DataFrames) or integer positions.
+    feature_names : array of str or None
+        Column names of X, None for arrays without names.
+    n_features : int
+        Number of columns of X.
+
+    A name matches a column of that name or, failing that, the single column that ends in
+    ``"__" + name`` (the prefix ``ColumnTransformer`` adds, such as ``remainder__sex``).
+    """
+    if isinstance(protected_attributes, (str, numbers.Integral)):
+        protected_attributes = [protected_attributes]
+    attributes = list(protected_attributes)
+    if not attributes:
+        raise ValueError("protected_attributes must name at least one column; got an empty list.")
+    names = None if feature_names is None else [str(c) for c in feature_names]
+    indices = []
+    for attribute in attributes:
+        if isinstance(attribute, numbers.Integral) and not isinstance(attribute, bool):
+            index = int(attribute)
+            if not -n_features <= index < n_features:
+                raise ValueError(
+                    f"protected attribute {attribute} is out of range for X with {n_features} "
+                    f"columns."
+                )
+            indices.append(index % n_features)
+            continue
+        if not isinstance(attribute, str):
+            raise ValueError(
+                f"protected_attributes must hold column names or integer positions; got "
+                f"{attribute!r}."
+            )
+        if names is None:
+            raise ValueError(
+                f"protected attribute {attribute!r} is a column name, but X has no column names; "
+                f"pass a pandas DataFrame or use integer positions."
+            )
+        if attribute in names:
+            indices.append(names.index(attribute))
+            continue
+        suffixed = [i for i, c in enumerate(names) if c.endswith("__" + attribute)]
+        if len(suffixed) == 1:
+            indices.append(suffixed[0])
+            continue
+        if suffixed:
+            raise ValueError(
+                f"protected attribute {attribute!r} is ambiguous: it matches columns "
+                f"{[names[i] for i in suffixed]}."
+            )
+        raise ValueError(
+            f"protected attribute {attribute!r} is not a column of X; the columns are {names}."
+        )
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"protected_attributes name the same column twice: {attributes}.")
+    return indices
+
+
+class GroupEncoder:
+    """Integer codes for the groups of every protected attribute, learned once.
+
+    ``fit`` records the sorted distinct values of every column (each needs at least two);
+    ``transform`` maps values to their position, raising on a value not seen in ``fit``. With
+    ``intersectional=True`` the attributes are combined into one, coded stably across batches.
+    """
+
+    def __init__(self, names, intersectional=False):
+        self.names = list(names)
+        self.intersectional = intersectional
+
+    def fit(self, columns):
+        columns = _as_frame(columns, self.names)
+        self.categories_ = []
+        for name in self.names:
+            values = columns[name]
+            if values.isna().any():
+                raise ValueError(f"protected attribute {name!r} contains missing values.")
+            categories = np.array(sorted(pd.unique(values), key=_sort_key), dtype=object)
+            if len(categories) < 2:
+                raise ValueError(
+                    f"protected attribute {name!r} has a single value ({categories[0]!r}) in the "
+                    f"training data; fairness between groups needs at least two."
+                )
+            self.categories_.append(categories)
+        return self
+
+    def transform(self, columns):
+        """Codes of shape (n, n_attributes), or (n, 1) when intersectional, as a LongTensor."""
+        columns = _as_frame(columns, self.names)
+        codes = np.empty((len(columns), len(self.names)), dtype=np.int64)
+        for j, (name, categories) in enumerate(zip(self.names, self.categories_)):
+            values = columns[name]
+            if values.isna().any():
+                raise ValueError(f"protected attribute {name!r} contains missing values.")
+            index = pd.Index(categories).get_indexer(values.astype(object))
+            if (index < 0).any():
+                unseen = sorted(set(values[index < 0].astype(object)), key=_sort_key)
+                raise ValueError(
+                    f"protected attribute {name!r} has values not seen in fit: {unseen[:5]}; "
+                    f"known values: {list(categories)}."
+                )
+            codes[:, j] = index
+        codes = torch.from_numpy(codes)
+        if self.intersectional:
+            codes = intersect_groups(codes, [len(c) for c in self.categories_])
+        return codes
+
+    def fit_transform(self, columns):
+        return self.fit(columns).transform(columns)
+
+    def group_names(self):
+        """Per attribute (or for the intersection), the value of every code, for reports."""
+        if not self.intersectional:
+            return list(zip(self.names, self.categories_))
+        combos = [()]
+        for categories in self.categories_:
+            combos = [c + (v,) for c in combos for v in categories]
+        return [(" & ".join(self.names), np.array(combos + [], dtype=object))]
+
+
+def _as_frame(columns, names):
+    if isinstance(columns, pd.DataFrame):
+        frame = columns.copy()
+        frame.columns = names
+        return frame
+    columns = np.asarray(columns, dtype=object)
+    if columns.ndim == 1:
+        columns = columns[:, None]
+    return pd.DataFrame(columns, columns=names)
+
+
+def _sort_key(value):
+    # Mixed types (e.g. 0 and "a") still sort deterministically.
+    return (type(value).__name__, value)

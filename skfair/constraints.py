@@ -1,0 +1,511 @@
+"""Affine group-fairness constraints.
+
+A constraint turns one batch's protected-group codes (and, where it needs them, the batch's true
+targets) into the rows of ``G @ y <= h``: the set of fair outputs ``y`` for that batch. This module is
+the only place where the fairness math lives; the projection layer, the streaming algorithm, the
+estimators and the metrics all call it.
+
+Built-in constraints compare **group means** of the outputs. For an attribute with groups
+``u, v, ...`` present in the batch:
+
+* ``"demographic_parity"``: ``mean(y | A=u) - mean(y | A=v) <= epsilon`` for every ordered pair
+  ``(u, v)``, i.e. ``max_u mean_u - min_v mean_v <= epsilon``;
+* ``"equalized_odds"``: the same within each true-label cell (``Y=0`` and ``Y=1`` separately);
+* ``"equal_opportunity"``: the same within ``Y=1`` only;
+* ``"mean_residual"``: ``|mean(y - y_true | A=g)| <= epsilon`` for every group ``g``.
+
+With several protected attributes the rows of every attribute are stacked (marginal fairness); to
+constrain the cartesian product of the attributes instead, encode it first with
+:func:`intersect_groups` (the estimators and :class:`~skfair.FairnessLayer` do this when
+``intersectional=True``). A group (or group x label cell) that is empty in a batch contributes no
+rows: there is no mean to compare. A batch without any row leaves the outputs free (only the
+bounds apply).
+
+Group means are weighted by ``sample_weight`` when it is given.
+"""
+
+import numbers
+from abc import ABC, abstractmethod
+from math import prod
+
+import torch
+
+__all__ = [
+    "AffineConstraint",
+    "ConstraintSet",
+    "DemographicParity",
+    "EqualizedOdds",
+    "EqualOpportunity",
+    "MeanResidual",
+    "constraint_gap",
+    "get_constraint",
+    "intersect_groups",
+]
+
+
+class ConstraintSet:
+    """The rows ``G @ y <= h`` of one batch, stored in factored form.
+
+    Column ``i`` of ``G`` is ``weight[i] * coef[:, atom[i]]``: samples that share every group code
+    (an *atom*) share a column up to their weight. Group-mean constraints have a handful of atoms,
+    so every product with ``G`` costs ``O(n + m * n_atoms)`` and ``G`` itself (``m x n``) is never
+    formed. A dense ``G`` is the special case ``atom = arange(n)``.
+
+    Parameters
+    ----------
+    coef : torch.Tensor of shape (m, n_atoms)
+        Coefficients of each row on each atom.
+    atom : torch.LongTensor of shape (n,)
+        Atom index of every sample.
+    h : torch.Tensor of shape (m,)
+        Right-hand side; may carry gradients (for example from ``y_true``).
+    keys : list of hashable, length m
+        Stable identity of every row, e.g. ``(attribute, u, v, label)``; used to match rows across
+        batches (streaming dual variables) and in error messages.
+    weight : torch.Tensor of shape (n,) or None
+        Per-sample column scale (the sample weights); ``None`` means all ones.
+    """
+
+    def __init__(self, coef, atom, h, keys, weight=None):
+        self.coef = coef
+        self.atom = atom
+        self.h = h
+        self.keys = list(keys)
+        self.weight = weight
+        if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
+            raise ValueError(
+                f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
+                f"{h.shape[0]} and {len(self.keys)}."
+            )
+
+    @property
+    def n_rows(self):
+        return self.h.shape[0]
+
+    @property
+    def n_samples(self):
+        return self.atom.shape[0]
+
+    def matvec(self, y):
+        """``G @ y`` for ``y`` of shape (n,)."""
+        if self.weight is not None:
+            y = y * self.weight
+        sums = torch.zeros(self.coef.shape[1], dtype=y.dtype, device=y.device)
+        return self.coef @ sums.index_add_(0, self.atom, y)
+
+    def rmatvec(self, lam):
+        """``G.T @ lam`` for ``lam`` of shape (m,)."""
+        shift = (lam @ self.coef)[self.atom]
+        return shift if self.weight is None else shift * self.weight
+
+    def gram(self, free):
+        """``G[:, free] @ G[:, free].T`` for a boolean mask ``free`` of shape (n,)."""
+        w2 = free.to(self.coef.dtype)
+        if self.weight is not None:
+            w2 = w2 * self.weight**2
+        mass = torch.zeros(self.coef.shape[1], dtype=self.coef.dtype, device=self.coef.device)
+        mass.index_add_(0, self.atom, w2)
+        return (self.coef * mass) @ self.coef.T
+
+    def dense(self):
+        """The dense matrix ``G`` of shape (m, n); for small problems, checks and qpth."""
+        G = self.coef[:, self.atom]
+        return G if self.weight is None else G * self.weight
+
+    def violation(self, y):
+        """``max(G @ y - h)`` (``-inf`` without rows): how far ``y`` is from the fair set."""
+        if self.n_rows == 0:
+            return torch.tensor(float("-inf"), dtype=y.dtype, device=y.device)
+        return (self.matvec(y) - self.h.detach()).max()
+
+    def subset(self, rows):
+        """The constraint set restricted to the given row indices."""
+        rows = list(rows)
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.coef.device)
+        return ConstraintSet(
+            self.coef[index], self.atom, self.h[index], [self.keys[r] for r in rows], self.weight
+        )
+
+
+class InfeasibleConstraintError(ValueError):
+    """No output within the bounds satisfies the constraint; ``key`` names the row."""
+
+    def __init__(self, message, key=None):
+        super().__init__(message)
+        self.key = key
+
+
+def intersect_groups(groups, cardinalities=None):
+    """Encode the cartesian product of several protected attributes as one attribute.
+
+    Parameters
+    ----------
+    groups : torch.LongTensor of shape (n, n_attributes)
+        Non-negative group codes, one column per attribute.
+    cardinalities : sequence of int, default=None
+        Number of groups of every attribute. Give it (as the estimators do with the values seen
+        in ``fit``) so that a combination keeps the same code in every batch; ``None`` takes
+        ``max + 1`` of the batch, enough for a single stateless projection.
+
+    Returns
+    -------
+    codes : torch.LongTensor of shape (n, 1)
+        Mixed-radix code of every row's combination of groups.
+    """
+    groups = _as_group_matrix(groups)
+    if cardinalities is None:
+        cardinalities = (groups.amax(0) + 1).tolist()
+    codes = torch.zeros(groups.shape[0], dtype=torch.long, device=groups.device)
+    for column, k in zip(groups.T, cardinalities):
+        codes = codes * int(k) + column
+    return codes[:, None]
+
+
+class AffineConstraint(ABC):
+    """Base class of fairness constraints that are affine in the outputs.
+
+    Subclass it and implement :meth:`rows`, returning the dense rows ``(G, h)`` of a batch (and
+    optionally stable row keys). Everything else (projection, gradients, streaming, checks) then
+    works for the new constraint. Built-in constraints override :meth:`build` with a faster
+    factored form.
+
+    Attributes
+    ----------
+    requires_y_true : bool
+        Whether the rows depend on the true targets of the batch.
+
+    Examples
+    --------
+    Weighted mean parity: the weighted means of two groups may differ by at most epsilon.
+
+    >>> import torch
+    >>> from skfair.constraints import AffineConstraint
+    >>> class WeightedMeanParity(AffineConstraint):
+    ...     def __init__(self, weights):
+    ...         self.weights = weights
+    ...     def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+    ...         a = groups[:, 0]
+    ...         w = torch.as_tensor(self.weights, dtype=torch.float64)[a]
+    ...         g1 = torch.where(a == 1, w, 0.0) / torch.where(a == 1, w, 0.0).sum()
+    ...         g0 = torch.where(a == 0, w, 0.0) / torch.where(a == 0, w, 0.0).sum()
+    ...         G = torch.stack([g1 - g0, g0 - g1])
+    ...         return G, torch.full((2,), float(epsilon), dtype=torch.float64)
+    >>> groups = torch.tensor([[0], [0], [1], [1]])
+    >>> cs = WeightedMeanParity([1.0, 2.0]).build(groups, epsilon=0.1)
+    >>> cs.dense().shape
+    torch.Size([2, 4])
+    """
+
+    requires_y_true = False
+
+    @abstractmethod
+    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+        """Dense rows of one batch.
+
+        Parameters
+        ----------
+        groups : torch.LongTensor of shape (n, n_attributes)
+            Group codes of the batch.
+        epsilon : float
+            Allowed unfairness.
+        y_true : torch.Tensor of shape (n,) or None
+            True targets, when :attr:`requires_y_true`.
+        sample_weight : torch.Tensor of shape (n,) or None
+            Sample weights.
+
+        Returns
+        -------
+        G : torch.Tensor of shape (m, n)
+        h : torch.Tensor of shape (m,)
+        keys : list of hashable, optional
+            A third element may name the rows; by default they are numbered.
+        """
+
+    def build(self, groups, *, epsilon, y_true=None, sample_weight=None, reference_means=None):
+        """The :class:`ConstraintSet` of one batch (called once per batch by every consumer).
+
+        ``reference_means`` is used by the streaming algorithm for built-in group-mean
+        constraints (see :meth:`_GroupMeanConstraint.build`); other constraints ignore it.
+        """
+        groups = _as_group_matrix(groups)
+        out = self.rows(groups, epsilon=epsilon, y_true=y_true, sample_weight=sample_weight)
+        G, h = out[0], out[1]
+        keys = out[2] if len(out) > 2 else range(G.shape[0])
+        n = groups.shape[0]
+        if G.ndim != 2 or G.shape[1] != n or h.shape != (G.shape[0],):
+            raise ValueError(
+                f"{type(self).__name__}.rows must return G of shape (m, {n}) and h of shape "
+                f"(m,); got {tuple(G.shape)} and {tuple(h.shape)}."
+            )
+        atom = torch.arange(n, device=groups.device)
+        return ConstraintSet(G.to(torch.float64), atom, h.to(torch.float64), keys)
+
+
+class _GroupMeanConstraint(AffineConstraint):
+    """Constraints on the (weighted) group means of the outputs, built in factored form."""
+
+    #: label cells the means are taken in; ``None``: the whole group
+    label_cells = None
+
+    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+        cs = self.build(groups, epsilon=epsilon, y_true=y_true, sample_weight=sample_weight)
+        return cs.dense(), cs.h, cs.keys
+
+    def build(self, groups, *, epsilon, y_true=None, sample_weight=None, reference_means=None):
+        """Rows in factored form.
+
+        ``reference_means`` (dict from ``(attribute, group, label)`` to a number) stands in for
+        the mean of a group that is absent from the batch: a present group ``u`` is then compared
+        with it, ``mean(y | u) - reference <= epsilon`` and the reverse, under the same row key
+        as the in-batch comparison. The streaming algorithm passes the running means of the
+        stream, so that a batch of a single row still moves toward fairness.
+        """
+        groups = _as_group_matrix(groups)
+        _check_epsilon(epsilon)
+        n, n_attributes = groups.shape
+        if self.requires_y_true:
+            y_true = _check_y_true(y_true, n, binary=self.label_cells is not None)
+        weight = None
+        if sample_weight is not None:
+            weight = torch.as_tensor(sample_weight, dtype=torch.float64, device=groups.device)
+            if weight.shape != (n,) or not bool(torch.all(weight >= 0)):
+                raise ValueError(
+                    f"sample_weight must be a non-negative tensor of shape ({n},); "
+                    f"got shape {tuple(weight.shape)}."
+                )
+        codes = groups
+        if self.label_cells is not None:
+            codes = torch.cat([groups, y_true.detach().round().long()[:, None]], dim=1)
+        atom, table = _atoms(codes)
+        ones = torch.ones(n, dtype=torch.float64, device=groups.device)
+        atom_mass = _segment_sum(weight if weight is not None else ones, atom, table.shape[0])
+        atom_target = None
+        if self.requires_y_true and self.label_cells is None:
+            target = y_true if weight is None else y_true * weight
+            atom_target = _segment_sum(target.to(torch.float64), atom, table.shape[0])
+
+        coef, h, keys = [], [], []
+        for a in range(n_attributes):
+            for label in self.label_cells or (None,):
+                in_cell = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
+                if label is not None:
+                    in_cell = table[:, -1] == label
+                present = torch.unique(table[in_cell, a]).tolist()
+                member = torch.stack(
+                    [(table[:, a] == g) & in_cell for g in present]
+                ).to(torch.float64) if present else atom_mass.new_zeros((0, table.shape[0]))
+                mass = member @ atom_mass
+                nonempty = (mass > 0).tolist()
+                present = [g for g, keep in zip(present, nonempty) if keep]
+                member, mass = member[mass > 0], mass[mass > 0]
+                means = member / mass[:, None]  # row g: the averaging functional of group g
+                target_means = None if atom_target is None else (member @ atom_target) / mass
+                self._cell_rows(a, label, present, means, target_means, epsilon,
+                                coef, h, keys)
+                if reference_means and present:
+                    self._reference_rows(a, label, present, means, epsilon, reference_means,
+                                         coef, h, keys)
+        if coef:
+            coef, h = torch.cat(coef), torch.cat(h)
+        else:
+            coef = atom_mass.new_zeros((0, table.shape[0]))
+            h = atom_mass.new_zeros(0)
+        return ConstraintSet(coef, atom, h, keys, weight)
+
+    def _cell_rows(self, a, label, present, means, target_means, epsilon, coef, h, keys):
+        """Append the parity rows of one (attribute, label cell): every ordered group pair."""
+        k = len(present)
+        if k < 2:
+            return
+        u, v = zip(*[(i, j) for i in range(k) for j in range(k) if i != j])
+        coef.append(means[list(u)] - means[list(v)])
+        h.append(torch.full((len(u),), float(epsilon), dtype=torch.float64, device=means.device))
+        keys.extend((a, present[i], present[j], label) for i, j in zip(u, v))
+
+    def _reference_rows(self, a, label, present, means, epsilon, reference_means, coef, h,
+                        keys):
+        """Rows comparing present groups with the reference means of absent groups."""
+        absent = [(g, r) for (a_, g, label_), r in reference_means.items()
+                  if a_ == a and label_ == label and g not in present]
+        for i, u in enumerate(present):
+            for v, reference in absent:
+                coef.extend([means[i:i + 1], -means[i:i + 1]])
+                h.extend([means.new_full((1,), epsilon + reference),
+                          means.new_full((1,), epsilon - reference)])
+                keys.extend([(a, u, v, label), (a, v, u, label)])
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class DemographicParity(_GroupMeanConstraint):
+    """Mean outputs of any two groups differ by at most epsilon.
+
+    For probabilities this is the mean-score form of demographic parity; for regression
+    outputs it is mean prediction parity.
+    """
+
+    name = "demographic_parity"
+
+
+class EqualizedOdds(_GroupMeanConstraint):
+    """Demographic parity within each true-label cell (``Y=0`` and ``Y=1``); needs binary
+    ``y_true``. On probabilities it bounds the gaps of the mean scores of the negatives and of
+    the positives (the score forms of the false- and true-positive rates)."""
+
+    name = "equalized_odds"
+    requires_y_true = True
+    label_cells = (0, 1)
+
+
+class EqualOpportunity(_GroupMeanConstraint):
+    """Demographic parity within the positives (``Y=1``) only; needs binary ``y_true``."""
+
+    name = "equal_opportunity"
+    requires_y_true = True
+    label_cells = (1,)
+
+
+class MeanResidual(_GroupMeanConstraint):
+    """Every group's mean residual is within epsilon of zero: ``|mean(y - y_true | g)| <= eps``.
+
+    Together with bounds on the outputs it can be infeasible (a group whose mean target lies
+    farther than epsilon outside the bounds); the projection then raises
+    :class:`InfeasibleConstraintError` naming the group.
+    """
+
+    name = "mean_residual"
+    requires_y_true = True
+
+    def _cell_rows(self, a, label, present, means, target_means, epsilon, coef, h, keys):
+        if not present:
+            return
+        coef.extend([means, -means])
+        h.extend([epsilon + target_means, epsilon - target_means])
+        keys.extend([(a, g, "+") for g in present] + [(a, g, "-") for g in present])
+
+    def _reference_rows(self, *args):
+        """Every group is compared with its own targets: nothing to borrow from other groups."""
+
+
+_BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
+                                       MeanResidual)}
+
+
+def get_constraint(constraint):
+    """Resolve a constraint given by name or as an :class:`AffineConstraint` instance.
+
+    Parameters
+    ----------
+    constraint : str or AffineConstraint
+        One of ``"demographic_parity"``, ``"equalized_odds"``, ``"equal_opportunity"``,
+        ``"mean_residual"``, or an instance of an :class:`AffineConstraint` subclass.
+
+    Returns
+    -------
+    AffineConstraint
+    """
+    if isinstance(constraint, AffineConstraint):
+        return constraint
+    if isinstance(constraint, str) and constraint in _BUILTINS:
+        return _BUILTINS[constraint]()
+    raise ValueError(
+        f"constraint must be one of {sorted(_BUILTINS)} or an AffineConstraint instance; "
+        f"got {constraint!r}."
+    )
+
+
+def constraint_gap(constraint, y, groups, *, y_true=None, sample_weight=None):
+    """The smallest epsilon for which ``y`` satisfies ``constraint`` on this batch.
+
+    This is the one definition of every fairness measure in skfair: ``max(G y - h)`` with the
+    rows built at ``epsilon=0``. For demographic parity it is the largest difference of group
+    means, ``max_u mean_u - min_v mean_v`` over every attribute; for equalized odds the same
+    within each label cell; for mean residual ``max_g |mean(y - y_true | g)|``. A batch without
+    any row (fewer than two groups) has gap 0.
+
+    Parameters
+    ----------
+    constraint : str or AffineConstraint
+    y : torch.Tensor of shape (n,)
+        Outputs: labels, probabilities or regression values.
+    groups : torch.LongTensor of shape (n,) or (n, n_attributes)
+    y_true, sample_weight : torch.Tensor of shape (n,), optional
+
+    Returns
+    -------
+    float
+    """
+    constraint = get_constraint(constraint)
+    cs = constraint.build(groups, epsilon=0.0, y_true=y_true, sample_weight=sample_weight)
+    if cs.n_rows == 0:
+        return 0.0
+    return float(cs.violation(torch.as_tensor(y, dtype=torch.float64, device=cs.coef.device)))
+
+
+def _as_group_matrix(groups):
+    if not isinstance(groups, torch.Tensor):
+        groups = torch.as_tensor(groups)
+    if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
+        raise ValueError(f"groups must hold integer group codes; got dtype {groups.dtype}.")
+    if groups.ndim == 1:
+        groups = groups[:, None]
+    if groups.ndim != 2:
+        raise ValueError(
+            f"groups must have shape (n,) or (n, n_attributes); got {tuple(groups.shape)}."
+        )
+    if groups.numel() and int(groups.min()) < 0:
+        raise ValueError("groups must hold non-negative group codes.")
+    return groups.long()
+
+
+def _check_epsilon(epsilon):
+    if not isinstance(epsilon, numbers.Real) or not epsilon >= 0 or epsilon == float("inf"):
+        raise ValueError(f"epsilon must be a finite number >= 0; got {epsilon!r}.")
+
+
+def _check_y_true(y_true, n, binary):
+    if y_true is None:
+        raise ValueError("y_true is required by this constraint; got None.")
+    y_true = torch.as_tensor(y_true)
+    if y_true.shape != (n,):
+        raise ValueError(f"y_true must have shape ({n},); got {tuple(y_true.shape)}.")
+    if not bool(torch.isfinite(y_true).all()):
+        raise ValueError("y_true must be finite; it contains NaN or inf.")
+    if binary and not bool(((y_true == 0) | (y_true == 1)).all()):
+        raise ValueError("y_true must hold binary labels 0/1 for this constraint.")
+    return y_true
+
+
+def _segment_sum(values, index, size):
+    out = torch.zeros(size, dtype=values.dtype, device=values.device)
+    return out.index_add(0, index, values)
+
+
+def _atoms(codes):
+    """Index every row of ``codes`` (n, c) by its distinct combination of values.
+
+    Returns ``(atom, table)``: ``table[atom[i]] == codes[i]``. Mixed-radix counting keeps this a
+    single O(n) pass when the code space is small (the usual case); otherwise it sorts.
+    """
+    n = codes.shape[0]
+    if n == 0:
+        return codes.new_zeros(0), codes.new_zeros((0, codes.shape[1]))
+    radix = (codes.amax(0) + 1).tolist()
+    space = prod(radix)
+    if space > max(4 * n, 1 << 16):
+        table, atom = torch.unique(codes, dim=0, return_inverse=True)
+        return atom, table
+    flat = torch.zeros(n, dtype=torch.long, device=codes.device)
+    for column, k in zip(codes.T, radix):
+        flat = flat * k + column
+    seen = torch.bincount(flat, minlength=space) > 0
+    present = torch.nonzero(seen).squeeze(1)
+    remap = torch.full((space,), -1, dtype=torch.long, device=codes.device)
+    remap[present] = torch.arange(present.shape[0], device=codes.device)
+    table = []
+    rest = present
+    for k in reversed(radix):
+        table.append(rest % k)
+        rest = rest // k
+    return remap[flat], torch.stack(table[::-1], dim=1)
