@@ -26,6 +26,11 @@ class SolveResult:
         self.y, self.lam, self.n_iter, self.converged = y, lam, n_iter, converged
 
 
+def clip(x, lo, hi):
+    """``x`` clipped to ``[lo, hi]``; either bound may be None."""
+    return x if lo is None and hi is None else x.clamp(lo, hi)
+
+
 def scale_of(z, h, lo, hi):
     """Magnitude of the problem's values; tolerances are relative to it."""
     scale = 1.0
@@ -49,17 +54,19 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     h = cs.h.detach()
     m = cs.n_rows
     if m == 0:
-        return SolveResult(z.clamp(lo, hi), h.new_zeros(0), 0, True)
-    atol = tol * scale_of(z, h, lo, hi)
+        return SolveResult(clip(z, lo, hi), h.new_zeros(0), 0, True)
+    scale = scale_of(z, h, lo, hi)
+    atol = tol * scale
     lam = h.new_zeros(m) if lam0 is None else lam0.to(h).clamp(min=0)
 
     def evaluate(lam):
-        y = (z - cs.rmatvec(lam)).clamp(lo, hi)
+        y = clip(z - cs.rmatvec(lam), lo, hi)
         residual = cs.matvec(y) - h  # gradient of the dual
         value = 0.5 * torch.dot(y - z, y - z) + torch.dot(lam, residual)
         return y, residual, value
 
     y, residual, value = evaluate(lam)
+    full_hessian = None  # G G^T, computed once if a degenerate step needs it
     for n_iter in range(max_iter):
         positive = lam > 0
         worst = float(torch.where(positive, residual.abs(), residual).max())
@@ -72,9 +79,20 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
         if hi is not None:
             free_coords &= y < hi
         hessian = cs.gram(free_coords)[free_rows][:, free_rows]
-        # A tiny ridge keeps the step defined when rows are dependent or have no free coordinate.
-        ridge = 1e-12 * (float(hessian.diagonal().max()) + 1e-300)
-        hessian.diagonal().add_(ridge)
+        if full_hessian is None:
+            full_hessian = cs.gram(torch.ones_like(free_coords))
+        full = full_hessian[free_rows][:, free_rows]
+        if bool((hessian.diagonal() <= 1e-9 * full.diagonal()).any()):
+            # A row with (almost) every coordinate clipped: the dual is flat along it, and the
+            # Newton step would be unbounded. Curvature as if its coordinates were free gives a
+            # step that stops short of the next breakpoint instead; the next iteration refines.
+            hessian = full
+        # Levenberg-Marquardt ridge proportional to the residual: it keeps the step defined
+        # when active rows are linearly dependent (e.g. every ordered pair at epsilon = 0) and
+        # vanishes at the solution, so the fast local convergence of Newton is kept.
+        ridge = max(1e-12, min(1.0, worst / scale)) * float(full.diagonal().max())
+        hessian = hessian + ridge * torch.eye(len(free_rows), dtype=hessian.dtype,
+                                              device=hessian.device)
         step = h.new_zeros(m)
         step[free_rows] = torch.linalg.solve(hessian, residual[free_rows])
         alpha = 1.0

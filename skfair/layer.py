@@ -153,9 +153,11 @@ def project(z, cs, bounds, solver="auto", lam0=None):
                 y = _ExactProjection.apply(z64, cs.h.to(torch.float64), result, cs, lo, hi)
                 lam, n_iter = result.lam, result.n_iter
             else:
-                y, lam, n_iter = _qpth_project(z64, cs, lo, hi), None, None
-        except ImportError as exc:
-            failures.append(f"qpth: {exc}")
+                y, lam, n_iter = _exact.clip(_qpth_project(z64, cs, lo, hi), lo, hi), None, None
+        except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
+            if backend == "exact":
+                raise
+            failures.append(f"qpth: {type(exc).__name__}: {exc}")
             continue
         violation, out_of_bounds = _violations(y.detach(), cs, lo, hi)
         tol = GUARANTEE_TOL * _exact.scale_of(z64.detach(), cs.h, lo, hi)
@@ -214,7 +216,10 @@ def _qpth_project(z, cs, lo, hi):
     # Deliberate limits: qpth's default notImprovedLim=3 stops early on an inaccurate point; the
     # feasibility check in `project` decides whether its answer is good enough.
     solve = QPFunction(verbose=-1, eps=1e-14, maxIter=60, notImprovedLim=10)
-    return solve(2 * eye, -2 * z, G, h, empty, empty)[0]
+    y = solve(2 * eye, -2 * z, G, h, empty, empty)
+    if y is None:  # qpth gives up on some degenerate instances
+        raise RuntimeError("qpth returned no solution")
+    return y[0]
 
 
 def _violations(y, cs, lo, hi):

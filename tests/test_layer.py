@@ -1,0 +1,332 @@
+"""The fairness layer against an independent QP solver, its guarantee and its gradients."""
+
+import os
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from skfair import FairnessLayer
+from skfair.constraints import (
+    AffineConstraint,
+    InfeasibleConstraintError,
+    constraint_gap,
+    get_constraint,
+)
+from skfair.layer import project
+
+BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual"]
+
+
+def reference_projection(z, G, h, bounds):
+    """The same projection solved by a generic conic solver (Clarabel through cvxpy)."""
+    y = cp.Variable(len(z))
+    cons = [G @ y <= h] if len(h) else []
+    if bounds is not None:
+        cons += [y >= bounds[0], y <= bounds[1]]
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(y - z)), cons)
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    assert problem.status == cp.OPTIMAL
+    return y.value
+
+
+@st.composite
+def instances(draw):
+    n = draw(st.integers(1, 40))
+    n_attributes = draw(st.integers(1, 3))
+    cards = [draw(st.integers(2, 4)) for _ in range(n_attributes)]
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    # Unbalanced groups: a random, often skewed, distribution over the groups of each attribute.
+    groups = np.stack([rng.choice(k, size=n, p=rng.dirichlet(np.ones(k) * 0.7)) for k in cards],
+                      axis=1)
+    kind = draw(st.sampled_from(["random", "equal", "feasible"]))
+    z = rng.uniform(-0.2, 1.2, n)
+    if kind == "equal":
+        z[:] = z[0]
+    constraint = draw(st.sampled_from(BUILTINS))
+    y_true = rng.integers(0, 2, n).astype(float)
+    if constraint == "mean_residual":
+        y_true = rng.uniform(0, 1, n)
+    if kind == "feasible":
+        z = np.clip(y_true if constraint == "mean_residual" else np.full(n, 0.5), 0, 1)
+        z = z + rng.uniform(-1e-3, 1e-3, n)
+    bounds = draw(st.sampled_from([(0.0, 1.0), None, (-0.5, 2.0)]))
+    epsilon = draw(st.sampled_from([0.0, 0.01, 0.05, 0.2]))
+    return z, groups, constraint, y_true, bounds, epsilon
+
+
+SETTINGS = settings(max_examples=int(os.environ.get("HYP_EXAMPLES", 150)), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def _solve(instance, solver):
+    z, groups, constraint, y_true, bounds, epsilon = instance
+    cs = get_constraint(constraint).build(torch.as_tensor(groups), epsilon=epsilon,
+                                          y_true=None if y_true is None else torch.as_tensor(y_true))
+    y, info = project(torch.as_tensor(z), cs, bounds, solver)
+    return y.numpy(), cs.dense().numpy(), cs.h.numpy(), info
+
+
+@SETTINGS
+@given(instances())
+def test_exact_projection_matches_generic_qp_solver(instance):
+    y, G, h, info = _solve(instance, "auto")
+    assert info["solver"] == "exact"
+    z, bounds = instance[0], instance[4]
+    np.testing.assert_allclose(y, reference_projection(z, G, h, bounds), atol=1e-6)
+    assert (G @ y - h).max(initial=-np.inf) <= 1e-9
+    if bounds is not None:
+        assert y.min() >= bounds[0] and y.max() <= bounds[1]
+
+
+@pytest.mark.filterwarnings("ignore:The qpth solver failed:RuntimeWarning")
+@SETTINGS
+@given(instances())
+def test_qpth_output_always_satisfies_the_guarantee(instance):
+    """qpth's interior point may stall short of the optimum, or give up, on degenerate instances
+    (dependent rows with box rows); what the layer returns is still fair and within bounds."""
+    pytest.importorskip("qpth")
+    assume(len(instance[0]) <= 25)
+    y, G, h, info = _solve(instance, "qpth")
+    assert (G @ y - h).max(initial=-np.inf) <= 1e-6
+    bounds = instance[4]
+    if bounds is not None:
+        assert y.min() >= bounds[0] and y.max() <= bounds[1]
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+def test_qpth_agrees_with_exact_on_regular_instances(seed, bounds):
+    pytest.importorskip("qpth")
+    rng = np.random.default_rng(seed)
+    n = 30
+    groups = rng.integers(0, 3, n)
+    z = rng.uniform(0, 1, n) + 0.3 * (groups == 0)
+    instance = (z, groups, "demographic_parity", None, bounds, 0.05)
+    y_qpth, _, _, info = _solve(instance, "qpth")
+    assert info["solver"] == "qpth"
+    np.testing.assert_allclose(y_qpth, _solve(instance, "exact")[0], atol=1e-6)
+
+
+def test_exact_is_accurate_far_beyond_the_guarantee():
+    rng = np.random.default_rng(0)
+    z = torch.as_tensor(rng.uniform(0, 1, 5000))
+    groups = torch.as_tensor(rng.integers(0, 3, (5000, 2)))
+    layer = FairnessLayer("demographic_parity", epsilon=0.02)
+    y = layer(z, groups)
+    assert layer.last_solve_["solver"] == "exact"
+    assert layer.last_solve_["max_violation"] <= 1e-11
+    assert constraint_gap("demographic_parity", y, groups) <= 0.02 + 1e-11
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+@pytest.mark.parametrize("constraint", BUILTINS)
+def test_gradcheck_exact(constraint, bounds):
+    rng = np.random.default_rng(1)
+    n = 12
+    groups = torch.as_tensor(rng.integers(0, 2, (n, 2)))
+    y_true = torch.as_tensor(rng.integers(0, 2, n).astype(float))
+    if constraint == "mean_residual":
+        y_true = torch.as_tensor(rng.uniform(0.3, 0.7, n), dtype=torch.float64)
+        y_true.requires_grad_(True)
+    z = torch.as_tensor(rng.uniform(0.05, 0.95, n), dtype=torch.float64)
+    # Bias one group so the constraint is active at the solution.
+    z = (z + 0.4 * groups[:, 0]).clamp(0.01, 0.99).requires_grad_(True)
+    layer = FairnessLayer(constraint, epsilon=0.05, bounds=bounds, solver="exact")
+    inputs = (z, y_true) if y_true.requires_grad else (z,)
+
+    def f(*args):
+        return layer(args[0], groups, y_true=args[1] if len(args) > 1 else y_true)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+def test_gradients_of_both_backends_agree(bounds):
+    pytest.importorskip("qpth")
+    rng = np.random.default_rng(2)
+    n = 16
+    groups = torch.as_tensor(rng.integers(0, 3, n))
+    z0 = torch.as_tensor(rng.uniform(0.1, 0.9, n) + 0.3 * (groups.numpy() == 0))
+    weights = torch.as_tensor(rng.normal(size=n))
+    grads = {}
+    for solver in ("exact", "qpth"):
+        z = z0.clone().requires_grad_(True)
+        layer = FairnessLayer("demographic_parity", epsilon=0.05, bounds=bounds, solver=solver)
+        (layer(z, groups) * weights).sum().backward()
+        assert layer.last_solve_["solver"] == solver
+        grads[solver] = z.grad
+    np.testing.assert_allclose(grads["exact"], grads["qpth"], atol=1e-5)
+
+
+def test_gradcheck_qpth():
+    pytest.importorskip("qpth")
+    rng = np.random.default_rng(3)
+    groups = torch.as_tensor(rng.integers(0, 2, 8))
+    z = torch.as_tensor(rng.uniform(0.2, 0.8, 8) + 0.2 * groups.numpy()).requires_grad_(True)
+    layer = FairnessLayer("demographic_parity", epsilon=0.05, bounds=None, solver="qpth")
+    assert torch.autograd.gradcheck(lambda z: layer(z, groups), (z,), eps=1e-6, atol=1e-4)
+
+
+def test_backward_memory_is_linear_in_n():
+    """No n x n matrix: a batch of 200,000 goes forward and backward quickly."""
+    n = 200_000
+    groups = torch.randint(0, 2, (n, 2))
+    z = torch.rand(n, dtype=torch.float64, requires_grad=True)
+    y = FairnessLayer(epsilon=0.01)(z, groups)
+    y.sum().backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_output_keeps_dtype_and_device_and_float32_inputs_work():
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float32)
+    y = FairnessLayer(epsilon=0.1)(z, torch.tensor([0, 0, 1, 1]))
+    assert y.dtype == torch.float32 and y.device == z.device
+    assert abs(float(y[:2].mean() - y[2:].mean())) <= 0.1 + 1e-6
+
+
+def test_intersectional_constrains_every_combination():
+    rng = np.random.default_rng(4)
+    n = 400
+    groups = torch.as_tensor(rng.integers(0, 2, (n, 2)))
+    z = torch.as_tensor(rng.uniform(0, 1, n) * 0.5 + 0.4 * (groups[:, 0] ^ groups[:, 1]).numpy())
+    marginal = FairnessLayer(epsilon=0.02)(z, groups)
+    joint = FairnessLayer(epsilon=0.02, intersectional=True)(z, groups)
+    combo = groups[:, 0] * 2 + groups[:, 1]
+    assert constraint_gap("demographic_parity", joint, combo) <= 0.02 + 1e-9
+    # XOR bias is invisible to each attribute alone, so the marginal layer leaves it in place.
+    assert constraint_gap("demographic_parity", marginal, combo) > 0.2
+
+
+def test_missing_group_and_single_sample():
+    layer = FairnessLayer(epsilon=0.0)
+    z = torch.tensor([0.3, 1.4, -0.2], dtype=torch.float64)
+    # One group only: no rows, the outputs are just clipped to the bounds.
+    np.testing.assert_allclose(layer(z, torch.tensor([1, 1, 1])), [0.3, 1.0, 0.0])
+    assert layer.last_solve_["n_rows"] == 0
+    np.testing.assert_allclose(layer(z[:1], torch.tensor([0])), [0.3])
+    # Equal opportunity with no positive label has no rows either.
+    eo = FairnessLayer("equal_opportunity", epsilon=0.0)
+    out = eo(z, torch.tensor([0, 1, 1]), y_true=torch.tensor([0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(out, [0.3, 1.0, 0.0])
+
+
+def test_infeasible_mean_residual_names_the_group():
+    layer = FairnessLayer("mean_residual", epsilon=0.1, bounds=(0.0, 1.0))
+    z = torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
+    y_true = torch.tensor([0.5, 0.5, 1.5, 1.6], dtype=torch.float64)
+    with pytest.raises(InfeasibleConstraintError, match=r"\(0, 1, '\+'\)|\(0, 1, '-'\)") as info:
+        layer(z, torch.tensor([0, 0, 1, 1]), y_true=y_true)
+    assert info.value.key[:2] == (0, 1)
+
+
+class WeightedMeanParity(AffineConstraint):
+    """Weighted means of groups 0 and 1 differ by at most epsilon (weights per group code)."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+        a = groups[:, 0]
+        w = torch.as_tensor(self.weights, dtype=torch.float64)[a]
+        one = torch.where(a == 1, w, 0.0) / torch.where(a == 1, w, 0.0).sum()
+        zero = torch.where(a == 0, w, 0.0) / torch.where(a == 0, w, 0.0).sum()
+        h = torch.full((2,), float(epsilon), dtype=torch.float64)
+        return torch.stack([one - zero, zero - one]), h, ["1-0", "0-1"]
+
+
+@pytest.mark.parametrize("solver", ["exact", "qpth"])
+def test_custom_constraint_end_to_end(solver):
+    if solver == "qpth":
+        pytest.importorskip("qpth")
+    rng = np.random.default_rng(5)
+    n = 20
+    groups = torch.as_tensor(rng.integers(0, 2, n))
+    z = torch.as_tensor(rng.uniform(0, 1, n) + 0.5 * groups.numpy()).requires_grad_(True)
+    constraint = WeightedMeanParity([1.0, 3.0])
+    layer = FairnessLayer(constraint, epsilon=0.05, bounds=None, solver=solver)
+    y = layer(z, groups)
+    G, h, _ = constraint.rows(groups[:, None], epsilon=0.05)
+    expected = reference_projection(z.detach().numpy(), G.numpy(), h.numpy(), None)
+    np.testing.assert_allclose(y.detach().numpy(), expected, atol=1e-6)
+    y.pow(2).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    assert set(layer.last_solve_["duals"] or {"1-0": 0}) == {"1-0", "0-1"} or solver == "qpth"
+
+
+def test_sample_weight_weights_the_group_means():
+    z = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 1, 1])
+    w = torch.tensor([3.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    y = FairnessLayer(epsilon=0.1, bounds=None)(z, groups, sample_weight=w)
+    weighted_gap = (w[:2] @ y[:2]) / w[:2].sum() - y[2:].mean()
+    assert abs(float(weighted_gap) - 0.1) <= 1e-9
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epsilon=-0.1), "epsilon"),
+        (dict(epsilon=float("nan")), "epsilon"),
+        (dict(solver="cvx"), "solver"),
+        (dict(bounds=(1.0, 0.0)), "bounds"),
+        (dict(bounds=(0.0,)), "bounds"),
+        (dict(constraint="parity"), "constraint"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FairnessLayer(**kwargs)
+
+
+def test_bad_inputs():
+    layer = FairnessLayer()
+    groups = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="z must be finite"):
+        layer(torch.tensor([0.5, float("nan")]), groups)
+    with pytest.raises(ValueError, match="z must be finite"):
+        layer(torch.tensor([0.5, float("inf")]), groups)
+    with pytest.raises(ValueError, match="z must have shape"):
+        layer(torch.ones(2, 1), groups)
+    with pytest.raises(ValueError, match="groups must have one row"):
+        layer(torch.ones(3), groups)
+    with pytest.raises(ValueError, match="groups must hold integer"):
+        layer(torch.ones(2), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="non-negative"):
+        layer(torch.ones(2), torch.tensor([-1, 1]))
+    with pytest.raises(ValueError, match="y_true is required"):
+        FairnessLayer("equalized_odds")(torch.ones(2), groups)
+    with pytest.raises(ValueError, match="binary labels"):
+        FairnessLayer("equalized_odds")(torch.ones(2), groups, y_true=torch.tensor([0.0, 0.5]))
+
+
+def test_backend_failure_falls_back_with_a_warning(monkeypatch):
+    from skfair import _exact
+
+    def broken(z, cs, lo, hi, lam0=None, **kwargs):
+        return _exact.SolveResult(z.clone(), cs.h.new_zeros(cs.n_rows), 0, False)
+
+    pytest.importorskip("qpth")
+    monkeypatch.setattr(_exact, "solve", broken)
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="exact solver failed"):
+        y, info = project(z, get_constraint("demographic_parity").build(
+            torch.tensor([0, 0, 1, 1]), epsilon=0.1), (0.0, 1.0))
+    assert info["solver"] == "qpth"
+    assert abs(float(y[:2].mean() - y[2:].mean())) <= 0.1 + 1e-6
+
+
+def test_both_backends_failing_raise(monkeypatch):
+    from skfair import _exact, layer as layer_module
+
+    monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
+        z.clone(), cs.h.new_zeros(cs.n_rows), 0, False))
+    monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    with pytest.raises(RuntimeError, match="fairness projection failed"):
+        project(z, cs, (0.0, 1.0))
