@@ -130,7 +130,9 @@ class GroupEncoder:
         combos = [()]
         for categories in self.categories_:
             combos = [c + (v,) for c in combos for v in categories]
-        return [(" & ".join(self.names), np.array(combos + [], dtype=object))]
+        values = np.empty(len(combos), dtype=object)
+        values[:] = combos  # an array of tuples, not a 2-D array
+        return [(" & ".join(self.names), values)]
 
 
 def _as_frame(columns, names):

@@ -1,0 +1,144 @@
+"""Constraint rows: structure, keys, group means, and the factored products against dense G."""
+
+import numpy as np
+import pytest
+import torch
+
+from skfair.constraints import (
+    AffineConstraint,
+    DemographicParity,
+    EqualizedOdds,
+    EqualOpportunity,
+    MeanResidual,
+    constraint_gap,
+    get_constraint,
+    intersect_groups,
+)
+
+
+def test_demographic_parity_rows_are_differences_of_group_means():
+    groups = torch.tensor([0, 0, 0, 1, 2, 2])
+    cs = DemographicParity().build(groups, epsilon=0.1)
+    assert cs.n_rows == 6  # every ordered pair of the three groups
+    G = cs.dense().numpy()
+    mean = {0: np.array([1, 1, 1, 0, 0, 0]) / 3, 1: np.array([0, 0, 0, 1, 0, 0]),
+            2: np.array([0, 0, 0, 0, 1, 1]) / 2}
+    for row, (a, u, v, label) in zip(G, cs.keys):
+        assert (a, label) == (0, None)
+        np.testing.assert_allclose(row, mean[u] - mean[v])
+    np.testing.assert_allclose(cs.h, 0.1)
+
+
+def test_marginal_rows_are_stacked_per_attribute():
+    groups = torch.tensor([[0, 0], [0, 1], [1, 2], [1, 0]])
+    cs = DemographicParity().build(groups, epsilon=0.0)
+    assert [k[0] for k in cs.keys].count(0) == 2
+    assert [k[0] for k in cs.keys].count(1) == 6
+
+
+def test_equalized_odds_and_equal_opportunity_use_label_cells():
+    groups = torch.tensor([0, 0, 1, 1, 0, 1])
+    y_true = torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    eo = EqualizedOdds().build(groups, epsilon=0.05, y_true=y_true)
+    assert sorted({k[3] for k in eo.keys}) == [0, 1] and eo.n_rows == 4
+    eop = EqualOpportunity().build(groups, epsilon=0.05, y_true=y_true)
+    assert {k[3] for k in eop.keys} == {1} and eop.n_rows == 2
+    y = torch.tensor([0.1, 0.9, 0.3, 0.6, 0.7, 0.2], dtype=torch.float64)
+    # Within Y=1: group 0 has {0.9, 0.7}, group 1 has {0.6}.
+    assert constraint_gap("equal_opportunity", y, groups, y_true=y_true) == pytest.approx(0.2)
+    # Within Y=0: group 0 has {0.1}, group 1 has {0.3, 0.2}.
+    assert constraint_gap("equalized_odds", y, groups, y_true=y_true) == pytest.approx(0.2)
+
+
+def test_mean_residual_rows_and_gradient_through_targets():
+    groups = torch.tensor([0, 0, 1])
+    y_true = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64, requires_grad=True)
+    cs = MeanResidual().build(groups, epsilon=0.5, y_true=y_true)
+    np.testing.assert_allclose(cs.h.detach(), [2.0, 5.5, -1.0, -4.5])
+    cs.h.sum().backward()  # h depends on y_true: +mean and -mean cancel
+    np.testing.assert_allclose(y_true.grad, [0.0, 0.0, 0.0])
+    y = torch.tensor([1.0, 1.0, 5.5], dtype=torch.float64)
+    assert constraint_gap("mean_residual", y, groups, y_true=y_true.detach()) == pytest.approx(0.5)
+
+
+def test_sample_weight_gives_weighted_means():
+    groups = torch.tensor([0, 0, 1])
+    w = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
+    assert constraint_gap("demographic_parity", y, groups, sample_weight=w) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="sample_weight"):
+        DemographicParity().build(groups, epsilon=0.1, sample_weight=torch.tensor([1.0, -1, 1]))
+
+
+@pytest.mark.parametrize("constraint", ["demographic_parity", "equalized_odds",
+                                        "equal_opportunity", "mean_residual"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_factored_products_match_dense(constraint, weighted):
+    rng = np.random.default_rng(0)
+    n = 50
+    groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
+    y_true = torch.as_tensor(rng.integers(0, 2, n).astype(float))
+    w = torch.as_tensor(rng.uniform(0.5, 2, n)) if weighted else None
+    cs = get_constraint(constraint).build(groups, epsilon=0.1, y_true=y_true, sample_weight=w)
+    G = cs.dense()
+    y = torch.as_tensor(rng.normal(size=n))
+    lam = torch.as_tensor(rng.uniform(size=cs.n_rows))
+    free = torch.as_tensor(rng.uniform(size=n) < 0.7)
+    torch.testing.assert_close(cs.matvec(y), G @ y)
+    torch.testing.assert_close(cs.rmatvec(lam), G.T @ lam)
+    torch.testing.assert_close(cs.gram(free), G[:, free] @ G[:, free].T)
+
+
+def test_large_codes_take_the_sorting_path():
+    groups = torch.tensor([[0, 10**7], [1, 5], [0, 5], [1, 10**7]])
+    cs = DemographicParity().build(groups, epsilon=0.1)
+    assert cs.n_rows == 4
+    y = torch.tensor([1.0, 0.0, 0.5, 0.5], dtype=torch.float64)
+    assert constraint_gap("demographic_parity", y, groups) == pytest.approx(0.5)
+
+
+def test_empty_groups_contribute_no_rows():
+    cs = DemographicParity().build(torch.tensor([3, 3, 3]), epsilon=0.1)
+    assert cs.n_rows == 0 and cs.dense().shape == (0, 3)
+    assert constraint_gap("demographic_parity", torch.ones(3), torch.tensor([3, 3, 3])) == 0.0
+    # Zero total weight makes a group absent.
+    cs = DemographicParity().build(torch.tensor([0, 1]), epsilon=0.1,
+                                   sample_weight=torch.tensor([1.0, 0.0]))
+    assert cs.n_rows == 0
+
+
+def test_reference_means_stand_in_for_absent_groups():
+    groups = torch.tensor([0, 0])
+    cs = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 1, None): 0.3})
+    assert cs.keys == [(0, 0, 1, None), (0, 1, 0, None)]
+    np.testing.assert_allclose(cs.dense(), [[0.5, 0.5], [-0.5, -0.5]])
+    np.testing.assert_allclose(cs.h, [0.4, -0.2])
+    # A present group ignores its own reference; mean residual never borrows one.
+    assert DemographicParity().build(
+        torch.tensor([0, 1]), epsilon=0.1, reference_means={(0, 1, None): 0.3}).n_rows == 2
+    assert MeanResidual().build(groups, epsilon=0.1, y_true=torch.zeros(2),
+                                reference_means={(0, 1, None): 0.3}).n_rows == 2
+
+
+def test_intersect_groups_is_stable_with_cardinalities():
+    groups = torch.tensor([[0, 2], [1, 0], [1, 2]])
+    np.testing.assert_array_equal(intersect_groups(groups, [2, 3])[:, 0], [2, 3, 5])
+    # Without cardinalities the batch's own range is used.
+    np.testing.assert_array_equal(intersect_groups(groups[:2])[:, 0], [2, 3])
+
+
+def test_custom_constraint_validation():
+    class Bad(AffineConstraint):
+        def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+            return torch.zeros(2, 3), torch.zeros(3)
+
+    with pytest.raises(ValueError, match="must return G of shape"):
+        Bad().build(torch.tensor([0, 1, 0]), epsilon=0.1)
+
+
+def test_get_constraint():
+    assert isinstance(get_constraint("equalized_odds"), EqualizedOdds)
+    c = DemographicParity()
+    assert get_constraint(c) is c
+    with pytest.raises(ValueError, match="constraint must be one of"):
+        get_constraint("statistical_parity")
