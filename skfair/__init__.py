@@ -7,7 +7,9 @@ from .constraints import (
     EqualOpportunity,
     MeanResidual,
 )
+from .classifier import FairNeuralClassifier
 from .layer import FairnessLayer
+from .regressor import FairNeuralRegressor
 
 __version__ = "0.1.0"
 
@@ -16,6 +18,8 @@ __all__ = [
     "DemographicParity",
     "EqualizedOdds",
     "EqualOpportunity",
+    "FairNeuralClassifier",
+    "FairNeuralRegressor",
     "FairnessLayer",
     "MeanResidual",
     "__version__",

@@ -76,7 +76,8 @@ class GroupEncoder:
 
     ``fit`` records the sorted distinct values of every column (each needs at least two);
     ``transform`` maps values to their position, raising on a value not seen in ``fit``. With
-    ``intersectional=True`` the attributes are combined into one, coded stably across batches.
+    ``intersectional=True``, :meth:`constraint_groups` combines the attributes into one, coded
+    stably across batches.
     """
 
     def __init__(self, names, intersectional=False):
@@ -100,7 +101,7 @@ class GroupEncoder:
         return self
 
     def transform(self, columns):
-        """Codes of shape (n, n_attributes), or (n, 1) when intersectional, as a LongTensor."""
+        """Group codes of every attribute, a LongTensor of shape (n, n_attributes)."""
         columns = _as_frame(columns, self.names)
         codes = np.empty((len(columns), len(self.names)), dtype=np.int64)
         for j, (name, categories) in enumerate(zip(self.names, self.categories_)):
@@ -115,13 +116,16 @@ class GroupEncoder:
                     f"known values: {list(categories)}."
                 )
             codes[:, j] = index
-        codes = torch.from_numpy(codes)
-        if self.intersectional:
-            codes = intersect_groups(codes, [len(c) for c in self.categories_])
-        return codes
+        return torch.from_numpy(codes)
 
     def fit_transform(self, columns):
         return self.fit(columns).transform(columns)
+
+    def constraint_groups(self, codes):
+        """The groups the constraint compares: the codes, or their intersection, stably coded."""
+        if not self.intersectional:
+            return codes
+        return intersect_groups(codes, [len(c) for c in self.categories_])
 
     def group_names(self):
         """Per attribute (or for the intersection), the value of every code, for reports."""

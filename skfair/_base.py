@@ -1,0 +1,492 @@
+"""What the fair neural estimators share: validation, training through the layer, inference."""
+
+import copy
+import numbers
+import time
+from abc import abstractmethod
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
+
+from . import _streaming
+from ._network import ACTIVATIONS, make_mlp
+from ._validation import GroupEncoder, resolve_protected
+from .constraints import AffineConstraint, constraint_gap, get_constraint
+from .layer import SOLVERS, FairnessLayer
+
+
+class BaseFairNeural(BaseEstimator):
+    """Base class of :class:`FairNeuralClassifier` and :class:`FairNeuralRegressor`."""
+
+    _parameter_constraints = {
+        "protected_attributes": [list, tuple, str, numbers.Integral, None],
+        "exclude_protected": ["boolean"],
+        "fairness": [AffineConstraint, str],
+        "epsilon": [Interval(numbers.Real, 0, None, closed="left")],
+        "intersectional": ["boolean"],
+        "solver": [StrOptions(set(SOLVERS))],
+        "b_tau": [Interval(numbers.Integral, 1, None, closed="left")],
+        "eta0": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "stream_warm_start": ["boolean"],
+        "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "hidden_layer_sizes": [tuple, list],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "module": [HasMethods(["forward"]), callable, None],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+    }
+
+    #: fairness names this estimator accepts
+    _fairness_options = ()
+
+    def __init__(self, *, protected_attributes=None, exclude_protected=False,
+                 fairness="demographic_parity", epsilon=0.05, intersectional=False,
+                 solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
+                 inference_batch_size=None, hidden_layer_sizes=(64, 64), activation="relu",
+                 module=None, batch_size=256, max_epochs=100, learning_rate=1e-3,
+                 weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", verbose=0,
+                 random_state=None):
+        self.protected_attributes = protected_attributes
+        self.exclude_protected = exclude_protected
+        self.fairness = fairness
+        self.epsilon = epsilon
+        self.intersectional = intersectional
+        self.solver = solver
+        self.b_tau = b_tau
+        self.eta0 = eta0
+        self.stream_warm_start = stream_warm_start
+        self.inference_batch_size = inference_batch_size
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.module = module
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.warm_start = warm_start
+        self.device = device
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ----------------------------------------------------------------------------------------
+    # Hooks of the subclasses
+    @abstractmethod
+    def _encode_targets(self, y, reset):
+        """Validated targets as a float64 array (classifier: 0/1)."""
+
+    @abstractmethod
+    def _output(self, raw):
+        """Network output (n,) -> values in the units of the fair outputs."""
+
+    @abstractmethod
+    def _loss(self, y_fair, target, weight):
+        """Weighted mean loss of a batch."""
+
+    @abstractmethod
+    def _fit_bounds(self, target):
+        """Bounds of the outputs, fixed in fit."""
+
+    # ----------------------------------------------------------------------------------------
+    # Validation
+    def _validate_X(self, X, reset):
+        """Split X into network features (float32 tensor) and group codes (LongTensor or None).
+
+        Protected columns may hold strings or categories, so only the other columns go through
+        numeric validation; the protected ones are encoded by the group encoder fitted in fit.
+        """
+        if self.protected_attributes is None:
+            features = validate_data(self, X, reset=reset, dtype=np.float64)
+            return features, None
+        validate_data(self, X, reset=reset, skip_check_array=True)
+        if reset:
+            self.protected_indices_ = resolve_protected(
+                self.protected_attributes, getattr(self, "feature_names_in_", None),
+                self.n_features_in_)
+        frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
+        protected = frame.iloc[:, self.protected_indices_]
+        rest = frame.drop(columns=frame.columns[self.protected_indices_])
+        features = check_array(rest, dtype=np.float64, ensure_min_features=0,
+                               ensure_min_samples=0 if not reset else 1,
+                               input_name="X (non-protected columns)")
+        if reset:
+            names = [str(frame.columns[i]) for i in self.protected_indices_]
+            self.group_encoder_ = GroupEncoder(names, self.intersectional).fit(protected)
+        codes = self.group_encoder_.transform(protected)
+        if not self.exclude_protected:
+            features = np.hstack([features, self._one_hot(codes)])
+        return features, codes
+
+    def _one_hot(self, codes):
+        """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot."""
+        blocks = []
+        for j, categories in enumerate(self.group_encoder_.categories_):
+            column = codes[:, j].numpy()
+            if len(categories) == 2:
+                blocks.append(column[:, None].astype(np.float64))
+            else:
+                blocks.append(np.eye(len(categories))[column])
+        return np.hstack(blocks)
+
+    def _check_fairness(self):
+        if isinstance(self.fairness, AffineConstraint):
+            return self.fairness
+        if self.fairness not in self._fairness_options:
+            raise ValueError(
+                f"fairness must be one of {list(self._fairness_options)} or an AffineConstraint "
+                f"instance; got {self.fairness!r}."
+            )
+        return get_constraint(self.fairness)
+
+    # ----------------------------------------------------------------------------------------
+    # Training
+    def fit(self, X, y, sample_weight=None):
+        """Train the network through the fairness layer.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+            Features, including the protected columns.
+        y : array-like of shape (n_samples,)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the samples in the loss and in the group means of the constraints.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        self._validate_params()
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        constraint = self._check_fairness()
+        features, codes = self._validate_X(X, reset=True)
+        target = self._encode_targets(y, reset=True)
+        if len(target) != len(features):
+            raise ValueError(
+                f"X and y have inconsistent numbers of samples: {len(features)} and "
+                f"{len(target)}."
+            )
+        weight = _check_sample_weight(sample_weight, features, dtype=np.float64)
+        self.constraint_ = constraint if codes is not None else None
+        self.bounds_ = self._fit_bounds(target)
+        device = torch.device(self.device)
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        generator = torch.Generator().manual_seed(int(seed))
+        if not (self.warm_start and hasattr(self, "module_")):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                self.module_ = self._build_module(features.shape[1])
+            self.history_ = []
+        self.module_.to(device)
+        groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
+        self._train(features, target, weight, groups, generator, device)
+        return self
+
+    def _build_module(self, n_features):
+        if self.module is None:
+            return make_mlp(n_features, self.hidden_layer_sizes, self.activation)
+        if isinstance(self.module, torch.nn.Module):
+            return copy.deepcopy(self.module)
+        module = self.module(n_features)
+        if not isinstance(module, torch.nn.Module):
+            raise ValueError(
+                f"module must be a torch.nn.Module or a callable returning one; the callable "
+                f"returned {type(module).__name__}."
+            )
+        return module
+
+    def _strata(self, groups, target):
+        """Stratum of every sample: its combination of groups (and label, if the rows use it)."""
+        keys = [] if groups is None else [groups.numpy()]
+        if self.constraint_ is not None and getattr(self.constraint_, "label_cells", None):
+            keys.append(target[:, None].astype(np.int64))
+        if not keys:
+            return np.zeros(len(target), dtype=np.int64)
+        return np.unique(np.hstack(keys), axis=0, return_inverse=True)[1].reshape(-1)
+
+    def _batches(self, strata, generator):
+        """Mini-batches (index arrays) in which every stratum keeps its share of the data.
+
+        Each stratum is shuffled and dealt evenly across the batches; no sample is dropped.
+        """
+        n = len(strata)
+        n_batches = max(1, -(-n // self.batch_size))
+        slot = np.empty(n, dtype=np.float64)
+        order = torch.randperm(n, generator=generator).numpy()
+        for s in np.unique(strata):
+            members = order[strata[order] == s]
+            # Evenly spaced positions in [0, n_batches), with a random offset.
+            offset = float(torch.rand(1, generator=generator))
+            slot[members] = (np.arange(len(members)) + offset) * n_batches / len(members)
+        batch_of = np.minimum(slot.astype(np.int64), n_batches - 1)
+        ordered = np.lexsort((slot, batch_of))
+        bounds = np.searchsorted(batch_of[ordered], np.arange(1, n_batches))
+        return [b for b in np.split(ordered, bounds) if len(b)]
+
+    def _train(self, features, target, weight, groups, generator, device):
+        X = torch.tensor(features, dtype=torch.float32)
+        t = torch.tensor(target, dtype=torch.float64)
+        w = torch.tensor(weight, dtype=torch.float64)
+        strata = self._strata(groups, target)
+        train_idx = np.arange(len(target))
+        val_idx = None
+        if self.early_stopping:
+            train_idx, val_idx = self._validation_split(strata, generator)
+        layer = None
+        if groups is not None:
+            layer = FairnessLayer(self.constraint_, self.epsilon, self.bounds_, self.solver)
+        optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
+                                     weight_decay=self.weight_decay)
+        best_loss, best_state, stall = np.inf, None, 0
+        for epoch in range(len(self.history_) + 1, len(self.history_) + self.max_epochs + 1):
+            start = time.perf_counter()
+            self.module_.train()
+            total, duals = 0.0, {}
+            batches = [train_idx[b] for b in self._batches(strata[train_idx], generator)]
+            for idx in batches:
+                xb, tb, wb = X[idx].to(device), t[idx].to(device), w[idx].to(device)
+                out = self._output(self.module_(xb)[:, 0].double())
+                if layer is not None:
+                    gb, yb = groups[idx].to(device), self._labels_for(tb)
+                    fair = layer(out, gb, y_true=yb, sample_weight=wb)
+                    for key, lam in layer.last_solve_["duals"].items():
+                        duals[key] = duals.get(key, 0.0) + 2 * lam / len(idx) / len(batches)
+                else:
+                    fair = out
+                loss = self._loss(fair, tb, wb)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
+                      "val_loss": None, "val_gap": None}
+            if layer is not None:
+                record["train_gap"] = self._raw_gap(X[train_idx], t[train_idx], w[train_idx],
+                                                    groups[train_idx], device)
+            monitored = record["train_loss"]
+            if val_idx is not None:
+                record["val_loss"], record["val_gap"] = self._evaluate(
+                    X[val_idx], t[val_idx], w[val_idx],
+                    None if groups is None else groups[val_idx], device)
+                monitored = record["val_loss"]
+            record["seconds"] = time.perf_counter() - start
+            self.history_.append(record)
+            if layer is not None:
+                self.dual_init_ = duals
+            if self.verbose:
+                gap = "" if layer is None else f", gap {record['train_gap']:.4f} (before layer)"
+                val = "" if val_idx is None else f", val loss {record['val_loss']:.4f}"
+                print(f"epoch {epoch}: loss {record['train_loss']:.4f}{gap}{val}, "
+                      f"{record['seconds']:.2f}s")
+            if monitored < best_loss - self.tol:
+                best_loss, stall = monitored, 0
+                if val_idx is not None:
+                    best_state = copy.deepcopy(self.module_.state_dict())
+            else:
+                stall += 1
+                if stall >= self.n_iter_no_change:
+                    break
+        if best_state is not None:
+            self.module_.load_state_dict(best_state)
+        self.n_iter_ = len(self.history_)
+        self.loss_curve_ = [r["train_loss"] for r in self.history_]
+        if layer is None:
+            self.dual_init_ = {}
+
+    def _labels_for(self, target):
+        """True labels the constraint needs, else None."""
+        return target if self.constraint_.requires_y_true else None
+
+    def _validation_split(self, strata, generator):
+        order = torch.randperm(len(strata), generator=generator).numpy()
+        val = []
+        for s in np.unique(strata):
+            members = order[strata[order] == s]
+            val.append(members[:int(round(self.validation_fraction * len(members)))])
+        val = np.sort(np.concatenate(val))
+        if len(val) == 0 or len(val) == len(strata):
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} leaves no validation or no "
+                f"training samples for {len(strata)} samples."
+            )
+        return np.setdiff1d(np.arange(len(strata)), val), val
+
+    def _raw_gap(self, X, target, weight, groups, device):
+        """The constraint's gap of the network's outputs before the layer."""
+        with torch.no_grad():
+            self.module_.eval()
+            out = self._output(self.module_(X.to(device))[:, 0].double())
+        return constraint_gap(self.constraint_, out, groups.to(device),
+                              y_true=self._labels_for(target.to(device)),
+                              sample_weight=weight.to(device))
+
+    def _evaluate(self, X, target, weight, groups, device):
+        """Validation loss and gap of the outputs the estimator would predict."""
+        with torch.no_grad():
+            self.module_.eval()
+            out = self._output(self.module_(X.to(device))[:, 0].double())
+            fair = self._fair_outputs(out, None if groups is None else groups.to(device))
+            loss = float(self._loss(fair, target.to(device), weight.to(device)))
+            gap = None
+            if groups is not None:
+                gap = constraint_gap(self.constraint_, fair, groups,
+                                     y_true=self._labels_for(target), sample_weight=weight)
+        return loss, gap
+
+    # ----------------------------------------------------------------------------------------
+    # Inference
+    def _raw_outputs(self, X):
+        """Validated X -> (float64 outputs before the layer, group codes)."""
+        check_is_fitted(self)
+        features, codes = self._validate_X(X, reset=False)
+        device = next(self.module_.parameters()).device
+        with torch.no_grad():
+            self.module_.eval()
+            inputs = torch.tensor(features, dtype=torch.float32, device=device)
+            out = self._output(self.module_(inputs)[:, 0].double())
+        groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
+        return out, groups
+
+    def _clip(self, out):
+        lo, hi = self.bounds_ if self.bounds_ is not None else (None, None)
+        return out if lo is None and hi is None else out.clamp(lo, hi)
+
+    def _new_stream(self, warm):
+        return _streaming.PrimalDualStream(
+            self.constraint_, self.epsilon, self.bounds_,
+            self.eta0 if self.eta0 is not None else _streaming.DEFAULT_ETA0, self.b_tau,
+            self.solver, dual_init=self.dual_init_ if warm else None)
+
+    def _streams(self):
+        """Whether outputs go through the layer at prediction time (label-free constraints)."""
+        return self.constraint_ is not None and not self.constraint_.requires_y_true
+
+    def _fair_outputs(self, out, groups):
+        """Stateless inference: chunks of ``inference_batch_size`` through one fresh stream.
+
+        A chunk of at least ``b_tau`` rows is projected exactly; a shorter one takes a
+        primal-dual step of the fresh stream, which therefore starts from ``dual_init_`` when
+        ``stream_warm_start``.
+        """
+        if groups is None or not self._streams():
+            return self._clip(out)
+        stream = self._new_stream(self.stream_warm_start)
+        size = self.inference_batch_size or max(len(out), 1)
+        chunks = [stream.step(out[i:i + size], groups[i:i + size].to(out.device))
+                  for i in range(0, len(out), size)]
+        return torch.cat(chunks) if chunks else out
+
+    def _predict_values(self, X):
+        out, groups = self._raw_outputs(X)
+        return self._fair_outputs(out, groups).cpu().numpy()
+
+    def _predict_unconstrained(self, X):
+        """The network's outputs before the fairness layer, clipped to the bounds."""
+        out, _ = self._raw_outputs(X)
+        return self._clip(out).cpu().numpy()
+
+    # ----------------------------------------------------------------------------------------
+    # Streaming
+    def reset_stream(self):
+        """Start a new stream for :meth:`partial_predict`.
+
+        The multipliers start from ``dual_init_`` (the average multipliers of the last training
+        epoch's projections) when ``stream_warm_start`` is True, else from zero.
+
+        Returns
+        -------
+        self : object
+        """
+        check_is_fitted(self)
+        self.stream_ = self._new_stream(self.stream_warm_start) if self._streams() else None
+        return self
+
+    def _partial_values(self, X):
+        out, groups = self._raw_outputs(X)  # validates everything before any state changes
+        if len(out) == 0:
+            return out.cpu().numpy()
+        if not hasattr(self, "stream_"):
+            self.reset_stream()
+        if self.stream_ is None:
+            return self._clip(out).cpu().numpy()
+        return self.stream_.step(out, groups.to(out.device)).cpu().numpy()
+
+    def stream_stats(self):
+        """Statistics of the current stream.
+
+        Returns
+        -------
+        stats : dict
+            ``weighted_avg_fairness_gap`` (the largest sample-weighted average over the stream of
+            a constraint row's value, e.g. ``mean_u - mean_v``: the guaranteed quantity),
+            ``bound`` (its proven excess over epsilon, ``lambda_max * sqrt(T) / (eta0 * N)``),
+            ``pooled_fairness_gap`` and ``per_attribute_gaps`` (the gap of all streamed outputs
+            pooled), ``mean_batch_gap`` and ``mean_batch_violation`` (each batch's own gap, and its
+            excess over epsilon, weighted by batch size), ``reference_drift``, ``n_batches``,
+            ``n_steps`` (primal-dual steps), ``n_samples``, ``lambda_max``, ``epsilon``.
+            See :mod:`skfair._streaming` for the guarantee.
+        """
+        check_is_fitted(self)
+        if not hasattr(self, "stream_"):
+            raise ValueError("No stream yet: call partial_predict or reset_stream first.")
+        if self.stream_ is None:
+            raise ValueError(
+                "This estimator has no fairness stream: it has no protected attributes, or its "
+                "constraint needs true labels, which a prediction stream does not have."
+            )
+        return self.stream_.stats()
+
+    # ----------------------------------------------------------------------------------------
+    # Persistence: torch state on the CPU so that any machine can unpickle the estimator.
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "module_" in state:
+            state["module_"] = copy.deepcopy(self.module_).cpu()
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        device = torch.device(getattr(self, "device", "cpu"))
+        if "module_" in state and (device.type == "cpu" or _available(device)):
+            self.module_.to(device)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _available(device):
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return True

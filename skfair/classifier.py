@@ -1,0 +1,230 @@
+"""FairNeuralClassifier: a binary neural classifier whose probabilities are fair by construction."""
+
+import numpy as np
+import torch
+from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
+
+from ._base import BaseFairNeural
+
+
+class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
+    """Binary neural network classifier trained through a fairness layer.
+
+    The network's probabilities ``p = sigmoid(f(X))`` are projected onto the probabilities whose
+    group statistics differ by at most ``epsilon`` (the closest ones in Euclidean distance, within
+    ``[0, 1]``), and the network is trained with binary cross-entropy on the projected
+    probabilities, so it learns to be accurate *given* the constraint.
+
+    At prediction time ``X`` is cut into chunks of ``inference_batch_size`` rows. A chunk of at least
+    ``b_tau`` rows is projected exactly: its probabilities satisfy the constraint (hard guarantee,
+    checked to 1e-7). Shorter chunks take steps of the online primal-dual algorithm, whose
+    sample-weighted average violation converges to at most ``epsilon`` (see
+    :meth:`partial_predict_proba` for streams). Constraints that need true labels (equalized odds,
+    equal opportunity) are enforced during training only: at prediction time labels are unknown,
+    and the probabilities are the trained network's.
+
+    Parameters
+    ----------
+    protected_attributes : list of str or int, str, int, or None, default=None
+        Protected columns of ``X``: names (for DataFrames; ``"sex"`` also matches a
+        ``ColumnTransformer`` output column such as ``"remainder__sex"``) or integer positions.
+        Values may be numbers, strings or categories; each attribute needs two or more values.
+        ``None``: no fairness layer, a plain network.
+    exclude_protected : bool, default=False
+        Whether to keep the protected attributes out of the network's inputs. By default they are
+        inputs too (a 0/1 column for a binary attribute, one-hot columns otherwise).
+    fairness : {"demographic_parity", "equalized_odds", "equal_opportunity"} or AffineConstraint, \
+            default="demographic_parity"
+        The constraint (see :mod:`skfair.constraints`); on probabilities, demographic parity
+        bounds the difference of the groups' mean predicted probabilities.
+    epsilon : float, default=0.05
+        Largest allowed difference.
+    intersectional : bool, default=False
+        Constrain every combination of the protected attributes' values instead of each attribute
+        separately.
+    solver : {"auto", "exact", "qpth"}, default="auto"
+        Projection solver, see :class:`~skfair.FairnessLayer`.
+    b_tau : int, default=100
+        Chunks with at least this many rows are projected exactly; shorter ones stream.
+    eta0 : float, default=None
+        Dual step size of the streaming regime (``None``: 0.1).
+    stream_warm_start : bool, default=True
+        Start streams from the multipliers recorded in fit (``dual_init_``).
+    inference_batch_size : int, default=None
+        Rows per chunk at prediction time; ``None`` projects all of ``X`` at once.
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        Hidden layers of the default multilayer perceptron.
+    activation : {"relu", "tanh", "logistic", "gelu"}, default="relu"
+        Its activation.
+    module : torch.nn.Module or callable, default=None
+        A network to use instead of the MLP: a module mapping ``(n, n_inputs)`` float32 inputs to
+        ``(n, 1)`` logits (it is copied in fit), or a callable ``n_inputs -> module``.
+    batch_size : int, default=256
+        Training mini-batch size. Batches are stratified: each keeps the data's share of every
+        group (and, for label-dependent constraints, group x label) combination.
+    max_epochs : int, default=100
+        Maximum number of passes over the data.
+    learning_rate : float, default=1e-3
+        Adam's learning rate.
+    weight_decay : float, default=0.0
+        Adam's weight decay.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data (stratified) and stop when its loss stops
+        improving; the best weights are kept.
+    validation_fraction : float, default=0.1
+        Share of the data held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of at least ``tol`` (training loss, or validation loss with
+        early stopping) before training stops.
+    tol : float, default=1e-4
+        Minimal improvement.
+    warm_start : bool, default=False
+        Continue training the fitted network in the next ``fit``.
+    device : str or torch.device, default="cpu"
+        Where the network trains and predicts (the pickled model always holds CPU tensors).
+    verbose : int, default=0
+        Print one line per epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the network's initialisation and the batches.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        The two class labels; ``classes_[1]`` is the positive class.
+    n_features_in_ : int
+        Number of columns of ``X`` seen in fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Their names, when ``X`` is a DataFrame.
+    protected_indices_ : list of int
+        Positions of the protected columns.
+    group_encoder_ : GroupEncoder
+        The values of every protected attribute (``group_encoder_.categories_``).
+    constraint_ : AffineConstraint or None
+        The constraint in use.
+    bounds_ : tuple
+        ``(0.0, 1.0)``.
+    module_ : torch.nn.Module
+        The trained network.
+    history_ : list of dict
+        Per epoch: ``epoch``, ``train_loss``, ``train_gap`` (the constraint's gap of the
+        network's outputs *before* the layer on the training data at the end of the epoch: what
+        the layer has to correct), ``val_loss`` and ``val_gap`` (with early stopping; the gap of
+        the outputs as predicted), ``seconds``.
+    loss_curve_ : list of float
+        Training loss per epoch.
+    n_iter_ : int
+        Number of epochs run.
+    dual_init_ : dict
+        Average multipliers of the last epoch's projections, in the stream's scale.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from skfair import FairNeuralClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = pd.DataFrame({"x": rng.normal(size=400), "sex": rng.choice(["F", "M"], 400)})
+    >>> y = (X["x"] + (X["sex"] == "M") + rng.normal(size=400) > 0.5).astype(int)
+    >>> clf = FairNeuralClassifier(protected_attributes=["sex"], epsilon=0.05,
+    ...                            max_epochs=20, random_state=0).fit(X, y)
+    >>> p = clf.predict_proba(X)[:, 1]
+    >>> bool(abs(p[X["sex"] == "M"].mean() - p[X["sex"] == "F"].mean()) <= 0.05 + 1e-7)
+    True
+    """
+
+    _fairness_options = ("demographic_parity", "equalized_odds", "equal_opportunity")
+
+    def _encode_targets(self, y, reset):
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if reset:
+            classes = np.unique(y)
+            if len(classes) != 2:
+                raise ValueError(
+                    f"Only binary classification is supported; y must hold exactly 2 "
+                    f"classes; got {len(classes)} class(es): {list(classes)[:5]}."
+                )
+            self.classes_ = classes
+        return (y == self.classes_[1]).astype(np.float64)
+
+    def _output(self, raw):
+        return torch.sigmoid(raw)
+
+    def _loss(self, y_fair, target, weight):
+        # The projection may put probabilities exactly on 0 or 1; keep the log finite.
+        p = y_fair.clamp(1e-7, 1 - 1e-7)
+        losses = -(target * torch.log(p) + (1 - target) * torch.log1p(-p))
+        return (weight * losses).sum() / weight.sum()
+
+    def _fit_bounds(self, target):
+        return (0.0, 1.0)
+
+    def predict_proba(self, X):
+        """Fair probabilities (stateless).
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, 2)
+            Probabilities of ``classes_[0]`` and ``classes_[1]``.
+        """
+        p = self._predict_values(X)
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X):
+        """Class labels: ``classes_[1]`` where the fair probability exceeds 0.5 (stateless).
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+        """
+        p = self._predict_values(X)
+        return self.classes_[(p > 0.5).astype(int)]
+
+    def partial_predict_proba(self, X):
+        """Probabilities for the next batch of a stream (stateful).
+
+        A batch of at least ``b_tau`` rows is projected exactly; a smaller one takes one step of
+        the online primal-dual algorithm, which updates the stream's multipliers (see
+        :meth:`stream_stats` for the guarantee). The first call starts a stream; start a new one
+        with :meth:`reset_stream`. Invalid input raises before the stream changes; an empty batch
+        returns an empty array and changes nothing.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, 2)
+        """
+        p = self._partial_values(X)
+        return np.column_stack([1 - p, p])
+
+    def partial_predict(self, X):
+        """Class labels for the next batch of a stream (stateful); see
+        :meth:`partial_predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+        """
+        p = self._partial_values(X)
+        return self.classes_[(p > 0.5).astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags

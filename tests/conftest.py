@@ -1,0 +1,39 @@
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("CI"):
+        return
+    skip = pytest.mark.skip(reason="slow: set CI=1 or pass --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def biased_frame(n=1200, seed=0, categorical=False):
+    """A synthetic biased dataset: the positive rate depends on the protected groups.
+
+    Columns: two numeric features, ``sex`` ("F"/"M") and ``race`` (two or three groups).
+    """
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["F", "M"], n, p=[0.4, 0.6])
+    race = rng.choice(["a", "b", "c"] if categorical else ["a", "b"], n)
+    x1, x2 = rng.normal(size=(2, n))
+    shift = 1.2 * (sex == "M") + 0.8 * (race == "b") - 0.6 * (race == "c")
+    logit = x1 + 0.5 * x2 + shift - 0.6
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    X = pd.DataFrame({"x1": x1, "x2": x2 + 0.3 * (sex == "M"), "sex": sex, "race": race})
+    return X, pd.Series(y, name="y")
+
+
+@pytest.fixture
+def biased():
+    return biased_frame()
