@@ -38,6 +38,7 @@ class BaseFairNeural(BaseEstimator):
         "b_tau": [Interval(numbers.Integral, 1, None, closed="left")],
         "eta0": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "stream_warm_start": ["boolean"],
+        "distortion_penalty": [Interval(numbers.Real, 0, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "hidden_layer_sizes": [tuple, list],
         "activation": [StrOptions(set(ACTIVATIONS))],
@@ -62,7 +63,8 @@ class BaseFairNeural(BaseEstimator):
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
                  solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
-                 inference_batch_size=None, hidden_layer_sizes=(64, 64), activation="relu",
+                 distortion_penalty=10.0, inference_batch_size=None,
+                 hidden_layer_sizes=(64, 64), activation="relu",
                  module=None, batch_size=256, max_epochs=100, learning_rate=1e-3,
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", verbose=0,
@@ -76,6 +78,7 @@ class BaseFairNeural(BaseEstimator):
         self.b_tau = b_tau
         self.eta0 = eta0
         self.stream_warm_start = stream_warm_start
+        self.distortion_penalty = distortion_penalty
         self.inference_batch_size = inference_batch_size
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -107,6 +110,9 @@ class BaseFairNeural(BaseEstimator):
     def _loss(self, y_fair, target, weight):
         """Weighted mean loss of a batch."""
 
+    #: unit of the outputs in the distortion penalty
+    _scale = 1.0
+
     @abstractmethod
     def _fit_bounds(self, target):
         """Bounds of the outputs, fixed in fit."""
@@ -130,11 +136,23 @@ class BaseFairNeural(BaseEstimator):
         frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
         protected = frame.iloc[:, self.protected_indices_]
         rest = frame.drop(columns=frame.columns[self.protected_indices_])
-        features = check_array(rest, dtype=np.float64, ensure_min_features=0,
-                               ensure_min_samples=0 if not reset else 1,
-                               input_name="X (non-protected columns)")
+        try:
+            features = check_array(rest, dtype=np.float64, ensure_min_features=0,
+                                   ensure_min_samples=0 if not reset else 1, input_name="X")
+        except ValueError as exc:
+            if "could not convert" not in str(exc):
+                raise
+            raise ValueError(
+                f"The columns of X that are not protected must be numeric ({exc}); encode "
+                f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
+            ) from None
         if reset:
-            names = [str(frame.columns[i]) for i in self.protected_indices_]
+            # Attributes keep the names the user gave ("sex", not "remainder__sex").
+            attributes = self.protected_attributes
+            if isinstance(attributes, (str, numbers.Integral)):
+                attributes = [attributes]
+            names = [a if isinstance(a, str) else str(frame.columns[i])
+                     for a, i in zip(attributes, self.protected_indices_)]
             self.group_encoder_ = GroupEncoder(names, self.intersectional).fit(protected)
         codes = self.group_encoder_.transform(protected)
         if not self.exclude_protected:
@@ -282,10 +300,16 @@ class BaseFairNeural(BaseEstimator):
                 else:
                     fair = out
                 loss = self._loss(fair, tb, wb)
+                if layer is not None and self.distortion_penalty:
+                    # How far the network itself is from fair: teaches it to need the layer less.
+                    distortion = ((out - fair) / self._scale) ** 2
+                    loss = loss + self.distortion_penalty * (wb * distortion).sum() / wb.sum()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
+            if layer is not None:
+                self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}
             if layer is not None:
@@ -299,8 +323,6 @@ class BaseFairNeural(BaseEstimator):
                 monitored = record["val_loss"]
             record["seconds"] = time.perf_counter() - start
             self.history_.append(record)
-            if layer is not None:
-                self.dual_init_ = duals
             if self.verbose:
                 gap = "" if layer is None else f", gap {record['train_gap']:.4f} (before layer)"
                 val = "" if val_idx is None else f", val loss {record['val_loss']:.4f}"

@@ -23,7 +23,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     sample-weighted average violation converges to at most ``epsilon`` (see
     :meth:`partial_predict_proba` for streams). Constraints that need true labels (equalized odds,
     equal opportunity) are enforced during training only: at prediction time labels are unknown,
-    and the probabilities are the trained network's.
+    and the probabilities are the trained network's, which ``distortion_penalty`` pushed toward
+    the fair ones (no hard guarantee for these constraints at prediction time).
 
     Parameters
     ----------
@@ -52,6 +53,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Dual step size of the streaming regime (``None``: 0.1).
     stream_warm_start : bool, default=True
         Start streams from the multipliers recorded in fit (``dual_init_``).
+    distortion_penalty : float, default=10.0
+        Weight of the mean squared distance between the network's outputs and their fair
+        projection, added to the loss: it teaches the network to be fair by itself. This is what
+        makes label-dependent constraints (enforced through the layer in training only) carry
+        over to prediction, and it leaves less for the layer to correct on small batches.
     inference_batch_size : int, default=None
         Rows per chunk at prediction time; ``None`` projects all of ``X`` at once.
     hidden_layer_sizes : tuple of int, default=(64, 64)

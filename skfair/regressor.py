@@ -70,7 +70,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
                  solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
-                 inference_batch_size=None, bounds=None, hidden_layer_sizes=(64, 64),
+                 distortion_penalty=10.0, inference_batch_size=None, bounds=None,
+                 hidden_layer_sizes=(64, 64),
                  activation="relu", module=None, batch_size=256, max_epochs=100,
                  learning_rate=1e-3, weight_decay=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, warm_start=False,
@@ -79,7 +80,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
             b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
-            inference_batch_size=inference_batch_size, hidden_layer_sizes=hidden_layer_sizes,
+            distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size, hidden_layer_sizes=hidden_layer_sizes,
             activation=activation, module=module, batch_size=batch_size, max_epochs=max_epochs,
             learning_rate=learning_rate, weight_decay=weight_decay,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
@@ -94,6 +95,10 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             scale = float(y.std())
             self._target_loc, self._target_scale = float(y.mean()), scale if scale > 0 else 1.0
         return y
+
+    @property
+    def _scale(self):
+        return self._target_scale
 
     def _output(self, raw):
         return self._target_loc + self._target_scale * raw

@@ -1,0 +1,290 @@
+"""FairNeuralClassifier and FairNeuralRegressor: guarantees, sklearn integration, state, errors."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import biased_frame
+from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skfair import FairNeuralClassifier, FairNeuralRegressor
+from skfair.constraints import constraint_gap
+
+FAST = dict(hidden_layer_sizes=(16,), max_epochs=15, batch_size=128, learning_rate=0.01,
+            random_state=0)
+
+
+def dp_gap(model, X, values):
+    """Demographic parity gap of ``values`` over the model's protected groups in ``X``."""
+    enc = model.group_encoder_
+    groups = enc.constraint_groups(enc.transform(X[enc.names]))
+    return constraint_gap("demographic_parity", torch.as_tensor(values), groups)
+
+
+@pytest.mark.parametrize("protected, categorical, intersectional", [
+    (["sex"], False, False),
+    (["sex", "race"], False, False),
+    (["race"], True, False),
+    (["sex", "race"], True, False),
+    (["sex", "race"], True, True),
+])
+def test_held_out_gap_within_epsilon_and_unconstrained_above(protected, categorical,
+                                                             intersectional):
+    X, y = biased_frame(1500, seed=0, categorical=categorical)
+    X_test, _ = biased_frame(600, seed=1, categorical=categorical)
+    drop = [c for c in ("sex", "race") if c not in protected]
+    X, X_test = X.drop(columns=drop), X_test.drop(columns=drop)
+    fair = FairNeuralClassifier(protected_attributes=protected, epsilon=0.05,
+                                intersectional=intersectional, **FAST).fit(X, y)
+    assert len(X_test) >= fair.b_tau
+    p = fair.predict_proba(X_test)[:, 1]
+    assert dp_gap(fair, X_test, p) <= 0.05 + 1e-6
+    # The same network without the constraint: clearly unfair on the same data.
+    free = FairNeuralClassifier(protected_attributes=protected, epsilon=1.0,
+                                intersectional=intersectional, **FAST).fit(X, y)
+    assert dp_gap(fair, X_test, free.predict_proba(X_test)[:, 1]) > 0.15
+
+
+def test_predictions_and_classes(biased):
+    X, y = biased
+    labels = np.where(y == 1, ">50K", "<=50K")
+    clf = FairNeuralClassifier(protected_attributes=["sex"], **FAST).fit(X.drop(columns="race"),
+                                                                         labels)
+    np.testing.assert_array_equal(clf.classes_, ["<=50K", ">50K"])
+    proba = clf.predict_proba(X.drop(columns="race"))
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert proba.dtype == np.float64 and proba.min() >= 0 and proba.max() <= 1
+    pred = clf.predict(X.drop(columns="race"))
+    np.testing.assert_array_equal(pred, clf.classes_[(proba[:, 1] > 0.5).astype(int)])
+    assert clf.n_features_in_ == 3 and list(clf.feature_names_in_) == ["x1", "x2", "sex"]
+    assert clf.n_iter_ == len(clf.history_) == len(clf.loss_curve_)
+    assert set(clf.history_[0]) == {"epoch", "train_loss", "train_gap", "val_loss", "val_gap",
+                                    "seconds"}
+    assert np.isfinite(clf.loss_curve_).all()
+
+
+def test_equalized_odds_trains_and_reduces_the_label_conditional_gap(biased):
+    X, y = biased
+    X = X.drop(columns="race")
+    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness="equalized_odds",
+                               epsilon=0.02, **FAST).fit(X, y)
+    free = FairNeuralClassifier(protected_attributes=["sex"], epsilon=1.0, **FAST).fit(X, y)
+    groups = clf.group_encoder_.transform(X[["sex"]])
+    labels = torch.as_tensor(y.to_numpy(), dtype=torch.float64)
+
+    def eo(model):
+        p = torch.as_tensor(model.predict_proba(X)[:, 1])
+        return constraint_gap("equalized_odds", p, groups, y_true=labels)
+
+    # Without labels at prediction time, the trained network itself is fairer.
+    assert eo(clf) < eo(free) - 0.05
+    assert all(np.isfinite(r["train_loss"]) for r in clf.history_)
+
+
+def test_regressor_mean_prediction_parity_and_mean_residual():
+    rng = np.random.default_rng(0)
+    n = 1200
+    g = rng.choice(["a", "b"], n)
+    x = rng.normal(size=n)
+    X = pd.DataFrame({"x": x, "g": g})
+    y = 2 * x + 3.0 * (g == "b") + 0.1 * rng.normal(size=n)
+    reg = FairNeuralRegressor(protected_attributes=["g"], epsilon=0.2, **FAST).fit(X, y)
+    pred = reg.predict(X)
+    assert dp_gap(reg, X, pred) <= 0.2 + 1e-6
+    lo, hi = reg.bounds_
+    assert lo < y.min() and hi > y.max() and pred.min() >= lo and pred.max() <= hi
+    # Mean residual: a network that ignores the group is biased per group; training through the
+    # constraint removes most of that residual disparity.
+    X_blind = X.assign(x=X["x"])
+    kwargs = dict(FAST, exclude_protected=True)
+    blind = FairNeuralRegressor(protected_attributes=["g"], epsilon=100.0, **kwargs).fit(X_blind, y)
+    fair = FairNeuralRegressor(protected_attributes=["g"], fairness="mean_residual",
+                               epsilon=0.05, **kwargs).fit(X_blind, y)
+    groups = fair.group_encoder_.transform(X[["g"]])
+    target = torch.as_tensor(y)
+
+    def residual_gap(model):
+        return constraint_gap("mean_residual", torch.as_tensor(model.predict(X_blind)), groups,
+                              y_true=target)
+
+    # A network that cannot see g has a mean residual of about +-1.5 per group either way, but the
+    # constraint's training batches were fair; only the trained network remains at prediction.
+    assert residual_gap(blind) > 1.0
+    assert fair.history_[-1]["train_loss"] > 0
+    assert FairNeuralRegressor(bounds=False, **FAST).fit(X[["x"]], y).bounds_ is None
+    assert FairNeuralRegressor(bounds=(-10, 10), **FAST).fit(X[["x"]], y).bounds_ == (-10.0, 10.0)
+
+
+def test_pipeline_with_column_transformer_finds_prefixed_columns(biased):
+    X, y = biased
+    prep = ColumnTransformer([("num", StandardScaler(), ["x1", "x2"])], remainder="passthrough")
+    prep.set_output(transform="pandas")
+    pipe = make_pipeline(prep, FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST))
+    pipe.fit(X, y)
+    step = pipe[-1]
+    assert [step.feature_names_in_[i] for i in step.protected_indices_] == [
+        "remainder__sex", "remainder__race"]
+    p = pipe.predict_proba(X)[:, 1]
+    assert dp_gap(step, X, p) <= 0.05 + 1e-6
+
+
+def test_cross_validate_and_grid_search_over_epsilon_and_b_tau(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST)
+    scores = cross_validate(clf, X, y, cv=3)
+    assert np.isfinite(scores["test_score"]).all()
+    search = GridSearchCV(clf, {"epsilon": [0.02, 0.2], "b_tau": [50, 500]}, cv=2).fit(X, y)
+    assert set(search.cv_results_["param_epsilon"]) == {0.02, 0.2}
+    assert search.best_estimator_.epsilon in (0.02, 0.2)
+
+
+def test_small_chunks_stream_and_large_chunks_are_exact(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex"], b_tau=200, **FAST)
+    clf.fit(X.drop(columns="race"), y)
+    Xd = X.drop(columns="race")
+    whole = clf.predict_proba(Xd)[:, 1]
+    clf.set_params(inference_batch_size=300)
+    chunked = clf.predict_proba(Xd)[:, 1]
+    for start in range(0, len(Xd) - 200, 300):  # full chunks of 300 >= b_tau: exact each
+        part = slice(start, start + 300)
+        assert dp_gap(clf, Xd.iloc[part], chunked[part]) <= 0.05 + 1e-6
+    assert dp_gap(clf, Xd, whole) <= 0.05 + 1e-6
+    # Stateless: the same call twice gives the same answer, and no stream is created.
+    clf.set_params(inference_batch_size=7)
+    np.testing.assert_array_equal(clf.predict_proba(Xd), clf.predict_proba(Xd))
+    assert not hasattr(clf, "stream_")
+
+
+def test_reproducible_and_pickle_joblib_round_trip(biased, tmp_path):
+    X, y = biased
+    a = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    b = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    restored = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(restored.predict_proba(X), a.predict_proba(X))
+    joblib.dump(a, tmp_path / "model.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "model.joblib").predict_proba(X),
+                                  a.predict_proba(X))
+    assert all(p.device.type == "cpu" for p in restored.module_.parameters())
+
+
+def test_warm_start_continues_training(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
+                               **dict(FAST, max_epochs=3)).fit(X, y)
+    first = clf.loss_curve_[-1]
+    clf.fit(X, y)
+    assert clf.n_iter_ == 6 and len(clf.history_) == 6 and clf.loss_curve_[-1] < first
+    cold = FairNeuralClassifier(protected_attributes=["sex", "race"],
+                                **dict(FAST, max_epochs=3)).fit(X, y)
+    cold.fit(X, y)
+    assert cold.n_iter_ == 3
+
+
+def test_early_stopping_and_convergence_stop(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], early_stopping=True,
+                               n_iter_no_change=2, tol=0.5,
+                               **dict(FAST, max_epochs=50)).fit(X, y)
+    assert clf.n_iter_ <= 4
+    assert clf.history_[0]["val_loss"] is not None and clf.history_[0]["val_gap"] <= 0.05 + 1e-6
+
+
+def test_custom_module_instance_and_callable(biased):
+    X, y = biased
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], module=net,
+                               **FAST).fit(X, y)
+    assert clf.module_ is not net and isinstance(clf.module_, torch.nn.Sequential)
+    assert clf.module_[0].weight.shape == (8, 4)  # x1, x2, sex (0/1), race (0/1)
+    calls = []
+
+    def factory(n_inputs):
+        calls.append(n_inputs)
+        return torch.nn.Linear(n_inputs, 1)
+
+    FairNeuralClassifier(protected_attributes=["sex", "race"], module=factory,
+                         exclude_protected=True, **FAST).fit(X, y)
+    assert calls == [2]
+    with pytest.raises(ValueError, match="callable returning one"):
+        FairNeuralClassifier(module=lambda n: "net", **FAST).fit(X[["x1"]], y)
+
+
+def test_sample_weight_weights_loss_and_group_means(biased):
+    X, y = biased
+    w = np.where(X["sex"] == "M", 3.0, 1.0)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST)
+    weighted = clf.fit(X, y, sample_weight=w).predict_proba(X)
+    unweighted = clf.fit(X, y).predict_proba(X)
+    assert not np.allclose(weighted, unweighted)
+    np.testing.assert_allclose(clf.fit(X, y, sample_weight=np.ones(len(y))).predict_proba(X),
+                               unweighted)
+
+
+def test_device_is_honoured(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex"], device="cpu", **FAST)
+    clf.fit(X.drop(columns="race"), y)
+    assert next(clf.module_.parameters()).device.type == "cpu"
+    with pytest.raises((RuntimeError, AssertionError, ValueError)):
+        FairNeuralClassifier(device="no-such-device", **FAST).fit(X[["x1"]], y)
+
+
+def test_verbose_prints_one_line_per_epoch(biased, capsys):
+    X, y = biased
+    FairNeuralClassifier(protected_attributes=["sex", "race"], verbose=1,
+                         **dict(FAST, max_epochs=3)).fit(X, y)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1: loss")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda X, y: (X.assign(x1=np.nan), y), "NaN"),
+    (lambda X, y: (X.assign(x1=np.inf), y), "infinity"),
+    (lambda X, y: (X.drop(columns="sex"), y), r"'sex' is not a column of X; the columns are"),
+    (lambda X, y: (X.assign(sex="F"), y), "single value"),
+    (lambda X, y: (X, np.zeros(len(y))), "exactly 2 classes"),
+    (lambda X, y: (X, y[:-1]), "inconsistent numbers of samples"),
+    (lambda X, y: (X.assign(sex=X["sex"].where(X.index > 0)), y), "missing values"),
+])
+def test_bad_input_raises(biased, change, match):
+    X, y = change(*biased)
+    with pytest.raises(ValueError, match=match):
+        FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(epsilon=-0.1), "epsilon"),
+    (dict(b_tau=0), "b_tau"),
+    (dict(fairness="mean_residual"), "fairness must be one of"),
+    (dict(solver="cvx"), "solver"),
+])
+def test_bad_parameters_raise(biased, params, match):
+    X, y = biased
+    with pytest.raises(ValueError, match=match):
+        FairNeuralClassifier(protected_attributes=["sex"], **params).fit(X, y)
+
+
+def test_unseen_group_at_predict_and_non_numeric_features(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    with pytest.raises(ValueError, match=r"'sex' has values not seen in fit: \['X'\]"):
+        clf.predict(X.assign(sex="X"))
+    with pytest.raises(ValueError, match="must be numeric"):
+        FairNeuralClassifier(protected_attributes=["sex"], **FAST).fit(X, y)
+
+
+def test_numpy_input_with_integer_positions(biased):
+    X, y = biased
+    arr = X.to_numpy(dtype=object)
+    clf = FairNeuralClassifier(protected_attributes=[2, 3], **FAST).fit(arr, y)
+    p = clf.predict_proba(arr)[:, 1]
+    assert dp_gap(clf, pd.DataFrame(arr[:, [2, 3]], columns=clf.group_encoder_.names), p) \
+        <= 0.05 + 1e-6
