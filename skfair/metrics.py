@@ -1,0 +1,502 @@
+"""Fairness metrics, scikit-learn scorers, a fair refit rule and a per-group report.
+
+Every metric is the gap of the matching constraint of :mod:`skfair.constraints` (one definition,
+:func:`skfair.constraints.constraint_gap`): the smallest ``epsilon`` the predictions satisfy.
+
+Labels or scores? ``y_pred`` may be labels (0/1), probabilities or regression outputs; the metrics
+compare **group means** of whatever they are given. On 0/1 labels demographic parity is then the
+difference of selection rates (fairlearn's ``demographic_parity_difference``); on probabilities it is
+mean-score parity, which is what skfair's layer constrains. fairlearn, given probabilities, counts
+``y_pred == 1`` and silently returns 0.0; these functions do not threshold anything.
+"""
+
+import numbers
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import is_classifier, is_regressor
+from sklearn.pipeline import Pipeline
+from sklearn.utils.metadata_routing import MetadataRequest
+
+from ._validation import GroupEncoder, resolve_protected
+from .constraints import constraint_gap
+
+__all__ = [
+    "demographic_parity_difference",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+    "mean_residual_difference",
+    "make_fairness_scorer",
+    "demographic_parity_scorer",
+    "equalized_odds_scorer",
+    "equal_opportunity_scorer",
+    "mean_residual_scorer",
+    "fair_refit",
+    "fairness_report",
+]
+
+
+def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None):
+    """Largest difference of the groups' mean predictions.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or None
+        Unused (accepted for a uniform signature).
+    y_pred : array-like of shape (n_samples,)
+        0/1 labels (selection-rate parity), probabilities (mean-score parity) or regression
+        outputs (mean prediction parity).
+    sensitive_features : array-like, Series or DataFrame of shape (n_samples,) or \
+            (n_samples, n_attributes)
+        Group of every sample for one or several protected attributes (any values).
+    sample_weight : array-like of shape (n_samples,), default=None
+        Weights in the group means.
+
+    Returns
+    -------
+    float
+        ``max_u mean(y_pred | u) - min_v mean(y_pred | v)``, the largest over attributes.
+
+    Examples
+    --------
+    >>> from skfair.metrics import demographic_parity_difference
+    >>> demographic_parity_difference(None, [1, 0, 1, 1], sensitive_features=["a", "a", "b", "b"])
+    0.5
+    """
+    return _gap("demographic_parity", None, y_pred, sensitive_features, sample_weight)
+
+
+def equalized_odds_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                              pos_label=None):
+    """Largest difference of the groups' mean predictions within a true class.
+
+    On 0/1 labels this is ``max(TPR difference, FPR difference)`` (fairlearn's definition); on
+    probabilities the same with mean scores.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True binary labels.
+    y_pred : array-like of shape (n_samples,)
+        Labels or probabilities of the positive class.
+    sensitive_features : array-like, Series or DataFrame
+        See :func:`demographic_parity_difference`.
+    sample_weight : array-like of shape (n_samples,), default=None
+    pos_label : label, default=None
+        The positive class of ``y_true`` (and of ``y_pred`` when it holds labels); default: 1 for
+        0/1 labels, else the greater of the two labels.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from skfair.metrics import equalized_odds_difference
+    >>> equalized_odds_difference([1, 1, 0, 0], [1, 0, 0, 0],
+    ...                           sensitive_features=["a", "b", "a", "b"])
+    1.0
+    """
+    y_true, y_pred = _binary(y_true, y_pred, pos_label)
+    return _gap("equalized_odds", y_true, y_pred, sensitive_features, sample_weight)
+
+
+def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                                 pos_label=None):
+    """Largest difference of the groups' mean predictions among the positives (TPR difference).
+
+    Parameters are those of :func:`equalized_odds_difference`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from skfair.metrics import equal_opportunity_difference
+    >>> equal_opportunity_difference([1, 1, 0, 0], [1, 0, 1, 0],
+    ...                              sensitive_features=["a", "b", "a", "b"])
+    1.0
+    """
+    y_true, y_pred = _binary(y_true, y_pred, pos_label)
+    return _gap("equal_opportunity", y_true, y_pred, sensitive_features, sample_weight)
+
+
+def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weight=None):
+    """Largest absolute mean residual of a group: ``max_g |mean(y_pred - y_true | g)|``.
+
+    This is the measure of the ``mean_residual`` constraint (every group's mean residual within
+    epsilon of zero), not a difference between groups: a model that is equally biased for every
+    group is not called fair.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True targets.
+    y_pred : array-like of shape (n_samples,)
+        Predictions.
+    sensitive_features : array-like, Series or DataFrame
+    sample_weight : array-like of shape (n_samples,), default=None
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from skfair.metrics import mean_residual_difference
+    >>> mean_residual_difference([1.0, 2.0, 3.0], [1.5, 2.5, 3.0],
+    ...                          sensitive_features=["a", "a", "b"])
+    0.5
+    """
+    y_true = _numeric(y_true, "y_true")
+    return _gap("mean_residual", y_true, _numeric(y_pred, "y_pred"), sensitive_features,
+                sample_weight)
+
+
+_METRICS = {
+    "demographic_parity": demographic_parity_difference,
+    "equalized_odds": equalized_odds_difference,
+    "equal_opportunity": equal_opportunity_difference,
+    "mean_residual": mean_residual_difference,
+}
+
+
+def _gap(constraint, y_true, y_pred, sensitive_features, sample_weight):
+    y_pred = _numeric(y_pred, "y_pred")
+    codes = _encode_sensitive(sensitive_features, len(y_pred))
+    weight = None
+    if sample_weight is not None:
+        weight = _numeric(sample_weight, "sample_weight")
+        _check_length(weight, len(y_pred), "sample_weight")
+    if y_true is not None:
+        _check_length(y_true, len(y_pred), "y_true")
+        y_true = torch.as_tensor(y_true, dtype=torch.float64)
+    return constraint_gap(constraint, torch.as_tensor(y_pred), codes, y_true=y_true,
+                          sample_weight=None if weight is None else torch.as_tensor(weight))
+
+
+def _numeric(values, name):
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional; got shape {values.shape}.")
+    try:
+        values = values.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric; got values such as {values[:3]!r}.") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return values
+
+
+def _binary(y_true, y_pred, pos_label):
+    """0/1 true labels, and predictions as 0/1 when they are labels, else as given."""
+    y_true = np.asarray(y_true)
+    labels = pd.unique(pd.Series(y_true.ravel()))
+    if pd.isna(labels).any():
+        raise ValueError("y_true contains missing values.")
+    if pos_label is None:
+        numeric = np.issubdtype(y_true.dtype, np.number) or y_true.dtype == bool
+        pos_label = 1 if numeric and set(labels.tolist()) <= {0, 1} else max(labels.tolist())
+    if len(labels) > 2 or (len(labels) == 2 and pos_label not in labels):
+        raise ValueError(
+            f"y_true must hold binary labels with pos_label={pos_label!r}; got {list(labels)}."
+        )
+    y_pred = np.asarray(y_pred)
+    if not (np.issubdtype(y_pred.dtype, np.number) or y_pred.dtype == bool):
+        y_pred = (y_pred == pos_label)
+    return (y_true == pos_label).astype(np.float64), y_pred
+
+
+def _check_length(values, n, name):
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} samples but y_pred has {n}.")
+
+
+def _encode_sensitive(sensitive_features, n):
+    """Group codes (n, n_attributes) of any Series / array / DataFrame of sensitive features."""
+    if sensitive_features is None:
+        raise ValueError("sensitive_features is required.")
+    if isinstance(sensitive_features, pd.Series):
+        frame = sensitive_features.to_frame()
+    elif isinstance(sensitive_features, pd.DataFrame):
+        frame = sensitive_features
+    else:
+        values = np.asarray(sensitive_features, dtype=object)
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2:
+            raise ValueError(
+                f"sensitive_features must be 1- or 2-dimensional; got shape {values.shape}."
+            )
+        frame = pd.DataFrame(values)
+    if len(frame) != n:
+        raise ValueError(f"sensitive_features has {len(frame)} samples but y_pred has {n}.")
+    names = [str(c) for c in frame.columns]
+    return GroupEncoder(names).fit_transform(frame)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scorers
+class FairnessScorer:
+    """A scorer ``scorer(estimator, X, y)`` for a fairness metric (see
+    :func:`make_fairness_scorer`)."""
+
+    def __init__(self, metric, sign, kwargs):
+        self._metric = metric
+        self._sign = sign
+        self._kwargs = kwargs
+        self._metadata_request = MetadataRequest(owner=type(self).__name__)
+
+    def __call__(self, estimator, X, y_true, sample_weight=None, sensitive_features=None):
+        if sensitive_features is None:
+            sensitive_features = protected_columns(estimator, X)
+        y_pred = _predictions(estimator, X)
+        value = self._metric(y_true, y_pred, sensitive_features=sensitive_features,
+                             sample_weight=sample_weight, **self._kwargs)
+        return self._sign * value
+
+    def set_score_request(self, **requests):
+        """Request metadata (``sensitive_features``, ``sample_weight``) for scoring.
+
+        With ``sklearn.set_config(enable_metadata_routing=True)``, ``scorer.set_score_request(
+        sensitive_features=True)`` lets ``cross_validate(..., params={"sensitive_features": A})``
+        route the groups to the scorer, for estimators that are not skfair's (skfair's read their
+        protected columns from ``X``).
+
+        Returns
+        -------
+        self
+        """
+        for param, alias in requests.items():
+            if param not in ("sensitive_features", "sample_weight"):
+                raise ValueError(f"Unexpected metadata {param!r} for a fairness scorer.")
+            self._metadata_request.score.add_request(param=param, alias=alias)
+        return self
+
+    def get_metadata_routing(self):
+        return self._metadata_request
+
+    def __repr__(self):
+        sign = "" if self._sign > 0 else ", greater_is_better=False"
+        return f"make_fairness_scorer({self._metric.__name__}{sign})"
+
+
+def make_fairness_scorer(metric, greater_is_better=False, **kwargs):
+    """Make a scorer from a fairness metric.
+
+    The scorer predicts with the estimator (``predict_proba[:, 1]`` for classifiers: the gap of
+    the scores, which skfair constrains; ``predict`` otherwise) and takes the protected groups from
+    the raw ``X`` it is given, using the fitted skfair estimator's ``protected_attributes`` (also
+    as the last step of a Pipeline), so that ``GridSearchCV(scoring={"dp": ...})`` needs no
+    plumbing. For other estimators pass the groups through metadata routing
+    (:meth:`FairnessScorer.set_score_request`).
+
+    Parameters
+    ----------
+    metric : str or callable
+        ``"demographic_parity"``, ``"equalized_odds"``, ``"equal_opportunity"``,
+        ``"mean_residual"`` or a function ``(y_true, y_pred, *, sensitive_features,
+        sample_weight)``.
+    greater_is_better : bool, default=False
+        Gaps are better when smaller, so by default the scorer returns the **negative** gap, as
+        scikit-learn's scorers of errors do: ``cv_results_["mean_test_dp"]`` holds ``-gap``.
+    **kwargs
+        Passed to the metric (e.g. ``pos_label``).
+
+    Returns
+    -------
+    FairnessScorer
+
+    Examples
+    --------
+    >>> from skfair.metrics import make_fairness_scorer
+    >>> scorer = make_fairness_scorer("equalized_odds")
+    """
+    if isinstance(metric, str):
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {sorted(_METRICS)} or a callable; got "
+                             f"{metric!r}.")
+        metric = _METRICS[metric]
+    if not callable(metric):
+        raise ValueError(f"metric must be a name or a callable; got {metric!r}.")
+    return FairnessScorer(metric, 1 if greater_is_better else -1, kwargs)
+
+
+demographic_parity_scorer = make_fairness_scorer("demographic_parity")
+equalized_odds_scorer = make_fairness_scorer("equalized_odds")
+equal_opportunity_scorer = make_fairness_scorer("equal_opportunity")
+mean_residual_scorer = make_fairness_scorer("mean_residual")
+
+
+def _final(estimator):
+    return estimator[-1] if isinstance(estimator, Pipeline) else estimator
+
+
+def protected_columns(estimator, X):
+    """The protected columns of raw ``X`` for a fitted skfair estimator (or Pipeline).
+
+    Parameters
+    ----------
+    estimator : fitted FairNeuralClassifier, FairNeuralRegressor, or a Pipeline ending in one
+    X : DataFrame or array-like
+        The input the estimator (or Pipeline) receives.
+
+    Returns
+    -------
+    DataFrame with one column per protected attribute
+    """
+    final = _final(estimator)
+    attributes = getattr(final, "protected_attributes", None)
+    if attributes is None:
+        raise ValueError(
+            f"{type(final).__name__} has no protected_attributes to read from X; pass "
+            f"sensitive_features through metadata routing instead."
+        )
+    if isinstance(attributes, (str, numbers.Integral)):
+        attributes = [attributes]
+    if isinstance(estimator, Pipeline) and any(not isinstance(a, str) for a in attributes):
+        raise ValueError(
+            "Integer protected_attributes refer to the columns of the last step's input; "
+            "name the protected columns to score a Pipeline."
+        )
+    frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
+    columns = [str(c) for c in frame.columns] if isinstance(X, pd.DataFrame) else None
+    indices = resolve_protected(attributes, columns, frame.shape[1])
+    out = frame.iloc[:, indices]
+    out.columns = [a if isinstance(a, str) else str(out.columns[j])
+                   for j, a in enumerate(attributes)]
+    return out
+
+
+def _predictions(estimator, X):
+    if is_classifier(estimator):
+        return estimator.predict_proba(X)[:, 1]
+    return estimator.predict(X)
+
+
+def fair_refit(threshold, score="accuracy", gap="dp"):
+    """A ``refit`` rule for multi-metric ``GridSearchCV``: the best ``score`` among fair candidates.
+
+    Parameters
+    ----------
+    threshold : float
+        Largest mean cross-validated gap a candidate may have.
+    score : str, default="accuracy"
+        Key of the performance scorer in the ``scoring`` dict (greater is better).
+    gap : str, default="dp"
+        Key of the fairness scorer in the ``scoring`` dict; it must be one of skfair's scorers
+        (or any scorer returning the negative gap).
+
+    Returns
+    -------
+    callable
+        ``refit(cv_results) -> index`` of the chosen candidate. Raises ValueError when no
+        candidate's mean gap is within the threshold.
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from skfair import FairNeuralClassifier
+    >>> from skfair.metrics import demographic_parity_scorer, fair_refit
+    >>> search = GridSearchCV(
+    ...     FairNeuralClassifier(protected_attributes=["sex"]),
+    ...     {"epsilon": [0.01, 0.05, 0.1]},
+    ...     scoring={"accuracy": "accuracy", "dp": demographic_parity_scorer},
+    ...     refit=fair_refit(0.05, score="accuracy", gap="dp"))
+    """
+
+    def refit(cv_results):
+        for key in (f"mean_test_{score}", f"mean_test_{gap}"):
+            if key not in cv_results:
+                raise ValueError(f"cv_results_ has no {key!r}: the scoring dict needs the keys "
+                                 f"{score!r} and {gap!r}.")
+        gaps = -np.asarray(cv_results[f"mean_test_{gap}"], dtype=float)
+        scores = np.asarray(cv_results[f"mean_test_{score}"], dtype=float)
+        fair = np.flatnonzero(gaps <= threshold)
+        if len(fair) == 0:
+            raise ValueError(
+                f"No candidate has a mean {gap!r} gap <= {threshold}; the smallest is "
+                f"{np.nanmin(gaps):.4g}. Raise the threshold or search smaller epsilon."
+            )
+        return int(fair[np.argmax(scores[fair])])
+
+    refit.threshold = threshold
+    return refit
+
+
+def fairness_report(estimator, X, y):
+    """Per-group performance and fairness of a fitted skfair estimator (or Pipeline).
+
+    Parameters
+    ----------
+    estimator : fitted FairNeuralClassifier, FairNeuralRegressor or Pipeline ending in one
+    X : DataFrame or array-like
+        Input of the estimator, with the protected columns.
+    y : array-like of shape (n_samples,)
+        True targets.
+
+    Returns
+    -------
+    report : DataFrame
+        One row per (attribute, group): ``count``, ``mean prediction`` (mean probability of the
+        positive class, or mean prediction), then ``accuracy``, ``TPR``, ``FPR`` (classifier, from
+        the predicted labels) or ``MSE``, ``mean residual`` (regressor). After each attribute's
+        groups, a row ``gap`` holds ``max - min`` of every column over the groups (and the
+        largest absolute mean residual). Printable as text.
+
+    Examples
+    --------
+    >>> from skfair.metrics import fairness_report
+    >>> # print(fairness_report(model, X_test, y_test))
+    """
+    sensitive = protected_columns(estimator, X)
+    y = np.asarray(y)
+    rows = []
+    if is_classifier(estimator):
+        classes = _final(estimator).classes_
+        positive = (y == classes[1]).astype(float)
+        proba = estimator.predict_proba(X)[:, 1]
+        label = (estimator.predict(X) == classes[1]).astype(float)
+        for attribute in sensitive.columns:
+            groups = sensitive[attribute].to_numpy()
+            block = []
+            for value in sorted(pd.unique(groups), key=str):
+                m = groups == value
+                pos, neg = m & (positive == 1), m & (positive == 0)
+                block.append({"attribute": attribute, "group": value, "count": int(m.sum()),
+                              "mean prediction": proba[m].mean(),
+                              "accuracy": (label[m] == positive[m]).mean(),
+                              "TPR": label[pos].mean() if pos.any() else np.nan,
+                              "FPR": label[neg].mean() if neg.any() else np.nan})
+            rows += block + [_gap_row(attribute, block)]
+    elif is_regressor(estimator):
+        pred = estimator.predict(X)
+        y = y.astype(float)
+        for attribute in sensitive.columns:
+            groups = sensitive[attribute].to_numpy()
+            block = []
+            for value in sorted(pd.unique(groups), key=str):
+                m = groups == value
+                block.append({"attribute": attribute, "group": value, "count": int(m.sum()),
+                              "mean prediction": pred[m].mean(),
+                              "MSE": ((pred[m] - y[m]) ** 2).mean(),
+                              "mean residual": (pred[m] - y[m]).mean()})
+            gap = _gap_row(attribute, block)
+            gap["mean residual"] = max(abs(r["mean residual"]) for r in block)
+            rows += block + [gap]
+    else:
+        raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
+    return pd.DataFrame(rows).set_index(["attribute", "group"])
+
+
+def _gap_row(attribute, block):
+    row = {"attribute": attribute, "group": "gap", "count": np.nan}
+    for column in block[0]:
+        if column not in ("attribute", "group", "count"):
+            values = np.array([r[column] for r in block], dtype=float)
+            row[column] = np.nanmax(values) - np.nanmin(values)
+    return row

@@ -1,0 +1,187 @@
+"""Fairness metrics against hand computations and fairlearn; scorers in model selection."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+from conftest import biased_frame
+from fairlearn import metrics as fl
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from skfair import FairNeuralClassifier, FairNeuralRegressor
+from skfair.metrics import (
+    demographic_parity_difference,
+    demographic_parity_scorer,
+    equal_opportunity_difference,
+    equalized_odds_difference,
+    equalized_odds_scorer,
+    fair_refit,
+    fairness_report,
+    make_fairness_scorer,
+    mean_residual_difference,
+    mean_residual_scorer,
+)
+
+FAST = dict(hidden_layer_sizes=(8,), max_epochs=5, batch_size=128, learning_rate=0.01,
+            random_state=0)
+
+
+def test_hand_computed_values():
+    groups = ["a", "a", "b", "b", "c", "c"]
+    y_pred = [1, 1, 0, 1, 0, 0]
+    assert demographic_parity_difference(None, y_pred, sensitive_features=groups) == 1.0
+    y_true = [1, 0, 1, 0, 1, 0]
+    # Within Y=1: a 1, b 0, c 0; within Y=0: a 1, b 1, c 0.
+    assert equalized_odds_difference(y_true, y_pred, sensitive_features=groups) == 1.0
+    assert equal_opportunity_difference(y_true, y_pred, sensitive_features=groups) == 1.0
+    # Probabilities: mean-score parity, no thresholding.
+    proba = [0.9, 0.7, 0.6, 0.6, 0.5, 0.3]
+    assert demographic_parity_difference(None, proba, sensitive_features=groups) == \
+        pytest.approx(0.4)
+    resid = mean_residual_difference([1.0, 1.0, 2.0, 2.0, 0.0, 0.0],
+                                     [1.5, 1.5, 2.0, 1.8, 0.0, 0.2], sensitive_features=groups)
+    assert resid == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("n_groups", [2, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_equal_to_fairlearn_on_labels(n_groups, weighted):
+    rng = np.random.default_rng(n_groups)
+    n = 500
+    groups = rng.choice(list("abc")[:n_groups], n)
+    y_true = rng.integers(0, 2, n)
+    y_pred = (rng.uniform(size=n) < 0.3 + 0.3 * (groups == "a")).astype(int)
+    w = rng.uniform(0.5, 2, n) if weighted else None
+    kw = dict(sensitive_features=groups, sample_weight=w)
+    assert demographic_parity_difference(y_true, y_pred, **kw) == pytest.approx(
+        fl.demographic_parity_difference(y_true, y_pred, **kw))
+    assert equalized_odds_difference(y_true, y_pred, **kw) == pytest.approx(
+        fl.equalized_odds_difference(y_true, y_pred, **kw))
+    assert equal_opportunity_difference(y_true, y_pred, **kw) == pytest.approx(
+        fl.equal_opportunity_difference(y_true, y_pred, **kw))
+
+
+def test_fairlearn_returns_zero_on_probabilities_we_do_not():
+    groups = np.array(["a", "a", "b", "b"])
+    proba = np.array([0.9, 0.8, 0.2, 0.1])
+    y_true = np.zeros(4)
+    assert fl.demographic_parity_difference(y_true, proba, sensitive_features=groups) == 0.0
+    assert demographic_parity_difference(None, proba, sensitive_features=groups) == \
+        pytest.approx(0.7)
+
+
+def test_several_attributes_take_the_max():
+    frame = pd.DataFrame({"sex": ["F", "F", "M", "M"], "race": ["x", "y", "x", "y"]})
+    y_pred = [0.1, 0.2, 0.5, 0.9]
+    assert demographic_parity_difference(None, y_pred, sensitive_features=frame) == \
+        pytest.approx(max(0.55, 0.25))
+    assert demographic_parity_difference(None, y_pred, sensitive_features=frame.to_numpy()) == \
+        pytest.approx(0.55)
+
+
+def test_string_labels_with_pos_label():
+    y_true = np.array(["no", "yes", "no", "yes"])
+    y_pred = np.array(["yes", "yes", "no", "no"])
+    groups = ["a", "a", "b", "b"]
+    assert equalized_odds_difference(y_true, y_pred, sensitive_features=groups) == 1.0
+    assert equalized_odds_difference(y_true, y_pred, sensitive_features=groups,
+                                     pos_label="no") == 1.0
+    with pytest.raises(ValueError, match="binary labels"):
+        equalized_odds_difference(["a", "b", "c", "a"], [0, 1, 0, 1], sensitive_features=groups)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: demographic_parity_difference(None, [1, 0, 1], sensitive_features=["a", "b"]),
+     "sensitive_features has 2 samples"),
+    (lambda: demographic_parity_difference(None, [1, np.nan], sensitive_features=["a", "b"]),
+     "NaN"),
+    (lambda: demographic_parity_difference(None, [1, 0], sensitive_features=["a", "a"]),
+     "single value"),
+    (lambda: demographic_parity_difference(None, [1, 0], sensitive_features=["a", None]),
+     "missing values"),
+    (lambda: equalized_odds_difference([1, 0, 1], [1, 0], sensitive_features=["a", "b"]),
+     "y_true has 3 samples"),
+    (lambda: demographic_parity_difference(None, [1, 0], sensitive_features=["a", "b"],
+                                           sample_weight=[1.0]), "sample_weight has 1"),
+])
+def test_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_scorers_in_grid_search_with_fair_refit():
+    X, y = biased_frame(800)
+    search = GridSearchCV(
+        FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST),
+        {"epsilon": [0.02, 0.3], "b_tau": [50, 1000]},
+        scoring={"accuracy": "accuracy", "dp": demographic_parity_scorer,
+                 "eo": equalized_odds_scorer},
+        refit=fair_refit(0.05, score="accuracy", gap="dp"), cv=2)
+    search.fit(X, y)
+    gaps = -search.cv_results_["mean_test_dp"]
+    assert (gaps >= 0).all()
+    # Folds of 400 rows >= b_tau=50 are projected exactly: their gap is within epsilon.
+    exact = (search.cv_results_["param_epsilon"] == 0.02) & \
+        (search.cv_results_["param_b_tau"] == 50)
+    assert gaps[exact].max() <= 0.02 + 1e-6
+    assert gaps[search.best_index_] <= 0.05
+    with pytest.raises(ValueError, match="No candidate"):
+        fair_refit(-1.0)(search.cv_results_)
+
+
+def test_scorer_on_a_pipeline_and_in_cross_validate():
+    X, y = biased_frame(600)
+    pipe = make_pipeline(FunctionTransformer(lambda d: d.assign(x1=2 * d["x1"])),
+                         FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST))
+    scores = cross_validate(pipe, X, y, cv=2, scoring={"dp": demographic_parity_scorer})
+    assert (-scores["test_dp"] <= 0.05 + 1e-6).all()
+    pipe.fit(X, y)
+    expected = demographic_parity_difference(
+        y, pipe.predict_proba(X)[:, 1], sensitive_features=X[["sex", "race"]])
+    assert demographic_parity_scorer(pipe, X, y) == pytest.approx(-expected)
+
+
+def test_regressor_scorer():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.normal(size=300), "g": rng.choice(["a", "b"], 300)})
+    y = X["x"] + (X["g"] == "b")
+    reg = FairNeuralRegressor(protected_attributes=["g"], **FAST).fit(X, y)
+    expected = mean_residual_difference(y, reg.predict(X), sensitive_features=X["g"])
+    assert mean_residual_scorer(reg, X, y) == pytest.approx(-expected)
+    assert make_fairness_scorer("demographic_parity", greater_is_better=True)(reg, X, y) >= 0
+
+
+def test_metadata_routing_for_other_estimators():
+    X, y = biased_frame(400)
+    numeric = X[["x1", "x2"]]
+    scorer = make_fairness_scorer("demographic_parity").set_score_request(
+        sensitive_features=True)
+    with sklearn.config_context(enable_metadata_routing=True):
+        scores = cross_validate(LogisticRegression(), numeric, y, cv=2, scoring={"dp": scorer},
+                                params={"sensitive_features": X["sex"]})
+    assert (scores["test_dp"] < 0).all()
+    with pytest.raises(ValueError, match="no protected_attributes"):
+        demographic_parity_scorer(LogisticRegression().fit(numeric, y), numeric, y)
+
+
+def test_fairness_report_classifier_and_regressor():
+    X, y = biased_frame(500)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    report = fairness_report(clf, X, y)
+    assert list(report.columns) == ["count", "mean prediction", "accuracy", "TPR", "FPR"]
+    assert report.loc[("sex", "F"), "count"] + report.loc[("sex", "M"), "count"] == 500
+    proba = clf.predict_proba(X)[:, 1]
+    assert report.loc[("sex", "gap"), "mean prediction"] == pytest.approx(
+        demographic_parity_difference(y, proba, sensitive_features=X["sex"]))
+    assert "gap" in str(report)
+    rng = np.random.default_rng(0)
+    Xr = pd.DataFrame({"x": rng.normal(size=200), "g": rng.choice(["a", "b"], 200)})
+    yr = Xr["x"] + (Xr["g"] == "b")
+    reg = FairNeuralRegressor(protected_attributes=["g"], **FAST).fit(Xr, yr)
+    rep = fairness_report(reg, Xr, yr)
+    assert list(rep.columns) == ["count", "mean prediction", "MSE", "mean residual"]
+    assert rep.loc[("g", "gap"), "mean residual"] == pytest.approx(
+        mean_residual_difference(yr, reg.predict(Xr), sensitive_features=Xr["g"]))
