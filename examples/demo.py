@@ -31,17 +31,21 @@ def main():
         X, y, test_size=0.3, stratify=y, random_state=SEED)
     numeric = [c for c in X.columns if c not in protected and X[c].dtype.kind in "if"]
     categorical = [c for c in X.columns if c not in protected and c not in numeric]
-    # Non-protected categoricals are one-hot encoded; the protected columns pass through with
-    # their values (as remainder__sex, remainder__race), where skfair finds them by name.
-    prep = ColumnTransformer(
-        [("num", StandardScaler(), numeric),
-         ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)],
-        remainder="passthrough").set_output(transform="pandas")
+
+    def preprocessor(encode_protected):
+        # Categorical features are one-hot encoded. For the fair model the protected columns pass
+        # through with their values (as remainder__sex, ...), where skfair finds them by name and
+        # feeds them to the network itself; the plain network gets them one-hot encoded.
+        onehot = categorical + (protected if encode_protected else [])
+        return ColumnTransformer(
+            [("num", StandardScaler(), numeric),
+             ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), onehot)],
+            remainder="passthrough").set_output(transform="pandas")
 
     positive = y_test == data.target_names[1]
     rows, fitted = [], {}
     for name, fairness in [("unconstrained", None), (f"fair (eps={EPSILON})", protected)]:
-        model = make_pipeline(prep, FairNeuralClassifier(
+        model = make_pipeline(preprocessor(fairness is None), FairNeuralClassifier(
             protected_attributes=fairness, epsilon=EPSILON, max_epochs=15, random_state=SEED))
         start = time.perf_counter()
         model.fit(X_train, y_train)
