@@ -2,7 +2,6 @@
 
 import time
 
-import numpy as np
 from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -16,7 +15,7 @@ def preprocessor(X, protected):
     """
     protected = list(protected)
     categorical = [c for c in X.columns
-                   if c not in protected and not np.issubdtype(X[c].dtype, np.number)]
+                   if c not in protected and X[c].dtype.kind not in "biuf"]
     numeric = [c for c in X.columns if c not in protected and c not in categorical]
     return ColumnTransformer(
         [("num", StandardScaler(), numeric),

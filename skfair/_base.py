@@ -295,7 +295,7 @@ class BaseFairNeural(BaseEstimator):
                 if layer is not None:
                     gb, yb = groups[idx].to(device), self._labels_for(tb)
                     fair = layer(out, gb, y_true=yb, sample_weight=wb)
-                    for key, lam in layer.last_solve_["duals"].items():
+                    for key, lam in (layer.last_solve_["duals"] or {}).items():
                         duals[key] = duals.get(key, 0.0) + 2 * lam / len(idx) / len(batches)
                 else:
                     fair = out

@@ -21,6 +21,7 @@ from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._validation import GroupEncoder, resolve_protected
 from .constraints import constraint_gap
+from .layer import GUARANTEE_TOL
 
 __all__ = [
     "demographic_parity_difference",
@@ -384,7 +385,8 @@ def fair_refit(threshold, score="accuracy", gap="dp"):
     Parameters
     ----------
     threshold : float
-        Largest mean cross-validated gap a candidate may have.
+        Largest mean cross-validated gap a candidate may have (up to the layer's guarantee
+        tolerance, 1e-7, so that candidates projected to exactly ``epsilon`` qualify).
     score : str, default="accuracy"
         Key of the performance scorer in the ``scoring`` dict (greater is better).
     gap : str, default="dp"
@@ -416,7 +418,9 @@ def fair_refit(threshold, score="accuracy", gap="dp"):
                                  f"{score!r} and {gap!r}.")
         gaps = -np.asarray(cv_results[f"mean_test_{gap}"], dtype=float)
         scores = np.asarray(cv_results[f"mean_test_{score}"], dtype=float)
-        fair = np.flatnonzero(gaps <= threshold)
+        # Gaps of exactly projected folds sit on epsilon up to rounding: allow the layer's
+        # guarantee tolerance, so that threshold=epsilon keeps them.
+        fair = np.flatnonzero(gaps <= threshold + GUARANTEE_TOL * max(1.0, abs(threshold)))
         if len(fair) == 0:
             raise ValueError(
                 f"No candidate has a mean {gap!r} gap <= {threshold}; the smallest is "

@@ -1,0 +1,65 @@
+"""Training cost of the fairness layer: seconds per epoch with and without it, on Adult.
+
+Run from the repository root:
+
+    python benchmarks/training.py             # full run
+    python benchmarks/training.py --quick     # smoke run
+
+The same network (default MLP (64, 64), Adam) is trained on the Adult training split with
+demographic parity on sex and race, through the layer (exact and qpth solvers) and without it (the
+protected attributes one-hot encoded as plain inputs). Reports the median seconds per epoch over
+the epochs run (3 by default; qpth: 1 epoch, small batches only) and the ratio to no layer.
+"""
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table, preprocessor  # noqa: E402
+
+from skfair import FairNeuralClassifier  # noqa: E402
+from skfair.datasets import load_adult  # noqa: E402
+
+
+def seconds_per_epoch(model, X, y):
+    model.fit(X, y)
+    return statistics.median(r["seconds"] for r in model.history_)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    data = load_adult()
+    X, y = data.data, data.target
+    if args.quick:
+        X, y = X.iloc[:8000], y.iloc[:8000]
+    protected = data.protected
+    X_fair = preprocessor(X, protected).fit_transform(X)
+    # The plain network gets the protected attributes as one-hot inputs, like the fair one.
+    X_plain = preprocessor(X, []).fit_transform(X)
+    sizes = [64, 256] if args.quick else [64, 256, 1024, 4096]
+    rows = []
+    for batch_size in sizes:
+        common = dict(batch_size=batch_size, max_epochs=args.epochs, random_state=0, tol=0.0)
+        plain = seconds_per_epoch(FairNeuralClassifier(**common), X_plain, y)
+        exact = seconds_per_epoch(FairNeuralClassifier(protected_attributes=protected, **common),
+                                  X_fair, y)
+        qpth = "-"
+        if batch_size <= 256:
+            model = FairNeuralClassifier(protected_attributes=protected, solver="qpth",
+                                         **dict(common, max_epochs=1))
+            qpth_s = seconds_per_epoch(model, X_fair, y)
+            qpth = f"{qpth_s:.2f} ({qpth_s / plain:.1f}x)"
+        rows.append([batch_size, f"{plain:.3f}", f"{exact:.3f}", f"{exact / plain:.2f}x", qpth])
+    print(f"## Training overhead (Adult, {len(X)} rows, DP on {protected}, "
+          f"median of {args.epochs} epochs)\n")
+    print(markdown_table(["batch size", "no layer s/epoch", "exact s/epoch", "exact / no layer",
+                          "qpth s/epoch (ratio)"], rows))
+
+
+if __name__ == "__main__":
+    main()
