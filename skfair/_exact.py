@@ -67,6 +67,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
 
     y, residual, value = evaluate(lam)
     full_hessian = None  # G G^T, computed once if a degenerate step needs it
+    ridge = 1e-6  # relative Levenberg-Marquardt damping, adapted below
     for n_iter in range(max_iter):
         positive = lam > 0
         worst = float(torch.where(positive, residual.abs(), residual).max())
@@ -87,16 +88,17 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
             # Newton step would be unbounded. Curvature as if its coordinates were free gives a
             # step that stops short of the next breakpoint instead; the next iteration refines.
             hessian = full
-        # Levenberg-Marquardt ridge proportional to the residual: it keeps the step defined
-        # when active rows are linearly dependent (e.g. every ordered pair at epsilon = 0) and
-        # vanishes at the solution, so the fast local convergence of Newton is kept.
-        ridge = max(1e-12, min(1.0, worst / scale)) * float(full.diagonal().max())
-        hessian = hessian + ridge * torch.eye(len(free_rows), dtype=hessian.dtype,
-                                              device=hessian.device)
-        step = h.new_zeros(m)
-        step[free_rows] = torch.linalg.solve(hessian, residual[free_rows])
+        # Rows of one attribute are often linearly dependent (u-v, v-w and u-w violated at
+        # once, or several groups tied at each end at the solution): the Newton system is then
+        # singular. A Levenberg-Marquardt ridge keeps the step bounded; it shrinks after every
+        # full step (so the fast local convergence is kept) and grows when a step overshoots.
+        eye = torch.eye(len(free_rows), dtype=hessian.dtype, device=hessian.device)
+        diag = float(full.diagonal().max())
         alpha = 1.0
         while True:
+            step = h.new_zeros(m)
+            step[free_rows] = torch.linalg.solve(hessian + ridge * diag * eye,
+                                                 residual[free_rows])
             trial = (lam + alpha * step).clamp(min=0)
             trial[pinned] = 0
             y_t, residual_t, value_t = evaluate(trial)
@@ -105,7 +107,11 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
             slack = 1e-14 * (abs(float(value)) + 1.0)
             if float(value_t) >= float(value) + 1e-4 * gain - slack or alpha < 1e-12:
                 break
-            alpha *= 0.5
+            if ridge < 1.0:
+                ridge = min(1.0, ridge * 100)
+            else:
+                alpha *= 0.5
+        ridge = max(ridge / 10, 1e-12) if alpha == 1.0 else ridge
         lam, y, residual, value = trial, y_t, residual_t, value_t
     positive = lam > 0
     worst = float(torch.where(positive, residual.abs(), residual).max())
