@@ -1,0 +1,150 @@
+"""Speed and accuracy of the fairness projection: the exact dual Newton solver against qpth,
+a cvxpylayers layer rebuilt per call, and a plain sigmoid.
+
+Run from the repository root (needs the `bench` extra and qpth, see the README):
+
+    python benchmarks/projection.py            # full run (about 5 minutes)
+    python benchmarks/projection.py --quick    # smoke run
+
+Demographic parity (epsilon = 0.05) between two groups with biased scores. Times are medians of
+several runs in milliseconds, measured side by side in one run; "fwd+bwd" adds the backward pass of
+sum(w * y) for random w. The exact solver is timed through the public path (`layer.project`, so
+the feasibility check users pay for is included); qpth through the same dense QP the layer builds
+(Q = 2I, p = -2z, box rows appended, float64, deliberate iteration limits), without the check, and
+its worst constraint violation is reported as returned.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table  # noqa: E402
+
+from skfair.constraints import get_constraint  # noqa: E402
+from skfair.layer import _qpth_project, project  # noqa: E402
+
+EPS = 0.05
+
+
+def problem(n, n_attributes=1, seed=0):
+    rng = np.random.default_rng(seed)
+    cards = [2, 5][:n_attributes]
+    groups = torch.as_tensor(np.stack([rng.integers(0, k, n) for k in cards], axis=1))
+    z = torch.as_tensor(np.clip(rng.beta(2, 5, n) + 0.3 * (groups[:, 0].numpy() == 1), 0, 1))
+    return z, groups
+
+
+def median_ms(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def exact(z, groups, bounds, backward):
+    z = z.clone().requires_grad_(backward)
+    cs = get_constraint("demographic_parity").build(groups, epsilon=EPS)
+    y, _ = project(z, cs, bounds, "exact")
+    if backward:
+        (y * torch.linspace(-1, 1, len(y), dtype=y.dtype)).sum().backward()
+    return y.detach()
+
+
+def qpth(z, groups, bounds, backward):
+    z = z.clone().requires_grad_(backward)
+    cs = get_constraint("demographic_parity").build(groups, epsilon=EPS)
+    lo, hi = bounds if bounds is not None else (None, None)
+    y = _qpth_project(z, cs, lo, hi)
+    if backward:
+        (y * torch.linspace(-1, 1, len(y), dtype=y.dtype)).sum().backward()
+    return y.detach(), float(cs.violation(y.detach()))
+
+
+def cvxpylayers_rebuilt(z, groups, bounds):
+    """What a naive implementation does: define the problem and build the layer at every call."""
+    import cvxpy as cp
+    from cvxpylayers.torch import CvxpyLayer
+
+    n = len(z)
+    G = get_constraint("demographic_parity").build(groups, epsilon=EPS).dense().numpy()
+    y, z_param = cp.Variable(n), cp.Parameter(n)
+    cons = [G @ y <= EPS, y >= bounds[0], y <= bounds[1]]
+    layer = CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(y - z_param)), cons),
+                       parameters=[z_param], variables=[y])
+    zz = z.clone().requires_grad_(True)
+    (out,) = layer(zz)
+    (out * torch.linspace(-1, 1, n, dtype=out.dtype)).sum().backward()
+    return out.detach()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 15
+    sizes = [64, 256, 1024] if args.quick else [64, 256, 1024, 4096, 16384, 65536]
+    qpth_max = 256 if args.quick else 1024
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    for bounds in [(0.0, 1.0), None]:
+        rows = []
+        for n in sizes if bounds is not None else sizes[:4]:
+            z, groups = problem(n)
+            fwd = median_ms(lambda: exact(z, groups, bounds, False), repeats)
+            both = median_ms(lambda: exact(z, groups, bounds, True), repeats)
+            row = [n, f"{fwd:.2f}", f"{both:.2f}"]
+            if n <= qpth_max:
+                q_repeats = max(1, repeats // (3 if n >= 1024 else 1))
+                q_fwd = median_ms(lambda: qpth(z, groups, bounds, False), q_repeats)
+                q_both = median_ms(lambda: qpth(z, groups, bounds, True), q_repeats)
+                y_q, violation = qpth(z, groups, bounds, False)
+                diff = float((exact(z, groups, bounds, False) - y_q).abs().max())
+                row += [f"{q_fwd:.1f}", f"{q_both:.1f}", f"{q_both / both:.0f}x",
+                        f"{diff:.1e}", f"{violation:.1e}"]
+            else:
+                row += ["-"] * 5
+            rows.append(row)
+        title = "bounds [0, 1]" if bounds is not None else "no bounds"
+        print(f"## Exact vs qpth, demographic parity, two groups, {title}\n")
+        print(markdown_table(["n", "exact fwd ms", "exact fwd+bwd ms", "qpth fwd ms",
+                              "qpth fwd+bwd ms", "qpth/exact (fwd+bwd)", "max |y_exact - y_qpth|",
+                              "qpth max violation"], rows))
+        print()
+
+    n = 512
+    z, groups = problem(n)
+    ours = median_ms(lambda: exact(z, groups, (0.0, 1.0), True), repeats)
+    theirs = median_ms(lambda: cvxpylayers_rebuilt(z, groups, (0.0, 1.0)),
+                       max(1, repeats // 3))
+    diff = float((exact(z, groups, (0.0, 1.0), False)
+                  - cvxpylayers_rebuilt(z, groups, (0.0, 1.0))).abs().max())
+    print("## Exact vs a cvxpylayers layer rebuilt per call (n = 512, fwd+bwd, bounds [0, 1])\n")
+    print(markdown_table(["exact ms", "cvxpylayers ms", "ratio", "max |difference|"],
+                         [[f"{ours:.2f}", f"{theirs:.1f}", f"{theirs / ours:.0f}x",
+                           f"{diff:.1e}"]]))
+    print()
+
+    n = 1_000_000
+    z, groups = problem(n, n_attributes=2)
+    raw32, raw64 = torch.randn(n, dtype=torch.float32), torch.randn(n, dtype=torch.float64)
+    sig32 = median_ms(lambda: torch.sigmoid(raw32), repeats)
+    sig64 = median_ms(lambda: torch.sigmoid(raw64), repeats)
+    proj = median_ms(lambda: exact(z, groups, (0.0, 1.0), False), max(3, repeats // 3))
+    print("## 1,000,000 samples, two attributes (2 and 5 groups, 22 rows), bounds [0, 1]\n")
+    print(markdown_table(
+        ["exact fwd ms", "sigmoid float32 ms", "sigmoid float64 ms", "exact / sigmoid float64",
+         "exact / sigmoid float32"],
+        [[f"{proj:.1f}", f"{sig32:.2f}", f"{sig64:.2f}", f"{proj / sig64:.0f}x",
+          f"{proj / sig32:.0f}x"]]))
+
+
+if __name__ == "__main__":
+    main()
