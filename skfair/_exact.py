@@ -15,6 +15,8 @@ import torch
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
 MAX_ITER = 100
+#: rounding error of a float64 group sum, per summand
+ROUNDING = 2e-16
 
 
 class SolveResult:
@@ -58,7 +60,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     scale = scale_of(z, h, lo, hi)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
-    atol = (tol + 2e-16 * z.shape[0]) * scale
+    atol = (tol + ROUNDING * z.shape[0]) * scale
     lam = h.new_zeros(m) if lam0 is None else lam0.to(h).clamp(min=0)
 
     def evaluate(lam):
@@ -78,7 +80,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
             return SolveResult(y, lam, n_iter, True)
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
         # the caller's feasibility check judge the point.
-        stalled = stalled + 1 if worst > 0.9 * best else 0
+        stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
         best = min(best, worst)
         if stalled >= 5:
             return SolveResult(y, lam, n_iter, False)

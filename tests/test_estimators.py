@@ -288,3 +288,27 @@ def test_numpy_input_with_integer_positions(biased):
     p = clf.predict_proba(arr)[:, 1]
     assert dp_gap(clf, pd.DataFrame(arr[:, [2, 3]], columns=clf.group_encoder_.names), p) \
         <= 0.05 + 1e-6
+
+
+def test_training_on_real_data_never_needs_the_fallback_solver():
+    """Every training projection on COMPAS and German credit is solved by the exact solver (a
+    fallback would warn, and warnings from skfair are errors in this suite)."""
+    import warnings
+
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    from skfair.datasets import load_compas, load_german_credit
+
+    for loader in (load_compas, load_german_credit):
+        data = loader()
+        categorical = [c for c in data.data.columns
+                       if c not in data.protected and data.data[c].dtype.name == "category"]
+        prep = ColumnTransformer([("cat", OneHotEncoder(sparse_output=False), categorical)],
+                                 remainder="passthrough").set_output(transform="pandas")
+        X = prep.fit_transform(data.data)
+        for eps in (0.02, 0.1):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                FairNeuralClassifier(protected_attributes=data.protected, epsilon=eps,
+                                     max_epochs=4, random_state=0).fit(X, data.target)

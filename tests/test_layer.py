@@ -330,3 +330,19 @@ def test_both_backends_failing_raise(monkeypatch):
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.raises(RuntimeError, match="fairness projection failed"):
         project(z, cs, (0.0, 1.0))
+
+
+def test_solver_stops_at_the_rounding_floor(monkeypatch):
+    """Asked for an accuracy below float64 rounding, the solver stops after a few stalled
+    iterations instead of running to its limit, with a point the guarantee check accepts."""
+    from skfair import _exact
+
+    monkeypatch.setattr(_exact, "ROUNDING", 0.0)
+    rng = np.random.default_rng(6)
+    n = 100_000
+    groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
+    z = torch.as_tensor(rng.uniform(0, 1, n) + 0.2 * (groups[:, 0].numpy() == 1))
+    cs = get_constraint("demographic_parity").build(groups, epsilon=0.01)
+    result = _exact.solve(z, cs, 0.0, 1.0, tol=1e-30)
+    assert not result.converged and result.n_iter < _exact.MAX_ITER
+    assert float(cs.violation(result.y)) <= 1e-9
