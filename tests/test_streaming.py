@@ -117,3 +117,130 @@ def test_state_pickles_mid_stream_and_empty_batches_are_no_ops():
 def test_label_dependent_constraints_cannot_stream():
     with pytest.raises(ValueError, match="needs true labels"):
         PrimalDualStream(get_constraint("equalized_odds"), EPS, (0.0, 1.0), 0.1, 100)
+
+
+# ------------------------------------------------------------------------------------------------
+# The streaming regime of the estimators
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from conftest import biased_frame
+
+    from skfair import FairNeuralClassifier
+
+    X, y = biased_frame(2000, seed=0)
+    # No distortion penalty: the network itself stays biased, so the stream has work to do.
+    model = FairNeuralClassifier(protected_attributes=["sex", "race"], epsilon=EPS,
+                                 distortion_penalty=0.0, hidden_layer_sizes=(16,), max_epochs=15,
+                                 batch_size=128, learning_rate=0.01, random_state=0).fit(X, y)
+    stream_X, _ = biased_frame(4000, seed=1)
+    return model, stream_X
+
+
+def stream_batches(X, n_batches, seed, max_size=32):
+    """Batches of random size whose share of men drifts along the stream."""
+    rng = np.random.default_rng(seed)
+    men, women = np.flatnonzero(X["sex"] == "M"), np.flatnonzero(X["sex"] == "F")
+    for t in range(n_batches):
+        size = int(rng.integers(1, max_size + 1))
+        share = 0.2 + 0.6 * (t % 50) / 50
+        n_men = rng.binomial(size, share)
+        rows = np.concatenate([rng.choice(men, n_men), rng.choice(women, size - n_men)])
+        yield X.iloc[rows]
+
+
+def test_estimator_stream_meets_its_bound_and_beats_raw_outputs(fitted):
+    import copy
+
+    model = copy.deepcopy(fitted[0])
+    X = fitted[1]
+    model.reset_stream()
+    excess, raw_sum, n = [], 0.0, 0
+    for t, batch in enumerate(stream_batches(X, 2000, seed=2), 1):
+        model.partial_predict_proba(batch)
+        raw = model._predict_unconstrained(batch)
+        men = (batch["sex"] == "M").to_numpy()
+        if men.any() and (~men).any():
+            raw_sum += len(batch) * (raw[men].mean() - raw[~men].mean())
+        n += len(batch)
+        if t in (250, 500, 1000, 2000):
+            stats = model.stream_stats()
+            assert stats["weighted_avg_fairness_gap"] <= EPS + stats["bound"]
+            excess.append(stats["weighted_avg_fairness_gap"] + stats["bound"])
+    assert excess == sorted(excess, reverse=True)
+    # The network alone: its men-minus-women gap averaged the same way is far above epsilon.
+    assert raw_sum / n > 2 * EPS
+    assert model.stream_stats()["n_batches"] == 2000
+
+
+def test_estimator_warm_start_helps_early_batches(fitted):
+    import copy
+
+    assert fitted[0].dual_init_  # recorded in fit
+    violations = {}
+    for warm in (False, True):
+        model = copy.deepcopy(fitted[0]).set_params(stream_warm_start=warm)
+        model.reset_stream()
+        for batch in stream_batches(fitted[1], 100, seed=3, max_size=8):
+            model.partial_predict_proba(batch)
+        violations[warm] = model.stream_stats()["mean_batch_violation"]
+    assert violations[True] < violations[False]
+
+
+def test_estimator_stream_state(fitted, tmp_path):
+    import copy
+
+    model, X = copy.deepcopy(fitted[0]), fitted[1]
+    batches = list(stream_batches(X, 60, seed=4))
+    for batch in batches[:30]:
+        model.partial_predict_proba(batch)
+    # predict / predict_proba between stream calls change nothing in the stream.
+    before = model.stream_stats()
+    model.predict_proba(X.iloc[:50])
+    model.predict(X.iloc[:7])
+    assert model.stream_stats() == before
+    resumed = pickle.loads(pickle.dumps(model))
+    for batch in batches[30:]:
+        np.testing.assert_array_equal(model.partial_predict_proba(batch),
+                                      resumed.partial_predict_proba(batch))
+    assert model.stream_stats() == resumed.stream_stats()
+    # Invalid input raises before the state changes; an empty batch changes nothing.
+    before = model.stream_stats()
+    with pytest.raises(ValueError, match="NaN"):
+        model.partial_predict_proba(X.iloc[:5].assign(x1=[0.1, np.nan, 0.2, 0.3, 0.4]))
+    with pytest.raises(ValueError, match="not seen in fit"):
+        model.partial_predict(X.iloc[:3].assign(sex="X"))
+    assert model.partial_predict_proba(X.iloc[:0]).shape == (0, 2)
+    assert model.stream_stats() == before
+    # Reset starts over.
+    model.reset_stream()
+    assert model.stream_stats()["n_batches"] == 0
+
+
+def test_estimator_mixed_stream_projects_large_batches_exactly(fitted):
+    import copy
+
+    from skfair.metrics import demographic_parity_difference
+
+    model, X = copy.deepcopy(fitted[0]), fitted[1]
+    model.set_params(b_tau=64).reset_stream()
+    for i, batch in enumerate(stream_batches(X, 40, seed=5, max_size=120)):
+        p = model.partial_predict_proba(batch)[:, 1]
+        if len(batch) >= 64:
+            gap = demographic_parity_difference(None, p, sensitive_features=batch[["sex", "race"]])
+            assert gap <= EPS + 1e-6
+
+
+def test_partial_predict_without_a_label_free_constraint(fitted):
+    from conftest import biased_frame
+
+    from skfair import FairNeuralClassifier
+
+    X, y = biased_frame(300)
+    model = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="equalized_odds",
+                                 max_epochs=2, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(model.partial_predict_proba(X.iloc[:5]),
+                                  model.predict_proba(X.iloc[:5]))
+    with pytest.raises(ValueError, match="needs true labels"):
+        model.stream_stats()
