@@ -21,7 +21,12 @@ from sklearn.utils.validation import (
 from . import _streaming
 from ._network import ACTIVATIONS, make_mlp
 from ._validation import GroupEncoder, resolve_protected
-from .constraints import AffineConstraint, constraint_gap, get_constraint
+from .constraints import (
+    AffineConstraint,
+    InfeasibleConstraintError,
+    constraint_gap,
+    get_constraint,
+)
 from .layer import SOLVERS, FairnessLayer
 
 
@@ -294,7 +299,10 @@ class BaseFairNeural(BaseEstimator):
                 out = self._output(self.module_(xb)[:, 0].double())
                 if layer is not None:
                     gb, yb = groups[idx].to(device), self._labels_for(tb)
-                    fair = layer(out, gb, y_true=yb, sample_weight=wb)
+                    try:
+                        fair = layer(out, gb, y_true=yb, sample_weight=wb)
+                    except InfeasibleConstraintError as exc:
+                        raise self._named(exc) from exc
                     for key, lam in (layer.last_solve_["duals"] or {}).items():
                         duals[key] = duals.get(key, 0.0) + 2 * lam / len(idx) / len(batches)
                 else:
@@ -342,6 +350,14 @@ class BaseFairNeural(BaseEstimator):
         self.loss_curve_ = [r["train_loss"] for r in self.history_]
         if layer is None:
             self.dual_init_ = {}
+
+    def _named(self, exc):
+        """The infeasibility error with the attribute and group named as the user knows them."""
+        attribute, code = exc.key[0], exc.key[1]
+        name, values = self.group_encoder_.group_names()[attribute]
+        return InfeasibleConstraintError(
+            f"The constraint cannot be met within bounds {self.bounds_} for {name}="
+            f"{values[code]!r}: {exc}", key=exc.key)
 
     def _labels_for(self, target):
         """True labels the constraint needs, else None."""

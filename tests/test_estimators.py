@@ -312,3 +312,31 @@ def test_training_on_real_data_never_needs_the_fallback_solver():
                 warnings.simplefilter("error", RuntimeWarning)
                 FairNeuralClassifier(protected_attributes=data.protected, epsilon=eps,
                                      max_epochs=4, random_state=0).fit(X, data.target)
+
+
+def test_infeasible_mean_residual_names_the_group():
+    from skfair.constraints import InfeasibleConstraintError
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.normal(size=200), "g": rng.choice(["a", "b"], 200)})
+    y = np.where(X["g"] == "b", 10.0, 0.0) + 0.1 * rng.normal(size=200)
+    reg = FairNeuralRegressor(protected_attributes=["g"], fairness="mean_residual", epsilon=0.1,
+                              bounds=(-1.0, 1.0), **FAST)
+    with pytest.raises(InfeasibleConstraintError, match=r"g='b'"):
+        reg.fit(X, y)
+
+
+def test_training_batches_keep_the_group_composition():
+    X, y = biased_frame(1000, categorical=True)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="equalized_odds",
+                               **dict(FAST, max_epochs=1, batch_size=100)).fit(X, y)
+    groups = clf.group_encoder_.transform(X[["sex", "race"]])
+    strata = clf._strata(groups, y.to_numpy().astype(float))
+    batches = clf._batches(strata, torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))  # nothing dropped
+    assert len(batches) == 10
+    expected = np.bincount(strata) / len(batches)
+    for batch in batches:
+        counts = np.bincount(strata[batch], minlength=len(expected))
+        # Every stratum is dealt evenly: each batch holds the floor or the ceiling of its share.
+        assert np.abs(counts - expected).max() < 1.0
