@@ -138,25 +138,27 @@ class BaseFairNeural(BaseEstimator):
             self.protected_indices_ = resolve_protected(
                 self.protected_attributes, getattr(self, "feature_names_in_", None),
                 self.n_features_in_)
-        frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
-        protected = frame.iloc[:, self.protected_indices_]
-        rest = frame.drop(columns=frame.columns[self.protected_indices_])
+        # Plain arrays from here: pandas indexing and sklearn's column-by-column checks of a
+        # wide DataFrame cost milliseconds, too much for a stream of single rows.
+        values = X.to_numpy(dtype=object) if isinstance(X, pd.DataFrame) else np.asarray(
+            X, dtype=object)
+        protected = values[:, self.protected_indices_]
         try:
-            features = check_array(rest, dtype=np.float64, ensure_min_features=0,
-                                   ensure_min_samples=0 if not reset else 1, input_name="X")
-        except ValueError as exc:
-            if "could not convert" not in str(exc):
-                raise
+            rest = np.delete(values, self.protected_indices_, axis=1).astype(np.float64)
+        except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"The columns of X that are not protected must be numeric ({exc}); encode "
                 f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
             ) from None
+        features = check_array(rest, dtype=np.float64, ensure_min_features=0,
+                               ensure_min_samples=0 if not reset else 1, input_name="X")
         if reset:
             # Attributes keep the names the user gave ("sex", not "remainder__sex").
             attributes = self.protected_attributes
             if isinstance(attributes, (str, numbers.Integral)):
                 attributes = [attributes]
-            names = [a if isinstance(a, str) else str(frame.columns[i])
+            columns = getattr(self, "feature_names_in_", range(self.n_features_in_))
+            names = [a if isinstance(a, str) else str(columns[i])
                      for a, i in zip(attributes, self.protected_indices_)]
             self.group_encoder_ = GroupEncoder(names, self.intersectional).fit(protected)
         codes = self.group_encoder_.transform(protected)

@@ -86,7 +86,7 @@ class GroupEncoder:
 
     def fit(self, columns):
         columns = _as_frame(columns, self.names)
-        self.categories_ = []
+        self.categories_, self._index_cache, self._lookup_cache = [], None, None
         for name in self.names:
             values = columns[name]
             if values.isna().any():
@@ -102,21 +102,35 @@ class GroupEncoder:
 
     def transform(self, columns):
         """Group codes of every attribute, a LongTensor of shape (n, n_attributes)."""
-        columns = _as_frame(columns, self.names)
-        codes = np.empty((len(columns), len(self.names)), dtype=np.int64)
-        for j, (name, categories) in enumerate(zip(self.names, self.categories_)):
-            values = columns[name]
-            if values.isna().any():
+        values = _as_objects(columns, len(self.names))
+        codes = np.empty(values.shape, dtype=np.int64)
+        for j, (name, index) in enumerate(zip(self.names, self._indexes())):
+            column = values[:, j]
+            if pd.isna(column).any():
                 raise ValueError(f"protected attribute {name!r} contains missing values.")
-            index = pd.Index(categories).get_indexer(values.astype(object))
-            if (index < 0).any():
-                unseen = sorted(set(values[index < 0].astype(object)), key=_sort_key)
+            if len(column) <= 64:  # a dict look-up beats pandas' machinery on small batches
+                lookup = self._lookups()[j]
+                codes[:, j] = [lookup.get(v, -1) for v in column]
+            else:
+                codes[:, j] = index.get_indexer(column)
+            if (codes[:, j] < 0).any():
+                unseen = sorted(set(column[codes[:, j] < 0]), key=_sort_key)
                 raise ValueError(
                     f"protected attribute {name!r} has values not seen in fit: {unseen[:5]}; "
-                    f"known values: {list(categories)}."
+                    f"known values: {list(index)}."
                 )
-            codes[:, j] = index
         return torch.from_numpy(codes)
+
+    def _indexes(self):
+        # Built once: transform runs for every batch of a stream.
+        if getattr(self, "_index_cache", None) is None:
+            self._index_cache = [pd.Index(c, dtype=object) for c in self.categories_]
+        return self._index_cache
+
+    def _lookups(self):
+        if getattr(self, "_lookup_cache", None) is None:
+            self._lookup_cache = [{v: i for i, v in enumerate(c)} for c in self.categories_]
+        return self._lookup_cache
 
     def fit_transform(self, columns):
         return self.fit(columns).transform(columns)
@@ -137,6 +151,16 @@ class GroupEncoder:
         values = np.empty(len(combos), dtype=object)
         values[:] = combos  # an array of tuples, not a 2-D array
         return [(" & ".join(self.names), values)]
+
+
+def _as_objects(columns, n_columns):
+    values = columns.to_numpy(dtype=object) if isinstance(columns, pd.DataFrame) else np.asarray(
+        columns, dtype=object)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[1] != n_columns:
+        raise ValueError(f"expected {n_columns} protected column(s); got shape {values.shape}.")
+    return values
 
 
 def _as_frame(columns, names):
