@@ -46,13 +46,13 @@ for epoch in range(5):
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
-    print(f"epoch {epoch}: loss {total / len(inputs):.4f}, largest constraint violation of any batch "
-          f"{max(worst, 0.0):.1e}")
+    print(f"epoch {epoch}: loss {total / len(inputs):.4f}, largest constraint violation of any "
+          f"batch {max(worst, 0.0):.1e}")
 
 with torch.no_grad():
     raw = torch.sigmoid(net(inputs)[:, 0])
     fair = layer(raw.double(), groups)
 sensitive = X[["sex", "race"]]
-print(f"DP gap on all {len(X)} rows: network alone "
-      f"{demographic_parity_difference(None, raw.numpy(), sensitive_features=sensitive):.3f}, "
-      f"through the layer {demographic_parity_difference(None, fair.numpy(), sensitive_features=sensitive):.3f}")
+alone = demographic_parity_difference(None, raw.numpy(), sensitive_features=sensitive)
+through = demographic_parity_difference(None, fair.numpy(), sensitive_features=sensitive)
+print(f"DP gap on all {len(X)} rows: network alone {alone:.3f}, through the layer {through:.3f}")

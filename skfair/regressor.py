@@ -3,7 +3,6 @@
 import numbers
 
 import numpy as np
-import torch
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_array, column_or_1d
 
@@ -80,7 +79,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
             b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
-            distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size, hidden_layer_sizes=hidden_layer_sizes,
+            distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size,
+            hidden_layer_sizes=hidden_layer_sizes,
             activation=activation, module=module, batch_size=batch_size, max_epochs=max_epochs,
             learning_rate=learning_rate, weight_decay=weight_decay,
             early_stopping=early_stopping, validation_fraction=validation_fraction,

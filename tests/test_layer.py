@@ -65,8 +65,8 @@ SETTINGS = settings(max_examples=int(os.environ.get("HYP_EXAMPLES", 150)), deadl
 
 def _solve(instance, solver):
     z, groups, constraint, y_true, bounds, epsilon = instance
-    cs = get_constraint(constraint).build(torch.as_tensor(groups), epsilon=epsilon,
-                                          y_true=None if y_true is None else torch.as_tensor(y_true))
+    y_true = None if y_true is None else torch.as_tensor(y_true)
+    cs = get_constraint(constraint).build(torch.as_tensor(groups), epsilon=epsilon, y_true=y_true)
     y, info = project(torch.as_tensor(z), cs, bounds, solver)
     return y.numpy(), cs.dense().numpy(), cs.h.numpy(), info
 
