@@ -133,7 +133,13 @@ class BaseFairNeural(BaseEstimator):
         if self.protected_attributes is None:
             features = validate_data(self, X, reset=reset, dtype=np.float64)
             return features, None
-        validate_data(self, X, reset=reset, skip_check_array=True)
+        names = getattr(self, "feature_names_in_", None)
+        same_names = (not reset and isinstance(X, pd.DataFrame) and names is not None
+                      and len(X.columns) == len(names) and (X.columns == names).all())
+        # Same column names as in fit is what sklearn's check would accept; comparing them
+        # directly saves most of a millisecond per batch of a stream.
+        if not same_names:
+            validate_data(self, X, reset=reset, skip_check_array=True)
         if reset:
             self.protected_indices_ = resolve_protected(
                 self.protected_attributes, getattr(self, "feature_names_in_", None),
