@@ -11,12 +11,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_array,
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _streaming
 from ._network import ACTIVATIONS, make_mlp
@@ -156,8 +151,12 @@ class BaseFairNeural(BaseEstimator):
                 f"The columns of X that are not protected must be numeric ({exc}); encode "
                 f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
             ) from None
-        features = check_array(rest, dtype=np.float64, ensure_min_features=0,
-                               ensure_min_samples=0 if not reset else 1, input_name="X")
+        if reset and len(rest) == 0:
+            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+        if not np.isfinite(rest).all():
+            problem = "NaN" if np.isnan(rest).any() else "infinity"
+            raise ValueError(f"Input X contains {problem} in a column that is not protected.")
+        features = rest
         if reset:
             # Attributes keep the names the user gave ("sex", not "remainder__sex").
             attributes = self.protected_attributes

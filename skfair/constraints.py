@@ -285,19 +285,19 @@ class _GroupMeanConstraint(AffineConstraint):
             atom_target = _segment_sum(target.to(torch.float64), atom, table.shape[0])
 
         coef, h, keys = [], [], []
+        # The table has one row per distinct combination of codes (a handful): membership is
+        # cheaper to work out in Python than with a dozen tiny tensor operations.
+        rows = table.tolist()
+        masses = atom_mass.tolist()
         for a in range(n_attributes):
             for label in self.label_cells or (None,):
-                in_cell = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
-                if label is not None:
-                    in_cell = table[:, -1] == label
-                present = torch.unique(table[in_cell, a]).tolist()
-                member = torch.stack(
-                    [(table[:, a] == g) & in_cell for g in present]
-                ).to(torch.float64) if present else atom_mass.new_zeros((0, table.shape[0]))
+                cell = [label is None or row[-1] == label for row in rows]
+                present = sorted({row[a] for row, inside, w in zip(rows, cell, masses)
+                                  if inside and w > 0})
+                member = atom_mass.new_tensor(
+                    [[float(inside and row[a] == g) for row, inside in zip(rows, cell)]
+                     for g in present]).reshape(len(present), len(rows))
                 mass = member @ atom_mass
-                nonempty = (mass > 0).tolist()
-                present = [g for g, keep in zip(present, nonempty) if keep]
-                member, mass = member[mass > 0], mass[mass > 0]
                 means = member / mass[:, None]  # row g: the averaging functional of group g
                 target_means = None if atom_target is None else (member @ atom_target) / mass
                 self._cell_rows(a, label, present, means, target_means, epsilon,
@@ -486,14 +486,15 @@ def _atoms(codes):
     """Index every row of ``codes`` (n, c) by its distinct combination of values.
 
     Returns ``(atom, table)``: ``table[atom[i]] == codes[i]``. Mixed-radix counting keeps this a
-    single O(n) pass when the code space is small (the usual case); otherwise it sorts.
+    single O(n) pass when the code space is small (the usual case); otherwise, and for tiny
+    batches where one sort is cheaper than the counting's dozen operations, it sorts.
     """
     n = codes.shape[0]
     if n == 0:
         return codes.new_zeros(0), codes.new_zeros((0, codes.shape[1]))
     radix = (codes.amax(0) + 1).tolist()
     space = prod(radix)
-    if space > max(4 * n, 1 << 16):
+    if n <= 32 or space > max(4 * n, 1 << 16):
         table, atom = torch.unique(codes, dim=0, return_inverse=True)
         return atom, table
     flat = torch.zeros(n, dtype=torch.long, device=codes.device)
