@@ -57,11 +57,15 @@ def test_single_row_stream_pooled_gap_converges():
     """
     rng = np.random.default_rng(1)
     stream = new_stream()
-    counts = np.zeros(2)
+    counts, raw_sums = np.zeros(2), np.zeros(2)
     for _ in range(4000):
         z, groups = biased_batch(rng, 1, 0.4)
         counts[int(groups[0, 0])] += 1
+        raw_sums[int(groups[0, 0])] += float(z[0])
         stream.step(z, groups)
+    # Without the reference rule a single row has no counterpart, hence no constraint row: the
+    # outputs would be the raw scores, whose pooled gap is about 0.3.
+    assert abs(raw_sums[1] / counts[1] - raw_sums[0] / counts[0]) > 0.25
     stats = stream.stats()
     bound = stats["lambda_max"] * math.sqrt(stats["n_steps"]) / (DEFAULT_ETA0 * counts.min())
     assert stats["pooled_fairness_gap"] <= EPS + bound + stats["reference_drift"]
