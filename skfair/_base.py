@@ -120,7 +120,7 @@ class BaseFairNeural(BaseEstimator):
     # ----------------------------------------------------------------------------------------
     # Validation
     def _validate_X(self, X, reset):
-        """Split X into network features (float32 tensor) and group codes (LongTensor or None).
+        """Split X into network features (float64 array) and group codes (LongTensor or None).
 
         Protected columns may hold strings or categories, so only the other columns go through
         numeric validation; the protected ones are encoded by the group encoder fitted in fit.
@@ -143,6 +143,8 @@ class BaseFairNeural(BaseEstimator):
         # wide DataFrame cost milliseconds, too much for a stream of single rows.
         values = X.to_numpy(dtype=object) if isinstance(X, pd.DataFrame) else np.asarray(
             X, dtype=object)
+        if values.ndim != 2:
+            raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
         protected = values[:, self.protected_indices_]
         try:
             rest = np.delete(values, self.protected_indices_, axis=1).astype(np.float64)

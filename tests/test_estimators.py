@@ -340,3 +340,10 @@ def test_training_batches_keep_the_group_composition():
         counts = np.bincount(strata[batch], minlength=len(expected))
         # Every stratum is dealt evenly: each batch holds the floor or the ceiling of its share.
         assert np.abs(counts - expected).max() < 1.0
+
+
+def test_one_dimensional_X_is_rejected(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    with pytest.raises(ValueError):
+        clf.predict(X["x1"].to_numpy())
