@@ -295,6 +295,8 @@ class BaseFairNeural(BaseEstimator):
         layer = None
         if groups is not None:
             layer = FairnessLayer(self.constraint_, self.epsilon, self.bounds_, self.solver)
+        # Equal weights leave every group mean unchanged: the layer then skips them (cheaper).
+        weighted_means = len(weight) > 0 and not np.all(weight == weight[0])
         optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
                                      weight_decay=self.weight_decay)
         best_loss, best_state, stall = np.inf, None, 0
@@ -309,7 +311,8 @@ class BaseFairNeural(BaseEstimator):
                 if layer is not None:
                     gb, yb = groups[idx].to(device), self._labels_for(tb)
                     try:
-                        fair = layer(out, gb, y_true=yb, sample_weight=wb)
+                        fair = layer(out, gb, y_true=yb,
+                                     sample_weight=wb if weighted_means else None)
                     except InfeasibleConstraintError as exc:
                         raise self._named(exc) from exc
                     for key, lam in (layer.last_solve_["duals"] or {}).items():

@@ -15,6 +15,8 @@ import torch
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
 MAX_ITER = 100
+#: smallest relative Levenberg-Marquardt ridge of the Newton systems
+MIN_RIDGE = 1e-10
 #: rounding error of a float64 group sum, per summand
 ROUNDING = 2e-16
 
@@ -46,34 +48,43 @@ def scale_of(z, h, lo, hi):
     return scale
 
 
-def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
+def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None):
     """Project ``z`` (float64, shape (n,)) onto the constraint set ``cs`` within ``[lo, hi]``.
 
-    ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` warm-starts the multipliers.
-    Returns a :class:`SolveResult`; ``converged`` is False when the iteration limit was hit
-    (the caller checks feasibility and decides).
+    ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` warm-starts the multipliers;
+    ``scale`` is :func:`scale_of` of the problem when the caller has it. Returns a
+    :class:`SolveResult`; ``converged`` is False when the iteration limit was hit (the caller
+    checks feasibility and decides).
     """
     h = cs.h.detach()
     m = cs.n_rows
     if m == 0:
         return SolveResult(clip(z, lo, hi), h.new_zeros(0), 0, True)
-    scale = scale_of(z, h, lo, hi)
+    if scale is None:
+        scale = scale_of(z, h, lo, hi)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
     atol = (tol + ROUNDING * z.shape[0]) * scale
     lam = h.new_zeros(m) if lam0 is None else lam0.to(h).clamp(min=0)
+    bounded = lo is not None or hi is not None
 
     def evaluate(lam):
-        y = clip(z - cs.rmatvec(lam), lo, hi)
+        y = z - cs.rmatvec(lam)
+        if bounded:
+            y.clamp_(lo, hi)
         residual = cs.matvec(y) - h  # gradient of the dual
-        value = 0.5 * torch.dot(y - z, y - z) + torch.dot(lam, residual)
-        return y, residual, value
+        shift = y - z
+        return y, residual, 0.5 * float(torch.dot(shift, shift))
 
-    y, residual, value = evaluate(lam)
-    full_hessian = None  # G G^T, computed once if a degenerate step needs it
-    ridge = 1e-6  # relative Levenberg-Marquardt damping, adapted below
+    families = cs.pair_families
+    y, residual, distance = evaluate(lam)
+    full_hessian = cs.gram()  # G G^T; cached on cs, O(m^2 n_atoms)
+    ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = float("inf"), 0
     for n_iter in range(max_iter):
+        if families:
+            lam = lam.new_tensor(_tree_flows(lam.tolist(), families))
+        value = distance + float(torch.dot(lam, residual))
         positive = lam > 0
         worst = float(torch.where(positive, residual.abs(), residual).max())
         if worst <= atol:
@@ -84,49 +95,129 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
         best = min(best, worst)
         if stalled >= 5:
             return SolveResult(y, lam, n_iter, False)
-        # Multipliers at zero whose row is satisfied stay at zero; Newton on the others.
-        pinned = (lam <= 0) & (residual < 0)
-        free_rows = torch.nonzero(~pinned).squeeze(1)
-        free_coords = (y > lo if lo is not None else torch.ones_like(y, dtype=torch.bool))
-        if hi is not None:
-            free_coords &= y < hi
-        hessian = cs.gram(free_coords)[free_rows][:, free_rows]
-        if full_hessian is None:
-            full_hessian = cs.gram(torch.ones_like(free_coords))
-        full = full_hessian[free_rows][:, free_rows]
+        # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
+        # for group pairs only a forest of them (the others would make the system singular).
+        if families:
+            rows = _newton_rows(lam.tolist(), residual.tolist(), families)
+            free_rows = None if len(rows) == m else torch.tensor(rows, device=lam.device)
+        else:
+            pinned = ~positive & (residual < 0)
+            free_rows = torch.nonzero(~pinned).squeeze(1) if bool(pinned.any()) else None
+        hessian = cs.gram(_free(y, lo, hi)) if bounded else full_hessian
+        full = full_hessian
+        if free_rows is not None:
+            hessian = hessian[free_rows[:, None], free_rows]
+            full = full[free_rows[:, None], free_rows]
         if bool((hessian.diagonal() <= 1e-9 * full.diagonal()).any()):
             # A row with (almost) every coordinate clipped: the dual is flat along it, and the
             # Newton step would be unbounded. Curvature as if its coordinates were free gives a
             # step that stops short of the next breakpoint instead; the next iteration refines.
             hessian = full
-        # Rows of one attribute are often linearly dependent (u-v, v-w and u-w violated at
-        # once, or several groups tied at each end at the solution): the Newton system is then
-        # singular. A Levenberg-Marquardt ridge keeps the step bounded; it shrinks after every
-        # full step (so the fast local convergence is kept) and grows when a step overshoots.
-        eye = torch.eye(len(free_rows), dtype=hessian.dtype, device=hessian.device)
+        rhs = residual if free_rows is None else residual[free_rows]
+        # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
+        # custom constraint): a Levenberg-Marquardt ridge keeps the Newton step bounded. It grows
+        # when backtracking alone does not find an ascent step and shrinks after full steps.
         diag = float(full.diagonal().max())
-        alpha = 1.0
+        alpha, direction = 1.0, None
         while True:
-            step = h.new_zeros(m)
-            step[free_rows] = torch.linalg.solve(hessian + ridge * diag * eye,
-                                                 residual[free_rows])
-            trial = (lam + alpha * step).clamp(min=0)
-            trial[pinned] = 0
-            y_t, residual_t, value_t = evaluate(trial)
+            if direction is None:
+                system = hessian.clone()
+                system.diagonal().add_(ridge * diag)
+                direction = torch.linalg.solve(system, rhs)
+            if free_rows is None:
+                trial = lam + alpha * direction
+            else:
+                trial = lam.index_add(0, free_rows, alpha * direction)
+            trial.clamp_(min=0)
+            y_t, residual_t, distance_t = evaluate(trial)
+            value_t = distance_t + float(torch.dot(trial, residual_t))
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
             gain = float(torch.dot(residual, trial - lam))
-            slack = 1e-14 * (abs(float(value)) + 1.0)
-            if float(value_t) >= float(value) + 1e-4 * gain - slack or alpha < 1e-12:
+            slack = 1e-14 * (abs(value) + 1.0)
+            if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
                 break
-            if ridge < 1.0:
-                ridge = min(1.0, ridge * 100)
-            else:
+            if alpha > 0.25 or ridge >= 1.0:
                 alpha *= 0.5
-        ridge = max(ridge / 10, 1e-12) if alpha == 1.0 else ridge
-        lam, y, residual, value = trial, y_t, residual_t, value_t
+            else:
+                ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
+        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
+        lam, y, residual, distance = trial, y_t, residual_t, distance_t
     positive = lam > 0
     worst = float(torch.where(positive, residual.abs(), residual).max())
     return SolveResult(y, lam, max_iter, worst <= atol)
+
+
+def _tree_flows(lam, families):
+    """The same net multiplier of every group, carried by a forest of group pairs.
+
+    In a family of pair rows ``stat_u - stat_v <= c`` the outputs depend on the multipliers only
+    through each group's net flow ``sum_v lam_uv - sum_u lam_ug``, and the dual objective loses
+    ``c`` per unit of total flow. Routing the net flows from the groups that give to the groups
+    that take (north-west corner rule) leaves the outputs unchanged, never increases the total
+    flow, and uses at most ``k - 1`` pairs that form a forest: independent rows.
+    """
+    lam = list(lam)
+    for family in families:
+        net = {}
+        for r, u, v in family:
+            if lam[r] > 0:
+                net[u] = net.get(u, 0.0) + lam[r]
+                net[v] = net.get(v, 0.0) - lam[r]
+                lam[r] = 0.0
+        give = [[g, x] for g, x in net.items() if x > 0]
+        take = [[g, -x] for g, x in net.items() if x < 0]
+        if not give:
+            continue
+        row = {(u, v): r for r, u, v in family}
+        i = j = 0
+        while i < len(give) and j < len(take):
+            flow = min(give[i][1], take[j][1])
+            lam[row[give[i][0], take[j][0]]] += flow
+            give[i][1] -= flow
+            take[j][1] -= flow
+            if give[i][1] <= 0:
+                i += 1
+            if take[j][1] <= 0:
+                j += 1
+    return lam
+
+
+def _newton_rows(lam, residual, families):
+    """Rows whose multipliers the Newton step moves, in increasing order.
+
+    Pair rows: the positive ones (a forest, see :func:`_tree_flows`), then the violated ones by
+    decreasing violation as long as they join two trees, so that the rows stay independent.
+    Other rows: all but those at zero whose row is satisfied.
+    """
+    rows, in_family = [], set()
+    for family in families:
+        root = {}
+
+        def find(g):
+            while root.get(g, g) != g:
+                g = root[g]
+            return g
+
+        for r, u, v in sorted(family, key=lambda t: (lam[t[0]] <= 0, -residual[t[0]])):
+            in_family.add(r)
+            if lam[r] <= 0 and residual[r] < 0:
+                continue
+            a, b = find(u), find(v)
+            if a != b:
+                root[a] = b
+                rows.append(r)
+    rows.extend(r for r in range(len(lam))
+                if r not in in_family and not (lam[r] <= 0 and residual[r] < 0))
+    return sorted(rows)
+
+
+def _free(y, lo, hi):
+    """Coordinates strictly inside the bounds."""
+    if lo is None:
+        return y < hi
+    if hi is None:
+        return y > lo
+    return (y > lo) & (y < hi)
 
 
 def vjp(grad_y, y, lam, cs, lo, hi):
@@ -137,11 +228,7 @@ def vjp(grad_y, y, lam, cs, lo, hi):
     ``P = I - G_SF^T M^+ G_SF``; clipped coordinates do not move. Returns ``(grad_z, grad_h)``,
     in ``O(n m + m^3)`` without any n x n matrix.
     """
-    free = torch.ones_like(y, dtype=torch.bool)
-    if lo is not None:
-        free &= y > lo
-    if hi is not None:
-        free &= y < hi
+    free = torch.ones_like(y, dtype=torch.bool) if lo is None and hi is None else _free(y, lo, hi)
     grad_free = torch.where(free, grad_y, torch.zeros_like(grad_y))
     grad_h = torch.zeros_like(lam)
     active = torch.nonzero(lam > 0).squeeze(1)

@@ -24,9 +24,9 @@ bounds apply).
 Group means are weighted by ``sample_weight`` when it is given.
 """
 
+import functools
 import numbers
 from abc import ABC, abstractmethod
-from math import prod
 
 import torch
 
@@ -64,14 +64,22 @@ class ConstraintSet:
         batches (streaming dual variables) and in error messages.
     weight : torch.Tensor of shape (n,) or None
         Per-sample column scale (the sample weights); ``None`` means all ones.
+    pair_families : sequence of sequences of (int, hashable, hashable), default=()
+        Rows that compare groups pairwise: in one family, the triple ``(r, u, v)`` says that row
+        ``r`` is ``stat_u(y) - stat_v(y) <= c`` with the same ``c`` for every row of the family.
+        Only the net multiplier of each group then matters, which lets the exact solver keep
+        its Newton systems non-singular; rows outside every family are treated generically.
     """
 
-    def __init__(self, coef, atom, h, keys, weight=None):
+    def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
         self.coef = coef
         self.atom = atom
         self.h = h
         self.keys = list(keys)
         self.weight = weight
+        self.pair_families = pair_families
+        self._mass = None  # atom_mass(), cached
+        self._full_gram = None  # gram(), cached
         if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
             raise ValueError(
                 f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
@@ -90,22 +98,43 @@ class ConstraintSet:
         """``G @ y`` for ``y`` of shape (n,)."""
         if self.weight is not None:
             y = y * self.weight
-        sums = torch.zeros(self.coef.shape[1], dtype=y.dtype, device=y.device)
-        return self.coef @ sums.index_add_(0, self.atom, y)
+        return self.coef @ _segment_sum(y, self.atom, self.coef.shape[1])
 
     def rmatvec(self, lam):
         """``G.T @ lam`` for ``lam`` of shape (m,)."""
-        shift = (lam @ self.coef)[self.atom]
+        shift = (lam @ self.coef).index_select(0, self.atom)
         return shift if self.weight is None else shift * self.weight
 
-    def gram(self, free):
-        """``G[:, free] @ G[:, free].T`` for a boolean mask ``free`` of shape (n,)."""
+    def gram(self, free=None):
+        """``G[:, free] @ G[:, free].T`` for a boolean mask ``free`` of shape (n,).
+
+        Without a mask, the full ``G @ G.T`` (cached: solvers ask for it repeatedly).
+        """
+        if free is None:
+            if self._full_gram is None:
+                mass = self.atom_mass() if self.weight is None else _segment_sum(
+                    self.weight**2, self.atom, self.coef.shape[1])
+                self._full_gram = (self.coef * mass) @ self.coef.T
+            return self._full_gram
         w2 = free.to(self.coef.dtype)
         if self.weight is not None:
             w2 = w2 * self.weight**2
-        mass = torch.zeros(self.coef.shape[1], dtype=self.coef.dtype, device=self.coef.device)
-        mass.index_add_(0, self.atom, w2)
+        mass = _segment_sum(w2, self.atom, self.coef.shape[1])
         return (self.coef * mass) @ self.coef.T
+
+    def atom_mass(self):
+        """Total weight of the samples of every atom (their number without weights).
+
+        Returns
+        -------
+        torch.Tensor of shape (n_atoms,), float64
+        """
+        if self._mass is None:
+            weight = self.weight
+            if weight is None:
+                weight = torch.ones(self.n_samples, dtype=torch.float64, device=self.atom.device)
+            self._mass = _segment_sum(weight.to(torch.float64), self.atom, self.coef.shape[1])
+        return self._mass
 
     def dense(self):
         """The dense matrix ``G`` of shape (m, n); for small problems, checks and qpth."""
@@ -117,14 +146,6 @@ class ConstraintSet:
         if self.n_rows == 0:
             return torch.tensor(float("-inf"), dtype=y.dtype, device=y.device)
         return (self.matvec(y) - self.h.detach()).max()
-
-    def subset(self, rows):
-        """The constraint set restricted to the given row indices."""
-        rows = list(rows)
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.coef.device)
-        return ConstraintSet(
-            self.coef[index], self.atom, self.h[index], [self.keys[r] for r in rows], self.weight
-        )
 
 
 class InfeasibleConstraintError(ValueError):
@@ -276,63 +297,53 @@ class _GroupMeanConstraint(AffineConstraint):
         codes = groups
         if self.label_cells is not None:
             codes = torch.cat([groups, y_true.detach().round().long()[:, None]], dim=1)
-        atom, table = _atoms(codes)
-        ones = torch.ones(n, dtype=torch.float64, device=groups.device)
-        atom_mass = _segment_sum(weight if weight is not None else ones, atom, table.shape[0])
-        atom_target = None
+        atom, table, counts = _atoms(codes)
+        if weight is None:
+            atom_mass = counts.to(torch.float64)
+        else:
+            atom_mass = _segment_sum(weight, atom, table.shape[0])
+        # Which rows exist depends only on the atoms present (a handful, the same in most
+        # batches), so that part is worked out once in Python and cached; every batch then
+        # costs a few small tensor operations.
+        table_key = tuple(map(tuple, table.tolist()))
+        positive = None if weight is None else tuple(w > 0 for w in atom_mass.tolist())
+        if reference_means and self.borrows_references:
+            member, select, keys, offsets, families = _row_structure(
+                type(self), table_key, positive, n_attributes, atom.device, reference_means)
+        else:
+            member, select, keys, offsets, families = _cached_row_structure(
+                type(self), table_key, positive, n_attributes, atom.device)
+        if not keys:
+            cs = ConstraintSet(atom_mass.new_zeros((0, table.shape[0])), atom,
+                               atom_mass.new_zeros(0), keys, weight)
+            cs._mass = atom_mass
+            return cs
+        group_mass = member @ atom_mass
+        # row g of `means`: the averaging functional of group g over the atoms
+        coef = select @ (member / group_mass[:, None])
+        h = torch.full((len(keys),), float(epsilon), dtype=torch.float64, device=atom.device)
+        if offsets is not None:
+            h = h + offsets
         if self.requires_y_true and self.label_cells is None:
             target = y_true if weight is None else y_true * weight
             atom_target = _segment_sum(target.to(torch.float64), atom, table.shape[0])
+            h = h + select @ ((member @ atom_target) / group_mass)
+        cs = ConstraintSet(coef, atom, h, keys, weight, families)
+        cs._mass = atom_mass
+        return cs
 
-        coef, h, keys = [], [], []
-        # The table has one row per distinct combination of codes (a handful): membership is
-        # cheaper to work out in Python than with a dozen tiny tensor operations.
-        rows = table.tolist()
-        masses = atom_mass.tolist()
-        for a in range(n_attributes):
-            for label in self.label_cells or (None,):
-                cell = [label is None or row[-1] == label for row in rows]
-                present = sorted({row[a] for row, inside, w in zip(rows, cell, masses)
-                                  if inside and w > 0})
-                member = atom_mass.new_tensor(
-                    [[float(inside and row[a] == g) for row, inside in zip(rows, cell)]
-                     for g in present]).reshape(len(present), len(rows))
-                mass = member @ atom_mass
-                means = member / mass[:, None]  # row g: the averaging functional of group g
-                target_means = None if atom_target is None else (member @ atom_target) / mass
-                self._cell_rows(a, label, present, means, target_means, epsilon,
-                                coef, h, keys)
-                if reference_means and present:
-                    self._reference_rows(a, label, present, means, epsilon, reference_means,
-                                         coef, h, keys)
-        if coef:
-            coef, h = torch.cat(coef), torch.cat(h)
-        else:
-            coef = atom_mass.new_zeros((0, table.shape[0]))
-            h = atom_mass.new_zeros(0)
-        return ConstraintSet(coef, atom, h, keys, weight)
+    #: whether a present group is compared with the reference mean of an absent one
+    borrows_references = True
 
-    def _cell_rows(self, a, label, present, means, target_means, epsilon, coef, h, keys):
-        """Append the parity rows of one (attribute, label cell): every ordered group pair."""
-        k = len(present)
-        if k < 2:
-            return
-        u, v = zip(*[(i, j) for i in range(k) for j in range(k) if i != j])
-        coef.append(means[list(u)] - means[list(v)])
-        h.append(torch.full((len(u),), float(epsilon), dtype=torch.float64, device=means.device))
-        keys.extend((a, present[i], present[j], label) for i, j in zip(u, v))
+    @classmethod
+    def _cell_rows(cls, a, label, present):
+        """Rows of one (attribute, label cell) with groups ``present``: every ordered pair.
 
-    def _reference_rows(self, a, label, present, means, epsilon, reference_means, coef, h,
-                        keys):
-        """Rows comparing present groups with the reference means of absent groups."""
-        absent = [(g, r) for (a_, g, label_), r in reference_means.items()
-                  if a_ == a and label_ == label and g not in present]
-        for i, u in enumerate(present):
-            for v, reference in absent:
-                coef.extend([means[i:i + 1], -means[i:i + 1]])
-                h.extend([means.new_full((1,), epsilon + reference),
-                          means.new_full((1,), epsilon - reference)])
-                keys.extend([(a, u, v, label), (a, v, u, label)])
+        Returns a list of ``(terms, key)``; ``terms`` are ``(group index, sign)`` pairs, the
+        row being the signed sum of those groups' means.
+        """
+        return [(((i, 1.0), (j, -1.0)), (a, present[i], present[j], label))
+                for i in range(len(present)) for j in range(len(present)) if i != j]
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -377,15 +388,13 @@ class MeanResidual(_GroupMeanConstraint):
     name = "mean_residual"
     requires_y_true = True
 
-    def _cell_rows(self, a, label, present, means, target_means, epsilon, coef, h, keys):
-        if not present:
-            return
-        coef.extend([means, -means])
-        h.extend([epsilon + target_means, epsilon - target_means])
-        keys.extend([(a, g, "+") for g in present] + [(a, g, "-") for g in present])
+    borrows_references = False
 
-    def _reference_rows(self, *args):
-        """Every group is compared with its own targets: nothing to borrow from other groups."""
+    @classmethod
+    def _cell_rows(cls, a, label, present):
+        """``mean_g - target_g <= eps`` and ``target_g - mean_g <= eps`` for every group."""
+        return ([(((i, 1.0),), (a, g, "+")) for i, g in enumerate(present)]
+                + [(((i, -1.0),), (a, g, "-")) for i, g in enumerate(present)])
 
 
 _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
@@ -477,36 +486,89 @@ def _check_y_true(y_true, n, binary):
     return y_true
 
 
+def _row_structure(cls, table, positive, n_attributes, device, reference_means=None):
+    """The rows of a group-mean constraint for a batch whose atoms are ``table``.
+
+    Returns ``(member, select, keys, offsets, families)``: ``member`` (n_groups, n_atoms) marks the
+    atoms of every (attribute, label cell, group) present, ``select`` (m, n_groups) the signed
+    group means that make each row, ``offsets`` (m,) what the reference means add to ``h``
+    (None without them), ``families`` the :attr:`ConstraintSet.pair_families` (the in-batch
+    group pairs of every attribute and label cell). ``positive`` flags the atoms with positive
+    weight (None: all of them).
+    """
+    member, select, keys, offsets, families = [], [], [], [], []
+    for a in range(n_attributes):
+        for label in cls.label_cells or (None,):
+            inside = [(label is None or row[-1] == label) and (positive is None or positive[j])
+                      for j, row in enumerate(table)]
+            present = sorted({row[a] for row, keep in zip(table, inside) if keep})
+            first = len(member)
+            member.extend([float(keep and row[a] == g) for row, keep in zip(table, inside)]
+                          for g in present)
+            family = []
+            for terms, key in cls._cell_rows(a, label, present):
+                if len(terms) == 2:  # a pair: (group u, +1), (group v, -1)
+                    family.append((len(keys), terms[0][0], terms[1][0]))
+                select.append({first + i: sign for i, sign in terms})
+                keys.append(key)
+                offsets.append(0.0)
+            if family:
+                families.append(tuple(family))
+            absent = [(g, ref) for (a_, g, label_), ref in (reference_means or {}).items()
+                      if a_ == a and label_ == label and g not in present]
+            for i, u in enumerate(present if absent else ()):
+                for v, ref in absent:
+                    # mean_u - ref <= eps and ref - mean_u <= eps, keyed like in-batch pairs
+                    select.extend([{first + i: 1.0}, {first + i: -1.0}])
+                    keys.extend([(a, u, v, label), (a, v, u, label)])
+                    offsets.extend([float(ref), -float(ref)])
+    member_t = torch.tensor(member, dtype=torch.float64, device=device).reshape(-1, len(table))
+    select_t = torch.tensor([[terms.get(g, 0.0) for g in range(len(member))] for terms in select],
+                            dtype=torch.float64, device=device).reshape(len(keys), len(member))
+    offsets_t = None
+    if any(offsets):
+        offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
+    return member_t, select_t, keys, offsets_t, tuple(families)
+
+
+_cached_row_structure = functools.lru_cache(maxsize=128)(_row_structure)
+
+
 def _segment_sum(values, index, size):
-    out = torch.zeros(size, dtype=values.dtype, device=values.device)
-    return out.index_add(0, index, values)
+    """``out[k] = sum(values[index == k])`` for ``k < size``."""
+    if values.requires_grad or index.shape[0] == 0:
+        out = torch.zeros(size, dtype=values.dtype, device=values.device)
+        return out.index_add(0, index, values)
+    # bincount is one pass without atomics, but has no derivative.
+    return torch.bincount(index, weights=values, minlength=size)
 
 
 def _atoms(codes):
     """Index every row of ``codes`` (n, c) by its distinct combination of values.
 
-    Returns ``(atom, table)``: ``table[atom[i]] == codes[i]``. Mixed-radix counting keeps this a
-    single O(n) pass when the code space is small (the usual case); otherwise, and for tiny
-    batches where one sort is cheaper than the counting's dozen operations, it sorts.
+    Returns ``(atom, table, counts)``: ``table[atom[i]] == codes[i]`` and ``counts[k]`` rows
+    have atom ``k``. Mixed-radix counting (one radix for every column, so that a single pass
+    finds it) keeps this a few O(n) passes when the code space is small (the usual case);
+    otherwise, and for tiny batches where one sort is cheaper than the counting's dozen
+    operations, it sorts.
     """
-    n = codes.shape[0]
+    n, c = codes.shape
     if n == 0:
-        return codes.new_zeros(0), codes.new_zeros((0, codes.shape[1]))
-    radix = (codes.amax(0) + 1).tolist()
-    space = prod(radix)
+        return codes.new_zeros(0), codes.new_zeros((0, c)), codes.new_zeros(0)
+    radix = int(codes.max()) + 1
+    space = radix**c
     if n <= 32 or space > max(4 * n, 1 << 16):
-        table, atom = torch.unique(codes, dim=0, return_inverse=True)
-        return atom, table
-    flat = torch.zeros(n, dtype=torch.long, device=codes.device)
-    for column, k in zip(codes.T, radix):
-        flat = flat * k + column
-    seen = torch.bincount(flat, minlength=space) > 0
-    present = torch.nonzero(seen).squeeze(1)
-    remap = torch.full((space,), -1, dtype=torch.long, device=codes.device)
-    remap[present] = torch.arange(present.shape[0], device=codes.device)
-    table = []
-    rest = present
-    for k in reversed(radix):
-        table.append(rest % k)
-        rest = rest // k
-    return remap[flat], torch.stack(table[::-1], dim=1)
+        table, atom, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
+        return atom, table, counts
+    # a fresh tensor: the constraint set outlives the call and must not alias the caller's codes
+    flat = codes[:, 0].clone() if c == 1 else codes[:, 0] * radix + codes[:, 1]
+    for column in codes.T[2:]:
+        flat.mul_(radix).add_(column)
+    counts = torch.bincount(flat, minlength=space)
+    present = torch.nonzero(counts).squeeze(1)
+    if present.shape[0] < space:
+        remap = torch.full((space,), -1, dtype=torch.long, device=codes.device)
+        remap[present] = torch.arange(present.shape[0], device=codes.device)
+        flat = remap.index_select(0, flat)
+    powers = radix ** torch.arange(c - 1, -1, -1, device=codes.device)
+    return flat, present[:, None] // powers % radix, counts[present]

@@ -162,6 +162,7 @@ def project(z, cs, bounds, solver="auto", lam0=None):
     lo, hi = bounds if bounds is not None else (None, None)
     _check_rows_attainable(cs, lo, hi)
     z64 = z.to(torch.float64)
+    scale = _exact.scale_of(z64.detach(), cs.h, lo, hi)
     order = ("qpth", "exact") if solver == "qpth" else ("exact", "qpth")
     failures = []
     for backend in order:
@@ -169,7 +170,7 @@ def project(z, cs, bounds, solver="auto", lam0=None):
             break
         try:
             if backend == "exact":
-                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0)
+                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0, scale=scale)
                 y = _ExactProjection.apply(z64, cs.h.to(torch.float64), result, cs, lo, hi)
                 lam, n_iter = result.lam, result.n_iter
             else:
@@ -180,16 +181,15 @@ def project(z, cs, bounds, solver="auto", lam0=None):
             failures.append(f"qpth: {type(exc).__name__}: {exc}")
             continue
         violation, out_of_bounds = _violations(y.detach(), cs, lo, hi)
-        tol = GUARANTEE_TOL * _exact.scale_of(z64.detach(), cs.h, lo, hi)
-        if math.isfinite(violation) or cs.n_rows == 0:
-            if violation <= tol and out_of_bounds <= tol and bool(torch.isfinite(y).all()):
-                info = {"solver": backend, "n_iter": n_iter, "max_violation": violation,
-                        "n_rows": cs.n_rows, "n_samples": cs.n_samples,
-                        "duals": None if lam is None else dict(zip(cs.keys, lam.tolist()))}
-                if backend != order[0]:
-                    warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the "
-                                  f"{backend} solver's result is used.", RuntimeWarning)
-                return y.to(z.dtype), info
+        tol = GUARANTEE_TOL * scale
+        if violation <= tol and out_of_bounds <= tol:
+            info = {"solver": backend, "n_iter": n_iter, "max_violation": violation,
+                    "n_rows": cs.n_rows, "n_samples": cs.n_samples,
+                    "duals": None if lam is None else dict(zip(cs.keys, lam.tolist()))}
+            if backend != order[0]:
+                warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the "
+                              f"{backend} solver's result is used.", RuntimeWarning)
+            return y.to(z.dtype), info
         failures.append(f"{backend}: max violation {violation:.3g}, bounds off by "
                         f"{out_of_bounds:.3g} (tolerance {tol:.3g})")
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
@@ -243,15 +243,14 @@ def _qpth_project(z, cs, lo, hi):
 
 
 def _violations(y, cs, lo, hi):
+    """``(max(G y - h), how far y leaves the bounds)``; both NaN when ``y`` is not finite."""
+    if not y.numel():
+        return float("-inf"), 0.0
+    low, high = (float(v) for v in torch.aminmax(y))  # NaN propagates; inf is caught below
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return float("nan"), float("nan")
     violation = float(cs.violation(y)) if cs.n_rows else float("-inf")
-    out = 0.0
-    if y.numel():
-        if lo is not None:
-            out = max(out, float((lo - y).max()))
-        if hi is not None:
-            out = max(out, float((y - hi).max()))
-    if not bool(torch.isfinite(y).all()):
-        violation = float("nan")
+    out = max(0.0, -math.inf if lo is None else lo - low, -math.inf if hi is None else high - hi)
     return violation, out
 
 
@@ -260,9 +259,7 @@ def _check_rows_attainable(cs, lo, hi):
     if cs.n_rows == 0 or (lo is None and hi is None):
         return
     # Smallest value of row r over the box: each atom's mass takes lo or hi by coefficient sign.
-    mass = torch.zeros(cs.coef.shape[1], dtype=torch.float64, device=cs.coef.device)
-    weight = cs.weight if cs.weight is not None else torch.ones_like(cs.atom, dtype=torch.float64)
-    mass.index_add_(0, cs.atom, weight)
+    mass = cs.atom_mass()
     low = torch.where(cs.coef > 0, -math.inf if lo is None else lo,
                       math.inf if hi is None else hi)
     smallest = (torch.where(cs.coef == 0, 0.0, cs.coef * low) * mass).sum(1)
