@@ -142,3 +142,58 @@ def test_get_constraint():
     assert get_constraint(c) is c
     with pytest.raises(ValueError, match="constraint must be one of"):
         get_constraint("statistical_parity")
+
+
+@pytest.mark.parametrize("constraint", ["demographic_parity", "equalized_odds"])
+def test_pair_families_list_every_ordered_pair_of_a_cell(constraint):
+    rng = np.random.default_rng(1)
+    groups = torch.as_tensor(rng.integers(0, 3, (60, 2)))
+    y_true = torch.as_tensor(rng.integers(0, 2, 60).astype(float))
+    cs = get_constraint(constraint).build(groups, epsilon=0.1, y_true=y_true)
+    rows = [r for family in cs.pair_families for r, _, _ in family]
+    assert sorted(rows) == list(range(cs.n_rows))  # every row is a pair row here
+    G = cs.dense()
+    for family in cs.pair_families:
+        a, label = cs.keys[family[0][0]][0], cs.keys[family[0][0]][3]
+        for r, u, v in family:
+            assert cs.keys[r][0] == a and cs.keys[r][3] == label
+            assert cs.h[r] == cs.h[family[0][0]]
+            # row (u, v) is minus row (v, u): one statistic per group
+            reverse = [s for s, u2, v2 in family if (u2, v2) == (v, u)]
+            torch.testing.assert_close(G[reverse[0]], -G[r])
+        k = len({u for _, u, _ in family})
+        assert len(family) == k * (k - 1)
+
+
+def test_mean_residual_and_reference_rows_are_not_pair_families():
+    y_true = torch.tensor([0.2, 0.4, 0.6])
+    cs = MeanResidual().build(torch.tensor([0, 0, 1]), epsilon=0.1, y_true=y_true)
+    assert cs.pair_families == ()
+    cs = DemographicParity().build(torch.tensor([0, 0, 1]), epsilon=0.1,
+                                   reference_means={(0, 2, None): 0.3})
+    assert [r for r, _, _ in cs.pair_families[0]] == [0, 1]
+    assert cs.n_rows == 6  # two in-batch pair rows, two reference rows per present group
+
+
+def test_row_structure_is_cached_by_the_atoms_present():
+    from skfair.constraints import _cached_row_structure
+
+    rng = np.random.default_rng(2)
+    groups = torch.as_tensor(rng.integers(0, 3, (40, 2)))
+    first = DemographicParity().build(groups, epsilon=0.1)
+    hits = _cached_row_structure.cache_info().hits
+    # Another batch with the same atoms reuses the structure; its rows are its own.
+    other = groups[torch.randperm(40)][:35]
+    again = DemographicParity().build(other, epsilon=0.2)
+    assert _cached_row_structure.cache_info().hits == hits + 1
+    dense = again.dense()
+    for r, (a, u, v, _) in enumerate(again.keys):
+        col = other[:, a]
+        expected = (col == u).double() / (col == u).sum() - (col == v).double() / (col == v).sum()
+        torch.testing.assert_close(dense[r], expected)
+    torch.testing.assert_close(again.h, torch.full((again.n_rows,), 0.2, dtype=torch.float64))
+    assert again.keys == first.keys
+    # Zero-weight atoms are not present: another structure, without the emptied group.
+    w = (groups[:, 0] != 2).double()
+    weighted = DemographicParity().build(groups, epsilon=0.1, sample_weight=w)
+    assert {key[1] for key in weighted.keys if key[0] == 0} == {0, 1}

@@ -346,3 +346,57 @@ def test_solver_stops_at_the_rounding_floor(monkeypatch):
     result = _exact.solve(z, cs, 0.0, 1.0, tol=1e-30)
     assert not result.converged and result.n_iter < _exact.MAX_ITER
     assert float(cs.violation(result.y)) <= 1e-9
+
+
+def _pair_instance(seed, n=40, cards=(2, 4)):
+    rng = np.random.default_rng(seed)
+    groups = torch.as_tensor(np.stack([rng.integers(0, k, n) for k in cards], axis=1))
+    z = torch.as_tensor(rng.uniform(-0.2, 1.2, n) + 0.4 * (groups[:, 1].numpy() == 0))
+    return z, get_constraint("demographic_parity").build(groups, epsilon=0.02)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tree_flows_keep_the_outputs_and_use_a_forest(seed):
+    from skfair._exact import _tree_flows
+
+    z, cs = _pair_instance(seed)
+    lam = torch.as_tensor(np.random.default_rng(seed).exponential(size=cs.n_rows))
+    routed = torch.tensor(_tree_flows(lam.tolist(), cs.pair_families), dtype=torch.float64)
+    torch.testing.assert_close(cs.rmatvec(routed), cs.rmatvec(lam))  # same outputs
+    assert routed.min() >= 0 and routed.sum() <= lam.sum()  # never a lower dual value
+    positive = torch.nonzero(routed > 0).squeeze(1)
+    G = cs.dense()
+    assert torch.linalg.matrix_rank(G[positive]) == len(positive)  # independent rows
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_newton_rows_of_pair_families_are_independent(seed):
+    from skfair._exact import _newton_rows
+
+    z, cs = _pair_instance(seed)
+    rng = np.random.default_rng(seed)
+    lam = np.where(rng.uniform(size=cs.n_rows) < 0.2, rng.exponential(size=cs.n_rows), 0.0)
+    residual = rng.normal(size=cs.n_rows)
+    rows = _newton_rows(lam.tolist(), residual.tolist(), cs.pair_families)
+    assert rows == sorted(set(rows))
+    assert not any(lam[r] <= 0 and residual[r] < 0 for r in rows)  # satisfied rows stay at 0
+    G = cs.dense()
+    for family in cs.pair_families:
+        chosen = [r for r, _, _ in family if r in rows]
+        assert torch.linalg.matrix_rank(G[chosen]) == len(chosen)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_solver_with_and_without_pair_families_agree(seed):
+    """The forest routing changes the path of the dual Newton method, not its solution."""
+    from skfair import _exact
+    from skfair.constraints import ConstraintSet
+
+    z, cs = _pair_instance(seed, n=200, cards=(3, 5))
+    plain = ConstraintSet(cs.coef, cs.atom, cs.h, cs.keys)
+    routed, generic = _exact.solve(z, cs, 0.0, 1.0), _exact.solve(z, plain, 0.0, 1.0)
+    assert routed.converged and generic.converged
+    torch.testing.assert_close(routed.y, generic.y, atol=1e-9, rtol=0)
+    # The multipliers may differ (the dual has a face of solutions); their net shifts do not.
+    torch.testing.assert_close(cs.rmatvec(routed.lam), cs.rmatvec(generic.lam), atol=1e-8,
+                               rtol=0)
