@@ -10,6 +10,8 @@ iterations with the KKT conditions met to rounding error. Each iteration costs `
 factored ``G`` of :class:`~skfair.constraints.ConstraintSet`.
 """
 
+import math
+
 import torch
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -38,10 +40,9 @@ def clip(x, lo, hi):
 def scale_of(z, h, lo, hi):
     """Magnitude of the problem's values; tolerances are relative to it."""
     scale = 1.0
-    if z.numel():
-        scale = max(scale, float(z.abs().max()))
-    if h.numel():
-        scale = max(scale, float(h.detach().abs().max()))
+    for values in (z, h.detach()):
+        if values.numel():
+            scale = max(scale, *(abs(float(v)) for v in torch.aminmax(values)))
     for bound in (lo, hi):
         if bound is not None:
             scale = max(scale, abs(bound))
@@ -68,27 +69,38 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
     lam = h.new_zeros(m) if lam0 is None else lam0.to(h).clamp(min=0)
     bounded = lo is not None or hi is not None
 
-    def evaluate(lam):
-        y = z - cs.rmatvec(lam)
+    # Evaluations write into two alternating buffers: at a million samples, fresh 8 MB tensors
+    # cost more (page faults) than the arithmetic.
+    scratch, buffers = torch.empty_like(z), (torch.empty_like(z), torch.empty_like(z))
+
+    def evaluate(lam, y):
+        torch.sub(z, cs.rmatvec(lam, out=scratch), out=y)
         if bounded:
             y.clamp_(lo, hi)
         residual = cs.matvec(y) - h  # gradient of the dual
-        shift = y - z
-        return y, residual, 0.5 * float(torch.dot(shift, shift))
+        torch.sub(y, z, out=scratch)
+        return y, residual, 0.5 * float(torch.dot(scratch, scratch))
 
     families = cs.pair_families
-    y, residual, distance = evaluate(lam)
+    if not bool(lam.any()) and _within(z, lo, hi):
+        y, residual, distance = z, cs.matvec(z) - h, 0.0  # y(0) = z: only the rows to evaluate
+    else:
+        y, residual, distance = evaluate(lam, buffers[0])
     full_hessian = cs.gram()  # G G^T; cached on cs, O(m^2 n_atoms)
+    full_diagonal = full_hessian.diagonal().tolist()
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = float("inf"), 0
-    for n_iter in range(max_iter):
+    # The multipliers and residuals are short (m entries): the bookkeeping of every iteration is
+    # done on Python lists, which costs less than a dozen tiny tensor operations.
+    lam_list, residual_list = lam.tolist(), residual.tolist()
+    for n_iter in range(max_iter + 1):
         if families:
-            lam = lam.new_tensor(_tree_flows(lam.tolist(), families))
-        value = distance + float(torch.dot(lam, residual))
-        positive = lam > 0
-        worst = float(torch.where(positive, residual.abs(), residual).max())
-        if worst <= atol:
-            return SolveResult(y, lam, n_iter, True)
+            lam_list = _tree_flows(lam_list, families)
+            lam = lam.new_tensor(lam_list)
+        value = distance + math.fsum(a * b for a, b in zip(lam_list, residual_list))
+        worst = max(abs(r) if a > 0 else r for a, r in zip(lam_list, residual_list))
+        if worst <= atol or n_iter == max_iter:
+            return SolveResult(z.clone() if y is z else y, lam, n_iter, worst <= atol)
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
         # the caller's feasibility check judge the point.
         stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
@@ -97,18 +109,15 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             return SolveResult(y, lam, n_iter, False)
         # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
         # for group pairs only a forest of them (the others would make the system singular).
-        if families:
-            rows = _newton_rows(lam.tolist(), residual.tolist(), families)
-            free_rows = None if len(rows) == m else torch.tensor(rows, device=lam.device)
-        else:
-            pinned = ~positive & (residual < 0)
-            free_rows = torch.nonzero(~pinned).squeeze(1) if bool(pinned.any()) else None
-        hessian = cs.gram(_free(y, lo, hi)) if bounded else full_hessian
+        rows = _newton_rows(lam_list, residual_list, families)
+        free_rows = None if len(rows) == m else torch.tensor(rows, device=lam.device)
+        hessian = cs.gram(_free(y, lo, hi), buffer=scratch) if bounded else full_hessian
         full = full_hessian
         if free_rows is not None:
             hessian = hessian[free_rows[:, None], free_rows]
             full = full[free_rows[:, None], free_rows]
-        if bool((hessian.diagonal() <= 1e-9 * full.diagonal()).any()):
+        diagonal = hessian.diagonal().tolist()
+        if any(d <= 1e-9 * full_diagonal[r] for d, r in zip(diagonal, rows)):
             # A row with (almost) every coordinate clipped: the dual is flat along it, and the
             # Newton step would be unbounded. Curvature as if its coordinates were free gives a
             # step that stops short of the next breakpoint instead; the next iteration refines.
@@ -117,7 +126,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
         # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
         # custom constraint): a Levenberg-Marquardt ridge keeps the Newton step bounded. It grows
         # when backtracking alone does not find an ascent step and shrinks after full steps.
-        diag = float(full.diagonal().max())
+        diag = max(full_diagonal[r] for r in rows)
         alpha, direction = 1.0, None
         while True:
             if direction is None:
@@ -129,10 +138,12 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             else:
                 trial = lam.index_add(0, free_rows, alpha * direction)
             trial.clamp_(min=0)
-            y_t, residual_t, distance_t = evaluate(trial)
-            value_t = distance_t + float(torch.dot(trial, residual_t))
+            # into the buffer that does not hold y
+            y_t, residual_t, distance_t = evaluate(trial, buffers[y is buffers[0]])
+            trial_list, residual_t_list = trial.tolist(), residual_t.tolist()
+            value_t = distance_t + math.fsum(a * r for a, r in zip(trial_list, residual_t_list))
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
-            gain = float(torch.dot(residual, trial - lam))
+            gain = math.fsum(r * (b - a) for r, a, b in zip(residual_list, lam_list, trial_list))
             slack = 1e-14 * (abs(value) + 1.0)
             if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
                 break
@@ -142,9 +153,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
         ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
         lam, y, residual, distance = trial, y_t, residual_t, distance_t
-    positive = lam > 0
-    worst = float(torch.where(positive, residual.abs(), residual).max())
-    return SolveResult(y, lam, max_iter, worst <= atol)
+        lam_list, residual_list = trial_list, residual_t_list
 
 
 def _tree_flows(lam, families):
@@ -209,6 +218,14 @@ def _newton_rows(lam, residual, families):
     rows.extend(r for r in range(len(lam))
                 if r not in in_family and not (lam[r] <= 0 and residual[r] < 0))
     return sorted(rows)
+
+
+def _within(z, lo, hi):
+    """Whether every entry of ``z`` lies within the bounds."""
+    if lo is None and hi is None:
+        return True
+    low, high = (float(v) for v in torch.aminmax(z))
+    return (lo is None or low >= lo) and (hi is None or high <= hi)
 
 
 def _free(y, lo, hi):

@@ -66,7 +66,8 @@ class ConstraintSet:
         Per-sample column scale (the sample weights); ``None`` means all ones.
     pair_families : sequence of sequences of (int, hashable, hashable), default=()
         Rows that compare groups pairwise: in one family, the triple ``(r, u, v)`` says that row
-        ``r`` is ``stat_u(y) - stat_v(y) <= c`` with the same ``c`` for every row of the family.
+        ``r`` is ``mean_u(y) - mean_v(y) <= c`` with the same ``c`` for every row of the family
+        (``mean_g``: a weighted average of the outputs of group ``g``).
         Only the net multiplier of each group then matters, which lets the exact solver keep
         its Newton systems non-singular; rows outside every family are treated generically.
     """
@@ -100,15 +101,16 @@ class ConstraintSet:
             y = y * self.weight
         return self.coef @ _segment_sum(y, self.atom, self.coef.shape[1])
 
-    def rmatvec(self, lam):
-        """``G.T @ lam`` for ``lam`` of shape (m,)."""
-        shift = (lam @ self.coef).index_select(0, self.atom)
-        return shift if self.weight is None else shift * self.weight
+    def rmatvec(self, lam, out=None):
+        """``G.T @ lam`` for ``lam`` of shape (m,), written into ``out`` when given."""
+        shift = torch.index_select(lam @ self.coef, 0, self.atom, out=out)
+        return shift if self.weight is None else shift.mul_(self.weight)
 
-    def gram(self, free=None):
+    def gram(self, free=None, buffer=None):
         """``G[:, free] @ G[:, free].T`` for a boolean mask ``free`` of shape (n,).
 
-        Without a mask, the full ``G @ G.T`` (cached: solvers ask for it repeatedly).
+        Without a mask, the full ``G @ G.T`` (cached: solvers ask for it repeatedly). ``buffer``
+        (float, shape (n,)) is scratch space the call may overwrite.
         """
         if free is None:
             if self._full_gram is None:
@@ -116,9 +118,9 @@ class ConstraintSet:
                     self.weight**2, self.atom, self.coef.shape[1])
                 self._full_gram = (self.coef * mass) @ self.coef.T
             return self._full_gram
-        w2 = free.to(self.coef.dtype)
+        w2 = free.to(self.coef.dtype) if buffer is None else buffer.copy_(free)
         if self.weight is not None:
-            w2 = w2 * self.weight**2
+            w2 = w2.mul_(self.weight**2)
         mass = _segment_sum(w2, self.atom, self.coef.shape[1])
         return (self.coef * mass) @ self.coef.T
 
@@ -306,7 +308,7 @@ class _GroupMeanConstraint(AffineConstraint):
         # batches), so that part is worked out once in Python and cached; every batch then
         # costs a few small tensor operations.
         table_key = tuple(map(tuple, table.tolist()))
-        positive = None if weight is None else tuple(w > 0 for w in atom_mass.tolist())
+        positive = tuple(w > 0 for w in atom_mass.tolist())
         if reference_means and self.borrows_references:
             member, select, keys, offsets, families = _row_structure(
                 type(self), table_key, positive, n_attributes, atom.device, reference_means)
@@ -494,12 +496,12 @@ def _row_structure(cls, table, positive, n_attributes, device, reference_means=N
     group means that make each row, ``offsets`` (m,) what the reference means add to ``h``
     (None without them), ``families`` the :attr:`ConstraintSet.pair_families` (the in-batch
     group pairs of every attribute and label cell). ``positive`` flags the atoms with positive
-    weight (None: all of them).
+    weight; the others belong to no group.
     """
     member, select, keys, offsets, families = [], [], [], [], []
     for a in range(n_attributes):
         for label in cls.label_cells or (None,):
-            inside = [(label is None or row[-1] == label) and (positive is None or positive[j])
+            inside = [(label is None or row[-1] == label) and positive[j]
                       for j, row in enumerate(table)]
             present = sorted({row[a] for row, keep in zip(table, inside) if keep})
             first = len(member)
@@ -535,40 +537,31 @@ _cached_row_structure = functools.lru_cache(maxsize=128)(_row_structure)
 
 
 def _segment_sum(values, index, size):
-    """``out[k] = sum(values[index == k])`` for ``k < size``."""
-    if values.requires_grad or index.shape[0] == 0:
-        out = torch.zeros(size, dtype=values.dtype, device=values.device)
-        return out.index_add(0, index, values)
-    # bincount is one pass without atomics, but has no derivative.
-    return torch.bincount(index, weights=values, minlength=size)
+    """``out[k] = sum(values[index == k])`` for ``k < size`` (differentiable in ``values``)."""
+    return values.new_zeros(size).scatter_add_(0, index, values)
 
 
 def _atoms(codes):
-    """Index every row of ``codes`` (n, c) by its distinct combination of values.
+    """Index every row of ``codes`` (n, c) by its combination of values.
 
     Returns ``(atom, table, counts)``: ``table[atom[i]] == codes[i]`` and ``counts[k]`` rows
-    have atom ``k``. Mixed-radix counting (one radix for every column, so that a single pass
-    finds it) keeps this a few O(n) passes when the code space is small (the usual case);
-    otherwise, and for tiny batches where one sort is cheaper than the counting's dozen
-    operations, it sorts.
+    have atom ``k``. When the code space is small (the usual case) the atoms are all its
+    combinations, present or not (``counts`` 0): a mixed-radix code and one count, no sort and
+    no renumbering. Otherwise, and for tiny batches where one sort is cheaper, the atoms are the
+    distinct rows.
     """
     n, c = codes.shape
     if n == 0:
         return codes.new_zeros(0), codes.new_zeros((0, c)), codes.new_zeros(0)
     radix = int(codes.max()) + 1
     space = radix**c
-    if n <= 32 or space > max(4 * n, 1 << 16):
+    if n <= 32 or space > min(4 * n, 1 << 12):
         table, atom, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
         return atom, table, counts
     # a fresh tensor: the constraint set outlives the call and must not alias the caller's codes
-    flat = codes[:, 0].clone() if c == 1 else codes[:, 0] * radix + codes[:, 1]
-    for column in codes.T[2:]:
-        flat.mul_(radix).add_(column)
-    counts = torch.bincount(flat, minlength=space)
-    present = torch.nonzero(counts).squeeze(1)
-    if present.shape[0] < space:
-        remap = torch.full((space,), -1, dtype=torch.long, device=codes.device)
-        remap[present] = torch.arange(present.shape[0], device=codes.device)
-        flat = remap.index_select(0, flat)
+    atom = codes[:, 0].clone()
+    for column in codes.T[1:]:
+        atom = torch.add(column, atom, alpha=radix)  # one fused pass per column
     powers = radix ** torch.arange(c - 1, -1, -1, device=codes.device)
-    return flat, present[:, None] // powers % radix, counts[present]
+    table = torch.arange(space, device=codes.device)[:, None] // powers % radix
+    return atom, table, torch.bincount(atom, minlength=space)

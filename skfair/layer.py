@@ -202,7 +202,7 @@ class _ExactProjection(torch.autograd.Function):
     def forward(ctx, z, h, result, cs, lo, hi):
         ctx.save_for_backward(result.y, result.lam)
         ctx.cs, ctx.lo, ctx.hi = cs, lo, hi
-        return result.y.clone()
+        return result.y
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -258,6 +258,10 @@ def _check_rows_attainable(cs, lo, hi):
     """Raise when a single row cannot hold for any output within the bounds."""
     if cs.n_rows == 0 or (lo is None and hi is None):
         return
+    # Pair rows compare two group means, which any constant output makes equal: they hold for
+    # some output whenever their bound is >= 0.
+    if sum(map(len, cs.pair_families)) == cs.n_rows and float(cs.h.detach().min()) >= 0:
+        return
     # Smallest value of row r over the box: each atom's mass takes lo or hi by coefficient sign.
     mass = cs.atom_mass()
     low = torch.where(cs.coef > 0, -math.inf if lo is None else lo,
@@ -298,7 +302,8 @@ def _check_inputs(z, groups):
         raise ValueError("z must be a floating point torch.Tensor.")
     if z.ndim != 1:
         raise ValueError(f"z must have shape (n,); got {tuple(z.shape)}.")
-    if not bool(torch.isfinite(z).all()):
+    # min and max propagate NaN and reveal inf: one pass, no temporary
+    if z.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(z.detach())):
         raise ValueError("z must be finite; it contains NaN or inf.")
     if groups.shape[0] != z.shape[0]:
         raise ValueError(
