@@ -79,9 +79,12 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
     lam = h.new_zeros(m) if lam0 is None else lam0.to(h).clamp(min=0)
     bounded = lo is not None or hi is not None
 
-    # Evaluations write into two alternating buffers: at a million samples, fresh 8 MB tensors
-    # cost more (page faults) than the arithmetic.
-    scratch, buffers = torch.empty_like(z), (torch.empty_like(z), torch.empty_like(z))
+    # Evaluations write into preallocated buffers (untouched ones cost nothing): at a million
+    # samples, fresh 8 MB tensors cost more (page faults) than the arithmetic.
+    scratch, buffers = torch.empty_like(z), [torch.empty_like(z) for _ in range(3)]
+
+    def vacant(*used):
+        return next(b for b in buffers if all(b is not u for u in used))
 
     def evaluate(lam, y):
         torch.sub(z, cs.rmatvec(lam, out=scratch), out=y)
@@ -95,7 +98,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
     if not bool(lam.any()) and _within(z, lo, hi):
         y, residual, distance = z, cs.matvec(z) - h, 0.0  # y(0) = z: only the rows to evaluate
     else:
-        y, residual, distance = evaluate(lam, buffers[0])
+        y, residual, distance = evaluate(lam, vacant())
     full_hessian = cs.gram()  # G G^T; cached on cs, O(m^2 n_atoms)
     full_diagonal = full_hessian.diagonal().tolist()
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
@@ -119,7 +122,19 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             return SolveResult(y, lam, n_iter, False)
         # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
         # for group pairs only a forest of them (the others would make the system singular).
-        rows = _newton_rows(lam_list, residual_list, families)
+        # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
+        # now rather than into the Newton system: there the projection onto lam >= 0 would undo
+        # the step along it, and the step could stop being an ascent direction.
+        threshold = 1e-9 * max(lam_list)
+        rows, pinned = _newton_rows(lam_list, residual_list, families, threshold)
+        if pinned:
+            lam_list = [0.0 if r in pinned else a for r, a in enumerate(lam_list)]
+            lam = lam.new_tensor(lam_list)
+            value = distance + math.fsum(a * b for a, b in zip(lam_list, residual_list))
+        if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
+            y, residual, distance = evaluate(lam, vacant(y))
+            residual_list = residual.tolist()
+            continue
         free_rows = None if len(rows) == m else torch.tensor(rows, device=lam.device)
         hessian = cs.gram(_free(y, lo, hi), buffer=scratch) if bounded else full_hessian
         full = full_hessian
@@ -127,10 +142,12 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             hessian = hessian[free_rows[:, None], free_rows]
             full = full[free_rows[:, None], free_rows]
         diagonal = hessian.diagonal().tolist()
-        if any(d <= 1e-9 * full_diagonal[r] for d, r in zip(diagonal, rows)):
-            # A row with (almost) every coordinate clipped: the dual is flat along it, and the
+        flat = any(d <= 1e-9 * full_diagonal[r] for d, r in zip(diagonal, rows))
+        if flat:
+            # A row with (almost) every coordinate clipped: the dual is linear along it, and the
             # Newton step would be unbounded. Curvature as if its coordinates were free gives a
-            # step that stops short of the next breakpoint instead; the next iteration refines.
+            # step that stops short of the next breakpoint; the step is then doubled while the
+            # dual keeps growing, to reach that breakpoint in a few evaluations.
             hessian = full
         rhs = residual if free_rows is None else residual[free_rows]
         # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
@@ -148,8 +165,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             else:
                 trial = lam.index_add(0, free_rows, alpha * direction)
             trial.clamp_(min=0)
-            # into the buffer that does not hold y
-            y_t, residual_t, distance_t = evaluate(trial, buffers[y is buffers[0]])
+            y_t, residual_t, distance_t = evaluate(trial, vacant(y))
             trial_list, residual_t_list = trial.tolist(), residual_t.tolist()
             value_t = distance_t + math.fsum(a * r for a, r in zip(trial_list, residual_t_list))
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
@@ -161,7 +177,19 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
                 alpha *= 0.5
             else:
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
-        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
+        while flat and alpha >= 1.0 and alpha < 2.0**40:
+            alpha *= 2
+            step = direction * alpha
+            longer = (lam + step if free_rows is None else lam.index_add(0, free_rows, step))
+            longer.clamp_(min=0)
+            y_l, residual_l, distance_l = evaluate(longer, vacant(y, y_t))
+            longer_list, residual_l_list = longer.tolist(), residual_l.tolist()
+            value_l = distance_l + math.fsum(a * r for a, r in zip(longer_list, residual_l_list))
+            if not value_l > value_t:
+                break
+            trial, y_t, residual_t, distance_t, value_t = longer, y_l, residual_l, distance_l, value_l
+            trial_list, residual_t_list = longer_list, residual_l_list
+        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha >= 1.0 else ridge
         lam, y, residual, distance = trial, y_t, residual_t, distance_t
         lam_list, residual_list = trial_list, residual_t_list
 
@@ -173,7 +201,9 @@ def _tree_flows(lam, families):
     through each group's net flow ``sum_v lam_uv - sum_u lam_ug``, and the dual objective loses
     ``c`` per unit of total flow. Routing the net flows from the groups that give to the groups
     that take (north-west corner rule) leaves the outputs unchanged, never increases the total
-    flow, and uses at most ``k - 1`` pairs that form a forest: independent rows.
+    flow, and uses at most ``k - 1`` pairs that form a forest: independent rows. (A family of two
+    opposite rows with different ``c``: routing cancels their common flow, which loses
+    ``c_uv + c_vu >= 0`` per unit; see :class:`~skfair.constraints.ConstraintSet`.)
     """
     lam = list(lam)
     for family in families:
@@ -183,9 +213,11 @@ def _tree_flows(lam, families):
                 net[u] = net.get(u, 0.0) + lam[r]
                 net[v] = net.get(v, 0.0) - lam[r]
                 lam[r] = 0.0
-        give = [[g, x] for g, x in net.items() if x > 0]
-        take = [[g, -x] for g, x in net.items() if x < 0]
-        if not give:
+        # Net flows that are rounding noise of the others are dropped, not routed as tiny flows.
+        noise = 1e-13 * max(map(abs, net.values()), default=0.0)
+        give = [[g, x] for g, x in net.items() if x > noise]
+        take = [[g, -x] for g, x in net.items() if x < -noise]
+        if not give or not take:
             continue
         row = {(u, v): r for r, u, v in family}
         i = j = 0
@@ -194,20 +226,22 @@ def _tree_flows(lam, families):
             lam[row[give[i][0], take[j][0]]] += flow
             give[i][1] -= flow
             take[j][1] -= flow
-            if give[i][1] <= 0:
+            if give[i][1] <= noise:
                 i += 1
-            if take[j][1] <= 0:
+            if take[j][1] <= noise:
                 j += 1
     return lam
 
 
-def _newton_rows(lam, residual, families):
-    """Rows whose multipliers the Newton step moves, in increasing order.
+def _newton_rows(lam, residual, families, threshold):
+    """Rows whose multipliers the Newton step moves, in increasing order, and the pinned rows.
 
-    Pair rows: the positive ones (a forest, see :func:`_tree_flows`), then the violated ones by
-    decreasing violation as long as they join two trees, so that the rows stay independent.
-    Other rows: all but those at zero whose row is satisfied.
+    Pinned: rows whose multiplier is at most ``threshold`` while the row is satisfied; they are
+    set to zero and held there for this step. Pair rows: the positive ones (a forest, see
+    :func:`_tree_flows`), then the violated ones by decreasing violation as long as they join two
+    trees, so that the rows stay independent. Other rows: all that are not pinned.
     """
+    pinned = {r for r, (a, g) in enumerate(zip(lam, residual)) if a <= threshold and g < 0}
     rows, in_family = [], set()
     for family in families:
         root = {}
@@ -219,15 +253,15 @@ def _newton_rows(lam, residual, families):
 
         for r, u, v in sorted(family, key=lambda t: (lam[t[0]] <= 0, -residual[t[0]])):
             in_family.add(r)
-            if lam[r] <= 0 and residual[r] < 0:
+            if r in pinned or (lam[r] <= 0 and residual[r] < 0):
                 continue
             a, b = find(u), find(v)
             if a != b:
                 root[a] = b
                 rows.append(r)
     rows.extend(r for r in range(len(lam))
-                if r not in in_family and not (lam[r] <= 0 and residual[r] < 0))
-    return sorted(rows)
+                if r not in in_family and r not in pinned and not (lam[r] <= 0 and residual[r] < 0))
+    return sorted(rows), pinned
 
 
 def _within(z, lo, hi):

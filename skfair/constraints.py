@@ -66,10 +66,10 @@ class ConstraintSet:
         Per-sample column scale (the sample weights); ``None`` means all ones.
     pair_families : sequence of sequences of (int, hashable, hashable), default=()
         Rows that compare groups pairwise: in one family, the triple ``(r, u, v)`` says that row
-        ``r`` is ``mean_u(y) - mean_v(y) <= c`` with the same ``c`` for every row of the family
-        (``mean_g``: a weighted average of the outputs of group ``g``).
-        Only the net multiplier of each group then matters, which lets the exact solver keep
-        its Newton systems non-singular; rows outside every family are treated generically.
+        ``r`` is ``s_u(y) - s_v(y) <= c_r`` for linear statistics ``s_g``, where either every row
+        of the family has the same ``c_r`` or the family has two rows whose ``c`` sum to >= 0
+        (a two-sided bound). Only the net multiplier of each group then matters, which lets
+        the exact solver keep its Newton systems regular; other rows are treated generically.
     """
 
     def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
@@ -341,10 +341,11 @@ class _GroupMeanConstraint(AffineConstraint):
     def _cell_rows(cls, a, label, present):
         """Rows of one (attribute, label cell) with groups ``present``: every ordered pair.
 
-        Returns a list of ``(terms, key)``; ``terms`` are ``(group index, sign)`` pairs, the
-        row being the signed sum of those groups' means.
+        Returns a list of ``(terms, key, pair)``; ``terms`` are ``(group index, sign)`` pairs,
+        the row being the signed sum of those groups' means; ``pair`` is ``(family, u, v)``
+        when the row belongs to a :attr:`ConstraintSet.pair_families` family (else None).
         """
-        return [(((i, 1.0), (j, -1.0)), (a, present[i], present[j], label))
+        return [(((i, 1.0), (j, -1.0)), (a, present[i], present[j], label), (None, i, j))
                 for i in range(len(present)) for j in range(len(present)) if i != j]
 
     def __repr__(self):
@@ -394,9 +395,13 @@ class MeanResidual(_GroupMeanConstraint):
 
     @classmethod
     def _cell_rows(cls, a, label, present):
-        """``mean_g - target_g <= eps`` and ``target_g - mean_g <= eps`` for every group."""
-        return ([(((i, 1.0),), (a, g, "+")) for i, g in enumerate(present)]
-                + [(((i, -1.0),), (a, g, "-")) for i, g in enumerate(present)])
+        """``mean_g - target_g <= eps`` and ``target_g - mean_g <= eps`` for every group.
+
+        The two rows of a group are opposite: they form a family of two pseudo-groups, so that
+        the solver keeps only their net multiplier.
+        """
+        return ([(((i, 1.0),), (a, g, "+"), (g, "+", "-")) for i, g in enumerate(present)]
+                + [(((i, -1.0),), (a, g, "-"), (g, "-", "+")) for i, g in enumerate(present)])
 
 
 _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
@@ -507,15 +512,15 @@ def _row_structure(cls, table, positive, n_attributes, device, reference_means=N
             first = len(member)
             member.extend([float(keep and row[a] == g) for row, keep in zip(table, inside)]
                           for g in present)
-            family = []
-            for terms, key in cls._cell_rows(a, label, present):
-                if len(terms) == 2:  # a pair: (group u, +1), (group v, -1)
-                    family.append((len(keys), terms[0][0], terms[1][0]))
+            cell_families = {}
+            for terms, key, pair in cls._cell_rows(a, label, present):
+                if pair is not None:
+                    family, u, v = pair
+                    cell_families.setdefault(family, []).append((len(keys), u, v))
                 select.append({first + i: sign for i, sign in terms})
                 keys.append(key)
                 offsets.append(0.0)
-            if family:
-                families.append(tuple(family))
+            families.extend(map(tuple, cell_families.values()))
             absent = [(g, ref) for (a_, g, label_), ref in (reference_means or {}).items()
                       if a_ == a and label_ == label and g not in present]
             for i, u in enumerate(present if absent else ()):

@@ -165,10 +165,15 @@ def test_pair_families_list_every_ordered_pair_of_a_cell(constraint):
         assert len(family) == k * (k - 1)
 
 
-def test_mean_residual_and_reference_rows_are_not_pair_families():
+def test_mean_residual_pairs_opposite_rows_and_reference_rows_stay_out():
     y_true = torch.tensor([0.2, 0.4, 0.6])
     cs = MeanResidual().build(torch.tensor([0, 0, 1]), epsilon=0.1, y_true=y_true)
-    assert cs.pair_families == ()
+    # each group's two rows are opposite, and their bounds sum to 2 * epsilon >= 0
+    assert cs.pair_families == (((0, "+", "-"), (2, "-", "+")), ((1, "+", "-"), (3, "-", "+")))
+    G = cs.dense()
+    for (r, _, _), (s, _, _) in cs.pair_families:
+        torch.testing.assert_close(G[r], -G[s])
+        assert float(cs.h[r] + cs.h[s]) == pytest.approx(0.2)
     cs = DemographicParity().build(torch.tensor([0, 0, 1]), epsilon=0.1,
                                    reference_means={(0, 2, None): 0.3})
     assert [r for r, _, _ in cs.pair_families[0]] == [0, 1]

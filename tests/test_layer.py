@@ -16,7 +16,7 @@ from skfair.constraints import (
     constraint_gap,
     get_constraint,
 )
-from skfair.layer import project
+from skfair.layer import _check_rows_attainable, project
 
 BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual"]
 
@@ -377,9 +377,11 @@ def test_newton_rows_of_pair_families_are_independent(seed):
     rng = np.random.default_rng(seed)
     lam = np.where(rng.uniform(size=cs.n_rows) < 0.2, rng.exponential(size=cs.n_rows), 0.0)
     residual = rng.normal(size=cs.n_rows)
-    rows = _newton_rows(lam.tolist(), residual.tolist(), cs.pair_families)
-    assert rows == sorted(set(rows))
+    threshold = 1e-9 * lam.max()
+    rows, pinned = _newton_rows(lam.tolist(), residual.tolist(), cs.pair_families, threshold)
+    assert rows == sorted(set(rows)) and not pinned & set(rows)
     assert not any(lam[r] <= 0 and residual[r] < 0 for r in rows)  # satisfied rows stay at 0
+    assert pinned == {r for r in range(cs.n_rows) if lam[r] <= threshold and residual[r] < 0}
     G = cs.dense()
     for family in cs.pair_families:
         chosen = [r for r, _, _ in family if r in rows]
@@ -400,3 +402,71 @@ def test_solver_with_and_without_pair_families_agree(seed):
     # The multipliers may differ (the dual has a face of solutions); their net shifts do not.
     torch.testing.assert_close(cs.rmatvec(routed.lam), cs.rmatvec(generic.lam), atol=1e-8,
                                rtol=0)
+
+
+def _recorded_instance(name):
+    """A recorded projection (tests/data): its constraint set, outputs and warm start."""
+    from pathlib import Path
+
+    from skfair.constraints import ConstraintSet
+
+    data = np.load(Path(__file__).parent / "data" / f"{name}.npz")
+    if name == "flat_row_warm_start":  # mean residual rows: (attribute, group, +1 / -1)
+        keys = [(int(a), int(g), "+" if sign > 0 else "-") for a, g, sign in data["keys"]]
+        rows = {key: r for r, key in enumerate(keys)}
+        families = tuple(((rows[a, g, "+"], "+", "-"), (rows[a, g, "-"], "-", "+"))
+                         for a, g, sign in keys if sign == "+")
+    else:  # demographic parity rows: (attribute, u, v)
+        keys = [(int(a), int(u), int(v), None) for a, u, v in data["keys"]]
+        grouped = {}
+        for r, (a, u, v, _) in enumerate(keys):
+            grouped.setdefault(a, []).append((r, u, v))
+        families = tuple(map(tuple, grouped.values()))
+    cs = ConstraintSet(torch.as_tensor(data["coef"]), torch.as_tensor(data["atom"]),
+                       torch.as_tensor(data["h"]), keys, pair_families=families)
+    return cs, torch.as_tensor(data["z"]), torch.as_tensor(data["lam0"])
+
+
+@pytest.mark.parametrize("name", ["stalled_warm_start", "flat_row_warm_start"])
+def test_recorded_warm_starts_converge(name):
+    """Regressions, both warm-started as in training:
+
+    - stalled_warm_start: a batch of Adult (255 rows, sex x race, 22 pair rows) where re-routing
+      left tiny positive multipliers on satisfied rows; kept in the Newton step, the projection
+      undid the step and the solver stalled at its iteration limit;
+    - flat_row_warm_start: mean residual (27 rows, 3 groups) where one group's outputs were all
+      clipped, so the dual was linear along its row and each step crept along it.
+    """
+    from skfair import _exact
+
+    cs, z, lam0 = _recorded_instance(name)
+    warm = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0)
+    cold = _exact.solve(z, cs, 0.0, 1.0)
+    assert warm.converged and warm.n_iter < 20
+    torch.testing.assert_close(warm.y, cold.y, atol=1e-9, rtol=0)
+    assert float(cs.violation(warm.y)) <= 1e-9
+
+
+@SETTINGS
+@given(instances(), st.integers(0, 2**31 - 1))
+def test_warm_started_projection_matches_the_cold_one(instance, seed):
+    """Training warm-starts every batch from the previous batch's multipliers: from any such
+    start the solver must reach the same projection."""
+    from skfair import _exact
+
+    z, groups, constraint, y_true, bounds, epsilon = instance
+    cs = get_constraint(constraint).build(torch.as_tensor(groups), epsilon=epsilon,
+                                          y_true=torch.as_tensor(y_true))
+    lo, hi = bounds if bounds is not None else (None, None)
+    try:
+        _check_rows_attainable(cs, lo, hi)
+    except InfeasibleConstraintError:
+        assume(False)
+    rng = np.random.default_rng(seed)
+    previous = torch.as_tensor(np.clip(z + rng.normal(0, 0.3, len(z)), -0.5, 1.5))
+    lam0 = _exact.solve(previous, cs, lo, hi).lam * rng.uniform(0.5, 2.0)
+    lam0 = lam0 + torch.as_tensor(rng.uniform(size=cs.n_rows) < 0.3) * 1e-17
+    warm = _exact.solve(torch.as_tensor(z), cs, lo, hi, lam0=lam0)
+    cold = _exact.solve(torch.as_tensor(z), cs, lo, hi)
+    assert warm.converged
+    torch.testing.assert_close(warm.y, cold.y, atol=1e-8, rtol=0)
