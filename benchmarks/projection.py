@@ -7,11 +7,11 @@ Run from the repository root (needs the `bench` extra and qpth, see the README):
     python benchmarks/projection.py --quick    # smoke run
 
 Demographic parity (epsilon = 0.05) between two groups with biased scores. Times are medians of
-several runs in milliseconds, measured side by side in one run (the compared calls interleaved); "fwd+bwd" adds the backward pass of
-sum(w * y) for random w. The exact solver is timed through the public path (`layer.project`, so
-the feasibility check users pay for is included); qpth through the same dense QP the layer builds
-(Q = 2I, p = -2z, box rows appended, float64, deliberate iteration limits), without the check, and
-its worst constraint violation is reported as returned.
+several runs in milliseconds, measured side by side in one run (the compared calls interleaved);
+"fwd+bwd" adds the backward pass of sum(w * y) for random w. The exact solver is timed through
+the public path (`layer.project`, so the feasibility check users pay for is included); qpth through
+the same dense QP the layer builds (Q = 2I, p = -2z, box rows appended, float64, deliberate
+iteration limits), without the check, and its worst constraint violation is reported as returned.
 """
 
 import argparse
@@ -110,7 +110,8 @@ def main():
             z, groups = problem(n)
             fns = [lambda: exact(z, groups, bounds, False), lambda: exact(z, groups, bounds, True)]
             if n <= qpth_max:
-                fns += [lambda: qpth(z, groups, bounds, False), lambda: qpth(z, groups, bounds, True)]
+                fns += [lambda: qpth(z, groups, bounds, False),
+                        lambda: qpth(z, groups, bounds, True)]
                 timed = paired_ms(fns, max(1, repeats // (3 if n >= 1024 else 1)))
             else:
                 timed = paired_ms(fns, repeats)

@@ -187,7 +187,8 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             value_l = distance_l + math.fsum(a * r for a, r in zip(longer_list, residual_l_list))
             if not value_l > value_t:
                 break
-            trial, y_t, residual_t, distance_t, value_t = longer, y_l, residual_l, distance_l, value_l
+            trial, y_t, residual_t = longer, y_l, residual_l
+            distance_t, value_t = distance_l, value_l
             trial_list, residual_t_list = longer_list, residual_l_list
         ridge = max(ridge / 1e3, MIN_RIDGE) if alpha >= 1.0 else ridge
         lam, y, residual, distance = trial, y_t, residual_t, distance_t
