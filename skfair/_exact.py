@@ -173,11 +173,15 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             slack = 1e-14 * (abs(value) + 1.0)
             if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
                 break
-            if alpha > 0.25 or ridge >= 1.0:
+            if alpha > 0.03 or ridge >= 1.0:
                 alpha *= 0.5
             else:
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
-        while flat and alpha >= 1.0 and alpha < 2.0**40:
+        def still_rising(point, gradient):  # the dual grows along the step at this point
+            return math.fsum(g * (b - a) for g, a, b in zip(gradient, lam_list, point)) > 0
+
+        while (flat and alpha >= 1.0 and alpha < 2.0**40
+               and still_rising(trial_list, residual_t_list)):
             alpha *= 2
             step = direction * alpha
             longer = (lam + step if free_rows is None else lam.index_add(0, free_rows, step))
