@@ -142,12 +142,12 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             hessian = hessian[free_rows[:, None], free_rows]
             full = full[free_rows[:, None], free_rows]
         diagonal = hessian.diagonal().tolist()
-        flat = any(d <= 1e-9 * full_diagonal[r] for d, r in zip(diagonal, rows))
-        if flat:
+        flat = [d <= 1e-9 * full_diagonal[r] for d, r in zip(diagonal, rows)]
+        if True in flat:
             # A row with (almost) every coordinate clipped: the dual is linear along it, and the
             # Newton step would be unbounded. Curvature as if its coordinates were free gives a
-            # step that stops short of the next breakpoint; the step is then doubled while the
-            # dual keeps growing, to reach that breakpoint in a few evaluations.
+            # step that stops short of the next breakpoint; the step along such rows is then
+            # doubled while the dual keeps growing, to reach that breakpoint in a few evaluations.
             hessian = full
         rhs = residual if free_rows is None else residual[free_rows]
         # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
@@ -177,13 +177,16 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
                 alpha *= 0.5
             else:
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
-        def still_rising(point, gradient):  # the dual grows along the step at this point
-            return math.fsum(g * (b - a) for g, a, b in zip(gradient, lam_list, point)) > 0
+        flat_rows = [r for r, f in zip(rows, flat) if f]
 
-        while (flat and alpha >= 1.0 and alpha < 2.0**40
+        def still_rising(point, gradient):  # the dual grows along the flat rows' step here
+            return math.fsum(gradient[r] * (point[r] - lam_list[r]) for r in flat_rows) > 0
+
+        stretch = 1.0
+        while (flat_rows and alpha == 1.0 and stretch < 2.0**40
                and still_rising(trial_list, residual_t_list)):
-            alpha *= 2
-            step = direction * alpha
+            stretch *= 2
+            step = direction * direction.new_tensor([stretch if f else 1.0 for f in flat])
             longer = (lam + step if free_rows is None else lam.index_add(0, free_rows, step))
             longer.clamp_(min=0)
             y_l, residual_l, distance_l = evaluate(longer, vacant(y, y_t))
@@ -194,7 +197,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
             trial, y_t, residual_t = longer, y_l, residual_l
             distance_t, value_t = distance_l, value_l
             trial_list, residual_t_list = longer_list, residual_l_list
-        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha >= 1.0 else ridge
+        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
         lam, y, residual, distance = trial, y_t, residual_t, distance_t
         lam_list, residual_list = trial_list, residual_t_list
 
