@@ -76,7 +76,7 @@ def test_equalized_odds_trains_and_reduces_the_label_conditional_gap(biased):
                                epsilon=0.02, **FAST).fit(X, y)
     free = FairNeuralClassifier(protected_attributes=["sex"], epsilon=1.0, **FAST).fit(X, y)
     groups = clf.group_encoder_.transform(X[["sex"]])
-    labels = torch.as_tensor(y.to_numpy(), dtype=torch.float64)
+    labels = torch.tensor(y.to_numpy(), dtype=torch.float64)  # copies: the view is read-only
 
     def eo(model):
         p = torch.as_tensor(model.predict_proba(X)[:, 1])
