@@ -244,8 +244,8 @@ def _tree_flows(lam, families):
 def _newton_rows(lam, residual, families, threshold):
     """Rows whose multipliers the Newton step moves, in increasing order, and the pinned rows.
 
-    Pinned: rows whose multiplier is at most ``threshold`` while the row is satisfied; they are
-    set to zero and held there for this step. Pair rows: the positive ones (a forest, see
+    Pinned: rows whose multiplier is at most ``threshold`` (>= 0, so zeros included) while the
+    row is satisfied; they are set to zero and held there for this step. Pair rows: the positive ones (a forest, see
     :func:`_tree_flows`), then the violated ones by decreasing violation as long as they join two
     trees, so that the rows stay independent. Other rows: all that are not pinned.
     """
@@ -261,14 +261,13 @@ def _newton_rows(lam, residual, families, threshold):
 
         for r, u, v in sorted(family, key=lambda t: (lam[t[0]] <= 0, -residual[t[0]])):
             in_family.add(r)
-            if r in pinned or (lam[r] <= 0 and residual[r] < 0):
+            if r in pinned:
                 continue
             a, b = find(u), find(v)
             if a != b:
                 root[a] = b
                 rows.append(r)
-    rows.extend(r for r in range(len(lam))
-                if r not in in_family and r not in pinned and not (lam[r] <= 0 and residual[r] < 0))
+    rows.extend(r for r in range(len(lam)) if r not in in_family and r not in pinned)
     return sorted(rows), pinned
 
 
