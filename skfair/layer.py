@@ -52,7 +52,7 @@ class FairnessLayer(nn.Module):
         memory. ``"qpth"``: the dense interior-point solver of ``qpth`` (``O(n^3)``; optional
         dependency, see the README). ``"auto"`` uses the exact solver: it handles every affine
         constraint, is accurate to ~1e-12 where qpth's interior point can stall short of the
-        optimum, and measured about 20x (n=64) to 2,400x (n=1,024) faster than qpth forward and
+        optimum, and measured about 20x (n=64) to 2,000x (n=1,024) faster than qpth forward and
         backward with bounds (``benchmarks/projection.py``, ``benchmarks/RESULTS.md``). Each
         backend falls back to the other when its result fails the feasibility check.
     intersectional : bool, default=False
@@ -75,7 +75,7 @@ class FairnessLayer(nn.Module):
     of combinations of group codes (a handful); the backward pass costs the same as one
     iteration. The multipliers of pairwise rows (parity constraints compare every ordered pair of
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
-    systems regular; warm-started training batches take two to five iterations. A group absent
+    systems regular; warm-started training batches need a few iterations. A group absent
     from the batch contributes no rows.
 
     Examples
