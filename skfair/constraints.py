@@ -70,16 +70,18 @@ class ConstraintSet:
         of the family has the same ``c_r`` or the family has two rows whose ``c`` sum to >= 0
         (a two-sided bound). Only the net multiplier of each group then matters, which lets
         the exact solver keep its Newton systems regular; other rows are treated generically.
+    atom_mass : torch.Tensor of shape (n_atoms,), optional
+        :meth:`atom_mass`, when the caller has already computed it.
     """
 
-    def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
+    def __init__(self, coef, atom, h, keys, weight=None, pair_families=(), atom_mass=None):
         self.coef = coef
         self.atom = atom
         self.h = h
         self.keys = list(keys)
         self.weight = weight
         self.pair_families = pair_families
-        self._mass = None  # atom_mass(), cached
+        self._mass = atom_mass  # atom_mass(), cached
         self._full_gram = None  # gram(), cached
         if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
             raise ValueError(
@@ -316,10 +318,8 @@ class _GroupMeanConstraint(AffineConstraint):
             member, select, keys, offsets, families = _cached_row_structure(
                 type(self), table_key, positive, n_attributes, atom.device)
         if not keys:
-            cs = ConstraintSet(atom_mass.new_zeros((0, table.shape[0])), atom,
-                               atom_mass.new_zeros(0), keys, weight)
-            cs._mass = atom_mass
-            return cs
+            return ConstraintSet(atom_mass.new_zeros((0, table.shape[0])), atom,
+                                 atom_mass.new_zeros(0), keys, weight, atom_mass=atom_mass)
         group_mass = member @ atom_mass
         # row g of `means`: the averaging functional of group g over the atoms
         coef = select @ (member / group_mass[:, None])
@@ -330,9 +330,7 @@ class _GroupMeanConstraint(AffineConstraint):
             target = y_true if weight is None else y_true * weight
             atom_target = _segment_sum(target.to(torch.float64), atom, table.shape[0])
             h = h + select @ ((member @ atom_target) / group_mass)
-        cs = ConstraintSet(coef, atom, h, keys, weight, families)
-        cs._mass = atom_mass
-        return cs
+        return ConstraintSet(coef, atom, h, keys, weight, families, atom_mass=atom_mass)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
