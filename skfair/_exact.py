@@ -17,12 +17,15 @@ rows only (:func:`_newton_rows`): the systems stay regular and no damping slows 
 
 Each iteration costs ``O(n + m^2 n_atoms + m^3)`` with the factored ``G`` of
 :class:`~skfair.constraints.ConstraintSet`: a few passes over the ``n`` outputs (written into
-preallocated buffers) and small dense algebra on the ``m`` rows.
+reused buffers) and small dense algebra on the ``m`` rows, done in numpy on the host.
 """
 
 import math
 
+import numpy as np
 import torch
+
+from .constraints import _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
@@ -47,129 +50,131 @@ def clip(x, lo, hi):
     return x if lo is None and hi is None else x.clamp(lo, hi)
 
 
-def scale_of(z, h, lo, hi):
+def value_range(values):
+    """``(min, max)`` of a tensor as floats, in one pass; NaN propagates; ``(0, 0)`` if empty."""
+    if not values.numel():
+        return 0.0, 0.0
+    low, high = torch.aminmax(values)
+    return float(low), float(high)
+
+
+def scale_of(z_range, cs, lo, hi):
     """Magnitude of the problem's values; tolerances are relative to it."""
-    scale = 1.0
-    for values in (z, h.detach()):
-        if values.numel():
-            scale = max(scale, *(abs(float(v)) for v in torch.aminmax(values)))
-    for bound in (lo, hi):
-        if bound is not None:
-            scale = max(scale, abs(bound))
-    return scale
+    h = cs.host_h
+    return max(1.0, *map(abs, z_range), float(np.abs(h).max()) if h.size else 0.0,
+               *(abs(b) for b in (lo, hi) if b is not None))
 
 
-def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None):
+def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=None):
     """Project ``z`` (float64, shape (n,)) onto the constraint set ``cs`` within ``[lo, hi]``.
 
-    ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` warm-starts the multipliers;
-    ``scale`` is :func:`scale_of` of the problem when the caller has it. Returns a
-    :class:`SolveResult`; ``converged`` is False when the iteration limit was hit (the caller
-    checks feasibility and decides).
+    ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` (m non-negative numbers: a tensor,
+    array or list) warm-starts the multipliers; ``z_range`` is :func:`value_range` of ``z`` when
+    the caller has it. Returns a :class:`SolveResult`; ``converged`` is False when the iteration
+    limit was hit (the caller checks feasibility and decides).
     """
-    h = cs.h.detach()
     m = cs.n_rows
     if m == 0:
-        return SolveResult(clip(z, lo, hi), h.new_zeros(0), 0, True)
-    if scale is None:
-        scale = scale_of(z, h, lo, hi)
+        return SolveResult(clip(z, lo, hi), cs.h.detach().new_zeros(0), 0, True)
+    if z_range is None:
+        z_range = value_range(z)
+    scale = scale_of(z_range, cs, lo, hi)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
     atol = (tol + ROUNDING * z.shape[0]) * scale
-    lam = h.new_zeros(m) if lam0 is None else lam0.to(h).clamp(min=0)
     bounded = lo is not None or hi is not None
+    # Two sides: the passes over the n outputs are tensor operations on their device; everything
+    # of size m (multipliers, residuals, Newton systems) is numpy on the host, where an
+    # operation on a few dozen numbers costs a microsecond instead of several.
+    coef, h = cs.host_coef, cs.host_h
+    lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)
 
-    # Evaluations write into preallocated buffers (untouched ones cost nothing): at a million
-    # samples, fresh 8 MB tensors cost more (page faults) than the arithmetic.
-    scratch, buffers = torch.empty_like(z), [torch.empty_like(z) for _ in range(3)]
+    # Evaluations write into reused buffers, created when first needed (two in most solves): at
+    # a million samples, fresh 8 MB tensors cost more (page faults) than the arithmetic.
+    buffers = []
 
     def vacant(*used):
-        return next(b for b in buffers if all(b is not u for u in used))
+        """A buffer of shape (n,) that holds none of ``used``."""
+        free = [b for b in buffers if all(b is not u for u in used)]
+        if not free:
+            buffers.append(torch.empty_like(z))
+            return buffers[-1]
+        return free[0]
 
     def evaluate(lam, y):
-        torch.sub(z, cs.rmatvec(lam, out=scratch), out=y)
+        """``y(lam)`` written into ``y``, the dual gradient ``G y - h`` and ``1/2 ||y - z||^2``."""
+        torch.index_select(_device_tensor(lam @ coef, z.device), 0, cs.atom, out=y)
+        if cs.weight is not None:
+            y.mul_(cs.weight)
+        torch.sub(z, y, out=y)
         if bounded:
             y.clamp_(lo, hi)
-        residual = cs.matvec(y) - h  # gradient of the dual
-        torch.sub(y, z, out=scratch)
-        return y, residual, 0.5 * float(torch.dot(scratch, scratch))
+        residual = coef @ _host(cs.atom_sums(y)) - h
+        return y, residual, 0.5 * float(torch.dist(y, z)) ** 2
+
+    def value_of(lam, residual, distance):  # the dual function
+        return distance + math.fsum((lam * residual).tolist())
 
     families = cs.pair_families
-    if not bool(lam.any()) and _within(z, lo, hi):
-        y, residual, distance = z, cs.matvec(z) - h, 0.0  # y(0) = z: only the rows to evaluate
+    if not lam.any() and _within(z_range, lo, hi):
+        y, residual, distance = z, coef @ _host(cs.atom_sums(z)) - h, 0.0  # y(0) = z
     else:
         y, residual, distance = evaluate(lam, vacant())
-    full_hessian = cs.gram()  # G G^T; cached on cs, O(m^2 n_atoms)
-    full_diagonal = full_hessian.diagonal().tolist()
+    full_hessian = cs.gram()  # G G^T; cached on cs
+    full_diagonal = full_hessian.diagonal()
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = float("inf"), 0
-    # The multipliers and residuals are short (m entries): the bookkeeping of every iteration is
-    # done on Python lists, which costs less than a dozen tiny tensor operations.
-    lam_list, residual_list = lam.tolist(), residual.tolist()
     for n_iter in range(max_iter + 1):
         if families:
-            lam_list = _tree_flows(lam_list, families)
-            lam = lam.new_tensor(lam_list)
-        value = distance + math.fsum(a * b for a, b in zip(lam_list, residual_list))
-        worst = max(abs(r) if a > 0 else r for a, r in zip(lam_list, residual_list))
+            lam = np.array(_tree_flows(lam.tolist(), families))
+        value = value_of(lam, residual, distance)
+        worst = float(np.max(np.where(lam > 0, np.abs(residual), residual)))
         if worst <= atol or n_iter == max_iter:
-            return SolveResult(z.clone() if y is z else y, lam, n_iter, worst <= atol)
+            return _result(z.clone() if y is z else y, lam, n_iter, worst <= atol)
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
         # the caller's feasibility check judge the point.
         stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
         best = min(best, worst)
         if stalled >= 5:
-            return SolveResult(y, lam, n_iter, False)
+            return _result(y, lam, n_iter, False)
         # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
         # for group pairs only a forest of them (the others would make the system singular).
         # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
         # now rather than into the Newton system: there the projection onto lam >= 0 would undo
         # the step along it, and the step could stop being an ascent direction.
-        threshold = 1e-9 * max(lam_list)
-        rows, pinned = _newton_rows(lam_list, residual_list, families, threshold)
+        rows, pinned = _newton_rows(lam.tolist(), residual.tolist(), families,
+                                    threshold=1e-9 * lam.max())
         if pinned:
-            lam_list = [0.0 if r in pinned else a for r, a in enumerate(lam_list)]
-            lam = lam.new_tensor(lam_list)
-            value = distance + math.fsum(a * b for a, b in zip(lam_list, residual_list))
+            lam[list(pinned)] = 0.0
+            value = value_of(lam, residual, distance)
         if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
             y, residual, distance = evaluate(lam, vacant(y))
-            residual_list = residual.tolist()
             continue
-        free_rows = None if len(rows) == m else torch.tensor(rows, device=lam.device)
-        hessian = cs.gram(_free(y, lo, hi), buffer=scratch) if bounded else full_hessian
-        full = full_hessian
-        if free_rows is not None:
-            hessian = hessian[free_rows[:, None], free_rows]
-            full = full[free_rows[:, None], free_rows]
-        diagonal = hessian.diagonal().tolist()
-        flat = [d <= 1e-9 * full_diagonal[r] for d, r in zip(diagonal, rows)]
-        if True in flat:
+        block = np.ix_(rows, rows)
+        full = full_hessian[block]
+        hessian = cs.gram(_free(y, lo, hi), buffer=vacant(y))[block] if bounded else full
+        flat = hessian.diagonal() <= 1e-9 * full.diagonal()
+        if flat.any():
             # A row with (almost) every coordinate clipped: the dual is linear along it, and the
             # Newton step would be unbounded. Curvature as if its coordinates were free gives a
             # step that stops short of the next breakpoint; the step along such rows is then
             # doubled while the dual keeps growing, to reach that breakpoint in a few evaluations.
             hessian = full
-        rhs = residual if free_rows is None else residual[free_rows]
+        rhs = residual[rows]
         # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
         # custom constraint): a Levenberg-Marquardt ridge keeps the Newton step bounded. It grows
         # when backtracking alone does not find an ascent step and shrinks after full steps.
-        diag = max(full_diagonal[r] for r in rows)
+        diag = full_diagonal[rows].max()
         alpha, direction = 1.0, None
         while True:
             if direction is None:
-                system = hessian.clone()
-                system.diagonal().add_(ridge * diag)
-                direction = torch.linalg.solve(system, rhs)
-            if free_rows is None:
-                trial = lam + alpha * direction
-            else:
-                trial = lam.index_add(0, free_rows, alpha * direction)
-            trial.clamp_(min=0)
+                direction = np.linalg.solve(hessian + ridge * diag * np.eye(len(rows)), rhs)
+            trial = lam.copy()
+            trial[rows] = np.maximum(lam[rows] + alpha * direction, 0.0)
             y_t, residual_t, distance_t = evaluate(trial, vacant(y))
-            trial_list, residual_t_list = trial.tolist(), residual_t.tolist()
-            value_t = distance_t + math.fsum(a * r for a, r in zip(trial_list, residual_t_list))
+            value_t = value_of(trial, residual_t, distance_t)
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
-            gain = math.fsum(r * (b - a) for r, a, b in zip(residual_list, lam_list, trial_list))
+            gain = math.fsum((residual * (trial - lam)).tolist())
             slack = 1e-14 * (abs(value) + 1.0)
             if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
                 break
@@ -177,29 +182,36 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
                 alpha *= 0.5
             else:
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
-        flat_rows = [r for r, f in zip(rows, flat) if f]
+        flat_rows = np.asarray(rows)[flat]
 
         def still_rising(point, gradient):  # the dual grows along the flat rows' step here
-            return math.fsum(gradient[r] * (point[r] - lam_list[r]) for r in flat_rows) > 0
+            return float(gradient[flat_rows] @ (point[flat_rows] - lam[flat_rows])) > 0
 
         stretch = 1.0
-        while (flat_rows and alpha == 1.0 and stretch < 2.0**40
-               and still_rising(trial_list, residual_t_list)):
+        while (flat_rows.size and alpha == 1.0 and stretch < 2.0**40
+               and still_rising(trial, residual_t)):
             stretch *= 2
-            step = direction * direction.new_tensor([stretch if f else 1.0 for f in flat])
-            longer = (lam + step if free_rows is None else lam.index_add(0, free_rows, step))
-            longer.clamp_(min=0)
+            longer = lam.copy()
+            longer[rows] = np.maximum(lam[rows] + np.where(flat, stretch, 1.0) * direction, 0.0)
             y_l, residual_l, distance_l = evaluate(longer, vacant(y, y_t))
-            longer_list, residual_l_list = longer.tolist(), residual_l.tolist()
-            value_l = distance_l + math.fsum(a * r for a, r in zip(longer_list, residual_l_list))
+            value_l = value_of(longer, residual_l, distance_l)
             if not value_l > value_t:
                 break
-            trial, y_t, residual_t = longer, y_l, residual_l
-            distance_t, value_t = distance_l, value_l
-            trial_list, residual_t_list = longer_list, residual_l_list
+            trial, y_t, residual_t, distance_t, value_t = (longer, y_l, residual_l, distance_l,
+                                                           value_l)
         ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
         lam, y, residual, distance = trial, y_t, residual_t, distance_t
-        lam_list, residual_list = trial_list, residual_t_list
+
+
+def _host(values):
+    """A float64 numpy array of ``values`` (tensor on any device, array or list)."""
+    if isinstance(values, torch.Tensor):
+        return _host_array(values)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _result(y, lam, n_iter, converged):
+    return SolveResult(y, _device_tensor(lam, y.device), n_iter, converged)
 
 
 def _tree_flows(lam, families):
@@ -245,9 +257,10 @@ def _newton_rows(lam, residual, families, threshold):
     """Rows whose multipliers the Newton step moves, in increasing order, and the pinned rows.
 
     Pinned: rows whose multiplier is at most ``threshold`` (>= 0, so zeros included) while the
-    row is satisfied; they are set to zero and held there for this step. Pair rows: the positive ones (a forest, see
-    :func:`_tree_flows`), then the violated ones by decreasing violation as long as they join two
-    trees, so that the rows stay independent. Other rows: all that are not pinned.
+    row is satisfied; they are set to zero and held there for this step. Pair rows: the
+    positive ones (a forest, see :func:`_tree_flows`), then the violated ones by decreasing
+    violation as long as they join two trees, so that the rows stay independent. Other rows:
+    all that are not pinned.
     """
     pinned = {r for r, (a, g) in enumerate(zip(lam, residual)) if a <= threshold and g < 0}
     rows, in_family = [], set()
@@ -271,12 +284,9 @@ def _newton_rows(lam, residual, families, threshold):
     return sorted(rows), pinned
 
 
-def _within(z, lo, hi):
-    """Whether every entry of ``z`` lies within the bounds."""
-    if lo is None and hi is None:
-        return True
-    low, high = (float(v) for v in torch.aminmax(z))
-    return (lo is None or low >= lo) and (hi is None or high <= hi)
+def _within(z_range, lo, hi):
+    """Whether values of range ``z_range`` lie within the bounds."""
+    return (lo is None or z_range[0] >= lo) and (hi is None or z_range[1] <= hi)
 
 
 def _free(y, lo, hi):
@@ -294,15 +304,23 @@ def vjp(grad_y, y, lam, cs, lo, hi):
     Implicit differentiation of the KKT system on the free coordinates ``F`` and the active rows
     ``S``: ``dy_F = P dz_F + G_SF^T M^+ dh_S`` with ``M = G_SF G_SF^T`` and
     ``P = I - G_SF^T M^+ G_SF``; clipped coordinates do not move. Returns ``(grad_z, grad_h)``,
-    in ``O(n m + m^3)`` without any n x n matrix.
+    in ``O(n m + m^3)`` without any n x n matrix (the m x m algebra on the host, as in
+    :func:`solve`).
     """
     free = None if lo is None and hi is None else _free(y, lo, hi)
     grad_free = grad_y if free is None else grad_y * free
-    active = torch.nonzero(lam > 0).squeeze(1)
-    if active.numel() == 0:
+    active = np.flatnonzero(_host(lam) > 0)
+    if active.size == 0:
         return grad_free, torch.zeros_like(lam)
-    gram = cs.gram(free)[active[:, None], active]
-    u = torch.linalg.pinv(gram, hermitian=True) @ cs.matvec(grad_free)[active]
-    grad_h = torch.zeros_like(lam).index_copy_(0, active, u)
+    # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
+    # system M u = G_S grad_F through its eigendecomposition, as a pseudo-inverse would.
+    eigenvalues, vectors = np.linalg.eigh(cs.gram(free)[np.ix_(active, active)])
+    keep = eigenvalues > eigenvalues[-1] * active.size * np.finfo(np.float64).eps
+    vectors = vectors[:, keep]
+    rhs = cs.host_coef[active] @ _host(cs.atom_sums(grad_free))
+    u = vectors @ ((vectors.T @ rhs) / eigenvalues[keep])
+    grad_h = np.zeros(lam.shape[0])
+    grad_h[active] = u
+    grad_h = _device_tensor(grad_h, grad_y.device)
     grad_z = grad_y - cs.rmatvec(grad_h)
     return grad_z if free is None else grad_z.mul_(free), grad_h

@@ -28,6 +28,7 @@ import functools
 import numbers
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -83,6 +84,8 @@ class ConstraintSet:
         self.pair_families = pair_families
         self._mass = atom_mass  # atom_mass(), cached
         self._full_gram = None  # gram(), cached
+        self._host_coef = None
+        self._host_h = None
         if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
             raise ValueError(
                 f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
@@ -97,34 +100,57 @@ class ConstraintSet:
     def n_samples(self):
         return self.atom.shape[0]
 
-    def matvec(self, y):
-        """``G @ y`` for ``y`` of shape (n,)."""
+    def atom_sums(self, y):
+        """Weighted sums of ``y`` over the samples of every atom, shape (n_atoms,)."""
         if self.weight is not None:
             y = y * self.weight
-        return self.coef @ _segment_sum(y, self.atom, self.coef.shape[1])
+        return _segment_sum(y, self.atom, self.coef.shape[1])
+
+    def matvec(self, y):
+        """``G @ y`` for ``y`` of shape (n,)."""
+        return self.coef @ self.atom_sums(y)
 
     def rmatvec(self, lam, out=None):
         """``G.T @ lam`` for ``lam`` of shape (m,), written into ``out`` when given."""
         shift = torch.index_select(lam @ self.coef, 0, self.atom, out=out)
         return shift if self.weight is None else shift.mul_(self.weight)
 
+    @property
+    def host_coef(self):
+        """:attr:`coef` as a float64 numpy array on the host (a view on CPU)."""
+        if self._host_coef is None:
+            self._host_coef = _host_array(self.coef)
+        return self._host_coef
+
+    @property
+    def host_h(self):
+        """:attr:`h` (detached) as a float64 numpy array on the host."""
+        if self._host_h is None:
+            self._host_h = _host_array(self.h)
+        return self._host_h
+
     def gram(self, free=None, buffer=None):
         """``G[:, free] @ G[:, free].T`` for a boolean mask ``free`` of shape (n,).
 
-        Without a mask, the full ``G @ G.T`` (cached: solvers ask for it repeatedly). ``buffer``
-        (float, shape (n,)) is scratch space the call may overwrite.
+        Returns a numpy array of shape (m, m) on the host: the solver's dense algebra on the m
+        rows is tiny, and numpy does it with a fraction of the per-call overhead of tensor
+        operations. Without a mask, the full ``G @ G.T`` (cached: solvers ask for it
+        repeatedly). ``buffer`` (float, shape (n,)) is scratch space the call may overwrite.
         """
         if free is None:
             if self._full_gram is None:
                 mass = self.atom_mass() if self.weight is None else _segment_sum(
                     self.weight**2, self.atom, self.coef.shape[1])
-                self._full_gram = (self.coef * mass) @ self.coef.T
+                self._full_gram = self._host_gram(mass)
             return self._full_gram
-        w2 = free.to(self.coef.dtype) if buffer is None else buffer.copy_(free)
+        w2 = free.to(torch.float64) if buffer is None else buffer.copy_(free)
         if self.weight is not None:
             w2 = w2.mul_(self.weight**2)
-        mass = _segment_sum(w2, self.atom, self.coef.shape[1])
-        return (self.coef * mass) @ self.coef.T
+        return self._host_gram(_segment_sum(w2, self.atom, self.coef.shape[1]))
+
+    def _host_gram(self, mass):
+        coef = self.host_coef
+        return (coef * _host_array(mass)) @ coef.T
 
     def atom_mass(self):
         """Total weight of the samples of every atom (their number without weights).
@@ -146,10 +172,12 @@ class ConstraintSet:
         return G if self.weight is None else G * self.weight
 
     def violation(self, y):
-        """``max(G @ y - h)`` (``-inf`` without rows): how far ``y`` is from the fair set."""
+        """``max(G @ y - h)`` as a float (``-inf`` without rows): how far ``y`` is from the fair
+        set."""
         if self.n_rows == 0:
-            return torch.tensor(float("-inf"), dtype=y.dtype, device=y.device)
-        return (self.matvec(y) - self.h.detach()).max()
+            return float("-inf")
+        return float(np.max(self.host_coef @ _host_array(self.atom_sums(y.detach()))
+                            - self.host_h))
 
 
 class InfeasibleConstraintError(ValueError):
@@ -178,6 +206,7 @@ def intersect_groups(groups, cardinalities=None):
         Mixed-radix code of every row's combination of groups.
     """
     groups = _as_group_matrix(groups)
+    _code_range(groups)
     if cardinalities is None:
         cardinalities = (groups.amax(0) + 1).tolist()
     codes = torch.zeros(groups.shape[0], dtype=torch.long, device=groups.device)
@@ -253,6 +282,7 @@ class AffineConstraint(ABC):
         constraints (see :meth:`_GroupMeanConstraint.build`); other constraints ignore it.
         """
         groups = _as_group_matrix(groups)
+        _code_range(groups)
         out = self.rows(groups, epsilon=epsilon, y_true=y_true, sample_weight=sample_weight)
         G, h = out[0], out[1]
         keys = out[2] if len(out) > 2 else range(G.shape[0])
@@ -309,28 +339,31 @@ class _GroupMeanConstraint(AffineConstraint):
         # Which rows exist depends only on the atoms present (a handful, the same in most
         # batches), so that part is worked out once in Python and cached; every batch then
         # costs a few small tensor operations.
+        # The small matrices of the rows are numpy on the host (see ConstraintSet.gram).
         table_key = tuple(map(tuple, table.tolist()))
-        positive = tuple(w > 0 for w in atom_mass.tolist())
+        mass = _host_array(atom_mass)
+        positive = tuple(mass > 0)
         if reference_means and self.borrows_references:
             member, select, keys, offsets, families = _row_structure(
-                type(self), table_key, positive, n_attributes, atom.device, reference_means)
+                type(self), table_key, positive, n_attributes, reference_means)
         else:
             member, select, keys, offsets, families = _cached_row_structure(
-                type(self), table_key, positive, n_attributes, atom.device)
+                type(self), table_key, positive, n_attributes)
+        device = atom.device
         if not keys:
             return ConstraintSet(atom_mass.new_zeros((0, table.shape[0])), atom,
                                  atom_mass.new_zeros(0), keys, weight, atom_mass=atom_mass)
-        group_mass = member @ atom_mass
-        # row g of `means`: the averaging functional of group g over the atoms
-        coef = select @ (member / group_mass[:, None])
-        h = torch.full((len(keys),), float(epsilon), dtype=torch.float64, device=atom.device)
-        if offsets is not None:
-            h = h + offsets
+        group_mass = member @ mass
+        # row g of `member / group_mass`: the averaging functional of group g over the atoms
+        averages = member / group_mass[:, None]
+        coef = select @ averages
+        h = _device_tensor(np.full(len(keys), float(epsilon)) + offsets, device)
         if self.requires_y_true and self.label_cells is None:
             target = y_true if weight is None else y_true * weight
             atom_target = _segment_sum(target.to(torch.float64), atom, table.shape[0])
-            h = h + select @ ((member @ atom_target) / group_mass)
-        return ConstraintSet(coef, atom, h, keys, weight, families, atom_mass=atom_mass)
+            h = h + _device_tensor(coef, device) @ atom_target
+        return ConstraintSet(_device_tensor(coef, device), atom, h, keys, weight, families,
+                             atom_mass=atom_mass)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
@@ -468,9 +501,17 @@ def _as_group_matrix(groups):
         raise ValueError(
             f"groups must have shape (n,) or (n, n_attributes); got {tuple(groups.shape)}."
         )
-    if groups.numel() and int(groups.min()) < 0:
-        raise ValueError("groups must hold non-negative group codes.")
     return groups.long()
+
+
+def _code_range(codes):
+    """``(min, max)`` of group codes, raising unless they are non-negative (one pass)."""
+    if not codes.numel():
+        return 0, -1
+    low, high = (int(v) for v in torch.aminmax(codes))
+    if low < 0:
+        raise ValueError("groups must hold non-negative group codes.")
+    return low, high
 
 
 def _check_epsilon(epsilon):
@@ -491,15 +532,15 @@ def _check_y_true(y_true, n, binary):
     return y_true
 
 
-def _row_structure(cls, table, positive, n_attributes, device, reference_means=None):
+def _row_structure(cls, table, positive, n_attributes, reference_means=None):
     """The rows of a group-mean constraint for a batch whose atoms are ``table``.
 
-    Returns ``(member, select, keys, offsets, families)``: ``member`` (n_groups, n_atoms) marks the
-    atoms of every (attribute, label cell, group) present, ``select`` (m, n_groups) the signed
-    group means that make each row, ``offsets`` (m,) what the reference means add to ``h``
-    (None without them), ``families`` the :attr:`ConstraintSet.pair_families` (the in-batch
-    group pairs of every attribute and label cell). ``positive`` flags the atoms with positive
-    weight; the others belong to no group.
+    Returns ``(member, select, keys, offsets, families)``, numpy arrays on the host: ``member``
+    (n_groups, n_atoms) marks the atoms of every (attribute, label cell, group) present,
+    ``select`` (m, n_groups) the signed group means that make each row, ``offsets`` (m,) what
+    the reference means add to ``h``, ``families`` the :attr:`ConstraintSet.pair_families` (the
+    in-batch group pairs of every attribute and label cell). ``positive`` flags the atoms with
+    positive weight; the others belong to no group.
     """
     member, select, keys, offsets, families = [], [], [], [], []
     for a in range(n_attributes):
@@ -527,16 +568,29 @@ def _row_structure(cls, table, positive, n_attributes, device, reference_means=N
                     select.extend([{first + i: 1.0}, {first + i: -1.0}])
                     keys.extend([(a, u, v, label), (a, v, u, label)])
                     offsets.extend([float(ref), -float(ref)])
-    member_t = torch.tensor(member, dtype=torch.float64, device=device).reshape(-1, len(table))
-    select_t = torch.tensor([[terms.get(g, 0.0) for g in range(len(member))] for terms in select],
-                            dtype=torch.float64, device=device).reshape(len(keys), len(member))
-    offsets_t = None
-    if any(offsets):
-        offsets_t = torch.tensor(offsets, dtype=torch.float64, device=device)
-    return member_t, select_t, keys, offsets_t, tuple(families)
+    member = np.array(member, dtype=np.float64).reshape(len(member), len(table))
+    select = np.array([[terms.get(g, 0.0) for g in range(len(member))] for terms in select],
+                      dtype=np.float64).reshape(len(keys), len(member))
+    for array in (member, select):
+        array.flags.writeable = False  # cached and shared between batches
+    return member, select, keys, np.array(offsets, dtype=np.float64), tuple(families)
 
 
 _cached_row_structure = functools.lru_cache(maxsize=128)(_row_structure)
+
+
+def _host_array(values):
+    """A tensor as a float64 numpy array on the host (a view of a CPU float64 tensor)."""
+    values = values.detach()
+    if values.dtype != torch.float64:
+        values = values.to(torch.float64)
+    return values.numpy() if values.device.type == "cpu" else values.cpu().numpy()
+
+
+def _device_tensor(array, device):
+    """A numpy array as a tensor on ``device`` (sharing its memory on the CPU)."""
+    tensor = torch.from_numpy(array)
+    return tensor if device.type == "cpu" else tensor.to(device)
 
 
 def _segment_sum(values, index, size):
@@ -556,15 +610,20 @@ def _atoms(codes):
     n, c = codes.shape
     if n == 0:
         return codes.new_zeros(0), codes.new_zeros((0, c)), codes.new_zeros(0)
-    radix = int(codes.max()) + 1
+    radix = _code_range(codes)[1] + 1
     space = radix**c
     if n <= 32 or space > min(4 * n, 1 << 12):
         table, atom, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
         return atom, table, counts
     # a fresh tensor: the constraint set outlives the call and must not alias the caller's codes
-    atom = codes[:, 0].clone()
+    atom = codes[:, 0].clone() if c == 1 else codes[:, 0]
     for column in codes.T[1:]:
         atom = torch.add(column, atom, alpha=radix)  # one fused pass per column
-    powers = radix ** torch.arange(c - 1, -1, -1, device=codes.device)
-    table = torch.arange(space, device=codes.device)[:, None] // powers % radix
-    return atom, table, torch.bincount(atom, minlength=space)
+    return atom, _code_table(radix, c, codes.device), torch.bincount(atom, minlength=space)
+
+
+@functools.lru_cache(maxsize=16)
+def _code_table(radix, n_columns, device):
+    """Every combination of ``n_columns`` codes below ``radix``, in mixed-radix order."""
+    powers = radix ** torch.arange(n_columns - 1, -1, -1, device=device)
+    return torch.arange(radix**n_columns, device=device)[:, None] // powers % radix

@@ -4,12 +4,13 @@ import math
 import numbers
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import _exact
 from .constraints import InfeasibleConstraintError, _check_epsilon, get_constraint
-from .constraints import _as_group_matrix, intersect_groups
+from .constraints import _as_group_matrix, _host_array, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
 
@@ -147,8 +148,7 @@ class FairnessLayer(nn.Module):
             return None
         scale = cs.n_samples / max(previous["n_samples"], 1)
         duals = previous["duals"]
-        return torch.tensor([duals.get(key, 0.0) * scale for key in cs.keys],
-                            dtype=torch.float64, device=cs.coef.device)
+        return [duals.get(key, 0.0) * scale for key in cs.keys]
 
     def extra_repr(self):
         return (f"constraint={self.constraint!r}, epsilon={self.epsilon}, bounds={self.bounds}, "
@@ -165,7 +165,10 @@ def project(z, cs, bounds, solver="auto", lam0=None):
     lo, hi = bounds if bounds is not None else (None, None)
     _check_rows_attainable(cs, lo, hi)
     z64 = z.to(torch.float64)
-    scale = _exact.scale_of(z64.detach(), cs.h, lo, hi)
+    z_range = _exact.value_range(z64.detach())
+    if not all(map(math.isfinite, z_range)):
+        raise ValueError("z must be finite; it contains NaN or inf.")
+    scale = _exact.scale_of(z_range, cs, lo, hi)
     order = ("qpth", "exact") if solver == "qpth" else ("exact", "qpth")
     failures = []
     for backend in order:
@@ -173,8 +176,8 @@ def project(z, cs, bounds, solver="auto", lam0=None):
             break
         try:
             if backend == "exact":
-                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0, scale=scale)
-                y = _ExactProjection.apply(z64, cs.h.to(torch.float64), result, cs, lo, hi)
+                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0, z_range=z_range)
+                y = _ExactProjection.apply(z64, cs.h, result, cs, lo, hi)
                 lam, n_iter = result.lam, result.n_iter
             else:
                 y, lam, n_iter = _exact.clip(_qpth_project(z64, cs, lo, hi), lo, hi), None, None
@@ -249,36 +252,33 @@ def _violations(y, cs, lo, hi):
     """``(max(G y - h), how far y leaves the bounds)``; both NaN when ``y`` is not finite."""
     if not y.numel():
         return float("-inf"), 0.0
-    low, high = (float(v) for v in torch.aminmax(y))  # NaN propagates; inf is caught below
+    low, high = _exact.value_range(y)  # NaN propagates; inf is caught below
     if not (math.isfinite(low) and math.isfinite(high)):
         return float("nan"), float("nan")
-    violation = float(cs.violation(y)) if cs.n_rows else float("-inf")
     out = max(0.0, -math.inf if lo is None else lo - low, -math.inf if hi is None else high - hi)
-    return violation, out
+    return cs.violation(y), out
 
 
 def _check_rows_attainable(cs, lo, hi):
     """Raise when a single row cannot hold for any output within the bounds."""
     if cs.n_rows == 0 or (lo is None and hi is None):
         return
-    mass = cs.atom_mass()
-    h = cs.h.detach()
+    coef, mass, h = cs.host_coef, _host_array(cs.atom_mass()), cs.host_h
     # Rows that no constant output changes (differences of group means) hold for a constant
     # output inside the box whenever h >= 0: the common case needs nothing more.
-    response = cs.coef @ mass
-    if bool(((response.abs() <= 1e-12 * (cs.coef.abs() @ mass)) & (h >= 0)).all()):
+    if np.all((np.abs(coef @ mass) <= 1e-12 * (np.abs(coef) @ mass)) & (h >= 0)):
         return
     # Smallest value of row r over the box: each atom's mass takes lo or hi by coefficient sign.
-    low = torch.where(cs.coef > 0, -math.inf if lo is None else lo,
-                      math.inf if hi is None else hi)
-    smallest = (torch.where(cs.coef == 0, 0.0, cs.coef * low) * mass).sum(1)
-    bad = torch.nonzero(smallest > h + 1e-9 * (1 + h.abs())).squeeze(1)
-    if bad.numel():
+    low = np.where(coef > 0, -math.inf if lo is None else lo, math.inf if hi is None else hi)
+    with np.errstate(invalid="ignore"):  # 0 * inf: a zero coefficient contributes nothing
+        smallest = (np.where(coef == 0, 0.0, coef * low) * mass).sum(1)
+    bad = np.flatnonzero(smallest > h + 1e-9 * (1 + np.abs(h)))
+    if bad.size:
         r = int(bad[0])
         raise InfeasibleConstraintError(
             f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[r]} "
-            f"needs a value <= {float(h[r]):.6g} but its smallest attainable value is "
-            f"{float(smallest[r]):.6g}. For mean_residual, a group's mean target lies farther "
+            f"needs a value <= {h[r]:.6g} but its smallest attainable value is "
+            f"{smallest[r]:.6g}. For mean_residual, a group's mean target lies farther "
             f"than epsilon outside the bounds; widen the bounds or increase epsilon.",
             key=cs.keys[r],
         )
@@ -306,9 +306,6 @@ def _check_inputs(z, groups):
         raise ValueError("z must be a floating point torch.Tensor.")
     if z.ndim != 1:
         raise ValueError(f"z must have shape (n,); got {tuple(z.shape)}.")
-    # min and max propagate NaN and reveal inf: one pass, no temporary
-    if z.numel() and not all(math.isfinite(float(v)) for v in torch.aminmax(z.detach())):
-        raise ValueError("z must be finite; it contains NaN or inf.")
     if groups.shape[0] != z.shape[0]:
         raise ValueError(
             f"groups must have one row per element of z: got {groups.shape[0]} rows for "

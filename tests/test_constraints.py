@@ -86,7 +86,9 @@ def test_factored_products_match_dense(constraint, weighted):
     free = torch.as_tensor(rng.uniform(size=n) < 0.7)
     torch.testing.assert_close(cs.matvec(y), G @ y)
     torch.testing.assert_close(cs.rmatvec(lam), G.T @ lam)
-    torch.testing.assert_close(cs.gram(free), G[:, free] @ G[:, free].T)
+    np.testing.assert_allclose(cs.gram(free), (G[:, free] @ G[:, free].T).numpy(), atol=1e-12)
+    np.testing.assert_allclose(cs.gram(), (G @ G.T).numpy(), atol=1e-12)
+    assert cs.violation(y) == pytest.approx(float((G @ y - cs.h).max()))
 
 
 def test_large_codes_take_the_sorting_path():
@@ -134,6 +136,27 @@ def test_custom_constraint_validation():
 
     with pytest.raises(ValueError, match="must return G of shape"):
         Bad().build(torch.tensor([0, 1, 0]), epsilon=0.1)
+
+
+@pytest.mark.parametrize("build", [
+    lambda g: DemographicParity().build(g, epsilon=0.1),
+    lambda g: intersect_groups(g, [2, 2]),
+    lambda g: intersect_groups(g),
+])
+def test_negative_group_codes_are_rejected(build):
+    # 40 rows: the mixed-radix path of the atoms, not the sorting one
+    groups = torch.tensor([[0, 1], [1, -1]] * 20)
+    with pytest.raises(ValueError, match="non-negative"):
+        build(groups)
+
+
+def test_custom_constraint_rejects_negative_group_codes():
+    class Parity(AffineConstraint):
+        def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+            raise AssertionError("rows must not see invalid codes")
+
+    with pytest.raises(ValueError, match="non-negative"):
+        Parity().build(torch.tensor([0, -2, 1]), epsilon=0.1)
 
 
 def test_get_constraint():

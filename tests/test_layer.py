@@ -304,6 +304,14 @@ def test_bad_inputs():
         FairnessLayer("equalized_odds")(torch.ones(2), groups, y_true=torch.tensor([0.0, 0.5]))
 
 
+def test_empty_batch_projects_to_an_empty_output():
+    z = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+    y = FairnessLayer()(z, torch.zeros(0, dtype=torch.long))
+    assert y.shape == (0,)
+    y.sum().backward()
+    assert z.grad.shape == (0,)
+
+
 def test_backend_failure_falls_back_with_a_warning(monkeypatch):
     from skfair import _exact
 
