@@ -21,6 +21,7 @@ reused buffers) and small dense algebra on the ``m`` rows, done in numpy on the 
 """
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -89,9 +90,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
     coef, h = cs.host_coef, cs.host_h
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)
 
-    # Evaluations write into reused buffers, created when first needed (two in most solves): at
-    # a million samples, fresh 8 MB tensors cost more (page faults) than the arithmetic.
-    buffers = []
+    buffers = _workspace(z)
 
     def vacant(*used):
         """A buffer of shape (n,) that holds none of ``used``."""
@@ -101,8 +100,9 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             return buffers[-1]
         return free[0]
 
-    def evaluate(lam, y):
-        """``y(lam)`` written into ``y``, the dual gradient ``G y - h`` and ``1/2 ||y - z||^2``."""
+    def evaluate(lam, y, *keep):
+        """``y(lam)`` written into ``y``, the dual gradient ``G y - h`` and ``1/2 ||y - z||^2``;
+        the buffers ``keep`` (points still needed) are left alone."""
         torch.index_select(_device_tensor(lam @ coef, z.device), 0, cs.atom, out=y)
         if cs.weight is not None:
             y.mul_(cs.weight)
@@ -110,7 +110,15 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
         if bounded:
             y.clamp_(lo, hi)
         residual = coef @ _host(cs.atom_sums(y)) - h
-        return y, residual, 0.5 * float(torch.dist(y, z)) ** 2
+        difference = torch.sub(y, z, out=vacant(y, *keep))
+        return y, residual, 0.5 * float(torch.dot(difference, difference))
+
+    def finish(y, lam, n_iter, converged):
+        if y is z:
+            y = z.clone()
+        else:
+            buffers[:] = [b for b in buffers if b is not y]  # the caller owns it now
+        return SolveResult(y, _device_tensor(lam, y.device), n_iter, converged)
 
     def value_of(lam, residual, distance):  # the dual function
         return distance + math.fsum((lam * residual).tolist())
@@ -130,13 +138,13 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
         value = value_of(lam, residual, distance)
         worst = float(np.max(np.where(lam > 0, np.abs(residual), residual)))
         if worst <= atol or n_iter == max_iter:
-            return _result(z.clone() if y is z else y, lam, n_iter, worst <= atol)
+            return finish(y, lam, n_iter, worst <= atol)
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
         # the caller's feasibility check judge the point.
         stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
         best = min(best, worst)
         if stalled >= 5:
-            return _result(y, lam, n_iter, False)
+            return finish(y, lam, n_iter, False)
         # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
         # for group pairs only a forest of them (the others would make the system singular).
         # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
@@ -148,7 +156,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             lam[list(pinned)] = 0.0
             value = value_of(lam, residual, distance)
         if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
-            y, residual, distance = evaluate(lam, vacant(y))
+            y, residual, distance = evaluate(lam, vacant(y), y)
             continue
         block = np.ix_(rows, rows)
         full = full_hessian[block]
@@ -171,7 +179,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
                 direction = np.linalg.solve(hessian + ridge * diag * np.eye(len(rows)), rhs)
             trial = lam.copy()
             trial[rows] = np.maximum(lam[rows] + alpha * direction, 0.0)
-            y_t, residual_t, distance_t = evaluate(trial, vacant(y))
+            y_t, residual_t, distance_t = evaluate(trial, vacant(y), y)
             value_t = value_of(trial, residual_t, distance_t)
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
             gain = math.fsum((residual * (trial - lam)).tolist())
@@ -193,7 +201,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             stretch *= 2
             longer = lam.copy()
             longer[rows] = np.maximum(lam[rows] + np.where(flat, stretch, 1.0) * direction, 0.0)
-            y_l, residual_l, distance_l = evaluate(longer, vacant(y, y_t))
+            y_l, residual_l, distance_l = evaluate(longer, vacant(y, y_t), y, y_t)
             value_l = value_of(longer, residual_l, distance_l)
             if not value_l > value_t:
                 break
@@ -210,8 +218,24 @@ def _host(values):
     return np.asarray(values, dtype=np.float64)
 
 
-def _result(y, lam, n_iter, converged):
-    return SolveResult(y, _device_tensor(lam, y.device), n_iter, converged)
+#: largest batch whose scratch vectors are kept between calls (64 MB each in float64)
+WORKSPACE_MAX = 1 << 23
+_workspaces = threading.local()
+
+
+def _workspace(z):
+    """Scratch vectors shaped like ``z``, kept between the solves of this thread.
+
+    Fresh vectors of millions of entries cost more than the arithmetic on them: the allocator
+    returns them to the system when they are freed, and each new one is page-faulted in again.
+    A solve takes what it needs from this list (the vector it returns is removed from it).
+    """
+    key = (z.shape[0], z.dtype, z.device)
+    if z.shape[0] > WORKSPACE_MAX:
+        return []
+    if getattr(_workspaces, "key", None) != key:
+        _workspaces.key, _workspaces.buffers = key, []
+    return _workspaces.buffers
 
 
 def _tree_flows(lam, families):

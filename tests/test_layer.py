@@ -304,6 +304,32 @@ def test_bad_inputs():
         FairnessLayer("equalized_odds")(torch.ones(2), groups, y_true=torch.tensor([0.0, 0.5]))
 
 
+def test_later_solves_do_not_overwrite_earlier_results():
+    """The solver reuses scratch vectors between calls; what it returned must not be among them."""
+    from skfair import _exact
+
+    z, cs = _pair_instance(0, n=300)
+    first = _exact.solve(z, cs, 0.0, 1.0)
+    kept = first.y.clone()
+    for seed in range(1, 4):
+        _exact.solve(_pair_instance(seed, n=300)[0], cs, 0.0, 1.0)
+    torch.testing.assert_close(first.y, kept, atol=0, rtol=0)
+
+
+def test_concurrent_solves_in_threads_agree_with_sequential_ones():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skfair import _exact
+
+    instances = [_pair_instance(seed, n=2000) for seed in range(8)]
+    expected = [_exact.solve(z, cs, 0.0, 1.0).y for z, cs in instances]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda inst: _exact.solve(inst[0], inst[1], 0.0, 1.0).y,
+                                instances * 3))
+    for got, want in zip(results, expected * 3):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def test_empty_batch_projects_to_an_empty_output():
     z = torch.zeros(0, dtype=torch.float64, requires_grad=True)
     y = FairnessLayer()(z, torch.zeros(0, dtype=torch.long))
