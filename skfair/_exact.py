@@ -187,7 +187,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
                 break
             if alpha > 0.03 or ridge >= 1.0:
-                alpha *= 0.5
+                alpha *= _backtrack(value, gain, value_t)
             else:
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
         flat_rows = np.asarray(rows)[flat]
@@ -216,6 +216,19 @@ def _host(values):
     if isinstance(values, torch.Tensor):
         return _host_array(values)
     return np.asarray(values, dtype=np.float64)
+
+
+def _backtrack(value, gain, value_t):
+    """Factor by which to shorten a step that failed the Armijo test, in [0.1, 0.5].
+
+    The dual along the step is concave: the quadratic through its value at the start, its
+    first-order gain and its value at the rejected step peaks at ``gain / (2 * drop)`` of the
+    step, ``drop`` being how far the value fell short of the linear gain.
+    """
+    drop = value + gain - value_t
+    if not (gain > 0 and drop > 0):
+        return 0.5
+    return min(0.5, max(0.1, gain / (2 * drop)))
 
 
 #: largest batch whose scratch vectors are kept between calls (64 MB each in float64)
