@@ -231,8 +231,8 @@ def _backtrack(value, gain, value_t):
     return min(0.5, max(0.1, gain / (2 * drop)))
 
 
-#: largest batch whose scratch vectors are kept between calls (64 MB each in float64)
-WORKSPACE_MAX = 1 << 23
+#: largest batch whose scratch vectors are kept between calls (32 MB each in float64)
+WORKSPACE_MAX = 1 << 22
 _workspaces = threading.local()
 
 

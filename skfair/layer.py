@@ -78,7 +78,7 @@ class FairnessLayer(nn.Module):
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
     systems regular; warm-started training batches need a few iterations. A group absent
     from the batch contributes no rows. The solver keeps its scratch vectors (two or three of the
-    batch's length) between calls of a thread, for batches of up to ``2**23`` samples: fresh
+    batch's length) between calls of a thread, for batches of up to ``2**22`` samples: fresh
     vectors of millions of entries cost more in page faults than the arithmetic on them.
 
     Examples
