@@ -52,6 +52,10 @@ class ConstraintSet:
     so every product with ``G`` costs ``O(n + m * n_atoms)`` and ``G`` itself (``m x n``) is never
     formed. A dense ``G`` is the special case ``atom = arange(n)``.
 
+    Products with vectors of the n samples are tensor operations on the device of ``atom``; the
+    small matrices of the m rows (:attr:`host_coef`, :attr:`host_h`, :meth:`gram`) are numpy
+    arrays on the host, where the solvers do their dense algebra.
+
     Parameters
     ----------
     coef : torch.Tensor of shape (m, n_atoms)
