@@ -133,10 +133,14 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = float("inf"), 0
     for n_iter in range(max_iter + 1):
+        # The stopping test and the choice of rows are on Python lists of the m numbers: for a few
+        # dozen entries that costs less than numpy's per-call overhead.
+        lam_list, residual_list = lam.tolist(), residual.tolist()
         if families:
-            lam = np.array(_tree_flows(lam.tolist(), families))
+            lam_list = _tree_flows(lam_list, families)
+            lam = np.array(lam_list)
         value = value_of(lam, residual, distance)
-        worst = float(np.max(np.where(lam > 0, np.abs(residual), residual)))
+        worst = max(abs(r) if a > 0 else r for a, r in zip(lam_list, residual_list))
         if worst <= atol or n_iter == max_iter:
             return finish(y, lam, n_iter, worst <= atol)
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
@@ -150,15 +154,15 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
         # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
         # now rather than into the Newton system: there the projection onto lam >= 0 would undo
         # the step along it, and the step could stop being an ascent direction.
-        rows, pinned = _newton_rows(lam.tolist(), residual.tolist(), families,
-                                    threshold=1e-9 * lam.max())
+        rows, pinned = _newton_rows(lam_list, residual_list, families,
+                                    threshold=1e-9 * max(lam_list))
         if pinned:
             lam[list(pinned)] = 0.0
             value = value_of(lam, residual, distance)
         if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
             y, residual, distance = evaluate(lam, vacant(y), y)
             continue
-        block = np.ix_(rows, rows)
+        block = np.ix_(rows, rows) if len(rows) < m else (slice(None), slice(None))
         full = full_hessian[block]
         hessian = cs.gram(_free(y, lo, hi), buffer=vacant(y))[block] if bounded else full
         flat = hessian.diagonal() <= 1e-9 * full.diagonal()
