@@ -342,8 +342,7 @@ class _GroupMeanConstraint(AffineConstraint):
             atom_mass = _segment_sum(weight, atom, table.shape[0])
         # Which rows exist depends only on the atoms present (a handful, the same in most
         # batches), so that part is worked out once in Python and cached; every batch then
-        # costs a few small tensor operations.
-        # The small matrices of the rows are numpy on the host (see ConstraintSet.gram).
+        # costs a few numpy operations on these small matrices (see ConstraintSet.gram).
         table_key = tuple(map(tuple, table.tolist()))
         mass = _host_array(atom_mass)
         positive = tuple(mass > 0)
@@ -360,14 +359,12 @@ class _GroupMeanConstraint(AffineConstraint):
         group_mass = member @ mass
         # row g of `member / group_mass`: the averaging functional of group g over the atoms
         averages = member / group_mass[:, None]
-        coef = select @ averages
+        coef = _device_tensor(select @ averages, device)
         h = _device_tensor(np.full(len(keys), float(epsilon)) + offsets, device)
         if self.requires_y_true and self.label_cells is None:
             target = y_true if weight is None else y_true * weight
-            atom_target = _segment_sum(target.to(torch.float64), atom, table.shape[0])
-            h = h + _device_tensor(coef, device) @ atom_target
-        return ConstraintSet(_device_tensor(coef, device), atom, h, keys, weight, families,
-                             atom_mass=atom_mass)
+            h = h + coef @ _segment_sum(target.to(torch.float64), atom, table.shape[0])
+        return ConstraintSet(coef, atom, h, keys, weight, families, atom_mass=atom_mass)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
