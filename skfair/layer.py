@@ -188,6 +188,8 @@ def project(z, cs, bounds, solver="auto", lam0=None):
                 raise
             failures.append(f"qpth: {type(exc).__name__}: {exc}")
             continue
+        # Recomputed from y, not taken from the solver's residuals: the guarantee does not rest
+        # on the solver being right.
         violation, out_of_bounds = _violations(y.detach(), cs, lo, hi)
         tol = GUARANTEE_TOL * scale
         if violation <= tol and out_of_bounds <= tol:
