@@ -87,7 +87,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
     # Two sides: the passes over the n outputs are tensor operations on their device; everything
     # of size m (multipliers, residuals, Newton systems) is numpy on the host, where an
     # operation on a few dozen numbers costs a microsecond instead of several.
-    coef, h = cs.host_coef, cs.host_h
+    h = cs.host_h
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)
 
     buffers = _workspace(z)
@@ -103,13 +103,10 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
     def evaluate(lam, y, *keep):
         """``y(lam)`` written into ``y``, the dual gradient ``G y - h`` and ``1/2 ||y - z||^2``;
         the buffers ``keep`` (points still needed) are left alone."""
-        torch.index_select(_device_tensor(lam @ coef, z.device), 0, cs.atom, out=y)
-        if cs.weight is not None:
-            y.mul_(cs.weight)
-        torch.sub(z, y, out=y)
+        torch.sub(z, cs.rmatvec(_device_tensor(lam, z.device), out=y), out=y)
         if bounded:
             y.clamp_(lo, hi)
-        residual = coef @ _host(cs.atom_sums(y)) - h
+        residual = cs.host_matvec(y) - h
         difference = torch.sub(y, z, out=vacant(y, *keep))
         return y, residual, 0.5 * float(torch.dot(difference, difference))
 
@@ -125,7 +122,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
 
     families = cs.pair_families
     if not lam.any() and _within(z_range, lo, hi):
-        y, residual, distance = z, coef @ _host(cs.atom_sums(z)) - h, 0.0  # y(0) = z
+        y, residual, distance = z, cs.host_matvec(z) - h, 0.0  # y(0) = z
     else:
         y, residual, distance = evaluate(lam, vacant())
     full_hessian = cs.gram()  # G G^T; cached on cs
@@ -358,7 +355,7 @@ def vjp(grad_y, y, lam, cs, lo, hi):
     eigenvalues, vectors = np.linalg.eigh(cs.gram(free)[np.ix_(active, active)])
     keep = eigenvalues > eigenvalues[-1] * active.size * np.finfo(np.float64).eps
     vectors = vectors[:, keep]
-    rhs = cs.host_coef[active] @ _host(cs.atom_sums(grad_free))
+    rhs = cs.host_matvec(grad_free)[active]
     u = vectors @ ((vectors.T @ rhs) / eigenvalues[keep])
     grad_h = np.zeros(lam.shape[0])
     grad_h[active] = u

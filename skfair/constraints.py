@@ -114,6 +114,10 @@ class ConstraintSet:
         """``G @ y`` for ``y`` of shape (n,)."""
         return self.coef @ self.atom_sums(y)
 
+    def host_matvec(self, y):
+        """``G @ y`` as a numpy array: atom sums on the device, the m rows on the host."""
+        return self.host_coef @ _host_array(self.atom_sums(y))
+
     def rmatvec(self, lam, out=None):
         """``G.T @ lam`` for ``lam`` of shape (m,), written into ``out`` when given."""
         shift = torch.index_select(lam @ self.coef, 0, self.atom, out=out)
@@ -180,8 +184,7 @@ class ConstraintSet:
         set."""
         if self.n_rows == 0:
             return float("-inf")
-        return float(np.max(self.host_coef @ _host_array(self.atom_sums(y.detach()))
-                            - self.host_h))
+        return float(np.max(self.host_matvec(y.detach()) - self.host_h))
 
 
 class InfeasibleConstraintError(ValueError):
