@@ -16,8 +16,9 @@ total multiplier, so before every step the multipliers are re-routed on a forest
 rows only (:func:`_newton_rows`): the systems stay regular and no damping slows the method.
 
 Each iteration costs ``O(n + m^2 n_atoms + m^3)`` with the factored ``G`` of
-:class:`~skfair.constraints.ConstraintSet`: a few passes over the ``n`` outputs (written into
-reused buffers) and small dense algebra on the ``m`` rows, done in numpy on the host.
+:class:`~skfair.constraints.ConstraintSet`: one pass over the ``n`` outputs
+(:meth:`~skfair.constraints.ConstraintSet.clip_shift`, compiled on the CPU, written into reused
+buffers) and small dense algebra on the ``m`` rows, done in numpy on the host.
 """
 
 import math
@@ -100,31 +101,21 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             return buffers[-1]
         return free[0]
 
-    def evaluate(lam, y, *keep):
-        """``y(lam)`` written into ``y``, the dual gradient ``G y - h`` and ``1/2 ||y - z||^2``;
-        the buffers ``keep`` (points still needed) are left alone."""
-        torch.sub(z, cs.rmatvec(_device_tensor(lam, z.device), out=y), out=y)
-        if bounded:
-            y.clamp_(lo, hi)
-        residual = cs.host_matvec(y) - h
-        difference = torch.sub(y, z, out=vacant(y, *keep))
-        return y, residual, 0.5 * float(torch.dot(difference, difference))
+    def evaluate(lam, y):
+        """``y(lam)`` written into ``y``, the dual gradient ``G y - h``, ``1/2 ||y - z||^2`` and
+        the per-atom mass of the free coordinates (for the Newton system at ``y``)."""
+        sums, free_mass, distance = cs.clip_shift(z, lam, lo, hi, out=y)
+        return y, cs.host_coef @ sums - h, distance, free_mass
 
     def finish(y, lam, n_iter, converged):
-        if y is z:
-            y = z.clone()
-        else:
-            buffers[:] = [b for b in buffers if b is not y]  # the caller owns it now
+        buffers[:] = [b for b in buffers if b is not y]  # the caller owns it now
         return SolveResult(y, _device_tensor(lam, y.device), n_iter, converged)
 
     def value_of(lam, residual, distance):  # the dual function
         return distance + math.fsum((lam * residual).tolist())
 
     families = cs.pair_families
-    if not lam.any() and _within(z_range, lo, hi):
-        y, residual, distance = z, cs.host_matvec(z) - h, 0.0  # y(0) = z
-    else:
-        y, residual, distance = evaluate(lam, vacant())
+    y, residual, distance, free_mass = evaluate(lam, vacant())
     full_hessian = cs.gram()  # G G^T; cached on cs
     full_diagonal = full_hessian.diagonal()
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
@@ -157,11 +148,11 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             lam[list(pinned)] = 0.0
             value = value_of(lam, residual, distance)
         if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
-            y, residual, distance = evaluate(lam, vacant(y), y)
+            y, residual, distance, free_mass = evaluate(lam, vacant(y))
             continue
         block = np.ix_(rows, rows) if len(rows) < m else (slice(None), slice(None))
         full = full_hessian[block]
-        hessian = cs.gram(_free(y, lo, hi), buffer=vacant(y))[block] if bounded else full
+        hessian = cs.gram(free_mass)[block] if bounded else full
         flat = hessian.diagonal() <= 1e-9 * full.diagonal()
         if flat.any():
             # A row with (almost) every coordinate clipped: the dual is linear along it, and the
@@ -180,7 +171,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
                 direction = np.linalg.solve(hessian + ridge * diag * np.eye(len(rows)), rhs)
             trial = lam.copy()
             trial[rows] = np.maximum(lam[rows] + alpha * direction, 0.0)
-            y_t, residual_t, distance_t = evaluate(trial, vacant(y), y)
+            y_t, residual_t, distance_t, free_mass_t = evaluate(trial, vacant(y))
             value_t = value_of(trial, residual_t, distance_t)
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
             gain = math.fsum((residual * (trial - lam)).tolist())
@@ -202,14 +193,14 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
             stretch *= 2
             longer = lam.copy()
             longer[rows] = np.maximum(lam[rows] + np.where(flat, stretch, 1.0) * direction, 0.0)
-            y_l, residual_l, distance_l = evaluate(longer, vacant(y, y_t), y, y_t)
+            y_l, residual_l, distance_l, free_mass_l = evaluate(longer, vacant(y, y_t))
             value_l = value_of(longer, residual_l, distance_l)
             if not value_l > value_t:
                 break
-            trial, y_t, residual_t, distance_t, value_t = (longer, y_l, residual_l, distance_l,
-                                                           value_l)
+            trial, y_t, residual_t, distance_t, free_mass_t, value_t = (
+                longer, y_l, residual_l, distance_l, free_mass_l, value_l)
         ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
-        lam, y, residual, distance = trial, y_t, residual_t, distance_t
+        lam, y, residual, distance, free_mass = trial, y_t, residual_t, distance_t, free_mass_t
 
 
 def _host(values):
@@ -322,20 +313,6 @@ def _newton_rows(lam, residual, families, threshold):
     return sorted(rows), pinned
 
 
-def _within(z_range, lo, hi):
-    """Whether values of range ``z_range`` lie within the bounds."""
-    return (lo is None or z_range[0] >= lo) and (hi is None or z_range[1] <= hi)
-
-
-def _free(y, lo, hi):
-    """Coordinates strictly inside the bounds."""
-    if lo is None:
-        return y < hi
-    if hi is None:
-        return y > lo
-    return (y > lo) & (y < hi)
-
-
 def vjp(grad_y, y, lam, cs, lo, hi):
     """Vector-Jacobian products of the projection at its solution.
 
@@ -345,20 +322,14 @@ def vjp(grad_y, y, lam, cs, lo, hi):
     in ``O(n m + m^3)`` without any n x n matrix (the m x m algebra on the host, as in
     :func:`solve`).
     """
-    free = None if lo is None and hi is None else _free(y, lo, hi)
-    grad_free = grad_y if free is None else grad_y * free
     active = np.flatnonzero(_host(lam) > 0)
-    if active.size == 0:
-        return grad_free, torch.zeros_like(lam)
-    # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
-    # system M u = G_S grad_F through its eigendecomposition, as a pseudo-inverse would.
-    eigenvalues, vectors = np.linalg.eigh(cs.gram(free)[np.ix_(active, active)])
-    keep = eigenvalues > eigenvalues[-1] * active.size * np.finfo(np.float64).eps
-    vectors = vectors[:, keep]
-    rhs = cs.host_matvec(grad_free)[active]
-    u = vectors @ ((vectors.T @ rhs) / eigenvalues[keep])
-    grad_h = np.zeros(lam.shape[0])
-    grad_h[active] = u
-    grad_h = _device_tensor(grad_h, grad_y.device)
-    grad_z = grad_y - cs.rmatvec(grad_h)
-    return grad_z if free is None else grad_z.mul_(free), grad_h
+    u = np.zeros(lam.shape[0])
+    if active.size:
+        rhs, free_mass = cs.free_sums(grad_y, y, lo, hi)
+        # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
+        # system M u = G_SF grad_F through its eigendecomposition, as a pseudo-inverse would.
+        eigenvalues, vectors = np.linalg.eigh(cs.gram(free_mass)[np.ix_(active, active)])
+        keep = eigenvalues > eigenvalues[-1] * active.size * np.finfo(np.float64).eps
+        vectors = vectors[:, keep]
+        u[active] = vectors @ ((vectors.T @ rhs[active]) / eigenvalues[keep])
+    return cs.free_shift(grad_y, y, u, lo, hi), _device_tensor(u, grad_y.device)

@@ -25,11 +25,14 @@ Group means are weighted by ``sample_weight`` when it is given.
 """
 
 import functools
+import math
 import numbers
 from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+
+from . import _kernels
 
 __all__ = [
     "AffineConstraint",
@@ -108,7 +111,7 @@ class ConstraintSet:
         """Weighted sums of ``y`` over the samples of every atom, shape (n_atoms,)."""
         if self.weight is not None:
             y = y * self.weight
-        return _segment_sum(y, self.atom, self.coef.shape[1])
+        return _segment_sum(y, self.atom, self.n_atoms)
 
     def matvec(self, y):
         """``G @ y`` for ``y`` of shape (n,)."""
@@ -116,12 +119,81 @@ class ConstraintSet:
 
     def host_matvec(self, y):
         """``G @ y`` as a numpy array: atom sums on the device, the m rows on the host."""
-        return self.host_coef @ _host_array(self.atom_sums(y))
+        if _kernels.usable(y):
+            sums = np.empty(self.n_atoms)
+            _kernels.atom_sums(_kernels.view(y), self._host_atom, self._host_weight, sums)
+        else:
+            sums = _host_array(self.atom_sums(y))
+        return self.host_coef @ sums
 
     def rmatvec(self, lam, out=None):
         """``G.T @ lam`` for ``lam`` of shape (m,), written into ``out`` when given."""
-        shift = torch.index_select(lam @ self.coef, 0, self.atom, out=out)
-        return shift if self.weight is None else shift.mul_(self.weight)
+        return self._spread(lam @ self.coef, out)
+
+    def clip_shift(self, z, lam, lo, hi, out):
+        """``y = clip(z - G.T @ lam, lo, hi)``, written into ``out``; the dual solver's pass.
+
+        ``lam`` is a numpy array of shape (m,), ``lo``/``hi`` floats or None. Returns
+        ``(sums, free_mass, distance)``: the :meth:`atom_sums` of ``y`` and the total squared
+        weight of every atom's samples strictly inside the bounds (numpy arrays, the input of
+        :meth:`gram`), and ``1/2 ||y - z||^2``. On the CPU it is a single compiled pass.
+        """
+        shift = self.host_coef.T @ lam
+        if _kernels.usable(z):
+            sums, free_mass = np.empty(self.n_atoms), np.empty(self.n_atoms)
+            distance = _kernels.clip_shift(
+                _kernels.view(z), self._host_atom, shift, self._host_weight, *_open_bounds(lo, hi),
+                out.numpy(), sums, free_mass)
+            return sums, free_mass, distance
+        y = torch.sub(z, self._spread(_device_tensor(shift, z.device), out), out=out)
+        if lo is not None or hi is not None:
+            y.clamp_(lo, hi)
+        distance = 0.5 * float(torch.dist(y, z)) ** 2
+        return _host_array(self.atom_sums(y)), self._free_mass(_free(y, lo, hi)), distance
+
+    def free_sums(self, values, y, lo, hi):
+        """``(G_F @ values, free_mass)`` over the coordinates ``F`` where ``y`` is strictly inside
+        the bounds: the right-hand side and (through :meth:`gram`) the matrix of the implicit
+        derivative. Numpy arrays of shapes (m,) and (n_atoms,)."""
+        if _kernels.usable(y):
+            sums, free_mass = np.empty(self.n_atoms), np.empty(self.n_atoms)
+            _kernels.free_sums(_kernels.view(values), _kernels.view(y), self._host_atom,
+                               self._host_weight, *_open_bounds(lo, hi), sums, free_mass)
+            return self.host_coef @ sums, free_mass
+        free = _free(y, lo, hi)
+        return self.host_matvec(values if free is None else values * free), self._free_mass(free)
+
+    def free_shift(self, values, y, u, lo, hi):
+        """``values - G.T @ u`` on the coordinates where ``y`` is strictly inside the bounds, 0
+        elsewhere (a new tensor); ``u`` is a numpy array of shape (m,)."""
+        shift = self.host_coef.T @ u
+        if _kernels.usable(y):
+            out = torch.empty_like(y)
+            _kernels.free_shift(_kernels.view(values), _kernels.view(y), self._host_atom, shift,
+                                self._host_weight, *_open_bounds(lo, hi), out.numpy())
+            return out
+        out = values - self._spread(_device_tensor(shift, y.device))
+        free = _free(y, lo, hi)
+        return out if free is None else out.mul_(free)
+
+    def _spread(self, atom_values, out=None):
+        """Column ``i`` of the row combination ``atom_values``: ``weight[i] *
+        atom_values[atom[i]]``."""
+        values = torch.index_select(atom_values, 0, self.atom, out=out)
+        return values if self.weight is None else values.mul_(self.weight)
+
+    def _free_mass(self, free):
+        """Total squared weight of every atom's samples flagged by ``free`` (None: all)."""
+        if free is None:
+            return self._square_mass
+        w2 = free.to(torch.float64)
+        if self.weight is not None:
+            w2 = w2.mul_(self.weight**2)
+        return _host_array(_segment_sum(w2, self.atom, self.n_atoms))
+
+    @property
+    def n_atoms(self):
+        return self.coef.shape[1]
 
     @property
     def host_coef(self):
@@ -137,28 +209,36 @@ class ConstraintSet:
             self._host_h = _host_array(self.h)
         return self._host_h
 
-    def gram(self, free=None, buffer=None):
-        """``G[:, free] @ G[:, free].T`` for a boolean mask ``free`` of shape (n,).
+    @functools.cached_property
+    def _host_atom(self):
+        return _kernels.view(self.atom)
+
+    @functools.cached_property
+    def _host_weight(self):
+        return np.empty(0) if self.weight is None else _kernels.view(self.weight)
+
+    @functools.cached_property
+    def _square_mass(self):
+        """Total squared weight of every atom's samples (numpy)."""
+        if self.weight is None:
+            return _host_array(self.atom_mass())
+        return _host_array(_segment_sum(self.weight**2, self.atom, self.n_atoms))
+
+    def gram(self, free_mass=None):
+        """``G[:, F] @ G[:, F].T`` from the per-atom squared weight ``free_mass`` of the
+        coordinates ``F`` (as returned by :meth:`clip_shift` and :meth:`free_sums`).
 
         Returns a numpy array of shape (m, m) on the host: the solver's dense algebra on the m
         rows is tiny, and numpy does it with a fraction of the per-call overhead of tensor
-        operations. Without a mask, the full ``G @ G.T`` (cached: solvers ask for it
-        repeatedly). ``buffer`` (float, shape (n,)) is scratch space the call may overwrite.
+        operations. Without ``free_mass``, the full ``G @ G.T`` (cached: solvers ask for it
+        repeatedly).
         """
-        if free is None:
+        if free_mass is None:
             if self._full_gram is None:
-                mass = self.atom_mass() if self.weight is None else _segment_sum(
-                    self.weight**2, self.atom, self.coef.shape[1])
-                self._full_gram = self._host_gram(mass)
+                self._full_gram = self.gram(self._square_mass)
             return self._full_gram
-        w2 = free.to(torch.float64) if buffer is None else buffer.copy_(free)
-        if self.weight is not None:
-            w2 = w2.mul_(self.weight**2)
-        return self._host_gram(_segment_sum(w2, self.atom, self.coef.shape[1]))
-
-    def _host_gram(self, mass):
         coef = self.host_coef
-        return (coef * _host_array(mass)) @ coef.T
+        return (coef * free_mass) @ coef.T
 
     def atom_mass(self):
         """Total weight of the samples of every atom (their number without weights).
@@ -595,6 +675,22 @@ def _device_tensor(array, device):
     """A numpy array as a tensor on ``device`` (sharing its memory on the CPU)."""
     tensor = torch.from_numpy(array)
     return tensor if device.type == "cpu" else tensor.to(device)
+
+
+def _open_bounds(lo, hi):
+    """Bounds as floats, infinite where missing (the compiled passes' convention)."""
+    return -math.inf if lo is None else lo, math.inf if hi is None else hi
+
+
+def _free(y, lo, hi):
+    """Mask of the coordinates strictly inside the bounds; None when there are none."""
+    if lo is None and hi is None:
+        return None
+    if lo is None:
+        return y < hi
+    if hi is None:
+        return y > lo
+    return (y > lo) & (y < hi)
 
 
 def _segment_sum(values, index, size):

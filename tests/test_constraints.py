@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from skfair import _kernels
 from skfair.constraints import (
     AffineConstraint,
     DemographicParity,
@@ -73,22 +74,55 @@ def test_sample_weight_gives_weighted_means():
 @pytest.mark.parametrize("constraint", ["demographic_parity", "equalized_odds",
                                         "equal_opportunity", "mean_residual"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_factored_products_match_dense(constraint, weighted):
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (None, 0.5), (-0.5, None), (None, None)])
+def test_factored_products_match_dense(constraint, weighted, bounds, passes):
     rng = np.random.default_rng(0)
     n = 50
     groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
     y_true = torch.as_tensor(rng.integers(0, 2, n).astype(float))
     w = torch.as_tensor(rng.uniform(0.5, 2, n)) if weighted else None
     cs = get_constraint(constraint).build(groups, epsilon=0.1, y_true=y_true, sample_weight=w)
-    G = cs.dense()
-    y = torch.as_tensor(rng.normal(size=n))
+    G, h = cs.dense(), cs.h
+    z = torch.as_tensor(rng.normal(0.5, 1.0, size=n))
     lam = torch.as_tensor(rng.uniform(size=cs.n_rows))
-    free = torch.as_tensor(rng.uniform(size=n) < 0.7)
-    torch.testing.assert_close(cs.matvec(y), G @ y)
+    torch.testing.assert_close(cs.matvec(z), G @ z)
+    np.testing.assert_allclose(cs.host_matvec(z), (G @ z).numpy(), atol=1e-12)
     torch.testing.assert_close(cs.rmatvec(lam), G.T @ lam)
-    np.testing.assert_allclose(cs.gram(free), (G[:, free] @ G[:, free].T).numpy(), atol=1e-12)
     np.testing.assert_allclose(cs.gram(), (G @ G.T).numpy(), atol=1e-12)
-    assert cs.violation(y) == pytest.approx(float((G @ y - cs.h).max()))
+    assert cs.violation(z) == pytest.approx(float((G @ z - h).max()))
+
+    lo, hi = bounds
+    y_ref = (z - G.T @ lam).clamp(lo, hi) if bounds != (None, None) else z - G.T @ lam
+    free = torch.ones(n, dtype=torch.bool)
+    if lo is not None:
+        free &= y_ref > lo
+    if hi is not None:
+        free &= y_ref < hi
+    out = torch.empty(n, dtype=torch.float64)
+    sums, free_mass, distance = cs.clip_shift(z, lam.numpy(), lo, hi, out=out)
+    torch.testing.assert_close(out, y_ref)
+    np.testing.assert_allclose(cs.host_coef @ sums, (G @ y_ref).numpy(), atol=1e-12)
+    np.testing.assert_allclose(cs.gram(free_mass), (G[:, free] @ G[:, free].T).numpy(),
+                               atol=1e-12)
+    assert distance == pytest.approx(0.5 * float(((y_ref - z) ** 2).sum()), rel=1e-12)
+
+    values, u = torch.as_tensor(rng.normal(size=n)), rng.uniform(size=cs.n_rows)
+    products, free_mass = cs.free_sums(values, y_ref, lo, hi)
+    np.testing.assert_allclose(products, (G[:, free] @ values[free]).numpy(), atol=1e-12)
+    np.testing.assert_allclose(cs.gram(free_mass), (G[:, free] @ G[:, free].T).numpy(),
+                               atol=1e-12)
+    torch.testing.assert_close(cs.free_shift(values, y_ref, u, lo, hi),
+                               (values - G.T @ torch.as_tensor(u)) * free)
+
+
+def test_compiled_passes_serve_cpu_tensors(monkeypatch):
+    calls = []
+    kernel = _kernels.clip_shift
+    monkeypatch.setattr(_kernels, "clip_shift", lambda *a: calls.append(1) or kernel(*a))
+    cs = DemographicParity().build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs.clip_shift(z, np.zeros(cs.n_rows), 0.0, 1.0, out=torch.empty(4, dtype=torch.float64))
+    assert calls
 
 
 def test_large_codes_take_the_sorting_path():

@@ -1,6 +1,7 @@
 """The fairness layer against an independent QP solver, its guarantee and its gradients."""
 
 import os
+from unittest import mock
 
 import cvxpy as cp
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from skfair import FairnessLayer
+from skfair import FairnessLayer, _kernels
 from skfair.constraints import (
     AffineConstraint,
     InfeasibleConstraintError,
@@ -72,9 +73,11 @@ def _solve(instance, solver):
 
 
 @SETTINGS
-@given(instances())
-def test_exact_projection_matches_generic_qp_solver(instance):
-    y, G, h, info = _solve(instance, "auto")
+@given(instances(), st.booleans())
+def test_exact_projection_matches_generic_qp_solver(instance, compiled):
+    """On both implementations of the passes over the samples (see skfair._kernels)."""
+    with mock.patch.object(_kernels, "ENABLED", compiled):
+        y, G, h, info = _solve(instance, "auto")
     assert info["solver"] == "exact"
     z, bounds = instance[0], instance[4]
     np.testing.assert_allclose(y, reference_projection(z, G, h, bounds), atol=1e-6)
@@ -125,7 +128,7 @@ def test_exact_is_accurate_far_beyond_the_guarantee():
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
 @pytest.mark.parametrize("constraint", BUILTINS)
-def test_gradcheck_exact(constraint, bounds):
+def test_gradcheck_exact(constraint, bounds, passes):
     rng = np.random.default_rng(1)
     n = 12
     groups = torch.as_tensor(rng.integers(0, 2, (n, 2)))
