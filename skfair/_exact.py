@@ -26,6 +26,7 @@ import threading
 
 import numpy as np
 import torch
+from scipy.linalg import lapack
 
 from .constraints import _device_tensor, _host_array
 
@@ -150,7 +151,8 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
         if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
             y, residual, distance, free_mass = evaluate(lam, vacant(y))
             continue
-        block = np.ix_(rows, rows) if len(rows) < m else (slice(None), slice(None))
+        rows = np.asarray(rows)
+        block = (rows[:, None], rows)
         full = full_hessian[block]
         hessian = cs.gram(free_mass)[block] if bounded else full
         flat = hessian.diagonal() <= 1e-9 * full.diagonal()
@@ -168,7 +170,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
         alpha, direction = 1.0, None
         while True:
             if direction is None:
-                direction = np.linalg.solve(hessian + ridge * diag * np.eye(len(rows)), rhs)
+                direction = _solve(hessian + ridge * diag * np.eye(len(rows)), rhs)
             trial = lam.copy()
             trial[rows] = np.maximum(lam[rows] + alpha * direction, 0.0)
             y_t, residual_t, distance_t, free_mass_t = evaluate(trial, vacant(y))
@@ -182,7 +184,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
                 alpha *= _backtrack(value, gain, value_t)
             else:
                 ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
-        flat_rows = np.asarray(rows)[flat]
+        flat_rows = rows[flat]
 
         def still_rising(point, gradient):  # the dual grows along the flat rows' step here
             return float(gradient[flat_rows] @ (point[flat_rows] - lam[flat_rows])) > 0
@@ -208,6 +210,15 @@ def _host(values):
     if isinstance(values, torch.Tensor):
         return _host_array(values)
     return np.asarray(values, dtype=np.float64)
+
+
+def _solve(matrix, rhs):
+    """``matrix^-1 rhs`` through LAPACK's LU solver: numpy's checks and error-state handling
+    around it cost several times the solve of these few dozen unknowns."""
+    _, _, solution, info = lapack.dgesv(matrix, rhs)
+    if info:
+        raise np.linalg.LinAlgError("singular Newton system")
+    return solution
 
 
 def _backtrack(value, gain, value_t):
@@ -328,7 +339,7 @@ def vjp(grad_y, y, lam, cs, lo, hi):
         rhs, free_mass = cs.free_sums(grad_y, y, lo, hi)
         # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
         # system M u = G_SF grad_F through its eigendecomposition, as a pseudo-inverse would.
-        eigenvalues, vectors = np.linalg.eigh(cs.gram(free_mass)[np.ix_(active, active)])
+        eigenvalues, vectors = np.linalg.eigh(cs.gram(free_mass)[active[:, None], active])
         keep = eigenvalues > eigenvalues[-1] * active.size * np.finfo(np.float64).eps
         vectors = vectors[:, keep]
         u[active] = vectors @ ((vectors.T @ rhs[active]) / eigenvalues[keep])
