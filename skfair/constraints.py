@@ -55,7 +55,9 @@ class ConstraintSet:
     so every product with ``G`` costs ``O(n + m * n_atoms)`` and ``G`` itself (``m x n``) is never
     formed. A dense ``G`` is the special case ``atom = arange(n)``.
 
-    Products with vectors of the n samples are tensor operations on the device of ``atom``; the
+    Products with vectors of the n samples are tensor operations on the device of ``atom`` (the
+    solver's passes, :meth:`clip_shift`, :meth:`free_sums`, :meth:`free_shift` and
+    :meth:`host_matvec`, are compiled loops for CPU tensors: see :mod:`skfair._kernels`); the
     small matrices of the m rows (:attr:`host_coef`, :attr:`host_h`, :meth:`gram`) are numpy
     arrays on the host, where the solvers do their dense algebra.
 
@@ -118,7 +120,7 @@ class ConstraintSet:
         return self.coef @ self.atom_sums(y)
 
     def host_matvec(self, y):
-        """``G @ y`` as a numpy array: atom sums on the device, the m rows on the host."""
+        """``G @ y`` as a numpy array: atom sums over the samples, the m rows on the host."""
         if _kernels.usable(y):
             sums = np.empty(self.n_atoms)
             _kernels.atom_sums(_kernels.view(y), self._host_atom, self._host_weight, sums)
