@@ -681,7 +681,7 @@ def _device_tensor(array, device):
 
 def _open_bounds(lo, hi):
     """Bounds as floats, infinite where missing (the compiled passes' convention)."""
-    return -math.inf if lo is None else lo, math.inf if hi is None else hi
+    return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
 
 
 def _free(y, lo, hi):
