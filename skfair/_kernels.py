@@ -16,7 +16,15 @@ import numpy as np
 #: turned off by the tests to run the tensor operations on the CPU as well
 ENABLED = True
 
-_jit = numba.njit(cache=True, nogil=True)
+
+def _jit(function):
+    """``function`` compiled by numba; the machine code is cached on disk where numba finds a
+    writable place (beside the module or in the user's cache directory), else compiled anew in
+    each process rather than failing the import."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(function)
 
 
 @_jit

@@ -270,6 +270,24 @@ def test_sample_weight_weights_the_group_means():
     assert abs(float(weighted_gap) - 0.1) <= 1e-9
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+def test_weighted_projection_matches_the_reference_and_passes_gradcheck(bounds, passes):
+    rng = np.random.default_rng(4)
+    n = 14
+    groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
+    w = torch.as_tensor(rng.uniform(0.5, 2.0, n))
+    z = torch.as_tensor(rng.uniform(0.05, 0.95, n) + 0.4 * (groups[:, 0].numpy() == 0))
+    z = z.clamp(0.01, 0.99).requires_grad_(True)
+    layer = FairnessLayer("demographic_parity", epsilon=0.05, bounds=bounds)
+    y = layer(z, groups, sample_weight=w)
+    assert max(layer.last_solve_["duals"].values()) > 0  # a constraint is active
+    cs = layer.constraint.build(groups, epsilon=0.05, sample_weight=w)
+    reference = reference_projection(z.detach().numpy(), cs.dense().numpy(), cs.h.numpy(), bounds)
+    np.testing.assert_allclose(y.detach().numpy(), reference, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda z: layer(z, groups, sample_weight=w), (z,), eps=1e-7,
+                                    atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
