@@ -68,11 +68,14 @@ def scale_of(z_range, cs, lo, hi):
                *(abs(b) for b in (lo, hi) if b is not None))
 
 
-def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=None):
+def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=None,
+          keep_start=False):
     """Project ``z`` (float64, shape (n,)) onto the constraint set ``cs`` within ``[lo, hi]``.
 
     ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` (m non-negative numbers: a tensor,
-    array or list) warm-starts the multipliers; ``z_range`` is :func:`value_range` of ``z`` when
+    array or list) warm-starts the multipliers, unless zero has the higher dual value (then the
+    solver starts from zero; ``keep_start=True`` starts from ``lam0`` regardless, which the tests
+    use to drive the solver from given points). ``z_range`` is :func:`value_range` of ``z`` when
     the caller has it. Returns a :class:`SolveResult`; ``converged`` is False when the iteration
     limit was hit (the caller checks feasibility and decides).
     """
@@ -117,6 +120,14 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
 
     families = cs.pair_families
     y, residual, distance, free_mass = evaluate(lam, vacant())
+    if lam.any() and not keep_start:
+        # A warm start is a guess: when the given multipliers fit this batch worse than none at
+        # all (a lower dual value; the value at zero is the distance), start from zero. Small
+        # training batches, whose small groups' means jump from batch to batch, often do.
+        cold = evaluate(np.zeros(m), vacant(y))
+        if cold[2] > value_of(lam, residual, distance):
+            lam = np.zeros(m)
+            y, residual, distance, free_mass = cold
     full_hessian = cs.gram()  # G G^T; cached on cs
     full_diagonal = full_hessian.diagonal()
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below

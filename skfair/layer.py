@@ -66,8 +66,8 @@ class FairnessLayer(nn.Module):
         Diagnostics of the latest forward pass: ``solver`` used, ``n_iter``, ``max_violation``,
         the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``. The
         next forward pass starts the exact solver from these multipliers (rescaled to its batch
-        size), which makes consecutive training batches cheap; the projection is unique, so this
-        changes only the speed.
+        size) when they fit its batch better than zero (a higher dual value); the projection is
+        unique, so this changes only the speed.
 
     Notes
     -----
@@ -141,9 +141,11 @@ class FairnessLayer(nn.Module):
     def _warm_start(self, cs):
         """Multipliers of the previous call for the rows they share, rescaled to this batch.
 
-        Consecutive training batches have nearly the same multipliers (they scale with the batch
-        size), so the dual Newton method then needs one or two iterations instead of five or
-        more. The projection itself is unique: the starting point changes nothing but speed.
+        Consecutive batches of a training run often have similar multipliers (they scale with
+        the batch size); the solver starts from them when they have a higher dual value than
+        zero, which saves Newton iterations on large batches (on small ones, whose small groups'
+        means jump from batch to batch, zero is often the better start). The projection itself
+        is unique: the starting point changes nothing but speed.
         """
         previous = self.last_solve_
         if not previous or not previous["duals"] or cs.n_rows == 0:

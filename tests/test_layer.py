@@ -506,7 +506,7 @@ def test_recorded_warm_starts_converge(name):
     from skfair import _exact
 
     cs, z, lam0 = _recorded_instance(name)
-    warm = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0)
+    warm = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0, keep_start=True)
     cold = _exact.solve(z, cs, 0.0, 1.0)
     assert warm.converged and warm.n_iter < 20
     torch.testing.assert_close(warm.y, cold.y, atol=1e-9, rtol=0)
@@ -532,7 +532,31 @@ def test_warm_started_projection_matches_the_cold_one(instance, seed):
     previous = torch.as_tensor(np.clip(z + rng.normal(0, 0.3, len(z)), -0.5, 1.5))
     lam0 = _exact.solve(previous, cs, lo, hi).lam * rng.uniform(0.5, 2.0)
     lam0 = lam0 + torch.as_tensor(rng.uniform(size=cs.n_rows) < 0.3) * 1e-17
-    warm = _exact.solve(torch.as_tensor(z), cs, lo, hi, lam0=lam0)
+    warm = _exact.solve(torch.as_tensor(z), cs, lo, hi, lam0=lam0, keep_start=True)
     cold = _exact.solve(torch.as_tensor(z), cs, lo, hi)
     assert warm.converged
     torch.testing.assert_close(warm.y, cold.y, atol=1e-8, rtol=0)
+
+
+def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept():
+    from skfair import _exact
+
+    rng = np.random.default_rng(5)
+    n = 200
+    groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
+    z = torch.as_tensor(np.clip(rng.uniform(0, 1, n) + 0.3 * (groups[:, 0].numpy() == 0), 0, 1))
+    cs = get_constraint("demographic_parity").build(groups, epsilon=0.02)
+    cold = _exact.solve(z, cs, 0.0, 1.0)
+    assert cold.n_iter >= 2
+    # Far too large multipliers: a lower dual value than zero; the solver starts from zero and
+    # takes exactly the cold path (kept, the same start takes another path).
+    lam0 = torch.as_tensor(np.random.default_rng(0).uniform(0, 50, cs.n_rows))
+    bad = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0)
+    assert bad.n_iter == cold.n_iter
+    torch.testing.assert_close(bad.y, cold.y, atol=0, rtol=0)
+    kept = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0, keep_start=True)
+    assert kept.n_iter != cold.n_iter
+    # The optimal multipliers themselves: kept, nothing left to do.
+    good = _exact.solve(z, cs, 0.0, 1.0, lam0=cold.lam)
+    assert good.n_iter <= 1 < cold.n_iter
+    torch.testing.assert_close(good.y, cold.y, atol=1e-9, rtol=0)
