@@ -89,9 +89,10 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=No
     # accuracy degrades with n (1e-10 relative at a million samples).
     atol = (tol + ROUNDING * z.shape[0]) * scale
     bounded = lo is not None or hi is not None
-    # Two sides: the passes over the n outputs are tensor operations on their device; everything
-    # of size m (multipliers, residuals, Newton systems) is numpy on the host, where an
-    # operation on a few dozen numbers costs a microsecond instead of several.
+    # Two sides: the passes over the n outputs are ConstraintSet methods (compiled loops on the
+    # CPU, tensor operations on other devices); everything of size m (multipliers, residuals,
+    # Newton systems) is numpy on the host, where an operation on a few dozen numbers costs a
+    # microsecond instead of several.
     h = cs.host_h
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)
 
