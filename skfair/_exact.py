@@ -17,17 +17,21 @@ rows only (:func:`_newton_rows`): the systems stay regular and no damping slows 
 
 Each iteration costs ``O(n + m^2 n_atoms + m^3)`` with the factored ``G`` of
 :class:`~skfair.constraints.ConstraintSet`: one pass over the ``n`` outputs
-(:meth:`~skfair.constraints.ConstraintSet.clip_shift`, compiled on the CPU, written into reused
-buffers) and small dense algebra on the ``m`` rows, done in numpy on the host.
+(:func:`skfair._kernels.clip_shift`) and small dense algebra on the ``m`` rows. The whole
+iteration, like the backward pass, is one compiled function (numba) on the host: at the batch
+sizes of training the method is a few dozen small operations per iteration, and as separate
+Python-level calls their overhead was most of the projection's time. Tensors on other devices
+are copied to the host and the results back (``O(n)`` each way).
 """
 
+import functools
 import math
 import threading
 
 import numpy as np
 import torch
-from scipy.linalg import lapack
 
+from ._kernels import _jit, clip_shift, free_shift, free_sums, host_vector, value_range
 from .constraints import _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -37,6 +41,7 @@ MAX_ITER = 100
 MIN_RIDGE = 1e-10
 #: rounding error of a float64 group sum, per summand
 ROUNDING = 2e-16
+EPSILON = float(np.finfo(np.float64).eps)
 
 
 class SolveResult:
@@ -53,168 +58,57 @@ def clip(x, lo, hi):
     return x if lo is None and hi is None else x.clamp(lo, hi)
 
 
-def value_range(values):
-    """``(min, max)`` of a tensor as floats, in one pass; NaN propagates; ``(0, 0)`` if empty."""
-    if not values.numel():
-        return 0.0, 0.0
-    low, high = torch.aminmax(values)
-    return float(low), float(high)
-
-
 def scale_of(z_range, cs, lo, hi):
     """Magnitude of the problem's values; tolerances are relative to it."""
-    h = cs.host_h
-    return max(1.0, *map(abs, z_range), float(np.abs(h).max()) if h.size else 0.0,
+    # (a Python max over the m numbers costs less than numpy's per-call overhead)
+    return max(1.0, *map(abs, z_range), *map(abs, cs.host_h.tolist()),
                *(abs(b) for b in (lo, hi) if b is not None))
 
 
-def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, z_range=None,
+def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None,
           keep_start=False):
     """Project ``z`` (float64, shape (n,)) onto the constraint set ``cs`` within ``[lo, hi]``.
 
     ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` (m non-negative numbers: a tensor,
     array or list) warm-starts the multipliers, unless zero has the higher dual value (then the
     solver starts from zero; ``keep_start=True`` starts from ``lam0`` regardless, which the tests
-    use to drive the solver from given points). ``z_range`` is :func:`value_range` of ``z`` when
+    use to drive the solver from given points). ``scale`` is :func:`scale_of` the problem when
     the caller has it. Returns a :class:`SolveResult`; ``converged`` is False when the iteration
     limit was hit (the caller checks feasibility and decides).
     """
     m = cs.n_rows
     if m == 0:
         return SolveResult(clip(z, lo, hi), cs.h.detach().new_zeros(0), 0, True)
-    if z_range is None:
-        z_range = value_range(z)
-    scale = scale_of(z_range, cs, lo, hi)
+    z_host = host_vector(z)
+    if scale is None:
+        scale = scale_of(value_range(z_host), cs, lo, hi)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
     atol = (tol + ROUNDING * z.shape[0]) * scale
-    bounded = lo is not None or hi is not None
-    # Two sides: the passes over the n outputs are ConstraintSet methods (compiled loops on the
-    # CPU, tensor operations on other devices); everything of size m (multipliers, residuals,
-    # Newton systems) is numpy on the host, where an operation on a few dozen numbers costs a
-    # microsecond instead of several.
-    h = cs.host_h
-    lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)
+    lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
+    buffers = _workspace(z.shape[0])
+    index, n_iter, converged, lam = _dual_newton(
+        z_host, cs.host_atom, cs.host_weight, cs.host_coef, cs.host_h, cs.square_mass,
+        *_open_bounds(lo, hi), lam, keep_start, *_family_arrays(cs.pair_families), atol, scale,
+        max_iter, *buffers)
+    y = buffers[index]
+    buffers[index] = np.empty_like(y)  # the caller owns the result
+    return SolveResult(_device_tensor(y, z.device), _device_tensor(lam, z.device), n_iter,
+                       converged)
 
-    buffers = _workspace(z)
 
-    def vacant(*used):
-        """A buffer of shape (n,) that holds none of ``used``."""
-        free = [b for b in buffers if all(b is not u for u in used)]
-        if not free:
-            buffers.append(torch.empty_like(z))
-            return buffers[-1]
-        return free[0]
+def vjp(grad_y, y, lam, cs, lo, hi):
+    """Vector-Jacobian products of the projection at its solution.
 
-    def evaluate(lam, y):
-        """``y(lam)`` written into ``y``, the dual gradient ``G y - h``, ``1/2 ||y - z||^2`` and
-        the per-atom mass of the free coordinates (for the Newton system at ``y``)."""
-        sums, free_mass, distance = cs.clip_shift(z, lam, lo, hi, out=y)
-        return y, cs.host_coef @ sums - h, distance, free_mass
-
-    def finish(y, lam, n_iter, converged):
-        buffers[:] = [b for b in buffers if b is not y]  # the caller owns it now
-        return SolveResult(y, _device_tensor(lam, y.device), n_iter, converged)
-
-    def value_of(lam, residual, distance):  # the dual function
-        return distance + math.fsum((lam * residual).tolist())
-
-    families = cs.pair_families
-    y, residual, distance, free_mass = evaluate(lam, vacant())
-    if lam.any() and not keep_start:
-        # A warm start is a guess: when the given multipliers fit this batch worse than none at
-        # all (a lower dual value; the value at zero is the distance), start from zero. Small
-        # training batches, whose small groups' means jump from batch to batch, often do.
-        cold = evaluate(np.zeros(m), vacant(y))
-        if cold[2] > value_of(lam, residual, distance):
-            lam = np.zeros(m)
-            y, residual, distance, free_mass = cold
-    full_hessian = cs.gram()  # G G^T; cached on cs
-    full_diagonal = full_hessian.diagonal()
-    ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
-    best, stalled = float("inf"), 0
-    for n_iter in range(max_iter + 1):
-        # The stopping test and the choice of rows are on Python lists of the m numbers: for a few
-        # dozen entries that costs less than numpy's per-call overhead.
-        lam_list, residual_list = lam.tolist(), residual.tolist()
-        if families:
-            lam_list = _tree_flows(lam_list, families)
-            lam = np.array(lam_list)
-        value = value_of(lam, residual, distance)
-        worst = max(abs(r) if a > 0 else r for a, r in zip(lam_list, residual_list))
-        if worst <= atol or n_iter == max_iter:
-            return finish(y, lam, n_iter, worst <= atol)
-        # At the rounding floor the residual stops decreasing: give up rather than spin, and let
-        # the caller's feasibility check judge the point.
-        stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
-        best = min(best, worst)
-        if stalled >= 5:
-            return finish(y, lam, n_iter, False)
-        # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
-        # for group pairs only a forest of them (the others would make the system singular).
-        # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
-        # now rather than into the Newton system: there the projection onto lam >= 0 would undo
-        # the step along it, and the step could stop being an ascent direction.
-        rows, pinned = _newton_rows(lam_list, residual_list, families,
-                                    threshold=1e-9 * max(lam_list))
-        if pinned:
-            lam[list(pinned)] = 0.0
-            value = value_of(lam, residual, distance)
-        if not rows:  # every row satisfied at zero but for rounding leftovers: re-evaluate
-            y, residual, distance, free_mass = evaluate(lam, vacant(y))
-            continue
-        rows = np.asarray(rows)
-        block = (rows[:, None], rows)
-        full = full_hessian[block]
-        hessian = cs.gram(free_mass)[block] if bounded else full
-        flat = hessian.diagonal() <= 1e-9 * full.diagonal()
-        if flat.any():
-            # A row with (almost) every coordinate clipped: the dual is linear along it, and the
-            # Newton step would be unbounded. Curvature as if its coordinates were free gives a
-            # step that stops short of the next breakpoint; the step along such rows is then
-            # doubled while the dual keeps growing, to reach that breakpoint in a few evaluations.
-            hessian = full
-        rhs = residual[rows]
-        # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
-        # custom constraint): a Levenberg-Marquardt ridge keeps the Newton step bounded. It grows
-        # when backtracking alone does not find an ascent step and shrinks after full steps.
-        diag = full_diagonal[rows].max()
-        alpha, direction = 1.0, None
-        while True:
-            if direction is None:
-                direction = _solve(hessian + ridge * diag * np.eye(len(rows)), rhs)
-            trial = lam.copy()
-            trial[rows] = np.maximum(lam[rows] + alpha * direction, 0.0)
-            y_t, residual_t, distance_t, free_mass_t = evaluate(trial, vacant(y))
-            value_t = value_of(trial, residual_t, distance_t)
-            # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
-            gain = math.fsum((residual * (trial - lam)).tolist())
-            slack = 1e-14 * (abs(value) + 1.0)
-            if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
-                break
-            if alpha > 0.03 or ridge >= 1.0:
-                alpha *= _backtrack(value, gain, value_t)
-            else:
-                ridge, alpha, direction = min(1.0, ridge * 1e2), 1.0, None
-        flat_rows = rows[flat]
-
-        def still_rising(point, gradient):  # the dual grows along the flat rows' step here
-            return float(gradient[flat_rows] @ (point[flat_rows] - lam[flat_rows])) > 0
-
-        stretch = 1.0
-        while (flat_rows.size and alpha == 1.0 and stretch < 2.0**40
-               and still_rising(trial, residual_t)):
-            stretch *= 2
-            longer = lam.copy()
-            longer[rows] = np.maximum(lam[rows] + np.where(flat, stretch, 1.0) * direction, 0.0)
-            y_l, residual_l, distance_l, free_mass_l = evaluate(longer, vacant(y, y_t))
-            value_l = value_of(longer, residual_l, distance_l)
-            if not value_l > value_t:
-                break
-            trial, y_t, residual_t, distance_t, free_mass_t, value_t = (
-                longer, y_l, residual_l, distance_l, free_mass_l, value_l)
-        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
-        lam, y, residual, distance, free_mass = trial, y_t, residual_t, distance_t, free_mass_t
+    Implicit differentiation of the KKT system on the free coordinates ``F`` and the active rows
+    ``S``: ``dy_F = P dz_F + G_SF^T M^+ dh_S`` with ``M = G_SF G_SF^T`` and
+    ``P = I - G_SF^T M^+ G_SF``; clipped coordinates do not move. Returns ``(grad_z, grad_h)``,
+    in ``O(n m + m^3)`` without any n x n matrix (:func:`_vjp`, compiled, on the host).
+    """
+    grad_z = np.empty(y.shape[0])
+    u = _vjp(host_vector(grad_y), host_vector(y), cs.host_atom, cs.host_weight, cs.host_coef,
+             _host(lam), *_open_bounds(lo, hi), grad_z)
+    return _device_tensor(grad_z, grad_y.device), _device_tensor(u, grad_y.device)
 
 
 def _host(values):
@@ -224,15 +118,301 @@ def _host(values):
     return np.asarray(values, dtype=np.float64)
 
 
-def _solve(matrix, rhs):
-    """``matrix^-1 rhs`` through LAPACK's LU solver: numpy's checks and error-state handling
-    around it cost several times the solve of these few dozen unknowns."""
-    _, _, solution, info = lapack.dgesv(matrix, rhs)
-    if info:
-        raise np.linalg.LinAlgError("singular Newton system")
-    return solution
+def _open_bounds(lo, hi):
+    """Bounds as floats, infinite where missing (the compiled passes' convention)."""
+    return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
 
 
+#: batches whose scratch vectors are kept between calls (256 KB to 32 MB each in float64)
+WORKSPACE_MIN, WORKSPACE_MAX = 1 << 15, 1 << 22
+_workspaces = threading.local()
+
+
+def _workspace(n):
+    """Three scratch vectors of length ``n`` (numpy, on the host) for the solver's current
+    point, trial point and longer trial; the caller replaces the one it hands out.
+
+    Vectors of up to ``WORKSPACE_MIN`` entries are new ones (the allocator recycles them at no
+    cost). Larger ones are kept between the solves of a thread: fresh vectors of millions of
+    entries cost more than the arithmetic on them, because the allocator returns them to the
+    system when they are freed and each new one is page-faulted in again.
+    """
+    if n <= WORKSPACE_MIN or n > WORKSPACE_MAX:
+        return [np.empty(n), np.empty(n), np.empty(n)]
+    if getattr(_workspaces, "n", None) != n:
+        _workspaces.n = n
+        _workspaces.buffers = [np.empty(n) for _ in range(3)]
+    return _workspaces.buffers
+
+
+@functools.lru_cache(maxsize=128)
+def _family_arrays(families):
+    """:attr:`~skfair.constraints.ConstraintSet.pair_families` as flat integer arrays.
+
+    Family ``f`` is ``row[ptr[f]:ptr[f+1]]`` with group indices ``u``, ``v`` (numbered from 0
+    within the family, ``k[f]`` of them); ``pair[pair_ptr[f] + i * k[f] + j]`` is the row of
+    the pair ``(i, j)`` (-1 if the family has none). Cached: the families of a batch come from
+    the cached row structure of its constraint.
+    """
+    ptr, row, u, v, k, pair_ptr, pair = [0], [], [], [], [], [0], []
+    for family in families:
+        index = {}
+        for _, a, b in family:
+            index.setdefault(a, len(index))
+            index.setdefault(b, len(index))
+        table = np.full((len(index), len(index)), -1, dtype=np.int64)
+        for r, a, b in family:
+            row.append(r)
+            u.append(index[a])
+            v.append(index[b])
+            table[index[a], index[b]] = r
+        ptr.append(len(row))
+        k.append(len(index))
+        pair.extend(table.ravel().tolist())
+        pair_ptr.append(len(pair))
+    return tuple(np.array(x, dtype=np.int64) for x in (ptr, row, u, v, k, pair_ptr, pair))
+
+
+@_jit
+def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, keep_start, fam_ptr,
+                 fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, atol, scale, max_iter,
+                 y0, y1, y2):
+    """The projected Newton method on the dual, from ``lam`` (updated in place).
+
+    ``y0``, ``y1``, ``y2`` are scratch vectors; returns ``(index of the one holding y,
+    n_iter, converged, lam)``. Written as plain loops: numba compiles them in a fraction of the
+    time its numpy functions take (this function is compiled once per installation and cached).
+    """
+    m = coef.shape[0]
+    all_rows = np.arange(m)
+    full_hessian = _gram(coef, square_mass, all_rows)  # G G^T
+    in_family = np.zeros(m, np.bool_)
+    for r in fam_row:
+        in_family[r] = True
+    current = 0
+    residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi, y0)
+    if lam.max() > 0 and not keep_start:
+        # A warm start is a guess: when the given multipliers fit this batch worse than none at
+        # all (a lower dual value; the value at zero is the distance), start from zero. Small
+        # training batches, whose small groups' means jump from batch to batch, often do.
+        zero = np.zeros(m)
+        cold = _evaluate(z, atom, weight, coef, h, zero, lo, hi, y1)
+        if cold[1] > _value(lam, residual, distance):
+            lam, current = zero, 1
+            residual, distance, free_mass = cold
+    ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
+    best, stalled = np.inf, 0
+    for n_iter in range(max_iter + 1):
+        _tree_flows(lam, fam_ptr, fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row)
+        value = _value(lam, residual, distance)
+        worst = -np.inf
+        for r in range(m):
+            worst = max(worst, abs(residual[r]) if lam[r] > 0 else residual[r])
+        if worst <= atol or n_iter == max_iter:
+            return current, n_iter, worst <= atol, lam
+        # At the rounding floor the residual stops decreasing: give up rather than spin, and let
+        # the caller's feasibility check judge the point.
+        stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
+        best = min(best, worst)
+        if stalled >= 5:
+            return current, n_iter, False, lam
+        # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
+        # for group pairs only a forest of them (the others would make the system singular).
+        # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
+        # now rather than into the Newton system: there the projection onto lam >= 0 would undo
+        # the step along it, and the step could stop being an ascent direction.
+        rows, pinned = _newton_rows(lam, residual, 1e-9 * lam.max(), in_family, fam_ptr,
+                                    fam_row, fam_u, fam_v, fam_k)
+        if pinned.size:
+            for r in pinned:
+                lam[r] = 0.0
+            value = _value(lam, residual, distance)
+        trial_index = (current + 1) % 3
+        if rows.size == 0:  # every row satisfied at zero but for rounding leftovers: re-evaluate
+            residual, distance, free_mass = _evaluate(
+                z, atom, weight, coef, h, lam, lo, hi, _pick(trial_index, y0, y1, y2))
+            current = trial_index
+            continue
+        k = rows.size
+        full = np.empty((k, k))
+        rhs = np.empty(k)
+        for i in range(k):
+            rhs[i] = residual[rows[i]]
+            for j in range(k):
+                full[i, j] = full_hessian[rows[i], rows[j]]
+        hessian = _gram(coef, free_mass, rows)
+        flat = np.zeros(k, np.bool_)
+        any_flat = False
+        for i in range(k):
+            flat[i] = hessian[i, i] <= 1e-9 * full[i, i]
+            any_flat = any_flat or flat[i]
+        if any_flat:
+            # A row with (almost) every coordinate clipped: the dual is linear along it, and the
+            # Newton step would be unbounded. Curvature as if its coordinates were free gives a
+            # step that stops short of the next breakpoint; the step along such rows is then
+            # doubled while the dual keeps growing, to reach that breakpoint in a few evaluations.
+            hessian = full
+        # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
+        # custom constraint): a Levenberg-Marquardt ridge keeps the Newton step bounded. It grows
+        # when backtracking alone does not find an ascent step and shrinks after full steps.
+        diag = 0.0
+        for i in range(k):
+            diag = max(diag, full[i, i])
+        alpha = 1.0
+        direction = _solve(hessian, ridge * diag, rhs)
+        while True:
+            trial = _step(lam, rows, direction, alpha, flat, 1.0)
+            residual_t, distance_t, free_mass_t = _evaluate(
+                z, atom, weight, coef, h, trial, lo, hi, _pick(trial_index, y0, y1, y2))
+            value_t = _value(trial, residual_t, distance_t)
+            # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
+            gain = _gain(residual, trial, lam, rows, flat, False)
+            slack = 1e-14 * (abs(value) + 1.0)
+            if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
+                break
+            if alpha > 0.03 or ridge >= 1.0:
+                alpha *= _backtrack(value, gain, value_t)
+            else:
+                ridge, alpha = min(1.0, ridge * 1e2), 1.0
+                direction = _solve(hessian, ridge * diag, rhs)
+        stretch = 1.0
+        # while the dual still grows along the flat rows' step, try twice as far along them
+        while (any_flat and alpha == 1.0 and stretch < 2.0**40
+               and _gain(residual_t, trial, lam, rows, flat, True) > 0):
+            stretch *= 2
+            longer_index = 3 - current - trial_index
+            longer = _step(lam, rows, direction, 1.0, flat, stretch)
+            residual_l, distance_l, free_mass_l = _evaluate(
+                z, atom, weight, coef, h, longer, lo, hi, _pick(longer_index, y0, y1, y2))
+            value_l = _value(longer, residual_l, distance_l)
+            if not value_l > value_t:
+                break
+            trial, trial_index, value_t = longer, longer_index, value_l
+            residual_t, distance_t, free_mass_t = residual_l, distance_l, free_mass_l
+        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
+        lam, current = trial, trial_index
+        residual, distance, free_mass = residual_t, distance_t, free_mass_t
+    return current, max_iter, False, lam  # not reached: the loop returns at max_iter
+
+
+@_jit
+def _pick(index, y0, y1, y2):
+    """Scratch vector number ``index``."""
+    if index == 0:
+        return y0
+    return y1 if index == 1 else y2
+
+
+@_jit
+def _evaluate(z, atom, weight, coef, h, lam, lo, hi, out):
+    """``y(lam)`` written into ``out``; returns the dual gradient ``G y - h``,
+    ``1/2 ||y - z||^2`` and the per-atom squared weight of the free coordinates."""
+    m, n_atoms = coef.shape
+    shift = np.zeros(n_atoms)
+    for r in range(m):
+        if lam[r] != 0.0:
+            for a in range(n_atoms):
+                shift[a] += lam[r] * coef[r, a]
+    sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
+    distance = clip_shift(z, atom, shift, weight, lo, hi, out, sums, free_mass)
+    residual = np.empty(m)
+    for r in range(m):
+        total = -h[r]
+        for a in range(n_atoms):
+            total += coef[r, a] * sums[a]
+        residual[r] = total
+    return residual, distance, free_mass
+
+
+@_jit
+def _step(lam, rows, direction, alpha, flat, stretch):
+    """``lam`` moved by ``alpha * direction`` on ``rows`` (``stretch`` times that on the flat
+    ones), projected onto ``lam >= 0``: a new array."""
+    moved = lam.copy()
+    for i in range(rows.size):
+        length = alpha * stretch if flat[i] else alpha
+        moved[rows[i]] = max(lam[rows[i]] + length * direction[i], 0.0)
+    return moved
+
+
+@_jit
+def _gain(residual, new, old, rows, flat, only_flat):
+    """``residual . (new - old)`` over ``rows`` (the flat ones only if ``only_flat``), with
+    compensated (Neumaier) summation: near the optimum the line search compares dual values
+    that differ by less than the rounding error of a plain sum."""
+    total, compensation = 0.0, 0.0
+    for i in range(rows.size):
+        if only_flat and not flat[i]:
+            continue
+        r = rows[i]
+        term = residual[r] * (new[r] - old[r])
+        updated = total + term
+        if abs(total) >= abs(term):
+            compensation += (total - updated) + term
+        else:
+            compensation += (term - updated) + total
+        total = updated
+    return total + compensation
+
+
+@_jit
+def _value(lam, residual, distance):
+    """The dual function at ``lam``, from the evaluation's gradient and distance."""
+    no_rows = np.zeros(0, np.bool_)
+    return distance + _gain(residual, lam, np.zeros(lam.size), np.arange(lam.size), no_rows,
+                            False)
+
+
+@_jit
+def _gram(coef, mass, rows):
+    """``G_F G_F^T`` on ``rows``: ``coef[rows] @ diag(mass) @ coef[rows].T`` from the per-atom
+    squared weight ``mass`` of the coordinates ``F``."""
+    k, n_atoms = rows.size, coef.shape[1]
+    gram = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i + 1):
+            total = 0.0
+            for a in range(n_atoms):
+                total += coef[rows[i], a] * mass[a] * coef[rows[j], a]
+            gram[i, j] = gram[j, i] = total
+    return gram
+
+
+@_jit
+def _solve(matrix, ridge, rhs):
+    """``(matrix + ridge I)^-1 rhs`` by Gaussian elimination with partial pivoting (the
+    systems have a few dozen unknowns); raises on an exactly singular system."""
+    k = rhs.size
+    a = matrix.copy()
+    x = rhs.copy()
+    for i in range(k):
+        a[i, i] += ridge
+    for col in range(k):
+        pivot = col
+        for i in range(col + 1, k):
+            if abs(a[i, col]) > abs(a[pivot, col]):
+                pivot = i
+        if a[pivot, col] == 0.0:
+            raise ZeroDivisionError("singular Newton system")
+        if pivot != col:
+            for j in range(k):
+                a[col, j], a[pivot, j] = a[pivot, j], a[col, j]
+            x[col], x[pivot] = x[pivot], x[col]
+        for i in range(col + 1, k):
+            factor = a[i, col] / a[col, col]
+            if factor != 0.0:
+                for j in range(col, k):
+                    a[i, j] -= factor * a[col, j]
+                x[i] -= factor * x[col]
+    for i in range(k - 1, -1, -1):
+        total = x[i]
+        for j in range(i + 1, k):
+            total -= a[i, j] * x[j]
+        x[i] = total / a[i, i]
+    return x
+
+
+@_jit
 def _backtrack(value, gain, value_t):
     """Factor by which to shorten a step that failed the Armijo test, in [0.1, 0.5].
 
@@ -246,28 +426,9 @@ def _backtrack(value, gain, value_t):
     return min(0.5, max(0.1, gain / (2 * drop)))
 
 
-#: largest batch whose scratch vectors are kept between calls (32 MB each in float64)
-WORKSPACE_MAX = 1 << 22
-_workspaces = threading.local()
-
-
-def _workspace(z):
-    """Scratch vectors shaped like ``z``, kept between the solves of this thread.
-
-    Fresh vectors of millions of entries cost more than the arithmetic on them: the allocator
-    returns them to the system when they are freed, and each new one is page-faulted in again.
-    A solve takes what it needs from this list (the vector it returns is removed from it).
-    """
-    key = (z.shape[0], z.dtype, z.device)
-    if z.shape[0] > WORKSPACE_MAX:
-        return []
-    if getattr(_workspaces, "key", None) != key:
-        _workspaces.key, _workspaces.buffers = key, []
-    return _workspaces.buffers
-
-
-def _tree_flows(lam, families):
-    """The same net multiplier of every group, carried by a forest of group pairs.
+@_jit
+def _tree_flows(lam, fam_ptr, fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row):
+    """The same net multiplier of every group, carried by a forest of group pairs (in place).
 
     In a family of pair rows ``stat_u - stat_v <= c`` the outputs depend on the multipliers only
     through each group's net flow ``sum_v lam_uv - sum_u lam_ug``, and the dual objective loses
@@ -275,38 +436,42 @@ def _tree_flows(lam, families):
     that take (north-west corner rule) leaves the outputs unchanged, never increases the total
     flow, and uses at most ``k - 1`` pairs that form a forest: independent rows. (A family of two
     opposite rows with different ``c``: routing cancels their common flow, which loses
-    ``c_uv + c_vu >= 0`` per unit; see :class:`~skfair.constraints.ConstraintSet`.)
+    ``c_uv + c_vu >= 0`` per unit; see :class:`~skfair.constraints.ConstraintSet`.) The
+    families are :func:`_family_arrays`.
     """
-    lam = list(lam)
-    for family in families:
-        net = {}
-        for r, u, v in family:
+    for f in range(fam_k.size):
+        k = fam_k[f]
+        net = np.zeros(k)
+        for t in range(fam_ptr[f], fam_ptr[f + 1]):
+            r = fam_row[t]
             if lam[r] > 0:
-                net[u] = net.get(u, 0.0) + lam[r]
-                net[v] = net.get(v, 0.0) - lam[r]
+                net[fam_u[t]] += lam[r]
+                net[fam_v[t]] -= lam[r]
                 lam[r] = 0.0
         # Net flows that are rounding noise of the others are dropped, not routed as tiny flows.
-        noise = 1e-13 * max(map(abs, net.values()), default=0.0)
-        give = [[g, x] for g, x in net.items() if x > noise]
-        take = [[g, -x] for g, x in net.items() if x < -noise]
-        if not give or not take:
-            continue
-        row = {(u, v): r for r, u, v in family}
-        i = j = 0
-        while i < len(give) and j < len(take):
-            flow = min(give[i][1], take[j][1])
-            lam[row[give[i][0], take[j][0]]] += flow
-            give[i][1] -= flow
-            take[j][1] -= flow
-            if give[i][1] <= noise:
-                i += 1
-            if take[j][1] <= noise:
-                j += 1
-    return lam
+        noise = 0.0
+        for g in range(k):
+            noise = max(noise, 1e-13 * abs(net[g]))
+        give = take = 0
+        while True:
+            while give < k and not net[give] > noise:
+                give += 1
+            while take < k and not net[take] < -noise:
+                take += 1
+            if give == k or take == k:
+                break
+            r = pair_row[pair_ptr[f] + give * k + take]
+            if r < 0:
+                raise ValueError("a pair family lacks the row of a pair of its groups")
+            flow = min(net[give], -net[take])
+            lam[r] += flow
+            net[give] -= flow
+            net[take] += flow
 
 
-def _newton_rows(lam, residual, families, threshold):
-    """Rows whose multipliers the Newton step moves, in increasing order, and the pinned rows.
+@_jit
+def _newton_rows(lam, residual, threshold, in_family, fam_ptr, fam_row, fam_u, fam_v, fam_k):
+    """Rows whose multipliers the Newton step moves, and the pinned rows (increasing order).
 
     Pinned: rows whose multiplier is at most ``threshold`` (>= 0, so zeros included) while the
     row is satisfied; they are set to zero and held there for this step. Pair rows: the
@@ -314,45 +479,89 @@ def _newton_rows(lam, residual, families, threshold):
     violation as long as they join two trees, so that the rows stay independent. Other rows:
     all that are not pinned.
     """
-    pinned = {r for r, (a, g) in enumerate(zip(lam, residual)) if a <= threshold and g < 0}
-    rows, in_family = [], set()
-    for family in families:
-        root = {}
-
-        def find(g):
-            while root.get(g, g) != g:
-                g = root[g]
-            return g
-
-        for r, u, v in sorted(family, key=lambda t: (lam[t[0]] <= 0, -residual[t[0]])):
-            in_family.add(r)
-            if r in pinned:
+    m = lam.size
+    pinned = np.zeros(m, np.bool_)
+    chosen = np.zeros(m, np.bool_)
+    for r in range(m):
+        pinned[r] = lam[r] <= threshold and residual[r] < 0
+        chosen[r] = not pinned[r] and not in_family[r]
+    for f in range(fam_k.size):
+        start, stop = fam_ptr[f], fam_ptr[f + 1]
+        # the family's rows by (multiplier not positive, decreasing residual), a stable
+        # insertion sort (a family has a few dozen rows at most)
+        order = np.arange(start, stop)
+        for i in range(1, order.size):
+            t = order[i]
+            key_zero, key_residual = lam[fam_row[t]] <= 0, residual[fam_row[t]]
+            j = i - 1
+            while j >= 0:
+                s = fam_row[order[j]]
+                s_zero = lam[s] <= 0
+                if s_zero > key_zero or (s_zero == key_zero and residual[s] < key_residual):
+                    order[j + 1] = order[j]
+                    j -= 1
+                else:
+                    break
+            order[j + 1] = t
+        root = np.arange(fam_k[f])
+        for t in order:
+            r = fam_row[t]
+            if pinned[r]:
                 continue
-            a, b = find(u), find(v)
+            a, b = fam_u[t], fam_v[t]
+            while root[a] != a:
+                a = root[a]
+            while root[b] != b:
+                b = root[b]
             if a != b:
                 root[a] = b
-                rows.append(r)
-    rows.extend(r for r in range(len(lam)) if r not in in_family and r not in pinned)
-    return sorted(rows), pinned
+                chosen[r] = True
+    return _indices(chosen), _indices(pinned)
 
 
-def vjp(grad_y, y, lam, cs, lo, hi):
-    """Vector-Jacobian products of the projection at its solution.
+@_jit
+def _indices(mask):
+    """Positions of the true entries of ``mask``, increasing."""
+    count = 0
+    for flag in mask:
+        count += flag
+    out = np.empty(count, np.int64)
+    count = 0
+    for i in range(mask.size):
+        if mask[i]:
+            out[count] = i
+            count += 1
+    return out
 
-    Implicit differentiation of the KKT system on the free coordinates ``F`` and the active rows
-    ``S``: ``dy_F = P dz_F + G_SF^T M^+ dh_S`` with ``M = G_SF G_SF^T`` and
-    ``P = I - G_SF^T M^+ G_SF``; clipped coordinates do not move. Returns ``(grad_z, grad_h)``,
-    in ``O(n m + m^3)`` without any n x n matrix (the m x m algebra on the host, as in
-    :func:`solve`).
-    """
-    active = np.flatnonzero(_host(lam) > 0)
-    u = np.zeros(lam.shape[0])
-    if active.size:
-        rhs, free_mass = cs.free_sums(grad_y, y, lo, hi)
+
+@_jit
+def _vjp(grad, y, atom, weight, coef, lam, lo, hi, out):
+    """``out = grad_z`` and returns ``u = grad_h`` (see :func:`vjp`)."""
+    m, n_atoms = coef.shape
+    active = _indices(lam > 0)
+    k = active.size
+    u = np.zeros(m)
+    if k:
+        sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
+        free_sums(grad, y, atom, weight, lo, hi, sums, free_mass)
+        rhs = np.zeros(k)
+        for i in range(k):
+            for a in range(n_atoms):
+                rhs[i] += coef[active[i], a] * sums[a]
         # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
         # system M u = G_SF grad_F through its eigendecomposition, as a pseudo-inverse would.
-        eigenvalues, vectors = np.linalg.eigh(cs.gram(free_mass)[active[:, None], active])
-        keep = eigenvalues > eigenvalues[-1] * active.size * np.finfo(np.float64).eps
-        vectors = vectors[:, keep]
-        u[active] = vectors @ ((vectors.T @ rhs[active]) / eigenvalues[keep])
-    return cs.free_shift(grad_y, y, u, lo, hi), _device_tensor(u, grad_y.device)
+        eigenvalues, vectors = np.linalg.eigh(_gram(coef, free_mass, active))
+        cutoff = eigenvalues[-1] * k * EPSILON
+        for j in range(k):
+            if eigenvalues[j] > cutoff:
+                along = 0.0
+                for i in range(k):
+                    along += vectors[i, j] * rhs[i]
+                for i in range(k):
+                    u[active[i]] += along / eigenvalues[j] * vectors[i, j]
+    shift = np.zeros(n_atoms)
+    for r in range(m):
+        for a in range(n_atoms):
+            shift[a] += u[r] * coef[r, a]
+    free_shift(grad, y, atom, shift, weight, lo, hi, out)
+    return u

@@ -1,9 +1,8 @@
-"""Compiled passes over the n samples of a batch, for tensors in CPU memory.
+"""Compiled passes over the n samples of a batch, on host (numpy) arrays.
 
 Each function is one loop that does what would otherwise take several tensor operations (and as
-many passes over memory and dispatches): on the CPU the exact solver's cost is then a few fused
-passes plus its small dense algebra. :class:`~skfair.constraints.ConstraintSet` calls them on
-numpy views of CPU tensors and uses tensor operations on other devices; the tests run both.
+many passes over memory and dispatches): the exact solver (:mod:`skfair._exact`) is a few such
+passes plus small dense algebra, compiled as a whole.
 
 Conventions: ``atom`` (int64) maps every sample to its atom, ``weight`` is the per-sample weight
 or an empty array for unit weights, ``lo``/``hi`` are floats (infinite for a missing bound), and a
@@ -12,9 +11,6 @@ sample is *free* when its value lies strictly inside them. Accumulators are writ
 
 import numba
 import numpy as np
-
-#: turned off by the tests to run the tensor operations on the CPU as well
-ENABLED = True
 
 
 def _jit(function):
@@ -71,19 +67,82 @@ def free_shift(values, y, atom, shift, weight, lo, hi, out):
 
 
 @_jit
-def atom_sums(values, atom, weight, sums):
-    """Atom sums of ``weight * values``."""
-    sums[:] = 0.0
+def violation_and_range(values, atom, weight, coef, h):
+    """``(max(G @ values - h), min(values), max(values))`` with ``G`` in factored form
+    (``-inf`` without rows; the range is NaN if a value is NaN, zeros for an empty array)."""
+    sums = np.zeros(coef.shape[1])
     weighted = weight.shape[0] > 0
+    low, high = value_range(values)
     for i in range(values.shape[0]):
         sums[atom[i]] += (weight[i] if weighted else 1.0) * values[i]
+    violation = -np.inf
+    for r in range(coef.shape[0]):
+        total = -h[r]
+        for a in range(coef.shape[1]):
+            total += coef[r, a] * sums[a]
+        violation = max(violation, total)
+    return violation, low, high
 
 
-def usable(tensor):
-    """Whether the compiled passes apply to ``tensor`` (in CPU memory)."""
-    return ENABLED and tensor.device.type == "cpu"
+@_jit
+def value_range(values):
+    """``(min, max)`` of ``values`` (NaN if one is NaN, zeros for an empty array)."""
+    if values.shape[0] == 0:
+        return 0.0, 0.0
+    low, high = np.inf, -np.inf
+    for i in range(values.shape[0]):
+        value = values[i]
+        low = min(low, value)
+        high = max(high, value)
+        if value != value:
+            return np.nan, np.nan
+    return low, high
 
 
-def view(tensor):
-    """A contiguous numpy view of a CPU tensor (a copy only if it is strided)."""
-    return np.ascontiguousarray(tensor.detach().numpy())
+@_jit
+def mixed_radix(codes, radix, atom, counts):
+    """``atom[i]`` = the mixed-radix number of row ``i`` of ``codes`` (first column most
+    significant); ``counts`` its histogram."""
+    counts[:] = 0
+    for i in range(codes.shape[0]):
+        code = 0
+        for j in range(codes.shape[1]):
+            code = code * radix + codes[i, j]
+        atom[i] = code
+        counts[code] += 1
+
+
+@_jit
+def code_range(codes):
+    """``(min, max)`` of an integer matrix with at least one entry."""
+    low = high = codes[0, 0]
+    for i in range(codes.shape[0]):
+        for j in range(codes.shape[1]):
+            low = min(low, codes[i, j])
+            high = max(high, codes[i, j])
+    return low, high
+
+
+@_jit
+def first_unattainable(coef, mass, h, lo, hi):
+    """The first row ``r`` whose smallest value over the box, ``sum_a coef[r, a] * mass[a] *
+    (lo if coef[r, a] > 0 else hi)``, exceeds ``h[r]`` (beyond rounding), and that value;
+    ``(-1, 0.0)`` when every row can be met."""
+    for r in range(coef.shape[0]):
+        smallest = 0.0
+        for a in range(coef.shape[1]):
+            share = coef[r, a] * mass[a]
+            if share != 0.0:  # an infinite bound times zero contributes nothing
+                smallest += share * (lo if share > 0 else hi)
+        if smallest > h[r] + 1e-9 * (1.0 + abs(h[r])):
+            return r, smallest
+    return -1, 0.0
+
+
+def host_vector(tensor):
+    """A tensor of shape (n,) as a contiguous numpy array on the host: a view of a contiguous
+    CPU tensor, else a copy."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    return np.ascontiguousarray(tensor.numpy())

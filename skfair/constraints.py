@@ -25,6 +25,7 @@ Group means are weighted by ``sample_weight`` when it is given.
 """
 
 import functools
+import itertools
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -55,11 +56,10 @@ class ConstraintSet:
     so every product with ``G`` costs ``O(n + m * n_atoms)`` and ``G`` itself (``m x n``) is never
     formed. A dense ``G`` is the special case ``atom = arange(n)``.
 
-    Products with vectors of the n samples are tensor operations on the device of ``atom`` (the
-    solver's passes, :meth:`clip_shift`, :meth:`free_sums`, :meth:`free_shift` and
-    :meth:`host_matvec`, are compiled loops for CPU tensors: see :mod:`skfair._kernels`); the
-    small matrices of the m rows (:attr:`host_coef`, :attr:`host_h`, :meth:`gram`) are numpy
-    arrays on the host, where the solvers do their dense algebra.
+    Products with vectors of the n samples are tensor operations on the device of ``atom``
+    (:meth:`matvec`, :meth:`rmatvec`) or compiled loops on the host (:meth:`host_matvec`); the
+    exact solver works on the host copies :attr:`host_coef`, :attr:`host_h`,
+    :attr:`host_atom`, :attr:`host_weight` and :attr:`square_mass`.
 
     Parameters
     ----------
@@ -80,26 +80,35 @@ class ConstraintSet:
         of the family has the same ``c_r`` or the family has two rows whose ``c`` sum to >= 0
         (a two-sided bound). Only the net multiplier of each group then matters, which lets
         the exact solver keep its Newton systems regular; other rows are treated generically.
-    atom_mass : torch.Tensor of shape (n_atoms,), optional
-        :meth:`atom_mass`, when the caller has already computed it.
     """
 
-    def __init__(self, coef, atom, h, keys, weight=None, pair_families=(), atom_mass=None):
+    def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
         self.coef = coef
         self.atom = atom
         self.h = h
         self.keys = list(keys)
         self.weight = weight
         self.pair_families = pair_families
-        self._mass = atom_mass  # atom_mass(), cached
-        self._full_gram = None  # gram(), cached
-        self._host_coef = None
-        self._host_h = None
+        self._host = {}  # numpy copies on the host, made on first use (or by the builders)
         if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
             raise ValueError(
                 f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
                 f"{h.shape[0]} and {len(self.keys)}."
             )
+
+    @classmethod
+    def _from_host(cls, coef, atom, h, keys, device, weight=None, pair_families=(), mass=None,
+                   h_tensor=None):
+        """A set built from numpy arrays (the built-in constraints compute them on the host);
+        its tensors on ``device`` share their memory on the CPU. ``h_tensor``: ``h`` as a
+        tensor that carries gradients, when it has them."""
+        cs = cls(_device_tensor(coef, device), _device_tensor(atom, device),
+                 _device_tensor(h, device) if h_tensor is None else h_tensor, keys, weight,
+                 pair_families)
+        cs._host.update(coef=coef, atom=atom, mass=mass)
+        if h_tensor is None:
+            cs._host["h"] = h
+        return cs
 
     @property
     def n_rows(self):
@@ -108,6 +117,10 @@ class ConstraintSet:
     @property
     def n_samples(self):
         return self.atom.shape[0]
+
+    @property
+    def n_atoms(self):
+        return self.coef.shape[1]
 
     def atom_sums(self, y):
         """Weighted sums of ``y`` over the samples of every atom, shape (n_atoms,)."""
@@ -119,154 +132,82 @@ class ConstraintSet:
         """``G @ y`` for ``y`` of shape (n,)."""
         return self.coef @ self.atom_sums(y)
 
-    def host_matvec(self, y):
-        """``G @ y`` as a numpy array: atom sums over the samples, the m rows on the host."""
-        if _kernels.usable(y):
-            sums = np.empty(self.n_atoms)
-            _kernels.atom_sums(_kernels.view(y), self._host_atom, self._host_weight, sums)
-        else:
-            sums = _host_array(self.atom_sums(y))
-        return self.host_coef @ sums
+    def rmatvec(self, lam):
+        """``G.T @ lam`` for ``lam`` of shape (m,)."""
+        values = (lam @ self.coef)[self.atom]
+        return values if self.weight is None else values * self.weight
 
-    def rmatvec(self, lam, out=None):
-        """``G.T @ lam`` for ``lam`` of shape (m,), written into ``out`` when given."""
-        return self._spread(lam @ self.coef, out)
+    def violation(self, y):
+        """``max(G @ y - h)`` as a float (``-inf`` without rows): how far ``y`` is from the fair
+        set."""
+        return self.violation_and_range(y)[0]
 
-    def clip_shift(self, z, lam, lo, hi, out):
-        """``y = clip(z - G.T @ lam, lo, hi)``, written into ``out``; the dual solver's pass.
+    def violation_and_range(self, y):
+        """``(max(G @ y - h), min(y), max(y))`` from one compiled pass over ``y`` on the host;
+        the range is NaN when ``y`` holds a NaN."""
+        return _kernels.violation_and_range(_kernels.host_vector(y.to(torch.float64)),
+                                            self.host_atom, self.host_weight, self.host_coef,
+                                            self.host_h)
 
-        ``lam`` is a numpy array of shape (m,), ``lo``/``hi`` floats or None. Returns
-        ``(sums, free_mass, distance)``: the :meth:`atom_sums` of ``y`` and the total squared
-        weight of every atom's samples strictly inside the bounds (numpy arrays, the input of
-        :meth:`gram`), and ``1/2 ||y - z||^2``. On the CPU it is a single compiled pass.
-        """
-        shift = self.host_coef.T @ lam
-        if _kernels.usable(z):
-            sums, free_mass = np.empty(self.n_atoms), np.empty(self.n_atoms)
-            distance = _kernels.clip_shift(
-                _kernels.view(z), self._host_atom, shift, self._host_weight, *_open_bounds(lo, hi),
-                out.numpy(), sums, free_mass)
-            return sums, free_mass, distance
-        y = torch.sub(z, self._spread(_device_tensor(shift, z.device), out), out=out)
-        if lo is not None or hi is not None:
-            y.clamp_(lo, hi)
-        distance = 0.5 * float(torch.dist(y, z)) ** 2
-        return _host_array(self.atom_sums(y)), self._free_mass(_free(y, lo, hi)), distance
-
-    def free_sums(self, values, y, lo, hi):
-        """``(G_F @ values, free_mass)`` over the coordinates ``F`` where ``y`` is strictly inside
-        the bounds: the right-hand side and (through :meth:`gram`) the matrix of the implicit
-        derivative. Numpy arrays of shapes (m,) and (n_atoms,)."""
-        if _kernels.usable(y):
-            sums, free_mass = np.empty(self.n_atoms), np.empty(self.n_atoms)
-            _kernels.free_sums(_kernels.view(values), _kernels.view(y), self._host_atom,
-                               self._host_weight, *_open_bounds(lo, hi), sums, free_mass)
-            return self.host_coef @ sums, free_mass
-        free = _free(y, lo, hi)
-        return self.host_matvec(values if free is None else values * free), self._free_mass(free)
-
-    def free_shift(self, values, y, u, lo, hi):
-        """``values - G.T @ u`` on the coordinates where ``y`` is strictly inside the bounds, 0
-        elsewhere (a new tensor); ``u`` is a numpy array of shape (m,)."""
-        shift = self.host_coef.T @ u
-        if _kernels.usable(y):
-            out = torch.empty_like(y)
-            _kernels.free_shift(_kernels.view(values), _kernels.view(y), self._host_atom, shift,
-                                self._host_weight, *_open_bounds(lo, hi), out.numpy())
-            return out
-        out = values - self._spread(_device_tensor(shift, y.device))
-        free = _free(y, lo, hi)
-        return out if free is None else out.mul_(free)
-
-    def _spread(self, atom_values, out=None):
-        """Column ``i`` of the row combination ``atom_values``: ``weight[i] *
-        atom_values[atom[i]]``."""
-        values = torch.index_select(atom_values, 0, self.atom, out=out)
-        return values if self.weight is None else values.mul_(self.weight)
-
-    def _free_mass(self, free):
-        """Total squared weight of every atom's samples flagged by ``free`` (None: all)."""
-        if free is None:
-            return self._square_mass
-        w2 = free.to(torch.float64)
-        if self.weight is not None:
-            w2 = w2.mul_(self.weight**2)
-        return _host_array(_segment_sum(w2, self.atom, self.n_atoms))
-
-    @property
-    def n_atoms(self):
-        return self.coef.shape[1]
+    def _cached(self, name, compute):
+        value = self._host.get(name)
+        if value is None:
+            value = self._host[name] = compute()
+        return value
 
     @property
     def host_coef(self):
-        """:attr:`coef` as a float64 numpy array on the host (a view on CPU)."""
-        if self._host_coef is None:
-            self._host_coef = _host_array(self.coef)
-        return self._host_coef
+        """:attr:`coef` as a float64 numpy array on the host (the exact solver's copy)."""
+        return self._cached("coef", lambda: np.ascontiguousarray(_host_array(self.coef)))
 
     @property
     def host_h(self):
         """:attr:`h` (detached) as a float64 numpy array on the host."""
-        if self._host_h is None:
-            self._host_h = _host_array(self.h)
-        return self._host_h
+        return self._cached("h", lambda: _host_array(self.h))
 
-    @functools.cached_property
-    def _host_atom(self):
-        return _kernels.view(self.atom)
+    @property
+    def host_atom(self):
+        """:attr:`atom` as an int64 numpy array on the host."""
+        return self._cached("atom", lambda: _kernels.host_vector(self.atom.long()))
 
-    @functools.cached_property
-    def _host_weight(self):
-        return np.empty(0) if self.weight is None else _kernels.view(self.weight)
-
-    @functools.cached_property
-    def _square_mass(self):
-        """Total squared weight of every atom's samples (numpy)."""
+    @property
+    def host_weight(self):
+        """:attr:`weight` as a float64 numpy array on the host, empty without weights."""
         if self.weight is None:
-            return _host_array(self.atom_mass())
-        return _host_array(_segment_sum(self.weight**2, self.atom, self.n_atoms))
+            return _NO_WEIGHT
+        return self._cached("weight", lambda: _kernels.host_vector(self.weight.to(torch.float64)))
 
-    def gram(self, free_mass=None):
-        """``G[:, F] @ G[:, F].T`` from the per-atom squared weight ``free_mass`` of the
-        coordinates ``F`` (as returned by :meth:`clip_shift` and :meth:`free_sums`).
+    @property
+    def host_mass(self):
+        """Total weight of the samples of every atom (their number without weights), a numpy
+        array on the host."""
+        return self._cached("mass", lambda: self._atom_totals(self.host_weight))
 
-        Returns a numpy array of shape (m, m) on the host: the solver's dense algebra on the m
-        rows is tiny, and numpy does it with a fraction of the per-call overhead of tensor
-        operations. Without ``free_mass``, the full ``G @ G.T`` (cached: solvers ask for it
-        repeatedly).
-        """
-        if free_mass is None:
-            if self._full_gram is None:
-                self._full_gram = self.gram(self._square_mass)
-            return self._full_gram
+    @property
+    def square_mass(self):
+        """Total squared weight of every atom's samples, a numpy array on the host."""
+        if self.weight is None:
+            return self.host_mass
+        return self._cached("square_mass", lambda: self._atom_totals(self.host_weight**2))
+
+    def _atom_totals(self, weight):
+        """Per-atom sums of ``weight`` (numpy; an empty ``weight`` means ones)."""
+        return np.bincount(self.host_atom, weights=weight if weight.size else None,
+                           minlength=self.n_atoms).astype(np.float64)
+
+    def gram(self):
+        """``G @ G.T`` as a numpy array of shape (m, m)."""
         coef = self.host_coef
-        return (coef * free_mass) @ coef.T
-
-    def atom_mass(self):
-        """Total weight of the samples of every atom (their number without weights).
-
-        Returns
-        -------
-        torch.Tensor of shape (n_atoms,), float64
-        """
-        if self._mass is None:
-            weight = self.weight
-            if weight is None:
-                weight = torch.ones(self.n_samples, dtype=torch.float64, device=self.atom.device)
-            self._mass = _segment_sum(weight.to(torch.float64), self.atom, self.coef.shape[1])
-        return self._mass
+        return (coef * self.square_mass) @ coef.T
 
     def dense(self):
         """The dense matrix ``G`` of shape (m, n); for small problems, checks and qpth."""
         G = self.coef[:, self.atom]
         return G if self.weight is None else G * self.weight
 
-    def violation(self, y):
-        """``max(G @ y - h)`` as a float (``-inf`` without rows): how far ``y`` is from the fair
-        set."""
-        if self.n_rows == 0:
-            return float("-inf")
-        return float(np.max(self.host_matvec(y.detach()) - self.host_h))
+
+#: the host weight of unweighted sets (the compiled passes take an empty array for unit weights)
+_NO_WEIGHT = np.empty(0)
 
 
 class InfeasibleConstraintError(ValueError):
@@ -420,36 +361,36 @@ class _GroupMeanConstraint(AffineConstraint):
         codes = groups
         if self.label_cells is not None:
             codes = torch.cat([groups, y_true.detach().round().long()[:, None]], dim=1)
-        atom, table, counts = _atoms(codes)
-        if weight is None:
-            atom_mass = counts.to(torch.float64)
-        else:
-            atom_mass = _segment_sum(weight, atom, table.shape[0])
+        # The rows are computed on the host (numpy, a compiled pass over the codes): they are
+        # small, and the exact solver works there.
+        atom, table, mass = _atoms(codes.cpu().numpy())
+        if weight is not None:
+            mass = np.bincount(atom, weights=_kernels.host_vector(weight), minlength=len(mass))
         # Which rows exist depends only on the atoms present (a handful, the same in most
         # batches), so that part is worked out once in Python and cached; every batch then
-        # costs a few numpy operations on these small matrices (see ConstraintSet.gram).
-        table_key = tuple(map(tuple, table.tolist()))
-        mass = _host_array(atom_mass)
-        positive = tuple(mass > 0)
+        # costs a few numpy operations on these small matrices.
+        positive = tuple((mass > 0).tolist())
         if reference_means and self.borrows_references:
             member, select, keys, offsets, families = _row_structure(
-                type(self), table_key, positive, n_attributes, reference_means)
+                type(self), table, positive, n_attributes, reference_means)
         else:
             member, select, keys, offsets, families = _cached_row_structure(
-                type(self), table_key, positive, n_attributes)
-        device = atom.device
+                type(self), table, positive, n_attributes)
+        device = groups.device
         if not keys:
-            return ConstraintSet(atom_mass.new_zeros((0, table.shape[0])), atom,
-                                 atom_mass.new_zeros(0), keys, weight, atom_mass=atom_mass)
-        group_mass = member @ mass
+            return ConstraintSet._from_host(np.zeros((0, len(mass))), atom, np.zeros(0), keys,
+                                            device, weight, mass=mass)
         # row g of `member / group_mass`: the averaging functional of group g over the atoms
-        averages = member / group_mass[:, None]
-        coef = _device_tensor(select @ averages, device)
-        h = _device_tensor(np.full(len(keys), float(epsilon)) + offsets, device)
+        coef = select @ (member / (member @ mass)[:, None])
+        h = offsets + float(epsilon)
+        h_tensor = None
         if self.requires_y_true and self.label_cells is None:
+            # h holds the group means of the targets: a tensor, so that gradients reach y_true
             target = y_true if weight is None else y_true * weight
-            h = h + coef @ _segment_sum(target.to(torch.float64), atom, table.shape[0])
-        return ConstraintSet(coef, atom, h, keys, weight, families, atom_mass=atom_mass)
+            sums = _segment_sum(target.to(torch.float64), _device_tensor(atom, device), len(mass))
+            h_tensor = _device_tensor(h, device) + _device_tensor(coef, device) @ sums
+        return ConstraintSet._from_host(coef, atom, h, keys, device, weight, families, mass,
+                                        h_tensor)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
@@ -601,6 +542,8 @@ def _code_range(codes):
 
 
 def _check_epsilon(epsilon):
+    if type(epsilon) is float and 0.0 <= epsilon < math.inf:
+        return  # the common case, without the costlier abstract-class check below
     if not isinstance(epsilon, numbers.Real) or not epsilon >= 0 or epsilon == float("inf"):
         raise ValueError(f"epsilon must be a finite number >= 0; got {epsilon!r}.")
 
@@ -679,53 +622,38 @@ def _device_tensor(array, device):
     return tensor if device.type == "cpu" else tensor.to(device)
 
 
-def _open_bounds(lo, hi):
-    """Bounds as floats, infinite where missing (the compiled passes' convention)."""
-    return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
-
-
-def _free(y, lo, hi):
-    """Mask of the coordinates strictly inside the bounds; None when there are none."""
-    if lo is None and hi is None:
-        return None
-    if lo is None:
-        return y < hi
-    if hi is None:
-        return y > lo
-    return (y > lo) & (y < hi)
-
-
 def _segment_sum(values, index, size):
     """``out[k] = sum(values[index == k])`` for ``k < size`` (differentiable in ``values``)."""
     return values.new_zeros(size).scatter_add_(0, index, values)
 
 
 def _atoms(codes):
-    """Index every row of ``codes`` (n, c) by its combination of values.
+    """Index every row of ``codes`` (an int64 numpy array (n, c)) by its combination of values.
 
-    Returns ``(atom, table, counts)``: ``table[atom[i]] == codes[i]`` and ``counts[k]`` rows
-    have atom ``k``. When the code space is small (the usual case) the atoms are all its
-    combinations, present or not (``counts`` 0): a mixed-radix code and one count, no sort and
-    no renumbering. Otherwise, and for tiny batches where one sort is cheaper, the atoms are the
-    distinct rows.
+    Returns ``(atom, table, counts)``: ``table[atom[i]] == codes[i]`` (``table`` a tuple of
+    tuples, hashable) and ``counts[k]`` rows have atom ``k`` (float64). When the code space is
+    small (the usual case) the atoms are all its combinations, present or not (``counts`` 0):
+    a mixed-radix code and its histogram in one compiled pass, no sort. Otherwise the atoms are
+    the distinct rows.
     """
     n, c = codes.shape
     if n == 0:
-        return codes.new_zeros(0), codes.new_zeros((0, c)), codes.new_zeros(0)
-    radix = _code_range(codes)[1] + 1
+        return np.zeros(0, dtype=np.int64), (), np.zeros(0)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    low, high = _kernels.code_range(codes)
+    if low < 0:
+        raise ValueError("groups must hold non-negative group codes.")
+    radix = int(high) + 1
     space = radix**c
-    if n <= 32 or space > min(4 * n, 1 << 12):
-        table, atom, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
-        return atom, table, counts
-    # a fresh tensor: the constraint set outlives the call and must not alias the caller's codes
-    atom = codes[:, 0].clone() if c == 1 else codes[:, 0]
-    for column in codes.T[1:]:
-        atom = torch.add(column, atom, alpha=radix)  # one fused pass per column
-    return atom, _code_table(radix, c, codes.device), torch.bincount(atom, minlength=space)
+    if space > min(4 * n, 1 << 12):
+        table, atom, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+        return atom.reshape(n), tuple(map(tuple, table.tolist())), counts.astype(np.float64)
+    atom, counts = np.empty(n, dtype=np.int64), np.empty(space, dtype=np.int64)
+    _kernels.mixed_radix(codes, radix, atom, counts)
+    return atom, _code_table(radix, c), counts.astype(np.float64)
 
 
 @functools.lru_cache(maxsize=16)
-def _code_table(radix, n_columns, device):
+def _code_table(radix, n_columns):
     """Every combination of ``n_columns`` codes below ``radix``, in mixed-radix order."""
-    powers = radix ** torch.arange(n_columns - 1, -1, -1, device=device)
-    return torch.arange(radix**n_columns, device=device)[:, None] // powers % radix
+    return tuple(itertools.product(range(radix), repeat=n_columns))

@@ -4,13 +4,13 @@ import math
 import numbers
 import warnings
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import _exact
+from . import _exact, _kernels
+from ._kernels import host_vector
 from .constraints import InfeasibleConstraintError, _check_epsilon, get_constraint
-from .constraints import _as_group_matrix, _host_array, intersect_groups
+from .constraints import _as_group_matrix, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
 
@@ -77,9 +77,10 @@ class FairnessLayer(nn.Module):
     iteration. The multipliers of pairwise rows (parity constraints compare every ordered pair of
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
     systems regular; warm-started training batches need a few iterations. A group absent
-    from the batch contributes no rows. The solver keeps its scratch vectors (two or three of the
-    batch's length) between calls of a thread, for batches of up to ``2**22`` samples: fresh
-    vectors of millions of entries cost more in page faults than the arithmetic on them.
+    from the batch contributes no rows. The solver and its backward pass are compiled (numba)
+    and run on the host, in float64: the dual has a few dozen variables, and its passes over the
+    outputs are memory-bound loops; tensors on another device are copied to the host and the
+    results back (``O(n)`` each way, one round trip per call).
 
     Examples
     --------
@@ -169,7 +170,7 @@ def project(z, cs, bounds, solver="auto", lam0=None):
     lo, hi = bounds if bounds is not None else (None, None)
     _check_rows_attainable(cs, lo, hi)
     z64 = z.to(torch.float64)
-    z_range = _exact.value_range(z64.detach())
+    z_range = _kernels.value_range(host_vector(z64))
     if not all(map(math.isfinite, z_range)):
         raise ValueError("z must be finite; it contains NaN or inf.")
     scale = _exact.scale_of(z_range, cs, lo, hi)
@@ -180,7 +181,7 @@ def project(z, cs, bounds, solver="auto", lam0=None):
             break
         try:
             if backend == "exact":
-                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0, z_range=z_range)
+                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0, scale=scale)
                 y = _ExactProjection.apply(z64, cs.h, result, cs, lo, hi)
                 lam, n_iter = result.lam, result.n_iter
             else:
@@ -256,35 +257,24 @@ def _qpth_project(z, cs, lo, hi):
 
 def _violations(y, cs, lo, hi):
     """``(max(G y - h), how far y leaves the bounds)``; both NaN when ``y`` is not finite."""
-    if not y.numel():
-        return float("-inf"), 0.0
-    low, high = _exact.value_range(y)  # NaN propagates; inf is caught below
+    violation, low, high = cs.violation_and_range(y)
     if not (math.isfinite(low) and math.isfinite(high)):
         return float("nan"), float("nan")
     out = max(0.0, -math.inf if lo is None else lo - low, -math.inf if hi is None else high - hi)
-    return cs.violation(y), out
+    return violation, out
 
 
 def _check_rows_attainable(cs, lo, hi):
     """Raise when a single row cannot hold for any output within the bounds."""
     if cs.n_rows == 0 or (lo is None and hi is None):
         return
-    coef, mass, h = cs.host_coef, _host_array(cs.atom_mass()), cs.host_h
-    # Rows that no constant output changes (differences of group means) hold for a constant
-    # output inside the box whenever h >= 0: the common case needs nothing more.
-    if np.all((np.abs(coef @ mass) <= 1e-12 * (np.abs(coef) @ mass)) & (h >= 0)):
-        return
-    # Smallest value of row r over the box: each atom's mass takes lo or hi by coefficient sign.
-    low = np.where(coef > 0, -math.inf if lo is None else lo, math.inf if hi is None else hi)
-    with np.errstate(invalid="ignore"):  # 0 * inf: a zero coefficient contributes nothing
-        smallest = (np.where(coef == 0, 0.0, coef * low) * mass).sum(1)
-    bad = np.flatnonzero(smallest > h + 1e-9 * (1 + np.abs(h)))
-    if bad.size:
-        r = int(bad[0])
+    r, smallest = _kernels.first_unattainable(cs.host_coef, cs.host_mass, cs.host_h,
+                                              *_exact._open_bounds(lo, hi))
+    if r >= 0:
         raise InfeasibleConstraintError(
             f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[r]} "
-            f"needs a value <= {h[r]:.6g} but its smallest attainable value is "
-            f"{smallest[r]:.6g}. For mean_residual, a group's mean target lies farther "
+            f"needs a value <= {cs.host_h[r]:.6g} but its smallest attainable value is "
+            f"{smallest:.6g}. For mean_residual, a group's mean target lies farther "
             f"than epsilon outside the bounds; widen the bounds or increase epsilon.",
             key=cs.keys[r],
         )

@@ -4,8 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skfair import _kernels
-
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")
@@ -39,11 +37,3 @@ def biased_frame(n=1200, seed=0, categorical=False):
 @pytest.fixture
 def biased():
     return biased_frame()
-
-
-@pytest.fixture(params=["compiled", "tensor"])
-def passes(request, monkeypatch):
-    """Run a test with the compiled passes over the samples and with the tensor operations that
-    other devices use (both on the CPU)."""
-    monkeypatch.setattr(_kernels, "ENABLED", request.param == "compiled")
-    return request.param

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from skfair import _kernels
+from skfair._exact import _gram, _open_bounds
 from skfair.constraints import (
     AffineConstraint,
     DemographicParity,
@@ -75,7 +76,7 @@ def test_sample_weight_gives_weighted_means():
                                         "equal_opportunity", "mean_residual"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (None, 0.5), (-0.5, None), (None, None)])
-def test_factored_products_match_dense(constraint, weighted, bounds, passes):
+def test_factored_products_match_dense(constraint, weighted, bounds):
     rng = np.random.default_rng(0)
     n = 50
     groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
@@ -86,10 +87,12 @@ def test_factored_products_match_dense(constraint, weighted, bounds, passes):
     z = torch.as_tensor(rng.normal(0.5, 1.0, size=n))
     lam = torch.as_tensor(rng.uniform(size=cs.n_rows))
     torch.testing.assert_close(cs.matvec(z), G @ z)
-    np.testing.assert_allclose(cs.host_matvec(z), (G @ z).numpy(), atol=1e-12)
     torch.testing.assert_close(cs.rmatvec(lam), G.T @ lam)
     np.testing.assert_allclose(cs.gram(), (G @ G.T).numpy(), atol=1e-12)
-    assert cs.violation(z) == pytest.approx(float((G @ z - h).max()))
+    violation, low, high = cs.violation_and_range(z)
+    assert violation == pytest.approx(float((G @ z - h).max()))
+    assert (low, high) == (float(z.min()), float(z.max()))
+    assert cs.violation(z) == violation
 
     lo, hi = bounds
     y_ref = (z - G.T @ lam).clamp(lo, hi) if bounds != (None, None) else z - G.T @ lam
@@ -98,31 +101,27 @@ def test_factored_products_match_dense(constraint, weighted, bounds, passes):
         free &= y_ref > lo
     if hi is not None:
         free &= y_ref < hi
-    out = torch.empty(n, dtype=torch.float64)
-    sums, free_mass, distance = cs.clip_shift(z, lam.numpy(), lo, hi, out=out)
-    torch.testing.assert_close(out, y_ref)
+    # The exact solver's compiled passes on the factored form (skfair._kernels, skfair._exact).
+    low, high = _open_bounds(lo, hi)
+    out, sums, free_mass = np.empty(n), np.empty(cs.n_atoms), np.empty(cs.n_atoms)
+    distance = _kernels.clip_shift(z.numpy(), cs.host_atom, cs.host_coef.T @ lam.numpy(),
+                                   cs.host_weight, low, high, out, sums, free_mass)
+    np.testing.assert_allclose(out, y_ref.numpy(), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(cs.host_coef @ sums, (G @ y_ref).numpy(), atol=1e-12)
-    np.testing.assert_allclose(cs.gram(free_mass), (G[:, free] @ G[:, free].T).numpy(),
-                               atol=1e-12)
+    np.testing.assert_allclose(_gram(cs.host_coef, free_mass, np.arange(cs.n_rows)),
+                               (G[:, free] @ G[:, free].T).numpy(), atol=1e-12)
     assert distance == pytest.approx(0.5 * float(((y_ref - z) ** 2).sum()), rel=1e-12)
 
-    values, u = torch.as_tensor(rng.normal(size=n)), rng.uniform(size=cs.n_rows)
-    products, free_mass = cs.free_sums(values, y_ref, lo, hi)
-    np.testing.assert_allclose(products, (G[:, free] @ values[free]).numpy(), atol=1e-12)
-    np.testing.assert_allclose(cs.gram(free_mass), (G[:, free] @ G[:, free].T).numpy(),
+    values, u = rng.normal(size=n), rng.uniform(size=cs.n_rows)
+    y_host = y_ref.numpy()
+    _kernels.free_sums(values, y_host, cs.host_atom, cs.host_weight, low, high, sums, free_mass)
+    np.testing.assert_allclose(cs.host_coef @ sums, G[:, free].numpy() @ values[free.numpy()],
                                atol=1e-12)
-    torch.testing.assert_close(cs.free_shift(values, y_ref, u, lo, hi),
-                               (values - G.T @ torch.as_tensor(u)) * free)
-
-
-def test_compiled_passes_serve_cpu_tensors(monkeypatch):
-    calls = []
-    kernel = _kernels.clip_shift
-    monkeypatch.setattr(_kernels, "clip_shift", lambda *a: calls.append(1) or kernel(*a))
-    cs = DemographicParity().build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
-    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
-    cs.clip_shift(z, np.zeros(cs.n_rows), 0.0, 1.0, out=torch.empty(4, dtype=torch.float64))
-    assert calls
+    np.testing.assert_allclose(_gram(cs.host_coef, free_mass, np.arange(cs.n_rows)),
+                               (G[:, free] @ G[:, free].T).numpy(), atol=1e-12)
+    _kernels.free_shift(values, y_host, cs.host_atom, cs.host_coef.T @ u, cs.host_weight, low,
+                        high, out)
+    np.testing.assert_allclose(out, (values - G.numpy().T @ u) * free.numpy(), atol=1e-12)
 
 
 def test_large_codes_take_the_sorting_path():

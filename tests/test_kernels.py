@@ -1,5 +1,5 @@
-"""The compiled passes over the samples (their agreement with dense algebra is in
-test_constraints.py and test_layer.py, which run both implementations)."""
+"""The compiled passes over the samples (their agreement with the dense rows of every constraint
+is in test_constraints.py)."""
 
 import numba
 import numpy as np
@@ -42,11 +42,10 @@ def test_clip_shift_with_one_sided_and_no_bounds():
         assert distance == 0.5 * np.sum((y - z) ** 2)
 
 
-def test_views_share_memory_with_contiguous_tensors_and_copy_strided_ones():
-    tensor = torch.arange(6, dtype=torch.float64)
-    assert np.shares_memory(_kernels.view(tensor), tensor.numpy())
-    strided = tensor[::2]
-    view = _kernels.view(strided)
-    assert view.flags.c_contiguous
-    np.testing.assert_array_equal(view, [0.0, 2.0, 4.0])
-    assert _kernels.usable(tensor)
+def test_host_vectors_share_memory_with_contiguous_tensors_and_copy_strided_ones():
+    tensor = torch.arange(6, dtype=torch.float64, requires_grad=True)
+    assert np.shares_memory(_kernels.host_vector(tensor), tensor.detach().numpy())
+    strided = tensor.detach()[::2]
+    copy = _kernels.host_vector(strided)
+    assert copy.flags.c_contiguous
+    np.testing.assert_array_equal(copy, [0.0, 2.0, 4.0])

@@ -1,7 +1,6 @@
 """The fairness layer against an independent QP solver, its guarantee and its gradients."""
 
 import os
-from unittest import mock
 
 import cvxpy as cp
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from skfair import FairnessLayer, _kernels
+from skfair import FairnessLayer
 from skfair.constraints import (
     AffineConstraint,
     InfeasibleConstraintError,
@@ -73,11 +72,9 @@ def _solve(instance, solver):
 
 
 @SETTINGS
-@given(instances(), st.booleans())
-def test_exact_projection_matches_generic_qp_solver(instance, compiled):
-    """On both implementations of the passes over the samples (see skfair._kernels)."""
-    with mock.patch.object(_kernels, "ENABLED", compiled):
-        y, G, h, info = _solve(instance, "auto")
+@given(instances())
+def test_exact_projection_matches_generic_qp_solver(instance):
+    y, G, h, info = _solve(instance, "auto")
     assert info["solver"] == "exact"
     z, bounds = instance[0], instance[4]
     np.testing.assert_allclose(y, reference_projection(z, G, h, bounds), atol=1e-6)
@@ -128,7 +125,7 @@ def test_exact_is_accurate_far_beyond_the_guarantee():
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
 @pytest.mark.parametrize("constraint", BUILTINS)
-def test_gradcheck_exact(constraint, bounds, passes):
+def test_gradcheck_exact(constraint, bounds):
     rng = np.random.default_rng(1)
     n = 12
     groups = torch.as_tensor(rng.integers(0, 2, (n, 2)))
@@ -271,7 +268,7 @@ def test_sample_weight_weights_the_group_means():
 
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
-def test_weighted_projection_matches_the_reference_and_passes_gradcheck(bounds, passes):
+def test_weighted_projection_matches_the_reference_and_passes_gradcheck(bounds):
     rng = np.random.default_rng(4)
     n = 14
     groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
@@ -340,11 +337,12 @@ def test_later_solves_do_not_overwrite_earlier_results():
     """The solver reuses scratch vectors between calls; what it returned must not be among them."""
     from skfair import _exact
 
-    z, cs = _pair_instance(0, n=300)
+    n = _exact.WORKSPACE_MIN + 1  # large enough for kept scratch vectors
+    z, cs = _pair_instance(0, n=n)
     first = _exact.solve(z, cs, 0.0, 1.0)
     kept = first.y.clone()
     for seed in range(1, 4):
-        _exact.solve(_pair_instance(seed, n=300)[0], cs, 0.0, 1.0)
+        _exact.solve(_pair_instance(seed, n=n)[0], cs, 0.0, 1.0)
     torch.testing.assert_close(first.y, kept, atol=0, rtol=0)
 
 
@@ -353,7 +351,8 @@ def test_concurrent_solves_in_threads_agree_with_sequential_ones():
 
     from skfair import _exact
 
-    instances = [_pair_instance(seed, n=2000) for seed in range(8)]
+    # large enough for kept (per-thread) scratch vectors
+    instances = [_pair_instance(seed, n=_exact.WORKSPACE_MIN + 1) for seed in range(8)]
     expected = [_exact.solve(z, cs, 0.0, 1.0).y for z, cs in instances]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda inst: _exact.solve(inst[0], inst[1], 0.0, 1.0).y,
@@ -423,11 +422,12 @@ def _pair_instance(seed, n=40, cards=(2, 4)):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_tree_flows_keep_the_outputs_and_use_a_forest(seed):
-    from skfair._exact import _tree_flows
+    from skfair._exact import _family_arrays, _tree_flows
 
     z, cs = _pair_instance(seed)
     lam = torch.as_tensor(np.random.default_rng(seed).exponential(size=cs.n_rows))
-    routed = torch.tensor(_tree_flows(lam.tolist(), cs.pair_families), dtype=torch.float64)
+    routed = lam.clone()
+    _tree_flows(routed.numpy(), *_family_arrays(cs.pair_families))
     torch.testing.assert_close(cs.rmatvec(routed), cs.rmatvec(lam))  # same outputs
     assert routed.min() >= 0 and routed.sum() <= lam.sum()  # never a lower dual value
     positive = torch.nonzero(routed > 0).squeeze(1)
@@ -437,14 +437,17 @@ def test_tree_flows_keep_the_outputs_and_use_a_forest(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_newton_rows_of_pair_families_are_independent(seed):
-    from skfair._exact import _newton_rows
+    from skfair._exact import _family_arrays, _newton_rows
 
     z, cs = _pair_instance(seed)
     rng = np.random.default_rng(seed)
     lam = np.where(rng.uniform(size=cs.n_rows) < 0.2, rng.exponential(size=cs.n_rows), 0.0)
     residual = rng.normal(size=cs.n_rows)
     threshold = 1e-9 * lam.max()
-    rows, pinned = _newton_rows(lam.tolist(), residual.tolist(), cs.pair_families, threshold)
+    families = _family_arrays(cs.pair_families)
+    in_family = np.isin(np.arange(cs.n_rows), families[1])
+    rows, pinned = _newton_rows(lam, residual, threshold, in_family, *families[:5])
+    rows, pinned = rows.tolist(), set(pinned.tolist())
     assert rows == sorted(set(rows)) and not pinned & set(rows)
     assert not any(lam[r] <= 0 and residual[r] < 0 for r in rows)  # satisfied rows stay at 0
     assert pinned == {r for r in range(cs.n_rows) if lam[r] <= threshold and residual[r] < 0}
