@@ -10,12 +10,18 @@ demographic parity on sex and race, through the layer (exact and qpth solvers) a
 protected attributes one-hot encoded as plain inputs). Plain and fair fits alternate (3 rounds of
 2 epochs by default); reports the median seconds per epoch over all of them (qpth: one 1-epoch
 fit, small batches only) and the ratio to no layer.
+
+Each batch size is measured with torch's default number of threads and with one thread
+(``--threads``): with several threads, torch's OpenMP workers fall asleep while the layer's
+host code runs, and waking them slows the network's own operations that follow.
 """
 
 import argparse
 import statistics
 import sys
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, preprocessor  # noqa: E402
@@ -38,6 +44,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", default=f"{torch.get_num_threads()},1",
+                        help="comma-separated torch thread counts (default: torch's, then 1)")
     args = parser.parse_args()
     data = load_adult()
     X, y = data.data, data.target
@@ -50,25 +58,28 @@ def main():
     sizes = [64, 256] if args.quick else [64, 256, 1024, 4096]
     rows = []
     for batch_size in sizes:
-        common = dict(batch_size=batch_size, max_epochs=args.epochs, random_state=0, tol=0.0)
-        # Plain and fair fits alternate, so that both see the same machine load.
-        plain, exact = [], []
-        for _ in range(args.rounds):
-            plain += epoch_seconds(FairNeuralClassifier(**common), X_plain, y)
-            exact += epoch_seconds(
-                FairNeuralClassifier(protected_attributes=protected, **common), X_fair, y)
-        plain, exact = statistics.median(plain), statistics.median(exact)
-        qpth = "-"
-        if batch_size <= 256:
-            model = FairNeuralClassifier(protected_attributes=protected, solver="qpth",
-                                         **dict(common, max_epochs=1))
-            qpth_s = seconds_per_epoch(model, X_fair, y)
-            qpth = f"{qpth_s:.2f} ({qpth_s / plain:.1f}x)"
-        rows.append([batch_size, f"{plain:.3f}", f"{exact:.3f}", f"{exact / plain:.2f}x", qpth])
+        for threads in map(int, args.threads.split(",")):
+            torch.set_num_threads(threads)
+            common = dict(batch_size=batch_size, max_epochs=args.epochs, random_state=0, tol=0.0)
+            # Plain and fair fits alternate, so that both see the same machine load.
+            plain, exact = [], []
+            for _ in range(args.rounds):
+                plain += epoch_seconds(FairNeuralClassifier(**common), X_plain, y)
+                exact += epoch_seconds(
+                    FairNeuralClassifier(protected_attributes=protected, **common), X_fair, y)
+            plain, exact = statistics.median(plain), statistics.median(exact)
+            qpth = "-"
+            if batch_size <= 256 and threads == int(args.threads.split(",")[0]):
+                model = FairNeuralClassifier(protected_attributes=protected, solver="qpth",
+                                             **dict(common, max_epochs=1))
+                qpth_s = seconds_per_epoch(model, X_fair, y)
+                qpth = f"{qpth_s:.2f} ({qpth_s / plain:.1f}x)"
+            rows.append([batch_size, threads, f"{plain:.3f}", f"{exact:.3f}",
+                         f"{exact / plain:.2f}x", qpth])
     print(f"## Training overhead (Adult, {len(X)} rows, DP on {protected}, median of "
           f"{args.rounds} alternating fits x {args.epochs} epochs)\n")
-    print(markdown_table(["batch size", "no layer s/epoch", "exact s/epoch", "exact / no layer",
-                          "qpth s/epoch (ratio)"], rows))
+    print(markdown_table(["batch size", "torch threads", "no layer s/epoch", "exact s/epoch",
+                          "exact / no layer", "qpth s/epoch (ratio)"], rows))
 
 
 if __name__ == "__main__":

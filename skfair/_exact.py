@@ -86,6 +86,8 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None
     # accuracy degrades with n (1e-10 relative at a million samples).
     atol = (tol + ROUNDING * z.shape[0]) * scale
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
+    if lam.shape != (m,):
+        raise ValueError(f"lam0 must hold one multiplier per row ({m}); got shape {lam.shape}.")
     buffers = _workspace(z.shape[0])
     index, n_iter, converged, lam = _dual_newton(
         z_host, cs.host_atom, cs.host_weight, cs.host_coef, cs.host_h, cs.square_mass,

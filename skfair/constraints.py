@@ -57,9 +57,10 @@ class ConstraintSet:
     formed. A dense ``G`` is the special case ``atom = arange(n)``.
 
     Products with vectors of the n samples are tensor operations on the device of ``atom``
-    (:meth:`matvec`, :meth:`rmatvec`) or compiled loops on the host (:meth:`host_matvec`); the
-    exact solver works on the host copies :attr:`host_coef`, :attr:`host_h`,
-    :attr:`host_atom`, :attr:`host_weight` and :attr:`square_mass`.
+    (:meth:`matvec`, :meth:`rmatvec`) or compiled loops on the host
+    (:meth:`violation_and_range`); the exact solver works on the host copies
+    :attr:`host_coef`, :attr:`host_h`, :attr:`host_atom`, :attr:`host_weight`,
+    :attr:`host_mass` and :attr:`square_mass`.
 
     Parameters
     ----------
@@ -83,6 +84,28 @@ class ConstraintSet:
     """
 
     def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
+        self._assign(coef, atom, h, keys, weight, pair_families)
+        if coef.ndim != 2 or atom.ndim != 1 or h.ndim != 1:
+            raise ValueError(
+                f"coef, atom and h must have 2, 1 and 1 dimensions; got {coef.ndim}, "
+                f"{atom.ndim} and {h.ndim}."
+            )
+        if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
+            raise ValueError(
+                f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
+                f"{h.shape[0]} and {len(self.keys)}."
+            )
+        # The compiled passes index by atom without bounds checks: out-of-range atoms or a
+        # weight of the wrong length must be caught here.
+        if atom.is_floating_point() or (atom.numel() and not (
+                0 <= int(atom.min()) and int(atom.max()) < coef.shape[1])):
+            raise ValueError(f"atom must hold integer column indices of coef, in "
+                             f"[0, {coef.shape[1]}).")
+        if weight is not None and weight.shape != atom.shape:
+            raise ValueError(f"weight must have shape {tuple(atom.shape)}; got "
+                             f"{tuple(weight.shape)}.")
+
+    def _assign(self, coef, atom, h, keys, weight, pair_families):
         self.coef = coef
         self.atom = atom
         self.h = h
@@ -90,21 +113,17 @@ class ConstraintSet:
         self.weight = weight
         self.pair_families = pair_families
         self._host = {}  # numpy copies on the host, made on first use (or by the builders)
-        if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
-            raise ValueError(
-                f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
-                f"{h.shape[0]} and {len(self.keys)}."
-            )
 
     @classmethod
     def _from_host(cls, coef, atom, h, keys, device, weight=None, pair_families=(), mass=None,
                    h_tensor=None):
-        """A set built from numpy arrays (the built-in constraints compute them on the host);
-        its tensors on ``device`` share their memory on the CPU. ``h_tensor``: ``h`` as a
-        tensor that carries gradients, when it has them."""
-        cs = cls(_device_tensor(coef, device), _device_tensor(atom, device),
-                 _device_tensor(h, device) if h_tensor is None else h_tensor, keys, weight,
-                 pair_families)
+        """A set built from numpy arrays that are consistent by construction (the built-in
+        constraints compute them on the host); its tensors on ``device`` share their memory
+        on the CPU. ``h_tensor``: ``h`` as a tensor that carries gradients, when it has them."""
+        cs = cls.__new__(cls)
+        cs._assign(_device_tensor(coef, device), _device_tensor(atom, device),
+                   _device_tensor(h, device) if h_tensor is None else h_tensor, keys, weight,
+                   pair_families)
         cs._host.update(coef=coef, atom=atom, mass=mass)
         if h_tensor is None:
             cs._host["h"] = h
@@ -145,6 +164,9 @@ class ConstraintSet:
     def violation_and_range(self, y):
         """``(max(G @ y - h), min(y), max(y))`` from one compiled pass over ``y`` on the host;
         the range is NaN when ``y`` holds a NaN."""
+        if y.shape != (self.n_samples,):
+            raise ValueError(f"y must have shape ({self.n_samples},), one value per sample of "
+                             f"the constraint set; got {tuple(y.shape)}.")
         return _kernels.violation_and_range(_kernels.host_vector(y.to(torch.float64)),
                                             self.host_atom, self.host_weight, self.host_coef,
                                             self.host_h)
@@ -194,11 +216,6 @@ class ConstraintSet:
         """Per-atom sums of ``weight`` (numpy; an empty ``weight`` means ones)."""
         return np.bincount(self.host_atom, weights=weight if weight.size else None,
                            minlength=self.n_atoms).astype(np.float64)
-
-    def gram(self):
-        """``G @ G.T`` as a numpy array of shape (m, m)."""
-        coef = self.host_coef
-        return (coef * self.square_mass) @ coef.T
 
     def dense(self):
         """The dense matrix ``G`` of shape (m, n); for small problems, checks and qpth."""

@@ -8,6 +8,7 @@ from skfair import _kernels
 from skfair._exact import _gram, _open_bounds
 from skfair.constraints import (
     AffineConstraint,
+    ConstraintSet,
     DemographicParity,
     EqualizedOdds,
     EqualOpportunity,
@@ -88,7 +89,10 @@ def test_factored_products_match_dense(constraint, weighted, bounds):
     lam = torch.as_tensor(rng.uniform(size=cs.n_rows))
     torch.testing.assert_close(cs.matvec(z), G @ z)
     torch.testing.assert_close(cs.rmatvec(lam), G.T @ lam)
-    np.testing.assert_allclose(cs.gram(), (G @ G.T).numpy(), atol=1e-12)
+    np.testing.assert_allclose(_gram(cs.host_coef, cs.square_mass, np.arange(cs.n_rows)),
+                               (G @ G.T).numpy(), atol=1e-12)
+    np.testing.assert_allclose(cs.host_mass, np.bincount(cs.host_atom, weights=None if w is None
+                                                         else w.numpy(), minlength=cs.n_atoms))
     violation, low, high = cs.violation_and_range(z)
     assert violation == pytest.approx(float((G @ z - h).max()))
     assert (low, high) == (float(z.min()), float(z.max()))
@@ -258,3 +262,27 @@ def test_row_structure_is_cached_by_the_atoms_present():
     w = (groups[:, 0] != 2).double()
     weighted = DemographicParity().build(groups, epsilon=0.1, sample_weight=w)
     assert {key[1] for key in weighted.keys if key[0] == 0} == {0, 1}
+
+
+def test_constraint_set_rejects_inconsistent_arrays():
+    """The compiled passes index by atom without bounds checks: bad indices must not get there."""
+    coef, h = torch.ones((1, 2), dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="column indices"):
+        ConstraintSet(coef, torch.tensor([0, 2]), h, ["r"])
+    with pytest.raises(ValueError, match="column indices"):
+        ConstraintSet(coef, torch.tensor([-1, 0]), h, ["r"])
+    with pytest.raises(ValueError, match="column indices"):
+        ConstraintSet(coef, torch.tensor([0.0, 1.0]), h, ["r"])
+    with pytest.raises(ValueError, match="weight must have shape"):
+        ConstraintSet(coef, torch.tensor([0, 1]), h, ["r"], weight=torch.ones(3))
+    with pytest.raises(ValueError, match="dimensions"):
+        ConstraintSet(coef[0], torch.tensor([0, 1]), h, ["r"])
+    cs = ConstraintSet(coef, torch.tensor([0, 1, 1]), h, ["r"])
+    assert cs.violation(torch.tensor([1.0, 2.0, 3.0])) == 6.0
+    with pytest.raises(ValueError, match="one value per sample"):
+        cs.violation(torch.tensor([1.0, 2.0]))
+
+
+def test_gap_of_outputs_and_groups_of_different_lengths_is_an_error():
+    with pytest.raises(ValueError, match="one value per sample"):
+        constraint_gap("demographic_parity", torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1]))

@@ -3,6 +3,7 @@ is in test_constraints.py)."""
 
 import numba
 import numpy as np
+import pytest
 import torch
 
 from skfair import _kernels
@@ -49,3 +50,38 @@ def test_host_vectors_share_memory_with_contiguous_tensors_and_copy_strided_ones
     copy = _kernels.host_vector(strided)
     assert copy.flags.c_contiguous
     np.testing.assert_array_equal(copy, [0.0, 2.0, 4.0])
+
+
+def test_ranges_propagate_nan_and_are_zero_when_empty():
+    assert _kernels.value_range(np.array([0.5, -2.0, 3.0])) == (-2.0, 3.0)
+    assert all(np.isnan(_kernels.value_range(np.array([0.5, np.nan, 3.0]))))
+    assert _kernels.value_range(np.empty(0)) == (0.0, 0.0)
+    coef, h = np.array([[1.0, -1.0]]), np.array([0.1])
+    atom, values = np.array([0, 1, 1]), np.array([0.5, 0.2, 0.4])
+    violation, low, high = _kernels.violation_and_range(values, atom, np.empty(0), coef, h)
+    assert violation == pytest.approx(0.5 - 0.6 - 0.1) and (low, high) == (0.2, 0.5)
+    violation, _, _ = _kernels.violation_and_range(values, atom, np.array([2.0, 1.0, 0.5]),
+                                                   coef, h)
+    assert violation == pytest.approx(1.0 - 0.4 - 0.1)
+
+
+def test_mixed_radix_codes_and_counts():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, (50, 2))
+    atom, counts = np.empty(50, dtype=np.int64), np.empty(9, dtype=np.int64)
+    _kernels.mixed_radix(codes, 3, atom, counts)
+    np.testing.assert_array_equal(atom, codes[:, 0] * 3 + codes[:, 1])
+    np.testing.assert_array_equal(counts, np.bincount(atom, minlength=9))
+    assert _kernels.code_range(codes) == (codes.min(), codes.max())
+
+
+def test_first_unattainable_row_with_open_bounds():
+    """A row's smallest value over the box; a zero coefficient times an infinite bound adds
+    nothing (not NaN)."""
+    coef = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    mass = np.array([1.0, 1.0])
+    # y in [0.2, inf): row 0 (y_0 <= h) needs h >= 0.2, row 1 (-y_0 <= h) can always hold
+    assert _kernels.first_unattainable(coef, mass, np.array([0.3, -5.0]), 0.2, np.inf) == (-1, 0.0)
+    assert _kernels.first_unattainable(coef, mass, np.array([0.1, -5.0]), 0.2, np.inf) == (0, 0.2)
+    # y in (-inf, 1]: row 1 needs h >= -1
+    assert _kernels.first_unattainable(coef, mass, np.array([0.0, -2.0]), -np.inf, 1.0) == (1, -1.0)

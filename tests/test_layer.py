@@ -541,6 +541,14 @@ def test_warm_started_projection_matches_the_cold_one(instance, seed):
     torch.testing.assert_close(warm.y, cold.y, atol=1e-8, rtol=0)
 
 
+def test_a_warm_start_of_the_wrong_length_is_an_error():
+    from skfair import _exact
+
+    z, cs = _pair_instance(0)
+    with pytest.raises(ValueError, match="one multiplier per row"):
+        _exact.solve(z, cs, 0.0, 1.0, lam0=np.ones(cs.n_rows + 1))
+
+
 def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept():
     from skfair import _exact
 
