@@ -41,6 +41,7 @@ MAX_ITER = 100
 MIN_RIDGE = 1e-10
 #: rounding error of a float64 group sum, per summand
 ROUNDING = 2e-16
+#: float64 machine epsilon (the compiled functions read module constants when they are compiled)
 EPSILON = float(np.finfo(np.float64).eps)
 
 
