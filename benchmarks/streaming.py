@@ -5,8 +5,8 @@ Run from the repository root:
     python benchmarks/streaming.py            # full run (a few minutes)
     python benchmarks/streaming.py --quick    # smoke run
 
-Prints two markdown tables: latency (median and p99 milliseconds per call) for batch sizes 1, 8, 64 and
-b_tau; and, for a stream of batches of random size 1..32 drawn from the Adult test set, the
+Prints two markdown tables: latency (median and p99 milliseconds per call) for batch sizes 1, 8,
+64 and b_tau; and, for a stream of batches of random size 1..32 drawn from the Adult test set, the
 weighted-average gap (the guaranteed quantity), the finite-T bound, the pooled gap and the mean
 per-batch violation at several T, cold and warm started, next to the raw network outputs.
 """

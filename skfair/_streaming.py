@@ -1,19 +1,19 @@
 r"""Online primal-dual fairness for streams of small batches.
 
-A batch of ``n_t >= b_tau`` rows is projected exactly (hard guarantee on that batch). A smaller batch
-takes one primal-dual step with one multiplier ``lam_k >= 0`` per constraint row identity ``k``
-(attribute, group pair, label cell):
+A batch of ``n_t >= b_tau`` rows is projected exactly (hard guarantee on that batch). A smaller
+batch takes one primal-dual step with one multiplier ``lam_k >= 0`` per constraint row identity
+``k`` (attribute, group pair, label cell):
 
 * primal, in closed form over the bounds:
   ``y_t = clip(z_t - n_t G_t^T lam / 2, lo, hi)``, the minimiser of
   ``||y - z_t||^2 + n_t lam^T (G_t y - h_t)``;
 * dual: ``lam_k <- max(0, lam_k + eta_t n_t (G_t y_t - h_t)_k)`` with ``eta_t = eta0 / sqrt(t)``.
 
-Rows of groups absent from a batch are dropped, except that for the built-in group-mean constraints
-a present group ``u`` is compared with the **running mean** of an absent group ``v`` over the stream so
-far (all outputs of ``v`` streamed before this batch): the rows ``mean_t(y | u) - R_v <= eps`` and
-``R_v - mean_t(y | u) <= eps``, under the key of the pair ``(u, v)``. So a stream of single rows
-moves toward fairness too.
+Rows of groups absent from a batch are dropped, except that for the built-in group-mean
+constraints a present group ``u`` is compared with the **running mean** of an absent group ``v``
+over the stream so far (all outputs of ``v`` streamed before this batch): the rows
+``mean_t(y | u) - R_v <= eps`` and ``R_v - mean_t(y | u) <= eps``, under the key of the pair
+``(u, v)``. So a stream of single rows moves toward fairness too.
 
 Guarantee (finite T). Write ``v_{t,k} = (G_t y_t - h_t)_k`` (0 when row ``k`` is absent) and
 ``lam_max`` for the largest multiplier reached. Because ``lam_{t+1,k} >= lam_{t,k} + eta_t n_t
@@ -26,9 +26,10 @@ with ``N`` the number of streamed rows. Exactly projected batches satisfy their 
 count with ``v <= 0``. The left side, maximised over rows, is ``weighted_avg_fairness_gap``; the
 right side's excess over epsilon is ``bound``. For rows with a reference mean the same bound holds
 with ``R_v`` in place of the batch mean of ``v``; the pooled gap then differs from the guaranteed
-quantity by how far the references drifted from ``v``'s final pooled mean (``reference_drift``), which
-vanishes when ``v``'s outputs are stationary. In particular, for a stream of single rows (each row is
-compared with the running means of the other groups) the pooled gap satisfies, for every pair::
+quantity by how far the references drifted from ``v``'s final pooled mean
+(``reference_drift``), which vanishes when ``v``'s outputs are stationary. In particular, for a
+stream of single rows (each row is compared with the running means of the other groups) the
+pooled gap satisfies, for every pair::
 
     pooled_mean_u - pooled_mean_v  <=  epsilon + lam_max * sqrt(T) / (eta0 * N_u) + reference_drift
 

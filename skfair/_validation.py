@@ -1,4 +1,4 @@
-"""Protected-attribute handling at the scikit-learn boundary: finding the columns, encoding groups."""
+"""Protected attributes at the scikit-learn boundary: finding the columns, encoding groups."""
 
 import numbers
 

@@ -1,9 +1,9 @@
 """Affine group-fairness constraints.
 
 A constraint turns one batch's protected-group codes (and, where it needs them, the batch's true
-targets) into the rows of ``G @ y <= h``: the set of fair outputs ``y`` for that batch. This module is
-the only place where the fairness math lives; the projection layer, the streaming algorithm, the
-estimators and the metrics all call it.
+targets) into the rows of ``G @ y <= h``: the set of fair outputs ``y`` for that batch. This
+module is the only place where the fairness math lives; the projection layer, the streaming
+algorithm, the estimators and the metrics all call it.
 
 Built-in constraints compare **group means** of the outputs. For an attribute with groups
 ``u, v, ...`` present in the batch:

@@ -5,9 +5,9 @@ Every metric is the gap of the matching constraint of :mod:`skfair.constraints` 
 
 Labels or scores? ``y_pred`` may be labels (0/1), probabilities or regression outputs; the metrics
 compare **group means** of whatever they are given. On 0/1 labels demographic parity is then the
-difference of selection rates (fairlearn's ``demographic_parity_difference``); on probabilities it is
-mean-score parity, which is what skfair's layer constrains. fairlearn, given probabilities, counts
-``y_pred == 1`` and silently returns 0.0; these functions do not threshold anything.
+difference of selection rates (fairlearn's ``demographic_parity_difference``); on probabilities it
+is mean-score parity, which is what skfair's layer constrains. fairlearn, given probabilities,
+counts ``y_pred == 1`` and silently returns 0.0; these functions do not threshold anything.
 """
 
 import numbers
