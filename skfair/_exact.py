@@ -31,7 +31,8 @@ import threading
 import numpy as np
 import torch
 
-from ._kernels import _jit, clip_shift, free_shift, free_sums, host_vector, value_range
+from ._kernels import (_jit, atom_shift, clip_shift, free_shift, free_sums, host_vector,
+                       row_values, value_range)
 from .constraints import _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -310,21 +311,10 @@ def _pick(index, y0, y1, y2):
 def _evaluate(z, atom, weight, coef, h, lam, lo, hi, out):
     """``y(lam)`` written into ``out``; returns the dual gradient ``G y - h``,
     ``1/2 ||y - z||^2`` and the per-atom squared weight of the free coordinates."""
-    m, n_atoms = coef.shape
-    shift = np.zeros(n_atoms)
-    for r in range(m):
-        if lam[r] != 0.0:
-            for a in range(n_atoms):
-                shift[a] += lam[r] * coef[r, a]
+    n_atoms = coef.shape[1]
     sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
-    distance = clip_shift(z, atom, shift, weight, lo, hi, out, sums, free_mass)
-    residual = np.empty(m)
-    for r in range(m):
-        total = -h[r]
-        for a in range(n_atoms):
-            total += coef[r, a] * sums[a]
-        residual[r] = total
-    return residual, distance, free_mass
+    distance = clip_shift(z, atom, atom_shift(coef, lam), weight, lo, hi, out, sums, free_mass)
+    return row_values(coef, sums, h), distance, free_mass
 
 
 @_jit
@@ -547,10 +537,7 @@ def _vjp(grad, y, atom, weight, coef, lam, lo, hi, out):
     if k:
         sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
         free_sums(grad, y, atom, weight, lo, hi, sums, free_mass)
-        rhs = np.zeros(k)
-        for i in range(k):
-            for a in range(n_atoms):
-                rhs[i] += coef[active[i], a] * sums[a]
+        rhs = row_values(coef, sums, np.zeros(m))[active]
         # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
         # system M u = G_SF grad_F through its eigendecomposition, as a pseudo-inverse would.
         eigenvalues, vectors = np.linalg.eigh(_gram(coef, free_mass, active))
@@ -562,9 +549,5 @@ def _vjp(grad, y, atom, weight, coef, lam, lo, hi, out):
                     along += vectors[i, j] * rhs[i]
                 for i in range(k):
                     u[active[i]] += along / eigenvalues[j] * vectors[i, j]
-    shift = np.zeros(n_atoms)
-    for r in range(m):
-        for a in range(n_atoms):
-            shift[a] += u[r] * coef[r, a]
-    free_shift(grad, y, atom, shift, weight, lo, hi, out)
+    free_shift(grad, y, atom, atom_shift(coef, u), weight, lo, hi, out)
     return u

@@ -76,12 +76,32 @@ def violation_and_range(values, atom, weight, coef, h):
     for i in range(values.shape[0]):
         sums[atom[i]] += (weight[i] if weighted else 1.0) * values[i]
     violation = -np.inf
+    for value in row_values(coef, sums, h):
+        violation = max(violation, value)
+    return violation, low, high
+
+
+@_jit
+def row_values(coef, sums, h):
+    """``coef @ sums - h``: the rows of ``G y - h`` from the atom sums of ``y``."""
+    out = np.empty(coef.shape[0])
     for r in range(coef.shape[0]):
         total = -h[r]
         for a in range(coef.shape[1]):
             total += coef[r, a] * sums[a]
-        violation = max(violation, total)
-    return violation, low, high
+        out[r] = total
+    return out
+
+
+@_jit
+def atom_shift(coef, lam):
+    """``coef.T @ lam``: how far the multipliers ``lam`` shift each atom's samples."""
+    shift = np.zeros(coef.shape[1])
+    for r in range(coef.shape[0]):
+        if lam[r] != 0.0:
+            for a in range(coef.shape[1]):
+                shift[a] += lam[r] * coef[r, a]
+    return shift
 
 
 @_jit
