@@ -41,10 +41,12 @@ beyond epsilon, weighted by its size) measures how fair the individual batches a
 
 import math
 
+import numpy as np
 import torch
 
 from ._exact import clip
-from .constraints import _GroupMeanConstraint, constraint_gap
+from ._kernels import host_vector
+from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
 from .layer import project
 
 DEFAULT_ETA0 = 0.1
@@ -157,14 +159,13 @@ class PrimalDualStream:
         gap = max(values, default=0.0)
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
-        table, atom = torch.unique(groups, dim=0, return_inverse=True)
-        sums = torch.zeros(table.shape[0], dtype=y.dtype, device=y.device).index_add_(0, atom, y)
-        counts = torch.bincount(atom, minlength=table.shape[0])
-        for codes, total, count in zip(map(tuple, table.tolist()), sums.tolist(),
-                                       counts.tolist()):
-            acc = self.atom_sums.setdefault(codes, [0.0, 0])
-            acc[0] += total
-            acc[1] += count
+        atom, table, counts = _atoms(groups.cpu().numpy())
+        sums = np.bincount(atom, weights=host_vector(y.to(torch.float64)), minlength=len(table))
+        for codes, total, count in zip(table, sums.tolist(), counts.tolist()):
+            if count:
+                acc = self.atom_sums.setdefault(codes, [0.0, 0])
+                acc[0] += total
+                acc[1] += int(count)
 
     def _pooled_gaps(self):
         """Per attribute, the constraint's gap on all streamed outputs pooled.

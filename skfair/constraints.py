@@ -84,6 +84,8 @@ class ConstraintSet:
     """
 
     def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
+        # tuples: the solver caches its arrays of the families by their value
+        pair_families = tuple(tuple(map(tuple, family)) for family in pair_families)
         self._assign(coef, atom, h, keys, weight, pair_families)
         if coef.ndim != 2 or atom.ndim != 1 or h.ndim != 1:
             raise ValueError(
@@ -662,7 +664,10 @@ def _atoms(codes):
         raise ValueError("groups must hold non-negative group codes.")
     radix = int(high) + 1
     space = radix**c
-    if space > min(4 * n, 1 << 12):
+    # Atoms absent from the batch cost O(m) each in the solver's small algebra: a code space of
+    # up to a few hundred combinations (or four per sample) is cheaper than finding the distinct
+    # rows, which for a small batch (a stream's single rows) costs more than all the rest.
+    if space > min(max(4 * n, 256), 1 << 12):
         table, atom, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
         return atom.reshape(n), tuple(map(tuple, table.tolist())), counts.astype(np.float64)
     atom, counts = np.empty(n, dtype=np.int64), np.empty(space, dtype=np.int64)

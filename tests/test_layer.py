@@ -571,3 +571,14 @@ def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept():
     good = _exact.solve(z, cs, 0.0, 1.0, lam0=cold.lam)
     assert good.n_iter <= 1 < cold.n_iter
     torch.testing.assert_close(good.y, cold.y, atol=1e-9, rtol=0)
+
+
+def test_pair_families_given_as_lists_work():
+    from skfair import _exact
+    from skfair.constraints import ConstraintSet
+
+    z, cs = _pair_instance(3)
+    as_lists = ConstraintSet(cs.coef, cs.atom, cs.h, cs.keys,
+                             pair_families=[list(map(list, family)) for family in cs.pair_families])
+    torch.testing.assert_close(_exact.solve(z, as_lists, 0.0, 1.0).y,
+                               _exact.solve(z, cs, 0.0, 1.0).y, atol=0, rtol=0)
