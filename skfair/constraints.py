@@ -389,19 +389,18 @@ class _GroupMeanConstraint(AffineConstraint):
         # batches), so that part is worked out once in Python and cached; every batch then
         # costs a few numpy operations on these small matrices.
         positive = tuple((mass > 0).tolist())
-        if reference_means and self.borrows_references:
-            member, select, keys, offsets, families = _row_structure(
-                type(self), table, positive, n_attributes, reference_means)
-        else:
-            member, select, keys, offsets, families = _cached_row_structure(
-                type(self), table, positive, n_attributes)
+        references = tuple(reference_means or ()) if self.borrows_references else ()
+        member, select, keys, reference_rows, families = _row_structure(
+            type(self), table, positive, n_attributes, references)
         device = groups.device
         if not keys:
             return ConstraintSet._from_host(np.zeros((0, len(mass))), atom, np.zeros(0), keys,
                                             device, weight, mass=mass)
         # row g of `member / group_mass`: the averaging functional of group g over the atoms
         coef = select @ (member / (member @ mass)[:, None])
-        h = offsets + float(epsilon)
+        h = np.full(len(keys), float(epsilon))
+        for r, reference, sign in reference_rows:
+            h[r] += sign * float(reference_means[reference])
         h_tensor = None
         if self.requires_y_true and self.label_cells is None:
             # h holds the group means of the targets: a tensor, so that gradients reach y_true
@@ -580,17 +579,21 @@ def _check_y_true(y_true, n, binary):
     return y_true
 
 
-def _row_structure(cls, table, positive, n_attributes, reference_means=None):
-    """The rows of a group-mean constraint for a batch whose atoms are ``table``.
+@functools.lru_cache(maxsize=256)
+def _row_structure(cls, table, positive, n_attributes, references=()):
+    """The rows of a group-mean constraint for a batch whose atoms are ``table`` (cached: the
+    structure depends on which atoms are present, not on the values of the batch).
 
-    Returns ``(member, select, keys, offsets, families)``, numpy arrays on the host: ``member``
-    (n_groups, n_atoms) marks the atoms of every (attribute, label cell, group) present,
-    ``select`` (m, n_groups) the signed group means that make each row, ``offsets`` (m,) what
-    the reference means add to ``h``, ``families`` the :attr:`ConstraintSet.pair_families` (the
-    in-batch group pairs of every attribute and label cell). ``positive`` flags the atoms with
-    positive weight; the others belong to no group.
+    Returns ``(member, select, keys, reference_rows, families)``: numpy arrays ``member``
+    (n_groups, n_atoms), marking the atoms of every (attribute, label cell, group) present, and
+    ``select`` (m, n_groups), the signed group means that make each row; the row ``keys``;
+    ``reference_rows``, triples ``(row, reference key, sign)``: row ``row`` has ``sign *`` the
+    reference mean of that key added to ``h``; ``families`` the
+    :attr:`ConstraintSet.pair_families` (the in-batch group pairs of every attribute and label
+    cell). ``positive`` flags the atoms with positive weight; the others belong to no group.
+    ``references`` are the keys ``(attribute, group, label)`` that have a reference mean.
     """
-    member, select, keys, offsets, families = [], [], [], [], []
+    member, select, keys, reference_rows, families = [], [], [], [], []
     for a in range(n_attributes):
         for label in cls.label_cells or (None,):
             inside = [(label is None or row[-1] == label) and positive[j]
@@ -606,25 +609,23 @@ def _row_structure(cls, table, positive, n_attributes, reference_means=None):
                     cell_families.setdefault(family, []).append((len(keys), u, v))
                 select.append({first + i: sign for i, sign in terms})
                 keys.append(key)
-                offsets.append(0.0)
             families.extend(map(tuple, cell_families.values()))
-            absent = [(g, ref) for (a_, g, label_), ref in (reference_means or {}).items()
+            absent = [(a_, g, label_) for a_, g, label_ in references
                       if a_ == a and label_ == label and g not in present]
             for i, u in enumerate(present if absent else ()):
-                for v, ref in absent:
+                for reference in absent:
                     # mean_u - ref <= eps and ref - mean_u <= eps, keyed like in-batch pairs
+                    v = reference[1]
+                    reference_rows.extend([(len(keys), reference, 1.0),
+                                           (len(keys) + 1, reference, -1.0)])
                     select.extend([{first + i: 1.0}, {first + i: -1.0}])
                     keys.extend([(a, u, v, label), (a, v, u, label)])
-                    offsets.extend([float(ref), -float(ref)])
     member = np.array(member, dtype=np.float64).reshape(len(member), len(table))
     select = np.array([[terms.get(g, 0.0) for g in range(len(member))] for terms in select],
                       dtype=np.float64).reshape(len(keys), len(member))
     for array in (member, select):
         array.flags.writeable = False  # cached and shared between batches
-    return member, select, keys, np.array(offsets, dtype=np.float64), tuple(families)
-
-
-_cached_row_structure = functools.lru_cache(maxsize=128)(_row_structure)
+    return member, select, keys, tuple(reference_rows), tuple(families)
 
 
 def _host_array(values):

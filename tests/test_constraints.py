@@ -241,16 +241,16 @@ def test_mean_residual_pairs_opposite_rows_and_reference_rows_stay_out():
 
 
 def test_row_structure_is_cached_by_the_atoms_present():
-    from skfair.constraints import _cached_row_structure
+    from skfair.constraints import _row_structure
 
     rng = np.random.default_rng(2)
     groups = torch.as_tensor(rng.integers(0, 3, (40, 2)))
     first = DemographicParity().build(groups, epsilon=0.1)
-    hits = _cached_row_structure.cache_info().hits
+    hits = _row_structure.cache_info().hits
     # Another batch with the same atoms reuses the structure; its rows are its own.
     other = groups[torch.randperm(40)][:35]
     again = DemographicParity().build(other, epsilon=0.2)
-    assert _cached_row_structure.cache_info().hits == hits + 1
+    assert _row_structure.cache_info().hits == hits + 1
     dense = again.dense()
     for r, (a, u, v, _) in enumerate(again.keys):
         col = other[:, a]
@@ -262,6 +262,25 @@ def test_row_structure_is_cached_by_the_atoms_present():
     w = (groups[:, 0] != 2).double()
     weighted = DemographicParity().build(groups, epsilon=0.1, sample_weight=w)
     assert {key[1] for key in weighted.keys if key[0] == 0} == {0, 1}
+
+
+def test_rows_with_reference_means_share_a_cached_structure():
+    """A stream's batches compare present groups with running means of absent ones: the row
+    structure is cached by which references exist, the means enter h at every batch."""
+    from skfair.constraints import _row_structure
+
+    groups = torch.tensor([0, 0, 1])
+    first = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.3})
+    hits = _row_structure.cache_info().hits
+    second = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.7})
+    assert _row_structure.cache_info().hits == hits + 1 and second.keys == first.keys
+    for cs, ref in ((first, 0.3), (second, 0.7)):
+        h = dict(zip(cs.keys, cs.h.tolist()))
+        for u in (0, 1):
+            # mean_u - ref <= eps and ref - mean_u <= eps
+            assert h[(0, u, 2, None)] == pytest.approx(0.1 + ref)
+            assert h[(0, 2, u, None)] == pytest.approx(0.1 - ref)
+        assert h[(0, 0, 1, None)] == h[(0, 1, 0, None)] == pytest.approx(0.1)
 
 
 def test_constraint_set_rejects_inconsistent_arrays():
