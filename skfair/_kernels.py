@@ -69,10 +69,13 @@ def free_shift(values, y, atom, shift, weight, lo, hi, out):
 @_jit
 def violation_and_range(values, atom, weight, coef, h):
     """``(max(G @ values - h), min(values), max(values))`` with ``G`` in factored form
-    (``-inf`` without rows; the range is NaN if a value is NaN, zeros for an empty array)."""
+    (``-inf`` without rows; all three NaN if a value is NaN; the range is zeros for an empty
+    array)."""
     sums = np.zeros(coef.shape[1])
     weighted = weight.shape[0] > 0
     low, high = value_range(values)
+    if low != low:
+        return np.nan, low, high
     for i in range(values.shape[0]):
         sums[atom[i]] += (weight[i] if weighted else 1.0) * values[i]
     violation = -np.inf

@@ -63,6 +63,8 @@ def test_ranges_propagate_nan_and_are_zero_when_empty():
     violation, _, _ = _kernels.violation_and_range(values, atom, np.array([2.0, 1.0, 0.5]),
                                                    coef, h)
     assert violation == pytest.approx(1.0 - 0.4 - 0.1)
+    nan = np.array([0.5, np.nan, 0.4])
+    assert all(np.isnan(_kernels.violation_and_range(nan, atom, np.empty(0), coef, h)))
 
 
 def test_mixed_radix_codes_and_counts():
