@@ -330,30 +330,36 @@ def _step(lam, rows, direction, alpha, flat, stretch):
 
 @_jit
 def _gain(residual, new, old, rows, flat, only_flat):
-    """``residual . (new - old)`` over ``rows`` (the flat ones only if ``only_flat``), with
-    compensated (Neumaier) summation: near the optimum the line search compares dual values
-    that differ by less than the rounding error of a plain sum."""
+    """``residual . (new - old)`` over ``rows`` (the flat ones only if ``only_flat``), summed
+    with :func:`_add_compensated`."""
     total, compensation = 0.0, 0.0
     for i in range(rows.size):
-        if only_flat and not flat[i]:
-            continue
-        r = rows[i]
-        term = residual[r] * (new[r] - old[r])
-        updated = total + term
-        if abs(total) >= abs(term):
-            compensation += (total - updated) + term
-        else:
-            compensation += (term - updated) + total
-        total = updated
+        if not (only_flat and not flat[i]):
+            r = rows[i]
+            total, compensation = _add_compensated(total, compensation,
+                                                   residual[r] * (new[r] - old[r]))
     return total + compensation
 
 
 @_jit
 def _value(lam, residual, distance):
     """The dual function at ``lam``, from the evaluation's gradient and distance."""
-    no_rows = np.zeros(0, np.bool_)
-    return distance + _gain(residual, lam, np.zeros(lam.size), np.arange(lam.size), no_rows,
-                            False)
+    total, compensation = distance, 0.0
+    for r in range(lam.size):
+        total, compensation = _add_compensated(total, compensation, lam[r] * residual[r])
+    return total + compensation
+
+
+@_jit
+def _add_compensated(total, compensation, term):
+    """One step of Neumaier's compensated sum: near the optimum the line search compares dual
+    values that differ by less than the rounding error of a plain sum."""
+    updated = total + term
+    if abs(total) >= abs(term):
+        compensation += (total - updated) + term
+    else:
+        compensation += (term - updated) + total
+    return updated, compensation
 
 
 @_jit
