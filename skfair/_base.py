@@ -304,7 +304,7 @@ class BaseFairNeural(BaseEstimator):
         for epoch in range(len(self.history_) + 1, len(self.history_) + self.max_epochs + 1):
             start = time.perf_counter()
             self.module_.train()
-            total, duals = 0.0, {}
+            total, solved = 0.0, []
             batches = [train_idx[b] for b in self._batches(strata[train_idx], generator)]
             for idx in batches:
                 xb, tb, wb = X[idx].to(device), t[idx].to(device), w[idx].to(device)
@@ -316,8 +316,7 @@ class BaseFairNeural(BaseEstimator):
                                      sample_weight=wb if weighted_means else None)
                     except InfeasibleConstraintError as exc:
                         raise self._named(exc) from exc
-                    for key, lam in (layer.last_solve_["duals"] or {}).items():
-                        duals[key] = duals.get(key, 0.0) + 2 * lam / len(idx) / len(batches)
+                    solved.append((layer.last_solve_["duals"], len(idx)))
                 else:
                     fair = out
                 loss = self._loss(fair, tb, wb)
@@ -330,6 +329,11 @@ class BaseFairNeural(BaseEstimator):
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
             if layer is not None:
+                # summed after the epoch, not between the steps: the loop stays lean
+                duals = {}
+                for batch_duals, size in solved:
+                    for key, lam in (batch_duals or {}).items():
+                        duals[key] = duals.get(key, 0.0) + 2 * lam / size / len(batches)
                 self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}

@@ -31,9 +31,9 @@ import threading
 import numpy as np
 import torch
 
-from ._kernels import (_jit, atom_shift, clip_shift, free_shift, free_sums, host_vector,
-                       row_values, value_range)
-from .constraints import _device_tensor, _host_array
+from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
+                       host_vector, row_values, value_range)
+from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
@@ -47,12 +47,14 @@ EPSILON = float(np.finfo(np.float64).eps)
 
 
 class SolveResult:
-    """Primal solution, multipliers and diagnostics of one projection."""
+    """Primal solution, multipliers and diagnostics of one projection; ``scale`` is the
+    magnitude of the problem's values (:func:`problem_scale`)."""
 
-    __slots__ = ("y", "lam", "n_iter", "converged")
+    __slots__ = ("y", "lam", "n_iter", "converged", "scale")
 
-    def __init__(self, y, lam, n_iter, converged):
+    def __init__(self, y, lam, n_iter, converged, scale):
         self.y, self.lam, self.n_iter, self.converged = y, lam, n_iter, converged
+        self.scale = scale
 
 
 def clip(x, lo, hi):
@@ -60,45 +62,58 @@ def clip(x, lo, hi):
     return x if lo is None and hi is None else x.clamp(lo, hi)
 
 
-def scale_of(z_range, cs, lo, hi):
-    """Magnitude of the problem's values; tolerances are relative to it."""
-    # (a Python max over the m numbers costs less than numpy's per-call overhead)
-    return max(1.0, *map(abs, z_range), *map(abs, cs.host_h.tolist()),
-               *(abs(b) for b in (lo, hi) if b is not None))
+def problem_scale(z, cs, lo, hi):
+    """The magnitude of the problem's values (tolerances are relative to it), after checking that
+    the problem has a solution.
+
+    Raises :class:`~skfair.constraints.InfeasibleConstraintError` when a row cannot hold for any
+    output within the bounds, :class:`ValueError` when ``z`` is not finite.
+    """
+    _, _, coef, h, mass, _ = cs.host_problem
+    row, smallest, scale = _checks(host_vector(z), coef, mass, h, *_open_bounds(lo, hi))
+    _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
+    return scale
 
 
-def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, scale=None,
-          keep_start=False):
+def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     """Project ``z`` (float64, shape (n,)) onto the constraint set ``cs`` within ``[lo, hi]``.
 
-    ``lo``/``hi`` are floats or ``None`` (unbounded). ``lam0`` (m non-negative numbers: a tensor,
-    array or list) warm-starts the multipliers, unless zero has the higher dual value (then the
-    solver starts from zero; ``keep_start=True`` starts from ``lam0`` regardless, which the tests
-    use to drive the solver from given points). ``scale`` is :func:`scale_of` the problem when
-    the caller has it. Returns a :class:`SolveResult`; ``converged`` is False when the iteration
-    limit was hit (the caller checks feasibility and decides).
+    ``lo``/``hi`` are floats or ``None`` (unbounded). The multipliers start from ``lam0`` (m
+    non-negative numbers: a tensor, array or list), zero by default: the projection is unique,
+    and the tests drive the solver from other points to check that it gets there. Returns a
+    :class:`SolveResult`; ``converged`` is False when the iteration limit was hit (the caller
+    checks feasibility and decides). Raises like :func:`problem_scale`, whose checks run first
+    in the same compiled call.
     """
-    m = cs.n_rows
-    if m == 0:
-        return SolveResult(clip(z, lo, hi), cs.h.detach().new_zeros(0), 0, True)
-    z_host = host_vector(z)
-    if scale is None:
-        scale = scale_of(value_range(z_host), cs, lo, hi)
-    # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
-    # accuracy degrades with n (1e-10 relative at a million samples).
-    atol = (tol + ROUNDING * z.shape[0]) * scale
+    m, n = cs.n_rows, z.shape[0]
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
     if lam.shape != (m,):
         raise ValueError(f"lam0 must hold one multiplier per row ({m}); got shape {lam.shape}.")
-    buffers = _workspace(z.shape[0])
-    index, n_iter, converged, lam = _dual_newton(
-        z_host, cs.host_atom, cs.host_weight, cs.host_coef, cs.host_h, cs.square_mass,
-        *_open_bounds(lo, hi), lam, keep_start, *_family_arrays(cs.pair_families), atol, scale,
-        max_iter, *buffers)
+    buffers = _workspace(n)
+    # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
+    # accuracy degrades with n (1e-10 relative at a million samples).
+    row, smallest, scale, index, n_iter, converged, lam = _checked_newton(
+        host_vector(z), *cs.host_problem, *_open_bounds(lo, hi), lam,
+        *_family_arrays(cs.pair_families), tol + ROUNDING * n, max_iter, *buffers)
+    _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
     y = buffers[index]
     buffers[index] = np.empty_like(y)  # the caller owns the result
     return SolveResult(_device_tensor(y, z.device), _device_tensor(lam, z.device), n_iter,
-                       converged)
+                       converged, scale)
+
+
+def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
+    """Raise for what :func:`_checks` found."""
+    if row >= 0:
+        raise InfeasibleConstraintError(
+            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[row]} "
+            f"needs a value <= {cs.host_h[row]:.6g} but its smallest attainable value is "
+            f"{smallest:.6g}. For mean_residual, a group's mean target lies farther "
+            f"than epsilon outside the bounds; widen the bounds or increase epsilon.",
+            key=cs.keys[row],
+        )
+    if not math.isfinite(scale):
+        raise ValueError("z must be finite; it contains NaN or inf.")
 
 
 def vjp(grad_y, y, lam, cs, lo, hi):
@@ -110,8 +125,8 @@ def vjp(grad_y, y, lam, cs, lo, hi):
     in ``O(n m + m^3)`` without any n x n matrix (:func:`_vjp`, compiled, on the host).
     """
     grad_z = np.empty(y.shape[0])
-    u = _vjp(host_vector(grad_y), host_vector(y), cs.host_atom, cs.host_weight, cs.host_coef,
-             _host(lam), *_open_bounds(lo, hi), grad_z)
+    u = _vjp(host_vector(grad_y), host_vector(y), *cs.host_problem[:3], _host(lam),
+             *_open_bounds(lo, hi), grad_z)
     return _device_tensor(grad_z, grad_y.device), _device_tensor(u, grad_y.device)
 
 
@@ -178,9 +193,49 @@ def _family_arrays(families):
 
 
 @_jit
-def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, keep_start, fam_ptr,
-                 fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, atol, scale, max_iter,
-                 y0, y1, y2):
+def _checks(z, coef, mass, h, lo, hi):
+    """``(row, smallest, scale)``: the first row that no output within the bounds meets and its
+    smallest attainable value (:func:`~skfair._kernels.first_unattainable`; -1 if none), and
+    the magnitude ``max(1, |z|, |h|, |lo|, |hi|)`` of the problem (NaN if ``z`` is not
+    finite)."""
+    row, smallest = -1, 0.0
+    if coef.shape[0] and (lo > -np.inf or hi < np.inf):
+        row, smallest = first_unattainable(coef, mass, h, lo, hi)
+    low, high = value_range(z)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return row, smallest, np.nan
+    scale = max(1.0, abs(low), abs(high))
+    for r in range(h.shape[0]):
+        scale = max(scale, abs(h[r]))
+    for bound in (lo, hi):
+        if np.isfinite(bound):
+            scale = max(scale, abs(bound))
+    return row, smallest, scale
+
+
+@_jit
+def _checked_newton(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr, fam_row,
+                    fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0, y1, y2):
+    """:func:`_checks`, then (if they pass) :func:`_dual_newton` to the absolute accuracy
+    ``tol * scale``: ``(row, smallest, scale, index of the scratch vector holding y, n_iter,
+    converged, lam)``. One compiled call: at training batch sizes each call from Python costs
+    about as much as the work."""
+    row, smallest, scale = _checks(z, coef, mass, h, lo, hi)
+    if row >= 0 or scale != scale:
+        return row, smallest, scale, 0, 0, False, lam
+    if coef.shape[0] == 0:  # nothing but the bounds
+        for i in range(z.shape[0]):
+            y0[i] = min(max(z[i], lo), hi)
+        return row, smallest, scale, 0, 0, True, lam
+    index, n_iter, converged, lam = _dual_newton(
+        z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fam_row, fam_u, fam_v, fam_k,
+        pair_ptr, pair_row, tol * scale, scale, max_iter, y0, y1, y2)
+    return row, smallest, scale, index, n_iter, converged, lam
+
+
+@_jit
+def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fam_row, fam_u,
+                 fam_v, fam_k, pair_ptr, pair_row, atol, scale, max_iter, y0, y1, y2):
     """The projected Newton method on the dual, from ``lam`` (updated in place).
 
     ``y0``, ``y1``, ``y2`` are scratch vectors; returns ``(index of the one holding y,
@@ -195,15 +250,6 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, keep_start,
         in_family[r] = True
     current = 0
     residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi, y0)
-    if lam.max() > 0 and not keep_start:
-        # A warm start is a guess: when the given multipliers fit this batch worse than none at
-        # all (a lower dual value; the value at zero is the distance), start from zero. Small
-        # training batches, whose small groups' means jump from batch to batch, often do.
-        zero = np.zeros(m)
-        cold = _evaluate(z, atom, weight, coef, h, zero, lo, hi, y1)
-        if cold[1] > _value(lam, residual, distance):
-            lam, current = zero, 1
-            residual, distance, free_mass = cold
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = np.inf, 0
     for n_iter in range(max_iter + 1):

@@ -123,27 +123,58 @@ def value_range(values):
 
 
 @_jit
-def mixed_radix(codes, radix, atom, counts):
-    """``atom[i]`` = the mixed-radix number of row ``i`` of ``codes`` (first column most
-    significant); ``counts`` its histogram."""
-    counts[:] = 0
-    for i in range(codes.shape[0]):
-        code = 0
-        for j in range(codes.shape[1]):
-            code = code * radix + codes[i, j]
-        atom[i] = code
-        counts[code] += 1
+def mixed_radix(codes, atom, counts):
+    """Number every row of the integer matrix ``codes`` (at least one entry) by its
+    combination of values: ``atom[i]`` = the mixed-radix number of row ``i`` in base ``radix
+    = max + 1`` (first column most significant), ``counts[k]`` = how many rows have number ``k``.
 
-
-@_jit
-def code_range(codes):
-    """``(min, max)`` of an integer matrix with at least one entry."""
+    Returns ``(min, radix, space)`` with ``space = radix ** n_columns``; ``atom`` and
+    ``counts[:space]`` are written only when ``min >= 0`` and ``space <= counts.size`` (else
+    ``space`` is ``counts.size + 1``).
+    """
     low = high = codes[0, 0]
     for i in range(codes.shape[0]):
         for j in range(codes.shape[1]):
             low = min(low, codes[i, j])
             high = max(high, codes[i, j])
-    return low, high
+    radix = high + 1
+    space = 1
+    for _ in range(codes.shape[1]):
+        space *= radix
+        if space > counts.size:  # (also keeps the product from overflowing)
+            return low, radix, counts.size + 1
+    if low < 0:
+        return low, radix, space
+    counts[:space] = 0.0
+    for i in range(codes.shape[0]):
+        code = 0
+        for j in range(codes.shape[1]):
+            code = code * radix + codes[i, j]
+        atom[i] = code
+        counts[code] += 1.0
+    return low, radix, space
+
+
+@_jit
+def mean_coefficients(select, member, mass):
+    """``select @ (member / (member @ mass)[:, None])``: the coefficients on every atom of rows
+    that are signed sums (``select``) of group means, a group being a set of atoms
+    (``member``, 0/1) and ``mass`` the total weight of every atom."""
+    n_groups, n_atoms = member.shape
+    means = np.zeros((n_groups, n_atoms))
+    for g in range(n_groups):
+        total = 0.0
+        for a in range(n_atoms):
+            total += member[g, a] * mass[a]
+        for a in range(n_atoms):
+            means[g, a] = member[g, a] / total
+    coef = np.zeros((select.shape[0], n_atoms))
+    for r in range(select.shape[0]):
+        for g in range(n_groups):
+            if select[r, g] != 0.0:
+                for a in range(n_atoms):
+                    coef[r, a] += select[r, g] * means[g, a]
+    return coef
 
 
 @_jit

@@ -118,17 +118,21 @@ class ConstraintSet:
 
     @classmethod
     def _from_host(cls, coef, atom, h, keys, device, weight=None, pair_families=(), mass=None,
-                   h_tensor=None):
+                   tensors=None):
         """A set built from numpy arrays that are consistent by construction (the built-in
-        constraints compute them on the host); its tensors on ``device`` share their memory
-        on the CPU. ``h_tensor``: ``h`` as a tensor that carries gradients, when it has them."""
+        constraints compute them on the host). ``tensors``: ``coef`` and ``h`` as tensors on
+        ``device`` when the caller has them (made from the arrays otherwise); ``h=None`` when
+        only its tensor is known (one that carries gradients)."""
+        if tensors is None:
+            tensors = (_device_tensor(coef, device), _device_tensor(h, device))
         cs = cls.__new__(cls)
-        cs._assign(_device_tensor(coef, device), _device_tensor(atom, device),
-                   _device_tensor(h, device) if h_tensor is None else h_tensor, keys, weight,
+        cs._assign(tensors[0], _device_tensor(atom, device), tensors[1], keys, weight,
                    pair_families)
         cs._host.update(coef=coef, atom=atom, mass=mass)
-        if h_tensor is None:
+        if h is not None:
             cs._host["h"] = h
+            if weight is None:
+                cs._host["problem"] = (atom, _NO_WEIGHT, coef, h, mass, mass)
         return cs
 
     @property
@@ -170,8 +174,7 @@ class ConstraintSet:
             raise ValueError(f"y must have shape ({self.n_samples},), one value per sample of "
                              f"the constraint set; got {tuple(y.shape)}.")
         return _kernels.violation_and_range(_kernels.host_vector(y.to(torch.float64)),
-                                            self.host_atom, self.host_weight, self.host_coef,
-                                            self.host_h)
+                                            *self.host_problem[:4])
 
     def _cached(self, name, compute):
         value = self._host.get(name)
@@ -213,6 +216,17 @@ class ConstraintSet:
         if self.weight is None:
             return self.host_mass
         return self._cached("square_mass", lambda: self._atom_totals(self.host_weight**2))
+
+    @property
+    def host_problem(self):
+        """``(host_atom, host_weight, host_coef, host_h, host_mass, square_mass)``, the arguments
+        of the compiled passes in their order (one cached lookup per pass: at training batch
+        sizes the Python around a pass costs about as much as the pass)."""
+        problem = self._host.get("problem")
+        if problem is None:
+            problem = self._host["problem"] = (self.host_atom, self.host_weight, self.host_coef,
+                                               self.host_h, self.host_mass, self.square_mass)
+        return problem
 
     def _atom_totals(self, weight):
         """Per-atom sums of ``weight`` (numpy; an empty ``weight`` means ones)."""
@@ -385,30 +399,24 @@ class _GroupMeanConstraint(AffineConstraint):
         atom, table, mass = _atoms(codes.cpu().numpy())
         if weight is not None:
             mass = np.bincount(atom, weights=_kernels.host_vector(weight), minlength=len(mass))
-        # Which rows exist depends only on the atoms present (a handful, the same in most
-        # batches), so that part is worked out once in Python and cached; every batch then
-        # costs a few numpy operations on these small matrices.
-        positive = tuple((mass > 0).tolist())
         references = tuple(reference_means or ()) if self.borrows_references else ()
-        member, select, keys, reference_rows, families = _row_structure(
-            type(self), table, positive, n_attributes, references)
+        coef, h, tensors, keys, reference_rows, families = _batch_rows(
+            type(self), table, mass.tobytes(), n_attributes, references, float(epsilon))
         device = groups.device
-        if not keys:
-            return ConstraintSet._from_host(np.zeros((0, len(mass))), atom, np.zeros(0), keys,
-                                            device, weight, mass=mass)
-        # row g of `member / group_mass`: the averaging functional of group g over the atoms
-        coef = select @ (member / (member @ mass)[:, None])
-        h = np.full(len(keys), float(epsilon))
-        for r, reference, sign in reference_rows:
-            h[r] += sign * float(reference_means[reference])
-        h_tensor = None
-        if self.requires_y_true and self.label_cells is None:
+        if device.type != "cpu":
+            tensors = tuple(t.to(device) for t in tensors)
+        if reference_rows:
+            h = h.copy()
+            for r, reference, sign in reference_rows:
+                h[r] += sign * float(reference_means[reference])
+            tensors = (tensors[0], _device_tensor(h, device))
+        if self.requires_y_true and self.label_cells is None and keys:
             # h holds the group means of the targets: a tensor, so that gradients reach y_true
             target = y_true if weight is None else y_true * weight
             sums = _segment_sum(target.to(torch.float64), _device_tensor(atom, device), len(mass))
-            h_tensor = _device_tensor(h, device) + _device_tensor(coef, device) @ sums
+            h, tensors = None, (tensors[0], tensors[1] + tensors[0] @ sums)
         return ConstraintSet._from_host(coef, atom, h, keys, device, weight, families, mass,
-                                        h_tensor)
+                                        tensors)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
@@ -590,8 +598,9 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
     ``reference_rows``, triples ``(row, reference key, sign)``: row ``row`` has ``sign *`` the
     reference mean of that key added to ``h``; ``families`` the
     :attr:`ConstraintSet.pair_families` (the in-batch group pairs of every attribute and label
-    cell). ``positive`` flags the atoms with positive weight; the others belong to no group.
-    ``references`` are the keys ``(attribute, group, label)`` that have a reference mean.
+    cell). ``positive`` (bytes, one per atom: a cheap key to hash) flags the atoms with positive
+    weight; the others belong to no group. ``references`` are the keys ``(attribute, group,
+    label)`` that have a reference mean.
     """
     member, select, keys, reference_rows, families = [], [], [], [], []
     for a in range(n_attributes):
@@ -628,6 +637,27 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
     return member, select, keys, tuple(reference_rows), tuple(families)
 
 
+@functools.lru_cache(maxsize=1024)
+def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon):
+    """The rows of a group-mean constraint for a batch whose atoms ``table`` have the total
+    weights ``mass_key`` (the bytes of a float64 array): ``(coef, h, (coef, h) as CPU tensors,
+    keys, reference_rows, families)`` (see :func:`_row_structure`).
+
+    Cached: the rows depend on the batch's composition only, and the batches of a training
+    epoch keep every group's share (the estimators stratify them), so the same compositions
+    come back. The arrays and tensors are shared between sets and never modified.
+    """
+    mass = np.frombuffer(mass_key)
+    member, select, keys, reference_rows, families = _row_structure(
+        cls, table, (mass > 0).tobytes(), n_attributes, references)
+    if not keys:
+        coef, h = np.zeros((0, len(mass))), np.zeros(0)
+    else:
+        # row g of `member / group_mass`: the averaging functional of group g over the atoms
+        coef, h = _kernels.mean_coefficients(select, member, mass), np.full(len(keys), epsilon)
+    return coef, h, (torch.from_numpy(coef), torch.from_numpy(h)), keys, reference_rows, families
+
+
 def _host_array(values):
     """A tensor as a float64 numpy array on the host (a view of a CPU float64 tensor)."""
     values = values.detach()
@@ -660,20 +690,17 @@ def _atoms(codes):
     if n == 0:
         return np.zeros(0, dtype=np.int64), (), np.zeros(0)
     codes = np.ascontiguousarray(codes, dtype=np.int64)
-    low, high = _kernels.code_range(codes)
-    if low < 0:
-        raise ValueError("groups must hold non-negative group codes.")
-    radix = int(high) + 1
-    space = radix**c
     # Atoms absent from the batch cost O(m) each in the solver's small algebra: a code space of
     # up to a few hundred combinations (or four per sample) is cheaper than finding the distinct
     # rows, which for a small batch (a stream's single rows) costs more than all the rest.
-    if space > min(max(4 * n, 256), 1 << 12):
+    atom, counts = np.empty(n, dtype=np.int64), np.empty(min(max(4 * n, 256), 1 << 12))
+    low, radix, space = _kernels.mixed_radix(codes, atom, counts)
+    if low < 0:
+        raise ValueError("groups must hold non-negative group codes.")
+    if space > counts.size:
         table, atom, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
         return atom.reshape(n), tuple(map(tuple, table.tolist())), counts.astype(np.float64)
-    atom, counts = np.empty(n, dtype=np.int64), np.empty(space, dtype=np.int64)
-    _kernels.mixed_radix(codes, radix, atom, counts)
-    return atom, _code_table(radix, c), counts.astype(np.float64)
+    return atom, _code_table(int(radix), c), counts[:space]
 
 
 @functools.lru_cache(maxsize=16)

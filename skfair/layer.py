@@ -7,9 +7,8 @@ import warnings
 import torch
 from torch import nn
 
-from . import _exact, _kernels
-from ._kernels import host_vector
-from .constraints import InfeasibleConstraintError, _check_epsilon, get_constraint
+from . import _exact
+from .constraints import _check_epsilon, get_constraint
 from .constraints import _as_group_matrix, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
@@ -64,10 +63,7 @@ class FairnessLayer(nn.Module):
     ----------
     last_solve_ : dict
         Diagnostics of the latest forward pass: ``solver`` used, ``n_iter``, ``max_violation``,
-        the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``. The
-        next forward pass starts the exact solver from these multipliers (rescaled to its batch
-        size) when they fit its batch better than zero (a higher dual value); the projection is
-        unique, so this changes only the speed.
+        the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``.
 
     Notes
     -----
@@ -76,7 +72,7 @@ class FairnessLayer(nn.Module):
     of combinations of group codes (a handful); the backward pass costs the same as one
     iteration. The multipliers of pairwise rows (parity constraints compare every ordered pair of
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
-    systems regular; warm-started training batches need a few iterations. A group absent
+    systems regular; training batches need a few iterations. A group absent
     from the batch contributes no rows. The solver and its backward pass are compiled (numba)
     and run on the host, in float64: the dual has a few dozen variables, and its passes over the
     outputs are memory-bound loops; tensors on another device are copied to the host and the
@@ -135,32 +131,16 @@ class FairnessLayer(nn.Module):
         cs = self.constraint.build(groups.to(z.device), epsilon=self.epsilon,
                                    y_true=_to_device(y_true, z),
                                    sample_weight=_to_device(sample_weight, z))
-        y, info = project(z, cs, self.bounds, self.solver, lam0=self._warm_start(cs))
+        y, info = project(z, cs, self.bounds, self.solver)
         self.last_solve_ = info
         return y
-
-    def _warm_start(self, cs):
-        """Multipliers of the previous call for the rows they share, rescaled to this batch.
-
-        Consecutive batches of a training run often have similar multipliers (they scale with
-        the batch size); the solver starts from them when they have a higher dual value than
-        zero, which saves Newton iterations on large batches (on small ones, whose small groups'
-        means jump from batch to batch, zero is often the better start). The projection itself
-        is unique: the starting point changes nothing but speed.
-        """
-        previous = self.last_solve_
-        if not previous or not previous["duals"] or cs.n_rows == 0:
-            return None
-        scale = cs.n_samples / max(previous["n_samples"], 1)
-        duals = previous["duals"]
-        return [duals.get(key, 0.0) * scale for key in cs.keys]
 
     def extra_repr(self):
         return (f"constraint={self.constraint!r}, epsilon={self.epsilon}, bounds={self.bounds}, "
                 f"solver={self.solver!r}, intersectional={self.intersectional}")
 
 
-def project(z, cs, bounds, solver="auto", lam0=None):
+def project(z, cs, bounds, solver="auto"):
     """Project ``z`` onto the rows ``cs`` and the ``bounds``; the one entry point of all backends.
 
     Returns ``(y, info)`` with ``y`` in the dtype of ``z`` and ``info`` the diagnostics dict of
@@ -168,22 +148,20 @@ def project(z, cs, bounds, solver="auto", lam0=None):
     be met within the bounds, :class:`RuntimeError` when no backend reaches the guarantee.
     """
     lo, hi = bounds if bounds is not None else (None, None)
-    _check_rows_attainable(cs, lo, hi)
     z64 = z.to(torch.float64)
-    z_range = _kernels.value_range(host_vector(z64))
-    if not all(map(math.isfinite, z_range)):
-        raise ValueError("z must be finite; it contains NaN or inf.")
-    scale = _exact.scale_of(z_range, cs, lo, hi)
     order = ("qpth", "exact") if solver == "qpth" else ("exact", "qpth")
+    # The exact solver checks that the problem has a solution in the same compiled call; qpth
+    # needs the checks first (its errors are fallbacks, these are the caller's).
+    scale = _exact.problem_scale(z64, cs, lo, hi) if order[0] == "qpth" else None
     failures = []
     for backend in order:
         if backend == "qpth" and solver == "exact":
             break
         try:
             if backend == "exact":
-                result = _exact.solve(z64.detach(), cs, lo, hi, lam0=lam0, scale=scale)
+                result = _exact.solve(z64.detach(), cs, lo, hi)
                 y = _ExactProjection.apply(z64, cs.h, result, cs, lo, hi)
-                lam, n_iter = result.lam, result.n_iter
+                lam, n_iter, scale = result.lam, result.n_iter, result.scale
             else:
                 y, lam, n_iter = _exact.clip(_qpth_project(z64, cs, lo, hi), lo, hi), None, None
         except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
@@ -262,22 +240,6 @@ def _violations(y, cs, lo, hi):
         return float("nan"), float("nan")
     out = max(0.0, -math.inf if lo is None else lo - low, -math.inf if hi is None else high - hi)
     return violation, out
-
-
-def _check_rows_attainable(cs, lo, hi):
-    """Raise when a single row cannot hold for any output within the bounds."""
-    if cs.n_rows == 0 or (lo is None and hi is None):
-        return
-    r, smallest = _kernels.first_unattainable(cs.host_coef, cs.host_mass, cs.host_h,
-                                              *_exact._open_bounds(lo, hi))
-    if r >= 0:
-        raise InfeasibleConstraintError(
-            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[r]} "
-            f"needs a value <= {cs.host_h[r]:.6g} but its smallest attainable value is "
-            f"{smallest:.6g}. For mean_residual, a group's mean target lies farther "
-            f"than epsilon outside the bounds; widen the bounds or increase epsilon.",
-            key=cs.keys[r],
-        )
 
 
 def _check_bounds(bounds):

@@ -265,15 +265,18 @@ def test_row_structure_is_cached_by_the_atoms_present():
 
 
 def test_rows_with_reference_means_share_a_cached_structure():
-    """A stream's batches compare present groups with running means of absent ones: the row
-    structure is cached by which references exist, the means enter h at every batch."""
-    from skfair.constraints import _row_structure
+    """A stream's batches compare present groups with running means of absent ones: the rows
+    are cached by which references exist, the means enter h at every batch (never the cached
+    h itself)."""
+    from skfair.constraints import _batch_rows
 
     groups = torch.tensor([0, 0, 1])
     first = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.3})
-    hits = _row_structure.cache_info().hits
+    hits = _batch_rows.cache_info().hits
     second = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.7})
-    assert _row_structure.cache_info().hits == hits + 1 and second.keys == first.keys
+    again = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.3})
+    assert _batch_rows.cache_info().hits == hits + 2 and second.keys == first.keys
+    torch.testing.assert_close(again.h, first.h, rtol=0, atol=0)
     for cs, ref in ((first, 0.3), (second, 0.7)):
         h = dict(zip(cs.keys, cs.h.tolist()))
         for u in (0, 1):
@@ -281,6 +284,25 @@ def test_rows_with_reference_means_share_a_cached_structure():
             assert h[(0, u, 2, None)] == pytest.approx(0.1 + ref)
             assert h[(0, 2, u, None)] == pytest.approx(0.1 - ref)
         assert h[(0, 0, 1, None)] == h[(0, 1, 0, None)] == pytest.approx(0.1)
+
+
+def test_batches_of_the_same_composition_share_their_rows():
+    """Rows depend on the counts of every combination of groups, not on the order of the
+    samples: a batch with the same counts reuses them, and gets the same projection."""
+    from skfair.constraints import _batch_rows
+
+    rng = np.random.default_rng(3)
+    groups = torch.as_tensor(rng.integers(0, 3, (40, 2)))
+    first = DemographicParity().build(groups, epsilon=0.05)
+    hits = _batch_rows.cache_info().hits
+    order = torch.as_tensor(rng.permutation(40))
+    shuffled = DemographicParity().build(groups[order], epsilon=0.05)
+    assert _batch_rows.cache_info().hits == hits + 1
+    assert shuffled.keys == first.keys
+    np.testing.assert_array_equal(shuffled.dense().numpy(), first.dense()[:, order].numpy())
+    # another epsilon is another h
+    looser = DemographicParity().build(groups, epsilon=0.2)
+    assert torch.all(looser.h == 0.2) and torch.all(first.h == 0.05)
 
 
 def test_constraint_set_rejects_inconsistent_arrays():

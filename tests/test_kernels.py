@@ -70,11 +70,35 @@ def test_ranges_propagate_nan_and_are_zero_when_empty():
 def test_mixed_radix_codes_and_counts():
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 3, (50, 2))
-    atom, counts = np.empty(50, dtype=np.int64), np.empty(9, dtype=np.int64)
-    _kernels.mixed_radix(codes, 3, atom, counts)
+    codes[0] = (2, 1)  # the largest code is 2: radix 3, 9 combinations
+    atom, counts = np.empty(50, dtype=np.int64), np.full(12, -1.0)
+    assert _kernels.mixed_radix(codes, atom, counts) == (codes.min(), 3, 9)
     np.testing.assert_array_equal(atom, codes[:, 0] * 3 + codes[:, 1])
-    np.testing.assert_array_equal(counts, np.bincount(atom, minlength=9))
-    assert _kernels.code_range(codes) == (codes.min(), codes.max())
+    np.testing.assert_array_equal(counts[:9], np.bincount(atom, minlength=9))
+    assert (counts[9:] == -1.0).all()  # beyond the code space: untouched
+
+
+def test_mixed_radix_reports_too_large_spaces_and_negative_codes():
+    codes = np.array([[0, 0, 0], [6, 0, 1]])
+    atom, counts = np.full(2, -1), np.full(300, -1.0)
+    # 7**3 = 343 combinations do not fit 300 counts: nothing written
+    assert _kernels.mixed_radix(codes, atom, counts) == (0, 7, 301)
+    assert (atom == -1).all() and (counts == -1.0).all()
+    # a code space past the int64 range stops growing once it exceeds the counts
+    huge = np.array([[0] * 40, [2**40] * 40])
+    assert _kernels.mixed_radix(huge, np.empty(2, dtype=np.int64), counts)[2] == 301
+    assert _kernels.mixed_radix(np.array([[-1, 2]]), atom, counts)[0] == -1
+    assert (atom == -1).all()
+
+
+def test_mean_coefficients_matches_numpy():
+    rng = np.random.default_rng(1)
+    member = (rng.uniform(size=(4, 6)) < 0.6).astype(float)
+    member[:, 0] = 1.0  # every group has an atom
+    select = rng.choice([-1.0, 0.0, 1.0], size=(5, 4))
+    mass = rng.uniform(0.5, 3.0, 6)
+    np.testing.assert_allclose(_kernels.mean_coefficients(select, member, mass),
+                               select @ (member / (member @ mass)[:, None]), rtol=1e-14)
 
 
 def test_first_unattainable_row_with_open_bounds():

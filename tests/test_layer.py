@@ -16,7 +16,7 @@ from skfair.constraints import (
     constraint_gap,
     get_constraint,
 )
-from skfair.layer import _check_rows_attainable, project
+from skfair.layer import project
 
 BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual"]
 
@@ -373,7 +373,7 @@ def test_backend_failure_falls_back_with_a_warning(monkeypatch):
     from skfair import _exact
 
     def broken(z, cs, lo, hi, lam0=None, **kwargs):
-        return _exact.SolveResult(z.clone(), cs.h.new_zeros(cs.n_rows), 0, False)
+        return _exact.SolveResult(z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0)
 
     pytest.importorskip("qpth")
     monkeypatch.setattr(_exact, "solve", broken)
@@ -389,7 +389,7 @@ def test_both_backends_failing_raise(monkeypatch):
     from skfair import _exact, layer as layer_module
 
     monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
-        z.clone(), cs.h.new_zeros(cs.n_rows), 0, False))
+        z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0))
     monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
@@ -498,7 +498,8 @@ def _recorded_instance(name):
 
 @pytest.mark.parametrize("name", ["stalled_warm_start", "flat_row_warm_start"])
 def test_recorded_warm_starts_converge(name):
-    """Regressions, both warm-started as in training:
+    """Regressions, recorded when training started every batch from the previous batch's
+    multipliers (it no longer does; the solver must still converge from any start):
 
     - stalled_warm_start: a batch of Adult (255 rows, sex x race, 22 pair rows) where re-routing
       left tiny positive multipliers on satisfied rows; kept in the Newton step, the projection
@@ -509,7 +510,7 @@ def test_recorded_warm_starts_converge(name):
     from skfair import _exact
 
     cs, z, lam0 = _recorded_instance(name)
-    warm = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0, keep_start=True)
+    warm = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0)
     cold = _exact.solve(z, cs, 0.0, 1.0)
     assert warm.converged and warm.n_iter < 20
     torch.testing.assert_close(warm.y, cold.y, atol=1e-9, rtol=0)
@@ -519,8 +520,8 @@ def test_recorded_warm_starts_converge(name):
 @SETTINGS
 @given(instances(), st.integers(0, 2**31 - 1))
 def test_warm_started_projection_matches_the_cold_one(instance, seed):
-    """Training may start a batch from the previous batch's multipliers: from any such start
-    (kept even where zero is the better one) the solver must reach the same projection."""
+    """From any starting multipliers (here another batch's, rescaled, with rounding leftovers)
+    the solver must reach the same projection as from zero."""
     from skfair import _exact
 
     z, groups, constraint, y_true, bounds, epsilon = instance
@@ -528,14 +529,14 @@ def test_warm_started_projection_matches_the_cold_one(instance, seed):
                                           y_true=torch.as_tensor(y_true))
     lo, hi = bounds if bounds is not None else (None, None)
     try:
-        _check_rows_attainable(cs, lo, hi)
+        _exact.problem_scale(torch.as_tensor(z), cs, lo, hi)
     except InfeasibleConstraintError:
         assume(False)
     rng = np.random.default_rng(seed)
     previous = torch.as_tensor(np.clip(z + rng.normal(0, 0.3, len(z)), -0.5, 1.5))
     lam0 = _exact.solve(previous, cs, lo, hi).lam * rng.uniform(0.5, 2.0)
     lam0 = lam0 + torch.as_tensor(rng.uniform(size=cs.n_rows) < 0.3) * 1e-17
-    warm = _exact.solve(torch.as_tensor(z), cs, lo, hi, lam0=lam0, keep_start=True)
+    warm = _exact.solve(torch.as_tensor(z), cs, lo, hi, lam0=lam0)
     cold = _exact.solve(torch.as_tensor(z), cs, lo, hi)
     assert warm.converged
     torch.testing.assert_close(warm.y, cold.y, atol=1e-8, rtol=0)
@@ -547,30 +548,6 @@ def test_a_warm_start_of_the_wrong_length_is_an_error():
     z, cs = _pair_instance(0)
     with pytest.raises(ValueError, match="one multiplier per row"):
         _exact.solve(z, cs, 0.0, 1.0, lam0=np.ones(cs.n_rows + 1))
-
-
-def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept():
-    from skfair import _exact
-
-    rng = np.random.default_rng(5)
-    n = 200
-    groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
-    z = torch.as_tensor(np.clip(rng.uniform(0, 1, n) + 0.3 * (groups[:, 0].numpy() == 0), 0, 1))
-    cs = get_constraint("demographic_parity").build(groups, epsilon=0.02)
-    cold = _exact.solve(z, cs, 0.0, 1.0)
-    assert cold.n_iter >= 2
-    # Far too large multipliers: a lower dual value than zero; the solver starts from zero and
-    # takes exactly the cold path (kept, the same start takes another path).
-    lam0 = torch.as_tensor(np.random.default_rng(0).uniform(0, 50, cs.n_rows))
-    bad = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0)
-    assert bad.n_iter == cold.n_iter
-    torch.testing.assert_close(bad.y, cold.y, atol=0, rtol=0)
-    kept = _exact.solve(z, cs, 0.0, 1.0, lam0=lam0, keep_start=True)
-    assert kept.n_iter != cold.n_iter
-    # The optimal multipliers themselves: kept, nothing left to do.
-    good = _exact.solve(z, cs, 0.0, 1.0, lam0=cold.lam)
-    assert good.n_iter <= 1 < cold.n_iter
-    torch.testing.assert_close(good.y, cold.y, atol=1e-9, rtol=0)
 
 
 def test_pair_families_given_as_lists_work():
