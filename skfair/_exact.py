@@ -458,6 +458,42 @@ def _solve(matrix, ridge, rhs):
 
 
 @_jit
+def _cholesky_solve(matrix, rhs):
+    """``(matrix^-1 rhs, True)`` for a symmetric positive definite ``matrix`` by Cholesky
+    factorisation, or ``(_, False)`` when a pivot falls below ``1e-8`` times the largest
+    diagonal entry (singular or nearly so: the caller then takes the pseudo-inverse). A few
+    hundred operations where LAPACK's eigendecomposition costs microseconds to set up."""
+    k = rhs.size
+    lower = np.zeros((k, k))
+    threshold = 0.0
+    for i in range(k):
+        threshold = max(threshold, matrix[i, i])
+    threshold *= 1e-8
+    for j in range(k):
+        pivot = matrix[j, j]
+        for p in range(j):
+            pivot -= lower[j, p] ** 2
+        if not pivot > threshold:
+            return rhs, False
+        lower[j, j] = math.sqrt(pivot)
+        for i in range(j + 1, k):
+            total = matrix[i, j]
+            for p in range(j):
+                total -= lower[i, p] * lower[j, p]
+            lower[i, j] = total / lower[j, j]
+    x = rhs.copy()
+    for i in range(k):  # L w = rhs
+        for p in range(i):
+            x[i] -= lower[i, p] * x[p]
+        x[i] /= lower[i, i]
+    for i in range(k - 1, -1, -1):  # L^T x = w
+        for p in range(i + 1, k):
+            x[i] -= lower[p, i] * x[p]
+        x[i] /= lower[i, i]
+    return x, True
+
+
+@_jit
 def _backtrack(value, gain, value_t):
     """Factor by which to shorten a step that failed the Armijo test, in [0.1, 0.5].
 
@@ -590,16 +626,23 @@ def _vjp(grad, y, atom, weight, coef, lam, lo, hi, out):
         sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
         free_sums(grad, y, atom, weight, lo, hi, sums, free_mass)
         rhs = row_values(coef, sums, np.zeros(m))[active]
-        # Minimum-norm solution of the (possibly singular: rows whose outputs are all clipped)
-        # system M u = G_SF grad_F through its eigendecomposition, as a pseudo-inverse would.
-        eigenvalues, vectors = np.linalg.eigh(_gram(coef, free_mass, active))
-        cutoff = eigenvalues[-1] * k * EPSILON
-        for j in range(k):
-            if eigenvalues[j] > cutoff:
-                along = 0.0
-                for i in range(k):
-                    along += vectors[i, j] * rhs[i]
-                for i in range(k):
-                    u[active[i]] += along / eigenvalues[j] * vectors[i, j]
+        gram = _gram(coef, free_mass, active)
+        solution, regular = _cholesky_solve(gram, rhs)
+        if regular:
+            for i in range(k):
+                u[active[i]] = solution[i]
+        else:
+            # Minimum-norm solution of the singular system M u = G_SF grad_F (rows whose
+            # outputs are all clipped, or rows that coincide in the batch) through its
+            # eigendecomposition, as a pseudo-inverse would.
+            eigenvalues, vectors = np.linalg.eigh(gram)
+            cutoff = eigenvalues[-1] * k * EPSILON
+            for j in range(k):
+                if eigenvalues[j] > cutoff:
+                    along = 0.0
+                    for i in range(k):
+                        along += vectors[i, j] * rhs[i]
+                    for i in range(k):
+                        u[active[i]] += along / eigenvalues[j] * vectors[i, j]
     free_shift(grad, y, atom, atom_shift(coef, u), weight, lo, hi, out)
     return u

@@ -196,7 +196,5 @@ def first_unattainable(coef, mass, h, lo, hi):
 def host_vector(tensor):
     """A tensor of shape (n,) as a contiguous numpy array on the host: a view of a contiguous
     CPU tensor, else a copy."""
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
-        tensor = tensor.cpu()
-    return np.ascontiguousarray(tensor.numpy())
+    array = tensor.numpy(force=True)  # detached; copied to the host from another device
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)

@@ -396,7 +396,7 @@ class _GroupMeanConstraint(AffineConstraint):
             codes = torch.cat([groups, y_true.detach().round().long()[:, None]], dim=1)
         # The rows are computed on the host (numpy, a compiled pass over the codes): they are
         # small, and the exact solver works there.
-        atom, table, mass = _atoms(codes.cpu().numpy())
+        atom, table, mass = _atoms(codes.numpy(force=True))
         if weight is not None:
             mass = np.bincount(atom, weights=_kernels.host_vector(weight), minlength=len(mass))
         references = tuple(reference_means or ()) if self.borrows_references else ()

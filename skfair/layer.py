@@ -132,7 +132,9 @@ class FairnessLayer(nn.Module):
                                    y_true=_to_device(y_true, z),
                                    sample_weight=_to_device(sample_weight, z))
         y, info = project(z, cs, self.bounds, self.solver)
-        self.last_solve_ = info
+        # (straight into the instance dict: nn.Module's __setattr__ first looks among the
+        # parameters, buffers and submodules, some microseconds per training step)
+        self.__dict__["last_solve_"] = info
         return y
 
     def extra_repr(self):
@@ -148,7 +150,7 @@ def project(z, cs, bounds, solver="auto"):
     be met within the bounds, :class:`RuntimeError` when no backend reaches the guarantee.
     """
     lo, hi = bounds if bounds is not None else (None, None)
-    z64 = z.to(torch.float64)
+    z64 = z if z.dtype == torch.float64 else z.to(torch.float64)
     order = ("qpth", "exact") if solver == "qpth" else ("exact", "qpth")
     # The exact solver checks that the problem has a solution in the same compiled call; qpth
     # needs the checks first (its errors are fallbacks, these are the caller's).
@@ -180,7 +182,7 @@ def project(z, cs, bounds, solver="auto"):
             if backend != order[0]:
                 warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the "
                               f"{backend} solver's result is used.", RuntimeWarning)
-            return y.to(z.dtype), info
+            return (y if z.dtype == torch.float64 else y.to(z.dtype)), info
         failures.append(f"{backend}: max violation {violation:.3g}, bounds off by "
                         f"{out_of_bounds:.3g} (tolerance {tol:.3g})")
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")

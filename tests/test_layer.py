@@ -559,3 +559,47 @@ def test_pair_families_given_as_lists_work():
                              pair_families=[list(map(list, family)) for family in cs.pair_families])
     torch.testing.assert_close(_exact.solve(z, as_lists, 0.0, 1.0).y,
                                _exact.solve(z, cs, 0.0, 1.0).y, atol=0, rtol=0)
+
+
+def _dense_vjp(grad, y, lam, cs, lo, hi):
+    """The implicit derivative written out densely: on the free coordinates F and the active
+    rows S, ``grad_z_F = (I - G_SF^T M^+ G_SF) grad_F`` and ``grad_h_S = M^+ G_SF grad_F`` with
+    ``M = G_SF G_SF^T``; clipped coordinates get nothing."""
+    G = cs.dense().numpy()
+    free = (y > lo) & (y < hi)
+    active = lam > 0
+    G_SF = G[np.ix_(active, free)]
+    pinv = np.linalg.pinv(G_SF @ G_SF.T)
+    grad_z = np.zeros_like(grad)
+    grad_z[free] = grad[free] - G_SF.T @ pinv @ (G_SF @ grad[free])
+    grad_h = np.zeros(len(lam))
+    grad_h[active] = pinv @ (G_SF @ grad[free])
+    return grad_z, grad_h
+
+
+@pytest.mark.parametrize("coincide", [False, True])
+def test_backward_matches_the_dense_implicit_derivative(coincide):
+    """Regular active rows take a Cholesky solve; rows that coincide in the batch (two
+    attributes with the same groups) make the system singular, where the minimum-norm
+    solution of the pseudo-inverse is the derivative."""
+    from skfair import _exact
+
+    rng = np.random.default_rng(11)
+    n = 60
+    first = rng.integers(0, 3, n)
+    second = first if coincide else rng.integers(0, 2, n)
+    groups = torch.as_tensor(np.stack([first, second], axis=1))
+    z = torch.as_tensor(np.clip(rng.uniform(0, 1, n) + 0.5 * (first == 0), 0, 1.2))
+    cs = get_constraint("demographic_parity").build(groups, epsilon=0.05)
+    result = _exact.solve(z, cs, 0.0, 1.0)
+    lam = result.lam.numpy()
+    active_rows = cs.dense().numpy()[lam > 0]
+    if coincide:  # the duplicated rows are both active: the system is singular
+        assert np.linalg.matrix_rank(active_rows) < active_rows.shape[0]
+    else:
+        assert np.linalg.matrix_rank(active_rows) == active_rows.shape[0] >= 2
+    grad = torch.as_tensor(rng.normal(size=n))
+    grad_z, grad_h = _exact.vjp(grad, result.y, result.lam, cs, 0.0, 1.0)
+    want_z, want_h = _dense_vjp(grad.numpy(), result.y.numpy(), lam, cs, 0.0, 1.0)
+    np.testing.assert_allclose(grad_z.numpy(), want_z, atol=1e-9)
+    np.testing.assert_allclose(grad_h.numpy(), want_h, atol=1e-9)
