@@ -107,8 +107,12 @@ class BaseFairNeural(BaseEstimator):
         """Network output (n,) -> values in the units of the fair outputs."""
 
     @abstractmethod
+    def _losses(self, y_fair, target):
+        """Loss of every sample of a batch."""
+
     def _loss(self, y_fair, target, weight):
         """Weighted mean loss of a batch."""
+        return _weighted_mean(self._losses(y_fair, target), weight)
 
     #: unit of the outputs in the distortion penalty
     _scale = 1.0
@@ -305,7 +309,9 @@ class BaseFairNeural(BaseEstimator):
             start = time.perf_counter()
             self.module_.train()
             total, solved = 0.0, []
-            batches = [train_idx[b] for b in self._batches(strata[train_idx], generator)]
+            # (tensor indices: indexing with a numpy array converts it at every use)
+            batches = [torch.from_numpy(train_idx[b])
+                       for b in self._batches(strata[train_idx], generator)]
             for idx in batches:
                 xb, tb, wb = X[idx].to(device), t[idx].to(device), w[idx].to(device)
                 out = self._output(self.module_(xb)[:, 0].double())
@@ -316,14 +322,15 @@ class BaseFairNeural(BaseEstimator):
                                      sample_weight=wb if weighted_means else None)
                     except InfeasibleConstraintError as exc:
                         raise self._named(exc) from exc
-                    solved.append((layer.last_solve_["duals"], len(idx)))
+                    solved.append((layer.last_solve_["duals"], out.detach()))
                 else:
                     fair = out
-                loss = self._loss(fair, tb, wb)
+                losses = self._losses(fair, tb)
                 if layer is not None and self.distortion_penalty:
                     # How far the network itself is from fair: teaches it to need the layer less.
-                    distortion = ((out - fair) / self._scale) ** 2
-                    loss = loss + self.distortion_penalty * (wb * distortion).sum() / wb.sum()
+                    # (added per sample, so that one weighted mean serves both terms)
+                    losses = losses + (self.distortion_penalty / self._scale**2) * (out - fair)**2
+                loss = _weighted_mean(losses, wb)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -331,15 +338,19 @@ class BaseFairNeural(BaseEstimator):
             if layer is not None:
                 # summed after the epoch, not between the steps: the loop stays lean
                 duals = {}
-                for batch_duals, size in solved:
+                for batch_duals, raw in solved:
                     for key, lam in (batch_duals or {}).items():
-                        duals[key] = duals.get(key, 0.0) + 2 * lam / size / len(batches)
+                        duals[key] = duals.get(key, 0.0) + 2 * lam / len(raw) / len(batches)
                 self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}
             if layer is not None:
-                record["train_gap"] = self._raw_gap(X[train_idx], t[train_idx], w[train_idx],
-                                                    groups[train_idx], device)
+                # over the epoch's batches, as they came (like the loss): no extra pass
+                order = torch.cat(batches)
+                record["train_gap"] = constraint_gap(
+                    self.constraint_, torch.cat([raw for _, raw in solved]),
+                    groups[order].to(device), y_true=self._labels_for(t[order].to(device)),
+                    sample_weight=w[order].to(device))
             monitored = record["train_loss"]
             if val_idx is not None:
                 record["val_loss"], record["val_gap"] = self._evaluate(
@@ -393,15 +404,6 @@ class BaseFairNeural(BaseEstimator):
                 f"training samples for {len(strata)} samples."
             )
         return np.setdiff1d(np.arange(len(strata)), val), val
-
-    def _raw_gap(self, X, target, weight, groups, device):
-        """The constraint's gap of the network's outputs before the layer."""
-        with torch.no_grad():
-            self.module_.eval()
-            out = self._output(self.module_(X.to(device))[:, 0].double())
-        return constraint_gap(self.constraint_, out, groups.to(device),
-                              y_true=self._labels_for(target.to(device)),
-                              sample_weight=weight.to(device))
 
     def _evaluate(self, X, target, weight, groups, device):
         """Validation loss and gap of the outputs the estimator would predict."""
@@ -538,6 +540,10 @@ class BaseFairNeural(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _weighted_mean(values, weight):
+    return (weight * values).sum() / weight.sum()
 
 
 def _available(device):

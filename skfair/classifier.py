@@ -114,10 +114,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     module_ : torch.nn.Module
         The trained network.
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``train_gap`` (the constraint's gap of the
-        network's outputs *before* the layer on the training data at the end of the epoch: what
-        the layer has to correct), ``val_loss`` and ``val_gap`` (with early stopping; the gap of
-        the outputs as predicted), ``seconds``.
+        Per epoch: ``epoch``, ``train_loss`` (mean over the epoch's batches), ``train_gap`` (the
+        constraint's gap of the network's outputs *before* the layer over the epoch's batches,
+        as they were computed: what the layer had to correct), ``val_loss`` and ``val_gap``
+        (with early stopping; the gap of the outputs as predicted), ``seconds``.
     loss_curve_ : list of float
         Training loss per epoch.
     n_iter_ : int
@@ -157,11 +157,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     def _output(self, raw):
         return torch.sigmoid(raw)
 
-    def _loss(self, y_fair, target, weight):
+    def _losses(self, y_fair, target):
         # The projection may put probabilities exactly on 0 or 1; keep the log finite.
         p = y_fair.clamp(1e-7, 1 - 1e-7)
-        losses = -(target * torch.log(p) + (1 - target) * torch.log1p(-p))
-        return (weight * losses).sum() / weight.sum()
+        return -(target * torch.log(p) + (1 - target) * torch.log1p(-p))
 
     def _fit_bounds(self, target):
         return (0.0, 1.0)

@@ -103,9 +103,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     def _output(self, raw):
         return self._target_loc + self._target_scale * raw
 
-    def _loss(self, y_fair, target, weight):
-        losses = ((y_fair - target) / self._target_scale) ** 2
-        return (weight * losses).sum() / weight.sum()
+    def _losses(self, y_fair, target):
+        return ((y_fair - target) / self._target_scale) ** 2
 
     def _fit_bounds(self, target):
         if self.bounds is False:

@@ -69,6 +69,31 @@ def test_predictions_and_classes(biased):
     assert np.isfinite(clf.loss_curve_).all()
 
 
+@pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds"])
+def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fairness):
+    """history_'s train_gap: the constraint's gap of the network's outputs before the layer,
+    over all the batches of the epoch as they went through it."""
+    from skfair import FairnessLayer
+
+    X, y = biased
+    seen = []
+    forward = FairnessLayer.forward
+
+    def recording(self, z, groups, y_true=None, sample_weight=None):
+        seen.append((z.detach().clone(), groups.clone(), y_true))
+        return forward(self, z, groups, y_true=y_true, sample_weight=sample_weight)
+
+    monkeypatch.setattr(FairnessLayer, "forward", recording)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
+                               **dict(FAST, max_epochs=1)).fit(X, y)
+    assert sum(len(z) for z, _, _ in seen) == len(X)
+    labels = None if seen[0][2] is None else torch.cat([t for _, _, t in seen])
+    want = constraint_gap(fairness, torch.cat([z for z, _, _ in seen]),
+                          torch.cat([g for _, g, _ in seen]), y_true=labels)
+    assert clf.history_[0]["train_gap"] == pytest.approx(want, abs=1e-12)
+    assert want > 0.01  # the biased data's raw outputs are unfair
+
+
 def test_equalized_odds_trains_and_reduces_the_label_conditional_gap(biased):
     X, y = biased
     X = X.drop(columns="race")
