@@ -243,8 +243,6 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
     time its numpy functions take (this function is compiled once per installation and cached).
     """
     m = coef.shape[0]
-    all_rows = np.arange(m)
-    full_hessian = _gram(coef, square_mass, all_rows)  # G G^T
     in_family = np.zeros(m, np.bool_)
     for r in fam_row:
         in_family[r] = True
@@ -284,12 +282,10 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
             current = trial_index
             continue
         k = rows.size
-        full = np.empty((k, k))
         rhs = np.empty(k)
         for i in range(k):
             rhs[i] = residual[rows[i]]
-            for j in range(k):
-                full[i, j] = full_hessian[rows[i], rows[j]]
+        full = _gram(coef, square_mass, rows)  # G G^T on the rows, as if every output were free
         hessian = _gram(coef, free_mass, rows)
         flat = np.zeros(k, np.bool_)
         any_flat = False
