@@ -69,6 +69,18 @@ def test_predictions_and_classes(biased):
     assert np.isfinite(clf.loss_curve_).all()
 
 
+@pytest.mark.parametrize("protected", [None, ["sex"]])
+def test_network_features_are_row_major(biased, protected):
+    """Training gathers every batch's rows: from a DataFrame (a column-major array once
+    converted) they must still come out row-major, with or without protected columns."""
+    X, y = biased
+    X = X.drop(columns="race") if protected else X.drop(columns=["race", "sex"])
+    clf = FairNeuralClassifier(protected_attributes=protected, **dict(FAST, max_epochs=1))
+    features, _ = clf.fit(X, y)._validate_X(X, reset=False)
+    assert features.flags.c_contiguous and features.dtype == np.float64
+    assert features.shape == (len(X), 3 if protected else 2)
+
+
 @pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds"])
 def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fairness):
     """history_'s train_gap: the constraint's gap of the network's outputs before the layer,
