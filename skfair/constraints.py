@@ -117,14 +117,10 @@ class ConstraintSet:
         self._host = {}  # numpy copies on the host, made on first use (or by the builders)
 
     @classmethod
-    def _from_host(cls, coef, atom, h, keys, device, weight=None, pair_families=(), mass=None,
-                   tensors=None):
+    def _from_host(cls, coef, atom, h, tensors, keys, device, weight, pair_families, mass):
         """A set built from numpy arrays that are consistent by construction (the built-in
-        constraints compute them on the host). ``tensors``: ``coef`` and ``h`` as tensors on
-        ``device`` when the caller has them (made from the arrays otherwise); ``h=None`` when
-        only its tensor is known (one that carries gradients)."""
-        if tensors is None:
-            tensors = (_device_tensor(coef, device), _device_tensor(h, device))
+        constraints compute them on the host). ``tensors`` are ``coef`` and ``h`` as tensors
+        on ``device``; ``h=None`` when only its tensor is known (one that carries gradients)."""
         cs = cls.__new__(cls)
         cs._assign(tensors[0], _device_tensor(atom, device), tensors[1], keys, weight,
                    pair_families)
@@ -415,8 +411,8 @@ class _GroupMeanConstraint(AffineConstraint):
             target = y_true if weight is None else y_true * weight
             sums = _segment_sum(target.to(torch.float64), _device_tensor(atom, device), len(mass))
             h, tensors = None, (tensors[0], tensors[1] + tensors[0] @ sums)
-        return ConstraintSet._from_host(coef, atom, h, keys, device, weight, families, mass,
-                                        tensors)
+        return ConstraintSet._from_host(coef, atom, h, tensors, keys, device, weight, families,
+                                        mass)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
