@@ -47,14 +47,18 @@ EPSILON = float(np.finfo(np.float64).eps)
 
 
 class SolveResult:
-    """Primal solution, multipliers and diagnostics of one projection; ``scale`` is the
-    magnitude of the problem's values (:func:`problem_scale`)."""
+    """Primal solution ``y`` and multipliers ``lam`` (tensors) and diagnostics of one projection;
+    ``scale`` is the magnitude of the problem's values (:func:`problem_scale`). ``host_y`` and
+    ``host_lam`` are the same values as numpy arrays on the host (those of the compiled passes;
+    made from the tensors when not given)."""
 
-    __slots__ = ("y", "lam", "n_iter", "converged", "scale")
+    __slots__ = ("y", "lam", "n_iter", "converged", "scale", "host_y", "host_lam")
 
-    def __init__(self, y, lam, n_iter, converged, scale):
+    def __init__(self, y, lam, n_iter, converged, scale, host_y=None, host_lam=None):
         self.y, self.lam, self.n_iter, self.converged = y, lam, n_iter, converged
         self.scale = scale
+        self.host_y = host_vector(y) if host_y is None else host_y
+        self.host_lam = _host(lam) if host_lam is None else host_lam
 
 
 def clip(x, lo, hi):
@@ -99,7 +103,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     y = buffers[index]
     buffers[index] = np.empty_like(y)  # the caller owns the result
     return SolveResult(_device_tensor(y, z.device), _device_tensor(lam, z.device), n_iter,
-                       converged, scale)
+                       converged, scale, y, lam)
 
 
 def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
@@ -116,16 +120,17 @@ def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
         raise ValueError("z must be finite; it contains NaN or inf.")
 
 
-def vjp(grad_y, y, lam, cs, lo, hi):
-    """Vector-Jacobian products of the projection at its solution.
+def vjp(grad_y, result, cs, lo, hi):
+    """Vector-Jacobian products of the projection at its solution ``result`` (a
+    :class:`SolveResult`).
 
     Implicit differentiation of the KKT system on the free coordinates ``F`` and the active rows
     ``S``: ``dy_F = P dz_F + G_SF^T M^+ dh_S`` with ``M = G_SF G_SF^T`` and
     ``P = I - G_SF^T M^+ G_SF``; clipped coordinates do not move. Returns ``(grad_z, grad_h)``,
     in ``O(n m + m^3)`` without any n x n matrix (:func:`_vjp`, compiled, on the host).
     """
-    grad_z = np.empty(y.shape[0])
-    u = _vjp(host_vector(grad_y), host_vector(y), *cs.host_problem[:3], _host(lam),
+    grad_z = np.empty(result.host_y.shape[0])
+    u = _vjp(host_vector(grad_y), result.host_y, *cs.host_problem[:3], result.host_lam,
              *_open_bounds(lo, hi), grad_z)
     return _device_tensor(grad_z, grad_y.device), _device_tensor(u, grad_y.device)
 

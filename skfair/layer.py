@@ -7,13 +7,15 @@ import warnings
 import torch
 from torch import nn
 
-from . import _exact
+from . import _exact, _kernels
 from .constraints import _check_epsilon, get_constraint
 from .constraints import _as_group_matrix, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
 
 SOLVERS = ("auto", "exact", "qpth")
+#: the backends each solver option tries, in order (the second one when the first fails)
+_BACKEND_ORDER = {"auto": ("exact", "qpth"), "exact": ("exact",), "qpth": ("qpth", "exact")}
 
 #: max violation (relative to the problem's scale) the returned outputs may have; the exact solver
 #: reaches ~1e-12, qpth's interior point ~1e-9.
@@ -151,41 +153,70 @@ def project(z, cs, bounds, solver="auto"):
     """
     lo, hi = bounds if bounds is not None else (None, None)
     z64 = z if z.dtype == torch.float64 else z.to(torch.float64)
-    order = ("qpth", "exact") if solver == "qpth" else ("exact", "qpth")
-    # The exact solver checks that the problem has a solution in the same compiled call; qpth
-    # needs the checks first (its errors are fallbacks, these are the caller's).
-    scale = _exact.problem_scale(z64, cs, lo, hi) if order[0] == "qpth" else None
     failures = []
+    order = _BACKEND_ORDER[solver]
     for backend in order:
-        if backend == "qpth" and solver == "exact":
-            break
-        try:
-            if backend == "exact":
-                result = _exact.solve(z64.detach(), cs, lo, hi)
-                y = _ExactProjection.apply(z64, cs.h, result, cs, lo, hi)
-                lam, n_iter, scale = result.lam, result.n_iter, result.scale
-            else:
-                y, lam, n_iter = _exact.clip(_qpth_project(z64, cs, lo, hi), lo, hi), None, None
-        except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
-            if backend == "exact":
-                raise
-            failures.append(f"qpth: {type(exc).__name__}: {exc}")
-            continue
-        # Recomputed from y, not taken from the solver's residuals: the guarantee does not rest
-        # on the solver being right.
-        violation, out_of_bounds = _violations(y.detach(), cs, lo, hi)
-        tol = GUARANTEE_TOL * scale
-        if violation <= tol and out_of_bounds <= tol:
-            info = {"solver": backend, "n_iter": n_iter, "max_violation": violation,
-                    "n_rows": cs.n_rows, "n_samples": cs.n_samples,
-                    "duals": None if lam is None else dict(zip(cs.keys, lam.tolist()))}
-            if backend != order[0]:
-                warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the "
-                              f"{backend} solver's result is used.", RuntimeWarning)
+        out = (_exact_backend if backend == "exact" else _qpth_backend)(z64, cs, lo, hi, failures)
+        if out is not None:
+            if failures:
+                warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the {backend} "
+                              f"solver's result is used.", RuntimeWarning)
+            y, info = out
             return (y if z.dtype == torch.float64 else y.to(z.dtype)), info
-        failures.append(f"{backend}: max violation {violation:.3g}, bounds off by "
-                        f"{out_of_bounds:.3g} (tolerance {tol:.3g})")
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
+
+
+def _exact_backend(z, cs, lo, hi, failures):
+    """``(y, info)`` from the exact solver, or None (with the reason in ``failures``)."""
+    # The solver checks that the problem has a solution in the same compiled call.
+    result = _exact.solve(z.detach(), cs, lo, hi)
+    if result.n_iter == 0:
+        # The solver kept the outputs: when they are fair already and none lies at a bound, the
+        # projection is z itself and its Jacobian the identity, what the backward pass would
+        # compute, without its cost. (z itself is checked: the guarantee rests on no solver.)
+        violation, _, inside = _violations(_kernels.host_vector(z), cs, lo, hi)
+        if inside and violation <= GUARANTEE_TOL * result.scale:
+            return z.clone(), _info("exact", 0, violation, cs, result.lam.tolist())
+    violation, out_of_bounds, _ = _violations(result.host_y, cs, lo, hi)
+    if not _accepted(violation, out_of_bounds, result.scale, "exact", failures):
+        return None
+    y = _ExactProjection.apply(z, cs.h, result, cs, lo, hi)
+    return y, _info("exact", result.n_iter, violation, cs, result.lam.tolist())
+
+
+def _qpth_backend(z, cs, lo, hi, failures):
+    """``(y, info)`` from qpth, or None (with the reason in ``failures``)."""
+    # qpth needs the checks first (its errors are fallbacks, these are the caller's).
+    scale = _exact.problem_scale(z, cs, lo, hi)
+    try:
+        y = _exact.clip(_qpth_project(z, cs, lo, hi), lo, hi)
+    except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
+        failures.append(f"qpth: {type(exc).__name__}: {exc}")
+        return None
+    violation, out_of_bounds, _ = _violations(_kernels.host_vector(y), cs, lo, hi)
+    if not _accepted(violation, out_of_bounds, scale, "qpth", failures):
+        return None
+    return y, _info("qpth", None, violation, cs, None)
+
+
+def _accepted(violation, out_of_bounds, scale, backend, failures):
+    """Whether a backend's outputs meet the guarantee; records why not in ``failures``.
+
+    The violation is recomputed from the outputs, not taken from the solver's residuals: the
+    guarantee does not rest on the solver being right.
+    """
+    tol = GUARANTEE_TOL * scale
+    if violation <= tol and out_of_bounds <= tol:
+        return True
+    failures.append(f"{backend}: max violation {violation:.3g}, bounds off by "
+                    f"{out_of_bounds:.3g} (tolerance {tol:.3g})")
+    return False
+
+
+def _info(backend, n_iter, violation, cs, lam):
+    return {"solver": backend, "n_iter": n_iter, "max_violation": violation,
+            "n_rows": cs.n_rows, "n_samples": cs.n_samples,
+            "duals": None if lam is None else dict(zip(cs.keys, lam))}
 
 
 class _ExactProjection(torch.autograd.Function):
@@ -193,14 +224,14 @@ class _ExactProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, h, result, cs, lo, hi):
-        ctx.save_for_backward(result.y, result.lam)
-        ctx.cs, ctx.lo, ctx.hi = cs, lo, hi
+        ctx.save_for_backward(result.y)  # (the version check: y must not change in place)
+        ctx.result, ctx.cs, ctx.lo, ctx.hi = result, cs, lo, hi
         return result.y
 
     @staticmethod
     def backward(ctx, grad_y):
-        y, lam = ctx.saved_tensors
-        grad_z, grad_h = _exact.vjp(grad_y, y, lam, ctx.cs, ctx.lo, ctx.hi)
+        ctx.saved_tensors  # noqa: B018 - raises if y was modified in place
+        grad_z, grad_h = _exact.vjp(grad_y, ctx.result, ctx.cs, ctx.lo, ctx.hi)
         return grad_z, grad_h, None, None, None, None
 
 
@@ -236,12 +267,15 @@ def _qpth_project(z, cs, lo, hi):
 
 
 def _violations(y, cs, lo, hi):
-    """``(max(G y - h), how far y leaves the bounds)``; both NaN when ``y`` is not finite."""
-    violation, low, high = cs.violation_and_range(y)
+    """``(max(G y - h), how far y leaves the bounds, whether every output lies strictly inside
+    them)`` from one compiled pass over ``y`` (float64, on the host); the first two NaN when
+    ``y`` is not finite."""
+    violation, low, high = _kernels.violation_and_range(y, *cs.host_problem[:4])
     if not (math.isfinite(low) and math.isfinite(high)):
-        return float("nan"), float("nan")
-    out = max(0.0, -math.inf if lo is None else lo - low, -math.inf if hi is None else high - hi)
-    return violation, out
+        return float("nan"), float("nan"), False
+    low_gap = math.inf if lo is None else low - lo
+    high_gap = math.inf if hi is None else hi - high
+    return violation, max(0.0, -low_gap, -high_gap), low_gap > 0 and high_gap > 0
 
 
 def _check_bounds(bounds):

@@ -385,6 +385,71 @@ def test_backend_failure_falls_back_with_a_warning(monkeypatch):
     assert abs(float(y[:2].mean() - y[2:].mean())) <= 0.1 + 1e-6
 
 
+def test_qpth_first_falls_back_to_exact_with_a_warning(monkeypatch):
+    from skfair import layer as layer_module
+
+    monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    with pytest.warns(RuntimeWarning, match="qpth solver failed"):
+        y, info = project(z, cs, (0.0, 1.0), solver="qpth")
+    assert info["solver"] == "exact"
+    torch.testing.assert_close(y, project(z, cs, (0.0, 1.0), solver="exact")[0])
+
+
+def test_exact_solver_failing_raises_without_fallback(monkeypatch):
+    from skfair import _exact
+
+    monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
+        z.clone(), cs.h.new_zeros(cs.n_rows), 3, False, 1.0))
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    with pytest.raises(RuntimeError, match="exact: max violation"):
+        project(z, cs, (0.0, 1.0), solver="exact")
+
+
+def test_fair_outputs_pass_through_with_the_identity_jacobian():
+    z = torch.tensor([0.6, 0.5, 0.55, 0.52], dtype=torch.float64, requires_grad=True)
+    layer = FairnessLayer("demographic_parity", epsilon=0.1)
+    y = layer(z, torch.tensor([0, 0, 1, 1]))
+    assert layer.last_solve_["n_iter"] == 0
+    assert set(layer.last_solve_["duals"].values()) == {0.0}
+    torch.testing.assert_close(y, z, atol=0, rtol=0)
+    assert y.data_ptr() != z.data_ptr()  # a new tensor: changing y leaves z alone
+    grad = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
+    y.backward(grad)
+    torch.testing.assert_close(z.grad, grad, atol=0, rtol=0)
+
+
+def test_fair_outputs_at_a_bound_still_get_the_projection_jacobian():
+    z = torch.tensor([0.0, 0.5, 0.3, 0.2], dtype=torch.float64, requires_grad=True)
+    y = FairnessLayer("demographic_parity", epsilon=0.1)(z, torch.tensor([0, 0, 1, 1]))
+    torch.testing.assert_close(y, z.detach(), atol=0, rtol=0)
+    y.backward(torch.ones(4, dtype=torch.float64))
+    # the output at the bound 0 is clipped: it does not move with z
+    torch.testing.assert_close(z.grad, torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def test_a_solver_claiming_no_iterations_is_not_trusted_with_unfair_outputs(monkeypatch):
+    """The pass-through of fair outputs checks z itself, not the solver's word."""
+    from skfair import _exact
+
+    solve = _exact.solve
+
+    def no_iterations(z, cs, lo, hi, **kwargs):
+        result = solve(z, cs, lo, hi, **kwargs)
+        result.n_iter = 0
+        return result
+
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    want, _ = project(z, cs, (0.0, 1.0))
+    monkeypatch.setattr(_exact, "solve", no_iterations)
+    got, _ = project(z, cs, (0.0, 1.0))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert float(got[:2].mean() - got[2:].mean()) <= 0.1 + 1e-9
+
+
 def test_both_backends_failing_raise(monkeypatch):
     from skfair import _exact, layer as layer_module
 
@@ -599,7 +664,7 @@ def test_backward_matches_the_dense_implicit_derivative(coincide):
     else:
         assert np.linalg.matrix_rank(active_rows) == active_rows.shape[0] >= 2
     grad = torch.as_tensor(rng.normal(size=n))
-    grad_z, grad_h = _exact.vjp(grad, result.y, result.lam, cs, 0.0, 1.0)
+    grad_z, grad_h = _exact.vjp(grad, result, cs, 0.0, 1.0)
     want_z, want_h = _dense_vjp(grad.numpy(), result.y.numpy(), lam, cs, 0.0, 1.0)
     np.testing.assert_allclose(grad_z.numpy(), want_z, atol=1e-9)
     np.testing.assert_allclose(grad_h.numpy(), want_h, atol=1e-9)
