@@ -275,21 +275,15 @@ class BaseFairNeural(BaseEstimator):
     def _batches(self, strata, generator):
         """Mini-batches (index arrays) in which every stratum keeps its share of the data.
 
-        Each stratum is shuffled and dealt evenly across the batches; no sample is dropped.
+        The samples, shuffled and then grouped by stratum, are dealt to the batches in turn: each
+        batch gets the floor or the ceiling of every stratum's share, the batches' sizes differ
+        by one at most, and no sample is dropped.
         """
         n = len(strata)
         n_batches = max(1, -(-n // self.batch_size))
-        slot = np.empty(n, dtype=np.float64)
         order = torch.randperm(n, generator=generator).numpy()
-        for s in np.unique(strata):
-            members = order[strata[order] == s]
-            # Evenly spaced positions in [0, n_batches), with a random offset.
-            offset = float(torch.rand(1, generator=generator))
-            slot[members] = (np.arange(len(members)) + offset) * n_batches / len(members)
-        batch_of = np.minimum(slot.astype(np.int64), n_batches - 1)
-        ordered = np.lexsort((slot, batch_of))
-        bounds = np.searchsorted(batch_of[ordered], np.arange(1, n_batches))
-        return [b for b in np.split(ordered, bounds) if len(b)]
+        members = order[_stable_order(strata[order])]
+        return [members[b::n_batches] for b in range(n_batches)]
 
     def _train(self, features, target, weight, groups, generator, device):
         X = torch.tensor(features, dtype=torch.float32)
@@ -301,25 +295,36 @@ class BaseFairNeural(BaseEstimator):
         if self.early_stopping:
             train_idx, val_idx = self._validation_split(strata, generator)
         layer = None
-        if groups is not None:
-            layer = FairnessLayer(self.constraint_, self.epsilon, self.bounds_, self.solver)
         # Equal weights leave every group mean unchanged: the layer then skips them (cheaper).
         weighted_means = len(weight) > 0 and not np.all(weight == weight[0])
-        optimizer = torch.optim.Adam(self.module_.parameters(), lr=self.learning_rate,
-                                     weight_decay=self.weight_decay)
+        if groups is not None:
+            layer = FairnessLayer(self.constraint_, self.epsilon, self.bounds_, self.solver)
+            # the training samples' groups, labels and weights, for the gap after every epoch
+            train = torch.from_numpy(train_idx)
+            gap_inputs = (groups[train].to(device),
+                          self._labels_for(t[train].to(device)),
+                          w[train].to(device) if weighted_means else None)
+        params = list(self.module_.parameters())
+        # fused: one kernel updates every parameter, instead of about ten operations for each
+        # (a third of a small network's training step on the CPU)
+        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+        optimizer = torch.optim.Adam(params, lr=self.learning_rate,
+                                     weight_decay=self.weight_decay, fused=fused or None)
         best_loss, best_state, stall = np.inf, None, 0
         for epoch in range(len(self.history_) + 1, len(self.history_) + self.max_epochs + 1):
             start = time.perf_counter()
             self.module_.train()
             total, solved = 0.0, []
-            # (tensor indices: indexing with a numpy array converts it at every use)
-            batches = [torch.from_numpy(train_idx[b])
-                       for b in self._batches(strata[train_idx], generator)]
+            positions = self._batches(strata[train_idx], generator)
+            # (tensor indices: indexing with a numpy array converts it at every use;
+            # index_select gathers rows several times faster than indexing)
+            batches = [torch.from_numpy(train_idx[b]) for b in positions]
             for idx in batches:
-                xb, tb, wb = X[idx].to(device), t[idx].to(device), w[idx].to(device)
+                xb = X.index_select(0, idx).to(device)
+                tb, wb = t.index_select(0, idx).to(device), w.index_select(0, idx).to(device)
                 out = self._output(self.module_(xb)[:, 0].double())
                 if layer is not None:
-                    gb, yb = groups[idx].to(device), self._labels_for(tb)
+                    gb, yb = groups.index_select(0, idx).to(device), self._labels_for(tb)
                     try:
                         fair = layer(out, gb, y_true=yb,
                                      sample_weight=wb if weighted_means else None)
@@ -332,7 +337,9 @@ class BaseFairNeural(BaseEstimator):
                 if layer is not None and self.distortion_penalty:
                     # How far the network itself is from fair: teaches it to need the layer less.
                     # (added per sample, so that one weighted mean serves both terms)
-                    losses = losses + (self.distortion_penalty / self._scale**2) * (out - fair)**2
+                    distortion = out - fair
+                    losses = torch.addcmul(losses, distortion, distortion,
+                                           value=self.distortion_penalty / self._scale**2)
                 loss = _weighted_mean(losses, wb)
                 optimizer.zero_grad()
                 loss.backward()
@@ -348,12 +355,14 @@ class BaseFairNeural(BaseEstimator):
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}
             if layer is not None:
-                # over the epoch's batches, as they came (like the loss): no extra pass
-                order = torch.cat(batches)
-                record["train_gap"] = constraint_gap(
-                    self.constraint_, torch.cat([raw for _, raw in solved]),
-                    groups[order].to(device), y_true=self._labels_for(t[order].to(device)),
-                    sample_weight=w[order].to(device))
+                # over the epoch's batches, as they came (like the loss): no extra pass; the
+                # raw outputs put back in the order of the training samples
+                raw = torch.empty(len(train_idx), dtype=torch.float64, device=device)
+                raw.index_copy_(0, torch.from_numpy(np.concatenate(positions)).to(device),
+                                torch.cat([r for _, r in solved]))
+                record["train_gap"] = constraint_gap(self.constraint_, raw, gap_inputs[0],
+                                                     y_true=gap_inputs[1],
+                                                     sample_weight=gap_inputs[2])
             monitored = record["train_loss"]
             if val_idx is not None:
                 record["val_loss"], record["val_gap"] = self._evaluate(
@@ -543,6 +552,14 @@ class BaseFairNeural(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _stable_order(keys):
+    """``np.argsort(keys, kind="stable")`` of non-negative integers; numpy sorts 16-bit integers
+    by radix (linear time), several times faster than int64 ones at 50,000 samples."""
+    if keys.size and keys.max() < 1 << 15:
+        keys = keys.astype(np.int16)
+    return np.argsort(keys, kind="stable")
 
 
 def _weighted_mean(values, weight):

@@ -159,8 +159,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     def _losses(self, y_fair, target):
         # The projection may put probabilities exactly on 0 or 1; keep the log finite.
-        p = y_fair.clamp(1e-7, 1 - 1e-7)
-        return -(target * torch.log(p) + (1 - target) * torch.log1p(-p))
+        # (one fused operation forward and backward: cheaper than its formula in tensor ops)
+        return torch.nn.functional.binary_cross_entropy(y_fair.clamp(1e-7, 1 - 1e-7), target,
+                                                        reduction="none")
 
     def _fit_bounds(self, target):
         return (0.0, 1.0)

@@ -379,6 +379,23 @@ def test_training_batches_keep_the_group_composition():
         assert np.abs(counts - expected).max() < 1.0
 
 
+@pytest.mark.parametrize("batch_size", [1, 6, 7, 40])
+def test_batches_deal_every_stratum_evenly_with_absent_codes(batch_size):
+    # strata codes 0, 2 and 5 (the others absent), 20 samples: batches of any size keep shares
+    strata = np.repeat([0, 2, 5], [7, 9, 4])
+    clf = FairNeuralClassifier(batch_size=batch_size)
+    batches = clf._batches(strata, torch.Generator().manual_seed(3))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(20))
+    n_batches = -(-20 // batch_size)
+    assert len(batches) == n_batches
+    expected = np.bincount(strata) / n_batches
+    for batch in batches:
+        assert np.abs(np.bincount(strata[batch], minlength=len(expected)) - expected).max() < 1
+        assert len(batch) in (20 // n_batches, -(-20 // n_batches))
+    other = clf._batches(strata, torch.Generator().manual_seed(4))
+    assert n_batches == 1 or any(not np.array_equal(a, b) for a, b in zip(batches, other))
+
+
 def test_one_dimensional_X_is_rejected(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
