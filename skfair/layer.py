@@ -75,7 +75,9 @@ class FairnessLayer(nn.Module):
     iteration. The multipliers of pairwise rows (parity constraints compare every ordered pair of
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
     systems regular; training batches need a few iterations. A group absent
-    from the batch contributes no rows. The solver and its backward pass are compiled (numba)
+    from the batch contributes no rows. Outputs that are fair already and strictly inside the
+    bounds are returned unchanged (a copy, checked like any result) with the identity as
+    Jacobian: no autograd node, no backward pass. The solver and its backward pass are compiled (numba)
     and run on the host, in float64: the dual has a few dozen variables, and its passes over the
     outputs are memory-bound loops; tensors on another device are copied to the host and the
     results back (``O(n)`` each way, one round trip per call).
