@@ -68,8 +68,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         A network to use instead of the MLP: a module mapping ``(n, n_inputs)`` float32 inputs to
         ``(n, 1)`` logits (it is copied in fit), or a callable ``n_inputs -> module``.
     batch_size : int, default=256
-        Training mini-batch size. Batches are stratified: each keeps the data's share of every
-        group (and, for label-dependent constraints, group x label) combination.
+        Training mini-batch size: an epoch is ``ceil(n / batch_size)`` batches whose sizes differ
+        by one at most. Batches are stratified: each keeps the data's share of every group (and,
+        for label-dependent constraints, group x label) combination.
     max_epochs : int, default=100
         Maximum number of passes over the data.
     learning_rate : float, default=1e-3

@@ -76,11 +76,11 @@ class FairnessLayer(nn.Module):
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
     systems regular; training batches need a few iterations. A group absent
     from the batch contributes no rows. Outputs that are fair already and strictly inside the
-    bounds are returned unchanged (a copy, checked like any result) with the identity as
-    Jacobian: no autograd node, no backward pass. The solver and its backward pass are compiled (numba)
-    and run on the host, in float64: the dual has a few dozen variables, and its passes over the
-    outputs are memory-bound loops; tensors on another device are copied to the host and the
-    results back (``O(n)`` each way, one round trip per call).
+    bounds (checked like any result) are returned as they are, the input tensor itself: the
+    projection is the identity there, and it adds no autograd node. The solver and its backward
+    pass are compiled (numba) and run on the host, in float64: the dual has a few dozen
+    variables, and its passes over the outputs are memory-bound loops; tensors on another device
+    are copied to the host and the results back (``O(n)`` each way, one round trip per call).
 
     Examples
     --------
@@ -126,7 +126,9 @@ class FairnessLayer(nn.Module):
         Returns
         -------
         y : torch.Tensor of shape (n,)
-            The fair outputs, same dtype and device as ``z``.
+            The fair outputs, same dtype and device as ``z``: ``z`` itself when its values are
+            fair already and strictly inside the bounds (then nothing changes; like
+            :meth:`torch.Tensor.to`, the result may be the input).
         """
         groups = _as_group_matrix(groups)
         _check_inputs(z, groups)
@@ -164,6 +166,8 @@ def project(z, cs, bounds, solver="auto"):
                 warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the {backend} "
                               f"solver's result is used.", RuntimeWarning)
             y, info = out
+            if y is z64:  # fair already: the input itself, in its own dtype
+                return z, info
             return (y if z.dtype == torch.float64 else y.to(z.dtype)), info
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
 
@@ -174,16 +178,16 @@ def _exact_backend(z, cs, lo, hi, failures):
     result = _exact.solve(z.detach(), cs, lo, hi)
     if result.n_iter == 0:
         # The solver kept the outputs: when they are fair already and none lies at a bound, the
-        # projection is z itself and its Jacobian the identity, what the backward pass would
-        # compute, without its cost. (z itself is checked: the guarantee rests on no solver.)
+        # projection is z itself, its Jacobian the identity (what the backward pass would
+        # compute, without its cost). z itself is checked: the guarantee rests on no solver.
         violation, _, inside = _violations(_kernels.host_vector(z), cs, lo, hi)
         if inside and violation <= GUARANTEE_TOL * result.scale:
-            return z.clone(), _info("exact", 0, violation, cs, result.lam.tolist())
+            return z, _info("exact", 0, violation, cs, result.host_lam.tolist())
     violation, out_of_bounds, _ = _violations(result.host_y, cs, lo, hi)
     if not _accepted(violation, out_of_bounds, result.scale, "exact", failures):
         return None
     y = _ExactProjection.apply(z, cs.h, result, cs, lo, hi)
-    return y, _info("exact", result.n_iter, violation, cs, result.lam.tolist())
+    return y, _info("exact", result.n_iter, violation, cs, result.host_lam.tolist())
 
 
 def _qpth_backend(z, cs, lo, hi, failures):
@@ -216,6 +220,7 @@ def _accepted(violation, out_of_bounds, scale, backend, failures):
 
 
 def _info(backend, n_iter, violation, cs, lam):
+    """The diagnostics of :attr:`FairnessLayer.last_solve_` (``lam``: a list, or None)."""
     return {"solver": backend, "n_iter": n_iter, "max_violation": violation,
             "n_rows": cs.n_rows, "n_samples": cs.n_samples,
             "duals": None if lam is None else dict(zip(cs.keys, lam))}

@@ -408,15 +408,15 @@ def test_exact_solver_failing_raises_without_fallback(monkeypatch):
         project(z, cs, (0.0, 1.0), solver="exact")
 
 
-def test_fair_outputs_pass_through_with_the_identity_jacobian():
-    z = torch.tensor([0.6, 0.5, 0.55, 0.52], dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fair_outputs_pass_through_with_the_identity_jacobian(dtype):
+    z = torch.tensor([0.6, 0.5, 0.55, 0.52], dtype=dtype, requires_grad=True)
     layer = FairnessLayer("demographic_parity", epsilon=0.1)
     y = layer(z, torch.tensor([0, 0, 1, 1]))
-    assert layer.last_solve_["n_iter"] == 0
+    assert layer.last_solve_["n_iter"] == 0 and layer.last_solve_["max_violation"] < 0
     assert set(layer.last_solve_["duals"].values()) == {0.0}
-    torch.testing.assert_close(y, z, atol=0, rtol=0)
-    assert y.data_ptr() != z.data_ptr()  # a new tensor: changing y leaves z alone
-    grad = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
+    assert y is z  # nothing to change: the input itself, no autograd node
+    grad = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=dtype)
     y.backward(grad)
     torch.testing.assert_close(z.grad, grad, atol=0, rtol=0)
 
