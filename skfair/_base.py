@@ -306,7 +306,7 @@ class BaseFairNeural(BaseEstimator):
                           w[train].to(device) if weighted_means else None)
         params = list(self.module_.parameters())
         # fused: one kernel updates every parameter, instead of about ten operations for each
-        # (a third of a small network's training step on the CPU)
+        # (a large part of a small network's training step on the CPU)
         fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
         optimizer = torch.optim.Adam(params, lr=self.learning_rate,
                                      weight_decay=self.weight_decay, fused=fused or None)
@@ -556,7 +556,7 @@ class BaseFairNeural(BaseEstimator):
 
 def _stable_order(keys):
     """``np.argsort(keys, kind="stable")`` of non-negative integers; numpy sorts 16-bit integers
-    by radix (linear time), several times faster than int64 ones at 50,000 samples."""
+    by radix (linear time) and int64 ones by merging."""
     if keys.size and keys.max() < 1 << 15:
         keys = keys.astype(np.int16)
     return np.argsort(keys, kind="stable")
