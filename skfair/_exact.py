@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
-                       host_vector, row_values, value_range)
+                       host_vector, row_values, value_range, violation_and_range)
 from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -47,18 +47,25 @@ EPSILON = float(np.finfo(np.float64).eps)
 
 
 class SolveResult:
-    """Primal solution ``y`` and multipliers ``lam`` (tensors) and diagnostics of one projection;
+    """Primal solution ``y`` (tensor) and multipliers ``lam`` and diagnostics of one projection;
     ``scale`` is the magnitude of the problem's values (:func:`problem_scale`). ``host_y`` and
-    ``host_lam`` are the same values as numpy arrays on the host (those of the compiled passes;
-    made from the tensors when not given)."""
+    ``host_lam`` are the values as numpy arrays on the host (those of the compiled passes;
+    ``host_y`` made from ``y`` when not given); :attr:`lam` is ``host_lam`` as a tensor beside
+    ``y``. ``check`` is ``(max(G y - h), min(y), max(y))``, computed from ``y`` after the
+    iterations (a separate pass, not the solver's residuals), or None when not known."""
 
-    __slots__ = ("y", "lam", "n_iter", "converged", "scale", "host_y", "host_lam")
+    __slots__ = ("y", "n_iter", "converged", "scale", "host_y", "host_lam", "check")
 
-    def __init__(self, y, lam, n_iter, converged, scale, host_y=None, host_lam=None):
-        self.y, self.lam, self.n_iter, self.converged = y, lam, n_iter, converged
-        self.scale = scale
+    def __init__(self, y, lam, n_iter, converged, scale, host_y=None, check=None):
+        self.y, self.n_iter, self.converged, self.scale = y, n_iter, converged, scale
         self.host_y = host_vector(y) if host_y is None else host_y
-        self.host_lam = _host(lam) if host_lam is None else host_lam
+        self.host_lam, self.check = _host(lam), check
+
+    @property
+    def lam(self):
+        """The multipliers as a tensor on the device of ``y`` (made on access: the training
+        loop reads the host array only)."""
+        return _device_tensor(self.host_lam, self.y.device)
 
 
 def clip(x, lo, hi):
@@ -96,14 +103,16 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     buffers = _workspace(n)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
-    row, smallest, scale, index, n_iter, converged, lam = _checked_newton(
+    row, smallest, scale, index, n_iter, converged, lam, violation, low, high = _checked_newton(
         host_vector(z), *cs.host_problem, *_open_bounds(lo, hi), lam,
         *_family_arrays(cs.pair_families), tol + ROUNDING * n, max_iter, *buffers)
-    _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
+    if row >= 0 or not math.isfinite(scale):
+        _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
     y = buffers[index]
-    buffers[index] = np.empty_like(y)  # the caller owns the result
-    return SolveResult(_device_tensor(y, z.device), _device_tensor(lam, z.device), n_iter,
-                       converged, scale, y, lam)
+    if n > WORKSPACE_MIN:
+        buffers[index] = np.empty_like(y)  # the caller owns the result
+    return SolveResult(_device_tensor(y, z.device), lam, n_iter, converged, scale, y,
+                       (violation, low, high))
 
 
 def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
@@ -222,20 +231,25 @@ def _checks(z, coef, mass, h, lo, hi):
 def _checked_newton(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr, fam_row,
                     fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0, y1, y2):
     """:func:`_checks`, then (if they pass) :func:`_dual_newton` to the absolute accuracy
-    ``tol * scale``: ``(row, smallest, scale, index of the scratch vector holding y, n_iter,
-    converged, lam)``. One compiled call: at training batch sizes each call from Python costs
-    about as much as the work."""
+    ``tol * scale``, then the check of the result: ``(row, smallest, scale, index of the
+    scratch vector holding y, n_iter, converged, lam, max(G y - h), min(y), max(y))``. One
+    compiled call: at training batch sizes each call from Python costs about as much as the
+    work."""
     row, smallest, scale = _checks(z, coef, mass, h, lo, hi)
     if row >= 0 or scale != scale:
-        return row, smallest, scale, 0, 0, False, lam
+        return row, smallest, scale, 0, 0, False, lam, np.nan, np.nan, np.nan
+    index, n_iter, converged = 0, 0, True
     if coef.shape[0] == 0:  # nothing but the bounds
         for i in range(z.shape[0]):
             y0[i] = min(max(z[i], lo), hi)
-        return row, smallest, scale, 0, 0, True, lam
-    index, n_iter, converged, lam = _dual_newton(
-        z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fam_row, fam_u, fam_v, fam_k,
-        pair_ptr, pair_row, tol * scale, scale, max_iter, y0, y1, y2)
-    return row, smallest, scale, index, n_iter, converged, lam
+    else:
+        index, n_iter, converged, lam = _dual_newton(
+            z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fam_row, fam_u, fam_v,
+            fam_k, pair_ptr, pair_row, tol * scale, scale, max_iter, y0, y1, y2)
+    # recomputed from y, not taken from the iterations: the guarantee checked by the caller
+    # must not rest on the solver being right
+    violation, low, high = violation_and_range(_pick(index, y0, y1, y2), atom, weight, coef, h)
+    return row, smallest, scale, index, n_iter, converged, lam, violation, low, high
 
 
 @_jit

@@ -180,13 +180,14 @@ def _exact_backend(z, cs, lo, hi, failures):
         # The solver kept the outputs: when they are fair already and none lies at a bound, the
         # projection is z itself, its Jacobian the identity (what the backward pass would
         # compute, without its cost). z itself is checked: the guarantee rests on no solver.
-        violation, _, inside = _violations(_kernels.host_vector(z), cs, lo, hi)
+        violation, _, inside = _violations(_check(_kernels.host_vector(z), cs), lo, hi)
         if inside and violation <= GUARANTEE_TOL * result.scale:
             return z, _info("exact", 0, violation, cs, result.host_lam.tolist())
-    violation, out_of_bounds, _ = _violations(result.host_y, cs, lo, hi)
+    check = result.check or _check(result.host_y, cs)
+    violation, out_of_bounds, _ = _violations(check, lo, hi)
     if not _accepted(violation, out_of_bounds, result.scale, "exact", failures):
         return None
-    y = _ExactProjection.apply(z, cs.h, result, cs, lo, hi)
+    y = _ExactProjection.apply(z, cs.h, (result, cs, lo, hi))
     return y, _info("exact", result.n_iter, violation, cs, result.host_lam.tolist())
 
 
@@ -199,7 +200,7 @@ def _qpth_backend(z, cs, lo, hi, failures):
     except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
         failures.append(f"qpth: {type(exc).__name__}: {exc}")
         return None
-    violation, out_of_bounds, _ = _violations(_kernels.host_vector(y), cs, lo, hi)
+    violation, out_of_bounds, _ = _violations(_check(_kernels.host_vector(y), cs), lo, hi)
     if not _accepted(violation, out_of_bounds, scale, "qpth", failures):
         return None
     return y, _info("qpth", None, violation, cs, None)
@@ -227,19 +228,21 @@ def _info(backend, n_iter, violation, cs, lam):
 
 
 class _ExactProjection(torch.autograd.Function):
-    """Attaches the implicit KKT derivative to a solution of :func:`_exact.solve`."""
+    """Attaches the implicit KKT derivative to a solution of :func:`_exact.solve`; ``problem`` is
+    ``(result, cs, lo, hi)`` (one argument: autograd inspects each one)."""
 
     @staticmethod
-    def forward(ctx, z, h, result, cs, lo, hi):
-        ctx.save_for_backward(result.y)  # (the version check: y must not change in place)
-        ctx.result, ctx.cs, ctx.lo, ctx.hi = result, cs, lo, hi
-        return result.y
+    def forward(ctx, z, h, problem):
+        ctx.save_for_backward(problem[0].y)  # (the version check: y must not change in place)
+        ctx.problem = problem
+        return problem[0].y
 
     @staticmethod
     def backward(ctx, grad_y):
         ctx.saved_tensors  # noqa: B018 - raises if y was modified in place
-        grad_z, grad_h = _exact.vjp(grad_y, ctx.result, ctx.cs, ctx.lo, ctx.hi)
-        return grad_z, grad_h, None, None, None, None
+        grad_z, grad_h = _exact.vjp(grad_y, *ctx.problem)
+        # (no gradient for an h that needs none: autograd would check its shape for nothing)
+        return grad_z, grad_h if ctx.needs_input_grad[1] else None, None
 
 
 def _qpth_project(z, cs, lo, hi):
@@ -273,11 +276,16 @@ def _qpth_project(z, cs, lo, hi):
     return y[0]
 
 
-def _violations(y, cs, lo, hi):
+def _check(y, cs):
+    """``(max(G y - h), min(y), max(y))`` from one compiled pass over ``y`` (float64, host)."""
+    return _kernels.violation_and_range(y, *cs.host_problem[:4])
+
+
+def _violations(check, lo, hi):
     """``(max(G y - h), how far y leaves the bounds, whether every output lies strictly inside
-    them)`` from one compiled pass over ``y`` (float64, on the host); the first two NaN when
-    ``y`` is not finite."""
-    violation, low, high = _kernels.violation_and_range(y, *cs.host_problem[:4])
+    them)`` from ``check = (max(G y - h), min(y), max(y))``; the first two NaN when ``y`` is
+    not finite."""
+    violation, low, high = check
     if not (math.isfinite(low) and math.isfinite(high)):
         return float("nan"), float("nan"), False
     low_gap = math.inf if lo is None else low - lo

@@ -478,6 +478,21 @@ def test_solver_stops_at_the_rounding_floor(monkeypatch):
     assert float(cs.violation(result.y)) <= 1e-9
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (None, None)])
+def test_solver_reports_the_check_of_its_own_outputs(bounds):
+    """The violation and range the solver returns are those of the y it returns (the layer's
+    guarantee check uses them), also for a set with no rows."""
+    from skfair import _exact
+
+    z, cs = _pair_instance(3)
+    empty = get_constraint("demographic_parity").build(torch.zeros(len(z), dtype=torch.long),
+                                                       epsilon=0.1)
+    for rows in (cs, empty):
+        result = _exact.solve(z, rows, *bounds)
+        assert result.check == rows.violation_and_range(result.y)
+    assert empty.n_rows == 0 and result.check[0] == -np.inf
+
+
 def _pair_instance(seed, n=40, cards=(2, 4)):
     rng = np.random.default_rng(seed)
     groups = torch.as_tensor(np.stack([rng.integers(0, k, n) for k in cards], axis=1))
