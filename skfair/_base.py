@@ -22,7 +22,7 @@ from .constraints import (
     constraint_gap,
     get_constraint,
 )
-from .layer import SOLVERS, FairnessLayer
+from .layer import SOLVERS, project
 
 
 class BaseFairNeural(BaseEstimator):
@@ -294,11 +294,10 @@ class BaseFairNeural(BaseEstimator):
         val_idx = None
         if self.early_stopping:
             train_idx, val_idx = self._validation_split(strata, generator)
-        layer = None
-        # Equal weights leave every group mean unchanged: the layer then skips them (cheaper).
+        # Equal weights leave every group mean unchanged: the rows then skip them (cheaper).
         weighted_means = len(weight) > 0 and not np.all(weight == weight[0])
-        if groups is not None:
-            layer = FairnessLayer(self.constraint_, self.epsilon, self.bounds_, self.solver)
+        fair_training = groups is not None
+        if fair_training:
             # the training samples' groups, labels and weights, for the gap after every epoch
             train = torch.from_numpy(train_idx)
             gap_inputs = (groups[train].to(device),
@@ -319,19 +318,23 @@ class BaseFairNeural(BaseEstimator):
             # The epoch's rows gathered once, in batch order, then a contiguous slice per batch:
             # gathering every batch's rows from the whole data costs several times more.
             order = torch.from_numpy(train_idx[np.concatenate(positions)])
-            columns = (X, t, w) if layer is None else (X, t, w, groups)
+            columns = (X, t, w, groups) if fair_training else (X, t, w)
             sizes = [len(b) for b in positions]
+            # Each batch's samples come in stratum order, so batches of the same composition
+            # have the same groups (and labels): their rows are built once per epoch.
+            batch_rows = {}
             for xb, tb, wb, *gb in zip(*(c.index_select(0, order).split(sizes) for c in columns)):
                 xb, tb, wb = xb.to(device), tb.to(device), wb.to(device)
                 out = self._output(self.module_(xb)[:, 0].double())
                 fair = out
-                if layer is not None:
+                if fair_training:
                     try:
-                        fair = layer(out, gb[0].to(device), y_true=self._labels_for(tb),
-                                     sample_weight=wb if weighted_means else None)
+                        cs = self._batch_rows(batch_rows, gb[0], tb, wb if weighted_means else None,
+                                              device)
+                        fair, info = project(out, cs, self.bounds_, self.solver)
                     except InfeasibleConstraintError as exc:
                         raise self._named(exc) from exc
-                    solved.append((layer.last_solve_["duals"], out.detach()))
+                    solved.append((info["duals"], out.detach()))
                 losses = self._losses(fair, tb)
                 if fair is not out and self.distortion_penalty:
                     # How far the network itself is from fair: teaches it to need the layer less.
@@ -345,7 +348,7 @@ class BaseFairNeural(BaseEstimator):
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(xb)
-            if layer is not None:
+            if fair_training:
                 # summed after the epoch, not between the steps: the loop stays lean
                 duals = {}
                 for batch_duals, raw in solved:
@@ -354,7 +357,7 @@ class BaseFairNeural(BaseEstimator):
                 self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}
-            if layer is not None:
+            if fair_training:
                 # over the epoch's batches, as they came (like the loss): no extra pass; the
                 # raw outputs put back in the order of the training samples
                 raw = torch.empty(len(train_idx), dtype=torch.float64, device=device)
@@ -372,7 +375,7 @@ class BaseFairNeural(BaseEstimator):
             record["seconds"] = time.perf_counter() - start
             self.history_.append(record)
             if self.verbose:
-                gap = "" if layer is None else f", gap {record['train_gap']:.4f} (before layer)"
+                gap = "" if not fair_training else f", gap {record['train_gap']:.4f} (before layer)"
                 val = "" if val_idx is None else f", val loss {record['val_loss']:.4f}"
                 print(f"epoch {epoch}: loss {record['train_loss']:.4f}{gap}{val}, "
                       f"{record['seconds']:.2f}s")
@@ -388,8 +391,20 @@ class BaseFairNeural(BaseEstimator):
             self.module_.load_state_dict(best_state)
         self.n_iter_ = len(self.history_)
         self.loss_curve_ = [r["train_loss"] for r in self.history_]
-        if layer is None:
+        if not fair_training:
             self.dual_init_ = {}
+
+    def _batch_rows(self, built, groups, target, weight, device):
+        """The constraint rows of a training batch, from ``built`` (a dict) when a batch with the
+        same groups, labels the constraint uses and weights came before."""
+        labels = self._labels_for(target)
+        key = tuple(None if v is None else v.numpy(force=True).tobytes()
+                    for v in (groups, labels, weight))
+        cs = built.get(key)
+        if cs is None:
+            cs = built[key] = self.constraint_.build(groups.to(device), epsilon=self.epsilon,
+                                                     y_true=labels, sample_weight=weight)
+        return cs
 
     def _named(self, exc):
         """The infeasibility error with the attribute and group named as the user knows them."""

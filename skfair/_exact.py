@@ -87,7 +87,8 @@ def problem_scale(z, cs, lo, hi):
 
 
 def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
-    """Project ``z`` (float64, shape (n,)) onto the constraint set ``cs`` within ``[lo, hi]``.
+    """Project ``z`` (float64, shape (n,); read, not differentiated) onto the constraint set ``cs``
+    within ``[lo, hi]``.
 
     ``lo``/``hi`` are floats or ``None`` (unbounded). The multipliers start from ``lam0`` (m
     non-negative numbers: a tensor, array or list), zero by default: the projection is unique,

@@ -175,7 +175,7 @@ def project(z, cs, bounds, solver="auto"):
 def _exact_backend(z, cs, lo, hi, failures):
     """``(y, info)`` from the exact solver, or None (with the reason in ``failures``)."""
     # The solver checks that the problem has a solution in the same compiled call.
-    result = _exact.solve(z.detach(), cs, lo, hi)
+    result = _exact.solve(z, cs, lo, hi)
     if result.n_iter == 0:
         # The solver kept the outputs: when they are fair already and none lies at a bound, the
         # projection is z itself, its Jacobian the identity (what the backward pass would

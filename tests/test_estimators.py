@@ -85,17 +85,22 @@ def test_network_features_are_row_major(biased, protected):
 def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fairness):
     """history_'s train_gap: the constraint's gap of the network's outputs before the layer,
     over all the batches of the epoch as they went through it."""
-    from skfair import FairnessLayer
+    from skfair import _base
 
     X, y = biased
     seen = []
-    forward = FairnessLayer.forward
+    batch_rows, project = _base.BaseFairNeural._batch_rows, _base.project
 
-    def recording(self, z, groups, y_true=None, sample_weight=None):
-        seen.append((z.detach().clone(), groups.clone(), y_true))
-        return forward(self, z, groups, y_true=y_true, sample_weight=sample_weight)
+    def recording_rows(self, built, groups, target, weight, device):
+        seen.append([groups.clone(), self._labels_for(target)])
+        return batch_rows(self, built, groups, target, weight, device)
 
-    monkeypatch.setattr(FairnessLayer, "forward", recording)
+    def recording_project(z, cs, bounds, solver):
+        seen[-1].insert(0, z.detach().clone())
+        return project(z, cs, bounds, solver)
+
+    monkeypatch.setattr(_base.BaseFairNeural, "_batch_rows", recording_rows)
+    monkeypatch.setattr(_base, "project", recording_project)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
                                **dict(FAST, max_epochs=1)).fit(X, y)
     assert sum(len(z) for z, _, _ in seen) == len(X)
@@ -104,6 +109,59 @@ def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fai
                           torch.cat([g for _, g, _ in seen]), y_true=labels)
     assert clf.history_[0]["train_gap"] == pytest.approx(want, abs=1e-12)
     assert want > 0.01  # the biased data's raw outputs are unfair
+
+
+@pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds"])
+def test_batches_of_one_composition_share_their_rows(biased, monkeypatch, fairness):
+    """Stratified batches of the same composition reuse one built set of rows, which is the set
+    the batch's own groups and labels would build."""
+    from skfair import _base
+
+    X, y = biased
+    used = []
+    batch_rows = _base.BaseFairNeural._batch_rows
+
+    def recording(self, built, groups, target, weight, device):
+        cs = batch_rows(self, built, groups, target, weight, device)
+        used.append((groups.clone(), self._labels_for(target), cs))
+        return cs
+
+    monkeypatch.setattr(_base.BaseFairNeural, "_batch_rows", recording)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
+                               **dict(FAST, max_epochs=2, batch_size=64)).fit(X, y)
+    assert len({id(cs) for _, _, cs in used}) < len(used) // 2  # reused within each epoch
+    for groups, labels, cs in used:
+        fresh = clf.constraint_.build(groups, epsilon=clf.epsilon, y_true=labels)
+        assert cs.keys == fresh.keys
+        for got, want in zip(cs.host_problem, fresh.host_problem):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds", "mean_residual"])
+def test_batch_rows_are_reused_only_for_the_same_groups_labels_and_weights(biased, fairness):
+    X, y = biased
+    X = X.drop(columns="race")
+    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness=fairness,
+                               **dict(FAST, max_epochs=1))
+    if fairness == "mean_residual":
+        clf = FairNeuralRegressor(protected_attributes=["sex"], fairness=fairness,
+                                  **dict(FAST, max_epochs=1))
+    clf.fit(X, y)
+    groups = torch.tensor([[0], [0], [1], [1]])
+    target = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    built = {}
+    first = clf._batch_rows(built, groups, target, None, torch.device("cpu"))
+    assert clf._batch_rows(built, groups.clone(), target.clone(), None,
+                           torch.device("cpu")) is first
+    other_groups = clf._batch_rows(built, torch.tensor([[0], [1], [1], [1]]), target, None,
+                                   torch.device("cpu"))
+    other_labels = clf._batch_rows(built, groups, target.flip(0), None, torch.device("cpu"))
+    weighted = clf._batch_rows(built, groups, target, torch.tensor([1.0, 2.0, 1.0, 1.0],
+                                                                   dtype=torch.float64),
+                               torch.device("cpu"))
+    assert other_groups is not first and weighted is not first
+    # labels tell batches apart only for the constraints that use them
+    assert (other_labels is first) == (fairness == "demographic_parity")
 
 
 def test_equalized_odds_trains_and_reduces_the_label_conditional_gap(biased):
