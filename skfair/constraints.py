@@ -399,7 +399,7 @@ class _GroupMeanConstraint(AffineConstraint):
         coef, h, tensors, keys, reference_rows, families = _batch_rows(
             type(self), table, mass.tobytes(), n_attributes, references, float(epsilon))
         device = groups.device
-        if device.type != "cpu":
+        if device != _CPU:
             tensors = tuple(t.to(device) for t in tensors)
         if reference_rows:
             h = h.copy()
@@ -663,9 +663,15 @@ def _host_array(values):
 
 
 def _device_tensor(array, device):
-    """A numpy array as a tensor on ``device`` (sharing its memory on the CPU)."""
+    """A numpy array as a tensor on ``device`` (a tensor's device; sharing its memory on the
+    CPU)."""
     tensor = torch.from_numpy(array)
-    return tensor if device.type == "cpu" else tensor.to(device)
+    # (compared with a device object: reading device.type makes a new string every time, and
+    # this runs several times per training step)
+    return tensor if device == _CPU else tensor.to(device)
+
+
+_CPU = torch.device("cpu")
 
 
 def _segment_sum(values, index, size):

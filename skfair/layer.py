@@ -156,7 +156,8 @@ def project(z, cs, bounds, solver="auto"):
     be met within the bounds, :class:`RuntimeError` when no backend reaches the guarantee.
     """
     lo, hi = bounds if bounds is not None else (None, None)
-    z64 = z if z.dtype == torch.float64 else z.to(torch.float64)
+    double = z.dtype == torch.float64
+    z64 = z if double else z.to(torch.float64)
     failures = []
     order = _BACKEND_ORDER[solver]
     for backend in order:
@@ -168,7 +169,7 @@ def project(z, cs, bounds, solver="auto"):
             y, info = out
             if y is z64:  # fair already: the input itself, in its own dtype
                 return z, info
-            return (y if z.dtype == torch.float64 else y.to(z.dtype)), info
+            return (y if double else y.to(z.dtype)), info
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
 
 
@@ -223,7 +224,7 @@ def _accepted(violation, out_of_bounds, scale, backend, failures):
 def _info(backend, n_iter, violation, cs, lam):
     """The diagnostics of :attr:`FairnessLayer.last_solve_` (``lam``: a list, or None)."""
     return {"solver": backend, "n_iter": n_iter, "max_violation": violation,
-            "n_rows": cs.n_rows, "n_samples": cs.n_samples,
+            "n_rows": len(cs.keys), "n_samples": cs.n_samples,
             "duals": None if lam is None else dict(zip(cs.keys, lam))}
 
 
@@ -240,9 +241,9 @@ class _ExactProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         ctx.saved_tensors  # noqa: B018 - raises if y was modified in place
-        grad_z, grad_h = _exact.vjp(grad_y, *ctx.problem)
         # (no gradient for an h that needs none: autograd would check its shape for nothing)
-        return grad_z, grad_h if ctx.needs_input_grad[1] else None, None
+        grad_z, grad_h = _exact.vjp(grad_y, *ctx.problem, with_h=ctx.needs_input_grad[1])
+        return grad_z, grad_h, None
 
 
 def _qpth_project(z, cs, lo, hi):
