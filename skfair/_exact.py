@@ -130,9 +130,9 @@ def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
         raise ValueError("z must be finite; it contains NaN or inf.")
 
 
-def vjp(grad_y, result, cs, lo, hi, with_h=True):
-    """Vector-Jacobian products of the projection at its solution ``result`` (a
-    :class:`SolveResult`).
+def vjp(grad_y, host_y, host_lam, cs, lo, hi, with_h=True):
+    """Vector-Jacobian products of the projection at its solution: ``host_y`` and ``host_lam``
+    of a :class:`SolveResult`.
 
     Implicit differentiation of the KKT system on the free coordinates ``F`` and the active rows
     ``S``: ``dy_F = P dz_F + G_SF^T M^+ dh_S`` with ``M = G_SF G_SF^T`` and
@@ -140,9 +140,9 @@ def vjp(grad_y, result, cs, lo, hi, with_h=True):
     (``grad_h`` None unless ``with_h``), in ``O(n m + m^3)`` without any n x n matrix
     (:func:`_vjp`, compiled, on the host).
     """
-    grad_z = np.empty(result.host_y.shape[0])
-    u = _vjp(host_vector(grad_y), result.host_y, *cs.host_problem[:3], result.host_lam,
-             *_open_bounds(lo, hi), grad_z)
+    grad_z = np.empty(host_y.shape[0])
+    u = _vjp(host_vector(grad_y), host_y, *cs.host_problem[:3], host_lam, *_open_bounds(lo, hi),
+             grad_z)
     device = grad_y.device
     return _device_tensor(grad_z, device), _device_tensor(u, device) if with_h else None
 

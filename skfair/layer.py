@@ -234,9 +234,12 @@ class _ExactProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, h, problem):
-        ctx.save_for_backward(problem[0].y)  # (the version check: y must not change in place)
-        ctx.problem = problem
-        return problem[0].y
+        result, cs, lo, hi = problem
+        ctx.save_for_backward(result.y)  # (the version check: y must not change in place)
+        # The host arrays, not the result: the result holds y, whose grad_fn holds ctx, and
+        # that cycle would keep every batch's arrays alive until a garbage collection.
+        ctx.problem = (result.host_y, result.host_lam, cs, lo, hi)
+        return result.y
 
     @staticmethod
     def backward(ctx, grad_y):
