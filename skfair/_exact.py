@@ -63,8 +63,8 @@ class SolveResult:
 
     @property
     def lam(self):
-        """The multipliers as a tensor on the device of ``y`` (made on access: the training
-        loop reads the host array only)."""
+        """The multipliers as a tensor on the device of ``y`` (made on access: the projection
+        itself reads only the host array)."""
         return _device_tensor(self.host_lam, self.y.device)
 
 
