@@ -254,12 +254,22 @@ class BaseFairNeural(BaseEstimator):
         if self.module is None:
             return make_mlp(n_features, self.hidden_layer_sizes, self.activation)
         if isinstance(self.module, torch.nn.Module):
-            return copy.deepcopy(self.module)
-        module = self.module(n_features)
-        if not isinstance(module, torch.nn.Module):
+            module = copy.deepcopy(self.module)
+        else:
+            module = self.module(n_features)
+            if not isinstance(module, torch.nn.Module):
+                raise ValueError(
+                    f"module must be a torch.nn.Module or a callable returning one; the callable "
+                    f"returned {type(module).__name__}."
+                )
+        # The inputs are float32 (the projection works in float64 on the outputs): a module in
+        # another precision would fail at its first product, with torch's message.
+        other = {str(p.dtype) for p in module.parameters()
+                 if p.is_floating_point() and p.dtype != torch.float32}
+        if other:
             raise ValueError(
-                f"module must be a torch.nn.Module or a callable returning one; the callable "
-                f"returned {type(module).__name__}."
+                f"module must take float32 inputs; it has {', '.join(sorted(other))} parameters "
+                f"(convert it with module.float())."
             )
         return module
 

@@ -66,7 +66,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Its activation.
     module : torch.nn.Module or callable, default=None
         A network to use instead of the MLP: a module mapping ``(n, n_inputs)`` float32 inputs to
-        ``(n, 1)`` logits (it is copied in fit), or a callable ``n_inputs -> module``.
+        ``(n, 1)`` logits (it is copied in fit), or a callable ``n_inputs -> module``. Its floating
+        point parameters must be float32 (``fit`` raises :class:`ValueError` otherwise).
     batch_size : int, default=256
         Training mini-batch size: an epoch is ``ceil(n / batch_size)`` batches whose sizes differ
         by one at most. Batches are stratified: each keeps the data's share of every group (and,

@@ -310,6 +310,11 @@ def test_custom_module_instance_and_callable(biased):
     assert calls == [2]
     with pytest.raises(ValueError, match="callable returning one"):
         FairNeuralClassifier(module=lambda n: "net", **FAST).fit(X[["x1"]], y)
+    with pytest.raises(ValueError, match=r"float32 inputs; it has torch.float64 .*\.float\(\)"):
+        FairNeuralClassifier(module=net.double(), **FAST).fit(X[["x1", "x2"]], y)
+    with pytest.raises(ValueError, match="torch.float16"):
+        FairNeuralClassifier(module=lambda n: torch.nn.Linear(n, 1).half(), **FAST).fit(
+            X[["x1", "x2"]], y)
 
 
 def test_sample_weight_weights_loss_and_group_means(biased):
