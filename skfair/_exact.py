@@ -110,7 +110,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     if row >= 0 or not math.isfinite(scale):
         _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
     y = buffers[index]
-    if n > WORKSPACE_MIN:
+    if buffers is getattr(_workspaces, "buffers", None):  # kept between solves:
         buffers[index] = np.empty_like(y)  # the caller owns the result
     return SolveResult(_device_tensor(y, z.device), lam, n_iter, converged, scale, y,
                        (violation, low, high))
@@ -166,7 +166,8 @@ _workspaces = threading.local()
 
 def _workspace(n):
     """Three scratch vectors of length ``n`` (numpy, on the host) for the solver's current
-    point, trial point and longer trial; the caller replaces the one it hands out.
+    point, trial point and longer trial; when they are the thread's kept ones, the caller
+    replaces the one it hands out.
 
     Vectors of up to ``WORKSPACE_MIN`` entries are new ones (the allocator recycles them at no
     cost). Larger ones are kept between the solves of a thread: fresh vectors of millions of

@@ -141,12 +141,9 @@ def test_batches_of_one_composition_share_their_rows(biased, monkeypatch, fairne
 def test_batch_rows_are_reused_only_for_the_same_groups_labels_and_weights(biased, fairness):
     X, y = biased
     X = X.drop(columns="race")
-    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness=fairness,
-                               **dict(FAST, max_epochs=1))
-    if fairness == "mean_residual":
-        clf = FairNeuralRegressor(protected_attributes=["sex"], fairness=fairness,
-                                  **dict(FAST, max_epochs=1))
-    clf.fit(X, y)
+    estimator = FairNeuralRegressor if fairness == "mean_residual" else FairNeuralClassifier
+    clf = estimator(protected_attributes=["sex"], fairness=fairness,
+                    **dict(FAST, max_epochs=1)).fit(X, y)
     groups = torch.tensor([[0], [0], [1], [1]])
     target = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
     built = {}
