@@ -294,16 +294,23 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         # the step along it, and the step could stop being an ascent direction.
         rows, pinned = _newton_rows(lam, residual, 1e-9 * lam.max(), in_family, fam_ptr,
                                     fam_row, fam_u, fam_v, fam_k)
-        if pinned.size:
-            for r in pinned:
-                lam[r] = 0.0
-            value = _value(lam, residual, distance)
+        moved = False
+        for r in pinned:
+            moved = moved or lam[r] > 0
+            lam[r] = 0.0
         trial_index = (current + 1) % 3
-        if rows.size == 0:  # every row satisfied at zero but for rounding leftovers: re-evaluate
+        if moved or rows.size == 0:
+            # The step starts from the point the pinned multipliers leave, not from the gradient
+            # before: "tiny" is relative to the largest multiplier, and a tiny one can still
+            # carry a residual of the order of the tolerance (at epsilon = 0 a pair's two
+            # opposite rows are both active: with a stale gradient the step put the removed
+            # multiplier back on the opposite row, and the next iteration removed it again).
             residual, distance, free_mass = _evaluate(
                 z, atom, weight, coef, h, lam, lo, hi, _pick(trial_index, y0, y1, y2))
-            current = trial_index
-            continue
+            current, trial_index = trial_index, (trial_index + 1) % 3
+            if rows.size == 0:  # every row satisfied at zero but for rounding leftovers
+                continue
+        value = _value(lam, residual, distance)
         k = rows.size
         rhs = np.empty(k)
         for i in range(k):

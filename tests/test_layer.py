@@ -618,6 +618,31 @@ def test_recorded_warm_starts_converge(name):
     assert float(cs.violation(warm.y)) <= 1e-9
 
 
+def test_warm_start_off_a_flat_dual_direction_converges():
+    """Regression (found by the property test below): 22 equal outputs, three attributes whose
+    groups partly coincide, demographic parity with epsilon 0. The outputs are fair as they are;
+    the dual has a flat direction (rows of two attributes cancel) and the warm start lies along
+    it. Pinning a tiny multiplier of the first attribute without re-evaluating the gradient
+    made the next step put it back on the opposite row, and the solver stalled short of its
+    tolerance."""
+    from skfair import _exact
+
+    groups = [[2, 3, 0], [1, 3, 2], [2, 3, 0], [1, 3, 0], [1, 3, 0], [0, 0, 1], [2, 3, 2],
+              [2, 1, 0], [1, 3, 0], [1, 3, 2], [1, 1, 2], [1, 3, 0], [2, 3, 0], [2, 3, 0],
+              [2, 3, 0], [1, 3, 0], [1, 3, 2], [1, 3, 0], [1, 3, 0], [2, 1, 0], [0, 3, 0],
+              [1, 3, 0]]
+    cs = get_constraint("demographic_parity").build(torch.as_tensor(groups), epsilon=0.0)
+    z = torch.full((22,), 0.58022158, dtype=torch.float64)
+    rng = np.random.default_rng(76)  # the property test's warm start for this instance
+    previous = torch.as_tensor(np.clip(z.numpy() + rng.normal(0, 0.3, len(z)), -0.5, 1.5))
+    lam0 = _exact.solve(previous, cs, None, None).lam * rng.uniform(0.5, 2.0)
+    lam0 = lam0 + torch.as_tensor(rng.uniform(size=cs.n_rows) < 0.3) * 1e-17
+    warm = _exact.solve(z, cs, None, None, lam0=lam0)
+    assert warm.converged and warm.n_iter < 20
+    torch.testing.assert_close(warm.y, z, atol=1e-10, rtol=0)
+    assert float(cs.violation(warm.y)) <= 1e-10
+
+
 @SETTINGS
 @given(instances(), st.integers(0, 2**31 - 1))
 def test_warm_started_projection_matches_the_cold_one(instance, seed):
