@@ -22,7 +22,7 @@ from .constraints import (
     constraint_gap,
     get_constraint,
 )
-from .layer import SOLVERS, project
+from .layer import SOLVERS, project, projected_objective
 
 
 class BaseFairNeural(BaseEstimator):
@@ -116,6 +116,9 @@ class BaseFairNeural(BaseEstimator):
 
     #: unit of the outputs in the distortion penalty
     _scale = 1.0
+
+    #: :func:`skfair._kernels.objective`'s version of :meth:`_losses` (the fair training step)
+    _compiled_loss = None
 
     @abstractmethod
     def _fit_bounds(self, target):
@@ -330,30 +333,27 @@ class BaseFairNeural(BaseEstimator):
             order = torch.from_numpy(train_idx[np.concatenate(positions)])
             columns = (X, t, w, groups) if fair_training else (X, t, w)
             sizes = [len(b) for b in positions]
-            # Each batch's samples come in stratum order, so batches of the same composition
-            # have the same groups (and labels): their rows are built once per epoch.
-            batch_rows = {}
-            for xb, tb, wb, *gb in zip(*(c.index_select(0, order).split(sizes) for c in columns)):
+            batches = zip(*(c.index_select(0, order).split(sizes) for c in columns))
+            if fair_training:
+                # Each batch's samples come in stratum order, so batches of the same composition
+                # have the same groups (and labels): their rows are built once per epoch.
+                batch_rows = {}
+                row_keys = self._row_keys(order, sizes, groups, t, w if weighted_means else None)
+            for step, (xb, tb, wb, *gb) in enumerate(batches):
                 xb, tb, wb = xb.to(device), tb.to(device), wb.to(device)
                 out = self._output(self.module_(xb)[:, 0].double())
-                fair = out
                 if fair_training:
                     try:
-                        cs = self._batch_rows(batch_rows, gb[0], tb, wb if weighted_means else None,
-                                              device)
-                        fair, info = project(out, cs, self.bounds_, self.solver)
+                        cs = batch_rows.get(row_keys[step])
+                        if cs is None:
+                            cs = batch_rows[row_keys[step]] = self._build_rows(
+                                gb[0], tb, wb if weighted_means else None, device)
+                        loss, lam = self._fair_objective(out, cs, tb, wb)
                     except InfeasibleConstraintError as exc:
                         raise self._named(exc) from exc
-                    solved.append((info["duals"], out.detach()))
-                losses = self._losses(fair, tb)
-                if fair is not out and self.distortion_penalty:
-                    # How far the network itself is from fair: teaches it to need the layer less.
-                    # (added per sample, so that one weighted mean serves both terms; zero, and
-                    # skipped, when the layer kept the outputs)
-                    distortion = out - fair
-                    losses = torch.addcmul(losses, distortion, distortion,
-                                           value=self.distortion_penalty / self._scale**2)
-                loss = _weighted_mean(losses, wb)
+                    solved.append((cs.keys, lam, out.detach()))
+                else:
+                    loss = self._loss(out, tb, wb)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -361,9 +361,10 @@ class BaseFairNeural(BaseEstimator):
             if fair_training:
                 # summed after the epoch, not between the steps: the loop stays lean
                 duals = {}
-                for batch_duals, raw in solved:
-                    for key, lam in (batch_duals or {}).items():
-                        duals[key] = duals.get(key, 0.0) + 2 * lam / len(raw) / len(positions)
+                for keys, lam, raw in solved:
+                    if lam is not None:  # (qpth gives no multipliers)
+                        for key, value in zip(keys, lam.tolist()):
+                            duals[key] = duals.get(key, 0.0) + 2 * value / len(raw) / len(positions)
                 self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}
@@ -372,7 +373,7 @@ class BaseFairNeural(BaseEstimator):
                 # raw outputs put back in the order of the training samples
                 raw = torch.empty(len(train_idx), dtype=torch.float64, device=device)
                 raw.index_copy_(0, torch.from_numpy(np.concatenate(positions)).to(device),
-                                torch.cat([r for _, r in solved]))
+                                torch.cat([r for _, _, r in solved]))
                 record["train_gap"] = constraint_gap(self.constraint_, raw, gap_inputs[0],
                                                      y_true=gap_inputs[1],
                                                      sample_weight=gap_inputs[2])
@@ -404,17 +405,47 @@ class BaseFairNeural(BaseEstimator):
         if not fair_training:
             self.dual_init_ = {}
 
-    def _batch_rows(self, built, groups, target, weight, device):
-        """The constraint rows of a training batch, from ``built`` (a dict) when a batch with the
-        same groups, labels the constraint uses and weights came before."""
-        labels = self._labels_for(target)
-        key = tuple(None if v is None else v.numpy(force=True).tobytes()
-                    for v in (groups, labels, weight))
-        cs = built.get(key)
-        if cs is None:
-            cs = built[key] = self.constraint_.build(groups.to(device), epsilon=self.epsilon,
-                                                     y_true=labels, sample_weight=weight)
-        return cs
+    def _fair_objective(self, out, cs, target, weight):
+        """``(loss, lam)`` of a training batch through the fairness layer: the weighted mean loss
+        at the fair outputs plus the distortion penalty, and the projection's multipliers (a
+        host array in the order of ``cs.keys``; None from qpth).
+
+        The penalty, ``distortion_penalty * ((out - fair) / _scale)**2`` per sample, is how far
+        the network itself is from fair: it teaches the network to need the layer less. With
+        the exact solver the whole objective is one compiled call and one autograd node
+        (:func:`~skfair.layer.projected_objective`, the same projection and losses); qpth, or
+        an exact result that fails the guarantee, goes through :func:`~skfair.layer.project`
+        and the torch losses.
+        """
+        penalty = self.distortion_penalty / self._scale**2
+        if self.solver != "qpth":
+            fused = projected_objective(out, cs, self.bounds_, target, weight,
+                                        self._compiled_loss, self._scale, penalty)
+            if fused is not None:
+                return fused[0], fused[1].host_lam
+        fair, info = project(out, cs, self.bounds_, self.solver)
+        losses = self._losses(fair, target)
+        if fair is not out and penalty:  # (zero when the layer kept the outputs)
+            distortion = out - fair
+            losses = torch.addcmul(losses, distortion, distortion, value=penalty)
+        duals = info["duals"]
+        return _weighted_mean(losses, weight), None if duals is None else np.array(
+            list(duals.values()))
+
+    def _row_keys(self, order, sizes, groups, target, weight):
+        """For every batch of an epoch (the samples ``order`` cut in ``sizes``), what its
+        constraint rows depend on, as a hashable value: the bytes of its groups, of its labels
+        when the constraint reads them, and of its weights (``None`` when unweighted)."""
+        columns = [groups] + [target] * self.constraint_.requires_y_true + [weight] * (
+            weight is not None)
+        cuts = np.cumsum(sizes)[:-1]
+        split = [np.split(column.numpy()[order.numpy()], cuts) for column in columns]
+        return [tuple(part.tobytes() for part in parts) for parts in zip(*split)]
+
+    def _build_rows(self, groups, target, weight, device):
+        """The constraint rows of a training batch."""
+        return self.constraint_.build(groups.to(device), epsilon=self.epsilon,
+                                      y_true=self._labels_for(target), sample_weight=weight)
 
     def _named(self, exc):
         """The infeasibility error with the attribute and group named as the user knows them."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
-                       host_vector, row_values, value_range, violation_and_range)
+                       host_vector, objective, row_values, value_range, violation_and_range)
 from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -52,14 +52,16 @@ class SolveResult:
     ``host_lam`` are the values as numpy arrays on the host (those of the compiled passes;
     ``host_y`` made from ``y`` when not given); :attr:`lam` is ``host_lam`` as a tensor beside
     ``y``. ``check`` is ``(max(G y - h), min(y), max(y))``, computed from ``y`` after the
-    iterations (a separate pass, not the solver's residuals), or None when not known."""
+    iterations (a separate pass, not the solver's residuals), or None when not known.
+    ``objective`` is ``(value, grad_z)`` when :func:`solve` was given one, else None."""
 
-    __slots__ = ("y", "n_iter", "converged", "scale", "host_y", "host_lam", "check")
+    __slots__ = ("y", "n_iter", "converged", "scale", "host_y", "host_lam", "check", "objective")
 
-    def __init__(self, y, lam, n_iter, converged, scale, host_y=None, check=None):
+    def __init__(self, y, lam, n_iter, converged, scale, host_y=None, check=None,
+                 objective=None):
         self.y, self.n_iter, self.converged, self.scale = y, n_iter, converged, scale
         self.host_y = host_vector(y) if host_y is None else host_y
-        self.host_lam, self.check = _host(lam), check
+        self.host_lam, self.check, self.objective = _host(lam), check, objective
 
     @property
     def lam(self):
@@ -86,7 +88,7 @@ def problem_scale(z, cs, lo, hi):
     return scale
 
 
-def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
+def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=None):
     """Project ``z`` (float64, shape (n,); read, not differentiated) onto the constraint set ``cs``
     within ``[lo, hi]``.
 
@@ -96,6 +98,11 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     :class:`SolveResult`; ``converged`` is False when the iteration limit was hit (the caller
     checks feasibility and decides). Raises like :func:`problem_scale`, whose checks run first
     in the same compiled call.
+
+    ``objective``, ``(target, weight, loss, scale, penalty)`` (host arrays and numbers of
+    :func:`skfair._kernels.objective`), asks for the training objective at the solution and
+    its gradient in ``z`` through the projection (:func:`objective_vjp`), computed in the same
+    compiled call: the result's ``objective`` is then ``(value, grad_z)``.
     """
     m, n = cs.n_rows, z.shape[0]
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
@@ -104,16 +111,22 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER):
     buffers = _workspace(n)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
-    row, smallest, scale, index, n_iter, converged, lam, violation, low, high = _checked_newton(
-        host_vector(z), *cs.host_problem, *_open_bounds(lo, hi), lam,
-        *_family_arrays(cs.pair_families), tol + ROUNDING * n, max_iter, *buffers)
+    args = (host_vector(z), *cs.host_problem, *_open_bounds(lo, hi), lam,
+            *_family_arrays(cs.pair_families), tol + ROUNDING * n, max_iter, *buffers)
+    if objective is None:
+        found = _checked_newton(*args)
+    else:
+        grad_z = np.empty(n)
+        *found, value = _checked_objective(*args, *objective, grad_z)
+        objective = (value, grad_z)
+    row, smallest, scale, index, n_iter, converged, lam, violation, low, high = found
     if row >= 0 or not math.isfinite(scale):
         _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
     y = buffers[index]
     if buffers is getattr(_workspaces, "buffers", None):  # kept between solves:
         buffers[index] = np.empty_like(y)  # the caller owns the result
     return SolveResult(_device_tensor(y, z.device), lam, n_iter, converged, scale, y,
-                       (violation, low, high))
+                       (violation, low, high), objective)
 
 
 def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
@@ -254,6 +267,37 @@ def _checked_newton(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fa
     # must not rest on the solver being right
     violation, low, high = violation_and_range(_pick(index, y0, y1, y2), atom, weight, coef, h)
     return row, smallest, scale, index, n_iter, converged, lam, violation, low, high
+
+
+@_jit
+def _checked_objective(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr,
+                       fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0, y1,
+                       y2, target, sample_weight, loss, scale, penalty, grad_z):
+    """:func:`_checked_newton`, then (if the checks passed) :func:`objective_vjp` at its
+    solution: its results and the objective's value (NaN when the checks failed)."""
+    found = _checked_newton(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr,
+                            fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0,
+                            y1, y2)
+    row, scale_found, index, lam = found[0], found[2], found[3], found[6]
+    value = np.nan
+    if row < 0 and scale_found == scale_found:
+        value = objective_vjp(_pick(index, y0, y1, y2), z, atom, weight, coef, lam, lo, hi,
+                              target, sample_weight, loss, scale, penalty, grad_z)
+    return found + (value,)
+
+
+@_jit
+def objective_vjp(y, z, atom, row_weight, coef, lam, lo, hi, target, weight, loss, scale,
+                  penalty, out):
+    """The training objective :func:`skfair._kernels.objective` at the projection ``y`` of
+    ``z`` (multipliers ``lam``) and ``out =`` its gradient in ``z``: the objective's gradient
+    in ``y`` through the projection (:func:`_vjp`) plus its direct one. Returns the value."""
+    grad_y, direct = np.empty(y.shape[0]), np.empty(y.shape[0])
+    value = objective(y, z, target, weight, loss, scale, penalty, grad_y, direct)
+    _vjp(grad_y, y, atom, row_weight, coef, lam, lo, hi, out)
+    for i in range(y.shape[0]):
+        out[i] += direct[i]
+    return value
 
 
 @_jit

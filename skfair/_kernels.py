@@ -66,6 +66,59 @@ def free_shift(values, y, atom, shift, weight, lo, hi, out):
         out[i] = (values[i] - w * shift[atom[i]]) * (lo < y[i] < hi)
 
 
+#: the per-sample losses :func:`objective` knows: binary cross-entropy of probabilities, and the
+#: squared error in units of a scale
+LOG_LOSS, SQUARED_ERROR = 0, 1
+#: the log loss clips probabilities to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] (finite logs where
+#: the projection puts a probability on 0 or 1)
+PROBABILITY_CLIP = 1e-7
+
+
+@_jit
+def objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z):
+    """The training objective of a batch at its fair outputs ``y`` (raw outputs ``z``): the
+    mean, weighted by ``weight``, of ``loss(y_i, target_i) + penalty * (z_i - y_i)**2``.
+
+    Writes its partial gradient in ``y`` into ``grad_y`` and in ``z`` into ``grad_z`` (the
+    penalty's). ``loss`` is :data:`LOG_LOSS` (``y`` clipped to ``[PROBABILITY_CLIP, 1 -
+    PROBABILITY_CLIP]``, each log bounded below by -100 and the derivative's denominator by
+    1e-12, as in :func:`torch.nn.functional.binary_cross_entropy`) or :data:`SQUARED_ERROR`
+    (``((y - target) / scale)**2``): the estimators' torch losses, computed in the same
+    compiled call as the projection's gradient.
+    """
+    total_weight = 0.0
+    for i in range(y.shape[0]):
+        total_weight += weight[i]
+    # torch's order: sum(weight * terms) / total for the value, weight * (1 / total) per sample
+    # for the gradient
+    inverse = 1.0 / total_weight
+    value = 0.0
+    for i in range(y.shape[0]):
+        distortion = z[i] - y[i]
+        if loss == LOG_LOSS:
+            p = min(max(y[i], PROBABILITY_CLIP), 1.0 - PROBABILITY_CLIP)
+            # one logarithm for a 0/1 label (the other term is zero): most of the pass's time
+            if target[i] == 1.0:
+                term = -max(np.log(p), -100.0)
+            elif target[i] == 0.0:
+                term = -max(np.log1p(-p), -100.0)
+            else:
+                term = -(target[i] * max(np.log(p), -100.0)
+                         + (1.0 - target[i]) * max(np.log1p(-p), -100.0))
+            # (the clip passes the gradient where y lies within it, ends included)
+            inside = PROBABILITY_CLIP <= y[i] <= 1.0 - PROBABILITY_CLIP
+            slope = (p - target[i]) / max(p * (1.0 - p), 1e-12) if inside else 0.0
+        else:
+            residual = (y[i] - target[i]) / scale
+            term = residual * residual
+            slope = 2.0 * residual / scale
+        value += weight[i] * (term + penalty * distortion * distortion)
+        share = weight[i] * inverse
+        grad_y[i] = share * (slope - 2.0 * penalty * distortion)
+        grad_z[i] = share * 2.0 * penalty * distortion
+    return value / total_weight
+
+
 @_jit
 def violation_and_range(values, atom, weight, coef, h):
     """``(max(G @ values - h), min(values), max(values))`` with ``G`` in factored form

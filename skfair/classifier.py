@@ -6,6 +6,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from . import _kernels
 from ._base import BaseFairNeural
 
 
@@ -159,10 +160,13 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     def _output(self, raw):
         return torch.sigmoid(raw)
 
+    _compiled_loss = _kernels.LOG_LOSS
+
     def _losses(self, y_fair, target):
         # The projection may put probabilities exactly on 0 or 1; keep the log finite.
         # (one fused operation forward and backward: cheaper than its formula in tensor ops)
-        return torch.nn.functional.binary_cross_entropy(y_fair.clamp(1e-7, 1 - 1e-7), target,
+        clip = _kernels.PROBABILITY_CLIP
+        return torch.nn.functional.binary_cross_entropy(y_fair.clamp(clip, 1 - clip), target,
                                                         reduction="none")
 
     def _fit_bounds(self, target):

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_array, column_or_1d
 
+from . import _kernels
 from ._base import BaseFairNeural
 
 #: share of the training targets' range added on each side when bounds are inferred
@@ -102,6 +103,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
 
     def _output(self, raw):
         return self._target_loc + self._target_scale * raw
+
+    _compiled_loss = _kernels.SQUARED_ERROR
 
     def _losses(self, y_fair, target):
         return ((y_fair - target) / self._target_scale) ** 2

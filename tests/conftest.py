@@ -37,3 +37,20 @@ def biased_frame(n=1200, seed=0, categorical=False):
 @pytest.fixture
 def biased():
     return biased_frame()
+
+
+def torch_objective(y, z, target, weight, loss, scale, penalty):
+    """The estimators' training objective written with torch operators, as their ``_losses``
+    and the unfused training step compute it: the reference of the compiled one."""
+    import torch
+
+    from skfair import _kernels
+
+    if loss == _kernels.LOG_LOSS:
+        clip = _kernels.PROBABILITY_CLIP
+        losses = torch.nn.functional.binary_cross_entropy(y.clamp(clip, 1 - clip), target,
+                                                          reduction="none")
+    else:
+        losses = ((y - target) / scale) ** 2
+    losses = losses + penalty * (z - y) ** 2
+    return (weight * losses).sum() / weight.sum()

@@ -81,32 +81,42 @@ def test_network_features_are_row_major(biased, protected):
     assert features.shape == (len(X), 3 if protected else 2)
 
 
+def _record_batches(monkeypatch):
+    """Patches the training loop to record, for every batch in turn, ``[raw outputs, groups,
+    labels the constraint reads, constraint rows used]``."""
+    from skfair import _base
+
+    seen = []
+    row_keys, objective = _base.BaseFairNeural._row_keys, _base.BaseFairNeural._fair_objective
+
+    def recording_keys(self, order, sizes, groups, target, weight):
+        labels = self._labels_for(target[order])
+        for b, g in enumerate(groups[order].split(sizes)):
+            seen.append([None, g, None if labels is None else labels.split(sizes)[b], None])
+        return row_keys(self, order, sizes, groups, target, weight)
+
+    def recording_objective(self, out, cs, target, weight):
+        pending = next(record for record in seen if record[0] is None)
+        pending[0], pending[3] = out.detach().clone(), cs
+        return objective(self, out, cs, target, weight)
+
+    monkeypatch.setattr(_base.BaseFairNeural, "_row_keys", recording_keys)
+    monkeypatch.setattr(_base.BaseFairNeural, "_fair_objective", recording_objective)
+    return seen
+
+
 @pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds"])
 def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fairness):
     """history_'s train_gap: the constraint's gap of the network's outputs before the layer,
     over all the batches of the epoch as they went through it."""
-    from skfair import _base
-
     X, y = biased
-    seen = []
-    batch_rows, project = _base.BaseFairNeural._batch_rows, _base.project
-
-    def recording_rows(self, built, groups, target, weight, device):
-        seen.append([groups.clone(), self._labels_for(target)])
-        return batch_rows(self, built, groups, target, weight, device)
-
-    def recording_project(z, cs, bounds, solver):
-        seen[-1].insert(0, z.detach().clone())
-        return project(z, cs, bounds, solver)
-
-    monkeypatch.setattr(_base.BaseFairNeural, "_batch_rows", recording_rows)
-    monkeypatch.setattr(_base, "project", recording_project)
+    seen = _record_batches(monkeypatch)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
                                **dict(FAST, max_epochs=1)).fit(X, y)
-    assert sum(len(z) for z, _, _ in seen) == len(X)
-    labels = None if seen[0][2] is None else torch.cat([t for _, _, t in seen])
-    want = constraint_gap(fairness, torch.cat([z for z, _, _ in seen]),
-                          torch.cat([g for _, g, _ in seen]), y_true=labels)
+    assert sum(len(z) for z, _, _, _ in seen) == len(X)
+    labels = None if seen[0][2] is None else torch.cat([t for _, _, t, _ in seen])
+    want = constraint_gap(fairness, torch.cat([z for z, _, _, _ in seen]),
+                          torch.cat([g for _, g, _, _ in seen]), y_true=labels)
     assert clf.history_[0]["train_gap"] == pytest.approx(want, abs=1e-12)
     assert want > 0.01  # the biased data's raw outputs are unfair
 
@@ -115,22 +125,12 @@ def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fai
 def test_batches_of_one_composition_share_their_rows(biased, monkeypatch, fairness):
     """Stratified batches of the same composition reuse one built set of rows, which is the set
     the batch's own groups and labels would build."""
-    from skfair import _base
-
     X, y = biased
-    used = []
-    batch_rows = _base.BaseFairNeural._batch_rows
-
-    def recording(self, built, groups, target, weight, device):
-        cs = batch_rows(self, built, groups, target, weight, device)
-        used.append((groups.clone(), self._labels_for(target), cs))
-        return cs
-
-    monkeypatch.setattr(_base.BaseFairNeural, "_batch_rows", recording)
+    seen = _record_batches(monkeypatch)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
                                **dict(FAST, max_epochs=2, batch_size=64)).fit(X, y)
-    assert len({id(cs) for _, _, cs in used}) < len(used) // 2  # reused within each epoch
-    for groups, labels, cs in used:
+    assert len({id(cs) for _, _, _, cs in seen}) < len(seen) // 2  # reused within each epoch
+    for _, groups, labels, cs in seen:
         fresh = clf.constraint_.build(groups, epsilon=clf.epsilon, y_true=labels)
         assert cs.keys == fresh.keys
         for got, want in zip(cs.host_problem, fresh.host_problem):
@@ -139,26 +139,72 @@ def test_batches_of_one_composition_share_their_rows(biased, monkeypatch, fairne
 
 @pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds", "mean_residual"])
 def test_batch_rows_are_reused_only_for_the_same_groups_labels_and_weights(biased, fairness):
+    """The key of a batch's rows tells batches apart by their groups, by their labels when the
+    constraint reads them, and by their weights."""
     X, y = biased
     X = X.drop(columns="race")
     estimator = FairNeuralRegressor if fairness == "mean_residual" else FairNeuralClassifier
     clf = estimator(protected_attributes=["sex"], fairness=fairness,
                     **dict(FAST, max_epochs=1)).fit(X, y)
-    groups = torch.tensor([[0], [0], [1], [1]])
-    target = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
-    built = {}
-    first = clf._batch_rows(built, groups, target, None, torch.device("cpu"))
-    assert clf._batch_rows(built, groups.clone(), target.clone(), None,
-                           torch.device("cpu")) is first
-    other_groups = clf._batch_rows(built, torch.tensor([[0], [1], [1], [1]]), target, None,
-                                   torch.device("cpu"))
-    other_labels = clf._batch_rows(built, groups, target.flip(0), None, torch.device("cpu"))
-    weighted = clf._batch_rows(built, groups, target, torch.tensor([1.0, 2.0, 1.0, 1.0],
-                                                                   dtype=torch.float64),
-                               torch.device("cpu"))
-    assert other_groups is not first and weighted is not first
-    # labels tell batches apart only for the constraints that use them
-    assert (other_labels is first) == (fairness == "demographic_parity")
+    # five batches of four samples: a reference, its copy in another order of the data, then
+    # other groups, other labels, other weights
+    groups = torch.tensor([[0], [0], [1], [1]] * 4 + [[0], [1], [1], [1]])
+    target = torch.tensor([0.0, 1.0, 0.0, 1.0] * 5, dtype=torch.float64)
+    target[12:16] = target[12:16].flip(0)
+    weight = torch.ones(20, dtype=torch.float64)
+    weight[9] = 2.0
+    order = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 8, 9, 10, 11])
+    keys = clf._row_keys(order, [4] * 5, groups, target, weight)
+    reference, copy, other_groups, other_labels, other_weights = keys
+    assert copy == reference and hash(copy) == hash(reference)
+    assert other_groups != reference and other_weights != reference
+    assert (other_labels == reference) == (fairness == "demographic_parity")
+    unweighted = clf._row_keys(order, [4] * 5, groups, target, None)
+    assert unweighted[4] == unweighted[0]  # without weights only groups and labels count
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("estimator, fairness", [(FairNeuralClassifier, "demographic_parity"),
+                                                 (FairNeuralClassifier, "equalized_odds"),
+                                                 (FairNeuralRegressor, "mean_residual")])
+def test_the_fused_training_objective_trains_like_projection_then_losses(
+        biased, monkeypatch, estimator, fairness, weighted):
+    """With the exact solver the training step computes its loss in the projection's compiled
+    call; forced through the projection and the torch losses instead, training goes the same
+    way (up to rounding)."""
+    from skfair import _base
+
+    X, y = biased
+    weight = np.random.default_rng(0).uniform(0.5, 2.0, len(y)) if weighted else None
+    params = dict(FAST, max_epochs=3, protected_attributes=["sex", "race"], fairness=fairness)
+    fused = estimator(**params).fit(X, y, sample_weight=weight)
+    monkeypatch.setattr(_base, "projected_objective", lambda *args: None)
+    generic = estimator(**params).fit(X, y, sample_weight=weight)
+    np.testing.assert_allclose(fused.loss_curve_, generic.loss_curve_, rtol=1e-6)
+    assert [r["train_gap"] for r in fused.history_] == pytest.approx(
+        [r["train_gap"] for r in generic.history_], rel=1e-5)
+    for key, value in generic.dual_init_.items():
+        assert fused.dual_init_[key] == pytest.approx(value, rel=1e-4, abs=1e-9)
+    predict = "predict_proba" if estimator is FairNeuralClassifier else "predict"
+    np.testing.assert_allclose(getattr(fused, predict)(X), getattr(generic, predict)(X),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_training_with_qpth_goes_through_the_projection(biased, monkeypatch):
+    """The fused objective is the exact solver's: with solver="qpth" every batch goes through
+    qpth's projection and the torch losses."""
+    from skfair import _base
+
+    pytest.importorskip("qpth")
+    X, y = biased
+
+    def fused(*args):
+        raise AssertionError("the fused objective used with solver='qpth'")
+
+    monkeypatch.setattr(_base, "projected_objective", fused)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], solver="qpth",
+                               **dict(FAST, max_epochs=1, batch_size=400)).fit(X, y)
+    assert clf.dual_init_ == {} and clf.history_[0]["train_gap"] is not None
 
 
 def test_equalized_odds_trains_and_reduces_the_label_conditional_gap(biased):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import torch_objective
 from skfair import _kernels
 
 
@@ -111,3 +112,33 @@ def test_first_unattainable_row_with_open_bounds():
     assert _kernels.first_unattainable(coef, mass, np.array([0.1, -5.0]), 0.2, np.inf) == (0, 0.2)
     # y in (-inf, 1]: row 1 needs h >= -1
     assert _kernels.first_unattainable(coef, mass, np.array([0.0, -2.0]), -np.inf, 1.0) == (1, -1.0)
+
+
+@pytest.mark.parametrize("penalty", [0.0, 3.0])
+@pytest.mark.parametrize("loss", [_kernels.LOG_LOSS, _kernels.SQUARED_ERROR])
+def test_objective_is_the_estimators_torch_loss(loss, penalty):
+    """The compiled training objective and its two partial gradients equal the torch formula
+    the estimators use (binary cross-entropy of clipped probabilities; squared error in units
+    of a scale), including probabilities on the bounds and on the clip's ends."""
+    rng = np.random.default_rng(0)
+    clip = _kernels.PROBABILITY_CLIP
+    if loss == _kernels.LOG_LOSS:
+        y = np.r_[0.0, 1.0, 1e-9, clip, 1 - clip, 1 - 1e-9, rng.uniform(0, 1, 10)]
+        target = rng.integers(0, 2, y.size).astype(float)
+        scale = 1.0
+    else:
+        y = rng.normal(0, 3, 16)
+        target = rng.normal(0, 3, 16)
+        scale = 2.5
+    z = y + rng.normal(0, 0.2, y.size)
+    weight = rng.uniform(0.2, 3.0, y.size)
+    grad_y, grad_z = np.empty(y.size), np.empty(y.size)
+    value = _kernels.objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z)
+
+    y_t, z_t = (torch.tensor(v, requires_grad=True) for v in (y, z))
+    want = torch_objective(y_t, z_t, torch.tensor(target), torch.tensor(weight), loss, scale,
+                           penalty)
+    want.backward()
+    assert value == pytest.approx(float(want.detach()), rel=1e-14)
+    np.testing.assert_allclose(grad_y, y_t.grad.numpy(), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(grad_z, z_t.grad.numpy(), rtol=1e-13, atol=1e-15)

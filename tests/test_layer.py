@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import torch_objective
 from skfair import FairnessLayer
 from skfair.constraints import (
     AffineConstraint,
@@ -161,6 +162,80 @@ def test_gradients_of_both_backends_agree(bounds):
         assert layer.last_solve_["solver"] == solver
         grads[solver] = z.grad
     np.testing.assert_allclose(grads["exact"], grads["qpth"], atol=1e-5)
+
+
+def _objective_instance(constraint, bounds, weighted, seed=4):
+    """A batch and its rows for the fused training objective."""
+    rng = np.random.default_rng(seed)
+    n = 30
+    groups = torch.as_tensor(rng.integers(0, 3, (n, 2)))
+    z = torch.as_tensor(rng.uniform(0.05, 0.95, n) + 0.3 * (groups[:, 0].numpy() == 0))
+    if bounds is not None:
+        z = z.clamp(0.01, 0.99)
+        z[:2] = torch.tensor([0.0, 1.0], dtype=torch.float64)  # outputs on the bounds
+    y_true = torch.as_tensor(rng.integers(0, 2, n).astype(float))
+    if constraint == "mean_residual":
+        y_true = torch.as_tensor(rng.uniform(0.2, 0.8, n))
+    weight = torch.as_tensor(rng.uniform(0.5, 2.0, n)) if weighted else torch.ones(n).double()
+    cs = get_constraint(constraint).build(groups, epsilon=0.03, y_true=y_true,
+                                          sample_weight=weight if weighted else None)
+    return z, cs, y_true, weight
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+@pytest.mark.parametrize("constraint", BUILTINS)
+def test_projected_objective_is_the_loss_of_the_projection(constraint, bounds, weighted):
+    """The fused training objective (one compiled call, one autograd node) equals the
+    projection followed by the torch losses and penalty, in value and gradient."""
+    from skfair import _kernels
+    from skfair.layer import projected_objective
+
+    z0, cs, y_true, weight = _objective_instance(constraint, bounds, weighted)
+    loss = _kernels.LOG_LOSS if bounds is not None else _kernels.SQUARED_ERROR
+    scale, penalty = (1.0, 10.0) if bounds is not None else (0.7, 3.0)
+    z = z0.clone().requires_grad_(True)
+    value, result = projected_objective(z, cs, bounds, y_true, weight, loss, scale, penalty)
+    value.backward()
+    assert result.n_iter > 0  # the projection moved the outputs
+
+    reference = z0.clone().requires_grad_(True)
+    y, _ = project(reference, cs, bounds)
+    want = torch_objective(y, reference, y_true, weight, loss, scale, penalty)
+    want.backward()
+    assert float(value.detach()) == pytest.approx(float(want.detach()), rel=1e-13)
+    torch.testing.assert_close(z.grad, reference.grad, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(result.y, y.detach(), atol=0, rtol=0)  # the same projection
+
+
+@pytest.mark.parametrize("constraint", BUILTINS)
+def test_gradcheck_projected_objective(constraint):
+    from skfair import _kernels
+    from skfair.layer import projected_objective
+
+    z, cs, y_true, weight = _objective_instance(constraint, None, True, seed=5)
+    z.requires_grad_(True)
+
+    def f(z):
+        return projected_objective(z, cs, None, y_true, weight, _kernels.SQUARED_ERROR, 0.7,
+                                   3.0)[0]
+
+    assert torch.autograd.gradcheck(f, (z,), eps=1e-7, atol=1e-6)
+
+
+def test_projected_objective_declines_a_result_that_fails_the_guarantee(monkeypatch):
+    """Like project, the fused objective never trusts the solver: a result that violates the
+    rows is not used (None: the caller goes through project and its fallback)."""
+    from skfair import _exact, _kernels
+    from skfair.layer import projected_objective
+
+    monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, **k: _exact.SolveResult(
+        z.clone(), cs.h.new_zeros(cs.n_rows), 3, False, 1.0))
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    ones = torch.ones(4, dtype=torch.float64)
+    assert projected_objective(z, cs, (0.0, 1.0), ones, ones, _kernels.LOG_LOSS, 1.0,
+                               10.0) is None
 
 
 def test_gradcheck_qpth():
