@@ -178,11 +178,11 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
 
     The weighted mean of ``loss(y, target) + penalty * (z - y)**2`` at the projection ``y`` of
     ``z`` (:func:`skfair._kernels.objective`: ``loss`` is ``LOG_LOSS`` or ``SQUARED_ERROR``,
-    the latter in units of ``scale``), with its gradient in ``z`` through the projection.
-    Returns ``(objective, result)``, a 0-dim tensor and the solver's
-    :class:`~skfair._exact.SolveResult` (its multipliers, iterations and check), or None when
-    the result fails the guarantee check (the caller then goes through :func:`project`, which
-    falls back to the other backend).
+    the latter in units of ``scale``), with its gradient in ``z`` through the projection (the
+    targets, weights and rows are data: no gradient flows to them). Returns ``(objective,
+    result)``, a 0-dim tensor and the solver's :class:`~skfair._exact.SolveResult` (its
+    multipliers, iterations and check), or None when the result fails the guarantee check (the
+    caller then goes through :func:`project`, which falls back to the other backend).
 
     The projection is what :func:`project` computes and checks; what differs is the autograd
     graph: the loss, the penalty, their weighted mean and the projection's implicit derivative

@@ -82,27 +82,35 @@ def test_network_features_are_row_major(biased, protected):
 
 
 def _record_batches(monkeypatch):
-    """Patches the training loop to record, for every batch in turn, ``[raw outputs, groups,
-    labels the constraint reads, constraint rows used]``."""
+    """Patches the training loop to record every batch's sample positions, raw outputs and
+    constraint rows, in the order of the steps."""
     from skfair import _base
 
-    seen = []
-    row_keys, objective = _base.BaseFairNeural._row_keys, _base.BaseFairNeural._fair_objective
+    seen = {"positions": [], "outputs": [], "rows": []}
+    batches, objective = _base.BaseFairNeural._batches, _base.BaseFairNeural._fair_objective
 
-    def recording_keys(self, order, sizes, groups, target, weight):
-        labels = self._labels_for(target[order])
-        for b, g in enumerate(groups[order].split(sizes)):
-            seen.append([None, g, None if labels is None else labels.split(sizes)[b], None])
-        return row_keys(self, order, sizes, groups, target, weight)
+    def recording_batches(self, strata, generator):
+        positions = batches(self, strata, generator)
+        seen["positions"] += positions
+        return positions
 
     def recording_objective(self, out, cs, target, weight):
-        pending = next(record for record in seen if record[0] is None)
-        pending[0], pending[3] = out.detach().clone(), cs
+        seen["outputs"].append(out.detach().clone())
+        seen["rows"].append(cs)
         return objective(self, out, cs, target, weight)
 
-    monkeypatch.setattr(_base.BaseFairNeural, "_row_keys", recording_keys)
+    monkeypatch.setattr(_base.BaseFairNeural, "_batches", recording_batches)
     monkeypatch.setattr(_base.BaseFairNeural, "_fair_objective", recording_objective)
     return seen
+
+
+def _batch_groups_and_labels(clf, X, y, positions):
+    """The group codes and the labels the constraint reads of the samples at ``positions``, as
+    the fitted classifier encodes them."""
+    _, codes = clf._validate_X(X, reset=False)
+    groups = clf.group_encoder_.constraint_groups(codes)[torch.as_tensor(positions)]
+    labels = torch.as_tensor((np.asarray(y) == clf.classes_[1])[positions], dtype=torch.float64)
+    return groups, clf._labels_for(labels)
 
 
 @pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds"])
@@ -113,10 +121,10 @@ def test_train_gap_is_the_gap_of_the_epochs_raw_outputs(biased, monkeypatch, fai
     seen = _record_batches(monkeypatch)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
                                **dict(FAST, max_epochs=1)).fit(X, y)
-    assert sum(len(z) for z, _, _, _ in seen) == len(X)
-    labels = None if seen[0][2] is None else torch.cat([t for _, _, t, _ in seen])
-    want = constraint_gap(fairness, torch.cat([z for z, _, _, _ in seen]),
-                          torch.cat([g for _, g, _, _ in seen]), y_true=labels)
+    positions = np.concatenate(seen["positions"])
+    assert sorted(positions) == list(range(len(X)))
+    groups, labels = _batch_groups_and_labels(clf, X, y, positions)
+    want = constraint_gap(fairness, torch.cat(seen["outputs"]), groups, y_true=labels)
     assert clf.history_[0]["train_gap"] == pytest.approx(want, abs=1e-12)
     assert want > 0.01  # the biased data's raw outputs are unfair
 
@@ -129,8 +137,10 @@ def test_batches_of_one_composition_share_their_rows(biased, monkeypatch, fairne
     seen = _record_batches(monkeypatch)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
                                **dict(FAST, max_epochs=2, batch_size=64)).fit(X, y)
-    assert len({id(cs) for _, _, _, cs in seen}) < len(seen) // 2  # reused within each epoch
-    for _, groups, labels, cs in seen:
+    rows = seen["rows"]
+    assert len({id(cs) for cs in rows}) < len(rows) // 2  # reused within each epoch
+    for positions, cs in zip(seen["positions"], rows, strict=True):
+        groups, labels = _batch_groups_and_labels(clf, X, y, positions)
         fresh = clf.constraint_.build(groups, epsilon=clf.epsilon, y_true=labels)
         assert cs.keys == fresh.keys
         for got, want in zip(cs.host_problem, fresh.host_problem):
@@ -149,17 +159,18 @@ def test_batch_rows_are_reused_only_for_the_same_groups_labels_and_weights(biase
     # five batches of four samples: a reference, its copy in another order of the data, then
     # other groups, other labels, other weights
     groups = torch.tensor([[0], [0], [1], [1]] * 4 + [[0], [1], [1], [1]])
-    target = torch.tensor([0.0, 1.0, 0.0, 1.0] * 5, dtype=torch.float64)
-    target[12:16] = target[12:16].flip(0)
+    target = np.array([0.0, 1.0, 0.0, 1.0] * 5)
+    target[12:16] = target[12:16][::-1]
     weight = torch.ones(20, dtype=torch.float64)
     weight[9] = 2.0
     order = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 8, 9, 10, 11])
-    keys = clf._row_keys(order, [4] * 5, groups, target, weight)
+    strata = clf._strata(groups, target)
+    keys = clf._row_keys(order, [4] * 5, strata, torch.as_tensor(target), weight)
     reference, copy, other_groups, other_labels, other_weights = keys
     assert copy == reference and hash(copy) == hash(reference)
     assert other_groups != reference and other_weights != reference
     assert (other_labels == reference) == (fairness == "demographic_parity")
-    unweighted = clf._row_keys(order, [4] * 5, groups, target, None)
+    unweighted = clf._row_keys(order, [4] * 5, strata, torch.as_tensor(target), None)
     assert unweighted[4] == unweighted[0]  # without weights only groups and labels count
 
 

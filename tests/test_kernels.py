@@ -5,8 +5,8 @@ import numba
 import numpy as np
 import pytest
 import torch
-
 from conftest import torch_objective
+
 from skfair import _kernels
 
 

@@ -6,10 +6,10 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from conftest import torch_objective
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import torch_objective
 from skfair import FairnessLayer
 from skfair.constraints import (
     AffineConstraint,
