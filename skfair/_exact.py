@@ -17,7 +17,7 @@ rows only (:func:`_newton_rows`): the systems stay regular and no damping slows 
 
 Each iteration costs ``O(n + m^2 n_atoms + m^3)`` with the factored ``G`` of
 :class:`~skfair.constraints.ConstraintSet`: one pass over the ``n`` outputs
-(:func:`skfair._kernels.clip_shift`) and small dense algebra on the ``m`` rows. The whole
+(:func:`skfair._kernels.shifted_sums`) and small dense algebra on the ``m`` rows. The whole
 iteration, like the backward pass, is one compiled function (numba) on the host: at the batch
 sizes of training the method is a few dozen small operations per iteration, and as separate
 Python-level calls their overhead was most of the projection's time. Tensors on other devices
@@ -26,13 +26,13 @@ are copied to the host and the results back (``O(n)`` each way).
 
 import functools
 import math
-import threading
 
 import numpy as np
 import torch
 
 from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
-                       host_vector, objective, row_values, value_range, violation_and_range)
+                       host_vector, objective, row_values, shifted_sums, value_range,
+                       violation_and_range)
 from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -108,23 +108,20 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=
     lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
     if lam.shape != (m,):
         raise ValueError(f"lam0 must hold one multiplier per row ({m}); got shape {lam.shape}.")
-    buffers = _workspace(n)
+    y = np.empty(n)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
     args = (host_vector(z), *cs.host_problem, *_open_bounds(lo, hi), lam,
-            *_family_arrays(cs.pair_families), tol + ROUNDING * n, max_iter, *buffers)
+            *_family_arrays(cs.pair_families), tol + ROUNDING * n, max_iter, y)
     if objective is None:
         found = _checked_newton(*args)
     else:
         grad_z = np.empty(n)
         *found, value = _checked_objective(*args, *objective, grad_z)
         objective = (value, grad_z)
-    row, smallest, scale, index, n_iter, converged, lam, violation, low, high = found
+    row, smallest, scale, n_iter, converged, lam, violation, low, high = found
     if row >= 0 or not math.isfinite(scale):
         _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
-    y = buffers[index]
-    if buffers is getattr(_workspaces, "buffers", None):  # kept between solves:
-        buffers[index] = np.empty_like(y)  # the caller owns the result
     return SolveResult(_device_tensor(y, z.device), lam, n_iter, converged, scale, y,
                        (violation, low, high), objective)
 
@@ -170,29 +167,6 @@ def _host(values):
 def _open_bounds(lo, hi):
     """Bounds as floats, infinite where missing (the compiled passes' convention)."""
     return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
-
-
-#: batches whose scratch vectors are kept between calls (256 KB to 32 MB each in float64)
-WORKSPACE_MIN, WORKSPACE_MAX = 1 << 15, 1 << 22
-_workspaces = threading.local()
-
-
-def _workspace(n):
-    """Three scratch vectors of length ``n`` (numpy, on the host) for the solver's current
-    point, trial point and longer trial; when they are the thread's kept ones, the caller
-    replaces the one it hands out.
-
-    Vectors of up to ``WORKSPACE_MIN`` entries are new ones (the allocator recycles them at no
-    cost). Larger ones are kept between the solves of a thread: fresh vectors of millions of
-    entries cost more than the arithmetic on them, because the allocator returns them to the
-    system when they are freed and each new one is page-faulted in again.
-    """
-    if n <= WORKSPACE_MIN or n > WORKSPACE_MAX:
-        return [np.empty(n), np.empty(n), np.empty(n)]
-    if getattr(_workspaces, "n", None) != n:
-        _workspaces.n = n
-        _workspaces.buffers = [np.empty(n) for _ in range(3)]
-    return _workspaces.buffers
 
 
 @functools.lru_cache(maxsize=128)
@@ -246,43 +220,42 @@ def _checks(z, coef, mass, h, lo, hi):
 
 @_jit
 def _checked_newton(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr, fam_row,
-                    fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0, y1, y2):
+                    fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y):
     """:func:`_checks`, then (if they pass) :func:`_dual_newton` to the absolute accuracy
-    ``tol * scale``, then the check of the result: ``(row, smallest, scale, index of the
-    scratch vector holding y, n_iter, converged, lam, max(G y - h), min(y), max(y))``. One
-    compiled call: at training batch sizes each call from Python costs about as much as the
-    work."""
+    ``tol * scale``, the solution written into ``y``, and the check of it: ``(row, smallest,
+    scale, n_iter, converged, lam, max(G y - h), min(y), max(y))``. One compiled call: at
+    training batch sizes each call from Python costs about as much as the work."""
     row, smallest, scale = _checks(z, coef, mass, h, lo, hi)
     if row >= 0 or scale != scale:
-        return row, smallest, scale, 0, 0, False, lam, np.nan, np.nan, np.nan
-    index, n_iter, converged = 0, 0, True
+        return row, smallest, scale, 0, False, lam, np.nan, np.nan, np.nan
+    n_iter, converged = 0, True
     if coef.shape[0] == 0:  # nothing but the bounds
         for i in range(z.shape[0]):
-            y0[i] = min(max(z[i], lo), hi)
+            y[i] = min(max(z[i], lo), hi)
     else:
-        index, n_iter, converged, lam = _dual_newton(
+        n_iter, converged, lam = _dual_newton(
             z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fam_row, fam_u, fam_v,
-            fam_k, pair_ptr, pair_row, tol * scale, scale, max_iter, y0, y1, y2)
+            fam_k, pair_ptr, pair_row, tol * scale, scale, max_iter)
+        clip_shift(z, atom, atom_shift(coef, lam), weight, lo, hi, y)
     # recomputed from y, not taken from the iterations: the guarantee checked by the caller
     # must not rest on the solver being right
-    violation, low, high = violation_and_range(_pick(index, y0, y1, y2), atom, weight, coef, h)
-    return row, smallest, scale, index, n_iter, converged, lam, violation, low, high
+    violation, low, high = violation_and_range(y, atom, weight, coef, h)
+    return row, smallest, scale, n_iter, converged, lam, violation, low, high
 
 
 @_jit
 def _checked_objective(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr,
-                       fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0, y1,
-                       y2, target, sample_weight, loss, scale, penalty, grad_z):
+                       fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y,
+                       target, sample_weight, loss, scale, penalty, grad_z):
     """:func:`_checked_newton`, then (if the checks passed) :func:`objective_vjp` at its
     solution: its results and the objective's value (NaN when the checks failed)."""
     found = _checked_newton(z, atom, weight, coef, h, mass, square_mass, lo, hi, lam, fam_ptr,
-                            fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y0,
-                            y1, y2)
-    row, scale_found, index, lam = found[0], found[2], found[3], found[6]
+                            fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row, tol, max_iter, y)
+    row, scale_found, lam = found[0], found[2], found[5]
     value = np.nan
     if row < 0 and scale_found == scale_found:
-        value = objective_vjp(_pick(index, y0, y1, y2), z, atom, weight, coef, lam, lo, hi,
-                              target, sample_weight, loss, scale, penalty, grad_z)
+        value = objective_vjp(y, z, atom, weight, coef, lam, lo, hi, target, sample_weight, loss,
+                              scale, penalty, grad_z)
     return found + (value,)
 
 
@@ -302,19 +275,18 @@ def objective_vjp(y, z, atom, row_weight, coef, lam, lo, hi, target, weight, los
 
 @_jit
 def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fam_row, fam_u,
-                 fam_v, fam_k, pair_ptr, pair_row, atol, scale, max_iter, y0, y1, y2):
-    """The projected Newton method on the dual, from ``lam`` (updated in place).
-
-    ``y0``, ``y1``, ``y2`` are scratch vectors; returns ``(index of the one holding y,
-    n_iter, converged, lam)``. Written as plain loops: numba compiles them in a fraction of the
-    time its numpy functions take (this function is compiled once per installation and cached).
+                 fam_v, fam_k, pair_ptr, pair_row, atol, scale, max_iter):
+    """The projected Newton method on the dual, from ``lam`` (updated in place); returns
+    ``(n_iter, converged, lam)``. The iterations never write an output vector: each evaluation
+    is one pass that sums (:func:`_evaluate`), and the caller writes ``y(lam)`` once at the end.
+    Written as plain loops: numba compiles them in a fraction of the time its numpy functions
+    take (this function is compiled once per installation and cached).
     """
     m = coef.shape[0]
     in_family = np.zeros(m, np.bool_)
     for r in fam_row:
         in_family[r] = True
-    current = 0
-    residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi, y0)
+    residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
     ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = np.inf, 0
     for n_iter in range(max_iter + 1):
@@ -324,13 +296,13 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         for r in range(m):
             worst = max(worst, abs(residual[r]) if lam[r] > 0 else residual[r])
         if worst <= atol or n_iter == max_iter:
-            return current, n_iter, worst <= atol, lam
+            return n_iter, worst <= atol, lam
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
         # the caller's feasibility check judge the point.
         stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
         best = min(best, worst)
         if stalled >= 5:
-            return current, n_iter, False, lam
+            return n_iter, False, lam
         # Newton on the multipliers that may move: not those at zero whose row is satisfied, and
         # for group pairs only a forest of them (the others would make the system singular).
         # A satisfied row whose multiplier is a rounding leftover (tiny but positive) goes to zero
@@ -342,16 +314,13 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         for r in pinned:
             moved = moved or lam[r] > 0
             lam[r] = 0.0
-        trial_index = (current + 1) % 3
         if moved or rows.size == 0:
             # The step starts from the point the pinned multipliers leave, not from the gradient
             # before: "tiny" is relative to the largest multiplier, and a tiny one can still
             # carry a residual of the order of the tolerance (at epsilon = 0 a pair's two
             # opposite rows are both active: with a stale gradient the step put the removed
             # multiplier back on the opposite row, and the next iteration removed it again).
-            residual, distance, free_mass = _evaluate(
-                z, atom, weight, coef, h, lam, lo, hi, _pick(trial_index, y0, y1, y2))
-            current, trial_index = trial_index, (trial_index + 1) % 3
+            residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
             if rows.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
         value = _value(lam, residual, distance)
@@ -382,8 +351,8 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         direction = _solve(hessian, ridge * diag, rhs)
         while True:
             trial = _step(lam, rows, direction, alpha, flat, 1.0)
-            residual_t, distance_t, free_mass_t = _evaluate(
-                z, atom, weight, coef, h, trial, lo, hi, _pick(trial_index, y0, y1, y2))
+            residual_t, distance_t, free_mass_t = _evaluate(z, atom, weight, coef, h, trial,
+                                                            lo, hi)
             value_t = _value(trial, residual_t, distance_t)
             # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
             gain = _gain(residual, trial, lam, rows, flat, False)
@@ -400,36 +369,27 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         while (any_flat and alpha == 1.0 and stretch < 2.0**40
                and _gain(residual_t, trial, lam, rows, flat, True) > 0):
             stretch *= 2
-            longer_index = 3 - current - trial_index
             longer = _step(lam, rows, direction, 1.0, flat, stretch)
-            residual_l, distance_l, free_mass_l = _evaluate(
-                z, atom, weight, coef, h, longer, lo, hi, _pick(longer_index, y0, y1, y2))
+            residual_l, distance_l, free_mass_l = _evaluate(z, atom, weight, coef, h, longer,
+                                                            lo, hi)
             value_l = _value(longer, residual_l, distance_l)
             if not value_l > value_t:
                 break
-            trial, trial_index, value_t = longer, longer_index, value_l
+            trial, value_t = longer, value_l
             residual_t, distance_t, free_mass_t = residual_l, distance_l, free_mass_l
         ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
-        lam, current = trial, trial_index
+        lam = trial
         residual, distance, free_mass = residual_t, distance_t, free_mass_t
-    return current, max_iter, False, lam  # not reached: the loop returns at max_iter
+    return max_iter, False, lam  # not reached: the loop returns at max_iter
 
 
 @_jit
-def _pick(index, y0, y1, y2):
-    """Scratch vector number ``index``."""
-    if index == 0:
-        return y0
-    return y1 if index == 1 else y2
-
-
-@_jit
-def _evaluate(z, atom, weight, coef, h, lam, lo, hi, out):
-    """``y(lam)`` written into ``out``; returns the dual gradient ``G y - h``,
-    ``1/2 ||y - z||^2`` and the per-atom squared weight of the free coordinates."""
+def _evaluate(z, atom, weight, coef, h, lam, lo, hi):
+    """At ``y(lam)`` (not written): the dual gradient ``G y - h``, ``1/2 ||y - z||^2`` and the
+    per-atom squared weight of the free coordinates."""
     n_atoms = coef.shape[1]
     sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
-    distance = clip_shift(z, atom, atom_shift(coef, lam), weight, lo, hi, out, sums, free_mass)
+    distance = shifted_sums(z, atom, atom_shift(coef, lam), weight, lo, hi, sums, free_mass)
     return row_values(coef, sums, h), distance, free_mass
 
 

@@ -108,8 +108,10 @@ def test_factored_products_match_dense(constraint, weighted, bounds):
     # The exact solver's compiled passes on the factored form (skfair._kernels, skfair._exact).
     low, high = _open_bounds(lo, hi)
     out, sums, free_mass = np.empty(n), np.empty(cs.n_atoms), np.empty(cs.n_atoms)
-    distance = _kernels.clip_shift(z.numpy(), cs.host_atom, cs.host_coef.T @ lam.numpy(),
-                                   cs.host_weight, low, high, out, sums, free_mass)
+    shift = cs.host_coef.T @ lam.numpy()
+    _kernels.clip_shift(z.numpy(), cs.host_atom, shift, cs.host_weight, low, high, out)
+    distance = _kernels.shifted_sums(z.numpy(), cs.host_atom, shift, cs.host_weight, low, high,
+                                     sums, free_mass)
     np.testing.assert_allclose(out, y_ref.numpy(), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(cs.host_coef @ sums, (G @ y_ref).numpy(), atol=1e-12)
     np.testing.assert_allclose(_gram(cs.host_coef, free_mass, np.arange(cs.n_rows)),

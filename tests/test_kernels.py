@@ -28,14 +28,15 @@ def test_without_a_writable_cache_the_loops_still_compile(monkeypatch):
     assert _kernels._jit(add_one)(1.0) == 2.0
 
 
-def test_clip_shift_with_one_sided_and_no_bounds():
+def test_clip_shift_and_its_sums_with_one_sided_and_no_bounds():
     z = np.array([-1.0, 0.2, 0.7, 3.0])
     atom = np.array([0, 1, 0, 1])
     shift = np.array([0.1, -0.2])
     weight = np.array([1.0, 2.0, 0.5, 1.0])
     for lo, hi in [(0.0, 1.0), (-np.inf, 1.0), (0.0, np.inf), (-np.inf, np.inf)]:
         out, sums, free_mass = np.empty(4), np.empty(2), np.empty(2)
-        distance = _kernels.clip_shift(z, atom, shift, weight, lo, hi, out, sums, free_mass)
+        _kernels.clip_shift(z, atom, shift, weight, lo, hi, out)
+        distance = _kernels.shifted_sums(z, atom, shift, weight, lo, hi, sums, free_mass)
         y = np.clip(z - weight * shift[atom], lo, hi)
         free = (y > lo) & (y < hi)
         np.testing.assert_allclose(out, y)

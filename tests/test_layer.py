@@ -409,10 +409,9 @@ def test_backtracking_shortens_to_the_peak_of_a_quadratic(slope, curvature):
 
 
 def test_later_solves_do_not_overwrite_earlier_results():
-    """The solver reuses scratch vectors between calls; what it returned must not be among them."""
     from skfair import _exact
 
-    n = _exact.WORKSPACE_MIN + 1  # large enough for kept scratch vectors
+    n = 40_000
     z, cs = _pair_instance(0, n=n)
     first = _exact.solve(z, cs, 0.0, 1.0)
     kept = first.y.clone()
@@ -426,8 +425,7 @@ def test_concurrent_solves_in_threads_agree_with_sequential_ones():
 
     from skfair import _exact
 
-    # large enough for kept (per-thread) scratch vectors
-    instances = [_pair_instance(seed, n=_exact.WORKSPACE_MIN + 1) for seed in range(8)]
+    instances = [_pair_instance(seed, n=40_000) for seed in range(8)]
     expected = [_exact.solve(z, cs, 0.0, 1.0).y for z, cs in instances]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda inst: _exact.solve(inst[0], inst[1], 0.0, 1.0).y,
