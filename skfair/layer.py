@@ -54,7 +54,7 @@ class FairnessLayer(nn.Module):
         memory. ``"qpth"``: the dense interior-point solver of ``qpth`` (``O(n^3)``; optional
         dependency, see the README). ``"auto"`` uses the exact solver: it handles every affine
         constraint, is accurate to ~1e-12 where qpth's interior point can stall short of the
-        optimum, and measured about 90x (n=64) to 8,000x (n=1,024) faster than qpth forward and
+        optimum, and measured about 80x (n=64) to 6,600x (n=1,024) faster than qpth forward and
         backward with bounds (``benchmarks/projection.py``, ``benchmarks/RESULTS.md``). Each
         backend falls back to the other when its result fails the feasibility check.
     intersectional : bool, default=False
