@@ -437,8 +437,8 @@ class BaseFairNeural(BaseEstimator):
         constraint rows depend on, as a hashable value: the bytes of its strata (:meth:`_strata`:
         the groups, and the labels when the constraint's rows split by label), of its labels
         when the constraint reads their values, and of its weights (``None`` when unweighted).
-        The strata in the smallest integer type that holds them: a byte per sample, not the
-        eight per attribute of the groups (hashing the keys was 2% of a training epoch)."""
+        The strata in the smallest integer type that holds them: a byte per sample instead of
+        eight per attribute for the groups (every epoch hashes a key of every batch)."""
         codes = strata.astype(np.min_scalar_type(max(int(strata.max(initial=0)), 0)))
         columns = [codes]
         if self.constraint_.requires_y_true and not self.constraint_.label_cells:
