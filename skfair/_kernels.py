@@ -196,11 +196,12 @@ def mixed_radix(codes, atom, counts):
     ``counts[:space]`` are written only when ``min >= 0`` and ``space <= counts.size`` (else
     ``space`` is ``counts.size + 1``).
     """
-    low = high = codes[0, 0]
-    for i in range(codes.shape[0]):
-        for j in range(codes.shape[1]):
-            low = min(low, codes[i, j])
-            high = max(high, codes[i, j])
+    # over the flat codes: one loop that the compiler vectorizes (nested, about 10x slower)
+    flat = codes.ravel()
+    low = high = flat[0]
+    for k in range(flat.shape[0]):
+        low = min(low, flat[k])
+        high = max(high, flat[k])
     radix = high + 1
     space = 1
     for _ in range(codes.shape[1]):
