@@ -37,8 +37,7 @@ def shifted_sums(z, atom, shift, weight, lo, hi, sums, free_mass):
     """For ``y = clip(z - weight * shift[atom], lo, hi)`` (:func:`clip_shift`, the same
     arithmetic), the atom sums of ``weight * y`` and of ``weight**2`` over the free samples;
     returns ``1/2 ||y - z||^2``. ``y`` itself is not written: the dual's evaluations need only
-    these, and a pass that writes nothing moves a third of the memory of one that does (at a
-    million samples the passes are memory-bound)."""
+    these sums, and the solver writes the output once, after its iterations."""
     sums[:] = 0.0
     free_mass[:] = 0.0
     weighted = weight.shape[0] > 0
