@@ -193,8 +193,7 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     host = _kernels.host_vector
     result = _exact.solve(z.to(torch.float64), cs, lo, hi,
                           objective=(host(target), host(weight), loss, scale, penalty))
-    violation, out_of_bounds, _ = _violations(result.check or _check(result.host_y, cs), lo, hi)
-    if not _accepted(violation, out_of_bounds, result.scale, "exact", []):
+    if _exact_violation(result, cs, lo, hi, []) is None:
         return None
     value, grad = result.objective
     return _Objective.apply(z, (value, _device_tensor(grad, z.device))), result
@@ -211,12 +210,22 @@ def _exact_backend(z, cs, lo, hi, failures):
         violation, _, inside = _violations(_check(_kernels.host_vector(z), cs), lo, hi)
         if inside and violation <= GUARANTEE_TOL * result.scale:
             return z, _info("exact", 0, violation, cs, result.host_lam.tolist())
+    violation = _exact_violation(result, cs, lo, hi, failures)
+    if violation is None:
+        return None
+    y = _ExactProjection.apply(z, cs.h, (result, cs, lo, hi))
+    return y, _info("exact", result.n_iter, violation, cs, result.host_lam.tolist())
+
+
+def _exact_violation(result, cs, lo, hi, failures):
+    """The violation of an exact solver's result when it meets the guarantee, else None (with
+    the reason in ``failures``); from the check of its output (:func:`_check` when the result
+    carries none)."""
     check = result.check or _check(result.host_y, cs)
     violation, out_of_bounds, _ = _violations(check, lo, hi)
     if not _accepted(violation, out_of_bounds, result.scale, "exact", failures):
         return None
-    y = _ExactProjection.apply(z, cs.h, (result, cs, lo, hi))
-    return y, _info("exact", result.n_iter, violation, cs, result.host_lam.tolist())
+    return violation
 
 
 def _qpth_backend(z, cs, lo, hi, failures):
