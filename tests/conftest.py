@@ -54,3 +54,10 @@ def torch_objective(y, z, target, weight, loss, scale, penalty):
         losses = ((y - target) / scale) ** 2
     losses = losses + penalty * (z - y) ** 2
     return (weight * losses).sum() / weight.sum()
+
+
+def pytest_configure(config):
+    # The long profile of the property-based guarantee suite (tests/test_guarantee_properties.py)
+    # runs with --runslow, or with SKFAIR_GUARANTEE_LONG=1; read when that module is imported.
+    if config.getoption("--runslow", default=False):
+        os.environ.setdefault("SKFAIR_GUARANTEE_LONG", "1")

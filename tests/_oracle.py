@@ -1,0 +1,426 @@
+"""An independent oracle of the fairness projection's guarantee.
+
+Shared by ``tests/test_guarantee_properties.py`` and ``benchmarks/guarantee_fuzz.py``. Nothing
+here uses skfair's constraint rows or solver: group means are recomputed with numpy from the
+group codes, the reference projection is a generic conic solver (Clarabel through cvxpy), and
+the feasibility of mean-residual problems with bounds is decided in closed form (one attribute,
+or the intersection of several: the groups partition the samples) or by a linear program
+(several marginal attributes).
+
+The tolerances (see :func:`tolerance`):
+
+* distance: ``||y - z||`` at most ``1e-7 * max(1, ||y_ref - z||)`` above the reference's
+  (plus float32 rounding), and ``max |y - y_ref| <= 1e-5 * max(scale, ||y_ref - z||)`` (the
+  reference's own accuracy in ``y`` degrades with the distance it moves);
+* bounds: none; every output lies within the bounds exactly, compared in the returned dtype;
+* float64 outputs: a fairness gap may exceed epsilon by at most ``1e-9 * scale``;
+* float32 outputs: by at most ``2 * eps32 * scale`` (``eps32 = 2**-23``: casting an exact
+  solution to float32 moves every output by half an ulp, every group mean by at most that and a
+  gap by at most twice that);
+
+where ``scale = max(1, epsilon, max |mean target of a group|, hi - lo)`` with bounds, and
+``max(1, epsilon, max |mean target of a group|, max |y|)`` without: the size of the outputs and
+of the right-hand sides, never of ``z``.
+"""
+
+import dataclasses
+import math
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+
+BUILTINS = ("demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual")
+LABEL_CELLS = {"demographic_parity": (None,), "equalized_odds": (0, 1),
+               "equal_opportunity": (1,), "mean_residual": (None,)}
+EPSILONS = (0.0, 1e-9, 1e-3, 0.05, 1.0, 1e6)
+BOUNDS = ((0.0, 1.0), None, (-5.0, 3.0))
+EPS32 = float(np.finfo(np.float32).eps)
+#: largest n for which the reference projection is solved
+REFERENCE_MAX_N = 300
+
+
+@dataclasses.dataclass
+class Instance:
+    z: np.ndarray                 # float32 or float64: the dtype given to the layer
+    groups: np.ndarray            # int64 (n, n_attributes)
+    constraint: str
+    epsilon: float
+    bounds: tuple = (0.0, 1.0)
+    y_true: np.ndarray = None     # float64 (n,) or None
+    sample_weight: np.ndarray = None
+    intersectional: bool = False
+
+    @property
+    def n(self):
+        return len(self.z)
+
+    def family(self):
+        b = "none" if self.bounds is None else f"({self.bounds[0]:g},{self.bounds[1]:g})"
+        return (self.constraint, b, str(self.z.dtype))
+
+    def snippet(self):
+        """Copy-pasteable code reproducing the call."""
+        def arr(a, dtype):
+            return f"torch.tensor({np.asarray(a).tolist()!r}, dtype=torch.{dtype})"
+        lines = ["import torch", "from skfair import FairnessLayer",
+                 f"layer = FairnessLayer({self.constraint!r}, epsilon={self.epsilon!r}, "
+                 f"bounds={self.bounds!r}, solver='exact', "
+                 f"intersectional={self.intersectional!r})",
+                 f"z = {arr(self.z, self.z.dtype)}",
+                 f"groups = torch.tensor({self.groups.tolist()!r})"]
+        call = "y = layer(z, groups"
+        if self.y_true is not None:
+            lines.append(f"y_true = {arr(self.y_true, 'float64')}")
+            call += ", y_true=y_true"
+        if self.sample_weight is not None:
+            lines.append(f"w = {arr(self.sample_weight, 'float64')}")
+            call += ", sample_weight=w"
+        lines.append(call + ")")
+        return "\n".join(lines)
+
+
+def run_layer(inst):
+    """The layer's output as a numpy array in the returned dtype (exceptions propagate)."""
+    from skfair import FairnessLayer
+
+    layer = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds,
+                          solver="exact", intersectional=inst.intersectional)
+    kwargs = {}
+    if inst.y_true is not None:
+        kwargs["y_true"] = torch.as_tensor(inst.y_true, dtype=torch.float64)
+    if inst.sample_weight is not None:
+        kwargs["sample_weight"] = torch.as_tensor(inst.sample_weight, dtype=torch.float64)
+    y = layer(torch.as_tensor(inst.z), torch.as_tensor(inst.groups), **kwargs)
+    return y.detach().numpy()
+
+
+# --- group means ---------------------------------------------------------------------------
+
+def partitions(inst):
+    """The groups whose means are compared: a list of ``(cell, members)`` per attribute (or
+    per combination when intersectional) and label cell; ``members`` a list of index arrays of
+    the groups with positive total weight in that cell."""
+    w = _weights(inst)
+    columns = ([inst.groups] if inst.intersectional
+               else [inst.groups[:, [a]] for a in range(inst.groups.shape[1])])
+    out = []
+    for a, codes in enumerate(columns):
+        for label in LABEL_CELLS[inst.constraint]:
+            inside = np.ones(inst.n, bool) if label is None else inst.y_true == label
+            index = {}
+            for i in np.flatnonzero(inside):
+                index.setdefault(tuple(codes[i]), []).append(i)
+            members = [np.array(m) for m in index.values() if w[m].sum() > 0]
+            out.append(((a, label), members))
+    return out
+
+
+def _weights(inst):
+    if inst.sample_weight is None:
+        return np.ones(inst.n)
+    return np.asarray(inst.sample_weight, dtype=np.float64)
+
+
+def _mean(values, w, m):
+    return math.fsum(values[m] * w[m]) / math.fsum(w[m])
+
+
+def target_means(inst):
+    if inst.constraint != "mean_residual":
+        return []
+    w, t = _weights(inst), np.asarray(inst.y_true, np.float64)
+    return [_mean(t, w, m) for _, members in partitions(inst) for m in members]
+
+
+def gap(inst, y):
+    """The largest epsilon that ``y`` needs (0 without any comparison): max group-mean
+    difference per cell, or max |mean residual| for mean_residual."""
+    y = np.asarray(y, dtype=np.float64)
+    w = _weights(inst)
+    worst = 0.0
+    for _, members in partitions(inst):
+        means = [_mean(y, w, m) for m in members]
+        if inst.constraint == "mean_residual":
+            t = np.asarray(inst.y_true, np.float64)
+            worst = max([worst] + [abs(mu - _mean(t, w, m)) for mu, m in zip(means, members)])
+        elif len(means) > 1:
+            worst = max(worst, max(means) - min(means))
+    return worst
+
+
+def scale(inst, y=None):
+    s = max([1.0, inst.epsilon] + [abs(t) for t in target_means(inst)])
+    if inst.bounds is not None:
+        return max(s, inst.bounds[1] - inst.bounds[0])
+    if y is not None and len(y):
+        s = max(s, float(np.max(np.abs(np.asarray(y, np.float64)))))
+    return s
+
+
+def tolerance(inst, y, dtype):
+    """Allowed excess of the gap over epsilon (see the module docstring)."""
+    s = scale(inst, y)
+    return (2 * EPS32 if np.dtype(dtype) == np.float32 else 1e-9) * s
+
+
+# --- feasibility of mean_residual with bounds ------------------------------------------------
+
+def infeasibility(inst):
+    """How far the problem is from feasible: the smallest ``s >= 0`` such that some ``y``
+    within the bounds has every |mean residual| <= epsilon + s (0 for parity constraints, which
+    constant outputs always meet, and for unbounded problems)."""
+    if inst.constraint != "mean_residual" or inst.bounds is None:
+        return 0.0
+    lo, hi = inst.bounds
+    parts = partitions(inst)
+    if len(parts) == 1:  # the groups partition the samples: each group's mean is free in [lo, hi]
+        return max([0.0] + [max(t - inst.epsilon - hi, lo - t - inst.epsilon)
+                            for t in target_means(inst)])
+    return _infeasibility_lp(inst, parts, lo, hi)
+
+
+def _infeasibility_lp(inst, parts, lo, hi):
+    """Several marginal attributes: a linear program over the atoms (samples sharing every group
+    code may share their output, so one variable per atom)."""
+    from scipy.optimize import linprog
+
+    w, t = _weights(inst), np.asarray(inst.y_true, np.float64)
+    keys, atom = np.unique(inst.groups, axis=0, return_inverse=True)
+    atom = atom.reshape(-1)
+    k = len(keys)
+    rows, rhs = [], []
+    for _, members in parts:
+        for m in members:
+            row = np.bincount(atom[m], weights=w[m], minlength=k) / w[m].sum()
+            tm = _mean(t, w, m)
+            # row @ x - tm <= eps + s and tm - row @ x <= eps + s
+            rows += [np.append(row, -1.0), np.append(-row, -1.0)]
+            rhs += [inst.epsilon + tm, inst.epsilon - tm]
+    c = np.zeros(k + 1)
+    c[-1] = 1.0
+    res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs),
+                  bounds=[(lo, hi)] * k + [(0, None)], method="highs")
+    assert res.status == 0, res.message
+    return float(res.x[-1])
+
+
+# --- reference projection --------------------------------------------------------------------
+
+def reference(inst):
+    """``(y, status)`` of the projection by Clarabel, from rows built here with numpy."""
+    import cvxpy as cp
+
+    z = np.asarray(inst.z, dtype=np.float64)
+    w = _weights(inst)
+    y = cp.Variable(inst.n)
+    cons = []
+    for _, members in partitions(inst):
+        if inst.constraint != "mean_residual" and len(members) < 2:
+            continue
+        A = np.zeros((len(members), inst.n))
+        for g, m in enumerate(members):
+            A[g, m] = w[m] / w[m].sum()
+        if inst.constraint == "mean_residual":
+            t = np.array([_mean(np.asarray(inst.y_true, np.float64), w, m) for m in members])
+            cons.append(cp.abs(A @ y - t) <= inst.epsilon)
+        else:
+            means = A @ y
+            cons.append(cp.max(means) - cp.min(means) <= inst.epsilon)
+    if inst.bounds is not None:
+        cons += [y >= inst.bounds[0], y <= inst.bounds[1]]
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(y - z)), cons)
+    try:
+        problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12,
+                      tol_feas=1e-12, max_iter=400)
+    except cp.error.SolverError as exc:
+        return None, f"solver error: {exc}"
+    if problem.status != cp.OPTIMAL or y.value is None:
+        return None, problem.status
+    return np.asarray(y.value, dtype=np.float64), problem.status
+
+
+# --- the whole check -------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Outcome:
+    ok: bool
+    problems: list
+    exception: str = None          # type name of a raised exception
+    violation: float = 0.0         # (gap - epsilon) / scale of the output, or 0
+    distance: float = None         # (||y - z|| - ||y_ref - z||) / max(1, ||y_ref - z||)
+    deviation: float = None        # max |y - y_ref| / scale
+    seconds: float = 0.0
+    y: np.ndarray = None
+
+
+def check(inst, with_reference=None):
+    """Run the layer on ``inst`` and judge the result; returns an :class:`Outcome`."""
+    from skfair.constraints import InfeasibleConstraintError
+
+    with_reference = inst.n <= REFERENCE_MAX_N if with_reference is None else with_reference
+    out = Outcome(ok=True, problems=[])
+    start = time.perf_counter()
+    try:
+        y = run_layer(inst)
+    except InfeasibleConstraintError as exc:
+        out.seconds = time.perf_counter() - start
+        out.exception = type(exc).__name__
+        s = infeasibility(inst)
+        if not s > 0:
+            out.problems.append(f"InfeasibleConstraintError on a feasible problem "
+                                f"(independent infeasibility {s:.3g}): {exc}")
+        return _done(out)
+    except Exception as exc:  # noqa: BLE001 - any other exception is a failure
+        out.seconds = time.perf_counter() - start
+        out.exception = type(exc).__name__
+        out.problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+        return _done(out)
+    out.seconds = time.perf_counter() - start
+    out.y = y
+    dtype = inst.z.dtype
+    if y.dtype != dtype or y.shape != inst.z.shape:
+        out.problems.append(f"output dtype/shape {y.dtype}{y.shape}, expected "
+                            f"{dtype}{inst.z.shape}")
+    if not np.all(np.isfinite(y)):
+        out.problems.append("non-finite output")
+        return _done(out)
+    if inst.bounds is not None:
+        lo, hi = (np.asarray(b, dtype=y.dtype) for b in inst.bounds)
+        if not (np.all(y >= lo) and np.all(y <= hi)):
+            out.problems.append(f"outputs outside the bounds {inst.bounds}: range "
+                                f"[{y.min()!r}, {y.max()!r}]")
+    s_inf = infeasibility(inst)
+    tol = tolerance(inst, y, dtype)
+    if s_inf > tol:
+        out.problems.append(f"returned outputs for an infeasible problem (independent "
+                            f"infeasibility {s_inf:.3g}) instead of InfeasibleConstraintError")
+    g = gap(inst, y)
+    sc = scale(inst, y)
+    out.violation = max(0.0, (g - inst.epsilon) / sc)
+    if g > inst.epsilon + tol and s_inf <= tol:
+        out.problems.append(f"unfair output: gap {g!r} > epsilon {inst.epsilon!r} + tolerance "
+                            f"{tol:.3g} (relative violation {out.violation:.3g})")
+    if with_reference and not out.problems:
+        _compare_with_reference(inst, y, out)
+    return _done(out)
+
+
+def _compare_with_reference(inst, y, out):
+    y_ref, status = reference(inst)
+    if y_ref is None:
+        return  # the reference failed; nothing to compare with
+    z = np.asarray(inst.z, np.float64)
+    sc = scale(inst, y_ref)
+    if inst.bounds is not None:
+        y_ref = np.clip(y_ref, *inst.bounds)
+    if gap(inst, y_ref) > inst.epsilon + 1e-7 * sc:
+        return  # the reference is not accurate enough to judge by
+    y = np.asarray(y, np.float64)
+    d, d_ref = np.linalg.norm(y - z), np.linalg.norm(y_ref - z)
+    out.distance = (d - d_ref) / max(1.0, d_ref)
+    out.deviation = float(np.max(np.abs(y - y_ref), initial=0.0)) / sc
+    rounding = EPS32 * math.sqrt(inst.n) * sc if inst.z.dtype == np.float32 else 0.0
+    # A feasible y cannot be closer than the optimum: only a larger distance is the layer's.
+    if d > d_ref + 1e-7 * max(1.0, d_ref) + rounding:
+        out.problems.append(f"not the projection: ||y - z|| = {d!r}, reference {d_ref!r}")
+    elif out.deviation > 1e-5 * max(1.0, d_ref / sc) + (2 * EPS32 if inst.z.dtype == np.float32
+                                                         else 0.0):
+        # The reference's own error in y grows with the distance (its relative objective gap
+        # of ~1e-12 moves y by up to ~1e-6 * ||y_ref - z||): the allowance scales with it. And
+        # only when the reference is at least as close as y (else the reference is off).
+        if d_ref <= d + 1e-12 * max(1.0, d_ref):
+            out.problems.append(f"y differs from the reference by {out.deviation:.3g} "
+                                f"(relative to the scale {sc:.3g})")
+
+
+def _done(out):
+    out.ok = not out.problems
+    return out
+
+
+# --- random instances ------------------------------------------------------------------------
+
+def random_instance(rng, n=None, max_n=2000):
+    """One random instance from the whole instance space (used by the benchmark; the tests draw
+    the same parameters through hypothesis, see :func:`make_instance`)."""
+    if n is None:
+        n = int(rng.choice([rng.integers(1, 13), rng.integers(1, 81),
+                            rng.integers(81, max_n + 1)], p=[0.4, 0.4, 0.2]))
+    params = dict(
+        n=n,
+        n_attributes=int(rng.integers(1, 5)),
+        max_groups=int(rng.integers(2, 31)),
+        constraint=str(rng.choice(BUILTINS)),
+        epsilon=float(rng.choice(EPSILONS)),
+        bounds=BOUNDS[rng.integers(len(BOUNDS))],
+        z_kind=str(rng.choice(Z_KINDS)),
+        magnitude=float(rng.choice(MAGNITUDES)),
+        float32=bool(rng.integers(2)),
+        weights=str(rng.choice(WEIGHT_KINDS)),
+        targets=str(rng.choice(TARGET_KINDS)),
+        intersectional=bool(rng.integers(2)),
+        seed=int(rng.integers(2**32)),
+    )
+    return make_instance(**params)
+
+
+Z_KINDS = ("uniform", "far", "ties", "constant", "outliers", "fair")
+MAGNITUDES = (1.0, 1e3, 1e8, 1e12, 1e20)
+WEIGHT_KINDS = ("none", "mild", "ratio1e12", "zeros")
+TARGET_KINDS = ("inside", "wide", "huge")
+
+
+def make_instance(n, n_attributes, max_groups, constraint, epsilon, bounds, z_kind, magnitude,
+                  float32, weights, targets, intersectional, seed):
+    """An instance from a few drawn parameters and a numpy seed for the arrays."""
+    rng = np.random.default_rng(seed)
+    groups = np.empty((n, n_attributes), dtype=np.int64)
+    for a in range(n_attributes):
+        k = int(rng.integers(2, max_groups + 1))
+        # a random subset of the codes: codes below k absent from the batch
+        present = rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False)
+        p = rng.dirichlet(np.full(len(present), 0.5))  # skewed: groups of one sample
+        groups[:, a] = rng.choice(present, size=n, p=p)
+    if z_kind == "uniform":
+        z = rng.uniform(-1.5, 2.5, n)
+    elif z_kind == "far":
+        z = rng.choice([-1.0, 1.0], n) * magnitude * rng.uniform(0.5, 1.0, n)
+    elif z_kind == "ties":
+        z = rng.choice(rng.uniform(-1, 2, 3) * (magnitude if rng.integers(2) else 1.0), n)
+    elif z_kind == "constant":
+        z = np.full(n, rng.choice([0.0, 0.5, 1.0, -magnitude, magnitude]))
+    elif z_kind == "outliers":
+        z = rng.uniform(0, 1, n)
+        hit = rng.uniform(size=n) < 0.2
+        z[hit] = rng.choice([-1.0, 1.0], hit.sum()) * magnitude
+    else:  # fair: a constant inside (0, 1) up to tiny noise
+        z = 0.5 + rng.uniform(-1e-12, 1e-12, n)
+    z = z.astype(np.float32 if float32 else np.float64)
+    y_true = None
+    if LABEL_CELLS[constraint] != (None,):
+        y_true = (rng.uniform(size=n) < rng.uniform(0, 1)).astype(np.float64)
+    elif constraint == "mean_residual":
+        if targets == "inside":
+            y_true = rng.uniform(0, 1, n)
+        elif targets == "wide":
+            y_true = rng.uniform(-7, 5, n)
+        else:
+            y_true = rng.normal(0, 1, n) * magnitude
+    w = None
+    if weights == "mild":
+        w = rng.uniform(0.5, 2.0, n)
+    elif weights == "ratio1e12":
+        w = 10.0 ** rng.uniform(-6, 6, n)
+        w[rng.integers(n)], w[rng.integers(n)] = 1e-6, 1e6
+    elif weights == "zeros":
+        w = rng.uniform(0.5, 2.0, n) * (rng.uniform(size=n) < 0.7)
+        w[rng.integers(n)] = 1.0  # at least one positive weight
+    return Instance(z=z, groups=groups, constraint=constraint, epsilon=epsilon, bounds=bounds,
+                    y_true=y_true, sample_weight=w, intersectional=intersectional)
+
+
+def summarize(outcomes):
+    """Counts of exceptions by type."""
+    return Counter(o.exception for o in outcomes if o.exception)
