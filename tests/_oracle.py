@@ -198,12 +198,14 @@ def _infeasibility_lp(inst, parts, lo, hi):
             # row @ x - tm <= eps + s and tm - row @ x <= eps + s
             rows += [np.append(row, -1.0), np.append(-row, -1.0)]
             rhs += [inst.epsilon + tm, inst.epsilon - tm]
+    # in units of the largest number of the problem (HiGHS rejects huge coefficients)
+    unit = max([1.0, abs(lo), abs(hi)] + [abs(v) for v in rhs])
     c = np.zeros(k + 1)
     c[-1] = 1.0
-    res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs),
-                  bounds=[(lo, hi)] * k + [(0, None)], method="highs")
+    res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs) / unit,
+                  bounds=[(lo / unit, hi / unit)] * k + [(0, None)], method="highs")
     assert res.status == 0, res.message
-    return float(res.x[-1])
+    return float(res.x[-1]) * unit
 
 
 # --- reference projection --------------------------------------------------------------------
@@ -346,8 +348,9 @@ def random_instance(rng, n=None, max_n=2000):
     """One random instance from the whole instance space (used by the benchmark; the tests draw
     the same parameters through hypothesis, see :func:`make_instance`)."""
     if n is None:
-        n = int(rng.choice([rng.integers(1, 13), rng.integers(1, 81),
-                            rng.integers(81, max_n + 1)], p=[0.4, 0.4, 0.2]))
+        n = int(rng.choice([rng.integers(1, min(12, max_n) + 1),
+                            rng.integers(1, min(80, max_n) + 1),
+                            rng.integers(1, max_n + 1)], p=[0.4, 0.4, 0.2]))
     params = dict(
         n=n,
         n_attributes=int(rng.integers(1, 5)),
