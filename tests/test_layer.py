@@ -1,5 +1,6 @@
 """The fairness layer against an independent QP solver, its guarantee and its gradients."""
 
+import math
 import os
 
 import cvxpy as cp
@@ -869,3 +870,17 @@ def test_outputs_that_do_not_fit_the_dtype_are_an_error():
     layer = FairnessLayer("demographic_parity", epsilon=0.0, bounds=(7e4, 8e4), solver="exact")
     with pytest.raises(ValueError, match="do not fit in torch.float16"):
         layer(z, torch.tensor([0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, -1.0])
+@pytest.mark.parametrize("constraint", ["demographic_parity", "custom"])
+def test_an_infinite_sample_weight_is_an_error_not_a_constraint_switched_off(bad, constraint):
+    class Parity(AffineConstraint):
+        def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+            return get_constraint("demographic_parity").rows(
+                groups, epsilon=epsilon, sample_weight=sample_weight)[:2]
+
+    layer = FairnessLayer(Parity() if constraint == "custom" else constraint, epsilon=0.05)
+    z = torch.tensor([0.9, 0.1, 0.8, 0.2], dtype=torch.float64)
+    with pytest.raises(ValueError, match="sample_weight must be finite and non-negative"):
+        layer(z, torch.tensor([0, 1, 0, 1]), sample_weight=torch.tensor([1.0, bad, 1.0, 1.0]))
