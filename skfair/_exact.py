@@ -201,14 +201,16 @@ def _family_arrays(families):
 def _checks(z, coef, mass, h, lo, hi):
     """``(row, smallest, scale)``: the first row that no output within the bounds meets and its
     smallest attainable value (:func:`~skfair._kernels.first_unattainable`; -1 if none), and
-    the magnitude ``max(1, |z|, |h|, |lo|, |hi|)`` of the problem (NaN if ``z`` is not
-    finite)."""
+    the magnitude ``max(1, |clip(z)|, |h|, |lo|, |hi|)`` of the problem's outputs (NaN if
+    ``z`` is not finite). Raw outputs far outside the bounds do not enter it: the outputs lie
+    within the bounds, and the accuracy the iteration aims for is theirs."""
     row, smallest = -1, 0.0
     if coef.shape[0] and (lo > -np.inf or hi < np.inf):
         row, smallest = first_unattainable(coef, mass, h, lo, hi)
     low, high = value_range(z)
     if not (np.isfinite(low) and np.isfinite(high)):
         return row, smallest, np.nan
+    low, high = min(max(low, lo), hi), min(max(high, lo), hi)
     scale = max(1.0, abs(low), abs(high))
     for r in range(h.shape[0]):
         scale = max(scale, abs(h[r]))

@@ -342,6 +342,7 @@ class AffineConstraint(ABC):
         """
         groups = _as_group_matrix(groups)
         _code_range(groups)
+        _check_weight(sample_weight, groups.shape[0], groups.device)
         out = self.rows(groups, epsilon=epsilon, y_true=y_true, sample_weight=sample_weight)
         G, h = out[0], out[1]
         keys = out[2] if len(out) > 2 else range(G.shape[0])
@@ -379,14 +380,7 @@ class _GroupMeanConstraint(AffineConstraint):
         n, n_attributes = groups.shape
         if self.requires_y_true:
             y_true = _check_y_true(y_true, n, binary=self.label_cells is not None)
-        weight = None
-        if sample_weight is not None:
-            weight = torch.as_tensor(sample_weight, dtype=torch.float64, device=groups.device)
-            if weight.shape != (n,) or not bool(torch.all(weight >= 0)):
-                raise ValueError(
-                    f"sample_weight must be a non-negative tensor of shape ({n},); "
-                    f"got shape {tuple(weight.shape)}."
-                )
+        weight = _check_weight(sample_weight, n, groups.device)
         codes = groups
         if self.label_cells is not None:
             codes = torch.cat([groups, y_true.detach().round().long()[:, None]], dim=1)
@@ -568,6 +562,21 @@ def _check_epsilon(epsilon):
         return  # the common case, without the costlier abstract-class check below
     if not isinstance(epsilon, numbers.Real) or not epsilon >= 0 or epsilon == float("inf"):
         raise ValueError(f"epsilon must be a finite number >= 0; got {epsilon!r}.")
+
+
+def _check_weight(sample_weight, n, device):
+    """``sample_weight`` as a float64 tensor on ``device`` (None stays None), finite and
+    non-negative: an infinite weight would turn every group mean it enters into NaN, and a
+    NaN row would switch its constraint off."""
+    if sample_weight is None:
+        return None
+    weight = torch.as_tensor(sample_weight, dtype=torch.float64, device=device)
+    if weight.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},); got {tuple(weight.shape)}.")
+    if not bool(torch.all(torch.isfinite(weight) & (weight >= 0))):
+        raise ValueError("sample_weight must be finite and non-negative; it holds a negative "
+                         "value, NaN or inf.")
+    return weight
 
 
 def _check_y_true(y_true, n, binary):

@@ -4,6 +4,7 @@ import math
 import numbers
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,9 +18,12 @@ SOLVERS = ("auto", "exact", "qpth")
 #: the backends each solver option tries, in order (the second one when the first fails)
 _BACKEND_ORDER = {"auto": ("exact", "qpth"), "exact": ("exact",), "qpth": ("qpth", "exact")}
 
-#: max violation (relative to the problem's scale) the returned outputs may have; the exact solver
-#: reaches ~1e-12, qpth's interior point ~1e-9.
-GUARANTEE_TOL = 1e-7
+#: the largest violation ``max(G y - h)`` the returned outputs may have, relative to their own
+#: scale ``max(1, |y|, |h|)`` (never the raw outputs'): see :func:`_tolerance`
+GUARANTEE_TOL = 1e-9
+#: how far (root mean square per sample, relative to the outputs' scale) a second solve from the
+#: first one's outputs may certifiably be from the projection of the raw outputs
+POLISH_TOL = 1e-6
 
 
 class FairnessLayer(nn.Module):
@@ -169,8 +173,48 @@ def project(z, cs, bounds, solver="auto"):
             y, info = out
             if y is z64:  # fair already: the input itself, in its own dtype
                 return z, info
-            return (y if double else y.to(z.dtype)), info
+            return (y, info) if double else _cast(y, z.dtype, cs, lo, hi, info)
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
+
+
+def _cast(y, dtype, cs, lo, hi, info):
+    """The checked float64 projection ``y`` in a narrower ``dtype``, with its own check.
+
+    The bounds hold exactly in ``dtype`` (a bound it cannot represent is replaced by the
+    nearest value inside). Rounding moves every output by at most ``finfo(dtype).eps / 2``
+    times its magnitude, so a row ``G_r y <= h_r`` by at most that times ``||G_r||_1 max|y|``:
+    the rows hold to ``GUARANTEE_TOL`` times the outputs' scale plus ``finfo(dtype).eps``
+    times the scale and the largest ``||G_r||_1`` (2 for a difference of two group means).
+    The cast values are checked against that; ``info["max_violation"]`` is theirs.
+    """
+    out = y.to(dtype)
+    if lo is not None or hi is not None:
+        out = out.clamp(_representable(lo, dtype, y.device, inward=1.0),
+                        _representable(hi, dtype, y.device, inward=-1.0))
+    check = _check(_kernels.host_vector(out.to(torch.float64)), cs)
+    violation, out_of_bounds, _ = _violations(check, lo, hi)
+    if not out_of_bounds <= 0:  # NaN too: an output or a bound beyond the dtype's range
+        raise ValueError(f"The fair outputs do not fit in {dtype} (largest magnitude "
+                         f"{float(y.abs().max()):.6g}, bounds {(lo, hi)}); project in a wider "
+                         f"dtype.")
+    norm = float((np.abs(cs.host_coef) @ cs.host_mass).max()) if cs.n_rows else 0.0
+    tol = _tolerance(check, cs) + torch.finfo(dtype).eps * _scale(check, cs) * norm
+    if cs.n_rows and not violation <= tol:
+        raise RuntimeError(f"The fairness projection failed in {dtype}: max violation "
+                           f"{violation:.3g} (tolerance {tol:.3g}).")
+    return out, {**info, "max_violation": violation}
+
+
+def _representable(bound, dtype, device, inward):
+    """``bound`` as a ``dtype`` tensor, moved one step ``inward`` (+1 up, -1 down) when
+    rounding put it outside; None stays None."""
+    if bound is None:
+        return None
+    value = torch.tensor(bound, dtype=dtype, device=device)
+    if (float(value) - bound) * inward < 0:
+        value = torch.nextafter(value, torch.tensor(inward * math.inf, dtype=dtype,
+                                                    device=device))
+    return value
 
 
 def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
@@ -207,9 +251,13 @@ def _exact_backend(z, cs, lo, hi, failures):
         # The solver kept the outputs: when they are fair already and none lies at a bound, the
         # projection is z itself, its Jacobian the identity (what the backward pass would
         # compute, without its cost). z itself is checked: the guarantee rests on no solver.
-        violation, _, inside = _violations(_check(_kernels.host_vector(z), cs), lo, hi)
-        if inside and violation <= GUARANTEE_TOL * result.scale:
+        check = _check(_kernels.host_vector(z), cs)
+        violation, _, inside = _violations(check, lo, hi)
+        if inside and violation <= _tolerance(check, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam.tolist())
+    result = _polished(z, result, cs, lo, hi, failures)
+    if result is None:
+        return None
     violation = _exact_violation(result, cs, lo, hi, failures)
     if violation is None:
         return None
@@ -217,13 +265,85 @@ def _exact_backend(z, cs, lo, hi, failures):
     return y, _info("exact", result.n_iter, violation, cs, result.host_lam.tolist())
 
 
+def _polished(z, result, cs, lo, hi, failures):
+    """``result``, or when its outputs miss the guarantee, the projection of those outputs.
+
+    Raw outputs far from the fair set (far outside the bounds, or without bounds far from
+    each other) cost the first solve its accuracy: its outputs ``y1`` carry the rounding error
+    of ``z``'s magnitude. They lie at the outputs' scale, so a second solve from them reaches
+    the guarantee. The projection is nonexpansive and fixes ``P(z)``, so ``P(y1)`` is no
+    farther from ``P(z)`` than ``y1`` is; how far that is, the duality gap of the first
+    solve's multipliers certifies: ``||P(y1) - P(z)||^2 <= 2 * gap`` (the objective is
+    1-strongly convex). A second result without that certificate (root mean square distance
+    at most ``POLISH_TOL`` times the outputs' scale) is refused (None, the reason in
+    ``failures``): never an answer that is fair but not the projection of ``z``.
+    """
+    if _meets_guarantee(_checked(result, cs), cs, lo, hi):
+        return result
+    second = _exact.solve(result.y, cs, lo, hi)
+    lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
+    gap = _duality_gap(_kernels.host_vector(z), second.host_y, result.host_lam, cs, lo, hi)
+    scale = _scale(_checked(second, cs), cs)
+    if not math.sqrt(2 * max(gap, 0.0) / max(z.shape[0], 1)) <= POLISH_TOL * scale:
+        failures.append(f"exact: the second solve is not certified close to the projection "
+                        f"(duality gap {gap:.3g})")
+        return None
+    return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
+                              second.scale, second.host_y, second.check)
+
+
+def _duality_gap(z, y, lam, cs, lo, hi):
+    """The primal value at the feasible ``y`` minus the dual value at the multipliers ``lam``,
+    from their Lagrangian minimiser ``y_lam = clip(z - G^T lam)`` (recomputed here, not taken
+    from a solver), summed term by term so that a large ``z`` cancels:
+    ``1/2 ||y - z||^2 - 1/2 ||y_lam - z||^2 = 1/2 (y - y_lam) . (y + y_lam - 2 z)``."""
+    y_lam = np.empty_like(z)
+    low, high = _exact._open_bounds(lo, hi)
+    _kernels.clip_shift(z, cs.host_atom, lam @ cs.host_coef, cs.host_weight, low, high, y_lam)
+    primal_change = 0.5 * float(np.dot(y - y_lam, (y - z) + (y_lam - z)))
+    rows = cs.host_coef @ _atom_sums(y_lam, cs) - cs.host_h
+    return primal_change - float(np.dot(lam, rows))
+
+
+def _atom_sums(y, cs):
+    """Weighted sums of the host vector ``y`` over every atom of ``cs``."""
+    weight = cs.host_weight
+    return np.bincount(cs.host_atom, weights=y * weight if weight.size else y,
+                       minlength=cs.n_atoms)
+
+
+def _checked(result, cs):
+    """The check of an exact result's outputs: the solver's own (a pass over its output after
+    the iterations), or :func:`_check` of them when it carries none."""
+    return result.check or _check(result.host_y, cs)
+
+
+def _meets_guarantee(check, cs, lo, hi):
+    """Whether ``check`` (of some outputs) shows them within the bounds and the tolerance."""
+    violation, out_of_bounds, _ = _violations(check, lo, hi)
+    return out_of_bounds <= 0 and violation <= _tolerance(check, cs)
+
+
+def _scale(check, cs):
+    """The scale ``max(1, |y|, |h|)`` of outputs whose ``check`` is ``(violation, min y, max
+    y)``: what the guarantee's tolerance is relative to (the raw outputs never enter it)."""
+    h = cs.host_h
+    return max(1.0, abs(check[1]), abs(check[2]), float(np.abs(h).max()) if h.size else 0.0)
+
+
+def _tolerance(check, cs):
+    """The violation outputs with this ``check`` may have: ``GUARANTEE_TOL`` times their
+    scale (NaN, so nothing passes, for outputs that are not finite)."""
+    return GUARANTEE_TOL * _scale(check, cs)
+
+
 def _exact_violation(result, cs, lo, hi, failures):
     """The violation of an exact solver's result when it meets the guarantee, else None (with
     the reason in ``failures``); from the check of its output (:func:`_check` when the result
     carries none)."""
-    check = result.check or _check(result.host_y, cs)
+    check = _checked(result, cs)
     violation, out_of_bounds, _ = _violations(check, lo, hi)
-    if not _accepted(violation, out_of_bounds, result.scale, "exact", failures):
+    if not _accepted(violation, out_of_bounds, _tolerance(check, cs), "exact", failures):
         return None
     return violation
 
@@ -231,26 +351,27 @@ def _exact_violation(result, cs, lo, hi, failures):
 def _qpth_backend(z, cs, lo, hi, failures):
     """``(y, info)`` from qpth, or None (with the reason in ``failures``)."""
     # qpth needs the checks first (its errors are fallbacks, these are the caller's).
-    scale = _exact.problem_scale(z, cs, lo, hi)
+    _exact.problem_scale(z, cs, lo, hi)
     try:
         y = _exact.clip(_qpth_project(z, cs, lo, hi), lo, hi)
     except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
         failures.append(f"qpth: {type(exc).__name__}: {exc}")
         return None
-    violation, out_of_bounds, _ = _violations(_check(_kernels.host_vector(y), cs), lo, hi)
-    if not _accepted(violation, out_of_bounds, scale, "qpth", failures):
+    check = _check(_kernels.host_vector(y), cs)
+    violation, out_of_bounds, _ = _violations(check, lo, hi)
+    if not _accepted(violation, out_of_bounds, _tolerance(check, cs), "qpth", failures):
         return None
     return y, _info("qpth", None, violation, cs, None)
 
 
-def _accepted(violation, out_of_bounds, scale, backend, failures):
-    """Whether a backend's outputs meet the guarantee; records why not in ``failures``.
+def _accepted(violation, out_of_bounds, tol, backend, failures):
+    """Whether a backend's outputs meet the guarantee (the rows to ``tol``, the bounds
+    exactly); records why not in ``failures``.
 
     The violation is recomputed from the outputs, not taken from the solver's residuals: the
     guarantee does not rest on the solver being right.
     """
-    tol = GUARANTEE_TOL * scale
-    if violation <= tol and out_of_bounds <= tol:
+    if violation <= tol and out_of_bounds <= 0:
         return True
     failures.append(f"{backend}: max violation {violation:.3g}, bounds off by "
                     f"{out_of_bounds:.3g} (tolerance {tol:.3g})")

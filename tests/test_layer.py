@@ -1,5 +1,6 @@
 """The fairness layer against an independent QP solver, its guarantee and its gradients."""
 
+import math
 import os
 
 import cvxpy as cp
@@ -802,3 +803,84 @@ def test_backward_matches_the_dense_implicit_derivative(coincide):
     want_z, want_h = _dense_vjp(grad.numpy(), result.y.numpy(), lam, cs, 0.0, 1.0)
     np.testing.assert_allclose(grad_z.numpy(), want_z, atol=1e-9)
     np.testing.assert_allclose(grad_h.numpy(), want_h, atol=1e-9)
+
+
+def _perturbed_first_solve(monkeypatch, offset):
+    """Make the exact solver's first answer of each projection ``offset`` away from its own
+    solution (as rounding at a large magnitude of z would), the later ones exact."""
+    from skfair import _exact
+
+    solve, calls = _exact.solve, []
+
+    def first_off(z, cs, lo, hi, **kwargs):
+        result = solve(z, cs, lo, hi, **kwargs)
+        calls.append(result)
+        if len(calls) % 2:
+            y = _exact.clip(result.y + offset, lo, hi)
+            return _exact.SolveResult(y, result.host_lam, result.n_iter, True, result.scale)
+        return result
+
+    monkeypatch.setattr(_exact, "solve", first_off)
+    return calls
+
+
+def test_an_inaccurate_first_solve_is_polished_into_the_projection(monkeypatch):
+    rng = np.random.default_rng(3)
+    z = torch.as_tensor(rng.uniform(0, 1, 60))
+    groups = torch.as_tensor(rng.integers(0, 3, 60))
+    cs = get_constraint("demographic_parity").build(groups, epsilon=0.02)
+    exact, _ = project(z, cs, (0.0, 1.0), "exact")
+    means = torch.stack([exact[groups == k].mean() for k in range(3)])
+    away = torch.sign(means - means.median())[groups]  # widens the gap of the group means
+    calls = _perturbed_first_solve(monkeypatch, 1e-8 * away)
+    y, info = project(z, cs, (0.0, 1.0), "exact")
+    assert len(calls) == 2  # the first answer missed the guarantee: solved again from it
+    assert info["max_violation"] <= 1e-9
+    np.testing.assert_allclose(y.numpy(), exact.numpy(), atol=1e-7)
+
+
+def test_a_first_solve_far_from_the_projection_is_refused_not_polished(monkeypatch):
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    _perturbed_first_solve(monkeypatch, torch.tensor([0.3, 0.3, -0.2, -0.2],
+                                                     dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="not certified close to the projection"):
+        project(z, cs, (0.0, 1.0), "exact")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_narrow_outputs_lie_within_the_bounds_exactly_and_meet_the_rows_in_their_dtype(dtype):
+    torch.manual_seed(0)
+    z = (torch.rand(1000, dtype=torch.float64) * 0.6).to(dtype)
+    groups = torch.randint(0, 3, (1000,))
+    layer = FairnessLayer("demographic_parity", epsilon=0.0, bounds=(0.0, 0.3), solver="exact")
+    y = layer(z, groups)
+    assert y.dtype == dtype
+    y64 = y.double().numpy()
+    assert y64.max() <= 0.3 and y64.min() >= 0.0  # 0.3 itself rounds up in float32
+    means = [y64[groups.numpy() == k].mean() for k in range(3)]
+    # the stated tolerance: 1e-9 plus the dtype's eps times the rows' L1 norm (2) at scale 1
+    assert max(means) - min(means) <= 1e-9 + 2 * torch.finfo(dtype).eps
+    assert layer.last_solve_["max_violation"] == pytest.approx(max(means) - min(means),
+                                                               abs=1e-12)
+
+
+def test_outputs_that_do_not_fit_the_dtype_are_an_error():
+    z = torch.tensor([6e4, 6e4, 5e4, 5e4], dtype=torch.float16)  # float16 ends at 65504
+    layer = FairnessLayer("demographic_parity", epsilon=0.0, bounds=(7e4, 8e4), solver="exact")
+    with pytest.raises(ValueError, match="do not fit in torch.float16"):
+        layer(z, torch.tensor([0, 0, 1, 1]))
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, -1.0])
+@pytest.mark.parametrize("constraint", ["demographic_parity", "custom"])
+def test_an_infinite_sample_weight_is_an_error_not_a_constraint_switched_off(bad, constraint):
+    class Parity(AffineConstraint):
+        def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+            return get_constraint("demographic_parity").rows(
+                groups, epsilon=epsilon, sample_weight=sample_weight)[:2]
+
+    layer = FairnessLayer(Parity() if constraint == "custom" else constraint, epsilon=0.05)
+    z = torch.tensor([0.9, 0.1, 0.8, 0.2], dtype=torch.float64)
+    with pytest.raises(ValueError, match="sample_weight must be finite and non-negative"):
+        layer(z, torch.tensor([0, 1, 0, 1]), sample_weight=torch.tensor([1.0, bad, 1.0, 1.0]))
