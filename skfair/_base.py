@@ -562,9 +562,17 @@ class BaseFairNeural(BaseEstimator):
                                       y_true=self._labels_for(target), sample_weight=weight)
 
     def _named(self, exc):
-        """The infeasibility error with the attribute and group named as the user knows them."""
-        attribute, code = exc.key[0], exc.key[1]
-        name, values = self.group_encoder_.group_names()[attribute]
+        """The infeasibility error with the attribute and group named as the user knows them
+        (built-in rows are keyed ``(attribute, group code, ...)``; other keys stay as they
+        are)."""
+        names = self.group_encoder_.group_names()
+        key = exc.key
+        if not (isinstance(key, tuple) and len(key) >= 2 and key[0] in range(len(names))
+                and isinstance(key[1], numbers.Integral)
+                and 0 <= key[1] < len(names[key[0]][1])):
+            return exc
+        attribute, code = key[0], key[1]
+        name, values = names[attribute]
         return InfeasibleConstraintError(
             f"The constraint cannot be met within bounds {self.bounds_} for {name}="
             f"{values[code]!r}: {exc}", key=exc.key)

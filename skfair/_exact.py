@@ -130,14 +130,44 @@ def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
     """Raise for what :func:`_checks` found."""
     if row >= 0:
         raise InfeasibleConstraintError(
-            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[row]} "
+            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[row]!r} "
             f"needs a value <= {cs.host_h[row]:.6g} but its smallest attainable value is "
-            f"{smallest:.6g}. For mean_residual, a group's mean target lies farther "
-            f"than epsilon outside the bounds; widen the bounds or increase epsilon.",
+            f"{smallest:.6g}; widen the bounds or increase epsilon.",
             key=cs.keys[row],
         )
     if not math.isfinite(scale):
         raise ValueError("z must be finite; it contains NaN or inf.")
+
+
+def conflicting_rows(cs, lo, hi):
+    """The rows that no outputs within the bounds meet together, or ``[]`` when some do.
+
+    Decided exactly on the atoms' totals (the rows read the outputs only through them, and
+    every total between ``lo`` and ``hi`` times the atom's weight is attainable): a linear
+    program (HiGHS) that minimises the total slack ``s >= 0`` of ``coef @ t <= h + s``. When
+    the minimum is positive, the rows with a nonzero multiplier at its optimum are the
+    conflicting ones (they make the certificate of infeasibility). Called only when no solver
+    met the guarantee, to tell an infeasible problem from a solver's failure.
+    """
+    from scipy.optimize import linprog
+
+    coef, h, mass = cs.host_coef, cs.host_h, cs.host_mass
+    m, n_atoms = coef.shape
+    if m == 0:
+        return []
+    low, high = _open_bounds(lo, hi)
+    box = [(low * w if w else 0.0, high * w if w else 0.0) for w in mass]
+    box = [(None if math.isinf(a) else a, None if math.isinf(b) else b) for a, b in box]
+    scale = max(1.0, float(np.abs(h).max()))
+    found = linprog(np.r_[np.zeros(n_atoms), np.ones(m)],
+                    A_ub=np.hstack([coef, -np.eye(m)]), b_ub=h,
+                    bounds=box + [(0.0, None)] * m, method="highs")
+    if found.status != 0:
+        return []  # the linear program itself failed: no conclusion
+    if not found.fun > 1e-7 * scale:
+        return []
+    weights = np.abs(found.ineqlin.marginals)
+    return [cs.keys[r] for r in np.flatnonzero(weights > 1e-9 * weights.max())]
 
 
 def vjp(grad_y, host_y, host_lam, cs, lo, hi, with_h=True):
