@@ -130,9 +130,9 @@ def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
     """Raise for what :func:`_checks` found."""
     if row >= 0:
         raise InfeasibleConstraintError(
-            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[row]!r} "
-            f"needs a value <= {cs.host_h[row]:.6g} but its smallest attainable value is "
-            f"{smallest:.6g}; widen the bounds or increase epsilon.",
+            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row "
+            f"{cs.keys[row]!r} needs a value <= {cs.host_h[row]:.6g} but its smallest "
+            f"attainable value is {smallest:.6g}; widen the bounds or increase epsilon.",
             key=cs.keys[row],
         )
     if not math.isfinite(scale):
