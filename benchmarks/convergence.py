@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table  # noqa: E402
+from _common import markdown_table, print_header  # noqa: E402
 
 from skfair import FairnessLayer  # noqa: E402
 
@@ -78,7 +78,7 @@ def main():
     sizes = {10_000: 40, 100_000: 20, 1_000_000: 10}
     if args.quick:
         sizes = {10_000: 5, 100_000: 3}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print_header("convergence.py")
     print("## Iterations of the exact solver (demographic parity, epsilon 0.05, bounds [0, 1])\n")
     rows = []
     for name, (cards, far_out) in CONFIGS.items():
