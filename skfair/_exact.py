@@ -696,20 +696,6 @@ def _cholesky_solve(matrix, rhs):
 
 
 @_jit
-def _backtrack(value, gain, value_t):
-    """Factor by which to shorten a step that failed the Armijo test, in [0.1, 0.5].
-
-    The dual along the step is concave: the quadratic through its value at the start, its
-    first-order gain and its value at the rejected step peaks at ``gain / (2 * drop)`` of the
-    step, ``drop`` being how far the value fell short of the linear gain.
-    """
-    drop = value + gain - value_t
-    if not (gain > 0 and drop > 0):
-        return 0.5
-    return min(0.5, max(0.1, gain / (2 * drop)))
-
-
-@_jit
 def _tree_flows(lam, fam_ptr, fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row):
     """The same net multiplier of every group, carried by a forest of group pairs (in place).
 

@@ -398,17 +398,6 @@ def test_bad_inputs():
         FairnessLayer("equalized_odds")(torch.ones(2), groups, y_true=torch.tensor([0.0, 0.5]))
 
 
-@pytest.mark.parametrize("slope, curvature", [(1.0, 2.0), (1.0, 1.5), (1.0, 100.0), (1.0, 0.6)])
-def test_backtracking_shortens_to_the_peak_of_a_quadratic(slope, curvature):
-    """On a quadratic dual phi(t) = slope t - curvature t^2 whose full step fails, the step is
-    shortened to its maximiser slope / (2 curvature), kept within [0.1, 0.5] of the step."""
-    from skfair._exact import _backtrack
-
-    factor = _backtrack(0.0, slope, slope - curvature)
-    assert factor == pytest.approx(min(0.5, max(0.1, slope / (2 * curvature))))
-    assert _backtrack(0.0, -1.0, -3.0) == 0.5  # no ascent: halve
-
-
 def test_later_solves_do_not_overwrite_earlier_results():
     from skfair import _exact
 
