@@ -44,3 +44,28 @@ def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def print_header(script):
+    """The header of a section of RESULTS.md: the command, date, commit and machine."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    import torch
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True,
+                              text=True).stdout.strip()
+
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--", "skfair") else ""
+    command = " ".join(["python", f"benchmarks/{script}", *__import__("sys").argv[1:]])
+    print(f"Command: `{command}`  ")
+    print(f"Date: {datetime.date.today().isoformat()}; commit {git('rev-parse', '--short', 'HEAD')}"
+          f"{dirty}  ")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), numpy {__import__('numpy').__version__}\n")

@@ -1,6 +1,7 @@
 """What the fair neural estimators share: validation, training through the layer, inference."""
 
 import copy
+import math
 import numbers
 import time
 from abc import abstractmethod
@@ -10,7 +11,12 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+)
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _streaming
@@ -23,6 +29,10 @@ from .constraints import (
     get_constraint,
 )
 from .layer import SOLVERS, project, projected_objective
+
+
+#: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 class BaseFairNeural(BaseEstimator):
@@ -137,6 +147,7 @@ class BaseFairNeural(BaseEstimator):
             # Row-major: a DataFrame converts to a column-major array, whose tensor keeps those
             # strides, and gathering a batch's rows from it is several times slower.
             features = validate_data(self, X, reset=reset, dtype=np.float64, order="C")
+            self._check_float32(features, range(self.n_features_in_))
             return features, None
         names = getattr(self, "feature_names_in_", None)
         same_names = (not reset and isinstance(X, pd.DataFrame) and names is not None
@@ -169,6 +180,8 @@ class BaseFairNeural(BaseEstimator):
         if not np.isfinite(rest).all():
             problem = "NaN" if np.isnan(rest).any() else "infinity"
             raise ValueError(f"Input X contains {problem} in a column that is not protected.")
+        self._check_float32(rest, np.delete(np.arange(self.n_features_in_),
+                                            self.protected_indices_))
         features = rest
         if reset:
             # Attributes keep the names the user gave ("sex", not "remainder__sex").
@@ -184,6 +197,20 @@ class BaseFairNeural(BaseEstimator):
             features = np.hstack([features, self._one_hot(codes)])
         return np.ascontiguousarray(features), codes
 
+    def _check_float32(self, features, columns):
+        """Raise, naming the columns of X (``columns``: their positions), where a finite value
+        overflows the network's float32 inputs: the network would turn it into NaN."""
+        peak = np.abs(features).max(axis=0, initial=0.0)
+        over = np.flatnonzero(peak >= FLOAT32_OVERFLOW)
+        if len(over):
+            names = getattr(self, "feature_names_in_", None)
+            named = [str(names[columns[j]]) if names is not None else int(columns[j])
+                     for j in over]
+            raise ValueError(
+                f"X has values beyond float32's range (about 3.4e38), the network's input "
+                f"precision, in column(s) {named}; rescale them, e.g. with a StandardScaler."
+            )
+
     def _one_hot(self, codes):
         """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot."""
         blocks = []
@@ -194,6 +221,26 @@ class BaseFairNeural(BaseEstimator):
             else:
                 blocks.append(np.eye(len(categories))[column])
         return np.hstack(blocks)
+
+    def _validate_params(self):
+        """sklearn's checks of ``_parameter_constraints``, then what they let through: booleans
+        for numbers (``True`` is an integral number to Python) and the hidden layer sizes."""
+        super()._validate_params()
+        for name, constraints in self._parameter_constraints.items():
+            value = getattr(self, name)
+            numeric = any(isinstance(c, Interval) or c is numbers.Integral for c in constraints)
+            if isinstance(value, (bool, np.bool_)) and numeric and "boolean" not in constraints:
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of {type(self).__name__} must be a number, not a "
+                    f"bool; got {value!r}."
+                )
+        sizes = list(self.hidden_layer_sizes)
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_))
+                   and s >= 1 for s in sizes):
+            raise InvalidParameterError(
+                f"hidden_layer_sizes must hold positive integers (the widths of the hidden "
+                f"layers); got {self.hidden_layer_sizes!r}."
+            )
 
     def _check_fairness(self):
         if isinstance(self.fairness, AffineConstraint):
@@ -210,6 +257,11 @@ class BaseFairNeural(BaseEstimator):
     def fit(self, X, y, sample_weight=None):
         """Train the network through the fairness layer.
 
+        A failed call changes nothing: the arguments are validated first, and an error during
+        training (or an interruption) restores the estimator as it was before the call. A
+        successful one ends the current stream of :meth:`partial_predict` (its multipliers are
+        keyed by the group codes of the previous fit).
+
         Parameters
         ----------
         X : {array-like, DataFrame} of shape (n_samples, n_features)
@@ -217,7 +269,8 @@ class BaseFairNeural(BaseEstimator):
         y : array-like of shape (n_samples,)
             Targets.
         sample_weight : array-like of shape (n_samples,), default=None
-            Weights of the samples in the loss and in the group means of the constraints.
+            Weights of the samples in the loss and in the group means of the constraints:
+            finite, non-negative and not all zero.
 
         Returns
         -------
@@ -225,11 +278,35 @@ class BaseFairNeural(BaseEstimator):
             The fitted estimator.
         """
         self._validate_params()
+        device = self._check_device()
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         constraint = self._check_fairness()
+        # Validating X and y records what they define (feature names, groups, classes), and
+        # training changes a warm-started network in place: everything is put back on failure.
+        previous = self._fitted_state()
+        try:
+            self._fit(X, y, sample_weight, constraint, device, previous)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(previous)
+            raise
+        return self
+
+    def _fitted_state(self):
+        """The attributes as they are, to put back if fit fails: fit replaces fitted attributes
+        rather than changing them, except a warm-started network (trained in place, so
+        deep-copied) and its history (appended to)."""
+        state = dict(self.__dict__)
+        if self.warm_start and "module_" in state:
+            state["module_"] = copy.deepcopy(state["module_"])
+        if "history_" in state:
+            state["history_"] = list(state["history_"])
+        return state
+
+    def _fit(self, X, y, sample_weight, constraint, device, previous):
         features, codes = self._validate_X(X, reset=True)
         target = self._encode_targets(y, reset=True)
         if len(target) != len(features):
@@ -237,21 +314,46 @@ class BaseFairNeural(BaseEstimator):
                 f"X and y have inconsistent numbers of samples: {len(features)} and "
                 f"{len(target)}."
             )
-        weight = _check_sample_weight(sample_weight, features, dtype=np.float64)
+        weight = _check_sample_weight(sample_weight, features, dtype=np.float64,
+                                      ensure_non_negative=True)
+        warm = self.warm_start and "module_" in previous
+        inputs = previous.get("_n_network_inputs")
+        if warm and inputs is not None and inputs != features.shape[1]:
+            raise ValueError(
+                f"warm_start=True continues training the fitted network, which takes {inputs} "
+                f"inputs; this X gives {features.shape[1]} (its columns, their protected groups "
+                f"or exclude_protected changed). Fit with warm_start=False to train a new one."
+            )
+        self.__dict__.pop("stream_", None)
         self.constraint_ = constraint if codes is not None else None
         self.bounds_ = self._fit_bounds(target)
-        device = torch.device(self.device)
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         generator = torch.Generator().manual_seed(int(seed))
-        if not (self.warm_start and hasattr(self, "module_")):
+        if not warm:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
                 self.module_ = self._build_module(features.shape[1])
             self.history_ = []
+        self._n_network_inputs = features.shape[1]
         self.module_.to(device)
         groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
         self._train(features, target, weight, groups, generator, device)
-        return self
+
+    def _check_device(self):
+        """The torch device of ``device``, which must exist on this machine."""
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"device={self.device!r} is not a torch device ({exc}); use e.g. 'cpu' or "
+                f"'cuda'."
+            ) from None
+        if not _available(device):
+            raise ValueError(
+                f"device={self.device!r} is not available on this machine; use device='cpu' "
+                f"(or a device that torch.{device.type} reports as available)."
+            )
+        return device
 
     def _build_module(self, n_features):
         if self.module is None:
@@ -342,6 +444,8 @@ class BaseFairNeural(BaseEstimator):
             for step, (xb, tb, wb, *gb) in enumerate(batches):
                 xb, tb, wb = xb.to(device), tb.to(device), wb.to(device)
                 out = self._output(self.module_(xb)[:, 0].double())
+                if not bool(torch.isfinite(out).all()):
+                    raise _diverged(epoch, "the network's outputs are NaN or infinite")
                 if fair_training:
                     try:
                         cs = batch_rows.get(row_keys[step])
@@ -354,10 +458,13 @@ class BaseFairNeural(BaseEstimator):
                     solved.append((cs.keys, lam, out.detach()))
                 else:
                     loss = self._loss(out, tb, wb)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # before the step: it would make the weights NaN
+                    raise _diverged(epoch, f"the loss is {value}")
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach()) * len(xb)
+                total += value * len(xb)
             if fair_training:
                 # summed after the epoch, not between the steps: the loop stays lean
                 duals = {}
@@ -455,9 +562,17 @@ class BaseFairNeural(BaseEstimator):
                                       y_true=self._labels_for(target), sample_weight=weight)
 
     def _named(self, exc):
-        """The infeasibility error with the attribute and group named as the user knows them."""
-        attribute, code = exc.key[0], exc.key[1]
-        name, values = self.group_encoder_.group_names()[attribute]
+        """The infeasibility error with the attribute and group named as the user knows them
+        (built-in rows are keyed ``(attribute, group code, ...)``; other keys stay as they
+        are)."""
+        names = self.group_encoder_.group_names()
+        key = exc.key
+        if not (isinstance(key, tuple) and len(key) >= 2 and key[0] in range(len(names))
+                and isinstance(key[1], numbers.Integral)
+                and 0 <= key[1] < len(names[key[0]][1])):
+            return exc
+        attribute, code = key[0], key[1]
+        name, values = names[attribute]
         return InfeasibleConstraintError(
             f"The constraint cannot be met within bounds {self.bounds_} for {name}="
             f"{values[code]!r}: {exc}", key=exc.key)
@@ -504,7 +619,17 @@ class BaseFairNeural(BaseEstimator):
             if self.module_.training:  # switching walks every submodule: not per stream batch
                 self.module_.eval()
             inputs = torch.tensor(features, dtype=torch.float32, device=device)
-            out = self._output(self.module_(inputs)[:, 0].double())
+            raw = self.module_(inputs)[:, 0]
+            out = self._output(raw.double())
+            # The raw outputs too: the classifier's sigmoid maps an infinite logit to 0 or 1.
+            finite = torch.isfinite(raw) & torch.isfinite(out)
+            if not bool(finite.all()):
+                bad = len(out) - int(finite.sum())
+                raise ValueError(
+                    f"The network's outputs are NaN or infinite for {bad} of the {len(out)} "
+                    f"rows of X: its weights or these inputs overflow. Check X's scale, or refit "
+                    f"(e.g. with a smaller learning_rate)."
+                )
         groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
         return out, groups
 
@@ -559,18 +684,22 @@ class BaseFairNeural(BaseEstimator):
         self : object
         """
         check_is_fitted(self)
-        self.stream_ = self._new_stream(self.stream_warm_start) if self._streams() else None
+        self.stream_ = self._start_stream()
         return self
+
+    def _start_stream(self):
+        """A new stream for :meth:`partial_predict`, or None when outputs do not stream."""
+        self._validate_params()  # set_params may have changed what the stream is built from
+        return self._new_stream(self.stream_warm_start) if self._streams() else None
 
     def _partial_values(self, X):
         out, groups = self._raw_outputs(X)  # validates everything before any state changes
         if len(out) == 0:
             return out.cpu().numpy()
-        if not hasattr(self, "stream_"):
-            self.reset_stream()
-        if self.stream_ is None:
-            return self._clip(out).cpu().numpy()
-        return self.stream_.step(out, groups.to(out.device)).cpu().numpy()
+        stream = self.stream_ if hasattr(self, "stream_") else self._start_stream()
+        values = self._clip(out) if stream is None else stream.step(out, groups.to(out.device))
+        self.stream_ = stream  # a first stream is kept once its first step succeeded
+        return values.cpu().numpy()
 
     def stream_stats(self):
         """Statistics of the current stream.
@@ -625,13 +754,20 @@ def _stable_order(keys):
     return np.argsort(keys, kind="stable")
 
 
+def _diverged(epoch, what):
+    return ValueError(
+        f"Training diverged at epoch {epoch}: {what}. Lower learning_rate or "
+        f"distortion_penalty, or rescale X or y."
+    )
+
+
 def _weighted_mean(values, weight):
     return (weight * values).sum() / weight.sum()
 
 
 def _available(device):
     if device.type == "cuda":
-        return torch.cuda.is_available()
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
     if device.type == "mps":
         return torch.backends.mps.is_available()
     return True

@@ -38,8 +38,6 @@ from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
 MAX_ITER = 100
-#: smallest relative Levenberg-Marquardt ridge of the Newton systems
-MIN_RIDGE = 1e-10
 #: rounding error of a float64 group sum, per summand
 ROUNDING = 2e-16
 #: float64 machine epsilon (the compiled functions read module constants when they are compiled)
@@ -130,14 +128,44 @@ def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
     """Raise for what :func:`_checks` found."""
     if row >= 0:
         raise InfeasibleConstraintError(
-            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row {cs.keys[row]} "
-            f"needs a value <= {cs.host_h[row]:.6g} but its smallest attainable value is "
-            f"{smallest:.6g}. For mean_residual, a group's mean target lies farther "
-            f"than epsilon outside the bounds; widen the bounds or increase epsilon.",
+            f"The fairness constraint cannot be met within bounds {(lo, hi)}: row "
+            f"{cs.keys[row]!r} needs a value <= {cs.host_h[row]:.6g} but its smallest "
+            f"attainable value is {smallest:.6g}; widen the bounds or increase epsilon.",
             key=cs.keys[row],
         )
     if not math.isfinite(scale):
         raise ValueError("z must be finite; it contains NaN or inf.")
+
+
+def conflicting_rows(cs, lo, hi):
+    """The rows that no outputs within the bounds meet together, or ``[]`` when some do.
+
+    Decided exactly on the atoms' totals (the rows read the outputs only through them, and
+    every total between ``lo`` and ``hi`` times the atom's weight is attainable): a linear
+    program (HiGHS) that minimises the total slack ``s >= 0`` of ``coef @ t <= h + s``. When
+    the minimum is positive, the rows with a nonzero multiplier at its optimum are the
+    conflicting ones (they make the certificate of infeasibility). Called only when no solver
+    met the guarantee, to tell an infeasible problem from a solver's failure.
+    """
+    from scipy.optimize import linprog
+
+    coef, h, mass = cs.host_coef, cs.host_h, cs.host_mass
+    m, n_atoms = coef.shape
+    if m == 0:
+        return []
+    low, high = _open_bounds(lo, hi)
+    box = [(low * w if w else 0.0, high * w if w else 0.0) for w in mass]
+    box = [(None if math.isinf(a) else a, None if math.isinf(b) else b) for a, b in box]
+    scale = max(1.0, float(np.abs(h).max()))
+    found = linprog(np.r_[np.zeros(n_atoms), np.ones(m)],
+                    A_ub=np.hstack([coef, -np.eye(m)]), b_ub=h,
+                    bounds=box + [(0.0, None)] * m, method="highs")
+    if found.status != 0:
+        return []  # the linear program itself failed: no conclusion
+    if not found.fun > 1e-7 * scale:
+        return []
+    weights = np.abs(found.ineqlin.marginals)
+    return [cs.keys[r] for r in np.flatnonzero(weights > 1e-9 * weights.max())]
 
 
 def vjp(grad_y, host_y, host_lam, cs, lo, hi, with_h=True):
@@ -283,17 +311,20 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
     is one pass that sums (:func:`_evaluate`), and the caller writes ``y(lam)`` once at the end.
     Written as plain loops: numba compiles them in a fraction of the time its numpy functions
     take (this function is compiled once per installation and cached).
+
+    Every step is a minimum-norm Newton step (:func:`_newton_direction`) projected onto
+    ``lam >= 0``, followed by a search for the dual's peak along it on the directional
+    derivative (:func:`_line_search`), never on dual values: a value is a sum over the ``n``
+    samples whose rounding error exceeds the gain of the last steps at large ``n``.
     """
     m = coef.shape[0]
     in_family = np.zeros(m, np.bool_)
     for r in fam_row:
         in_family[r] = True
     residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
-    ridge = MIN_RIDGE  # relative Levenberg-Marquardt damping, adapted below
     best, stalled = np.inf, 0
     for n_iter in range(max_iter + 1):
         _tree_flows(lam, fam_ptr, fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row)
-        value = _value(lam, residual, distance)
         worst = -np.inf
         for r in range(m):
             worst = max(worst, abs(residual[r]) if lam[r] > 0 else residual[r])
@@ -325,64 +356,260 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
             residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
             if rows.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
-        value = _value(lam, residual, distance)
         k = rows.size
         rhs = np.empty(k)
         for i in range(k):
             rhs[i] = residual[rows[i]]
         full = _gram(coef, square_mass, rows)  # G G^T on the rows, as if every output were free
-        hessian = _gram(coef, free_mass, rows)
-        flat = np.zeros(k, np.bool_)
-        any_flat = False
+        direction, along = _newton_direction(_gram(coef, free_mass, rows), full, rhs)
+        if along.size:
+            # Rows that cancel (attributes whose groups coincide in the batch): along ``along``
+            # the outputs do not move and the dual grows linearly, up to where a multiplier
+            # reaches zero. Step there exactly, then re-evaluate (a step along such a direction
+            # at the pace of the others crept along it for dozens of iterations).
+            limit = np.inf
+            for i in range(k):
+                if along[i] < 0:
+                    limit = min(limit, lam[rows[i]] / -along[i])
+            if 0 < limit < np.inf:
+                for i in range(k):
+                    r = rows[i]
+                    ends = along[i] < 0 and lam[r] / -along[i] == limit
+                    lam[r] = 0.0 if ends else max(lam[r] + limit * along[i], 0.0)
+                residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
+                continue
+        # The step to the Newton point projected onto lam >= 0, taken as a segment: the dual is
+        # concave along it, so its derivative brackets the peak.
+        step = np.empty(k)
         for i in range(k):
-            flat[i] = hessian[i, i] <= 1e-9 * full[i, i]
-            any_flat = any_flat or flat[i]
-        if any_flat:
-            # A row with (almost) every coordinate clipped: the dual is linear along it, and the
-            # Newton step would be unbounded. Curvature as if its coordinates were free gives a
-            # step that stops short of the next breakpoint; the step along such rows is then
-            # doubled while the dual keeps growing, to reach that breakpoint in a few evaluations.
-            hessian = full
-        # Rows can still be dependent (two attributes whose groups coincide in the batch, or a
-        # custom constraint): a Levenberg-Marquardt ridge keeps the Newton step bounded. It grows
-        # when backtracking alone does not find an ascent step and shrinks after full steps.
-        diag = 0.0
-        for i in range(k):
-            diag = max(diag, full[i, i])
-        alpha = 1.0
-        direction = _solve(hessian, ridge * diag, rhs)
-        while True:
-            trial = _step(lam, rows, direction, alpha, flat, 1.0)
-            residual_t, distance_t, free_mass_t = _evaluate(z, atom, weight, coef, h, trial,
-                                                            lo, hi)
-            value_t = _value(trial, residual_t, distance_t)
-            # Armijo on the concave dual, with an allowance for rounding in value at the optimum.
-            gain = _gain(residual, trial, lam, rows, flat, False)
-            slack = 1e-14 * (abs(value) + 1.0)
-            if value_t >= value + 1e-4 * gain - slack or alpha < 1e-12:
-                break
-            if alpha > 0.03 or ridge >= 1.0:
-                alpha *= _backtrack(value, gain, value_t)
-            else:
-                ridge, alpha = min(1.0, ridge * 1e2), 1.0
-                direction = _solve(hessian, ridge * diag, rhs)
-        stretch = 1.0
-        # while the dual still grows along the flat rows' step, try twice as far along them
-        while (any_flat and alpha == 1.0 and stretch < 2.0**40
-               and _gain(residual_t, trial, lam, rows, flat, True) > 0):
-            stretch *= 2
-            longer = _step(lam, rows, direction, 1.0, flat, stretch)
-            residual_l, distance_l, free_mass_l = _evaluate(z, atom, weight, coef, h, longer,
-                                                            lo, hi)
-            value_l = _value(longer, residual_l, distance_l)
-            if not value_l > value_t:
-                break
-            trial, value_t = longer, value_l
-            residual_t, distance_t, free_mass_t = residual_l, distance_l, free_mass_l
-        ridge = max(ridge / 1e3, MIN_RIDGE) if alpha == 1.0 else ridge
+            step[i] = max(lam[rows[i]] + direction[i], 0.0) - lam[rows[i]]
+        slope = _slope(residual, rows, step)
+        if not slope > 1e-2 * _slope(residual, rows, direction):
+            # The projection turned the step away from ascent, or nearly so (rows coupled
+            # through shared samples): the gradient scaled by the rows' diagonal, projected,
+            # ascends.
+            for i in range(k):
+                scaled = rhs[i] / full[i, i] if full[i, i] > 0 else 0.0
+                step[i] = max(lam[rows[i]] + scaled, 0.0) - lam[rows[i]]
+            slope = _slope(residual, rows, step)
+            if not slope > 0:  # no ascent left within rounding: the caller's check judges
+                return n_iter, False, lam
+        length, trial, residual_t, distance_t, free_mass_t = _line_search(
+            z, atom, weight, coef, h, lam, rows, step, slope, lo, hi)
+        if length == 0.0:  # the derivative never confirmed an ascent: rounding noise
+            return n_iter, False, lam
         lam = trial
         residual, distance, free_mass = residual_t, distance_t, free_mass_t
     return max_iter, False, lam  # not reached: the loop returns at max_iter
+
+
+#: most evaluations of one line search
+LINE_SEARCH_EVALS = 40
+#: a line search stops where the directional derivative is below this fraction of its start
+LINE_SEARCH_SLOPE = 1e-2
+
+
+@_jit
+def _line_search(z, atom, weight, coef, h, lam, rows, step, slope, lo, hi):
+    """The peak of the dual along ``lam + t * step`` (``step`` on ``rows``, ascending: the
+    directional derivative ``slope`` at ``t = 0`` is positive), ``t`` from 1 and at most where
+    a multiplier reaches zero. Returns ``(t, lam + t * step, residual, distance, free_mass)``,
+    the evaluation at that point; ``t = 0`` (and ``lam`` itself) when no point with a positive
+    derivative was found.
+
+    Along the segment the dual is concave and piecewise quadratic: its derivative
+    ``residual(t) . step`` decreases, piecewise linearly, and is a sum of row residuals, far
+    more accurate than a difference of dual values at large ``n``. Past the last point where
+    it is positive and before the first where it is negative, the next trial is the Newton
+    point of the derivative (exact on one quadratic piece) or the secant of the bracket
+    (Illinois); where the dual is linear (every output the step moves is clipped) the next
+    trial is the exact breakpoint where one comes free (:func:`_step_breakpoint`), instead of
+    a creep toward it. The search stops where the derivative is within
+    :data:`LINE_SEARCH_SLOPE` of zero relative to its start, or positive at the end of the
+    segment; by concavity such a point gains at least its length times its derivative.
+    """
+    k, m = rows.size, lam.size
+    limit = np.inf  # the largest t with lam + t step >= 0
+    for i in range(k):
+        if step[i] < 0:
+            limit = min(limit, lam[rows[i]] / -step[i])
+    direction = np.zeros(m)
+    for i in range(k):
+        direction[rows[i]] = step[i]
+    rate = atom_shift(coef, direction)  # shift of every atom per unit t
+    low, low_slope = 0.0, slope  # the last point known before the peak
+    high, high_slope = np.inf, 0.0  # the first point known past it
+    kept_low = kept_high = 0  # how many times in a row either end stayed (Illinois)
+    best = lam.copy()
+    best_residual, best_distance, best_free = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
+    t = min(1.0, limit)
+    for _ in range(LINE_SEARCH_EVALS):
+        trial = lam.copy()
+        for i in range(k):
+            r = rows[i]
+            # exactly zero for the multiplier that ends the segment
+            ends = t == limit and step[i] < 0 and lam[r] / -step[i] == limit
+            trial[r] = 0.0 if ends else max(lam[r] + t * step[i], 0.0)
+        residual_t, distance_t, free_mass_t = _evaluate(z, atom, weight, coef, h, trial, lo, hi)
+        s = _slope(residual_t, rows, step)
+        if abs(s) <= LINE_SEARCH_SLOPE * slope or (s > 0 and t >= limit):
+            return t, trial, residual_t, distance_t, free_mass_t
+        if s > 0:
+            low, low_slope = t, s
+            best, best_residual, best_distance, best_free = (trial, residual_t, distance_t,
+                                                             free_mass_t)
+            kept_high, kept_low = kept_high + 1, 0
+            curvature = 0.0
+            for a in range(rate.size):
+                curvature += rate[a] * rate[a] * free_mass_t[a]
+            if not curvature > 0:
+                curvature, gap = _step_breakpoint(z, atom, atom_shift(coef, trial), rate, weight,
+                                                  lo, hi)
+            guess = t + s / curvature if curvature > 0 else t + gap
+            if not guess < np.inf:  # linear for ever: no peak (cannot happen when feasible)
+                guess = 2.0 * t
+        else:
+            high, high_slope = t, s
+            kept_low, kept_high = kept_low + 1, 0
+            guess = np.nan
+        if high < np.inf:
+            if not (low < guess < high):
+                # the secant of the bracket: exact when the derivative is linear between its
+                # ends; the end that stays twice in a row counts half (Illinois), so that it
+                # moves too
+                weight_low = 0.5 ** max(kept_low - 1, 0)
+                weight_high = 0.5 ** max(kept_high - 1, 0)
+                a_s, b_s = low_slope * weight_low, high_slope * weight_high
+                guess = low + a_s * (high - low) / (a_s - b_s)
+                if not (low < guess < high):
+                    guess = 0.5 * (low + high)
+            if not (low < guess < high) or high - low <= 1e-15 * high:
+                break
+        t = min(guess, limit)
+    if low == 0.0:
+        return 0.0, lam, best_residual, best_distance, best_free
+    return low, best, best_residual, best_distance, best_free
+
+
+@_jit
+def _step_breakpoint(z, atom, shift, rate, weight, lo, hi):
+    """Along ``clip(z - weight * (shift + t * rate)[atom], lo, hi)`` from ``t = 0``:
+    ``(curvature, gap)``, the dual's curvature ``sum (weight * rate[atom])**2`` over the
+    samples free just after 0 (those at a bound moving inward included), and the smallest
+    ``t > 0`` at which a clipped sample comes free (inf if none). One pass, for a step along
+    which every moving output is clipped: the dual is linear up to ``gap``."""
+    weighted = weight.shape[0] > 0
+    curvature, gap = 0.0, np.inf
+    for i in range(z.shape[0]):
+        a = atom[i]
+        w = weight[i] if weighted else 1.0
+        speed = -w * rate[a]
+        if speed == 0.0:
+            continue
+        value = z[i] - w * shift[a]
+        if value >= hi and speed < 0:
+            if value == hi:
+                curvature += speed * speed
+            else:
+                gap = min(gap, (hi - value) / speed)
+        elif value <= lo and speed > 0:
+            if value == lo:
+                curvature += speed * speed
+            else:
+                gap = min(gap, (lo - value) / speed)
+        elif lo < value < hi:
+            curvature += speed * speed
+    return curvature, gap
+
+
+@_jit
+def _newton_direction(hessian, full, rhs):
+    """The minimum-norm Newton step ``hessian^+ rhs`` on the rows, with the curvature of
+    ``full`` (as if every output were free) along the null space of ``hessian``.
+
+    The generalised Hessian ``G_F G_F^T`` is singular along rows whose outputs are all clipped
+    (the dual is linear there) and along rows that coincide in the batch. Scaled to a unit
+    diagonal of ``full`` (rows of groups of any size alike), its eigenvalues below ``1e-9`` make
+    the null space; along it the step takes the curvature of ``full`` restricted to it (its
+    scale: the line search then finds the breakpoint), and where ``full`` is singular too (rows
+    that coincide) the minimum-norm solution. Regular systems take a Cholesky solve.
+    """
+    k = rhs.size
+    unit = np.empty(k)
+    for i in range(k):
+        unit[i] = 1.0 / math.sqrt(full[i, i]) if full[i, i] > 0 else 0.0
+    scaled, scaled_full, b = np.empty((k, k)), np.empty((k, k)), np.empty(k)
+    for i in range(k):
+        b[i] = rhs[i] * unit[i]
+        for j in range(k):
+            scaled[i, j] = hessian[i, j] * unit[i] * unit[j]
+            scaled_full[i, j] = full[i, j] * unit[i] * unit[j]
+    x, regular = _cholesky_solve(scaled, b)
+    if regular:
+        for i in range(k):
+            x[i] *= unit[i]
+        return x, np.empty(0)
+    # the null space of ``full``: directions that move no output
+    free_values, free_vectors = np.linalg.eigh(scaled_full)
+    drift = np.zeros(k)
+    gain = norm = 0.0
+    for j in range(k):
+        projection = 0.0
+        for i in range(k):
+            projection += free_vectors[i, j] * b[i]
+        norm += projection * projection
+        if not free_values[j] > 1e-9:
+            gain += projection * projection
+            for i in range(k):
+                drift[i] += projection * free_vectors[i, j] * unit[i]
+    if gain > 1e-16 * norm:
+        return x, drift
+    eigenvalues, vectors = np.linalg.eigh(scaled)
+    newton, flat = np.zeros(k), np.zeros(k)
+    newton_gain = flat_gain = 0.0  # the increase each step's quadratic model predicts (x2)
+    null = 0
+    for j in range(k):
+        if eigenvalues[j] > 1e-9:
+            projection = 0.0
+            for i in range(k):
+                projection += vectors[i, j] * b[i]
+            newton_gain += projection * projection / eigenvalues[j]
+            for i in range(k):
+                newton[i] += projection / eigenvalues[j] * vectors[i, j]
+        else:
+            null += 1
+    basis = np.empty((k, null))
+    c = 0
+    for j in range(k):
+        if not eigenvalues[j] > 1e-9:
+            basis[:, c] = vectors[:, j]
+            c += 1
+    restricted = np.zeros((null, null))
+    for p in range(null):
+        for q in range(null):
+            total = 0.0
+            for i in range(k):
+                for j in range(k):
+                    total += basis[i, p] * scaled_full[i, j] * basis[j, q]
+            restricted[p, q] = total
+    values, inner = np.linalg.eigh(restricted)
+    for j in range(null):
+        if values[j] > 1e-9 * max(values[-1], 1e-300):
+            vector = basis @ inner[:, j]
+            projection = 0.0
+            for i in range(k):
+                projection += vector[i] * b[i]
+            flat_gain += projection * projection / values[j]
+            for i in range(k):
+                flat[i] += projection / values[j] * vector[i]
+    # One of the two, not their sum: along the flat part the dual is linear up to a
+    # breakpoint that the line search finds, and a step mixing both stops at the peak of the
+    # curved part, so that the next step undoes it (the iterates zigzag while creeping along
+    # the flat part).
+    x = flat if flat_gain > 1e-6 * newton_gain else newton
+    for i in range(k):
+        x[i] *= unit[i]
+    return x, np.empty(0)
 
 
 @_jit
@@ -396,42 +623,19 @@ def _evaluate(z, atom, weight, coef, h, lam, lo, hi):
 
 
 @_jit
-def _step(lam, rows, direction, alpha, flat, stretch):
-    """``lam`` moved by ``alpha * direction`` on ``rows`` (``stretch`` times that on the flat
-    ones), projected onto ``lam >= 0``: a new array."""
-    moved = lam.copy()
-    for i in range(rows.size):
-        length = alpha * stretch if flat[i] else alpha
-        moved[rows[i]] = max(lam[rows[i]] + length * direction[i], 0.0)
-    return moved
-
-
-@_jit
-def _gain(residual, new, old, rows, flat, only_flat):
-    """``residual . (new - old)`` over ``rows`` (the flat ones only if ``only_flat``), summed
-    with :func:`_add_compensated`."""
+def _slope(residual, rows, step):
+    """``residual . step`` over ``rows`` (the dual's directional derivative), summed with
+    :func:`_add_compensated`."""
     total, compensation = 0.0, 0.0
     for i in range(rows.size):
-        if not (only_flat and not flat[i]):
-            r = rows[i]
-            total, compensation = _add_compensated(total, compensation,
-                                                   residual[r] * (new[r] - old[r]))
-    return total + compensation
-
-
-@_jit
-def _value(lam, residual, distance):
-    """The dual function at ``lam``, from the evaluation's gradient and distance."""
-    total, compensation = distance, 0.0
-    for r in range(lam.size):
-        total, compensation = _add_compensated(total, compensation, lam[r] * residual[r])
+        total, compensation = _add_compensated(total, compensation, residual[rows[i]] * step[i])
     return total + compensation
 
 
 @_jit
 def _add_compensated(total, compensation, term):
-    """One step of Neumaier's compensated sum: near the optimum the line search compares dual
-    values that differ by less than the rounding error of a plain sum."""
+    """One step of Neumaier's compensated sum: near the optimum the line search's derivative
+    is a sum of terms of either sign that nearly cancel."""
     updated = total + term
     if abs(total) >= abs(term):
         compensation += (total - updated) + term
@@ -453,40 +657,6 @@ def _gram(coef, mass, rows):
                 total += coef[rows[i], a] * mass[a] * coef[rows[j], a]
             gram[i, j] = gram[j, i] = total
     return gram
-
-
-@_jit
-def _solve(matrix, ridge, rhs):
-    """``(matrix + ridge I)^-1 rhs`` by Gaussian elimination with partial pivoting (the
-    systems have a few dozen unknowns); raises on an exactly singular system."""
-    k = rhs.size
-    a = matrix.copy()
-    x = rhs.copy()
-    for i in range(k):
-        a[i, i] += ridge
-    for col in range(k):
-        pivot = col
-        for i in range(col + 1, k):
-            if abs(a[i, col]) > abs(a[pivot, col]):
-                pivot = i
-        if a[pivot, col] == 0.0:
-            raise ZeroDivisionError("singular Newton system")
-        if pivot != col:
-            for j in range(k):
-                a[col, j], a[pivot, j] = a[pivot, j], a[col, j]
-            x[col], x[pivot] = x[pivot], x[col]
-        for i in range(col + 1, k):
-            factor = a[i, col] / a[col, col]
-            if factor != 0.0:
-                for j in range(col, k):
-                    a[i, j] -= factor * a[col, j]
-                x[i] -= factor * x[col]
-    for i in range(k - 1, -1, -1):
-        total = x[i]
-        for j in range(i + 1, k):
-            total -= a[i, j] * x[j]
-        x[i] = total / a[i, i]
-    return x
 
 
 @_jit
@@ -523,20 +693,6 @@ def _cholesky_solve(matrix, rhs):
             x[i] -= lower[p, i] * x[p]
         x[i] /= lower[i, i]
     return x, True
-
-
-@_jit
-def _backtrack(value, gain, value_t):
-    """Factor by which to shorten a step that failed the Armijo test, in [0.1, 0.5].
-
-    The dual along the step is concave: the quadratic through its value at the start, its
-    first-order gain and its value at the rejected step peaks at ``gain / (2 * drop)`` of the
-    step, ``drop`` being how far the value fell short of the linear gain.
-    """
-    drop = value + gain - value_t
-    if not (gain > 0 and drop > 0):
-        return 0.5
-    return min(0.5, max(0.1, gain / (2 * drop)))
 
 
 @_jit

@@ -62,7 +62,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     inference_batch_size : int, default=None
         Rows per chunk at prediction time; ``None`` projects all of ``X`` at once.
     hidden_layer_sizes : tuple of int, default=(64, 64)
-        Hidden layers of the default multilayer perceptron.
+        Widths (positive integers) of the hidden layers of the default multilayer perceptron.
     activation : {"relu", "tanh", "logistic", "gelu"}, default="relu"
         Its activation.
     module : torch.nn.Module or callable, default=None
@@ -90,9 +90,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     tol : float, default=1e-4
         Minimal improvement.
     warm_start : bool, default=False
-        Continue training the fitted network in the next ``fit``.
+        Continue training the fitted network in the next ``fit`` (which raises
+        :class:`ValueError` if its ``X`` gives the network another number of inputs).
     device : str or torch.device, default="cpu"
-        Where the network trains and predicts (the pickled model always holds CPU tensors).
+        Where the network trains and predicts (the pickled model always holds CPU tensors); fit
+        raises :class:`ValueError` if this machine does not have it.
     verbose : int, default=0
         Print one line per epoch.
     random_state : int, RandomState instance or None, default=None

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import _exact, _kernels
-from .constraints import _check_epsilon, _device_tensor, get_constraint
+from .constraints import InfeasibleConstraintError, _check_epsilon, _device_tensor, get_constraint
 from .constraints import _as_group_matrix, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
@@ -174,6 +174,13 @@ def project(z, cs, bounds, solver="auto"):
             if y is z64:  # fair already: the input itself, in its own dtype
                 return z, info
             return (y, info) if double else _cast(y, z.dtype, cs, lo, hi, info)
+    conflicting = _exact.conflicting_rows(cs, lo, hi)
+    if conflicting:
+        shown = ", ".join(map(repr, conflicting[:10])) + (", ..." if len(conflicting) > 10 else "")
+        raise InfeasibleConstraintError(
+            f"The fairness constraint cannot be met within bounds {(lo, hi)}: its rows "
+            f"{shown} contradict each other (each one alone can hold); widen the bounds, "
+            f"increase epsilon or drop one of them.", key=conflicting[0])
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
 
 

@@ -4,6 +4,7 @@ import numbers
 
 import numpy as np
 from sklearn.base import RegressorMixin
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_array, column_or_1d
 
 from . import _kernels
@@ -35,7 +36,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     bounds : None, False or tuple (lo, hi), default=None
         Box on the predictions. ``None`` infers it from the training targets,
         ``[min - 0.1 r, max + 0.1 r]`` with ``r`` their range; ``False`` leaves predictions
-        unbounded; a pair sets it explicitly.
+        unbounded; a pair of finite numbers ``lo < hi`` sets it explicitly.
     **other parameters
         As :class:`FairNeuralClassifier` (``protected_attributes``, ``epsilon``, ``b_tau``, the
         network and training parameters, ...).
@@ -116,13 +117,22 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             lo, hi = float(target.min()), float(target.max())
             margin = BOUNDS_MARGIN * (hi - lo) if hi > lo else 1.0
             return (lo - margin, hi + margin)
-        try:
-            lo, hi = self.bounds
-        except (TypeError, ValueError):
-            raise ValueError(f"bounds must be None, False or (lo, hi); got {self.bounds!r}.")
-        if not (isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real) and lo < hi):
-            raise ValueError(f"bounds must satisfy lo < hi; got {self.bounds!r}.")
+        lo, hi = self.bounds  # checked by _validate_params
         return (float(lo), float(hi))
+
+    def _validate_params(self):
+        super()._validate_params()
+        if self.bounds is None or isinstance(self.bounds, bool):
+            return
+        pair = list(self.bounds)
+        if not (len(pair) == 2
+                and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                        and np.isfinite(v) for v in pair)
+                and pair[0] < pair[1]):
+            raise InvalidParameterError(
+                f"bounds must be None, False or a pair of finite numbers (lo, hi) with lo < hi; "
+                f"got {self.bounds!r}. Use bounds=False for unbounded predictions."
+            )
 
     def predict(self, X):
         """Fair predictions (stateless).

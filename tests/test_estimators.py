@@ -480,6 +480,22 @@ def test_infeasible_mean_residual_names_the_group():
         reg.fit(X, y)
 
 
+def test_infeasible_custom_constraint_keeps_its_own_row_keys():
+    from skfair.constraints import AffineConstraint, InfeasibleConstraintError
+
+    class AboveOne(AffineConstraint):
+        def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+            n = groups.shape[0]
+            return (-torch.ones(1, n, dtype=torch.float64) / n,
+                    torch.tensor([-2.0], dtype=torch.float64), ["mean above 2"])
+
+    X, y = biased_frame(200)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=AboveOne(), **FAST)
+    with pytest.raises(InfeasibleConstraintError, match="'mean above 2'"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "module_")
+
+
 def test_training_batches_keep_the_group_composition():
     X, y = biased_frame(1000, categorical=True)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="equalized_odds",

@@ -398,17 +398,6 @@ def test_bad_inputs():
         FairnessLayer("equalized_odds")(torch.ones(2), groups, y_true=torch.tensor([0.0, 0.5]))
 
 
-@pytest.mark.parametrize("slope, curvature", [(1.0, 2.0), (1.0, 1.5), (1.0, 100.0), (1.0, 0.6)])
-def test_backtracking_shortens_to_the_peak_of_a_quadratic(slope, curvature):
-    """On a quadratic dual phi(t) = slope t - curvature t^2 whose full step fails, the step is
-    shortened to its maximiser slope / (2 curvature), kept within [0.1, 0.5] of the step."""
-    from skfair._exact import _backtrack
-
-    factor = _backtrack(0.0, slope, slope - curvature)
-    assert factor == pytest.approx(min(0.5, max(0.1, slope / (2 * curvature))))
-    assert _backtrack(0.0, -1.0, -3.0) == 0.5  # no ascent: halve
-
-
 def test_later_solves_do_not_overwrite_earlier_results():
     from skfair import _exact
 
@@ -884,3 +873,33 @@ def test_an_infinite_sample_weight_is_an_error_not_a_constraint_switched_off(bad
     z = torch.tensor([0.9, 0.1, 0.8, 0.2], dtype=torch.float64)
     with pytest.raises(ValueError, match="sample_weight must be finite and non-negative"):
         layer(z, torch.tensor([0, 1, 0, 1]), sample_weight=torch.tensor([1.0, bad, 1.0, 1.0]))
+
+
+class _Contradiction(AffineConstraint):
+    """``y_0 + y_1 <= 0.5`` and ``y_0 + y_1 >= 1.5``: each row alone can hold within [0, 1]."""
+
+    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+        G = torch.zeros(2, groups.shape[0], dtype=torch.float64)
+        G[0, :2], G[1, :2] = 1.0, -1.0
+        return G, torch.tensor([0.5, -1.5], dtype=torch.float64), ["low", "high"]
+
+
+@pytest.mark.parametrize("solver", ["exact", "auto"])
+def test_jointly_infeasible_custom_rows_raise_infeasible_naming_them(solver):
+    layer = FairnessLayer(_Contradiction(), epsilon=0.0, bounds=(0.0, 1.0), solver=solver)
+    with pytest.raises(InfeasibleConstraintError, match="'low', 'high'") as info:
+        layer(torch.tensor([0.2, 0.9, 0.5], dtype=torch.float64), torch.tensor([0, 1, 0]))
+    assert info.value.key == "low"
+    assert "mean_residual" not in str(info.value)  # no hint that belongs to another constraint
+
+
+def test_infeasible_custom_row_message_has_no_mean_residual_hint():
+    class Impossible(AffineConstraint):
+        def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+            return (torch.ones(1, groups.shape[0], dtype=torch.float64),
+                    torch.tensor([-1.0], dtype=torch.float64))
+
+    layer = FairnessLayer(Impossible(), bounds=(0.0, 1.0), solver="exact")
+    with pytest.raises(InfeasibleConstraintError, match="widen the bounds") as info:
+        layer(torch.tensor([0.2, 0.9], dtype=torch.float64), torch.tensor([0, 1]))
+    assert "mean_residual" not in str(info.value)
