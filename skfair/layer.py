@@ -278,38 +278,47 @@ def _polished(z, result, cs, lo, hi, failures):
     Raw outputs far from the fair set (far outside the bounds, or without bounds far from
     each other) cost the first solve its accuracy: its outputs ``y1`` carry the rounding error
     of ``z``'s magnitude. They lie at the outputs' scale, so a second solve from them reaches
-    the guarantee. The projection is nonexpansive and fixes ``P(z)``, so ``P(y1)`` is no
-    farther from ``P(z)`` than ``y1`` is; how far that is, the duality gap of the first
-    solve's multipliers certifies: ``||P(y1) - P(z)||^2 <= 2 * gap`` (the objective is
-    1-strongly convex). A second result without that certificate (root mean square distance
-    at most ``POLISH_TOL`` times the outputs' scale) is refused (None, the reason in
-    ``failures``): never an answer that is fair but not the projection of ``z``.
+    the guarantee. Its outputs ``y2`` are then certified from the KKT conditions, not trusted:
+    with the multipliers of both solves, ``Lam``, and the rows active at ``y2`` (the others'
+    multipliers dropped), ``y2`` is the exact projection of the raw outputs ``z''`` with
+    ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value beyond the
+    bound where it is at one). The projection is nonexpansive, so ``y2`` is within
+    ``||z'' - z||`` of the projection of ``z``; :func:`_backward_error` computes it per sample,
+    and a second result whose error exceeds ``POLISH_TOL`` times the outputs' scale plus 64
+    units in the last place of ``z_i`` is refused (None, the reason in ``failures``): never an
+    answer that is fair but not the projection of ``z``.
     """
     if _meets_guarantee(_checked(result, cs), cs, lo, hi):
         return result
     second = _exact.solve(result.y, cs, lo, hi)
+    check = _checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
-    gap = _duality_gap(_kernels.host_vector(z), second.host_y, result.host_lam, cs, lo, hi)
-    scale = _scale(_checked(second, cs), cs)
-    if not math.sqrt(2 * max(gap, 0.0) / max(z.shape[0], 1)) <= POLISH_TOL * scale:
-        failures.append(f"exact: the second solve is not certified close to the projection "
-                        f"(duality gap {gap:.3g})")
+    excess = _backward_error(_kernels.host_vector(z), second.host_y, lam, cs, lo, hi,
+                             _tolerance(check, cs), POLISH_TOL * _scale(check, cs))
+    if excess > 0:
+        failures.append(f"exact: the second solve is not certified to be the projection of "
+                        f"z (backward error beyond its tolerance by {excess:.3g})")
         return None
     return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
-                              second.scale, second.host_y, second.check)
+                              second.scale, second.host_y, check)
 
 
-def _duality_gap(z, y, lam, cs, lo, hi):
-    """The primal value at the feasible ``y`` minus the dual value at the multipliers ``lam``,
-    from their Lagrangian minimiser ``y_lam = clip(z - G^T lam)`` (recomputed here, not taken
-    from a solver), summed term by term so that a large ``z`` cancels:
-    ``1/2 ||y - z||^2 - 1/2 ||y_lam - z||^2 = 1/2 (y - y_lam) . (y + y_lam - 2 z)``."""
-    y_lam = np.empty_like(z)
+def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
+    """How far ``y`` is from being the exact projection of raw outputs near ``z``: the largest
+    excess, over the samples, of ``|z''_i - z_i|`` beyond ``tol + 64 ulp(z_i)``, where ``y`` is
+    the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y`` (within
+    ``active_tol``; the others' set to zero). At most 0 when ``y`` is certified."""
+    rows = cs.host_coef @ _atom_sums(y, cs) - cs.host_h
+    lam = np.where(rows >= -active_tol, lam, 0.0)
+    unclipped = np.empty_like(z)
+    _kernels.clip_shift(z, cs.host_atom, lam @ cs.host_coef, cs.host_weight, -math.inf,
+                        math.inf, unclipped)
     low, high = _exact._open_bounds(lo, hi)
-    _kernels.clip_shift(z, cs.host_atom, lam @ cs.host_coef, cs.host_weight, low, high, y_lam)
-    primal_change = 0.5 * float(np.dot(y - y_lam, (y - z) + (y_lam - z)))
-    rows = cs.host_coef @ _atom_sums(y_lam, cs) - cs.host_h
-    return primal_change - float(np.dot(lam, rows))
+    error = np.where(y >= high, np.maximum(high - unclipped, 0.0),
+                     np.where(y <= low, np.maximum(unclipped - low, 0.0),
+                              np.abs(y - unclipped)))
+    allowed = tol + 64 * np.spacing(np.abs(z))
+    return float((error - allowed).max(initial=-math.inf))
 
 
 def _atom_sums(y, cs):

@@ -833,7 +833,7 @@ def test_a_first_solve_far_from_the_projection_is_refused_not_polished(monkeypat
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     _perturbed_first_solve(monkeypatch, torch.tensor([0.3, 0.3, -0.2, -0.2],
                                                      dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="not certified close to the projection"):
+    with pytest.raises(RuntimeError, match="not certified to be the projection"):
         project(z, cs, (0.0, 1.0), "exact")
 
 
