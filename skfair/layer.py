@@ -24,6 +24,9 @@ GUARANTEE_TOL = 1e-9
 #: how far (root mean square per sample, relative to the outputs' scale) a second solve from the
 #: first one's outputs may certifiably be from the projection of the raw outputs
 POLISH_TOL = 1e-6
+#: how far beyond its bound (times the outputs' scale) an output clipped from far is held in the
+#: second solve (:func:`_polished`)
+FAR = 1e3
 
 
 class FairnessLayer(nn.Module):
@@ -278,7 +281,12 @@ def _polished(z, result, cs, lo, hi, failures):
     Raw outputs far from the fair set (far outside the bounds, or without bounds far from
     each other) cost the first solve its accuracy: its outputs ``y1`` carry the rounding error
     of ``z``'s magnitude. They lie at the outputs' scale, so a second solve from them reaches
-    the guarantee. Its outputs ``y2`` are then certified from the KKT conditions, not trusted:
+    the guarantee. Outputs that the first solve clipped from far beyond a bound (beyond it by
+    more than ``POLISH_TOL`` times the scale) are held there in the second one (their raw
+    value is put ``FAR`` times the scale beyond the bound): in the problem of ``z`` they would
+    need a shift of their own magnitude to move, and the second solve corrects by rounding-size
+    shifts of the free outputs. Its outputs ``y2`` are then certified from the KKT conditions,
+    not trusted:
     with the multipliers of both solves, ``Lam``, and the rows active at ``y2`` (the others'
     multipliers dropped), ``y2`` is the exact projection of the raw outputs ``z''`` with
     ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value beyond the
@@ -288,13 +296,21 @@ def _polished(z, result, cs, lo, hi, failures):
     units in the last place of ``z_i`` is refused (None, the reason in ``failures``): never an
     answer that is fair but not the projection of ``z``.
     """
-    if _meets_guarantee(_checked(result, cs), cs, lo, hi):
+    first = _checked(result, cs)
+    if _meets_guarantee(first, cs, lo, hi):
         return result
-    second = _exact.solve(result.y, cs, lo, hi)
+    z = _kernels.host_vector(z)
+    scale = _scale(first, cs)
+    unclipped = _unclipped(z, result.host_lam, cs)
+    start = result.host_y.copy()
+    low, high = _exact._open_bounds(lo, hi)
+    start[(start >= high) & (unclipped > high + POLISH_TOL * scale)] = high + FAR * scale
+    start[(start <= low) & (unclipped < low - POLISH_TOL * scale)] = low - FAR * scale
+    second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, lo, hi)
     check = _checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
-    excess = _backward_error(_kernels.host_vector(z), second.host_y, lam, cs, lo, hi,
-                             _tolerance(check, cs), POLISH_TOL * _scale(check, cs))
+    excess = _backward_error(z, second.host_y, lam, cs, lo, hi, _tolerance(check, cs),
+                             POLISH_TOL * _scale(check, cs))
     if excess > 0:
         failures.append(f"exact: the second solve is not certified to be the projection of "
                         f"z (backward error beyond its tolerance by {excess:.3g})")
@@ -309,16 +325,21 @@ def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
     the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y`` (within
     ``active_tol``; the others' set to zero). At most 0 when ``y`` is certified."""
     rows = cs.host_coef @ _atom_sums(y, cs) - cs.host_h
-    lam = np.where(rows >= -active_tol, lam, 0.0)
-    unclipped = np.empty_like(z)
-    _kernels.clip_shift(z, cs.host_atom, lam @ cs.host_coef, cs.host_weight, -math.inf,
-                        math.inf, unclipped)
+    unclipped = _unclipped(z, np.where(rows >= -active_tol, lam, 0.0), cs)
     low, high = _exact._open_bounds(lo, hi)
     error = np.where(y >= high, np.maximum(high - unclipped, 0.0),
                      np.where(y <= low, np.maximum(unclipped - low, 0.0),
                               np.abs(y - unclipped)))
     allowed = tol + 64 * np.spacing(np.abs(z))
     return float((error - allowed).max(initial=-math.inf))
+
+
+def _unclipped(z, lam, cs):
+    """``z - G^T lam``: the outputs of the multipliers ``lam`` before the bounds clip them."""
+    out = np.empty_like(z)
+    _kernels.clip_shift(z, cs.host_atom, lam @ cs.host_coef, cs.host_weight, -math.inf,
+                        math.inf, out)
+    return out
 
 
 def _atom_sums(y, cs):
