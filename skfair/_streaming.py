@@ -86,16 +86,19 @@ MAX_GAIN = 0.5
 
 
 def row_norms(cs):
-    """Squared norm ``||g_k||^2`` of every row of a constraint set: a float64 CPU tensor (m,).
+    """Squared norm ``||g_k||^2`` of every row of a constraint set: a float64 numpy array (m,).
 
     A multiplier ``mu`` of the exact projection (``y = clip(z - G^T mu)``) is, on the scale of
     the stream's multipliers (``y = clip(z - G^T (lam / ||g||^2))``), ``lam = mu ||g||^2``: the
     reduction of the row's value that it makes on its own.
     """
-    if cs.n_rows == 0:
-        return torch.zeros(0, dtype=torch.float64)
-    G = cs.dense().detach().to(device="cpu", dtype=torch.float64)
-    return (G * G).sum(dim=1)
+    G = _host_dense(cs)
+    return (G * G).sum(axis=1)
+
+
+def _host_dense(cs):
+    """The rows ``G`` of a (small) constraint set as a float64 numpy array (m, n)."""
+    return cs.dense().detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
 def _present_groups(atoms):
@@ -181,12 +184,13 @@ class PrimalDualStream:
             self._record(y, cs, atoms)
             return y
         present = _present_groups(atoms)
-        G = cs.dense().detach().to(device="cpu", dtype=torch.float64)
-        scale = self._row_scales((G * G).sum(dim=1), cs.keys, present, references)
-        inverse = torch.where(scale > 0, 1 / torch.where(scale > 0, scale, 1.0), 0.0)
-        lam = torch.tensor([self.duals.get(k, 0.0) for k in cs.keys], dtype=torch.float64)
-        y = clip(z - cs.rmatvec((lam * inverse).to(z.device)), lo, hi)
-        violation = (cs.matvec(y) - cs.h).detach().cpu().to(torch.float64)
+        # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
+        G = _host_dense(cs)
+        scale = self._row_scales((G * G).sum(axis=1), cs.keys, present, references)
+        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+        lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
+        y = clip(z - cs.rmatvec(torch.from_numpy(lam * inverse).to(z.device)), lo, hi)
+        violation = (cs.matvec(y) - cs.h).detach().to(device="cpu", dtype=torch.float64).numpy()
         # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
         # than the previous step's: the bound needs a non-increasing sequence
         size_squares = self.size_squares + n * n
@@ -194,8 +198,8 @@ class PrimalDualStream:
         gain = _response(G, inverse, (lam > 0) | (violation > 0))
         if gain > 0:
             step_size = min(step_size, MAX_GAIN / (n * gain))
-        lam = (lam + step_size * n * violation).clamp(min=0)
-        if not bool(torch.isfinite(lam).all()):  # float64 overflow
+        lam = np.maximum(lam + step_size * n * violation, 0.0)
+        if not np.isfinite(lam).all():  # float64 overflow
             raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
         # the step is taken: the state changes from here on
         self.n_steps += 1
@@ -316,7 +320,7 @@ def _response(G, inverse, active):
     """Infinity norm of ``M = G G^T diag(inverse)`` restricted to the ``active`` rows (a
     positive multiplier or a violation): how much those rows' values change per unit change of
     their multipliers in the primal step, when no output is clipped."""
-    if not bool(active.any()):
+    if not active.any():
         return 0.0
     G = G[active]
-    return float(((G @ G.T).abs() * inverse[active][None, :]).sum(dim=1).max())
+    return float((np.abs(G @ G.T) * inverse[active][None, :]).sum(axis=1).max())
