@@ -361,7 +361,7 @@ class BaseFairNeural(BaseEstimator):
             if fair_training:
                 # summed after the epoch, not between the steps: the loop stays lean
                 duals = {}
-                for cs, lam, raw in solved:
+                for cs, lam, _ in solved:
                     if lam is not None:  # (qpth gives no multipliers)
                         # on the stream's scale: the reduction of the row that each one makes
                         scale = _streaming.row_norms(cs).tolist()
