@@ -410,3 +410,20 @@ def test_random_streams_stay_finite_within_bounds_and_meet_the_bound(
         scale = 1.0 + max(float(np.abs(np.concatenate(outputs)).max()), abs(offset))
         assert weighted == pytest.approx(stats["weighted_avg_fairness_gap"], abs=1e-9 * scale)
         assert weighted <= EPS + stats["bound"] + 1e-9 * scale
+
+
+def test_warm_start_scale_reproduces_the_exact_projection():
+    """A multiplier mu of the exact projection is lam = mu ||g||^2 on the stream's scale (what
+    fit records in dual_init_): started from them, the primal step of the same batch is that
+    projection."""
+    from skfair._streaming import row_norms
+    from skfair.layer import project
+
+    rng = np.random.default_rng(8)
+    z, groups = biased_batch(rng, 60, 0.3)
+    cs = get_constraint("demographic_parity").build(groups, epsilon=EPS)
+    exact, info = project(z, cs, (0.0, 1.0))
+    dual_init = {k: info["duals"][k] * norm for k, norm in zip(cs.keys, row_norms(cs))}
+    assert max(dual_init.values()) > 0
+    torch.testing.assert_close(new_stream(dual_init=dual_init).step(z, groups), exact,
+                               atol=1e-9, rtol=0)
