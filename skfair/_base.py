@@ -467,11 +467,14 @@ class BaseFairNeural(BaseEstimator):
                 total += value * len(xb)
             if fair_training:
                 # summed after the epoch, not between the steps: the loop stays lean
-                duals = {}
+                duals, norms = {}, {}
                 for cs, lam, _ in solved:
                     if lam is not None:  # (qpth gives no multipliers)
                         # on the stream's scale: the reduction of the row that each one makes
-                        scale = _streaming.row_norms(cs).tolist()
+                        # (batches of one composition share their rows: one norm each)
+                        scale = norms.get(id(cs))
+                        if scale is None:
+                            scale = norms[id(cs)] = _streaming.row_norms(cs).tolist()
                         for key, value, norm in zip(cs.keys, lam.tolist(), scale):
                             duals[key] = duals.get(key, 0.0) + value * norm / len(positions)
                 self.dual_init_ = duals

@@ -92,8 +92,8 @@ def row_norms(cs):
     the stream's multipliers (``y = clip(z - G^T (lam / ||g||^2))``), ``lam = mu ||g||^2``: the
     reduction of the row's value that it makes on its own.
     """
-    G = _host_dense(cs)
-    return (G * G).sum(axis=1)
+    # from the factored G: column i is weight_i * coef[:, atom_i]
+    return (cs.host_coef**2) @ cs.square_mass
 
 
 def _host_dense(cs):
