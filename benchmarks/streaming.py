@@ -4,11 +4,16 @@ Run from the repository root:
 
     python benchmarks/streaming.py            # full run (a few minutes)
     python benchmarks/streaming.py --quick    # smoke run
+    python benchmarks/streaming.py --only-batch-sizes   # the table of fixed batch sizes only
 
 Prints two markdown tables: latency (median and p99 milliseconds per call) for batch sizes 1, 8,
 64 and b_tau; and, for a stream of batches of random size 1..32 drawn from the Adult test set, the
 weighted-average gap (the guaranteed quantity), the finite-T bound, the pooled gap and the mean
 per-batch violation at several T, cold and warm started, next to the raw network outputs.
+A third table streams the whole Adult test set in batches of a fixed size (1, 8, 32, 64 and
+b_tau - 1): accuracy and AUC next to the raw network and the exact projection of the whole test
+set, the mean per-batch violation, the weighted-average gap against epsilon + bound, and the
+share of outputs saturated at exactly 0 or 1 (medians over several fits and stream orders).
 """
 
 import argparse
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, split  # noqa: E402
@@ -92,16 +98,88 @@ def raw_gaps(model, X, seed, n_batches):
         None, proba[pooled], sensitive_features=sensitive.iloc[pooled])
 
 
+def batch_size_runs(model, X, y, sizes, orders, seed):
+    """One row of measures per (batch size, stream order): the whole of ``X`` streamed through
+    ``partial_predict_proba`` in batches of that size, in a random order (warm started)."""
+    positive = np.asarray(y) == model.classes_[1]
+    raw = model._predict_unconstrained(X)
+    exact = model.set_params(inference_batch_size=None).predict_proba(X)[:, 1]  # >= b_tau
+
+    def scores(p):
+        return (accuracy_score(positive, p > 0.5), roc_auc_score(positive, p),
+                float(np.mean((p == 0) | (p == 1))))
+
+    reference = scores(raw) + scores(exact)
+    rng = np.random.default_rng(seed)
+    runs = {}
+    for _ in range(orders):
+        order = rng.permutation(len(X))
+        for size in sizes:
+            model.reset_stream()
+            p = np.empty(len(X))
+            for start in range(0, len(X), size):
+                rows = order[start:start + size]
+                p[rows] = model.partial_predict_proba(X.iloc[rows])[:, 1]
+            s = model.stream_stats()
+            stateless = model.set_params(inference_batch_size=size).predict_proba(X)[:, 1]
+            model.set_params(inference_batch_size=None)
+            runs.setdefault(size, []).append(
+                scores(p) + reference + (s["mean_batch_violation"], s["weighted_avg_fairness_gap"],
+                                         s["epsilon"] + s["bound"],
+                                         accuracy_score(positive, stateless > 0.5)))
+    return runs
+
+
+def batch_size_table(runs):
+    """Medians over the runs of :func:`batch_size_runs` (merged over fits)."""
+    rows = []
+    for size in sorted(runs):
+        (acc, auc, sat, raw_acc, raw_auc, raw_sat, ex_acc, ex_auc, ex_sat, violation, gap, bound,
+         stateless) = np.median(np.array(runs[size]), axis=0)
+        rows.append([size, f"{acc:.4f}", f"{ex_acc:.4f}", f"{raw_acc:.4f}", f"{acc - ex_acc:+.4f}",
+                     f"{auc:.4f}", f"{ex_auc:.4f}", f"{raw_auc:.4f}", f"{violation:.4f}",
+                     f"{gap:.4f}", f"{bound:.4f}", f"{sat:.3f}", f"{ex_sat:.3f}", f"{raw_sat:.3f}",
+                     f"{stateless:.4f}"])
+    header = ["batch size", "acc stream", "acc exact", "acc raw", "stream - exact",
+              "AUC stream", "AUC exact", "AUC raw", "mean batch violation", "weighted gap",
+              "eps + bound", "saturated stream", "saturated exact", "saturated raw",
+              "acc stateless (chunks of this size)"]
+    return markdown_table(header, rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only-batch-sizes", action="store_true",
+                        help="print only the table of fixed batch sizes")
     args = parser.parse_args()
     data = load_adult()
-    X_train, X_test, y_train, _ = split(data, args.seed)
+    X_train, X_test, y_train, y_test = split(data, args.seed)
     model = FairNeuralClassifier(protected_attributes=["sex", "race"], epsilon=0.05,
                                  max_epochs=3 if args.quick else 10, random_state=args.seed)
     model.fit(X_train, y_train)
+    if not args.only_batch_sizes:
+        print_convergence(model, X_test, args)
+    fits, orders = (1, 1) if args.quick else (3, 2)
+    sizes = [1, 8, 32, 64, model.b_tau - 1]
+    runs = {}
+    for seed in range(args.seed, args.seed + fits):
+        if seed != args.seed:
+            X_train, X_test, y_train, y_test = split(data, seed)
+            model = FairNeuralClassifier(**model.get_params()).set_params(random_state=seed)
+            model.fit(X_train, y_train)
+        if args.quick:
+            X_test, y_test = X_test.iloc[:3000], y_test.iloc[:3000]
+        for size, rows in batch_size_runs(model, X_test, y_test, sizes, orders, seed).items():
+            runs.setdefault(size, []).extend(rows)
+    print(f"\n## Fixed batch sizes (Adult test set streamed whole, warm start, epsilon="
+          f"{model.epsilon}, eta0={model.eta0 or 'default'}, b_tau={model.b_tau}; medians over "
+          f"{fits} fits x {orders} stream orders)\n")
+    print(batch_size_table(runs))
+
+
+def print_convergence(model, X_test, args):
     rng = np.random.default_rng(args.seed)
     print(f"## Streaming latency (FairNeuralClassifier, default MLP {model.hidden_layer_sizes}, "
           f"b_tau={model.b_tau})\n")

@@ -455,7 +455,7 @@ class BaseFairNeural(BaseEstimator):
                         loss, lam = self._fair_objective(out, cs, tb, wb)
                     except InfeasibleConstraintError as exc:
                         raise self._named(exc) from exc
-                    solved.append((cs.keys, lam, out.detach()))
+                    solved.append((cs, lam, out.detach()))
                 else:
                     loss = self._loss(out, tb, wb)
                 value = float(loss.detach())
@@ -467,11 +467,16 @@ class BaseFairNeural(BaseEstimator):
                 total += value * len(xb)
             if fair_training:
                 # summed after the epoch, not between the steps: the loop stays lean
-                duals = {}
-                for keys, lam, raw in solved:
+                duals, norms = {}, {}
+                for cs, lam, _ in solved:
                     if lam is not None:  # (qpth gives no multipliers)
-                        for key, value in zip(keys, lam.tolist()):
-                            duals[key] = duals.get(key, 0.0) + 2 * value / len(raw) / len(positions)
+                        # on the stream's scale: the reduction of the row that each one makes
+                        # (batches of one composition share their rows: one norm each)
+                        scale = norms.get(id(cs))
+                        if scale is None:
+                            scale = norms[id(cs)] = _streaming.row_norms(cs).tolist()
+                        for key, value, norm in zip(cs.keys, lam.tolist(), scale):
+                            duals[key] = duals.get(key, 0.0) + value * norm / len(positions)
                 self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}
@@ -709,7 +714,7 @@ class BaseFairNeural(BaseEstimator):
         stats : dict
             ``weighted_avg_fairness_gap`` (the largest sample-weighted average over the stream of
             a constraint row's value, e.g. ``mean_u - mean_v``: the guaranteed quantity),
-            ``bound`` (its proven excess over epsilon, ``lambda_max * sqrt(T) / (eta0 * N)``),
+            ``bound`` (its proven excess over epsilon, ``lambda_max / (alpha_T * N)``),
             ``pooled_fairness_gap`` and ``per_attribute_gaps`` (the gap of all streamed outputs
             pooled), ``mean_batch_gap`` and ``mean_batch_violation`` (each batch's own gap, and its
             excess over epsilon, weighted by batch size), ``reference_drift``, ``n_batches``,

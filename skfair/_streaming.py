@@ -2,41 +2,71 @@ r"""Online primal-dual fairness for streams of small batches.
 
 A batch of ``n_t >= b_tau`` rows is projected exactly (hard guarantee on that batch). A smaller
 batch takes one primal-dual step with one multiplier ``lam_k >= 0`` per constraint row identity
-``k`` (attribute, group pair, label cell):
+``k`` (attribute, group pair, label cell). Write ``g_{t,k}`` for row ``k`` of the batch's ``G_t``
+and ``v_{t,k} = (G_t y_t - h_t)_k`` (0 when row ``k`` is absent from the batch).
 
-* primal, in closed form over the bounds:
-  ``y_t = clip(z_t - n_t G_t^T lam / 2, lo, hi)``, the minimiser of
-  ``||y - z_t||^2 + n_t lam^T (G_t y - h_t)``;
-* dual: ``lam_k <- max(0, lam_k + eta_t n_t (G_t y_t - h_t)_k)`` with ``eta_t = eta0 / sqrt(t)``.
+* primal, in closed form over the bounds: ``y_t = clip(z_t - G_t^T (lam / s_t), lo, hi)``, the
+  minimiser of ``||y - z_t||^2 / 2 + sum_k (lam_k / s_{t,k}) (g_{t,k} y - h_{t,k})``, with
+  ``s_{t,k} = ||g_{t,k}||^2``. Without clipping, row ``k``'s own multiplier lowers its value by
+  exactly ``lam_k``, whatever ``n_t`` and the group sizes: ``lam`` is on the scale of the outputs.
+  For a group-mean row ``(u, v)`` group ``u`` moves down by ``lam n_v / (n_u + n_v)`` and ``v`` up
+  by ``lam n_u / (n_u + n_v)``, the split of the exact projection. (A training projection
+  ``y = clip(z - G^T mu)`` has, on this scale, ``lam = mu ||g||^2``.)
+* dual: ``lam_k <- max(0, lam_k + alpha_t n_t v_{t,k})`` with::
+
+      alpha_t = min(alpha_{t-1}, eta0 / sqrt(sum_{s<=t} n_s^2), MAX_GAIN / (n_t ||M_t||_inf))
+
+  where ``M_t = G_t G_t^T diag(1 / s_t)`` restricted to the rows taking part in the step (a
+  positive multiplier or a violation) is the response of the rows' values to their multipliers
+  (unit diagonal). So the loop gain ``alpha_t n_t ||M_t||`` is at most ``min(eta0 ||M_t||,
+  MAX_GAIN)``: it does not grow with the batch size or shrink with the group sizes. For batches
+  of constant size ``n`` (and ``eta0 ||M_t|| <= MAX_GAIN``), ``alpha_t = eta0 / (n sqrt(t))``.
 
 Rows of groups absent from a batch are dropped, except that for the built-in group-mean
-constraints a present group ``u`` is compared with the **running mean** of an absent group ``v``
-over the stream so far (all outputs of ``v`` streamed before this batch): the rows
-``mean_t(y | u) - R_v <= eps`` and ``R_v - mean_t(y | u) <= eps``, under the key of the pair
-``(u, v)``. So a stream of single rows moves toward fairness too.
+constraints a present group ``u`` is compared with the **running mean** of an absent group ``w``
+over the stream so far (all outputs of ``w`` streamed before this batch): the rows
+``mean_t(y | u) - R_w <= eps`` and ``R_w - mean_t(y | u) <= eps``, under the key of the pair
+``(u, w)``. Their ``s`` is ``||g||^2 (1 + N_u / N_w)`` (pooled counts): ``u`` moves by
+``lam N_w / (N_u + N_w)``, its share of the reduction in a batch of both groups in their pooled
+proportion, so the same multiplier serves batches of one group and of several. A stream of
+single rows moves toward fairness too.
 
-Guarantee (finite T). Write ``v_{t,k} = (G_t y_t - h_t)_k`` (0 when row ``k`` is absent) and
-``lam_max`` for the largest multiplier reached. Because ``lam_{t+1,k} >= lam_{t,k} + eta_t n_t
-v_{t,k}`` and ``1/eta_t`` increases, summation by parts gives
-``sum_t n_t v_{t,k} <= lam_max sqrt(T) / eta0``, hence for every row::
+Guarantee (finite T). ``alpha_t`` is non-increasing and ``lam_{t+1,k} >= lam_{t,k} + alpha_t n_t
+v_{t,k}``, so by summation by parts, for every row::
 
-    (1 / N) sum_t n_t (G_t y_t)_k  <=  epsilon + lam_max * sqrt(T) / (eta0 * N)
+    sum_t n_t v_{t,k}  <=  sum_t (lam_{t+1,k} - lam_{t,k}) / alpha_t
+                        =  lam_{T+1,k} / alpha_T - lam_{1,k} / alpha_1
+                           - sum_{t=2..T} lam_{t,k} (1 / alpha_t - 1 / alpha_{t-1})
+                       <=  lam_max / alpha_T
+
+with ``T`` the primal-dual steps taken, ``alpha_T`` the last one's step and ``lam_max`` the largest
+multiplier reached (starting values included), on the scale of the outputs. Hence::
+
+    (1 / N) sum_t n_t (G_t y_t)_k  <=  epsilon + lam_max / (alpha_T N)
 
 with ``N`` the number of streamed rows. Exactly projected batches satisfy their rows outright and
 count with ``v <= 0``. The left side, maximised over rows, is ``weighted_avg_fairness_gap``; the
-right side's excess over epsilon is ``bound``. For rows with a reference mean the same bound holds
-with ``R_v`` in place of the batch mean of ``v``; the pooled gap then differs from the guaranteed
-quantity by how far the references drifted from ``v``'s final pooled mean
-(``reference_drift``), which vanishes when ``v``'s outputs are stationary. In particular, for a
-stream of single rows (each row is compared with the running means of the other groups) the
-pooled gap satisfies, for every pair::
+right side's excess over epsilon is ``bound``. Unless the stability cap binds, ``1 / alpha_T =
+sqrt(sum_t n_t^2) / eta0``, so ``bound <= lam_max sqrt(sum_t n_t^2) / (eta0 N)``, which is
+``lam_max / (eta0 sqrt(T))`` for batches of constant size.
 
-    pooled_mean_u - pooled_mean_v  <=  epsilon + lam_max * sqrt(T) / (eta0 * N_u) + reference_drift
+For rows with a reference mean the same bound holds with ``R_w`` in place of the batch mean of
+``w``. For a stream whose batches each hold a single group of an attribute (e.g. single rows),
+summing row ``(u, v)`` over the batches of ``u`` (values ``mean_t(u) - R_v``) and of ``v``
+(``R_u - mean_t(v)``) gives, with ``N_uv`` the rows of ``u`` and ``v``::
 
-For batches of several groups whose composition varies across the stream, the pooled gap is *not*
-what the algorithm controls (it weights each batch's groups by their counts); it equals the
-guaranteed quantity when group ratios are constant. ``mean_batch_violation`` (each batch's own gap
-beyond epsilon, weighted by its size) measures how fair the individual batches are.
+    pooled_mean_u - pooled_mean_v  <=  epsilon + lam_max / (alpha_T N_uv) + reference_drift
+
+where ``reference_drift`` is the largest distance between the average reference mean a pair used
+(weighted by batch size) and that group's final pooled mean: it vanishes when the outputs are
+stationary (rows of a group streamed before the other group's first output count in its pooled
+mean but in no row of the pair). For batches of several groups whose composition varies across
+the stream, the pooled gap is *not* what the algorithm controls (it weights each batch's groups by
+their counts); it equals the guaranteed quantity when group ratios are constant.
+``mean_batch_violation`` (each batch's own gap beyond epsilon, weighted by its size) measures how
+fair the individual batches are.
+
+A batch with a non-finite output raises :class:`ValueError` before any state changes.
 """
 
 import math
@@ -51,6 +81,32 @@ from .layer import project
 
 DEFAULT_ETA0 = 0.1
 
+#: the largest response of the active rows to one dual step: ``alpha_t n_t ||M_t||_inf``
+MAX_GAIN = 0.5
+
+
+def row_norms(cs):
+    """Squared norm ``||g_k||^2`` of every row of a constraint set: a float64 numpy array (m,).
+
+    A multiplier ``mu`` of the exact projection (``y = clip(z - G^T mu)``) is, on the scale of
+    the stream's multipliers (``y = clip(z - G^T (lam / ||g||^2))``), ``lam = mu ||g||^2``: the
+    reduction of the row's value that it makes on its own.
+    """
+    # from the factored G: column i is weight_i * coef[:, atom_i]
+    return (cs.host_coef**2) @ cs.square_mass
+
+
+def _host_dense(cs):
+    """The rows ``G`` of a (small) constraint set as a float64 numpy array (m, n)."""
+    return cs.dense().detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _present_groups(atoms):
+    """Per attribute, the set of group codes present in a batch (from :func:`_atoms`)."""
+    _, table, counts = atoms
+    codes = [c for c, count in zip(table, counts.tolist()) if count]
+    return [set(col) for col in zip(*codes)] if codes else []
+
 
 class PrimalDualStream:
     """State of one stream: multipliers, counters and pooled statistics (all plain Python).
@@ -62,13 +118,15 @@ class PrimalDualStream:
     epsilon : float
     bounds : tuple or None
     eta0 : float
-        Dual step size at t = 1.
+        Dual step at t = 1 as a share of the violation (see the module docstring).
     b_tau : int
         Batches with at least this many rows are projected exactly.
     solver : str
         Solver of the exact projections.
     dual_init : dict, optional
-        Starting multipliers by row key (e.g. recorded from the training projections).
+        Starting multipliers by row key (e.g. recorded from the training projections) on the
+        stream's scale, the reduction of the row's value each one makes (see
+        :func:`row_norms`).
     """
 
     def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="auto", dual_init=None):
@@ -84,72 +142,122 @@ class PrimalDualStream:
         self.solver = solver
         self.duals = {k: float(v) for k, v in (dual_init or {}).items()}
         self.lambda_max = max(self.duals.values(), default=0.0)
-        self.n_steps = 0  # primal-dual steps taken: the t of eta_t
+        self.n_steps = 0  # primal-dual steps taken
+        self.size_squares = 0  # sum over the steps of n_t^2
+        self.step_size = math.inf  # alpha_t of the last step (non-increasing)
         self.n_batches = 0
         self.n_samples = 0
         self.row_sums = {}  # key -> sum_t n_t (G_t y_t)_k, h excluded
         self.batch_gap_sum = 0.0  # sum_t n_t * (the batch's own gap)
         self.batch_violation_sum = 0.0  # sum_t n_t * max(0, gap - epsilon)
         self.atom_sums = {}  # combination of group codes -> [sum of outputs, count]
-        self.reference_sums = {}  # (attribute, group) -> sum over its uses of the reference mean
+        # (attribute, u, w) -> sum_t n_t * the reference mean of w compared with u, and sum_t n_t
+        self.reference_sums = {}
         self.reference_uses = {}
 
     def step(self, z, groups):
         """Fair outputs of one batch: exact projection or one primal-dual step.
 
-        ``z``: float64 tensor (n,); ``groups``: LongTensor (n, n_attributes) of group codes.
+        ``z``: float tensor (n,); ``groups``: LongTensor (n, n_attributes) of group codes.
+        Returns float64 outputs. Raises :class:`ValueError`, leaving the state unchanged, when
+        ``z`` holds NaN or an infinity.
         """
         n = z.shape[0]
         if n == 0:
-            return z.clone()
+            return z.to(torch.float64).clone()
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
+                             "infinity (the stream's state is unchanged).")
+        z = z.to(torch.float64)
         lo, hi = self.bounds if self.bounds is not None else (None, None)
+        atoms = _atoms(groups.cpu().numpy())
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y, _ = project(z, cs, self.bounds, self.solver)
-        else:
-            references = self._reference_means()
-            cs = self.constraint.build(groups, epsilon=self.epsilon,
-                                       reference_means=references)
-            lam = torch.tensor([self.duals.get(k, 0.0) for k in cs.keys], dtype=torch.float64,
-                               device=z.device)
-            y = clip(z - n * cs.rmatvec(lam) / 2, lo, hi)
+            self._record(y, cs, atoms)
+            return y
+        references = self._reference_means()
+        cs = self.constraint.build(groups, epsilon=self.epsilon, reference_means=references)
+        if cs.n_rows == 0:  # a step without rows: no multiplier to move
+            y = clip(z, lo, hi)
             self.n_steps += 1
-            eta = self.eta0 / math.sqrt(self.n_steps)
-            lam = (lam + eta * n * (cs.matvec(y) - cs.h)).clamp(min=0)
-            for key, value in zip(cs.keys, lam.tolist()):
-                self.duals[key] = value
-            self.lambda_max = max(self.lambda_max, max(lam.tolist(), default=0.0))
-            self._record_references(cs, references)
-        self._record(y, groups, cs)
+            self._record(y, cs, atoms)
+            return y
+        present = _present_groups(atoms)
+        # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
+        G = _host_dense(cs)
+        scale = self._row_scales((G * G).sum(axis=1), cs.keys, present, references)
+        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+        lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
+        y = clip(z - cs.rmatvec(torch.from_numpy(lam * inverse).to(z.device)), lo, hi)
+        violation = (cs.matvec(y) - cs.h).detach().to(device="cpu", dtype=torch.float64).numpy()
+        # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
+        # than the previous step's: the bound needs a non-increasing sequence
+        size_squares = self.size_squares + n * n
+        step_size = min(self.step_size, self.eta0 / math.sqrt(size_squares))
+        gain = _response(G, inverse, (lam > 0) | (violation > 0))
+        if gain > 0:
+            step_size = min(step_size, MAX_GAIN / (n * gain))
+        lam = np.maximum(lam + step_size * n * violation, 0.0)
+        if not np.isfinite(lam).all():  # float64 overflow
+            raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
+        # the step is taken: the state changes from here on
+        self.n_steps += 1
+        self.size_squares = size_squares
+        self.step_size = step_size
+        values = lam.tolist()
+        for key, value in zip(cs.keys, values):
+            self.duals[key] = value
+        self.lambda_max = max(self.lambda_max, max(values))
+        self._record_references(cs.keys, references, present, n)
+        self._record(y, cs, atoms)
         return y
 
-    def _group_means(self):
-        """Pooled mean of every (attribute, group) over all outputs streamed so far."""
+    def _row_scales(self, norms, keys, present, references):
+        """The divisor of each row's multiplier in the primal step: ``||g_k||^2``; for a row
+        that compares a present group ``u`` with the reference mean of an absent group ``w``,
+        ``||g_k||^2 (1 + N_u / N_w)`` with the pooled counts, so that ``u`` moves by
+        ``lam N_w / (N_u + N_w)``: its share of the reduction had ``w`` been in the batch in its
+        pooled proportion, as in a batch of both groups."""
+        if not references:
+            return norms
+        counts = self._group_stats()[1]
+        for r, (a, u, v, *_) in enumerate(keys):
+            if u in present[a] and v not in present[a]:
+                norms[r] *= 1.0 + counts.get((a, u), 0) / counts[(a, v)]
+            elif v in present[a] and u not in present[a]:
+                norms[r] *= 1.0 + counts.get((a, v), 0) / counts[(a, u)]
+        return norms
+
+    def _group_stats(self):
+        """Pooled mean and count of every (attribute, group) over all outputs streamed so far."""
         sums = {}
         for codes, (total, count) in self.atom_sums.items():
             for a, g in enumerate(codes):
                 acc = sums.setdefault((a, g), [0.0, 0])
                 acc[0] += total
                 acc[1] += count
-        return {key: total / count for key, (total, count) in sums.items()}
+        return ({key: total / count for key, (total, count) in sums.items()},
+                {key: count for key, (_, count) in sums.items()})
 
     def _reference_means(self):
         if not isinstance(self.constraint, _GroupMeanConstraint):
             return None
-        return {(a, g, None): mean for (a, g), mean in self._group_means().items()}
+        return {(a, g, None): mean for (a, g), mean in self._group_stats()[0].items()}
 
-    def _record_references(self, cs, references):
+    def _record_references(self, keys, references, present, n):
+        """Per pair ``(u, w)``, ``u`` present and ``w`` absent, add ``n`` times the reference
+        mean of ``w`` the batch's rows used (and ``n`` to its weight)."""
         if not references:
             return
-        present = {(k[0], k[1]) for k in cs.keys}
-        for key in cs.keys:
-            a, v = key[0], key[2]
-            if (a, v) not in present and (a, v, None) in references:
-                self.reference_sums[(a, v)] = (self.reference_sums.get((a, v), 0.0)
-                                               + references[(a, v, None)])
-                self.reference_uses[(a, v)] = self.reference_uses.get((a, v), 0) + 1
+        for a, u, w, *_ in keys:
+            if u in present[a] and w not in present[a]:
+                pair = (a, u, w)
+                self.reference_sums[pair] = (self.reference_sums.get(pair, 0.0)
+                                             + n * references[(a, w, None)])
+                self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
 
-    def _record(self, y, groups, cs):
+    def _record(self, y, cs, atoms):
         n = y.shape[0]
         self.n_batches += 1
         self.n_samples += n
@@ -159,7 +267,7 @@ class PrimalDualStream:
         gap = max(values, default=0.0)
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
-        atom, table, counts = _atoms(groups.cpu().numpy())
+        atom, table, counts = atoms
         sums = np.bincount(atom, weights=host_vector(y.to(torch.float64)), minlength=len(table))
         for codes, total, count in zip(table, sums.tolist(), counts.tolist()):
             if count:
@@ -187,11 +295,11 @@ class PrimalDualStream:
         N = max(self.n_samples, 1)
         row_avg = {k: s / N for k, s in self.row_sums.items()}
         per_attribute = self._pooled_gaps()
-        means = self._group_means()
+        means = self._group_stats()[0]
         drift = 0.0
-        for (a, v), total in self.reference_sums.items():
-            drift = max(drift, abs(total / self.reference_uses[(a, v)] - means[(a, v)]))
-        bound = self.lambda_max * math.sqrt(self.n_steps) / (self.eta0 * N) if self.n_steps else 0.0
+        for (a, u, w), total in self.reference_sums.items():
+            drift = max(drift, abs(total / self.reference_uses[(a, u, w)] - means[(a, w)]))
+        bound = self.lambda_max / (self.step_size * N)  # 0 before the first step (alpha = inf)
         return {
             "weighted_avg_fairness_gap": max(row_avg.values(), default=0.0),
             "bound": bound,
@@ -206,3 +314,13 @@ class PrimalDualStream:
             "n_samples": self.n_samples,
             "lambda_max": self.lambda_max,
         }
+
+
+def _response(G, inverse, active):
+    """Infinity norm of ``M = G G^T diag(inverse)`` restricted to the ``active`` rows (a
+    positive multiplier or a violation): how much those rows' values change per unit change of
+    their multipliers in the primal step, when no output is clipped."""
+    if not active.any():
+        return 0.0
+    G = G[active]
+    return float((np.abs(G @ G.T) * inverse[active][None, :]).sum(axis=1).max())

@@ -560,7 +560,8 @@ def _code_range(codes):
 def _check_epsilon(epsilon):
     if type(epsilon) is float and 0.0 <= epsilon < math.inf:
         return  # the common case, without the costlier abstract-class check below
-    if not isinstance(epsilon, numbers.Real) or not epsilon >= 0 or epsilon == float("inf"):
+    if (not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon >= 0
+            or epsilon == float("inf")):
         raise ValueError(f"epsilon must be a finite number >= 0; got {epsilon!r}.")
 
 

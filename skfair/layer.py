@@ -513,8 +513,12 @@ def _check_bounds(bounds):
     except (TypeError, ValueError):
         raise ValueError(f"bounds must be None or a pair (lo, hi); got {bounds!r}.") from None
     for b in (lo, hi):
-        if b is not None and (not isinstance(b, numbers.Real) or math.isnan(b)):
+        if b is not None and (not isinstance(b, numbers.Real) or isinstance(b, bool)
+                              or math.isnan(b)):
             raise ValueError(f"bounds must hold numbers or None; got {bounds!r}.")
+    if lo == math.inf or hi == -math.inf:
+        raise ValueError(f"bounds must have a lower bound below +inf and an upper bound above "
+                         f"-inf (None for no bound); got {bounds!r}.")
     lo = None if lo is None or lo == -math.inf else float(lo)
     hi = None if hi is None or hi == math.inf else float(hi)
     if lo is not None and hi is not None and not lo < hi:

@@ -370,6 +370,10 @@ def test_weighted_projection_matches_the_reference_and_passes_gradcheck(bounds):
         (dict(bounds=(1.0, 0.0)), "bounds"),
         (dict(bounds=(0.0,)), "bounds"),
         (dict(constraint="parity"), "constraint"),
+        (dict(epsilon=True), "epsilon"),
+        (dict(bounds=(math.inf, math.inf)), "lower bound below"),
+        (dict(bounds=(None, -math.inf)), "upper bound above"),
+        (dict(bounds=(False, 1.0)), "bounds"),
     ],
 )
 def test_bad_parameters(kwargs, match):
@@ -903,3 +907,14 @@ def test_infeasible_custom_row_message_has_no_mean_residual_hint():
     with pytest.raises(InfeasibleConstraintError, match="widen the bounds") as info:
         layer(torch.tensor([0.2, 0.9], dtype=torch.float64), torch.tensor([0, 1]))
     assert "mean_residual" not in str(info.value)
+
+
+def test_raw_outputs_far_outside_the_bounds_are_projected_exactly():
+    """The check's tolerance grew with |z|: [1e8, -1e8] came back as [1, 0] (gap 1 > 0.05)."""
+    layer = FairnessLayer("demographic_parity", epsilon=0.05, bounds=(0.0, 1.0), solver="exact")
+    y = layer(torch.tensor([1e8, -1e8], dtype=torch.float64), torch.tensor([0, 1]))
+    # the pulls of +-1e8 cancel but for y0 - y1, which takes its largest value; then the box
+    np.testing.assert_allclose(y.numpy(), [0.05, 0.0], atol=1e-9)
+    # an asymmetric pull: moving the far output costs far more than moving the near one
+    y = layer(torch.tensor([1e8, -1.0], dtype=torch.float64), torch.tensor([0, 1]))
+    np.testing.assert_allclose(y.numpy(), [1.0, 0.95], atol=1e-9)
