@@ -33,7 +33,7 @@ from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, split  # noqa: E402
+from _common import markdown_table, split, print_header  # noqa: E402
 
 from skfair import FairNeuralClassifier, FairNeuralRegressor  # noqa: E402
 from skfair._validation import GroupEncoder  # noqa: E402
@@ -240,6 +240,7 @@ def main():
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
+    print_header("compare.py")
     warnings.filterwarnings("ignore", category=UserWarning)  # sklearn/fairlearn chatter
     warnings.filterwarnings("ignore", module="sklearn.neural_network")
     seeds = list(range(1 if args.quick else args.splits))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table  # noqa: E402
+from _common import markdown_table, print_header  # noqa: E402
 
 from skfair.constraints import get_constraint  # noqa: E402
 from skfair.layer import _qpth_project, project  # noqa: E402
@@ -108,8 +108,8 @@ def main():
                         help="only the 1,000,000-sample table (before anything else has run in "
                              "the process: the full run measures it after qpth's large matrices)")
     args = parser.parse_args()
+    print_header("projection.py")
     repeats = 3 if args.quick else 15
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     if not args.million:
         small_problems(args, repeats)
     million(repeats)

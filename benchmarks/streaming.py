@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, split  # noqa: E402
+from _common import markdown_table, split, print_header  # noqa: E402
 
 from skfair import FairNeuralClassifier  # noqa: E402
 from skfair.datasets import load_adult  # noqa: E402
@@ -154,6 +154,7 @@ def main():
     parser.add_argument("--only-batch-sizes", action="store_true",
                         help="print only the table of fixed batch sizes")
     args = parser.parse_args()
+    print_header("streaming.py")
     data = load_adult()
     X_train, X_test, y_train, y_test = split(data, args.seed)
     model = FairNeuralClassifier(protected_attributes=["sex", "race"], epsilon=0.05,

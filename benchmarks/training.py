@@ -28,7 +28,7 @@ import torch
 from sklearn.preprocessing import OneHotEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, preprocessor  # noqa: E402
+from _common import markdown_table, preprocessor, print_header  # noqa: E402
 
 from skfair import FairNeuralClassifier  # noqa: E402
 from skfair.datasets import load_adult  # noqa: E402
@@ -48,6 +48,7 @@ def main():
     parser.add_argument("--threads", default=f"{torch.get_num_threads()},1",
                         help="comma-separated torch thread counts (default: torch's, then 1)")
     args = parser.parse_args()
+    print_header("training.py")
     data = load_adult()
     X, y = data.data, data.target
     if args.quick:

@@ -323,6 +323,7 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         in_family[r] = True
     residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
     best, stalled = np.inf, 0
+    kappa = KAPPA_START
     for n_iter in range(max_iter + 1):
         _tree_flows(lam, fam_ptr, fam_row, fam_u, fam_v, fam_k, pair_ptr, pair_row)
         worst = -np.inf
@@ -361,7 +362,14 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
         for i in range(k):
             rhs[i] = residual[rows[i]]
         full = _gram(coef, square_mass, rows)  # G G^T on the rows, as if every output were free
-        direction, along = _newton_direction(_gram(coef, free_mass, rows), full, rhs)
+        hessian = _gram(coef, free_mass, rows)
+        rho = kappa * min(worst / scale, 1.0)
+        for i in range(k):
+            hessian[i, i] += rho * full[i, i]
+        offset = np.empty(k)
+        for i in range(k):
+            offset[i] = -h[rows[i]]
+        direction, along = _newton_direction(hessian, full, rhs, offset, RETRY_RIDGE)
         if along.size:
             # Rows that cancel (attributes whose groups coincide in the batch): along ``along``
             # the outputs do not move and the dual grows linearly, up to where a multiplier
@@ -394,15 +402,35 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
             slope = _slope(residual, rows, step)
             if not slope > 0:  # no ascent left within rounding: the caller's check judges
                 return n_iter, False, lam
+            kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
+            newton = False
+        else:
+            newton = True
         length, trial, residual_t, distance_t, free_mass_t = _line_search(
             z, atom, weight, coef, h, lam, rows, step, slope, lo, hi)
         if length == 0.0:  # the derivative never confirmed an ascent: rounding noise
             return n_iter, False, lam
+        if newton:
+            limit = np.inf
+            for i in range(k):
+                if step[i] < 0:
+                    limit = min(limit, lam[rows[i]] / -step[i])
+            if length < KAPPA_SHORT and length < limit:
+                kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
+            elif length >= KAPPA_LONG:
+                kappa = max(kappa / KAPPA_FACTOR, KAPPA_MIN)
         lam = trial
         residual, distance, free_mass = residual_t, distance_t, free_mass_t
     return max_iter, False, lam  # not reached: the loop returns at max_iter
 
 
+#: the regularisation of the Newton systems: weight of the proximal term relative to the
+#: residual (start, bounds, change factor) and the step lengths that change it
+KAPPA_START, KAPPA_MIN, KAPPA_MAX, KAPPA_FACTOR = 1e-2, 1e-4, 1e6, 10.0
+KAPPA_SHORT, KAPPA_LONG = 0.25, 0.75
+#: the proximal term (relative to the rows' unit diagonal) of a second Cholesky attempt on a
+#: nearly singular Newton system
+RETRY_RIDGE = 1e-7
 #: most evaluations of one line search
 LINE_SEARCH_EVALS = 40
 #: a line search stops where the directional derivative is below this fraction of its start
@@ -523,7 +551,7 @@ def _step_breakpoint(z, atom, shift, rate, weight, lo, hi):
 
 
 @_jit
-def _newton_direction(hessian, full, rhs):
+def _newton_direction(hessian, full, rhs, offset, retry):
     """The minimum-norm Newton step ``hessian^+ rhs`` on the rows, with the curvature of
     ``full`` (as if every output were free) along the null space of ``hessian``.
 
@@ -545,6 +573,14 @@ def _newton_direction(hessian, full, rhs):
             scaled[i, j] = hessian[i, j] * unit[i] * unit[j]
             scaled_full[i, j] = full[i, j] * unit[i] * unit[j]
     x, regular = _cholesky_solve(scaled, b)
+    if not regular and retry > 0:
+        # nearly singular: a proximal term at the pivot threshold keeps the step a Newton step
+        # on the rows' scale (the eigendecomposition below is for systems singular outright)
+        for i in range(k):
+            scaled[i, i] += retry
+        x, regular = _cholesky_solve(scaled, b)
+        for i in range(k):
+            scaled[i, i] -= retry
     if regular:
         for i in range(k):
             x[i] *= unit[i]
@@ -562,7 +598,16 @@ def _newton_direction(hessian, full, rhs):
             gain += projection * projection
             for i in range(k):
                 drift[i] += projection * free_vectors[i, j] * unit[i]
-    if gain > 1e-16 * norm:
+    # Along ``drift`` the outputs do not move: the dual's slope there is ``offset . drift``
+    # exactly (``offset = -h`` on the rows), zero at epsilon = 0; the residuals' component
+    # along it is then rounding (sums over the samples, nearly null eigenvectors), and a
+    # step along it moved the multipliers without changing the outputs.
+    exact = offset_norm = drift_norm = 0.0
+    for i in range(k):
+        exact += offset[i] * drift[i]
+        offset_norm += offset[i] * offset[i]
+        drift_norm += drift[i] * drift[i]
+    if gain > 1e-16 * norm and exact > 1e-9 * math.sqrt(offset_norm * drift_norm):
         return x, drift
     eigenvalues, vectors = np.linalg.eigh(scaled)
     newton, flat = np.zeros(k), np.zeros(k)
