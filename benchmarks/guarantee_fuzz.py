@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from _oracle import check, random_instance  # noqa: E402
+from _oracle import MAX_PAIR_ROWS, check, pair_rows, random_instance  # noqa: E402
 
 from _common import markdown_table  # noqa: E402
 
@@ -96,16 +96,28 @@ def main(argv=None):
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # cvxpy's accuracy notes, fallback warnings
     rng = np.random.default_rng(args.seed)
-    families = defaultdict(lambda: {"tried": 0, "failed": 0, "violation": 0.0, "distance": 0.0,
+    families = defaultdict(lambda: {"tried": 0, "failed": 0, "refused": 0, "violation": 0.0,
+                                    "distance": 0.0,
                                     "exceptions": Counter(), "seconds": 0.0, "slowest": 0.0})
     kinds, first = Counter(), {}
+    by_z = defaultdict(lambda: [0, 0, 0])  # (z kind, magnitude) -> [tried, failed, refused]
     start = time.perf_counter()
+    skipped = loud = 0
     for _ in range(args.instances):
         inst = random_instance(rng, max_n=args.max_n)
+        if pair_rows(inst) > MAX_PAIR_ROWS:
+            skipped += 1
+            continue
         outcome = check(inst)
+        loud += outcome.loud
         row = families[inst.family()]
         row["tried"] += 1
         row["failed"] += not outcome.ok
+        row["refused"] += outcome.loud
+        z_row = by_z[inst.drawn["z_kind"], inst.drawn["magnitude"]]
+        z_row[0] += 1
+        z_row[1] += not outcome.ok
+        z_row[2] += outcome.loud
         row["violation"] = max(row["violation"], outcome.violation)
         if outcome.distance is not None:
             row["distance"] = max(row["distance"], outcome.distance)
@@ -121,15 +133,22 @@ def main(argv=None):
     rows = []
     for family in sorted(families):
         r = families[family]
-        rows.append([*family, r["tried"], r["failed"], f"{r['violation']:.3g}",
+        rows.append([*family, r["tried"], r["failed"], r["refused"], f"{r['violation']:.3g}",
                      f"{r['distance']:.3g}",
                      ", ".join(f"{k} x{v}" for k, v in sorted(r["exceptions"].items())) or "-",
                      f"{r['seconds']:.2f}", f"{r['slowest']:.2f}"])
     print(f"## Guarantee fuzzing: {args.instances} instances, seed {args.seed}, "
           f"n <= {args.max_n}, {elapsed:.1f} s in all\n")
-    print(markdown_table(["constraint", "bounds", "dtype", "tried", "failed",
+    print(f"Not run: {skipped} instances with more than {MAX_PAIR_ROWS:,} pair rows. Refused "
+          f"with RuntimeError, as allowed beyond the exact range (raw outputs more than 100 "
+          f"bound widths outside the bounds, or beyond 1e6 without bounds, or weight ratios "
+          f"above 1e6): {loud}.\n")
+    print(markdown_table(["constraint", "bounds", "dtype", "tried", "failed", "refused",
                           "worst violation / scale", "worst distance excess",
                           "exceptions", "layer s", "slowest s"], rows))
+    print("\n### By raw outputs (kind, magnitude where the kind uses one)\n")
+    print(markdown_table(["z kind", "magnitude", "tried", "failed", "refused"],
+                         [[k, f"{m:g}", *counts] for (k, m), counts in sorted(by_z.items())]))
     print("\n### Failures by kind\n")
     print(markdown_table(["kind", "count"], sorted(kinds.items(), key=lambda kv: -kv[1]))
           if kinds else "none")

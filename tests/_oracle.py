@@ -117,6 +117,46 @@ def partitions(inst):
     return out
 
 
+#: raw outputs farther than this from 0, or positive sample weights spanning a larger ratio,
+#: put an instance beyond the range where the layer is exact today (see :func:`far_out`)
+FAR_OUT = 1e6
+#: raw outputs farther outside the bounds than this times their width are "far out" too
+FAR_OUTSIDE = 100.0
+#: the most pair rows an instance may have to be run (see :func:`pair_rows`)
+MAX_PAIR_ROWS = 20_000
+
+
+def far_out(inst):
+    """Whether the instance lies beyond the range where the layer is exact today: a raw output
+    more than ``FAR_OUTSIDE`` times the bounds' width (at least 1) outside them, or farther
+    than ``FAR_OUT`` from 0 without bounds, or positive sample weights spanning a ratio above
+    ``FAR_OUT``. The layer may refuse such an instance with RuntimeError ("The fairness
+    projection failed") when it cannot certify its answer: never silently unfair, but not yet
+    always exact (an open part of the guarantee work, reported by the fuzzing script)."""
+    w = _weights(inst)
+    positive = w[w > 0]
+    spread = positive.max() / positive.min() if positive.size else 1.0
+    z = inst.z.astype(np.float64)
+    if inst.bounds is None:
+        far = np.max(np.abs(z), initial=0.0) > FAR_OUT
+    else:
+        lo, hi = inst.bounds
+        outside = np.maximum(np.maximum(lo - z, z - hi), 0.0)
+        far = np.max(outside, initial=0.0) > FAR_OUTSIDE * max(1.0, hi - lo)
+    return bool(far or spread > FAR_OUT)
+
+
+def pair_rows(inst):
+    """The number of rows the layer builds today: ``k (k - 1)`` ordered pairs per compared
+    cell of ``k`` groups (2 rows per group for mean_residual). Instances above
+    ``MAX_PAIR_ROWS`` are not run: their rows grow quadratically with the groups (an open part
+    of the guarantee work) and would exhaust memory."""
+    counts = [len(members) for _, members in partitions(inst)]
+    if inst.constraint == "mean_residual":
+        return sum(2 * k for k in counts)
+    return sum(k * (k - 1) for k in counts)
+
+
 def _weights(inst):
     if inst.sample_weight is None:
         return np.ones(inst.n)
@@ -250,6 +290,7 @@ class Outcome:
     ok: bool
     problems: list
     exception: str = None          # type name of a raised exception
+    loud: bool = False             # a RuntimeError allowed for raw outputs far from the bounds
     violation: float = 0.0         # (gap - epsilon) / scale of the output, or 0
     distance: float = None         # (||y - z|| - ||y_ref - z||) / max(1, ||y_ref - z||)
     deviation: float = None        # max |y - y_ref| / scale
@@ -277,6 +318,10 @@ def check(inst, with_reference=None):
     except Exception as exc:  # noqa: BLE001 - any other exception is a failure
         out.seconds = time.perf_counter() - start
         out.exception = type(exc).__name__
+        if (isinstance(exc, RuntimeError) and far_out(inst)
+                and str(exc).startswith("The fairness projection failed")):
+            out.loud = True  # refused loudly: the guarantee holds, exactness is not reached
+            return out
         out.problems.append(f"{type(exc).__name__}: {str(exc)[:300]}")
         return _done(out)
     out.seconds = time.perf_counter() - start
@@ -366,7 +411,9 @@ def random_instance(rng, n=None, max_n=2000):
         intersectional=bool(rng.integers(2)),
         seed=int(rng.integers(2**32)),
     )
-    return make_instance(**params)
+    inst = make_instance(**params)
+    inst.drawn = params  # what the instance was drawn from, for reports by kind
+    return inst
 
 
 Z_KINDS = ("uniform", "far", "ties", "constant", "outliers", "fair")
