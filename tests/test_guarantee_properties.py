@@ -18,8 +18,9 @@ or :class:`~skfair.constraints.InfeasibleConstraintError` for a problem that is 
 exception fails, with one exception: where some raw output lies more than 100 times the
 bounds' width outside them (farther than ``1e6`` from 0 without bounds), or the sample weights
 span a ratio above ``1e6``, the layer may refuse with RuntimeError ("The fairness projection
-failed") when it cannot certify its answer. That keeps the guarantee (never a silently unfair answer) without the
-exactness still to be reached there; the fuzzing script counts such refusals. Instances with
+failed") when it cannot certify its answer. That keeps the guarantee (never a silently unfair
+answer) without the exactness still to be reached there; the fuzzing script counts such
+refusals. Instances with
 more than 20,000 pair rows (many groups, intersectional cells) are not drawn: the rows grow as
 ``k (k - 1)`` today and would exhaust memory.
 
