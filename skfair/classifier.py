@@ -20,8 +20,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     At prediction time ``X`` is cut into chunks of ``inference_batch_size`` rows. A chunk of at
     least ``b_tau`` rows is projected exactly: its probabilities satisfy the constraint (hard
-    guarantee, checked to 1e-7). Shorter chunks take steps of the online primal-dual algorithm,
-    whose sample-weighted average violation converges to at most ``epsilon`` (see
+    guarantee, checked to 1e-9 of the outputs' scale). Shorter chunks take steps of the online
+    primal-dual algorithm, whose sample-weighted average violation converges to at most
+    ``epsilon`` (see
     :meth:`partial_predict_proba` for streams). Constraints that need true labels (equalized odds,
     equal opportunity) are enforced during training only: at prediction time labels are unknown,
     and the probabilities are the trained network's, which ``distortion_penalty`` pushed toward

@@ -39,10 +39,12 @@ class FairnessLayer(nn.Module):
     where ``G y <= h`` are the rows of the fairness constraint for the batch's groups (see
     :mod:`skfair.constraints`), e.g. for demographic parity "the mean output of any two groups
     differs by at most epsilon". The output satisfies the constraint on every batch: after each
-    solve the violation ``max(G y - h)`` and the bounds are checked, and a result off by more than
-    ``1e-7`` (relative to the magnitude of the values) is never returned: the other backend is
-    tried, then :class:`RuntimeError` is raised. All computation is in float64; the result is cast
-    back to the dtype of ``z``. The projection is the minimal change (in Euclidean norm) of the
+    solve the violation ``max(G y - h)`` and the bounds are checked on the returned values, and a
+    result off by more than ``1e-9`` times the outputs' scale ``max(1, |y|, |h|)`` (plus the
+    rounding of a narrower dtype), or outside the bounds, is never returned: it is projected
+    once more and certified, else the other backend is tried, then :class:`RuntimeError` is
+    raised (README, "Guarantees, precisely"). All computation is in float64; the result is cast
+    back to the dtype of ``z``, within the bounds in that dtype. The projection is the minimal change (in Euclidean norm) of the
     outputs that makes them fair, and it is differentiable, so networks can be trained through it.
 
     Parameters
@@ -60,9 +62,8 @@ class FairnessLayer(nn.Module):
         backward pass is the implicit derivative of the KKT conditions, ``O(n m)`` time and
         memory. ``"qpth"``: the dense interior-point solver of ``qpth`` (``O(n^3)``; optional
         dependency, see the README). ``"auto"`` uses the exact solver: it handles every affine
-        constraint, is accurate to ~1e-12 where qpth's interior point can stall short of the
-        optimum, and measured about 80x (n=64) to 6,600x (n=1,024) faster than qpth forward and
-        backward with bounds (``benchmarks/projection.py``, ``benchmarks/RESULTS.md``). Each
+        constraint, is accurate to rounding where qpth's interior point can stall short of the
+        optimum, and is orders of magnitude faster (``benchmarks/projection.py``). Each
         backend falls back to the other when its result fails the feasibility check.
     intersectional : bool, default=False
         With several attributes, constrain every combination of groups (the cartesian product)
