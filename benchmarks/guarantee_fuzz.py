@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from _oracle import MAX_PAIR_ROWS, check, pair_rows, random_instance  # noqa: E402
 
-from _common import markdown_table  # noqa: E402
+from _common import markdown_table, print_header  # noqa: E402
 
 
 def kind(outcome):
@@ -94,6 +94,7 @@ def main(argv=None):
     parser.add_argument("--minimise", action="store_true",
                         help="shrink one failure of every kind and print it")
     args = parser.parse_args(argv)
+    print_header("guarantee_fuzz.py")
     warnings.simplefilter("ignore")  # cvxpy's accuracy notes, fallback warnings
     rng = np.random.default_rng(args.seed)
     families = defaultdict(lambda: {"tried": 0, "failed": 0, "refused": 0, "violation": 0.0,
