@@ -287,9 +287,8 @@ def _polished(z, result, cs, lo, hi, failures):
     value is put ``FAR`` times the scale beyond the bound): in the problem of ``z`` they would
     need a shift of their own magnitude to move, and the second solve corrects by rounding-size
     shifts of the free outputs. Its outputs ``y2`` are then certified from the KKT conditions,
-    not trusted:
-    with the multipliers of both solves, ``Lam``, and the rows active at ``y2`` (the others'
-    multipliers dropped), ``y2`` is the exact projection of the raw outputs ``z''`` with
+    not trusted: with the multipliers of both solves, ``Lam``, and the rows active at ``y2``
+    (the others' multipliers dropped), ``y2`` is the exact projection of the raw outputs ``z''`` with
     ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value beyond the
     bound where it is at one). The projection is nonexpansive, so ``y2`` is within
     ``||z'' - z||`` of the projection of ``z``; :func:`_backward_error` computes it per sample,
