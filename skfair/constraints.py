@@ -21,6 +21,11 @@ constrain the cartesian product of the attributes instead, encode it first with
 rows: there is no mean to compare. A batch without any row leaves the outputs free (only the
 bounds apply).
 
+Row counts: a parity constraint has ``k (k - 1)`` rows for every compared cell of ``k`` groups
+present (an attribute, a label cell, or every combination of attributes when intersectional):
+building them and the solver's small algebra grow with that square, so hundreds of groups (or
+intersectional cells) are slow and can exhaust memory. ``mean_residual`` has ``2 k`` rows.
+
 Group means are weighted by ``sample_weight`` when it is given.
 """
 

@@ -79,7 +79,8 @@ class FairnessLayer(nn.Module):
     -----
     Complexity of the exact backend: building the rows is a few ``O(n)`` passes over the group
     codes; each dual iteration costs ``O(n + m^2 n_atoms + m^3)`` where ``n_atoms`` is the number
-    of combinations of group codes (a handful); the backward pass costs the same as one
+    of combinations of group codes (a handful), and ``m = k (k - 1)`` for a parity cell of
+    ``k`` groups (see :mod:`skfair.constraints`); the backward pass costs the same as one
     iteration. The multipliers of pairwise rows (parity constraints compare every ordered pair of
     groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
     systems regular; training batches need a few iterations. A group absent
