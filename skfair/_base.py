@@ -31,6 +31,8 @@ from .constraints import (
 from .layer import SOLVERS, project, projected_objective
 
 
+#: DataFrames of at most this many rows are split through one object array (see _split_columns)
+SMALL_FRAME = 32
 #: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
@@ -161,20 +163,7 @@ class BaseFairNeural(BaseEstimator):
             self.protected_indices_ = resolve_protected(
                 self.protected_attributes, getattr(self, "feature_names_in_", None),
                 self.n_features_in_)
-        # Plain arrays from here: pandas indexing and sklearn's column-by-column checks of a
-        # wide DataFrame cost milliseconds, too much for a stream of single rows.
-        values = X.to_numpy(dtype=object) if isinstance(X, pd.DataFrame) else np.asarray(
-            X, dtype=object)
-        if values.ndim != 2:
-            raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
-        protected = values[:, self.protected_indices_]
-        try:
-            rest = np.delete(values, self.protected_indices_, axis=1).astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"The columns of X that are not protected must be numeric ({exc}); encode "
-                f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
-            ) from None
+        rest, protected = self._split_columns(X)
         if reset and len(rest) == 0:
             raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
         if not np.isfinite(rest).all():
@@ -196,6 +185,34 @@ class BaseFairNeural(BaseEstimator):
         if not self.exclude_protected:
             features = np.hstack([features, self._one_hot(codes)])
         return np.ascontiguousarray(features), codes
+
+    def _split_columns(self, X):
+        """``(rest, protected)``: the columns of X that are not protected as a float64 array
+        (NaN where pandas has a missing value) and the protected ones as an object array.
+
+        A DataFrame's columns go to float64 block by block, without a round trip through Python
+        objects (which costs seconds and gigabytes at a million rows); only a frame of a few
+        rows (a stream's) goes through one object array, cheaper than pandas' column selection
+        at that size; a numeric array is split as it is.
+        """
+        protected_indices = self.protected_indices_
+        if isinstance(X, pd.DataFrame) and len(X) > SMALL_FRAME:
+            rest = X.iloc[:, np.delete(np.arange(X.shape[1]), protected_indices)]
+            protected = X.iloc[:, protected_indices].to_numpy(dtype=object)
+            return _numeric(lambda: rest.to_numpy(dtype=np.float64, na_value=np.nan)), protected
+        if isinstance(X, pd.DataFrame):
+            values = X.to_numpy(dtype=object)
+        elif isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
+            values = X
+        else:
+            values = np.asarray(X, dtype=object)
+        if values.ndim != 2:
+            raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
+        rest = np.delete(values, protected_indices, axis=1)
+        if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them
+            rest[pd.isna(rest)] = np.nan
+        return (_numeric(lambda: rest.astype(np.float64)),
+                values[:, protected_indices].astype(object))
 
     def _check_float32(self, features, columns):
         """Raise, naming the columns of X (``columns``: their positions), where a finite value
@@ -768,6 +785,18 @@ def _diverged(epoch, what):
 
 def _weighted_mean(values, weight):
     return (weight * values).sum() / weight.sum()
+
+
+def _numeric(convert):
+    """``convert()``, the conversion of the columns of X that are not protected to float64,
+    with the error that says what to do when one of them is not numeric."""
+    try:
+        return convert()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"The columns of X that are not protected must be numeric ({exc}); encode "
+            f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
+        ) from None
 
 
 def _available(device):

@@ -54,3 +54,61 @@ def test_intersectional_codes_are_stable_across_batches():
     assert int(first[0, 0]) == int(both[1, 0]) == 1 * 3 + 2
     name, values = enc.group_names()[0]
     assert name == "a & b" and values[int(first[0, 0])] == (1, "z")
+
+
+def _mixed_frame(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "x": rng.normal(size=n),
+        "count": rng.integers(0, 5, n),                      # int64
+        "small": rng.normal(size=n).astype(np.float32),      # float32
+        "flag": rng.integers(0, 2, n).astype(bool),
+        "sex": pd.Categorical(rng.choice(["F", "M"], n)),   # categorical protected column
+        "race": rng.choice(["a", "b", "c"], n),              # object protected column
+    })
+
+
+def test_large_and_small_frames_split_into_the_same_features_and_groups():
+    """Frames above SMALL_FRAME rows go to float64 column block by column block; smaller ones
+    through one object array: both give the same network inputs and group codes."""
+    from skfair import FairNeuralClassifier
+    from skfair._base import SMALL_FRAME
+
+    X = _mixed_frame(200)
+    y = (X["x"] > 0).astype(int)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
+                               random_state=0).fit(X, y)
+    features, codes = clf._validate_X(X, reset=False)
+    assert len(X) > SMALL_FRAME
+    for start in range(0, 200, SMALL_FRAME):
+        part = X.iloc[start:start + SMALL_FRAME]
+        small_features, small_codes = clf._validate_X(part, reset=False)
+        np.testing.assert_array_equal(small_features, features[start:start + SMALL_FRAME])
+        np.testing.assert_array_equal(small_codes, codes[start:start + SMALL_FRAME])
+    numeric = X.assign(sex=X["sex"].cat.codes, race=X["race"].map({"a": 0, "b": 1, "c": 2}))
+    from_array = FairNeuralClassifier(protected_attributes=[4, 5], max_epochs=1,
+                                      random_state=0).fit(numeric.to_numpy(np.float64), y)
+    array_features, _ = from_array._validate_X(numeric.to_numpy(np.float64), reset=False)
+    np.testing.assert_array_equal(array_features[:, :4], features[:, :4])
+
+
+@pytest.mark.parametrize("n", [5, 200])
+@pytest.mark.parametrize("column, value, match", [
+    ("x", "text", "must be numeric"),
+    ("x", np.nan, "contains NaN"),
+    ("x", np.inf, "contains infinity"),
+    ("x", 1e39, r"beyond float32's range .*\['x'\]"),
+    ("count", pd.NA, "contains NaN"),
+])
+def test_both_frame_paths_raise_the_same_errors(n, column, value, match):
+    from skfair import FairNeuralClassifier
+
+    X = _mixed_frame(200)
+    y = (X["x"] > 0).astype(int)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
+                               random_state=0).fit(X, y)
+    bad = X.iloc[:n].copy()
+    bad[column] = bad[column].astype("Int64" if value is pd.NA else object)
+    bad.iloc[n // 2, bad.columns.get_loc(column)] = value
+    with pytest.raises(ValueError, match=match):
+        clf.predict_proba(bad)
