@@ -321,7 +321,7 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
     in_family = np.zeros(m, np.bool_)
     for r in fam_row:
         in_family[r] = True
-    residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
+    residual, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
     best, stalled = np.inf, 0
     kappa = KAPPA_START
     for n_iter in range(max_iter + 1):
@@ -354,7 +354,7 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
             # carry a residual of the order of the tolerance (at epsilon = 0 a pair's two
             # opposite rows are both active: with a stale gradient the step put the removed
             # multiplier back on the opposite row, and the next iteration removed it again).
-            residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
+            residual, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
             if rows.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
         k = rows.size
@@ -375,16 +375,13 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
             # the outputs do not move and the dual grows linearly, up to where a multiplier
             # reaches zero. Step there exactly, then re-evaluate (a step along such a direction
             # at the pace of the others crept along it for dozens of iterations).
-            limit = np.inf
-            for i in range(k):
-                if along[i] < 0:
-                    limit = min(limit, lam[rows[i]] / -along[i])
+            limit = _segment_end(lam, rows, along)
             if 0 < limit < np.inf:
                 for i in range(k):
                     r = rows[i]
                     ends = along[i] < 0 and lam[r] / -along[i] == limit
                     lam[r] = 0.0 if ends else max(lam[r] + limit * along[i], 0.0)
-                residual, distance, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
+                residual, free_mass = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
                 continue
         # The step to the Newton point projected onto lam >= 0, taken as a segment: the dual is
         # concave along it, so its derivative brackets the peak.
@@ -406,21 +403,17 @@ def _dual_newton(z, atom, weight, coef, h, square_mass, lo, hi, lam, fam_ptr, fa
             newton = False
         else:
             newton = True
-        length, trial, residual_t, distance_t, free_mass_t = _line_search(
-            z, atom, weight, coef, h, lam, rows, step, slope, lo, hi)
+        length, trial, residual_t, free_mass_t = _line_search(
+            z, atom, weight, coef, h, lam, residual, free_mass, rows, step, slope, lo, hi)
         if length == 0.0:  # the derivative never confirmed an ascent: rounding noise
             return n_iter, False, lam
         if newton:
-            limit = np.inf
-            for i in range(k):
-                if step[i] < 0:
-                    limit = min(limit, lam[rows[i]] / -step[i])
-            if length < KAPPA_SHORT and length < limit:
+            if length < KAPPA_SHORT and length < _segment_end(lam, rows, step):
                 kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
             elif length >= KAPPA_LONG:
                 kappa = max(kappa / KAPPA_FACTOR, KAPPA_MIN)
         lam = trial
-        residual, distance, free_mass = residual_t, distance_t, free_mass_t
+        residual, free_mass = residual_t, free_mass_t
     return max_iter, False, lam  # not reached: the loop returns at max_iter
 
 
@@ -438,12 +431,23 @@ LINE_SEARCH_SLOPE = 1e-2
 
 
 @_jit
-def _line_search(z, atom, weight, coef, h, lam, rows, step, slope, lo, hi):
+def _segment_end(lam, rows, step):
+    """The largest ``t`` with ``lam + t * step >= 0`` (``step`` on ``rows``; inf if none
+    decreases)."""
+    end = np.inf
+    for i in range(rows.size):
+        if step[i] < 0:
+            end = min(end, lam[rows[i]] / -step[i])
+    return end
+
+
+@_jit
+def _line_search(z, atom, weight, coef, h, lam, residual, free_mass, rows, step, slope, lo, hi):
     """The peak of the dual along ``lam + t * step`` (``step`` on ``rows``, ascending: the
     directional derivative ``slope`` at ``t = 0`` is positive), ``t`` from 1 and at most where
-    a multiplier reaches zero. Returns ``(t, lam + t * step, residual, distance, free_mass)``,
-    the evaluation at that point; ``t = 0`` (and ``lam`` itself) when no point with a positive
-    derivative was found.
+    a multiplier reaches zero (``residual`` and ``free_mass``: the evaluation at ``lam``).
+    Returns ``(t, lam + t * step, residual, free_mass)``, the evaluation at that point;
+    ``t = 0`` (and ``lam`` itself) when no point with a positive derivative was found.
 
     Along the segment the dual is concave and piecewise quadratic: its derivative
     ``residual(t) . step`` decreases, piecewise linearly, and is a sum of row residuals, far
@@ -457,10 +461,7 @@ def _line_search(z, atom, weight, coef, h, lam, rows, step, slope, lo, hi):
     segment; by concavity such a point gains at least its length times its derivative.
     """
     k, m = rows.size, lam.size
-    limit = np.inf  # the largest t with lam + t step >= 0
-    for i in range(k):
-        if step[i] < 0:
-            limit = min(limit, lam[rows[i]] / -step[i])
+    limit = _segment_end(lam, rows, step)
     direction = np.zeros(m)
     for i in range(k):
         direction[rows[i]] = step[i]
@@ -468,8 +469,7 @@ def _line_search(z, atom, weight, coef, h, lam, rows, step, slope, lo, hi):
     low, low_slope = 0.0, slope  # the last point known before the peak
     high, high_slope = np.inf, 0.0  # the first point known past it
     kept_low = kept_high = 0  # how many times in a row either end stayed (Illinois)
-    best = lam.copy()
-    best_residual, best_distance, best_free = _evaluate(z, atom, weight, coef, h, lam, lo, hi)
+    best, best_residual, best_free = lam.copy(), residual, free_mass
     t = min(1.0, limit)
     for _ in range(LINE_SEARCH_EVALS):
         trial = lam.copy()
@@ -478,14 +478,13 @@ def _line_search(z, atom, weight, coef, h, lam, rows, step, slope, lo, hi):
             # exactly zero for the multiplier that ends the segment
             ends = t == limit and step[i] < 0 and lam[r] / -step[i] == limit
             trial[r] = 0.0 if ends else max(lam[r] + t * step[i], 0.0)
-        residual_t, distance_t, free_mass_t = _evaluate(z, atom, weight, coef, h, trial, lo, hi)
+        residual_t, free_mass_t = _evaluate(z, atom, weight, coef, h, trial, lo, hi)
         s = _slope(residual_t, rows, step)
         if abs(s) <= LINE_SEARCH_SLOPE * slope or (s > 0 and t >= limit):
-            return t, trial, residual_t, distance_t, free_mass_t
+            return t, trial, residual_t, free_mass_t
         if s > 0:
             low, low_slope = t, s
-            best, best_residual, best_distance, best_free = (trial, residual_t, distance_t,
-                                                             free_mass_t)
+            best, best_residual, best_free = trial, residual_t, free_mass_t
             kept_high, kept_low = kept_high + 1, 0
             curvature = 0.0
             for a in range(rate.size):
@@ -515,8 +514,8 @@ def _line_search(z, atom, weight, coef, h, lam, rows, step, slope, lo, hi):
                 break
         t = min(guess, limit)
     if low == 0.0:
-        return 0.0, lam, best_residual, best_distance, best_free
-    return low, best, best_residual, best_distance, best_free
+        return 0.0, lam, best_residual, best_free
+    return low, best, best_residual, best_free
 
 
 @_jit
@@ -659,12 +658,12 @@ def _newton_direction(hessian, full, rhs, offset, retry):
 
 @_jit
 def _evaluate(z, atom, weight, coef, h, lam, lo, hi):
-    """At ``y(lam)`` (not written): the dual gradient ``G y - h``, ``1/2 ||y - z||^2`` and the
-    per-atom squared weight of the free coordinates."""
+    """At ``y(lam)`` (not written): the dual gradient ``G y - h`` and the per-atom squared
+    weight of the free coordinates."""
     n_atoms = coef.shape[1]
     sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
-    distance = shifted_sums(z, atom, atom_shift(coef, lam), weight, lo, hi, sums, free_mass)
-    return row_values(coef, sums, h), distance, free_mass
+    shifted_sums(z, atom, atom_shift(coef, lam), weight, lo, hi, sums, free_mass)
+    return row_values(coef, sums, h), free_mass
 
 
 @_jit

@@ -44,8 +44,9 @@ class FairnessLayer(nn.Module):
     rounding of a narrower dtype), or outside the bounds, is never returned: it is projected
     once more and certified, else the other backend is tried, then :class:`RuntimeError` is
     raised (README, "Guarantees, precisely"). All computation is in float64; the result is cast
-    back to the dtype of ``z``, within the bounds in that dtype. The projection is the minimal change (in Euclidean norm) of the
-    outputs that makes them fair, and it is differentiable, so networks can be trained through it.
+    back to the dtype of ``z``, within the bounds in that dtype. The projection is the minimal
+    change (in Euclidean norm) of the outputs that makes them fair, and it is differentiable, so
+    networks can be trained through it.
 
     Parameters
     ----------
@@ -289,9 +290,9 @@ def _polished(z, result, cs, lo, hi, failures):
     need a shift of their own magnitude to move, and the second solve corrects by rounding-size
     shifts of the free outputs. Its outputs ``y2`` are then certified from the KKT conditions,
     not trusted: with the multipliers of both solves, ``Lam``, and the rows active at ``y2``
-    (the others' multipliers dropped), ``y2`` is the exact projection of the raw outputs ``z''`` with
-    ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value beyond the
-    bound where it is at one). The projection is nonexpansive, so ``y2`` is within
+    (the others' multipliers dropped), ``y2`` is the exact projection of the raw outputs
+    ``z''`` with ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value
+    beyond the bound where it is at one). The projection is nonexpansive, so ``y2`` is within
     ``||z'' - z||`` of the projection of ``z``; :func:`_backward_error` computes it per sample,
     and a second result whose error exceeds ``POLISH_TOL`` times the outputs' scale plus 64
     units in the last place of ``z_i`` is refused (None, the reason in ``failures``): never an
