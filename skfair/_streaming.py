@@ -96,9 +96,11 @@ def row_norms(cs):
     return (cs.host_coef**2) @ cs.square_mass
 
 
-def _host_dense(cs):
-    """The rows ``G`` of a (small) constraint set as a float64 numpy array (m, n)."""
-    return cs.dense().detach().to(device="cpu", dtype=torch.float64).numpy()
+def _gram(cs):
+    """``G G^T`` of a constraint set from its factored rows (column ``i`` of ``G`` is
+    ``weight_i * coef[:, atom_i]``): a float64 numpy array (m, m); its diagonal is
+    :func:`row_norms`."""
+    return (cs.host_coef * cs.square_mass) @ cs.host_coef.T
 
 
 def _present_groups(atoms):
@@ -185,8 +187,8 @@ class PrimalDualStream:
             return y
         present = _present_groups(atoms)
         # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
-        G = _host_dense(cs)
-        scale = self._row_scales((G * G).sum(axis=1), cs.keys, present, references)
+        gram = _gram(cs)
+        scale = self._row_scales(np.diag(gram).copy(), cs.keys, present, references)
         inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
         y = clip(z - cs.rmatvec(torch.from_numpy(lam * inverse).to(z.device)), lo, hi)
@@ -195,7 +197,7 @@ class PrimalDualStream:
         # than the previous step's: the bound needs a non-increasing sequence
         size_squares = self.size_squares + n * n
         step_size = min(self.step_size, self.eta0 / math.sqrt(size_squares))
-        gain = _response(G, inverse, (lam > 0) | (violation > 0))
+        gain = _response(gram, inverse, (lam > 0) | (violation > 0))
         if gain > 0:
             step_size = min(step_size, MAX_GAIN / (n * gain))
         lam = np.maximum(lam + step_size * n * violation, 0.0)
@@ -316,11 +318,11 @@ class PrimalDualStream:
         }
 
 
-def _response(G, inverse, active):
+def _response(gram, inverse, active):
     """Infinity norm of ``M = G G^T diag(inverse)`` restricted to the ``active`` rows (a
     positive multiplier or a violation): how much those rows' values change per unit change of
     their multipliers in the primal step, when no output is clipped."""
     if not active.any():
         return 0.0
-    G = G[active]
-    return float((np.abs(G @ G.T) * inverse[active][None, :]).sum(axis=1).max())
+    block = np.abs(gram[np.ix_(active, active)])
+    return float((block * inverse[active][None, :]).sum(axis=1).max())
