@@ -491,9 +491,10 @@ class BaseFairNeural(BaseEstimator):
                         # (batches of one composition share their rows: one norm each)
                         scale = norms.get(id(cs))
                         if scale is None:
-                            scale = norms[id(cs)] = _streaming.row_norms(cs).tolist()
-                        for key, value, norm in zip(cs.keys, lam.tolist(), scale):
-                            duals[key] = duals.get(key, 0.0) + value * norm / len(positions)
+                            scale = norms[id(cs)] = _streaming.row_norms(cs)
+                        for r in np.flatnonzero(lam).tolist():
+                            key = cs.keys[r]
+                            duals[key] = duals.get(key, 0.0) + lam[r] * scale[r] / len(positions)
                 self.dual_init_ = duals
             record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
                       "val_loss": None, "val_gap": None}

@@ -9,6 +9,8 @@ or an empty array for unit weights, ``lo``/``hi`` are floats (infinite for a mis
 sample is *free* when its value lies strictly inside them. Accumulators are written, not added to.
 """
 
+from collections import namedtuple
+
 import numba
 import numpy as np
 
@@ -129,12 +131,27 @@ def objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z):
     return value / total_weight
 
 
+#: The rows ``G y <= h`` as the compiled passes read them. Row ``r`` is the difference of two
+#: *statistics* of the atom sums of ``y``, ``stat[plus[r]] - stat[minus[r]]`` (an index of -1
+#: stands for no statistic), and the two have disjoint supports (every builder guarantees it).
+#: The statistics are a sparse matrix over the atoms, stored by statistic (``stat_ptr``,
+#: ``stat_atom``, ``stat_coef``) and by atom (``atom_ptr``, ``atom_stat``, ``atom_coef``). A
+#: parity constraint on ``k`` groups is then ``k`` statistics (the group means) and ``k (k - 1)``
+#: rows of two indices each: no product with a row costs more than its two statistics.
+#: ``family_size[f]`` and ``family_start[f]`` describe the pair families: family ``f`` holds
+#: every ordered pair of its ``k = family_size[f]`` members, pair ``(i, j)`` (``i != j``) being
+#: row ``family_start[f] + i * (k - 1) + j - (j > i)``, with ``h`` of the form ``c + o_i - o_j``
+#: (see :class:`skfair.constraints.ConstraintSet`); the rows of the families come first.
+Rows = namedtuple("Rows", "stat_ptr stat_atom stat_coef atom_ptr atom_stat atom_coef plus minus "
+                          "family_size family_start")
+
+
 @_jit
-def violation_and_range(values, atom, weight, coef, h):
+def violation_and_range(values, atom, weight, rows, h):
     """``(max(G @ values - h), min(values), max(values))`` with ``G`` in factored form
     (``-inf`` without rows; all three NaN if a value is NaN; the range is zeros for an empty
     array)."""
-    sums = np.zeros(coef.shape[1])
+    sums = np.zeros(rows.atom_ptr.size - 1)
     weighted = weight.shape[0] > 0
     low, high = value_range(values)
     if low != low:
@@ -142,32 +159,114 @@ def violation_and_range(values, atom, weight, coef, h):
     for i in range(values.shape[0]):
         sums[atom[i]] += (weight[i] if weighted else 1.0) * values[i]
     violation = -np.inf
-    for value in row_values(coef, sums, h):
+    for value in row_values(rows, sums, h):
         violation = max(violation, value)
     return violation, low, high
 
 
 @_jit
-def row_values(coef, sums, h):
-    """``coef @ sums - h``: the rows of ``G y - h`` from the atom sums of ``y``."""
-    out = np.empty(coef.shape[0])
-    for r in range(coef.shape[0]):
+def stat_values(rows, sums):
+    """Every statistic at the atom sums ``sums``."""
+    n_stats = rows.stat_ptr.size - 1
+    out = np.zeros(n_stats)
+    for s in range(n_stats):
+        total = 0.0
+        for e in range(rows.stat_ptr[s], rows.stat_ptr[s + 1]):
+            total += rows.stat_coef[e] * sums[rows.stat_atom[e]]
+        out[s] = total
+    return out
+
+
+@_jit
+def row_values(rows, sums, h):
+    """``G y - h`` from the atom sums of ``y``."""
+    values = stat_values(rows, sums)
+    out = np.empty(rows.plus.size)
+    for r in range(rows.plus.size):
         total = -h[r]
-        for a in range(coef.shape[1]):
-            total += coef[r, a] * sums[a]
+        if rows.plus[r] >= 0:
+            total += values[rows.plus[r]]
+        if rows.minus[r] >= 0:
+            total -= values[rows.minus[r]]
         out[r] = total
     return out
 
 
 @_jit
-def atom_shift(coef, lam):
-    """``coef.T @ lam``: how far the multipliers ``lam`` shift each atom's samples."""
-    shift = np.zeros(coef.shape[1])
-    for r in range(coef.shape[0]):
+def atom_shift(rows, lam):
+    """``G.T @ lam`` per atom: how far the multipliers ``lam`` shift each atom's samples."""
+    net = np.zeros(rows.stat_ptr.size - 1)
+    for r in range(rows.plus.size):
         if lam[r] != 0.0:
-            for a in range(coef.shape[1]):
-                shift[a] += lam[r] * coef[r, a]
+            if rows.plus[r] >= 0:
+                net[rows.plus[r]] += lam[r]
+            if rows.minus[r] >= 0:
+                net[rows.minus[r]] -= lam[r]
+    shift = np.zeros(rows.atom_ptr.size - 1)
+    for s in range(net.size):
+        if net[s] != 0.0:
+            for e in range(rows.stat_ptr[s], rows.stat_ptr[s + 1]):
+                shift[rows.stat_atom[e]] += net[s] * rows.stat_coef[e]
     return shift
+
+
+@_jit
+def row_gram(rows, mass, selected):
+    """``G_S diag(mass) G_S^T`` on the rows ``selected`` (``mass`` per atom), through the
+    products of their statistics: one pass over the atoms, each pair of statistics that share
+    an atom counted once per atom."""
+    k = selected.size
+    local = np.full(rows.stat_ptr.size - 1, -1, np.int64)
+    n_local = 0
+    for i in range(k):
+        for s in (rows.plus[selected[i]], rows.minus[selected[i]]):
+            if s >= 0 and local[s] < 0:
+                local[s] = n_local
+                n_local += 1
+    products = np.zeros((n_local, n_local))
+    for a in range(rows.atom_ptr.size - 1):
+        if mass[a] == 0.0:
+            continue
+        for e in range(rows.atom_ptr[a], rows.atom_ptr[a + 1]):
+            p = local[rows.atom_stat[e]]
+            if p < 0:
+                continue
+            for f in range(rows.atom_ptr[a], rows.atom_ptr[a + 1]):
+                q = local[rows.atom_stat[f]]
+                if q >= 0:
+                    products[p, q] += rows.atom_coef[e] * mass[a] * rows.atom_coef[f]
+    gram = np.zeros((k, k))
+    for i in range(k):
+        pi, mi = rows.plus[selected[i]], rows.minus[selected[i]]
+        for j in range(i + 1):
+            pj, mj = rows.plus[selected[j]], rows.minus[selected[j]]
+            total = 0.0
+            if pi >= 0 and pj >= 0:
+                total += products[local[pi], local[pj]]
+            if pi >= 0 and mj >= 0:
+                total -= products[local[pi], local[mj]]
+            if mi >= 0 and pj >= 0:
+                total -= products[local[mi], local[pj]]
+            if mi >= 0 and mj >= 0:
+                total += products[local[mi], local[mj]]
+            gram[i, j] = gram[j, i] = total
+    return gram
+
+
+@_jit
+def stat_ranges(rows, mass, lo, hi):
+    """``(smallest, largest, size)`` of every statistic over outputs within ``[lo, hi]``
+    (``mass``: total weight per atom), and its 1-norm ``sum |coef| * mass``."""
+    n_stats = rows.stat_ptr.size - 1
+    smallest, largest, size = np.zeros(n_stats), np.zeros(n_stats), np.zeros(n_stats)
+    for s in range(n_stats):
+        for e in range(rows.stat_ptr[s], rows.stat_ptr[s + 1]):
+            share = rows.stat_coef[e] * mass[rows.stat_atom[e]]
+            if share != 0.0:  # an infinite bound times zero contributes nothing
+                smallest[s] += share * (lo if share > 0 else hi)
+                largest[s] += share * (hi if share > 0 else lo)
+                size[s] += abs(share)
+    return smallest, largest, size
 
 
 @_jit
@@ -220,40 +319,20 @@ def mixed_radix(codes, atom, counts):
 
 
 @_jit
-def mean_coefficients(select, member, mass):
-    """``select @ (member / (member @ mass)[:, None])``: the coefficients on every atom of rows
-    that are signed sums (``select``) of group means, a group being a set of atoms
-    (``member``, 0/1) and ``mass`` the total weight of every atom."""
-    n_groups, n_atoms = member.shape
-    means = np.zeros((n_groups, n_atoms))
-    for g in range(n_groups):
-        total = 0.0
-        for a in range(n_atoms):
-            total += member[g, a] * mass[a]
-        for a in range(n_atoms):
-            means[g, a] = member[g, a] / total
-    coef = np.zeros((select.shape[0], n_atoms))
-    for r in range(select.shape[0]):
-        for g in range(n_groups):
-            if select[r, g] != 0.0:
-                for a in range(n_atoms):
-                    coef[r, a] += select[r, g] * means[g, a]
-    return coef
-
-
-@_jit
-def first_unattainable(coef, mass, h, lo, hi):
-    """The first row ``r`` whose smallest value over the box, ``sum_a coef[r, a] * mass[a] *
-    (lo if coef[r, a] > 0 else hi)``, exceeds ``h[r]`` (beyond rounding), and that value;
-    ``(-1, 0.0)`` when every row can be met."""
-    for r in range(coef.shape[0]):
-        smallest = 0.0
-        for a in range(coef.shape[1]):
-            share = coef[r, a] * mass[a]
-            if share != 0.0:  # an infinite bound times zero contributes nothing
-                smallest += share * (lo if share > 0 else hi)
-        if smallest > h[r] + 1e-9 * (1.0 + abs(h[r])):
-            return r, smallest
+def first_unattainable(rows, mass, h, lo, hi):
+    """The first row ``r`` whose smallest value over the box exceeds ``h[r]`` (beyond
+    rounding), and that value; ``(-1, 0.0)`` when every row can be met. The two statistics of
+    a row have disjoint supports: its smallest value is the smallest of the first minus the
+    largest of the second."""
+    smallest, largest, _ = stat_ranges(rows, mass, lo, hi)
+    for r in range(rows.plus.size):
+        value = 0.0
+        if rows.plus[r] >= 0:
+            value += smallest[rows.plus[r]]
+        if rows.minus[r] >= 0:
+            value -= largest[rows.minus[r]]
+        if value > h[r] + 1e-9 * (1.0 + abs(h[r])):
+            return r, value
     return -1, 0.0
 
 

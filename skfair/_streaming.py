@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from ._exact import clip
-from ._kernels import host_vector
+from ._kernels import host_vector, row_gram
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
 from .layer import project
 
@@ -92,15 +92,19 @@ def row_norms(cs):
     the stream's multipliers (``y = clip(z - G^T (lam / ||g||^2))``), ``lam = mu ||g||^2``: the
     reduction of the row's value that it makes on its own.
     """
-    # from the factored G: column i is weight_i * coef[:, atom_i]
-    return (cs.host_coef**2) @ cs.square_mass
+    # from the factored rows: the two statistics of a row have disjoint supports
+    rows = cs.host_rows
+    squares = np.zeros(rows.stat_ptr.size)  # the last one: "no statistic" (index -1)
+    stat = np.repeat(np.arange(rows.stat_ptr.size - 1), np.diff(rows.stat_ptr))
+    np.add.at(squares, stat, rows.stat_coef**2 * cs.square_mass[rows.stat_atom])
+    return squares[rows.plus] + squares[rows.minus]
 
 
 def _gram(cs):
     """``G G^T`` of a constraint set from its factored rows (column ``i`` of ``G`` is
     ``weight_i * coef[:, atom_i]``): a float64 numpy array (m, m); its diagonal is
     :func:`row_norms`."""
-    return (cs.host_coef * cs.square_mass) @ cs.host_coef.T
+    return row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows))
 
 
 def _present_groups(atoms):

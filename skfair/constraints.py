@@ -33,7 +33,9 @@ import functools
 import itertools
 import math
 import numbers
+import operator
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -61,10 +63,19 @@ class ConstraintSet:
     so every product with ``G`` costs ``O(n + m * n_atoms)`` and ``G`` itself (``m x n``) is never
     formed. A dense ``G`` is the special case ``atom = arange(n)``.
 
+    The built-in constraints store even ``coef`` in factored form: row ``r`` is the difference of
+    two *statistics* (group means), ``stat[plus[r]] - stat[minus[r]]`` (:class:`skfair._kernels.
+    Rows`). The ``k (k - 1)`` rows of a parity constraint on ``k`` groups are then ``k``
+    statistics and two indices per row, and the exact solver's work on them grows like ``k``
+    (its iterations move one forest of rows per cell, see :mod:`skfair._exact`), not like the
+    ``k (k - 1) x n_atoms`` matrix ``coef``, which is made only when asked for (:attr:`coef`,
+    :meth:`dense`, :meth:`matvec`, :meth:`rmatvec`: checks, qpth and the streaming step, whose
+    batches are small).
+
     Products with vectors of the n samples are tensor operations on the device of ``atom``
     (:meth:`matvec`, :meth:`rmatvec`) or compiled loops on the host
     (:meth:`violation_and_range`); the exact solver works on the host copies
-    :attr:`host_coef`, :attr:`host_h`, :attr:`host_atom`, :attr:`host_weight`,
+    :attr:`host_rows`, :attr:`host_h`, :attr:`host_atom`, :attr:`host_weight`,
     :attr:`host_mass` and :attr:`square_mass`.
 
     Parameters
@@ -80,27 +91,19 @@ class ConstraintSet:
         batches (streaming dual variables) and in error messages.
     weight : torch.Tensor of shape (n,) or None
         Per-sample column scale (the sample weights); ``None`` means all ones.
-    pair_families : sequence of sequences of (int, hashable, hashable), default=()
-        Rows that compare groups pairwise: in one family, the triple ``(r, u, v)`` says that row
-        ``r`` is ``s_u(y) - s_v(y) <= c_r`` for linear statistics ``s_g``, where either every row
-        of the family has the same ``c_r`` or the family has two rows whose ``c`` sum to >= 0
-        (a two-sided bound). Only the net multiplier of each group then matters, which lets
-        the exact solver keep its Newton systems regular; other rows are treated generically.
     """
 
-    def __init__(self, coef, atom, h, keys, weight=None, pair_families=()):
-        # tuples: the solver caches its arrays of the families by their value
-        pair_families = tuple(tuple(map(tuple, family)) for family in pair_families)
-        self._assign(coef, atom, h, keys, weight, pair_families)
+    def __init__(self, coef, atom, h, keys, weight=None):
         if coef.ndim != 2 or atom.ndim != 1 or h.ndim != 1:
             raise ValueError(
                 f"coef, atom and h must have 2, 1 and 1 dimensions; got {coef.ndim}, "
                 f"{atom.ndim} and {h.ndim}."
             )
-        if coef.shape[0] != h.shape[0] or len(self.keys) != h.shape[0]:
+        keys = list(keys)
+        if coef.shape[0] != h.shape[0] or len(keys) != h.shape[0]:
             raise ValueError(
                 f"coef, h and keys must describe the same rows; got {coef.shape[0]}, "
-                f"{h.shape[0]} and {len(self.keys)}."
+                f"{h.shape[0]} and {len(keys)}."
             )
         # The compiled passes index by atom without bounds checks: out-of-range atoms or a
         # weight of the wrong length must be caught here.
@@ -111,29 +114,33 @@ class ConstraintSet:
         if weight is not None and weight.shape != atom.shape:
             raise ValueError(f"weight must have shape {tuple(atom.shape)}; got "
                              f"{tuple(weight.shape)}.")
+        self._assign(atom, h, keys, weight, coef.shape[1])
+        self._coef = coef
+        host_coef = np.ascontiguousarray(_host_array(coef))
+        self._host.update(coef=host_coef, rows=_explicit_rows(host_coef))
 
-    def _assign(self, coef, atom, h, keys, weight, pair_families):
-        self.coef = coef
+    def _assign(self, atom, h, keys, weight, n_atoms):
         self.atom = atom
         self.h = h
-        self.keys = list(keys)
+        self._keys = keys
         self.weight = weight
-        self.pair_families = pair_families
+        self._n_atoms = n_atoms
+        self._coef = None
         self._host = {}  # numpy copies on the host, made on first use (or by the builders)
 
     @classmethod
-    def _from_host(cls, coef, atom, h, tensors, keys, device, weight, pair_families, mass):
+    def _from_host(cls, rows, atom, h, h_tensor, keys, device, weight, mass):
         """A set built from numpy arrays that are consistent by construction (the built-in
-        constraints compute them on the host). ``tensors`` are ``coef`` and ``h`` as tensors
-        on ``device``; ``h=None`` when only its tensor is known (one that carries gradients)."""
+        constraints compute them on the host): ``rows`` (:class:`skfair._kernels.Rows`),
+        ``h_tensor`` the tensor of ``h`` on ``device``; ``h=None`` when only its tensor is known
+        (one that carries gradients)."""
         cs = cls.__new__(cls)
-        cs._assign(tensors[0], _device_tensor(atom, device), tensors[1], keys, weight,
-                   pair_families)
-        cs._host.update(coef=coef, atom=atom, mass=mass)
+        cs._assign(_device_tensor(atom, device), h_tensor, keys, weight, mass.size)
+        cs._host.update(rows=rows, atom=atom, mass=mass)
         if h is not None:
             cs._host["h"] = h
             if weight is None:
-                cs._host["problem"] = (atom, _NO_WEIGHT, coef, h, mass, mass)
+                cs._host["problem"] = (atom, _NO_WEIGHT, rows, h, mass, mass)
         return cs
 
     @property
@@ -146,7 +153,20 @@ class ConstraintSet:
 
     @property
     def n_atoms(self):
-        return self.coef.shape[1]
+        return self._n_atoms
+
+    @property
+    def keys(self):
+        """The key of every row (a sequence; the built-in constraints make them on access)."""
+        return self._keys
+
+    @property
+    def coef(self):
+        """The coefficients of every row on every atom, a tensor of shape (m, n_atoms) on the
+        device of :attr:`atom` (made on first access from the factored rows)."""
+        if self._coef is None:
+            self._coef = _device_tensor(self.host_coef, self.atom.device)
+        return self._coef
 
     def atom_sums(self, y):
         """Weighted sums of ``y`` over the samples of every atom, shape (n_atoms,)."""
@@ -184,9 +204,14 @@ class ConstraintSet:
         return value
 
     @property
+    def host_rows(self):
+        """The rows in the factored form of the compiled passes (:class:`skfair._kernels.Rows`)."""
+        return self._host["rows"]
+
+    @property
     def host_coef(self):
-        """:attr:`coef` as a float64 numpy array on the host (the exact solver's copy)."""
-        return self._cached("coef", lambda: np.ascontiguousarray(_host_array(self.coef)))
+        """:attr:`coef` as a float64 numpy array on the host (dense: checks and small sets)."""
+        return self._cached("coef", lambda: _dense_coef(self.host_rows, self.n_atoms))
 
     @property
     def host_h(self):
@@ -220,12 +245,12 @@ class ConstraintSet:
 
     @property
     def host_problem(self):
-        """``(host_atom, host_weight, host_coef, host_h, host_mass, square_mass)``, the arguments
+        """``(host_atom, host_weight, host_rows, host_h, host_mass, square_mass)``, the arguments
         of the compiled passes in their order (one cached lookup per pass: at training batch
         sizes the Python around a pass costs about as much as the pass)."""
         problem = self._host.get("problem")
         if problem is None:
-            problem = self._host["problem"] = (self.host_atom, self.host_weight, self.host_coef,
+            problem = self._host["problem"] = (self.host_atom, self.host_weight, self.host_rows,
                                                self.host_h, self.host_mass, self.square_mass)
         return problem
 
@@ -238,6 +263,33 @@ class ConstraintSet:
         """The dense matrix ``G`` of shape (m, n); for small problems, checks and qpth."""
         G = self.coef[:, self.atom]
         return G if self.weight is None else G * self.weight
+
+
+def _explicit_rows(coef):
+    """:class:`skfair._kernels.Rows` of explicit rows ``coef`` (m, n_atoms): one statistic per
+    row."""
+    m = coef.shape[0]
+    return _statistics(coef, np.arange(m, dtype=np.int64), np.full(m, -1, dtype=np.int64),
+                       np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
+
+
+def _statistics(stat, plus, minus, family_size, family_start):
+    """:class:`skfair._kernels.Rows` from the dense statistics ``stat`` (n_stats, n_atoms)."""
+    index, atoms = np.nonzero(stat)
+    by_stat = np.bincount(index, minlength=stat.shape[0])
+    by_atom = np.bincount(atoms, minlength=stat.shape[1])
+    order = np.argsort(atoms, kind="stable")
+    return _kernels.Rows(np.r_[0, np.cumsum(by_stat)], atoms, stat[index, atoms],
+                         np.r_[0, np.cumsum(by_atom)], index[order], stat[index, atoms][order],
+                         plus, minus, family_size, family_start)
+
+
+def _dense_coef(rows, n_atoms):
+    """The dense coefficients (m, n_atoms) of :class:`skfair._kernels.Rows`."""
+    n_stats = rows.stat_ptr.size - 1
+    stat = np.zeros((n_stats + 1, n_atoms))  # the last one: "no statistic" (index -1)
+    stat[np.repeat(np.arange(n_stats), np.diff(rows.stat_ptr)), rows.stat_atom] = rows.stat_coef
+    return stat[rows.plus] - stat[rows.minus]
 
 
 #: the host weight of unweighted sets (the compiled passes take an empty array for unit weights)
@@ -395,37 +447,28 @@ class _GroupMeanConstraint(AffineConstraint):
         if weight is not None:
             mass = np.bincount(atom, weights=_kernels.host_vector(weight), minlength=len(mass))
         references = tuple(reference_means or ()) if self.borrows_references else ()
-        coef, h, tensors, keys, reference_rows, families = _batch_rows(
+        rows, h, h_tensor, keys, reference_rows = _batch_rows(
             type(self), table, mass.tobytes(), n_attributes, references, float(epsilon))
         device = groups.device
-        if device != _CPU:
-            tensors = tuple(t.to(device) for t in tensors)
         if reference_rows:
             h = h.copy()
             for r, reference, sign in reference_rows:
                 h[r] += sign * float(reference_means[reference])
-            tensors = (tensors[0], _device_tensor(h, device))
+            h_tensor = torch.from_numpy(h)
+        h_tensor = h_tensor if device == _CPU else h_tensor.to(device)
         if self.requires_y_true and self.label_cells is None and keys:
             # h holds the group means of the targets: a tensor, so that gradients reach y_true
             target = y_true if weight is None else y_true * weight
             sums = _segment_sum(target.to(torch.float64), _device_tensor(atom, device), len(mass))
-            h, tensors = None, (tensors[0], tensors[1] + tensors[0] @ sums)
-        return ConstraintSet._from_host(coef, atom, h, tensors, keys, device, weight, families,
-                                        mass)
+            h, h_tensor = None, h_tensor + _row_tensor(rows, sums)
+        return ConstraintSet._from_host(rows, atom, h, h_tensor, keys, device, weight, mass)
 
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
 
-    @classmethod
-    def _cell_rows(cls, a, label, present):
-        """Rows of one (attribute, label cell) with groups ``present``: every ordered pair.
-
-        Returns a list of ``(terms, key, pair)``; ``terms`` are ``(group index, sign)`` pairs,
-        the row being the signed sum of those groups' means; ``pair`` is ``(family, u, v)``
-        when the row belongs to a :attr:`ConstraintSet.pair_families` family (else None).
-        """
-        return [(((i, 1.0), (j, -1.0)), (a, present[i], present[j], label), (None, i, j))
-                for i in range(len(present)) for j in range(len(present)) if i != j]
+    #: how the groups of a cell are compared: every ordered pair (``max - min <= epsilon``),
+    #: or each group on its own with two opposite rows (``|mean| <= epsilon``)
+    pairwise = True
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -471,16 +514,7 @@ class MeanResidual(_GroupMeanConstraint):
     requires_y_true = True
 
     borrows_references = False
-
-    @classmethod
-    def _cell_rows(cls, a, label, present):
-        """``mean_g - target_g <= eps`` and ``target_g - mean_g <= eps`` for every group.
-
-        The two rows of a group are opposite: they form a family of two pseudo-groups, so that
-        the solver keeps only their net multiplier.
-        """
-        return ([(((i, 1.0),), (a, g, "+"), (g, "+", "-")) for i, g in enumerate(present)]
-                + [(((i, -1.0),), (a, g, "-"), (g, "-", "+")) for i, g in enumerate(present)])
+    pairwise = False
 
 
 _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
@@ -603,17 +637,20 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
     """The rows of a group-mean constraint for a batch whose atoms are ``table`` (cached: the
     structure depends on which atoms are present, not on the values of the batch).
 
-    Returns ``(member, select, keys, reference_rows, families)``: numpy arrays ``member``
-    (n_groups, n_atoms), marking the atoms of every (attribute, label cell, group) present, and
-    ``select`` (m, n_groups), the signed group means that make each row; the row ``keys``;
-    ``reference_rows``, triples ``(row, reference key, sign)``: row ``row`` has ``sign *`` the
-    reference mean of that key added to ``h``; ``families`` the
-    :attr:`ConstraintSet.pair_families` (the in-batch group pairs of every attribute and label
-    cell). ``positive`` (bytes, one per atom: a cheap key to hash) flags the atoms with positive
-    weight; the others belong to no group. ``references`` are the keys ``(attribute, group,
-    label)`` that have a reference mean.
+    Returns ``(member, plus, minus, family_size, family_start, reference_rows, keys)``:
+    ``member`` (n_stats, n_atoms) marks the atoms of every (attribute, label cell, group)
+    present, whose mean is a statistic; row ``r`` compares the statistics ``plus[r]`` and
+    ``minus[r]`` (-1: none), see :class:`skfair._kernels.Rows`. The pair families come first:
+    for a pairwise constraint one per (attribute, label cell) with two groups or more, for
+    ``mean_residual`` one per group (the group and "nothing": its two opposite rows). Then the
+    rows that compare a present group with the reference mean of an absent one:
+    ``reference_rows`` holds triples ``(row, reference key, sign)``, row ``row`` having ``sign
+    *`` that mean added to ``h``. ``keys`` name the rows (:class:`_RowKeys`). ``positive``
+    (bytes, one per atom: a cheap key to hash) flags the atoms with positive weight; the others
+    belong to no group. ``references`` are the keys ``(attribute, group, label)`` that have a
+    reference mean.
     """
-    member, select, keys, reference_rows, families = [], [], [], [], []
+    member, families, generic = [], [], []
     for a in range(n_attributes):
         for label in cls.label_cells or (None,):
             inside = [(label is None or row[-1] == label) and positive[j]
@@ -622,51 +659,120 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
             first = len(member)
             member.extend([float(keep and row[a] == g) for row, keep in zip(table, inside)]
                           for g in present)
-            cell_families = {}
-            for terms, key, pair in cls._cell_rows(a, label, present):
-                if pair is not None:
-                    family, u, v = pair
-                    cell_families.setdefault(family, []).append((len(keys), u, v))
-                select.append({first + i: sign for i, sign in terms})
-                keys.append(key)
-            families.extend(map(tuple, cell_families.values()))
+            if cls.pairwise:
+                if len(present) > 1:
+                    families.append((np.arange(first, first + len(present)),
+                                     ("pairs", a, label, tuple(present))))
+            else:
+                families.extend((np.array([first + i, -1]), ("signs", a, g))
+                                for i, g in enumerate(present))
             absent = [(a_, g, label_) for a_, g, label_ in references
                       if a_ == a and label_ == label and g not in present]
             for i, u in enumerate(present if absent else ()):
                 for reference in absent:
                     # mean_u - ref <= eps and ref - mean_u <= eps, keyed like in-batch pairs
                     v = reference[1]
-                    reference_rows.extend([(len(keys), reference, 1.0),
-                                           (len(keys) + 1, reference, -1.0)])
-                    select.extend([{first + i: 1.0}, {first + i: -1.0}])
-                    keys.extend([(a, u, v, label), (a, v, u, label)])
+                    generic.append((first + i, -1, (a, u, v, label), reference, 1.0))
+                    generic.append((-1, first + i, (a, v, u, label), reference, -1.0))
     member = np.array(member, dtype=np.float64).reshape(len(member), len(table))
-    select = np.array([[terms.get(g, 0.0) for g in range(len(member))] for terms in select],
-                      dtype=np.float64).reshape(len(keys), len(member))
-    for array in (member, select):
+    family_size = np.array([len(members) for members, _ in families], dtype=np.int64)
+    family_start = np.r_[0, np.cumsum(family_size * (family_size - 1))].astype(np.int64)
+    plus, minus = [], []
+    for members, _ in families:
+        first, second = np.nonzero(~np.eye(len(members), dtype=bool))  # pairs (i, j), i != j
+        plus.append(members[first])
+        minus.append(members[second])
+    plus.append(np.array([row[0] for row in generic], dtype=np.int64))
+    minus.append(np.array([row[1] for row in generic], dtype=np.int64))
+    plus, minus = np.concatenate(plus).astype(np.int64), np.concatenate(minus).astype(np.int64)
+    end = family_start[-1]
+    reference_rows = tuple((end + r, row[3], row[4]) for r, row in enumerate(generic))
+    keys = _RowKeys(tuple(spec for _, spec in families), family_start,
+                    tuple(row[2] for row in generic))
+    for array in (member, plus, minus, family_size, family_start):
         array.flags.writeable = False  # cached and shared between batches
-    return member, select, keys, tuple(reference_rows), tuple(families)
+    return member, plus, minus, family_size, family_start, reference_rows, keys
+
+
+class _RowKeys(Sequence):
+    """The keys of a built-in constraint's rows, each made when asked for: ``(attribute, u, v,
+    label)`` for the pair ``(u, v)`` of a pairwise constraint, ``(attribute, g, "+")`` and
+    ``(attribute, g, "-")`` for the two rows of ``mean_residual``'s group ``g``, then the
+    ``generic`` keys (rows that compare with a reference mean). A parity constraint on ``k``
+    groups has ``k (k - 1)`` rows, and the exact solver needs none of their keys."""
+
+    def __init__(self, families, family_start, generic):
+        self._families, self._start, self._generic = families, family_start, generic
+
+    def __len__(self):
+        return int(self._start[-1]) + len(self._generic)
+
+    def __getitem__(self, r):
+        if isinstance(r, slice):
+            return [self[i] for i in range(*r.indices(len(self)))]
+        r = operator.index(r)
+        r += len(self) if r < 0 else 0
+        if not 0 <= r < len(self):
+            raise IndexError("row index out of range")
+        end = int(self._start[-1])
+        if r >= end:
+            return self._generic[r - end]
+        f = int(np.searchsorted(self._start, r, side="right")) - 1
+        return self._family_key(f, r - int(self._start[f]))
+
+    def __iter__(self):
+        for f in range(len(self._families)):
+            for offset in range(int(self._start[f + 1] - self._start[f])):
+                yield self._family_key(f, offset)
+        yield from self._generic
+
+    def __eq__(self, other):
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(list(self))
+
+    def _family_key(self, f, offset):
+        spec = self._families[f]
+        if spec[0] == "signs":
+            return (spec[1], spec[2], "+" if offset == 0 else "-")
+        _, a, label, labels = spec
+        i, rest = divmod(offset, len(labels) - 1)
+        return (a, labels[i], labels[rest + (rest >= i)], label)
 
 
 @functools.lru_cache(maxsize=1024)
 def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon):
     """The rows of a group-mean constraint for a batch whose atoms ``table`` have the total
-    weights ``mass_key`` (the bytes of a float64 array): ``(coef, h, (coef, h) as CPU tensors,
-    keys, reference_rows, families)`` (see :func:`_row_structure`).
+    weights ``mass_key`` (the bytes of a float64 array): ``(rows, h, h as a CPU tensor, keys,
+    reference_rows)`` (see :func:`_row_structure`; ``rows`` a :class:`skfair._kernels.Rows`).
 
     Cached: the rows depend on the batch's composition only, and the batches of a training
     epoch keep every group's share (the estimators stratify them), so the same compositions
     come back. The arrays and tensors are shared between sets and never modified.
     """
     mass = np.frombuffer(mass_key)
-    member, select, keys, reference_rows, families = _row_structure(
+    member, plus, minus, family_size, family_start, reference_rows, keys = _row_structure(
         cls, table, (mass > 0).tobytes(), n_attributes, references)
-    if not keys:
-        coef, h = np.zeros((0, len(mass))), np.zeros(0)
-    else:
-        # row g of `member / group_mass`: the averaging functional of group g over the atoms
-        coef, h = _kernels.mean_coefficients(select, member, mass), np.full(len(keys), epsilon)
-    return coef, h, (torch.from_numpy(coef), torch.from_numpy(h)), keys, reference_rows, families
+    # row g of `member / group_mass`: the averaging functional of group g over the atoms
+    stat = member / (member @ mass)[:, None] if member.size else member
+    rows = _statistics(stat, plus, minus, family_size, family_start)
+    h = np.full(plus.size, epsilon)
+    return rows, h, torch.from_numpy(h), keys, reference_rows
+
+
+def _row_tensor(rows, sums):
+    """``G``'s rows applied to the atom sums ``sums`` (a tensor: differentiable in ``sums``)."""
+    def tensor(array):  # (a copy: the cached arrays are read-only)
+        return torch.tensor(array, device=sums.device)
+
+    n_stats = rows.stat_ptr.size - 1
+    index = tensor(np.repeat(np.arange(n_stats), np.diff(rows.stat_ptr)))
+    terms = tensor(rows.stat_coef) * sums[tensor(rows.stat_atom)]
+    values = sums.new_zeros(n_stats + 1).index_add_(0, index, terms)  # the last: "none" (-1)
+    return values[tensor(rows.plus)] - values[tensor(rows.minus)]
 
 
 def _host_array(values):

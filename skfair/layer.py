@@ -3,6 +3,7 @@
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -210,12 +211,22 @@ def _cast(y, dtype, cs, lo, hi, info):
         raise ValueError(f"The fair outputs do not fit in {dtype} (largest magnitude "
                          f"{float(y.abs().max()):.6g}, bounds {(lo, hi)}); project in a wider "
                          f"dtype.")
-    norm = float((np.abs(cs.host_coef) @ cs.host_mass).max()) if cs.n_rows else 0.0
+    norm = _largest_row_norm(cs)
     tol = _tolerance(check, cs) + torch.finfo(dtype).eps * _scale(check, cs) * norm
     if cs.n_rows and not violation <= tol:
         raise RuntimeError(f"The fairness projection failed in {dtype}: max violation "
                            f"{violation:.3g} (tolerance {tol:.3g}).")
     return out, {**info, "max_violation": violation}
+
+
+def _largest_row_norm(cs):
+    """The largest ``||G_r||_1`` of the rows of ``cs`` (0 without rows)."""
+    if not cs.n_rows:
+        return 0.0
+    rows = cs.host_rows
+    _, _, size = _kernels.stat_ranges(rows, cs.host_mass, 0.0, 0.0)
+    size = np.r_[size, 0.0]  # index -1: no statistic
+    return float((size[rows.plus] + size[rows.minus]).max())
 
 
 def _representable(bound, dtype, device, inward):
@@ -267,7 +278,7 @@ def _exact_backend(z, cs, lo, hi, failures):
         check = _check(_kernels.host_vector(z), cs)
         violation, _, inside = _violations(check, lo, hi)
         if inside and violation <= _tolerance(check, cs):
-            return z, _info("exact", 0, violation, cs, result.host_lam.tolist())
+            return z, _info("exact", 0, violation, cs, result.host_lam)
     result = _polished(z, result, cs, lo, hi, failures)
     if result is None:
         return None
@@ -275,7 +286,7 @@ def _exact_backend(z, cs, lo, hi, failures):
     if violation is None:
         return None
     y = _ExactProjection.apply(z, cs.h, (result, cs, lo, hi))
-    return y, _info("exact", result.n_iter, violation, cs, result.host_lam.tolist())
+    return y, _info("exact", result.n_iter, violation, cs, result.host_lam)
 
 
 def _polished(z, result, cs, lo, hi, failures):
@@ -326,7 +337,7 @@ def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
     excess, over the samples, of ``|z''_i - z_i|`` beyond ``tol + 64 ulp(z_i)``, where ``y`` is
     the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y`` (within
     ``active_tol``; the others' set to zero). At most 0 when ``y`` is certified."""
-    rows = cs.host_coef @ _atom_sums(y, cs) - cs.host_h
+    rows = _kernels.row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
     unclipped = _unclipped(z, np.where(rows >= -active_tol, lam, 0.0), cs)
     low, high = _exact._open_bounds(lo, hi)
     error = np.where(y >= high, np.maximum(high - unclipped, 0.0),
@@ -339,7 +350,8 @@ def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
 def _unclipped(z, lam, cs):
     """``z - G^T lam``: the outputs of the multipliers ``lam`` before the bounds clip them."""
     out = np.empty_like(z)
-    _kernels.clip_shift(z, cs.host_atom, lam @ cs.host_coef, cs.host_weight, -math.inf,
+    _kernels.clip_shift(z, cs.host_atom, _kernels.atom_shift(cs.host_rows, lam), cs.host_weight,
+                        -math.inf,
                         math.inf, out)
     return out
 
@@ -418,10 +430,36 @@ def _accepted(violation, out_of_bounds, tol, backend, failures):
 
 
 def _info(backend, n_iter, violation, cs, lam):
-    """The diagnostics of :attr:`FairnessLayer.last_solve_` (``lam``: a list, or None)."""
+    """The diagnostics of :attr:`FairnessLayer.last_solve_` (``lam``: an array, or None)."""
     return {"solver": backend, "n_iter": n_iter, "max_violation": violation,
-            "n_rows": len(cs.keys), "n_samples": cs.n_samples,
-            "duals": None if lam is None else dict(zip(cs.keys, lam))}
+            "n_rows": cs.n_rows, "n_samples": cs.n_samples,
+            "duals": None if lam is None else _Duals(cs.keys, lam)}
+
+
+class _Duals(Mapping):
+    """The multiplier of every row by its key, made into a dict when first read: a parity
+    constraint on ``k`` groups has ``k (k - 1)`` rows, and most projections are never asked for
+    their multipliers."""
+
+    def __init__(self, keys, lam):
+        self._keys, self._lam, self._dict = keys, lam, None
+
+    def _values(self):
+        if self._dict is None:
+            self._dict = dict(zip(self._keys, self._lam.tolist()))
+        return self._dict
+
+    def __getitem__(self, key):
+        return self._values()[key]
+
+    def __iter__(self):
+        return iter(self._values())
+
+    def __len__(self):
+        return len(self._lam)
+
+    def __repr__(self):
+        return repr(self._values())
 
 
 class _ExactProjection(torch.autograd.Function):

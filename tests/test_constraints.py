@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from skfair import _kernels
-from skfair._exact import _gram, _open_bounds
+from skfair._exact import _open_bounds
+from skfair._kernels import row_gram
 from skfair.constraints import (
     AffineConstraint,
     ConstraintSet,
@@ -57,7 +58,8 @@ def test_mean_residual_rows_and_gradient_through_targets():
     groups = torch.tensor([0, 0, 1])
     y_true = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64, requires_grad=True)
     cs = MeanResidual().build(groups, epsilon=0.5, y_true=y_true)
-    np.testing.assert_allclose(cs.h.detach(), [2.0, 5.5, -1.0, -4.5])
+    h = dict(zip(cs.keys, cs.h.detach().tolist()))
+    assert h == {(0, 0, "+"): 2.0, (0, 1, "+"): 5.5, (0, 0, "-"): -1.0, (0, 1, "-"): -4.5}
     cs.h.sum().backward()  # h depends on y_true: +mean and -mean cancel
     np.testing.assert_allclose(y_true.grad, [0.0, 0.0, 0.0])
     y = torch.tensor([1.0, 1.0, 5.5], dtype=torch.float64)
@@ -89,7 +91,7 @@ def test_factored_products_match_dense(constraint, weighted, bounds):
     lam = torch.as_tensor(rng.uniform(size=cs.n_rows))
     torch.testing.assert_close(cs.matvec(z), G @ z)
     torch.testing.assert_close(cs.rmatvec(lam), G.T @ lam)
-    np.testing.assert_allclose(_gram(cs.host_coef, cs.square_mass, np.arange(cs.n_rows)),
+    np.testing.assert_allclose(row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows)),
                                (G @ G.T).numpy(), atol=1e-12)
     np.testing.assert_allclose(cs.host_mass, np.bincount(cs.host_atom, weights=None if w is None
                                                          else w.numpy(), minlength=cs.n_atoms))
@@ -109,12 +111,15 @@ def test_factored_products_match_dense(constraint, weighted, bounds):
     low, high = _open_bounds(lo, hi)
     out, sums, free_mass = np.empty(n), np.empty(cs.n_atoms), np.empty(cs.n_atoms)
     shift = cs.host_coef.T @ lam.numpy()
+    np.testing.assert_allclose(_kernels.atom_shift(cs.host_rows, lam.numpy()), shift, atol=1e-12)
     _kernels.clip_shift(z.numpy(), cs.host_atom, shift, cs.host_weight, low, high, out)
     distance = _kernels.shifted_sums(z.numpy(), cs.host_atom, shift, cs.host_weight, low, high,
                                      sums, free_mass)
     np.testing.assert_allclose(out, y_ref.numpy(), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(cs.host_coef @ sums, (G @ y_ref).numpy(), atol=1e-12)
-    np.testing.assert_allclose(_gram(cs.host_coef, free_mass, np.arange(cs.n_rows)),
+    np.testing.assert_allclose(_kernels.row_values(cs.host_rows, sums, cs.host_h),
+                               (G @ y_ref - h).detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(row_gram(cs.host_rows, free_mass, np.arange(cs.n_rows)),
                                (G[:, free] @ G[:, free].T).numpy(), atol=1e-12)
     assert distance == pytest.approx(0.5 * float(((y_ref - z) ** 2).sum()), rel=1e-12)
 
@@ -123,7 +128,7 @@ def test_factored_products_match_dense(constraint, weighted, bounds):
     _kernels.free_sums(values, y_host, cs.host_atom, cs.host_weight, low, high, sums, free_mass)
     np.testing.assert_allclose(cs.host_coef @ sums, G[:, free].numpy() @ values[free.numpy()],
                                atol=1e-12)
-    np.testing.assert_allclose(_gram(cs.host_coef, free_mass, np.arange(cs.n_rows)),
+    np.testing.assert_allclose(row_gram(cs.host_rows, free_mass, np.arange(cs.n_rows)),
                                (G[:, free] @ G[:, free].T).numpy(), atol=1e-12)
     _kernels.free_shift(values, y_host, cs.host_atom, cs.host_coef.T @ u, cs.host_weight, low,
                         high, out)
@@ -206,39 +211,61 @@ def test_get_constraint():
         get_constraint("statistical_parity")
 
 
+def _family_rows(cs):
+    """The pair families of ``cs``: for each, its rows by pair ``(i, j)`` of members."""
+    rows = cs.host_rows
+    families = []
+    for f, k in enumerate(rows.family_size.tolist()):
+        start = int(rows.family_start[f])
+        families.append({(i, j): start + i * (k - 1) + j - (j > i)
+                         for i in range(k) for j in range(k) if i != j})
+    return families
+
+
 @pytest.mark.parametrize("constraint", ["demographic_parity", "equalized_odds"])
 def test_pair_families_list_every_ordered_pair_of_a_cell(constraint):
     rng = np.random.default_rng(1)
     groups = torch.as_tensor(rng.integers(0, 3, (60, 2)))
     y_true = torch.as_tensor(rng.integers(0, 2, 60).astype(float))
     cs = get_constraint(constraint).build(groups, epsilon=0.1, y_true=y_true)
-    rows = [r for family in cs.pair_families for r, _, _ in family]
+    families = _family_rows(cs)
+    rows = [r for family in families for r in family.values()]
     assert sorted(rows) == list(range(cs.n_rows))  # every row is a pair row here
+    assert len(families) == 2 * (1 if constraint == "demographic_parity" else 2)
     G = cs.dense()
-    for family in cs.pair_families:
-        a, label = cs.keys[family[0][0]][0], cs.keys[family[0][0]][3]
-        for r, u, v in family:
-            assert cs.keys[r][0] == a and cs.keys[r][3] == label
-            assert cs.h[r] == cs.h[family[0][0]]
+    for family in families:
+        first = cs.keys[family[0, 1]]
+        for (i, j), r in family.items():
+            # key (attribute, u, v, label): one attribute and label cell per family, member i
+            # is group u of every row (i, .)
+            a, u, v, label = cs.keys[r]
+            assert (a, label) == (first[0], first[3]) and u != v
+            assert cs.keys[family[j, i]] == (a, v, u, label)
+            assert cs.keys[family[i, 0 if i else 1]][1] == u
+            assert cs.h[r] == cs.h[family[0, 1]]
             # row (u, v) is minus row (v, u): one statistic per group
-            reverse = [s for s, u2, v2 in family if (u2, v2) == (v, u)]
-            torch.testing.assert_close(G[reverse[0]], -G[r])
-        k = len({u for _, u, _ in family})
-        assert len(family) == k * (k - 1)
+            torch.testing.assert_close(G[family[j, i]], -G[r])
+            # a difference of two group means
+            assert float(G[r].clamp(min=0).sum()) == pytest.approx(1.0)
+        k = round((1 + (1 + 4 * len(family)) ** 0.5) / 2)
+        assert len(family) == k * (k - 1) and k == 3
 
 
 def test_mean_residual_pairs_opposite_rows_and_reference_rows_stay_out():
     y_true = torch.tensor([0.2, 0.4, 0.6])
     cs = MeanResidual().build(torch.tensor([0, 0, 1]), epsilon=0.1, y_true=y_true)
     # each group's two rows are opposite, and their bounds sum to 2 * epsilon >= 0
-    assert cs.pair_families == (((0, "+", "-"), (2, "-", "+")), ((1, "+", "-"), (3, "-", "+")))
+    assert list(cs.keys) == [(0, 0, "+"), (0, 0, "-"), (0, 1, "+"), (0, 1, "-")]
+    assert cs.host_rows.family_size.tolist() == [2, 2]
     G = cs.dense()
-    for (r, _, _), (s, _, _) in cs.pair_families:
+    for family in _family_rows(cs):
+        r, s = family[0, 1], family[1, 0]
         torch.testing.assert_close(G[r], -G[s])
         assert float(cs.h[r] + cs.h[s]) == pytest.approx(0.2)
     cs = DemographicParity().build(torch.tensor([0, 0, 1]), epsilon=0.1,
                                    reference_means={(0, 2, None): 0.3})
-    assert [r for r, _, _ in cs.pair_families[0]] == [0, 1]
+    assert list(_family_rows(cs)[0].values()) == [0, 1]
+    assert int(cs.host_rows.family_start[-1]) == 2  # the reference rows are outside families
     assert cs.n_rows == 6  # two in-batch pair rows, two reference rows per present group
 
 

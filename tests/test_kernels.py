@@ -8,6 +8,7 @@ import torch
 from conftest import torch_objective
 
 from skfair import _kernels
+from skfair.constraints import _dense_coef, _explicit_rows, _statistics
 
 
 def test_without_a_writable_cache_the_loops_still_compile(monkeypatch):
@@ -58,7 +59,7 @@ def test_ranges_propagate_nan_and_are_zero_when_empty():
     assert _kernels.value_range(np.array([0.5, -2.0, 3.0])) == (-2.0, 3.0)
     assert all(np.isnan(_kernels.value_range(np.array([0.5, np.nan, 3.0]))))
     assert _kernels.value_range(np.empty(0)) == (0.0, 0.0)
-    coef, h = np.array([[1.0, -1.0]]), np.array([0.1])
+    coef, h = _explicit_rows(np.array([[1.0, -1.0]])), np.array([0.1])
     atom, values = np.array([0, 1, 1]), np.array([0.5, 0.2, 0.4])
     violation, low, high = _kernels.violation_and_range(values, atom, np.empty(0), coef, h)
     assert violation == pytest.approx(0.5 - 0.6 - 0.1) and (low, high) == (0.2, 0.5)
@@ -93,20 +94,30 @@ def test_mixed_radix_reports_too_large_spaces_and_negative_codes():
     assert (atom == -1).all()
 
 
-def test_mean_coefficients_matches_numpy():
+def test_factored_rows_match_their_dense_matrix():
+    """Rows that are differences of two statistics (or one, or none): every compiled product
+    equals numpy's on the dense matrix."""
     rng = np.random.default_rng(1)
-    member = (rng.uniform(size=(4, 6)) < 0.6).astype(float)
-    member[:, 0] = 1.0  # every group has an atom
-    select = rng.choice([-1.0, 0.0, 1.0], size=(5, 4))
-    mass = rng.uniform(0.5, 3.0, 6)
-    np.testing.assert_allclose(_kernels.mean_coefficients(select, member, mass),
-                               select @ (member / (member @ mass)[:, None]), rtol=1e-14)
+    n_stats, n_atoms, m = 5, 7, 12
+    stat = np.where(rng.uniform(size=(n_stats, n_atoms)) < 0.5, rng.normal(size=(n_stats, n_atoms)),
+                    0.0)
+    plus, minus = rng.integers(-1, n_stats, m), rng.integers(-1, n_stats, m)
+    rows = _statistics(stat, plus, minus, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    padded = np.vstack([stat, np.zeros(n_atoms)])
+    dense = padded[plus] - padded[minus]
+    np.testing.assert_array_equal(_dense_coef(rows, n_atoms), dense)
+    sums, lam, h = rng.normal(size=n_atoms), rng.uniform(size=m), rng.normal(size=m)
+    mass, chosen = rng.uniform(0.5, 2.0, n_atoms), np.array([0, 3, 4, 9])
+    np.testing.assert_allclose(_kernels.row_values(rows, sums, h), dense @ sums - h, atol=1e-13)
+    np.testing.assert_allclose(_kernels.atom_shift(rows, lam), dense.T @ lam, atol=1e-13)
+    np.testing.assert_allclose(_kernels.row_gram(rows, mass, chosen),
+                               dense[chosen] @ np.diag(mass) @ dense[chosen].T, atol=1e-13)
 
 
 def test_first_unattainable_row_with_open_bounds():
     """A row's smallest value over the box; a zero coefficient times an infinite bound adds
     nothing (not NaN)."""
-    coef = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    coef = _explicit_rows(np.array([[1.0, 0.0], [-1.0, 0.0]]))
     mass = np.array([1.0, 1.0])
     # y in [0.2, inf): row 0 (y_0 <= h) needs h >= 0.2, row 1 (-y_0 <= h) can always hold
     assert _kernels.first_unattainable(coef, mass, np.array([0.3, -5.0]), 0.2, np.inf) == (-1, 0.0)
