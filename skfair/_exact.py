@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
-                       host_vector, objective, row_gram, row_values, shifted_sums, value_range,
-                       violation_and_range)
+                       host_vector, objective, pair_gram, row_gram, row_values, shifted_sums,
+                       value_range, violation_and_range)
 from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -320,13 +320,29 @@ def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale
             residual, free_mass = _evaluate(z, atom, weight, rows, h, lam, lo, hi)
             if chosen.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
+        rho = kappa * min(worst / scale, 1.0)
+        if rows.family_size.size:
+            moves, step = _family_step(lam, residual, free_mass, square_mass, rows, h, rho)
+            slope = _slope(residual, moves, step) if moves.size else 0.0
+            if slope > 0:
+                length, trial, residual_t, free_mass_t = _line_search(
+                    z, atom, weight, rows, h, lam, residual, free_mass, moves, step, slope, lo,
+                    hi)
+                if length > 0:
+                    if length < KAPPA_SHORT and length < _segment_end(lam, moves, step):
+                        kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
+                    elif length >= KAPPA_LONG:
+                        kappa = max(kappa / KAPPA_FACTOR, KAPPA_MIN)
+                    lam = trial
+                    residual, free_mass = residual_t, free_mass_t
+                    continue
+            # no ascent from the flows' step (rounding, or a model far off): the pairs' step
         k = chosen.size
         rhs = np.empty(k)
         for i in range(k):
             rhs[i] = residual[chosen[i]]
         full = row_gram(rows, square_mass, chosen)  # G G^T on them, as if every output were free
         hessian = row_gram(rows, free_mass, chosen)
-        rho = kappa * min(worst / scale, 1.0)
         for i in range(k):
             hessian[i, i] += rho * full[i, i]
         offset = np.empty(k)
@@ -685,6 +701,226 @@ def _cholesky_solve(matrix, rhs):
             x[i] -= lower[p, i] * x[p]
         x[i] /= lower[i, i]
     return x, True
+
+
+@_jit
+def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
+    """A Newton step for the pair families in the space of the groups' net flows, and for the
+    other rows with them: ``(chosen, step)``, the rows it changes and by how much (empty when
+    there is nothing to change).
+
+    In a family, the dual depends on the pair multipliers through each member's net flow
+    ``nu_u`` (they sum to zero) and loses ``c`` per unit of flow given: ``c * sum(nu_u+)``. Its
+    optimum is a centre ``mu`` with the givers' statistics at ``mu + c``, the takers' at ``mu``
+    and the others in between. Who gives and who takes comes from the step's model with the
+    members uncoupled (their own curvature), solved exactly for the centre (bisection on the
+    flows' total, :func:`_predicted_flows`); the step then solves the coupled model on those
+    members: a Newton system with one centre per family (:func:`_flow_newton`). Its target
+    flows are routed on a forest (:func:`_route`): a segment from the current multipliers to
+    them stays non-negative and moves the flows linearly, so the line search of the pair rows
+    applies unchanged, and a step in this space needs no projection (unlike a step in the
+    pairs' coordinates, whose projection onto ``lam >= 0`` cut most of the steps short when
+    many groups changed sides).
+    """
+    m = lam.size
+    size, start = rows.family_size, rows.family_start
+    n_families = size.size
+    first = np.zeros(n_families + 1, np.int64)  # members of family f: first[f]:first[f + 1]
+    for f in range(n_families):
+        first[f + 1] = first[f] + size[f]
+    n_members = first[n_families]
+    flow, level, stat = np.zeros(n_members), np.zeros(n_members), np.empty(n_members, np.int64)
+    cost = np.empty(n_families)
+    for f in range(n_families):
+        k = size[f]
+        cost[f] = 0.5 * (h[_pair_row(start, f, k, 0, 1)] + h[_pair_row(start, f, k, 1, 0)])
+        for i in range(k):
+            stat[first[f] + i] = rows.plus[_pair_row(start, f, k, i, 1 if i == 0 else 0)]
+            if i:  # the statistic minus its offset, up to a constant per family
+                level[first[f] + i] = 0.5 * (residual[_pair_row(start, f, k, i, 0)]
+                                             - residual[_pair_row(start, f, k, 0, i)])
+            for j in range(k):
+                if j != i:
+                    r = _pair_row(start, f, k, i, j)
+                    flow[first[f] + i] += lam[r]
+                    flow[first[f] + j] -= lam[r]
+    none = np.full(n_members, -1, np.int64)
+    curvature = pair_gram(rows, free_mass, stat, none)
+    full = pair_gram(rows, square_mass, stat, none)
+    side = _predicted_flows(flow, level, cost, first, curvature, full)
+    end = start[n_families]
+    generic = np.zeros(m - end, np.bool_)
+    for r in range(end, m):
+        generic[r - end] = lam[r] > 0 or residual[r] > 0
+    target, generic_step = _flow_newton(flow, level, cost, first, side, stat, generic, lam,
+                                        residual, free_mass, square_mass, rows, rho)
+    if target.size == 0:
+        return np.empty(0, np.int64), np.empty(0)
+    trial = lam.copy()
+    _route(trial, target, first, size, start)
+    for r in range(end, m):
+        trial[r] = max(lam[r] + generic_step[r - end], 0.0)
+    changed = 0
+    for r in range(m):
+        changed += trial[r] != lam[r]
+    chosen, step = np.empty(changed, np.int64), np.empty(changed)
+    changed = 0
+    for r in range(m):
+        if trial[r] != lam[r]:
+            chosen[changed], step[changed] = r, trial[r] - lam[r]
+            changed += 1
+    return chosen, step
+
+
+@_jit
+def _predicted_flows(flow, level, cost, first, curvature, full):
+    """The side of every member (+1 gives, -1 takes, 0 neither) in the step's model with the
+    members uncoupled: member ``u`` alone maximises ``(level_u - mu) x - cost x+ - H_u (x -
+    flow_u)^2 / 2``, and the centre ``mu`` of each family makes the flows sum to zero (the sum
+    decreases with ``mu``: bisection). A member whose outputs are all clipped has no curvature
+    of its own; it gets a tiny one (it moves freely)."""
+    side = np.zeros(flow.size, np.int64)
+    for f in range(cost.size):
+        largest = 0.0
+        for u in range(first[f], first[f + 1]):
+            largest = max(largest, full[u, u])
+        tiny = 1e-12 * largest if largest > 0 else 1.0
+        low, high = np.inf, -np.inf
+        for u in range(first[f], first[f + 1]):
+            own = max(curvature[u, u], tiny)
+            low = min(low, level[u] + own * flow[u])
+            high = max(high, level[u] + own * flow[u])
+        low -= cost[f] + 1.0
+        high += 1.0
+        for _ in range(200):
+            mu = 0.5 * (low + high)
+            if not low < mu < high:
+                break
+            if _flow_total(flow, level, cost[f], first[f], first[f + 1], curvature, tiny,
+                           mu) > 0:
+                low = mu
+            else:
+                high = mu
+        mu = 0.5 * (low + high)
+        for u in range(first[f], first[f + 1]):
+            own = max(curvature[u, u], tiny)
+            free = flow[u] + (level[u] - mu) / own
+            side[u] = 1 if free > cost[f] / own else (-1 if free < 0 else 0)
+    return side
+
+
+@_jit
+def _flow_total(flow, level, cost, begin, stop, curvature, tiny, mu):
+    """The total of the uncoupled model's flows at the centre ``mu`` (see
+    :func:`_predicted_flows`)."""
+    total = 0.0
+    for u in range(begin, stop):
+        own = max(curvature[u, u], tiny)
+        free = flow[u] + (level[u] - mu) / own
+        if free > cost / own:
+            total += free - cost / own
+        elif free < 0:
+            total += free
+    return total
+
+
+@_jit
+def _flow_newton(flow, level, cost, first, side, stat, generic, lam, residual, free_mass,
+                 square_mass, rows, rho):
+    """The Newton step on the members that give or take (``side``) and the rows outside the
+    families flagged ``generic``, with one centre per family: ``(target flows, step of the
+    other rows)``; the members of neither side go to zero flow. Empty arrays when no member
+    gives or takes and no other row moves."""
+    n_members, end = flow.size, rows.family_start[cost.size]
+    active = _indices(side != 0)
+    others = _indices(generic) + end
+    leaving = _indices((side == 0) & (flow != 0.0))
+    n_a, n_g = active.size, others.size
+    if n_a + n_g + leaving.size == 0:
+        return np.empty(0), np.empty(0)
+    items = n_a + n_g + leaving.size
+    plus, minus = np.full(items, -1, np.int64), np.full(items, -1, np.int64)
+    for i in range(n_a):
+        plus[i] = stat[active[i]]
+    for i in range(n_g):
+        plus[n_a + i], minus[n_a + i] = rows.plus[others[i]], rows.minus[others[i]]
+    for i in range(leaving.size):
+        plus[n_a + n_g + i] = stat[leaving[i]]
+    gram = pair_gram(rows, free_mass, plus, minus)
+    full = pair_gram(rows, square_mass, plus, minus)
+    family = np.empty(n_members, np.int64)
+    for f in range(cost.size):
+        family[first[f]:first[f + 1]] = f
+    centre = np.full(cost.size, -1, np.int64)  # the centre's unknown of each family, if any
+    n_centres = 0
+    for i in range(n_a):
+        f = family[active[i]]
+        if centre[f] < 0:
+            centre[f] = n_a + n_g + n_centres
+            n_centres += 1
+    size = n_a + n_g + n_centres
+    system, rhs = np.zeros((size, size)), np.zeros(size)
+    ridge = max(rho, 1e-10)
+    for i in range(n_a + n_g):
+        for j in range(n_a + n_g):
+            system[i, j] = gram[i, j]
+        system[i, i] += ridge * full[i, i]
+        if i < n_a:
+            u = active[i]
+            rhs[i] = level[u] - (cost[family[u]] if side[u] > 0 else 0.0)
+            system[i, centre[family[u]]] = system[centre[family[u]], i] = 1.0
+        else:
+            rhs[i] = residual[others[i - n_a]]
+        for z in range(leaving.size):  # their flows go to zero: -H (0 - flow)
+            rhs[i] += gram[i, n_a + n_g + z] * flow[leaving[z]]
+    for z in range(leaving.size):
+        c = centre[family[leaving[z]]]
+        if c >= 0:
+            rhs[c] += flow[leaving[z]]
+    solution = np.linalg.solve(system, rhs)
+    target = np.zeros(n_members)
+    for i in range(n_a):
+        target[active[i]] = flow[active[i]] + solution[i]
+    for f in range(cost.size):  # a family whose members all leave: every flow to zero
+        if centre[f] < 0:
+            for u in range(first[f], first[f + 1]):
+                target[u] = 0.0
+    step = np.zeros(lam.size - end)
+    for i in range(n_g):
+        step[others[i] - end] = solution[n_a + i]
+    for u in range(n_members):
+        if not np.isfinite(target[u]):
+            return np.empty(0), np.empty(0)
+    return target, step
+
+
+@_jit
+def _route(lam, flow, first, size, start):
+    """The pair multipliers of every family set to the net ``flow`` of its members (summing
+    to zero), routed from givers to takers on a forest (north-west corner, as
+    :func:`_tree_flows`)."""
+    for f in range(size.size):
+        k = size[f]
+        net = flow[first[f]:first[f + 1]].copy()
+        for i in range(k):
+            for j in range(k):
+                if i != j:
+                    lam[_pair_row(start, f, k, i, j)] = 0.0
+        noise = 0.0
+        for g in range(k):
+            noise = max(noise, 1e-13 * abs(net[g]))
+        give = take = 0
+        while True:
+            while give < k and not net[give] > noise:
+                give += 1
+            while take < k and not net[take] < -noise:
+                take += 1
+            if give == k or take == k:
+                break
+            amount = min(net[give], -net[take])
+            lam[_pair_row(start, f, k, give, take)] += amount
+            net[give] -= amount
+            net[take] += amount
 
 
 @_jit

@@ -212,14 +212,20 @@ def atom_shift(rows, lam):
 
 @_jit
 def row_gram(rows, mass, selected):
-    """``G_S diag(mass) G_S^T`` on the rows ``selected`` (``mass`` per atom), through the
-    products of their statistics: one pass over the atoms, each pair of statistics that share
-    an atom counted once per atom."""
-    k = selected.size
+    """``G_S diag(mass) G_S^T`` on the rows ``selected`` (``mass`` per atom)."""
+    return pair_gram(rows, mass, rows.plus[selected], rows.minus[selected])
+
+
+@_jit
+def pair_gram(rows, mass, plus, minus):
+    """The Gram matrix, weighted by ``mass`` per atom, of the vectors ``stat[plus[i]] -
+    stat[minus[i]]`` (-1: none), through the products of their statistics: one pass over the
+    atoms, each pair of statistics that share an atom counted once per atom."""
+    k = plus.size
     local = np.full(rows.stat_ptr.size - 1, -1, np.int64)
     n_local = 0
     for i in range(k):
-        for s in (rows.plus[selected[i]], rows.minus[selected[i]]):
+        for s in (plus[i], minus[i]):
             if s >= 0 and local[s] < 0:
                 local[s] = n_local
                 n_local += 1
@@ -237,9 +243,9 @@ def row_gram(rows, mass, selected):
                     products[p, q] += rows.atom_coef[e] * mass[a] * rows.atom_coef[f]
     gram = np.zeros((k, k))
     for i in range(k):
-        pi, mi = rows.plus[selected[i]], rows.minus[selected[i]]
+        pi, mi = plus[i], minus[i]
         for j in range(i + 1):
-            pj, mj = rows.plus[selected[j]], rows.minus[selected[j]]
+            pj, mj = plus[j], minus[j]
             total = 0.0
             if pi >= 0 and pj >= 0:
                 total += products[local[pi], local[pj]]
