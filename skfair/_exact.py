@@ -141,23 +141,30 @@ def conflicting_rows(cs, lo, hi):
 
     Decided exactly on the atoms' totals (the rows read the outputs only through them, and
     every total between ``lo`` and ``hi`` times the atom's weight is attainable): a linear
-    program (HiGHS) that minimises the total slack ``s >= 0`` of ``coef @ t <= h + s``. When
-    the minimum is positive, the rows with a nonzero multiplier at its optimum are the
-    conflicting ones (they make the certificate of infeasibility). Called only when no solver
-    met the guarantee, to tell an infeasible problem from a solver's failure.
+    program (HiGHS, sparse: two statistics per row) that minimises the total slack ``s >= 0``
+    of ``G t <= h + s``. When the minimum is positive, the rows with a nonzero multiplier at
+    its optimum are the conflicting ones (they make the certificate of infeasibility). Called
+    only when no solver met the guarantee, to tell an infeasible problem from a solver's
+    failure; above :data:`CONFLICT_ROWS` rows (parity over hundreds of groups, which no bounds
+    make infeasible) no conclusion is drawn.
     """
+    import scipy.sparse as sp
     from scipy.optimize import linprog
 
-    coef, h, mass = cs.host_coef, cs.host_h, cs.host_mass
-    m, n_atoms = coef.shape
-    if m == 0:
+    h, mass, rows = cs.host_h, cs.host_mass, cs.host_rows
+    m, n_atoms = h.size, cs.n_atoms
+    if m == 0 or m > CONFLICT_ROWS:
         return []
     low, high = _open_bounds(lo, hi)
     box = [(low * w if w else 0.0, high * w if w else 0.0) for w in mass]
     box = [(None if math.isinf(a) else a, None if math.isinf(b) else b) for a, b in box]
     scale = max(1.0, float(np.abs(h).max()))
+    stat = sp.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
+                         shape=(rows.stat_ptr.size - 1, n_atoms))
+    stat = sp.vstack([stat, sp.csr_matrix((1, n_atoms))]).tocsr()  # the last: "none" (-1)
+    coef = stat[rows.plus] - stat[rows.minus]
     found = linprog(np.r_[np.zeros(n_atoms), np.ones(m)],
-                    A_ub=np.hstack([coef, -np.eye(m)]), b_ub=h,
+                    A_ub=sp.hstack([coef, -sp.identity(m)], format="csr"), b_ub=h,
                     bounds=box + [(0.0, None)] * m, method="highs")
     if found.status != 0:
         return []  # the linear program itself failed: no conclusion
@@ -165,6 +172,10 @@ def conflicting_rows(cs, lo, hi):
         return []
     weights = np.abs(found.ineqlin.marginals)
     return [cs.keys[r] for r in np.flatnonzero(weights > 1e-9 * weights.max())]
+
+
+#: the most rows :func:`conflicting_rows` examines
+CONFLICT_ROWS = 100_000
 
 
 def vjp(grad_y, host_y, host_lam, cs, lo, hi, with_h=True):

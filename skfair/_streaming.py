@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from ._exact import clip
-from ._kernels import host_vector, row_gram
+from ._kernels import host_vector, row_gram, row_values
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
 from .layer import project
 
@@ -98,6 +98,11 @@ def row_norms(cs):
     stat = np.repeat(np.arange(rows.stat_ptr.size - 1), np.diff(rows.stat_ptr))
     np.add.at(squares, stat, rows.stat_coef**2 * cs.square_mass[rows.stat_atom])
     return squares[rows.plus] + squares[rows.minus]
+
+
+def _weighted(values, weight):
+    """``values`` times the host ``weight`` (empty: unit weights)."""
+    return values * weight if weight.size else values
 
 
 def _gram(cs):
@@ -267,7 +272,12 @@ class PrimalDualStream:
         n = y.shape[0]
         self.n_batches += 1
         self.n_samples += n
-        values = (cs.matvec(y) - cs.h + self.epsilon).tolist() if cs.n_rows else []
+        values = []
+        if cs.n_rows:  # from the factored rows: a parity constraint has k (k - 1) of them
+            sums = np.bincount(cs.host_atom, weights=_weighted(host_vector(y.to(torch.float64)),
+                                                               cs.host_weight),
+                               minlength=cs.n_atoms)
+            values = (row_values(cs.host_rows, sums, cs.host_h) + self.epsilon).tolist()
         for key, value in zip(cs.keys, values):
             self.row_sums[key] = self.row_sums.get(key, 0.0) + n * value
         gap = max(values, default=0.0)

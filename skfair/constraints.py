@@ -176,11 +176,11 @@ class ConstraintSet:
 
     def matvec(self, y):
         """``G @ y`` for ``y`` of shape (n,)."""
-        return self.coef @ self.atom_sums(y)
+        return _row_tensor(self.host_rows, self.atom_sums(y))
 
     def rmatvec(self, lam):
         """``G.T @ lam`` for ``lam`` of shape (m,)."""
-        values = (lam @ self.coef)[self.atom]
+        values = _atom_tensor(self.host_rows, lam)[self.atom]
         return values if self.weight is None else values * self.weight
 
     def violation(self, y):
@@ -569,7 +569,7 @@ def constraint_gap(constraint, y, groups, *, y_true=None, sample_weight=None):
     cs = constraint.build(groups, epsilon=0.0, y_true=y_true, sample_weight=sample_weight)
     if cs.n_rows == 0:
         return 0.0
-    return float(cs.violation(torch.as_tensor(y, dtype=torch.float64, device=cs.coef.device)))
+    return float(cs.violation(torch.as_tensor(y, dtype=torch.float64, device=cs.atom.device)))
 
 
 def _as_group_matrix(groups):
@@ -765,14 +765,31 @@ def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon):
 
 def _row_tensor(rows, sums):
     """``G``'s rows applied to the atom sums ``sums`` (a tensor: differentiable in ``sums``)."""
-    def tensor(array):  # (a copy: the cached arrays are read-only)
-        return torch.tensor(array, device=sums.device)
-
+    device = sums.device
     n_stats = rows.stat_ptr.size - 1
-    index = tensor(np.repeat(np.arange(n_stats), np.diff(rows.stat_ptr)))
-    terms = tensor(rows.stat_coef) * sums[tensor(rows.stat_atom)]
+    index = _index_tensor(np.repeat(np.arange(n_stats), np.diff(rows.stat_ptr)), device)
+    terms = _index_tensor(rows.stat_coef, device) * sums[_index_tensor(rows.stat_atom, device)]
     values = sums.new_zeros(n_stats + 1).index_add_(0, index, terms)  # the last: "none" (-1)
-    return values[tensor(rows.plus)] - values[tensor(rows.minus)]
+    return values[_index_tensor(rows.plus, device)] - values[_index_tensor(rows.minus, device)]
+
+
+def _atom_tensor(rows, lam):
+    """``G.T @ lam`` per atom (a tensor: differentiable in ``lam``)."""
+    device = lam.device
+    n_stats = rows.stat_ptr.size - 1
+    net = lam.new_zeros(n_stats + 1)  # the last: "none" (-1), dropped
+    for stat, sign in ((rows.plus, lam), (rows.minus, -lam)):
+        net = net.index_add(0, _index_tensor(np.where(stat < 0, n_stats, stat), device), sign)
+    net = net[:n_stats]
+    index = _index_tensor(np.repeat(np.arange(n_stats), np.diff(rows.stat_ptr)), device)
+    terms = _index_tensor(rows.stat_coef, device).to(lam.dtype) * net[index]
+    return lam.new_zeros(rows.atom_ptr.size - 1).index_add_(
+        0, _index_tensor(rows.stat_atom, device), terms)
+
+
+def _index_tensor(array, device):
+    """A (read-only, cached) numpy array as a tensor on ``device`` (a copy)."""
+    return torch.tensor(array, device=device)
 
 
 def _host_array(values):
