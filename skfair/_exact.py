@@ -4,24 +4,28 @@ For ``lam >= 0`` the Lagrangian ``1/2 ||y - z||^2 + lam^T (G y - h)`` is minimis
 by ``y(lam) = clip(z - G^T lam, lo, hi)``; the dual function ``d(lam)`` is concave and piecewise
 quadratic with gradient ``G y(lam) - h`` and generalised Hessian ``-G_F G_F^T`` (``F``:
 coordinates not clipped). We maximise it with a projected Newton method (Bertsekas, 1982): a
-Newton step on the multipliers that are not pinned at zero, an Armijo search along the
-projection arc. Once the clipped set and the active rows are identified the step is exact, so
+Newton step on the multipliers that are not pinned at zero, and a search for the dual's peak
+along the step. Once the clipped set and the active rows are identified the step is exact, so
 the method stops after a handful of iterations with the KKT conditions met to rounding error.
 
-Parity constraints compare every ordered pair of groups, so their rows are linearly dependent
-(``u-v``, ``v-w`` and ``u-w``) and the Newton systems would be singular. Within such a family
-only each group's net multiplier moves the outputs, and the dual loses ``epsilon`` per unit of
-total multiplier, so before every step the multipliers are re-routed on a forest of pairs
-(:func:`_tree_flows`: same outputs, never a lower dual value) and the step moves a forest of
-rows only (:func:`_newton_rows`): the systems stay regular and no damping slows the method.
+Parity constraints compare every ordered pair of groups (a *family* of rows, see
+:class:`skfair._kernels.Rows`): only each group's net multiplier moves the outputs, and the dual
+loses ``epsilon`` per unit of flow given. Their step is taken in the groups' net flows
+(:func:`_family_step`): which groups give and which take comes from a model of the step solved
+exactly per family, and the Newton system has one unknown per group that gives or takes plus
+one centre per family, whatever the number of pairs. The target flows are routed on a forest of
+pairs, so the line search runs along the pair multipliers, which stay non-negative. Where that
+step does not ascend (rounding), a step in the pairs' coordinates on a forest of rows
+(:func:`_tree_flows`, :func:`_newton_rows`) is taken instead; rows outside families (custom
+constraints) take only that one.
 
-Each iteration costs ``O(n + m^2 n_atoms + m^3)`` with the factored ``G`` of
-:class:`~skfair.constraints.ConstraintSet`: one pass over the ``n`` outputs
-(:func:`skfair._kernels.shifted_sums`) and small dense algebra on the ``m`` rows. The whole
-iteration, like the backward pass, is one compiled function (numba) on the host: at the batch
-sizes of training the method is a few dozen small operations per iteration, and as separate
-Python-level calls their overhead was most of the projection's time. Tensors on other devices
-are copied to the host and the results back (``O(n)`` each way).
+Each iteration costs one pass over the ``n`` outputs (:func:`skfair._kernels.shifted_sums`)
+per evaluation, products with the rows' statistics (two per row, never a ``m x n_atoms``
+matrix), ``O(m)`` for the rows' residuals and small dense algebra on the moving groups and
+rows. The whole iteration, like the backward pass, is one compiled function (numba) on the host:
+at the batch sizes of training the method is a few dozen small operations per iteration, and as
+separate Python-level calls their overhead was most of the projection's time. Tensors on other
+devices are copied to the host and the results back (``O(n)`` each way).
 """
 
 import math
@@ -435,7 +439,8 @@ def _segment_end(lam, chosen, step):
 def _line_search(z, atom, weight, rows, h, lam, residual, free_mass, chosen, step, slope, lo, hi):
     """The peak of the dual along ``lam + t * step`` (``step`` on the rows ``chosen``,
     ascending: the directional derivative ``slope`` at ``t = 0`` is positive), ``t`` from 1
-    and at most where a multiplier reaches zero (``residual`` and ``free_mass``: the evaluation at ``lam``).
+    and at most where a multiplier reaches zero (``residual`` and ``free_mass``: the
+    evaluation at ``lam``).
     Returns ``(t, lam + t * step, residual, free_mass)``, the evaluation at that point;
     ``t = 0`` (and ``lam`` itself) when no point with a positive derivative was found.
 

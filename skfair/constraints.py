@@ -22,9 +22,11 @@ rows: there is no mean to compare. A batch without any row leaves the outputs fr
 bounds apply).
 
 Row counts: a parity constraint has ``k (k - 1)`` rows for every compared cell of ``k`` groups
-present (an attribute, a label cell, or every combination of attributes when intersectional):
-building them and the solver's small algebra grow with that square, so hundreds of groups (or
-intersectional cells) are slow and can exhaust memory. ``mean_residual`` has ``2 k`` rows.
+present (an attribute, a label cell, or every combination of attributes when intersectional),
+``mean_residual`` ``2 k``. The rows are stored as the ``k`` group means and two indices per row
+(:class:`ConstraintSet`): no ``k (k - 1) x n_atoms`` matrix is formed unless asked for, and the
+exact solver's linear algebra works on the groups; what grows with ``k^2`` is one number per
+row (its bound, residual and multiplier).
 
 Group means are weighted by ``sample_weight`` when it is given.
 """
@@ -674,6 +676,15 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
                     v = reference[1]
                     generic.append((first + i, -1, (a, u, v, label), reference, 1.0))
                     generic.append((-1, first + i, (a, v, u, label), reference, -1.0))
+    largest = max(families, key=lambda family: len(family[0]), default=None)
+    n_pairs = sum(len(members) * (len(members) - 1) for members, _ in families)
+    if n_pairs > MAX_PAIR_ROWS:
+        a, label = largest[1][1], largest[1][2] if largest[1][0] == "pairs" else None
+        raise ValueError(
+            f"{cls.name} over {len(largest[0]):,} groups present together (attribute {a}"
+            f"{'' if label is None else f', label {label}'}) needs {n_pairs:,} pair rows, more "
+            f"than the {MAX_PAIR_ROWS:,} skfair builds for one batch (a number per pair); use "
+            f"fewer or coarser groups, e.g. marginal instead of intersectional fairness.")
     member = np.array(member, dtype=np.float64).reshape(len(member), len(table))
     family_size = np.array([len(members) for members, _ in families], dtype=np.int64)
     family_start = np.r_[0, np.cumsum(family_size * (family_size - 1))].astype(np.int64)
@@ -692,6 +703,11 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
     for array in (member, plus, minus, family_size, family_start):
         array.flags.writeable = False  # cached and shared between batches
     return member, plus, minus, family_size, family_start, reference_rows, keys
+
+
+#: the most pair rows a batch's constraint may have: each costs a few numbers (its groups, bound,
+#: residual and multiplier), about 60 bytes
+MAX_PAIR_ROWS = 20_000_000
 
 
 class _RowKeys(Sequence):

@@ -123,7 +123,7 @@ FAR_OUT = 1e6
 #: raw outputs farther outside the bounds than this times their width are "far out" too
 FAR_OUTSIDE = 100.0
 #: the most pair rows an instance may have to be run (see :func:`pair_rows`)
-MAX_PAIR_ROWS = 20_000
+MAX_PAIR_ROWS = 1_000_000
 
 
 def far_out(inst):
@@ -147,10 +147,10 @@ def far_out(inst):
 
 
 def pair_rows(inst):
-    """The number of rows the layer builds today: ``k (k - 1)`` ordered pairs per compared
-    cell of ``k`` groups (2 rows per group for mean_residual). Instances above
-    ``MAX_PAIR_ROWS`` are not run: their rows grow quadratically with the groups (an open part
-    of the guarantee work) and would exhaust memory."""
+    """The number of rows the layer builds: ``k (k - 1)`` ordered pairs per compared cell of
+    ``k`` groups (2 rows per group for mean_residual). Instances above ``MAX_PAIR_ROWS`` (about
+    a thousand groups present together) are not run: a number per row adds up, and the
+    conic reference on thousands of groups is slow."""
     counts = [len(members) for _, members in partitions(inst)]
     if inst.constraint == "mean_residual":
         return sum(2 * k for k in counts)

@@ -356,3 +356,18 @@ def test_constraint_set_rejects_inconsistent_arrays():
 def test_gap_of_outputs_and_groups_of_different_lengths_is_an_error():
     with pytest.raises(ValueError, match="one value per sample"):
         constraint_gap("demographic_parity", torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1]))
+
+
+def test_too_many_pair_rows_are_refused_with_a_clear_error(monkeypatch):
+    """Beyond MAX_PAIR_ROWS (a number per pair row adds up: thousands of groups present
+    together) the build raises a ValueError saying what to do, instead of exhausting memory."""
+    from skfair import constraints
+
+    monkeypatch.setattr(constraints, "MAX_PAIR_ROWS", 50)
+    constraints._row_structure.cache_clear()
+    groups = torch.arange(8)  # 8 groups: 56 pair rows
+    with pytest.raises(ValueError, match=r"8 groups present together \(attribute 0\) needs 56 "
+                                         r"pair rows.*marginal instead of intersectional"):
+        DemographicParity().build(groups, epsilon=0.1)
+    assert DemographicParity().build(torch.arange(7), epsilon=0.1).n_rows == 42
+    constraints._row_structure.cache_clear()
