@@ -398,7 +398,7 @@ class BaseFairNeural(BaseEstimator):
     def _strata(self, groups, target):
         """Stratum of every sample: its combination of groups (and label, if the rows use it)."""
         keys = [] if groups is None else [groups.numpy()]
-        if self.constraint_ is not None and getattr(self.constraint_, "label_cells", None):
+        if self.constraint_ is not None and self.constraint_.label_cells:
             keys.append(target[:, None].astype(np.int64))
         if not keys:
             return np.zeros(len(target), dtype=np.int64)

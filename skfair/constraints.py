@@ -345,6 +345,10 @@ class AffineConstraint(ABC):
     ----------
     requires_y_true : bool
         Whether the rows depend on the true targets of the batch.
+    label_cells : tuple of int or None
+        The true labels within which the rows compare groups separately (the estimators then
+        stratify their training batches by label too); ``None`` when the rows read the
+        targets' values, or none.
 
     Examples
     --------
@@ -369,6 +373,7 @@ class AffineConstraint(ABC):
     """
 
     requires_y_true = False
+    label_cells = None
 
     @abstractmethod
     def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
@@ -418,8 +423,6 @@ class AffineConstraint(ABC):
 class _GroupMeanConstraint(AffineConstraint):
     """Constraints on the (weighted) group means of the outputs, built in factored form."""
 
-    #: label cells the means are taken in; ``None``: the whole group
-    label_cells = None
 
     def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
         cs = self.build(groups, epsilon=epsilon, y_true=y_true, sample_weight=sample_weight)

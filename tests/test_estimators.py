@@ -13,8 +13,8 @@ from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skfair import FairNeuralClassifier, FairNeuralRegressor
-from skfair.constraints import constraint_gap
+from skfair import FairNeuralClassifier, FairNeuralRegressor, FairnessLayer
+from skfair.constraints import AffineConstraint, constraint_gap
 
 FAST = dict(hidden_layer_sizes=(16,), max_epochs=15, batch_size=128, learning_rate=0.01,
             random_state=0)
@@ -552,3 +552,38 @@ def test_regressor_predictions_with_extreme_feature_rows_stay_fair(bounds):
     for column in ["sex", "race"]:
         means = pd.Series(pred).groupby(batch[column].to_numpy()).mean()
         assert means.max() - means.min() <= 0.05 + 1e-9 * max(1.0, np.abs(pred).max())
+
+
+class _PositiveRateParity(AffineConstraint):
+    """A custom label-based constraint: among the positives (y_true == 1), the mean outputs of
+    groups 0 and 1 differ by at most epsilon."""
+
+    requires_y_true = True
+
+    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+        g, positive = groups[:, 0], y_true == 1
+        first, second = (g == 0) & positive, (g == 1) & positive
+        G = torch.zeros((2, len(g)), dtype=torch.float64)
+        if first.any() and second.any():
+            G[0, first], G[0, second] = 1.0 / first.sum(), -1.0 / second.sum()
+            G[1] = -G[0]
+        return G, torch.full((2,), float(epsilon), dtype=torch.float64)
+
+
+def test_custom_label_based_constraint_trains():
+    """Regression: a custom constraint with requires_y_true crashed in fit (AttributeError on
+    label_cells). It trains, its training batches are projected with their labels, and the
+    layer meets it given labels (checked with numpy means of the positives)."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.normal(size=400), "g": rng.integers(0, 2, 400)})
+    y = (X.x + 0.8 * X.g + 0.5 * rng.normal(size=400) > 0).astype(int).to_numpy()
+    clf = FairNeuralClassifier(protected_attributes=["g"], fairness=_PositiveRateParity(),
+                               epsilon=0.02, **dict(FAST, max_epochs=3)).fit(X, y)
+    assert len(clf.history_) == 3 and clf.predict_proba(X).shape == (400, 2)
+    raw = torch.as_tensor(clf.predict_proba(X)[:, 1])
+    fair = FairnessLayer(_PositiveRateParity(), epsilon=0.02)(
+        raw, torch.as_tensor(X[["g"]].to_numpy()), y_true=torch.as_tensor(y, dtype=torch.float64))
+    fair = fair.numpy()
+    positive = y == 1
+    means = [fair[positive & (X.g.to_numpy() == k)].mean() for k in (0, 1)]
+    assert abs(means[0] - means[1]) <= 0.02 + 1e-9
