@@ -1,0 +1,265 @@
+"""Fair decisions: labels whose selection rates satisfy demographic parity exactly.
+
+Auditors measure decisions: the share of each group that gets the positive label (its
+*selection rate*). :func:`fair_labels` chooses the labels of one batch so that, for every
+protected attribute (or for the crossed cells when intersectional), the selection rates of any
+two groups present differ by at most ``epsilon``, as exact fractions: ``c_u / n_u - c_v / n_v
+<= epsilon`` with integer counts, no tolerance.
+
+Among the labelings that satisfy it, the one chosen maximises the expected accuracy under the
+given probabilities ``p``: a positive label on sample ``i`` is right with probability ``p_i``
+and a negative one with ``1 - p_i``, so the expected number of right labels is
+``sum(1 - p) + sum_{selected} (2 p_i - 1)``. (Agreement with the unconstrained decision
+``p > 0.5`` is the same objective up to its weights; expected accuracy is what a user of the
+scores can check.) Given how many samples of each group are selected, the best choice within a
+group is its highest scores, so the problem is one over the per-group counts:
+
+* one attribute (or the crossed cells): the rates lie in a window ``[L, L + epsilon]`` whose
+  lower end ``L`` is one of the rates ``c / n_g``. For each such ``L`` every group's best count
+  is its unconstrained best clipped to the window (its gain is concave in the count), so
+  enumerating the windows finds the optimum exactly, in ``O((n + k) k)`` operations;
+* several attributes (marginal): the counts of different attributes interact through the
+  samples they share; the labels come from an integer program over the per-atom counts (HiGHS
+  through :func:`scipy.optimize.milp`, integer rows per pair of groups, optimal to the solver's
+  absolute gap, within a time limit after which its best answer is used with a warning),
+  whose answer is checked with exact fractions.
+
+Ties are broken deterministically: within a group by score, then by position in the batch;
+between windows of equal expected accuracy, the one with the lowest rates. All-equal labels
+(every rate 0) always satisfy the constraint, so a labeling always exists. A group of a single
+sample can only have rate 0 or 1: with ``epsilon < 1`` it forces every other group of its
+attribute to within ``epsilon`` of that, which is why small groups can cost accuracy.
+"""
+
+import math
+import warnings
+from fractions import Fraction
+
+import numpy as np
+
+from .constraints import intersect_groups
+
+__all__ = ["fair_labels", "selection_rate_gap"]
+
+
+def fair_labels(proba, groups, epsilon, *, intersectional=False):
+    """Labels of one batch whose selection rates meet demographic parity exactly.
+
+    Parameters
+    ----------
+    proba : array-like of shape (n_samples,)
+        Probability of the positive class of every sample (e.g. the fair probabilities).
+    groups : array-like of int of shape (n_samples,) or (n_samples, n_attributes)
+        Protected group codes (non-negative integers), one column per attribute.
+    epsilon : float
+        Largest allowed difference of selection rates, in [0, 1].
+    intersectional : bool, default=False
+        Constrain the crossed cells of the attributes instead of each attribute.
+
+    Returns
+    -------
+    labels : ndarray of int of shape (n_samples,)
+        0/1 labels: for every attribute (or the crossed cells), the selection rates of any two
+        groups present differ by at most ``epsilon``, and the expected accuracy under
+        ``proba`` is the largest possible.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfair.decisions import fair_labels
+    >>> proba = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.2])
+    >>> groups = np.array([0, 0, 0, 1, 1, 1])
+    >>> fair_labels(proba, groups, epsilon=0.34)
+    array([1, 1, 0, 1, 0, 0])
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    groups = np.asarray(groups)
+    if groups.ndim == 1:
+        groups = groups[:, None]
+    if proba.ndim != 1 or groups.ndim != 2 or groups.shape[0] != proba.shape[0]:
+        raise ValueError(f"proba must have shape (n,) and groups (n,) or (n, n_attributes) with "
+                         f"the same n; got {proba.shape} and {groups.shape}.")
+    if not np.isfinite(proba).all() or ((proba < 0) | (proba > 1)).any():
+        raise ValueError("proba must hold probabilities in [0, 1].")
+    if (not isinstance(epsilon, (int, float, np.floating, np.integer))
+            or isinstance(epsilon, bool) or not 0 <= epsilon <= 1):
+        raise ValueError(f"epsilon must be a number in [0, 1]; got {epsilon!r}.")
+    if groups.size and (not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0):
+        raise ValueError("groups must hold non-negative integer group codes.")
+    n = proba.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if intersectional and groups.shape[1] > 1:
+        import torch
+
+        groups = intersect_groups(torch.as_tensor(groups)).numpy()
+    gain = 2.0 * proba - 1.0
+    codes = [np.unique(column, return_inverse=True)[1].ravel() for column in groups.T]
+    if len(codes) == 1:
+        counts = _window_counts(gain, codes[0], float(epsilon))
+        return _top_scores(gain, codes[0], counts)
+    return _integer_program(gain, codes, float(epsilon))
+
+
+def selection_rate_gap(labels, groups):
+    """The largest difference of selection rates between two groups present, per attribute
+    (the largest over the attributes), as an exact fraction.
+
+    Parameters
+    ----------
+    labels : array-like of 0/1 of shape (n_samples,)
+    groups : array-like of int of shape (n_samples,) or (n_samples, n_attributes)
+
+    Returns
+    -------
+    fractions.Fraction
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    groups = np.asarray(groups)
+    if groups.ndim == 1:
+        groups = groups[:, None]
+    gap = Fraction(0)
+    for column in groups.T:
+        codes = np.unique(column, return_inverse=True)[1].ravel()
+        sizes = np.bincount(codes)
+        selected = np.bincount(codes, weights=labels).astype(np.int64)
+        rates = [Fraction(int(c), int(s)) for c, s in zip(selected, sizes)]
+        gap = max(gap, max(rates) - min(rates))
+    return gap
+
+
+def _within(difference, denominator, epsilon):
+    """Whether ``difference / denominator <= epsilon`` exactly (integer arrays, float
+    ``epsilon``): in floating point, and with fractions where that is too close to tell."""
+    scaled = epsilon * denominator.astype(np.float64)
+    result = difference <= scaled
+    close = np.abs(difference - scaled) <= 1e-9 * np.maximum(scaled, 1.0)
+    exact = Fraction(epsilon)
+    for index in zip(*np.nonzero(close)):
+        result[index] = Fraction(int(difference[index])) <= exact * int(denominator[index])
+    return result
+
+
+def _window_counts(gain, codes, epsilon):
+    """The per-group counts of the best labeling of one attribute (see the module)."""
+    sizes = np.bincount(codes)
+    k = sizes.size
+    order = np.lexsort((np.arange(gain.size), -gain, codes))  # by group, score, position
+    sorted_gain = gain[order]
+    starts = np.r_[0, np.cumsum(sizes)]
+    prefix = [np.r_[0.0, np.cumsum(sorted_gain[starts[g]:starts[g + 1]])] for g in range(k)]
+    best = np.bincount(codes, weights=gain > 0, minlength=k).astype(np.int64)
+    # the windows' lower ends: every rate c / n_g, lowest first, each value once
+    numerators = np.concatenate([np.arange(s + 1) for s in sizes])
+    denominators = np.repeat(sizes, sizes + 1)
+    order_l = np.lexsort((denominators, numerators / denominators))
+    numerators, denominators = numerators[order_l], denominators[order_l]
+    keep = np.r_[True, numerators[1:] * denominators[:-1] != numerators[:-1] * denominators[1:]]
+    numerators, denominators = numerators[keep], denominators[keep]
+    best_value, best_counts = -math.inf, np.zeros(k, dtype=np.int64)
+    block = max(1, 2_000_000 // k)
+    for start in range(0, numerators.size, block):
+        a = numerators[start:start + block, None]
+        b = denominators[start:start + block, None]
+        low = -(-(a * sizes) // b)  # ceil(a n_g / b): the smallest count at rate >= a / b
+        high = (a * sizes + np.floor(epsilon * sizes * b).astype(np.int64)) // b
+        # the float floor may be off by one at the boundary: settle it exactly
+        high = np.minimum(high + 1, sizes)
+        too_high = ~_within(high * b - a * sizes, sizes * b, epsilon)
+        high -= too_high
+        too_high = ~_within(high * b - a * sizes, sizes * b, epsilon)
+        high -= too_high
+        counts = np.clip(best, low, high)
+        feasible = (low <= high).all(axis=1)
+        values = np.zeros(counts.shape[0])
+        for g in range(k):
+            values += prefix[g][counts[:, g]]
+        values[~feasible] = -math.inf
+        i = int(np.argmax(values))
+        if values[i] > best_value:
+            best_value, best_counts = values[i], counts[i]
+    return best_counts
+
+
+def _top_scores(gain, codes, counts):
+    """Labels selecting, in every group, its ``counts[g]`` highest scores (ties: the first
+    positions)."""
+    order = np.lexsort((np.arange(gain.size), -gain, codes))
+    sizes = np.bincount(codes, minlength=counts.size)
+    starts = np.r_[0, np.cumsum(sizes)]
+    rank = np.empty(gain.size, dtype=np.int64)
+    rank[order] = np.arange(gain.size) - np.repeat(starts[:-1], sizes)
+    return (rank < counts[codes]).astype(np.int64)
+
+
+def _integer_program(gain, codes, epsilon):
+    """Labels of several attributes from an integer program over the atoms (samples that share
+    every group): an integer count ``c_a`` per atom, selecting its highest scores, whose
+    expected gain ``P_a(c_a)`` is concave (the sorted gains' prefix sums) and enters through
+    its tangents ``t_a <= P_a(j) + g_{a,j} (c_a - j)``; for every attribute and ordered pair of
+    its groups ``(u, v)``, ``n_v * selected_u - n_u * selected_v <= floor(epsilon * n_u *
+    n_v)``: integer coefficients and an integer bound (the floor taken exactly), so that the
+    solver's tolerances cannot admit a rate gap beyond epsilon. Solved by HiGHS within
+    :data:`TIME_LIMIT` seconds; the answer is checked with exact fractions."""
+    import scipy.sparse as sp
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n = gain.size
+    groups = np.stack(codes, axis=1)
+    table, atom = np.unique(groups, axis=0, return_inverse=True)
+    atom = atom.ravel()
+    n_atoms = table.shape[0]
+    sizes = np.bincount(atom, minlength=n_atoms)
+    order = np.lexsort((np.arange(n), -gain, atom))
+    sorted_gain = gain[order]
+    starts = np.r_[0, np.cumsum(sizes)]
+    # variables: counts c (n_atoms), then epigraph values t (n_atoms)
+    rows, lower, upper = [], [], []
+    position = np.arange(n) - np.repeat(starts[:-1], sizes)  # j within its atom
+    prefix = np.cumsum(sorted_gain) - np.repeat(np.r_[0.0, np.cumsum(sorted_gain)][starts[:-1]],
+                                                sizes) - sorted_gain  # P_a(j)
+    atom_of = atom[order]
+    # t_a - g_j c_a <= P_a(j) - g_j j, one row per sample (tangent j of its atom)
+    tangent = sp.csr_matrix(
+        (np.r_[np.ones(n), -sorted_gain], (np.r_[np.arange(n), np.arange(n)],
+                                           np.r_[n_atoms + atom_of, atom_of])),
+        shape=(n, 2 * n_atoms))
+    rows.append(tangent)
+    lower.append(np.full(n, -np.inf))
+    upper.append(prefix - sorted_gain * position)
+    exact = Fraction(epsilon)
+    for a in range(groups.shape[1]):
+        group_sizes = np.bincount(table[:, a], weights=sizes).astype(np.int64)
+        present = np.flatnonzero(group_sizes)
+        member = sp.csr_matrix((np.ones(n_atoms), (table[:, a], np.arange(n_atoms))),
+                               shape=(group_sizes.size, 2 * n_atoms))
+        for u in present:
+            for v in present:
+                if u != v:
+                    rows.append(group_sizes[v] * member[u] - group_sizes[u] * member[v])
+                    lower.append([-np.inf])
+                    upper.append([math.floor(exact * int(group_sizes[u])
+                                             * int(group_sizes[v]))])
+    found = milp(np.r_[np.zeros(n_atoms), -np.ones(n_atoms)],
+                 integrality=np.r_[np.ones(n_atoms), np.zeros(n_atoms)],
+                 bounds=Bounds(np.r_[np.zeros(n_atoms), np.full(n_atoms, -np.inf)],
+                               np.r_[sizes, np.full(n_atoms, np.inf)]),
+                 constraints=LinearConstraint(sp.vstack(rows).tocsr(), np.concatenate(lower),
+                                              np.concatenate(upper)),
+                 options={"mip_rel_gap": 0.0, "time_limit": TIME_LIMIT})
+    if found.x is not None:
+        counts = np.round(found.x[:n_atoms]).astype(np.int64)
+        labels = _top_scores(gain, atom, counts)
+        if selection_rate_gap(labels, groups) <= exact:
+            if found.status != 0:
+                warnings.warn(f"The integer program of fair labels stopped at its time limit "
+                              f"({TIME_LIMIT} s): the labels meet the constraint but may not "
+                              f"be the most accurate.", RuntimeWarning, stacklevel=3)
+            return labels
+    warnings.warn("The integer program of fair labels found no answer; every label is 0 "
+                  "(always fair, not the most accurate).", RuntimeWarning, stacklevel=3)
+    return np.zeros(n, dtype=np.int64)
+
+
+#: seconds the integer program of several attributes may take before its best answer is used
+TIME_LIMIT = 20.0

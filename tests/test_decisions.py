@@ -1,0 +1,148 @@
+"""Fair labels: exact selection-rate parity, the best expected accuracy, checked against brute
+force and an integer program written here."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from skfair.decisions import fair_labels, selection_rate_gap
+
+
+def _exact_gap(labels, groups):
+    """The largest selection-rate difference per attribute, counted here with fractions."""
+    groups = groups.reshape(len(labels), -1)
+    gap = Fraction(0)
+    for column in groups.T:
+        rates = [Fraction(int(labels[column == g].sum()), int((column == g).sum()))
+                 for g in np.unique(column)]
+        gap = max(gap, max(rates) - min(rates))
+    return gap
+
+
+def _brute_force(proba, groups, epsilon):
+    """The best expected gain over every labeling that meets the constraint (all 2^n of them,
+    the rate gaps cross-multiplied to integers)."""
+    n = len(proba)
+    labelings = np.array(list(itertools.product([0, 1], repeat=n)))
+    feasible = np.ones(len(labelings), dtype=bool)
+    for column in groups.reshape(n, -1).T:
+        for u, v in itertools.permutations(np.unique(column), 2):
+            n_u, n_v = int((column == u).sum()), int((column == v).sum())
+            c_u, c_v = labelings[:, column == u].sum(1), labelings[:, column == v].sum(1)
+            feasible &= n_v * c_u - n_u * c_v <= math.floor(Fraction(epsilon) * n_u * n_v)
+    return float((labelings[feasible] @ (2 * proba - 1)).max())
+
+
+def _milp_reference(proba, groups, epsilon):
+    """The best expected gain from scipy's MILP on per-sample binaries, with the rate gaps
+    cross-multiplied to integers (written independently of the package)."""
+    from scipy.optimize import LinearConstraint, milp
+
+    n = len(proba)
+    rows, upper = [], []
+    for column in groups.reshape(n, -1).T:
+        present = np.unique(column)
+        for u, v in itertools.permutations(present, 2):
+            n_u, n_v = int((column == u).sum()), int((column == v).sum())
+            rows.append(n_v * (column == u) - n_u * (column == v))
+            upper.append(math.floor(Fraction(epsilon) * n_u * n_v))
+    if not rows:
+        return float(np.maximum(2 * proba - 1, 0).sum())
+    found = milp(-(2 * proba - 1), integrality=np.ones(n), bounds=(0, 1),
+                 constraints=LinearConstraint(np.array(rows, float), -np.inf, upper),
+                 options={"mip_rel_gap": 0.0, "time_limit": 60})
+    assert found.status == 0  # proven optimal
+    return float(((2 * proba - 1) * np.round(found.x)).sum())
+
+
+def _instance(rng, n, n_attributes, max_groups):
+    groups = np.stack([rng.integers(0, int(rng.integers(1, max_groups + 1)), n)
+                       for _ in range(n_attributes)], axis=1)
+    proba = rng.uniform(size=n) if rng.uniform() < 0.5 else np.round(rng.uniform(size=n), 1)
+    epsilon = float(rng.choice([0.0, 0.05, 0.1, 0.25, 1 / 3, 0.5, 1.0]))
+    return proba, groups, epsilon
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_labels_are_exactly_fair_and_optimal_on_small_instances(seed):
+    """Every labeling of up to 10 samples enumerated: the chosen one meets the constraint as
+    exact fractions and reaches the best expected accuracy (one or two attributes, ties)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        proba, groups, epsilon = _instance(rng, int(rng.integers(1, 11)),
+                                           int(rng.integers(1, 3)), 3)
+        labels = fair_labels(proba, groups, epsilon)
+        assert _exact_gap(labels, groups) <= Fraction(epsilon)
+        assert ((2 * proba - 1) * labels).sum() == pytest.approx(
+            _brute_force(proba, groups, epsilon), abs=1e-9)
+
+
+@pytest.mark.parametrize("n_attributes", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(3))
+def test_labels_match_an_integer_program_on_larger_instances(n_attributes, seed):
+    """Up to 40 samples and 5 groups per attribute: the window search (one attribute) and the
+    package's integer program over atoms (several) reach the optimum of an independent MILP on
+    per-sample binaries."""
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(5):
+        proba, groups, epsilon = _instance(rng, int(rng.integers(12, 41)), n_attributes, 5)
+        labels = fair_labels(proba, groups, epsilon)
+        assert _exact_gap(labels, groups) <= Fraction(epsilon)
+        assert ((2 * proba - 1) * labels).sum() == pytest.approx(
+            _milp_reference(proba, groups, epsilon), abs=1e-6)
+
+
+def test_intersectional_labels_constrain_the_crossed_cells():
+    rng = np.random.default_rng(5)
+    proba, groups = rng.uniform(size=200), rng.integers(0, 3, (200, 2))
+    labels = fair_labels(proba, groups, 0.1, intersectional=True)
+    cells = groups[:, 0] * 3 + groups[:, 1]
+    assert _exact_gap(labels, cells) <= Fraction(0.1)
+    np.testing.assert_array_equal(labels, fair_labels(proba, cells, 0.1))
+
+
+def test_a_group_of_one_sample_pins_the_others_near_zero_or_one():
+    """A single sample can only be selected at rate 0 or 1: at epsilon 0.2 every other group's
+    rate is within 0.2 of it. Here the lone sample is very likely positive and the others mostly
+    not: selecting it would force 80% selections elsewhere, so it is not selected."""
+    proba = np.r_[0.99, np.full(10, 0.3), np.full(10, 0.2)]
+    groups = np.r_[0, np.ones(10, int), np.full(10, 2)]
+    labels = fair_labels(proba, groups, 0.2)
+    assert labels[0] == 0
+    assert _exact_gap(labels, groups) <= Fraction(0.2)
+    assert labels[1:].sum() <= 4  # at most 2 of each group of 10
+
+
+def test_ties_are_broken_by_position_and_epsilon_one_is_the_plain_decision():
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    # equal probabilities within a group: its selections go to its first positions
+    labels = fair_labels(np.r_[0.7, 0.7, 0.7, 0.6, 0.6, 0.6], groups, 0.0)
+    np.testing.assert_array_equal(labels, [1, 1, 1, 1, 1, 1])
+    proba = np.r_[0.7, 0.7, 0.7, 0.45, 0.45, 0.45]
+    # rates 1 and 2/3: the two selections of group 1 go to its first two positions
+    np.testing.assert_array_equal(fair_labels(proba, groups, 0.34), [1, 1, 1, 1, 1, 0])
+    # the float 1/3 lies below the fraction 1/3: a gap of exactly one third is not allowed
+    np.testing.assert_array_equal(fair_labels(proba, groups, 1 / 3), [1, 1, 1, 1, 1, 1])
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=50)
+    np.testing.assert_array_equal(fair_labels(p, rng.integers(0, 3, 50), 1.0), p > 0.5)
+
+
+def test_selection_rate_gap_is_exact():
+    assert selection_rate_gap([1, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]) == Fraction(1, 3)
+    assert selection_rate_gap([1, 1], [[0, 0], [0, 1]]) == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(proba=[0.5, 1.5], groups=[0, 1], epsilon=0.1), "probabilities"),
+    (dict(proba=[0.5, 0.5], groups=[0, 1, 1], epsilon=0.1), "same n"),
+    (dict(proba=[0.5, 0.5], groups=[0, -1], epsilon=0.1), "non-negative integer"),
+    (dict(proba=[0.5, 0.5], groups=[0, 1], epsilon=1.5), "epsilon"),
+    (dict(proba=[0.5, 0.5], groups=[0, 1], epsilon=True), "epsilon"),
+])
+def test_bad_inputs_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fair_labels(**kwargs)
