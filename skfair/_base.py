@@ -686,8 +686,12 @@ class BaseFairNeural(BaseEstimator):
         return torch.cat(chunks) if chunks else out
 
     def _predict_values(self, X):
+        return self._predict_values_and_groups(X)[0]
+
+    def _predict_values_and_groups(self, X):
+        """The fair outputs (numpy) and the group codes (a tensor, or None) of ``X``."""
         out, groups = self._raw_outputs(X)
-        return self._fair_outputs(out, groups).cpu().numpy()
+        return self._fair_outputs(out, groups).cpu().numpy(), groups
 
     def _predict_unconstrained(self, X):
         """The network's outputs before the fairness layer, clipped to the bounds."""
@@ -716,13 +720,17 @@ class BaseFairNeural(BaseEstimator):
         return self._new_stream(self.stream_warm_start) if self._streams() else None
 
     def _partial_values(self, X):
+        return self._partial_values_and_groups(X)[0]
+
+    def _partial_values_and_groups(self, X):
+        """The next stream batch's fair outputs (numpy) and group codes (a tensor, or None)."""
         out, groups = self._raw_outputs(X)  # validates everything before any state changes
         if len(out) == 0:
-            return out.cpu().numpy()
+            return out.cpu().numpy(), groups
         stream = self.stream_ if hasattr(self, "stream_") else self._start_stream()
         values = self._clip(out) if stream is None else stream.step(out, groups.to(out.device))
         self.stream_ = stream  # a first stream is kept once its first step succeeded
-        return values.cpu().numpy()
+        return values.cpu().numpy(), groups
 
     def stream_stats(self):
         """Statistics of the current stream.

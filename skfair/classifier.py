@@ -6,8 +6,12 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from sklearn.utils._param_validation import StrOptions
+
 from . import _kernels
 from ._base import BaseFairNeural
+from .constraints import DemographicParity, get_constraint
+from .decisions import fair_labels
 
 
 class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
@@ -47,6 +51,15 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     intersectional : bool, default=False
         Constrain every combination of the protected attributes' values instead of each attribute
         separately.
+    guarantee : {"proba", "labels"}, default="proba"
+        What :meth:`predict` guarantees. ``"proba"``: the probabilities meet the constraint (as
+        described above) and the labels are ``p > 0.5``. ``"labels"`` (demographic parity
+        only): in every chunk of at least ``b_tau`` rows, the *selection rates* of the
+        predicted labels meet demographic parity exactly, as fractions of counts, and among
+        such labelings the one of highest expected accuracy under the fair probabilities is
+        returned (:func:`skfair.decisions.fair_labels`); the probabilities keep their own
+        guarantee. Chunks and stream batches shorter than ``b_tau`` are labelled ``p > 0.5``
+        without a label guarantee.
     solver : {"auto", "exact", "qpth"}, default="auto"
         Projection solver, see :class:`~skfair.FairnessLayer`.
     b_tau : int, default=100
@@ -147,6 +160,42 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     _fairness_options = ("demographic_parity", "equalized_odds", "equal_opportunity")
 
+    _parameter_constraints = {
+        **BaseFairNeural._parameter_constraints,
+        "guarantee": [StrOptions({"proba", "labels"})],
+    }
+
+    def __init__(self, *, protected_attributes=None, exclude_protected=False,
+                 fairness="demographic_parity", epsilon=0.05, intersectional=False,
+                 guarantee="proba", solver="auto", b_tau=100, eta0=None,
+                 stream_warm_start=True, distortion_penalty=10.0, inference_batch_size=None,
+                 hidden_layer_sizes=(64, 64), activation="relu", module=None, batch_size=256,
+                 max_epochs=100, learning_rate=1e-3, weight_decay=0.0, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, warm_start=False,
+                 device="cpu", verbose=0, random_state=None):
+        super().__init__(
+            protected_attributes=protected_attributes, exclude_protected=exclude_protected,
+            fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
+            b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
+            distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size,
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, module=module,
+            batch_size=batch_size, max_epochs=max_epochs, learning_rate=learning_rate,
+            weight_decay=weight_decay, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
+            tol=tol, warm_start=warm_start, device=device, verbose=verbose,
+            random_state=random_state)
+        self.guarantee = guarantee
+
+    def _validate_params(self):
+        super()._validate_params()
+        if self.guarantee == "labels" and not (
+                self.protected_attributes is None
+                or isinstance(get_constraint(self.fairness), DemographicParity)):
+            raise ValueError(
+                f"guarantee='labels' makes the selection rates of the predicted labels meet "
+                f"demographic parity; it needs fairness='demographic_parity', got "
+                f"fairness={self.fairness!r}.")
+
     def _encode_targets(self, y, reset):
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -201,8 +250,23 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         y : ndarray of shape (n_samples,)
         """
-        p = self._predict_values(X)
-        return self.classes_[(p > 0.5).astype(int)]
+        p, groups = self._predict_values_and_groups(X)
+        labels = (p > 0.5).astype(int)
+        if self.guarantee == "labels" and groups is not None:
+            size = self.inference_batch_size or max(len(p), 1)
+            codes = groups.cpu().numpy()
+            for start in range(0, len(p), size):
+                chunk = slice(start, start + size)
+                labels[chunk] = self._fair_labels(p[chunk], codes[chunk], labels[chunk])
+        return self.classes_[labels]
+
+    def _fair_labels(self, p, codes, plain):
+        """The labels of one chunk: with ``guarantee="labels"`` and at least ``b_tau`` rows,
+        :func:`~skfair.decisions.fair_labels` of its fair probabilities; else ``plain``."""
+        if len(p) < self.b_tau:
+            return plain
+        return fair_labels(p, codes, min(float(self.epsilon), 1.0),
+                           intersectional=self.intersectional)
 
     def partial_predict_proba(self, X):
         """Probabilities for the next batch of a stream (stateful).
@@ -236,8 +300,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         y : ndarray of shape (n_samples,)
         """
-        p = self._partial_values(X)
-        return self.classes_[(p > 0.5).astype(int)]
+        p, groups = self._partial_values_and_groups(X)
+        labels = (p > 0.5).astype(int)
+        if self.guarantee == "labels" and groups is not None:
+            labels = self._fair_labels(p, groups.cpu().numpy(), labels)
+        return self.classes_[labels]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -587,3 +587,75 @@ def test_custom_label_based_constraint_trains():
     positive = y == 1
     means = [fair[positive & (X.g.to_numpy() == k)].mean() for k in (0, 1)]
     assert abs(means[0] - means[1]) <= 0.02 + 1e-9
+
+
+def _exact_rate_gap(labels, columns):
+    """The largest selection-rate difference over the values of every column, counted here
+    with fractions (labels 0/1)."""
+    from fractions import Fraction
+
+    gap = Fraction(0)
+    for column in columns:
+        column = np.asarray(column)
+        rates = [Fraction(int(labels[column == v].sum()), int((column == v).sum()))
+                 for v in np.unique(column)]
+        gap = max(gap, max(rates) - min(rates))
+    return gap
+
+
+@pytest.mark.parametrize("intersectional", [False, True])
+def test_label_guarantee_makes_selection_rates_fair(biased, intersectional):
+    """guarantee='labels': on a batch of at least b_tau rows the predicted labels' selection
+    rates differ by at most epsilon (exact counts, per attribute or per crossed cell), the
+    probabilities keep their own guarantee, and the plain p > 0.5 labels did not."""
+    from fractions import Fraction
+
+    X, y = biased
+    epsilon = 0.03
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], epsilon=epsilon,
+                               intersectional=intersectional, guarantee="labels",
+                               **FAST).fit(X, y)
+    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+    columns = ([X["sex"].astype(str) + "|" + X["race"].astype(str)] if intersectional
+               else [X["sex"], X["race"]])
+    assert _exact_rate_gap(labels, columns) <= Fraction(epsilon)
+    p = clf.predict_proba(X)[:, 1]
+    assert _exact_rate_gap((p > 0.5).astype(int), columns) > Fraction(epsilon)
+    plain = clf.set_params(guarantee="proba")
+    np.testing.assert_array_equal(plain.predict(X), plain.classes_[(p > 0.5).astype(int)])
+
+
+def test_label_guarantee_per_chunk_and_in_streams(biased):
+    """Chunks of at least b_tau rows get fair labels, shorter ones p > 0.5 (no label
+    guarantee); partial_predict likewise per batch."""
+    from fractions import Fraction
+
+    X, y = biased
+    X = X.drop(columns="race")
+    clf = FairNeuralClassifier(protected_attributes=["sex"], epsilon=0.02, guarantee="labels",
+                               inference_batch_size=500, b_tau=300, **FAST).fit(X, y)
+    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+    for start in (0, 500):  # two chunks of 500 rows: each fair on its own
+        chunk = slice(start, start + 500)
+        assert _exact_rate_gap(labels[chunk], [X["sex"].iloc[chunk]]) <= Fraction(0.02)
+    p = clf.predict_proba(X)[:, 1]
+    np.testing.assert_array_equal(labels[1000:], p[1000:] > 0.5)  # 200 rows < b_tau
+    clf.reset_stream()
+    batch = X.iloc[:400]
+    streamed = (clf.partial_predict(batch) == clf.classes_[1]).astype(int)
+    assert _exact_rate_gap(streamed, [batch["sex"]]) <= Fraction(0.02)
+    small = X.iloc[400:450]  # 50 rows < b_tau: one primal-dual step, then p > 0.5
+    twin = pickle.loads(pickle.dumps(clf))  # the same stream state
+    p_small = twin.partial_predict_proba(small)[:, 1]
+    np.testing.assert_array_equal(clf.partial_predict(small),
+                                  clf.classes_[(p_small > 0.5).astype(int)])
+
+
+def test_label_guarantee_needs_demographic_parity(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness="equalized_odds",
+                               guarantee="labels", **FAST)
+    with pytest.raises(ValueError, match="guarantee='labels'.*demographic_parity"):
+        clf.fit(X, y)
+    with pytest.raises(ValueError, match="guarantee"):
+        FairNeuralClassifier(guarantee="decisions").fit(X, y)
