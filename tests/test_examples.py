@@ -47,7 +47,8 @@ def test_every_example_has_an_expectation():
 @pytest.mark.slow
 def test_readme_quickstart_runs(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## Quickstart.*?```python\n(.*?)```", readme, re.S).group(1)
+    section = re.search(r"## Quickstart(.*?)\n## ", readme, re.S).group(1)
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
     (tmp_path / "quickstart.py").write_text(code)
     out = run(["quickstart.py"], tmp_path)
     assert "gap" in out and (tmp_path / "tradeoff.png").stat().st_size > 0
