@@ -28,11 +28,14 @@ __all__ = [
     "equal_opportunity_difference",
     "equalized_odds_difference",
     "mean_residual_difference",
+    "demographic_parity_ratio",
     "make_fairness_scorer",
     "demographic_parity_scorer",
     "equalized_odds_scorer",
     "equal_opportunity_scorer",
     "mean_residual_scorer",
+    "selection_rate_scorer",
+    "four_fifths_scorer",
     "fair_refit",
     "fairness_report",
 ]
@@ -164,6 +167,53 @@ _METRICS = {
 }
 
 
+def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weight=None):
+    """Smallest ratio of two groups' mean predictions: on 0/1 labels, the lowest selection rate
+    over the highest (the *four-fifths rule* asks for at least 0.8).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or None
+        Unused (accepted for a uniform signature).
+    y_pred : array-like of shape (n_samples,)
+        0/1 labels, or non-negative scores.
+    sensitive_features : array-like, Series or DataFrame of shape (n_samples,) or \
+            (n_samples, n_attributes)
+        Group of every sample for one or several protected attributes (any values).
+    sample_weight : array-like of shape (n_samples,), default=None
+        Weights in the group means.
+
+    Returns
+    -------
+    float
+        ``min_v mean(y_pred | v) / max_u mean(y_pred | u)``, the smallest over attributes (each
+        attribute on its own, as :func:`demographic_parity_difference`); 1.0 when every mean is
+        0, and 1.0 with fewer than two groups.
+
+    Examples
+    --------
+    >>> from skfair.metrics import demographic_parity_ratio
+    >>> demographic_parity_ratio(None, [1, 0, 1, 1], sensitive_features=["a", "a", "b", "b"])
+    0.5
+    """
+    y_pred = _numeric(y_pred, "y_pred")
+    if (y_pred < 0).any():
+        raise ValueError("y_pred must be non-negative for a ratio of group means.")
+    codes = _encode_sensitive(sensitive_features, len(y_pred)).numpy()
+    weight = np.ones(len(y_pred))
+    if sample_weight is not None:
+        weight = _numeric(sample_weight, "sample_weight")
+        _check_length(weight, len(y_pred), "sample_weight")
+    ratio = 1.0
+    for column in codes.T:
+        totals = np.bincount(column, weights=weight)
+        present = totals > 0
+        means = np.bincount(column, weights=weight * y_pred)[present] / totals[present]
+        if means.max() > 0:
+            ratio = min(ratio, float(means.min() / means.max()))
+    return ratio
+
+
 def _gap(constraint, y_true, y_pred, sensitive_features, sample_weight):
     y_pred = _numeric(y_pred, "y_pred")
     codes = _encode_sensitive(sensitive_features, len(y_pred))
@@ -246,16 +296,17 @@ class FairnessScorer:
     """A scorer ``scorer(estimator, X, y)`` for a fairness metric (see
     :func:`make_fairness_scorer`)."""
 
-    def __init__(self, metric, sign, kwargs):
+    def __init__(self, metric, sign, kwargs, response="proba"):
         self._metric = metric
         self._sign = sign
         self._kwargs = kwargs
+        self._response = response
         self._metadata_request = MetadataRequest(owner=type(self).__name__)
 
     def __call__(self, estimator, X, y_true, sample_weight=None, sensitive_features=None):
         if sensitive_features is None:
             sensitive_features = protected_columns(estimator, X)
-        y_pred = _predictions(estimator, X)
+        y_pred = _predictions(estimator, X, self._response)
         value = self._metric(y_true, y_pred, sensitive_features=sensitive_features,
                              sample_weight=sample_weight, **self._kwargs)
         return self._sign * value
@@ -286,11 +337,12 @@ class FairnessScorer:
         return f"make_fairness_scorer({self._metric.__name__}{sign})"
 
 
-def make_fairness_scorer(metric, greater_is_better=False, **kwargs):
+def make_fairness_scorer(metric, greater_is_better=False, response="proba", **kwargs):
     """Make a scorer from a fairness metric.
 
-    The scorer predicts with the estimator (``predict_proba[:, 1]`` for classifiers: the gap of
-    the scores, which skfair constrains; ``predict`` otherwise) and takes the protected groups from
+    The scorer predicts with the estimator (for classifiers ``predict_proba[:, 1]``, the scores,
+    or with ``response="labels"`` 0/1 for ``predict == classes_[1]``, the decisions;
+    ``predict`` for regressors) and takes the protected groups from
     the raw ``X`` it is given, using the fitted skfair estimator's ``protected_attributes`` (also
     as the last step of a Pipeline), so that ``GridSearchCV(scoring={"dp": ...})`` needs no
     plumbing. For other estimators pass the groups through metadata routing
@@ -305,6 +357,8 @@ def make_fairness_scorer(metric, greater_is_better=False, **kwargs):
     greater_is_better : bool, default=False
         Gaps are better when smaller, so by default the scorer returns the **negative** gap, as
         scikit-learn's scorers of errors do: ``cv_results_["mean_test_dp"]`` holds ``-gap``.
+    response : {"proba", "labels"}, default="proba"
+        What a classifier's metric is computed on: its probabilities or its predicted labels.
     **kwargs
         Passed to the metric (e.g. ``pos_label``).
 
@@ -324,13 +378,20 @@ def make_fairness_scorer(metric, greater_is_better=False, **kwargs):
         metric = _METRICS[metric]
     if not callable(metric):
         raise ValueError(f"metric must be a name or a callable; got {metric!r}.")
-    return FairnessScorer(metric, 1 if greater_is_better else -1, kwargs)
+    if response not in ("proba", "labels"):
+        raise ValueError(f"response must be 'proba' or 'labels'; got {response!r}.")
+    return FairnessScorer(metric, 1 if greater_is_better else -1, kwargs, response)
 
 
 demographic_parity_scorer = make_fairness_scorer("demographic_parity")
 equalized_odds_scorer = make_fairness_scorer("equalized_odds")
 equal_opportunity_scorer = make_fairness_scorer("equal_opportunity")
 mean_residual_scorer = make_fairness_scorer("mean_residual")
+#: the selection-rate gap of the predicted labels (negative, like every gap scorer)
+selection_rate_scorer = make_fairness_scorer("demographic_parity", response="labels")
+#: the lowest selection rate over the highest, of the predicted labels (greater is better)
+four_fifths_scorer = make_fairness_scorer(demographic_parity_ratio, greater_is_better=True,
+                                          response="labels")
 
 
 def _final(estimator):
@@ -373,8 +434,10 @@ def protected_columns(estimator, X):
     return out
 
 
-def _predictions(estimator, X):
+def _predictions(estimator, X, response="proba"):
     if is_classifier(estimator):
+        if response == "labels":
+            return (estimator.predict(X) == _final(estimator).classes_[1]).astype(float)
         return estimator.predict_proba(X)[:, 1]
     return estimator.predict(X)
 
@@ -447,10 +510,12 @@ def fairness_report(estimator, X, y):
     -------
     report : DataFrame
         One row per (attribute, group): ``count``, ``mean prediction`` (mean probability of the
-        positive class, or mean prediction), then ``accuracy``, ``TPR``, ``FPR`` (classifier, from
-        the predicted labels) or ``MSE``, ``mean residual`` (regressor). After each attribute's
-        groups, a row ``gap`` holds ``max - min`` of every column over the groups (and the
-        largest absolute mean residual). Printable as text.
+        positive class, or mean prediction), then ``selection rate``, ``accuracy``, ``TPR``,
+        ``FPR`` (classifier, from the predicted labels) or ``MSE``, ``mean residual``
+        (regressor). After each attribute's groups, a row ``gap`` holds ``max - min`` of every
+        column over the groups (and the largest absolute mean residual); for a classifier a row
+        ``ratio`` holds ``min / max`` of the mean prediction and the selection rate (the
+        four-fifths rule asks for a selection-rate ratio of at least 0.8). Printable as text.
 
     Examples
     --------
@@ -473,10 +538,11 @@ def fairness_report(estimator, X, y):
                 pos, neg = m & (positive == 1), m & (positive == 0)
                 block.append({"attribute": attribute, "group": value, "count": int(m.sum()),
                               "mean prediction": proba[m].mean(),
+                              "selection rate": label[m].mean(),
                               "accuracy": (label[m] == positive[m]).mean(),
                               "TPR": label[pos].mean() if pos.any() else np.nan,
                               "FPR": label[neg].mean() if neg.any() else np.nan})
-            rows += block + [_gap_row(attribute, block)]
+            rows += block + [_gap_row(attribute, block), _ratio_row(attribute, block)]
     elif is_regressor(estimator):
         pred = estimator.predict(X)
         y = y.astype(float)
@@ -495,6 +561,14 @@ def fairness_report(estimator, X, y):
     else:
         raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
     return pd.DataFrame(rows).set_index(["attribute", "group"])
+
+
+def _ratio_row(attribute, block):
+    row = {"attribute": attribute, "group": "ratio", "count": np.nan}
+    for column in ("mean prediction", "selection rate"):
+        values = np.array([r[column] for r in block], dtype=float)
+        row[column] = values.min() / values.max() if values.max() > 0 else 1.0
+    return row
 
 
 def _gap_row(attribute, block):

@@ -14,15 +14,18 @@ from sklearn.preprocessing import FunctionTransformer
 from skfair import FairNeuralClassifier, FairNeuralRegressor
 from skfair.metrics import (
     demographic_parity_difference,
+    demographic_parity_ratio,
     demographic_parity_scorer,
     equal_opportunity_difference,
     equalized_odds_difference,
     equalized_odds_scorer,
     fair_refit,
     fairness_report,
+    four_fifths_scorer,
     make_fairness_scorer,
     mean_residual_difference,
     mean_residual_scorer,
+    selection_rate_scorer,
 )
 
 FAST = dict(hidden_layer_sizes=(8,), max_epochs=5, batch_size=128, learning_rate=0.01,
@@ -171,7 +174,13 @@ def test_fairness_report_classifier_and_regressor():
     X, y = biased_frame(500)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
     report = fairness_report(clf, X, y)
-    assert list(report.columns) == ["count", "mean prediction", "accuracy", "TPR", "FPR"]
+    assert list(report.columns) == ["count", "mean prediction", "selection rate", "accuracy",
+                                    "TPR", "FPR"]
+    labels = (clf.predict(X) == clf.classes_[1]).astype(float)
+    assert report.loc[("race", "ratio"), "selection rate"] == pytest.approx(
+        fl.demographic_parity_ratio(y, labels, sensitive_features=X["race"]))
+    assert report.loc[("sex", "gap"), "selection rate"] == pytest.approx(
+        fl.demographic_parity_difference(y, labels, sensitive_features=X["sex"]))
     assert report.loc[("sex", "F"), "count"] + report.loc[("sex", "M"), "count"] == 500
     proba = clf.predict_proba(X)[:, 1]
     assert report.loc[("sex", "gap"), "mean prediction"] == pytest.approx(
@@ -185,3 +194,42 @@ def test_fairness_report_classifier_and_regressor():
     assert list(rep.columns) == ["count", "mean prediction", "MSE", "mean residual"]
     assert rep.loc[("g", "gap"), "mean residual"] == pytest.approx(
         mean_residual_difference(yr, reg.predict(Xr), sensitive_features=Xr["g"]))
+
+
+@pytest.mark.parametrize("n_groups", [2, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_demographic_parity_ratio_equals_fairlearn_on_labels(n_groups, weighted):
+    rng = np.random.default_rng(n_groups)
+    labels = rng.integers(0, 2, 300)
+    groups = rng.integers(0, n_groups, 300)
+    weight = rng.uniform(0.5, 2.0, 300) if weighted else None
+    assert demographic_parity_ratio(None, labels, sensitive_features=groups,
+                                    sample_weight=weight) == pytest.approx(
+        fl.demographic_parity_ratio(labels, labels, sensitive_features=groups,
+                                    sample_weight=weight))
+
+
+def test_demographic_parity_ratio_edge_cases():
+    # several attributes: the smallest ratio of any attribute on its own
+    frame = pd.DataFrame({"a": ["x", "x", "y", "y"], "b": ["u", "v", "u", "v"]})
+    assert demographic_parity_ratio(None, [1, 1, 1, 0], sensitive_features=frame) == 0.5
+    assert demographic_parity_ratio(None, [0, 0, 0, 0], sensitive_features=frame) == 1.0
+    with pytest.raises(ValueError, match="non-negative"):
+        demographic_parity_ratio(None, [1, -1, 0, 0], sensitive_features=frame)
+
+
+def test_label_scorers_read_the_decisions():
+    """selection_rate_scorer and four_fifths_scorer score the predicted labels; with the label
+    guarantee the selection-rate gap is within epsilon, unlike the scores' scorer's view."""
+    X, y = biased_frame(600)
+    clf = FairNeuralClassifier(protected_attributes=["sex"], epsilon=0.03, guarantee="labels",
+                               **FAST).fit(X.drop(columns="race"), y)
+    Xs = X.drop(columns="race")
+    labels = (clf.predict(Xs) == clf.classes_[1]).astype(float)
+    assert selection_rate_scorer(clf, Xs, y) == pytest.approx(
+        -fl.demographic_parity_difference(y, labels, sensitive_features=X["sex"]))
+    assert selection_rate_scorer(clf, Xs, y) >= -0.03
+    assert four_fifths_scorer(clf, Xs, y) == pytest.approx(
+        fl.demographic_parity_ratio(y, labels, sensitive_features=X["sex"]))
+    with pytest.raises(ValueError, match="response"):
+        make_fairness_scorer("demographic_parity", response="decisions")
