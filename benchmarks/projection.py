@@ -7,6 +7,7 @@ Run from the repository root (needs the `bench` extra and qpth, see the README):
     python benchmarks/projection.py --quick    # smoke run
     python benchmarks/projection.py --million  # only the 1,000,000-sample table, in a fresh process
     python benchmarks/projection.py --groups   # only the tables of many groups and cells
+    python benchmarks/projection.py --labels   # only the cost of fair labels
 
 Demographic parity (epsilon = 0.05) between two groups with biased scores. Times are medians of
 several runs in milliseconds, measured side by side in one run (the compared calls alternate;
@@ -110,12 +111,16 @@ def main():
                              "the process: the full run measures it after qpth's large matrices)")
     parser.add_argument("--groups", action="store_true",
                         help="only the tables of many groups and intersectional cells")
+    parser.add_argument("--labels", action="store_true", help="only the cost of fair labels")
     args = parser.parse_args()
     print_header("projection.py")
     repeats = 3 if args.quick else 15
     if args.groups:
         many_groups(repeats)
         intersectional_adult()
+        return
+    if args.labels:
+        label_cost(3 if args.quick else 5)
         return
     if not args.million:
         small_problems(args, repeats)
@@ -266,6 +271,44 @@ def intersectional_adult():
           f"epsilon {EPS}\n")
     print(markdown_table(["protected (crossed)", "cells", "pair rows", "fit 1 epoch s",
                           "predict_proba s (median of 3)", "max cell gap"], rows))
+    print()
+
+
+def label_cost(repeats):
+    """The label step (:func:`skfair.decisions.fair_labels`) against the exact projection of the
+    same probabilities, demographic parity at epsilon 0.02, timed alternately."""
+    from skfair.decisions import fair_labels
+
+    rows = []
+    settings = [("one attribute, 2 groups", (2,), False),
+                ("one attribute, 10 groups", (10,), False),
+                ("2 x 5 crossed (10 cells)", (2, 5), True),
+                ("2 and 5 groups, marginal (integer program)", (2, 5), False)]
+    for label, cards, intersectional in settings:
+        sizes = [1_000, 10_000, 100_000] + ([1_000_000] if len(cards) == 1 or intersectional
+                                            else [])
+        for n in sizes:
+            rng = np.random.default_rng(n)
+            codes = np.stack([rng.integers(0, k, n) for k in cards], axis=1)
+            proba = np.clip(rng.beta(2, 5, n) + 0.2 * (codes[:, 0] == 1), 0, 1)
+            groups = torch.as_tensor(codes)
+            if intersectional:
+                from skfair.constraints import intersect_groups
+                groups = intersect_groups(groups)
+            z = torch.as_tensor(proba)
+            constraint = get_constraint("demographic_parity")
+
+            def projected():
+                return project(z, constraint.build(groups, epsilon=0.02), (0.0, 1.0), "exact")
+
+            def labelled():
+                return fair_labels(proba, codes, 0.02, intersectional=intersectional)
+
+            proj, lab = paired_ms([projected, labelled], repeats)
+            rows.append([label, f"{n:,}", f"{proj:.1f}", f"{lab:.1f}", f"{lab / proj:.1f}x"])
+    print("## Cost of fair labels (demographic parity of selection rates, epsilon 0.02)\n")
+    print(markdown_table(["groups", "n", "projection ms", "labels ms", "labels / projection"],
+                         rows))
     print()
 
 
