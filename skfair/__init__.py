@@ -3,6 +3,7 @@
 from .constraints import (
     AffineConstraint,
     DemographicParity,
+    DisparateImpact,
     EqualizedOdds,
     EqualOpportunity,
     MeanResidual,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AffineConstraint",
     "DemographicParity",
+    "DisparateImpact",
     "EqualizedOdds",
     "EqualOpportunity",
     "FairNeuralClassifier",

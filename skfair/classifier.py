@@ -42,7 +42,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     exclude_protected : bool, default=False
         Whether to keep the protected attributes out of the network's inputs. By default they are
         inputs too (a 0/1 column for a binary attribute, one-hot columns otherwise).
-    fairness : {"demographic_parity", "equalized_odds", "equal_opportunity"} or AffineConstraint, \
+    fairness : {"demographic_parity", "equalized_odds", "equal_opportunity", \
+            "disparate_impact"} or AffineConstraint, \
             default="demographic_parity"
         The constraint (see :mod:`skfair.constraints`); on probabilities, demographic parity
         bounds the difference of the groups' mean predicted probabilities.
@@ -158,7 +159,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     True
     """
 
-    _fairness_options = ("demographic_parity", "equalized_odds", "equal_opportunity")
+    _fairness_options = ("demographic_parity", "equalized_odds", "equal_opportunity",
+                         "disparate_impact")
 
     _parameter_constraints = {
         **BaseFairNeural._parameter_constraints,

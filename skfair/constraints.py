@@ -48,6 +48,7 @@ __all__ = [
     "AffineConstraint",
     "ConstraintSet",
     "DemographicParity",
+    "DisparateImpact",
     "EqualizedOdds",
     "EqualOpportunity",
     "MeanResidual",
@@ -453,7 +454,8 @@ class _GroupMeanConstraint(AffineConstraint):
             mass = np.bincount(atom, weights=_kernels.host_vector(weight), minlength=len(mass))
         references = tuple(reference_means or ()) if self.borrows_references else ()
         rows, h, h_tensor, keys, reference_rows = _batch_rows(
-            type(self), table, mass.tobytes(), n_attributes, references, float(epsilon))
+            type(self), table, mass.tobytes(), n_attributes, references, float(epsilon),
+            self.ratio)
         device = groups.device
         if reference_rows:
             h = h.copy()
@@ -471,9 +473,12 @@ class _GroupMeanConstraint(AffineConstraint):
     #: whether a present group is compared with the reference mean of an absent one
     borrows_references = True
 
-    #: how the groups of a cell are compared: every ordered pair (``max - min <= epsilon``),
-    #: or each group on its own with two opposite rows (``|mean| <= epsilon``)
-    pairwise = True
+    #: how the groups of a cell are compared: every ordered pair (``"pairs"``: ``max - min <=
+    #: epsilon``), each group on its own with two opposite rows (``"signs"``: ``|mean| <=
+    #: epsilon``), or every ordered pair by a ratio (``"ratios"``)
+    layout = "pairs"
+    #: the ratio of the ``"ratios"`` layout
+    ratio = None
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -519,11 +524,51 @@ class MeanResidual(_GroupMeanConstraint):
     requires_y_true = True
 
     borrows_references = False
-    pairwise = False
+    layout = "signs"
+
+
+class DisparateImpact(_GroupMeanConstraint):
+    """Every group's mean output is at least ``ratio`` times every other group's:
+    ``ratio * mean_v - mean_u <= epsilon`` for every ordered pair of groups present.
+
+    On 0/1 decisions with ``ratio=0.8`` and ``epsilon=0`` this is the *four-fifths rule* of
+    disparate impact (every group's selection rate at least 80% of the highest); on
+    probabilities it bounds the ratio of the mean scores, and ``epsilon`` is a slack on the
+    scale of the outputs (0 for the rule as stated). Its ``k (k - 1)`` rows are not
+    differences of two group means, so the exact solver treats them row by row: meant for a
+    handful of groups.
+
+    Parameters
+    ----------
+    ratio : float, default=0.8
+        The smallest allowed ratio of two groups' means, in (0, 1].
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skfair.constraints import DisparateImpact, constraint_gap
+    >>> y = torch.tensor([0.5, 0.5, 0.3, 0.3], dtype=torch.float64)
+    >>> groups = torch.tensor([0, 0, 1, 1])
+    >>> round(constraint_gap(DisparateImpact(0.8), y, groups), 6)  # 0.8 * 0.5 - 0.3
+    0.1
+    """
+
+    name = "disparate_impact"
+    borrows_references = False
+    layout = "ratios"
+
+    def __init__(self, ratio=0.8):
+        if (not isinstance(ratio, numbers.Real) or isinstance(ratio, bool)
+                or not 0 < ratio <= 1):
+            raise ValueError(f"ratio must be a number in (0, 1]; got {ratio!r}.")
+        self.ratio = float(ratio)
+
+    def __repr__(self):
+        return f"DisparateImpact(ratio={self.ratio!r})"
 
 
 _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
-                                       MeanResidual)}
+                                       MeanResidual, DisparateImpact)}
 
 
 def get_constraint(constraint):
@@ -638,7 +683,7 @@ def _check_y_true(y_true, n, binary):
 
 
 @functools.lru_cache(maxsize=256)
-def _row_structure(cls, table, positive, n_attributes, references=()):
+def _row_structure(cls, table, positive, n_attributes, references=(), ratio=None):
     """The rows of a group-mean constraint for a batch whose atoms are ``table`` (cached: the
     structure depends on which atoms are present, not on the values of the batch).
 
@@ -653,7 +698,9 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
     *`` that mean added to ``h``. ``keys`` name the rows (:class:`_RowKeys`). ``positive``
     (bytes, one per atom: a cheap key to hash) flags the atoms with positive weight; the others
     belong to no group. ``references`` are the keys ``(attribute, group, label)`` that have a
-    reference mean.
+    reference mean. The ``"ratios"`` layout has, after the groups' means, the means times
+    ``ratio`` (``member`` holds ``ratio`` on their atoms), and its rows are generic rows (no
+    family).
     """
     member, families, generic = [], [], []
     for a in range(n_attributes):
@@ -664,13 +711,20 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
             first = len(member)
             member.extend([float(keep and row[a] == g) for row, keep in zip(table, inside)]
                           for g in present)
-            if cls.pairwise:
+            if cls.layout == "pairs":
                 if len(present) > 1:
                     families.append((np.arange(first, first + len(present)),
                                      ("pairs", a, label, tuple(present))))
-            else:
+            elif cls.layout == "signs":
                 families.extend((np.array([first + i, -1]), ("signs", a, g))
                                 for i, g in enumerate(present))
+            elif len(present) > 1:  # ratios: ratio * mean_v - mean_u <= epsilon
+                scaled = len(member)
+                member.extend([ratio * value for value in member[first + i]]
+                              for i in range(len(present)))
+                generic.extend((scaled + j, first + i, (a, u, v, label), None, None)
+                               for i, u in enumerate(present) for j, v in enumerate(present)
+                               if i != j)
             absent = [(a_, g, label_) for a_, g, label_ in references
                       if a_ == a and label_ == label and g not in present]
             for i, u in enumerate(present if absent else ()):
@@ -700,7 +754,8 @@ def _row_structure(cls, table, positive, n_attributes, references=()):
     minus.append(np.array([row[1] for row in generic], dtype=np.int64))
     plus, minus = np.concatenate(plus).astype(np.int64), np.concatenate(minus).astype(np.int64)
     end = family_start[-1]
-    reference_rows = tuple((end + r, row[3], row[4]) for r, row in enumerate(generic))
+    reference_rows = tuple((end + r, row[3], row[4]) for r, row in enumerate(generic)
+                           if row[3] is not None)
     keys = _RowKeys(tuple(spec for _, spec in families), family_start,
                     tuple(row[2] for row in generic))
     for array in (member, plus, minus, family_size, family_start):
@@ -763,7 +818,7 @@ class _RowKeys(Sequence):
 
 
 @functools.lru_cache(maxsize=1024)
-def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon):
+def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon, ratio=None):
     """The rows of a group-mean constraint for a batch whose atoms ``table`` have the total
     weights ``mass_key`` (the bytes of a float64 array): ``(rows, h, h as a CPU tensor, keys,
     reference_rows)`` (see :func:`_row_structure`; ``rows`` a :class:`skfair._kernels.Rows`).
@@ -774,9 +829,10 @@ def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon):
     """
     mass = np.frombuffer(mass_key)
     member, plus, minus, family_size, family_start, reference_rows, keys = _row_structure(
-        cls, table, (mass > 0).tobytes(), n_attributes, references)
+        cls, table, (mass > 0).tobytes(), n_attributes, references, ratio)
     # row g of `member / group_mass`: the averaging functional of group g over the atoms
-    stat = member / (member @ mass)[:, None] if member.size else member
+    # (times the ratio, for the scaled means of the "ratios" layout)
+    stat = member / ((member != 0) @ mass)[:, None] if member.size else member
     rows = _statistics(stat, plus, minus, family_size, family_start)
     h = np.full(plus.size, epsilon)
     return rows, h, torch.from_numpy(h), keys, reference_rows

@@ -11,6 +11,7 @@ from skfair.constraints import (
     AffineConstraint,
     ConstraintSet,
     DemographicParity,
+    DisparateImpact,
     EqualizedOdds,
     EqualOpportunity,
     MeanResidual,
@@ -371,3 +372,28 @@ def test_too_many_pair_rows_are_refused_with_a_clear_error(monkeypatch):
         DemographicParity().build(groups, epsilon=0.1)
     assert DemographicParity().build(torch.arange(7), epsilon=0.1).n_rows == 42
     constraints._row_structure.cache_clear()
+
+
+@pytest.mark.parametrize("ratio", [0.8, 0.5, 1.0])
+def test_disparate_impact_rows_are_scaled_means(ratio):
+    """Row (u, v) is ratio * mean_v - mean_u <= epsilon (keys (attribute, u, v, label)), for
+    every ordered pair of groups present; weighted means with sample weights."""
+    rng = np.random.default_rng(0)
+    groups = torch.as_tensor(rng.integers(0, 3, 30))
+    w = torch.as_tensor(rng.uniform(0.5, 2.0, 30))
+    y = torch.as_tensor(rng.uniform(size=30))
+    cs = DisparateImpact(ratio).build(groups, epsilon=0.01, sample_weight=w)
+    means = {g: float((y * w)[groups == g].sum() / w[groups == g].sum()) for g in range(3)}
+    values = dict(zip(cs.keys, (cs.matvec(y) - cs.h).tolist()))
+    assert len(values) == 6
+    for (a, u, v, label), value in values.items():
+        assert (a, label) == (0, None)
+        assert value == pytest.approx(ratio * means[v] - means[u] - 0.01, abs=1e-12)
+
+
+def test_disparate_impact_parameters():
+    assert repr(DisparateImpact()) == "DisparateImpact(ratio=0.8)"
+    assert get_constraint("disparate_impact").ratio == 0.8
+    for bad in (0, 1.5, True, "0.8"):
+        with pytest.raises(ValueError, match="ratio must be a number in"):
+            DisparateImpact(bad)

@@ -659,3 +659,21 @@ def test_label_guarantee_needs_demographic_parity(biased):
         clf.fit(X, y)
     with pytest.raises(ValueError, match="guarantee"):
         FairNeuralClassifier(guarantee="decisions").fit(X, y)
+
+
+def test_disparate_impact_on_scores(biased):
+    """fairness='disparate_impact' (ratio 0.8, epsilon 0): every group's mean probability is at
+    least 0.8 times every other group's, on the training data and on any batch >= b_tau; the
+    ratio metric agrees."""
+    from skfair.metrics import demographic_parity_ratio
+
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"],
+                               fairness="disparate_impact", epsilon=0.0, **FAST).fit(X, y)
+    for batch in (X, X.iloc[:300]):
+        p = clf.predict_proba(batch)[:, 1]
+        for column in ("sex", "race"):
+            means = pd.Series(p).groupby(batch[column].to_numpy()).mean()
+            assert means.min() >= 0.8 * means.max() - 1e-9
+        assert demographic_parity_ratio(None, p, sensitive_features=batch[["sex", "race"]]) \
+            >= 0.8 - 1e-9

@@ -940,3 +940,23 @@ def test_raw_outputs_far_outside_the_bounds_are_projected_exactly():
     # an asymmetric pull: moving the far output costs far more than moving the near one
     y = layer(torch.tensor([1e8, -1.0], dtype=torch.float64), torch.tensor([0, 1]))
     np.testing.assert_allclose(y.numpy(), [1.0, 0.95], atol=1e-9)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.02])
+@pytest.mark.parametrize("n_groups", [2, 4])
+def test_disparate_impact_projection_matches_the_reference(epsilon, n_groups):
+    """The four-fifths constraint on scores: the exact projection equals the conic reference on
+    the same rows, and the groups' means (numpy) keep ratio * mean_v - mean_u <= epsilon."""
+    from skfair.constraints import DisparateImpact
+
+    rng = np.random.default_rng(n_groups)
+    n = 300
+    groups = rng.integers(0, n_groups, n)
+    z = np.clip(rng.beta(2, 5, n) + 0.4 * (groups == 1), 0, 1)
+    layer = FairnessLayer(DisparateImpact(0.8), epsilon=epsilon, solver="exact")
+    y = layer(torch.as_tensor(z), torch.as_tensor(groups)).numpy()
+    means = np.bincount(groups, y) / np.bincount(groups)
+    assert 0.8 * means.max() - means.min() <= epsilon + 1e-9
+    cs = DisparateImpact(0.8).build(torch.as_tensor(groups), epsilon=epsilon)
+    np.testing.assert_allclose(
+        y, reference_projection(z, cs.dense().numpy(), cs.h.numpy(), (0.0, 1.0)), atol=1e-6)
