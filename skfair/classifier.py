@@ -1,5 +1,7 @@
 """FairNeuralClassifier: a binary neural classifier whose probabilities are fair by construction."""
 
+import numbers
+
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
@@ -10,7 +12,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from . import _kernels
 from ._base import BaseFairNeural
-from .constraints import DemographicParity, get_constraint
+from .constraints import DemographicParity, DisparateImpact, get_constraint
 from .decisions import fair_labels
 
 
@@ -54,9 +56,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         separately.
     guarantee : {"proba", "labels"}, default="proba"
         What :meth:`predict` guarantees. ``"proba"``: the probabilities meet the constraint (as
-        described above) and the labels are ``p > 0.5``. ``"labels"`` (demographic parity
-        only): in every chunk of at least ``b_tau`` rows, the *selection rates* of the
-        predicted labels meet demographic parity exactly, as fractions of counts, and among
+        described above) and the labels are ``p > 0.5``. ``"labels"`` (demographic parity or
+        disparate impact): in every chunk of at least ``b_tau`` rows, the *selection rates* of
+        the predicted labels meet the constraint exactly, as fractions of counts, and among
         such labelings the one of highest expected accuracy under the fair probabilities is
         returned (:func:`skfair.decisions.fair_labels`); the probabilities keep their own
         guarantee. Chunks and stream batches shorter than ``b_tau`` are labelled ``p > 0.5``
@@ -190,13 +192,19 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     def _validate_params(self):
         super()._validate_params()
-        if self.guarantee == "labels" and not (
-                self.protected_attributes is None
-                or isinstance(get_constraint(self.fairness), DemographicParity)):
+        if self.guarantee != "labels" or self.protected_attributes is None:
+            return
+        constraint = get_constraint(self.fairness)
+        if not isinstance(constraint, (DemographicParity, DisparateImpact)):
             raise ValueError(
                 f"guarantee='labels' makes the selection rates of the predicted labels meet "
-                f"demographic parity; it needs fairness='demographic_parity', got "
-                f"fairness={self.fairness!r}.")
+                f"demographic parity or disparate impact; it needs fairness="
+                f"'demographic_parity' or 'disparate_impact', got fairness={self.fairness!r}.")
+        several = not isinstance(self.protected_attributes, (str, numbers.Integral)) and len(
+            self.protected_attributes) > 1
+        if isinstance(constraint, DisparateImpact) and several and not self.intersectional:
+            raise ValueError("guarantee='labels' with disparate impact is built for one "
+                             "protected attribute or intersectional=True.")
 
     def _encode_targets(self, y, reset):
         y = column_or_1d(y, warn=True)
@@ -268,7 +276,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         if len(p) < self.b_tau:
             return plain
         return fair_labels(p, codes, min(float(self.epsilon), 1.0),
-                           intersectional=self.intersectional)
+                           intersectional=self.intersectional, ratio=self.constraint_.ratio)
 
     def partial_predict_proba(self, X):
         """Probabilities for the next batch of a stream (stateful).

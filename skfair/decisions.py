@@ -24,6 +24,9 @@ group is its highest scores, so the problem is one over the per-group counts:
   absolute gap, within a time limit after which its best answer is used with a warning),
   whose answer is checked with exact fractions.
 
+With a ``ratio`` (the disparate-impact rule, ``rate_u >= ratio * rate_v - epsilon``) the window
+is ``[L, (L + epsilon) / ratio]`` and the same search applies (one attribute or crossed cells).
+
 Ties are broken deterministically: within a group by score, then by position in the batch;
 between windows of equal expected accuracy, the one with the lowest rates. All-equal labels
 (every rate 0) always satisfy the constraint, so a labeling always exists. A group of a single
@@ -42,8 +45,9 @@ from .constraints import intersect_groups
 __all__ = ["fair_labels", "selection_rate_gap"]
 
 
-def fair_labels(proba, groups, epsilon, *, intersectional=False):
-    """Labels of one batch whose selection rates meet demographic parity exactly.
+def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
+    """Labels of one batch whose selection rates meet demographic parity (or, with ``ratio``,
+    the disparate-impact rule) exactly.
 
     Parameters
     ----------
@@ -55,6 +59,10 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False):
         Largest allowed difference of selection rates, in [0, 1].
     intersectional : bool, default=False
         Constrain the crossed cells of the attributes instead of each attribute.
+    ratio : float in (0, 1] or None, default=None
+        Instead of differences, bound ratios: every group's selection rate at least ``ratio``
+        times every other group's, less ``epsilon`` (``ratio=0.8, epsilon=0``: the four-fifths
+        rule). One attribute, or the crossed cells with ``intersectional=True``.
 
     Returns
     -------
@@ -86,6 +94,12 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False):
         raise ValueError(f"epsilon must be a number in [0, 1]; got {epsilon!r}.")
     if groups.size and (not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0):
         raise ValueError("groups must hold non-negative integer group codes.")
+    if ratio is not None and (not isinstance(ratio, (int, float, np.floating))
+                              or isinstance(ratio, bool) or not 0 < ratio <= 1):
+        raise ValueError(f"ratio must be None or a number in (0, 1]; got {ratio!r}.")
+    if ratio is not None and groups.shape[1] > 1 and not intersectional:
+        raise ValueError("Labels under a ratio constraint are built for one protected attribute "
+                         "or the crossed cells (intersectional=True).")
     n = proba.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -96,7 +110,8 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False):
     gain = 2.0 * proba - 1.0
     codes = [np.unique(column, return_inverse=True)[1].ravel() for column in groups.T]
     if len(codes) == 1:
-        counts = _window_counts(gain, codes[0], float(epsilon))
+        counts = _window_counts(gain, codes[0], float(epsilon),
+                                1.0 if ratio is None else float(ratio))
         return _top_scores(gain, codes[0], counts)
     return _integer_program(gain, codes, float(epsilon))
 
@@ -128,20 +143,25 @@ def selection_rate_gap(labels, groups):
     return gap
 
 
-def _within(difference, denominator, epsilon):
-    """Whether ``difference / denominator <= epsilon`` exactly (integer arrays, float
-    ``epsilon``): in floating point, and with fractions where that is too close to tell."""
-    scaled = epsilon * denominator.astype(np.float64)
-    result = difference <= scaled
-    close = np.abs(difference - scaled) <= 1e-9 * np.maximum(scaled, 1.0)
-    exact = Fraction(epsilon)
+def _fits(count, a, b, sizes, epsilon, ratio):
+    """Whether ``ratio * count / n_g <= a / b + epsilon`` (rates as exact fractions, float
+    ``epsilon`` and ``ratio`` at their exact binary values), elementwise: in floating point, and
+    with fractions where that is too close to tell."""
+    left = ratio * (count * b).astype(np.float64)
+    right = (a * sizes).astype(np.float64) + epsilon * (sizes * b).astype(np.float64)
+    result = left <= right
+    close = np.abs(left - right) <= 1e-9 * np.maximum(np.abs(right), 1.0)
+    exact_ratio, exact_epsilon = Fraction(ratio), Fraction(epsilon)
+    count, a, b, sizes = np.broadcast_arrays(count, a, b, sizes)
     for index in zip(*np.nonzero(close)):
-        result[index] = Fraction(int(difference[index])) <= exact * int(denominator[index])
+        c, a_, b_, n = (int(x[index]) for x in (count, a, b, sizes))
+        result[index] = exact_ratio * c * b_ <= a_ * n + exact_epsilon * n * b_
     return result
 
 
-def _window_counts(gain, codes, epsilon):
-    """The per-group counts of the best labeling of one attribute (see the module)."""
+def _window_counts(gain, codes, epsilon, ratio=1.0):
+    """The per-group counts of the best labeling of one attribute (see the module): every rate
+    within ``[L, (L + epsilon) / ratio]`` for the lowest rate ``L``."""
     sizes = np.bincount(codes)
     k = sizes.size
     order = np.lexsort((np.arange(gain.size), -gain, codes))  # by group, score, position
@@ -162,13 +182,11 @@ def _window_counts(gain, codes, epsilon):
         a = numerators[start:start + block, None]
         b = denominators[start:start + block, None]
         low = -(-(a * sizes) // b)  # ceil(a n_g / b): the smallest count at rate >= a / b
-        high = (a * sizes + np.floor(epsilon * sizes * b).astype(np.int64)) // b
+        high = np.floor((a * sizes + epsilon * sizes * b) / (ratio * b)).astype(np.int64)
         # the float floor may be off by one at the boundary: settle it exactly
-        high = np.minimum(high + 1, sizes)
-        too_high = ~_within(high * b - a * sizes, sizes * b, epsilon)
-        high -= too_high
-        too_high = ~_within(high * b - a * sizes, sizes * b, epsilon)
-        high -= too_high
+        high = np.clip(high + 1, 0, sizes)
+        for _ in range(2):
+            high -= ~_fits(high, a, b, sizes, epsilon, ratio)
         counts = np.clip(best, low, high)
         feasible = (low <= high).all(axis=1)
         values = np.zeros(counts.shape[0])

@@ -146,3 +146,47 @@ def test_selection_rate_gap_is_exact():
 def test_bad_inputs_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fair_labels(**kwargs)
+
+
+def _brute_force_ratio(proba, groups, epsilon, ratio):
+    """The best expected gain over every labeling whose selection rates meet
+    ``rate_u >= ratio * rate_v - epsilon`` for every ordered pair (checked with fractions)."""
+    n = len(proba)
+    best = -math.inf
+    present = np.unique(groups)
+    for bits in itertools.product([0, 1], repeat=n):
+        labels = np.array(bits)
+        rates = [Fraction(int(labels[groups == g].sum()), int((groups == g).sum()))
+                 for g in present]
+        if Fraction(ratio) * max(rates) - min(rates) <= Fraction(epsilon):
+            best = max(best, float(((2 * proba - 1) * labels).sum()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ratio_labels_are_exact_and_optimal(seed):
+    """The disparate-impact rule on labels (every selection rate at least ratio times every
+    other, less epsilon), one attribute or crossed cells: exact and optimal by brute force."""
+    rng = np.random.default_rng(50 + seed)
+    for _ in range(30):
+        n = int(rng.integers(1, 11))
+        groups = rng.integers(0, int(rng.integers(1, 4)), n)
+        proba = rng.uniform(size=n) if rng.uniform() < 0.5 else np.round(rng.uniform(size=n), 1)
+        ratio = float(rng.choice([0.5, 0.8, 1.0]))
+        epsilon = float(rng.choice([0.0, 0.05, 0.2]))
+        labels = fair_labels(proba, groups, epsilon, ratio=ratio)
+        rates = [Fraction(int(labels[groups == g].sum()), int((groups == g).sum()))
+                 for g in np.unique(groups)]
+        assert Fraction(ratio) * max(rates) - min(rates) <= Fraction(epsilon)
+        assert ((2 * proba - 1) * labels).sum() == pytest.approx(
+            _brute_force_ratio(proba, groups, epsilon, ratio), abs=1e-9)
+
+
+def test_ratio_labels_need_one_attribute_or_crossed_cells():
+    proba, groups = np.full(4, 0.7), np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    with pytest.raises(ValueError, match="one protected attribute"):
+        fair_labels(proba, groups, 0.0, ratio=0.8)
+    assert fair_labels(proba, groups, 0.0, ratio=0.8, intersectional=True).tolist() == [1] * 4
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="ratio"):
+            fair_labels(proba, groups[:, 0], 0.0, ratio=bad)

@@ -582,7 +582,8 @@ def test_custom_label_based_constraint_trains():
     assert len(clf.history_) == 3 and clf.predict_proba(X).shape == (400, 2)
     raw = torch.as_tensor(clf.predict_proba(X)[:, 1])
     fair = FairnessLayer(_PositiveRateParity(), epsilon=0.02)(
-        raw, torch.as_tensor(X[["g"]].to_numpy()), y_true=torch.as_tensor(y, dtype=torch.float64))
+        raw, torch.as_tensor(X[["g"]].to_numpy().copy()),
+        y_true=torch.as_tensor(y, dtype=torch.float64))
     fair = fair.numpy()
     positive = y == 1
     means = [fair[positive & (X.g.to_numpy() == k)].mean() for k in (0, 1)]
@@ -677,3 +678,22 @@ def test_disparate_impact_on_scores(biased):
             assert means.min() >= 0.8 * means.max() - 1e-9
         assert demographic_parity_ratio(None, p, sensitive_features=batch[["sex", "race"]]) \
             >= 0.8 - 1e-9
+
+
+def test_label_guarantee_under_the_four_fifths_rule(biased):
+    """guarantee='labels' with fairness='disparate_impact' (ratio 0.8, epsilon 0): every group's
+    selection rate is at least 0.8 times every other's, exactly; several attributes need
+    intersectional=True."""
+    from fractions import Fraction
+
+    X, y = biased
+    X = X.drop(columns="race")
+    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness="disparate_impact",
+                               epsilon=0.0, guarantee="labels", **FAST).fit(X, y)
+    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+    sex = X["sex"].to_numpy()
+    rates = [Fraction(int(labels[sex == g].sum()), int((sex == g).sum())) for g in ("F", "M")]
+    assert min(rates) >= Fraction(0.8) * max(rates)
+    with pytest.raises(ValueError, match="intersectional=True"):
+        FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="disparate_impact",
+                             guarantee="labels", **FAST).fit(*biased)
