@@ -6,6 +6,7 @@ from .constraints import (
     DisparateImpact,
     EqualizedOdds,
     EqualOpportunity,
+    FalsePositiveRateParity,
     MeanResidual,
 )
 from .classifier import FairNeuralClassifier
@@ -20,6 +21,7 @@ __all__ = [
     "DisparateImpact",
     "EqualizedOdds",
     "EqualOpportunity",
+    "FalsePositiveRateParity",
     "FairNeuralClassifier",
     "FairNeuralRegressor",
     "FairnessLayer",

@@ -51,6 +51,7 @@ __all__ = [
     "DisparateImpact",
     "EqualizedOdds",
     "EqualOpportunity",
+    "FalsePositiveRateParity",
     "MeanResidual",
     "constraint_gap",
     "get_constraint",
@@ -512,6 +513,16 @@ class EqualOpportunity(_GroupMeanConstraint):
     label_cells = (1,)
 
 
+class FalsePositiveRateParity(_GroupMeanConstraint):
+    """Demographic parity within the negatives (``Y=0``) only; needs binary ``y_true``. On
+    probabilities it bounds the gap of the groups' mean scores of the negatives (the score form
+    of the false-positive rate; fairlearn's ``FalsePositiveRateParity`` on labels)."""
+
+    name = "false_positive_rate_parity"
+    requires_y_true = True
+    label_cells = (0,)
+
+
 class MeanResidual(_GroupMeanConstraint):
     """Every group's mean residual is within epsilon of zero: ``|mean(y - y_true | g)| <= eps``.
 
@@ -568,7 +579,7 @@ class DisparateImpact(_GroupMeanConstraint):
 
 
 _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
-                                       MeanResidual, DisparateImpact)}
+                                       FalsePositiveRateParity, MeanResidual, DisparateImpact)}
 
 
 def get_constraint(constraint):
@@ -578,7 +589,8 @@ def get_constraint(constraint):
     ----------
     constraint : str or AffineConstraint
         One of ``"demographic_parity"``, ``"equalized_odds"``, ``"equal_opportunity"``,
-        ``"mean_residual"``, or an instance of an :class:`AffineConstraint` subclass.
+        ``"false_positive_rate_parity"``, ``"mean_residual"``, ``"disparate_impact"`` (ratio
+        0.8), or an instance of an :class:`AffineConstraint` subclass.
 
     Returns
     -------

@@ -27,6 +27,7 @@ __all__ = [
     "demographic_parity_difference",
     "equal_opportunity_difference",
     "equalized_odds_difference",
+    "false_positive_rate_difference",
     "mean_residual_difference",
     "demographic_parity_ratio",
     "make_fairness_scorer",
@@ -34,6 +35,7 @@ __all__ = [
     "equalized_odds_scorer",
     "equal_opportunity_scorer",
     "mean_residual_scorer",
+    "false_positive_rate_scorer",
     "selection_rate_scorer",
     "four_fifths_scorer",
     "fair_refit",
@@ -127,6 +129,27 @@ def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, sample_w
     return _gap("equal_opportunity", y_true, y_pred, sensitive_features, sample_weight)
 
 
+def false_positive_rate_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                                   pos_label=None):
+    """Largest difference of the groups' mean predictions among the negatives (FPR difference).
+
+    Parameters are those of :func:`equalized_odds_difference`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from skfair.metrics import false_positive_rate_difference
+    >>> false_positive_rate_difference([0, 0, 1, 1], [1, 0, 1, 0],
+    ...                                sensitive_features=["a", "b", "a", "b"])
+    1.0
+    """
+    y_true, y_pred = _binary(y_true, y_pred, pos_label)
+    return _gap("false_positive_rate_parity", y_true, y_pred, sensitive_features, sample_weight)
+
+
 def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weight=None):
     """Largest absolute mean residual of a group: ``max_g |mean(y_pred - y_true | g)|``.
 
@@ -163,6 +186,7 @@ _METRICS = {
     "demographic_parity": demographic_parity_difference,
     "equalized_odds": equalized_odds_difference,
     "equal_opportunity": equal_opportunity_difference,
+    "false_positive_rate_parity": false_positive_rate_difference,
     "mean_residual": mean_residual_difference,
 }
 
@@ -387,6 +411,7 @@ demographic_parity_scorer = make_fairness_scorer("demographic_parity")
 equalized_odds_scorer = make_fairness_scorer("equalized_odds")
 equal_opportunity_scorer = make_fairness_scorer("equal_opportunity")
 mean_residual_scorer = make_fairness_scorer("mean_residual")
+false_positive_rate_scorer = make_fairness_scorer("false_positive_rate_parity")
 #: the selection-rate gap of the predicted labels (negative, like every gap scorer)
 selection_rate_scorer = make_fairness_scorer("demographic_parity", response="labels")
 #: the lowest selection rate over the highest, of the predicted labels (greater is better)

@@ -697,3 +697,20 @@ def test_label_guarantee_under_the_four_fifths_rule(biased):
     with pytest.raises(ValueError, match="intersectional=True"):
         FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="disparate_impact",
                              guarantee="labels", **FAST).fit(*biased)
+
+
+def test_false_positive_rate_parity_in_training(biased):
+    """fairness='false_positive_rate_parity' trains; its training batches are projected with
+    their labels: the layer given labels meets it on the negatives (numpy means)."""
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex"],
+                               fairness="false_positive_rate_parity", epsilon=0.02,
+                               **dict(FAST, max_epochs=3)).fit(X.drop(columns="race"), y)
+    assert clf.constraint_.label_cells == (0,) and len(clf.history_) == 3
+    p = torch.as_tensor(clf.predict_proba(X.drop(columns="race"))[:, 1])
+    sex = (X["sex"] == "M").to_numpy().astype(np.int64)
+    fair = FairnessLayer("false_positive_rate_parity", epsilon=0.02)(
+        p, torch.as_tensor(sex), y_true=torch.tensor(np.array(y, dtype=float))).numpy()
+    negative = np.asarray(y) == 0
+    means = [fair[negative & (sex == k)].mean() for k in (0, 1)]
+    assert abs(means[0] - means[1]) <= 0.02 + 1e-9

@@ -21,6 +21,7 @@ from skfair.metrics import (
     equalized_odds_scorer,
     fair_refit,
     fairness_report,
+    false_positive_rate_difference,
     four_fifths_scorer,
     make_fairness_scorer,
     mean_residual_difference,
@@ -233,3 +234,14 @@ def test_label_scorers_read_the_decisions():
         fl.demographic_parity_ratio(y, labels, sensitive_features=X["sex"]))
     with pytest.raises(ValueError, match="response"):
         make_fairness_scorer("demographic_parity", response="decisions")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_false_positive_rate_difference_equals_fairlearn_on_labels(weighted):
+    rng = np.random.default_rng(3)
+    y, labels, groups = rng.integers(0, 2, 300), rng.integers(0, 2, 300), rng.integers(0, 3, 300)
+    weight = rng.uniform(0.5, 2.0, 300) if weighted else None
+    assert false_positive_rate_difference(y, labels, sensitive_features=groups,
+                                          sample_weight=weight) == pytest.approx(
+        fl.false_positive_rate_difference(y, labels, sensitive_features=groups,
+                                          sample_weight=weight))
