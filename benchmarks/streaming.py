@@ -92,10 +92,10 @@ def raw_gaps(model, X, seed, n_batches):
         if (groups.nunique() > 1).any():
             informative = groups.loc[:, groups.nunique() > 1]
             total += size * demographic_parity_difference(
-                None, proba[batch], sensitive_features=informative)
+                None, proba[batch], sensitive_features=informative, intersectional=False)
     pooled = np.concatenate(rows)
     return total / sizes.sum(), demographic_parity_difference(
-        None, proba[pooled], sensitive_features=sensitive.iloc[pooled])
+        None, proba[pooled], sensitive_features=sensitive.iloc[pooled], intersectional=False)
 
 
 def batch_size_runs(model, X, y, sizes, orders, seed):

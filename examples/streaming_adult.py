@@ -46,6 +46,7 @@ print(f"epsilon = {model.epsilon}: weighted-average gap {s['weighted_avg_fairnes
       f"epsilon + bound = {model.epsilon + s['bound']:.4f}")
 batch = test.iloc[:500]  # 500 rows >= b_tau: projected exactly, a hard guarantee
 exact = model.partial_predict_proba(batch)[:, 1]
-gap = demographic_parity_difference(
-    None, exact, sensitive_features=batch[["remainder__sex", "remainder__race"]])
+gap = demographic_parity_difference(  # each attribute on its own, as constrained
+    None, exact, sensitive_features=batch[["remainder__sex", "remainder__race"]],
+    intersectional=False)
 print(f"a batch of 500 rows: DP gap {gap:.4f} <= epsilon")

@@ -8,8 +8,14 @@ compare **group means** of whatever they are given. On 0/1 labels demographic pa
 difference of selection rates (fairlearn's ``demographic_parity_difference``); on probabilities it
 is mean-score parity, which is what skfair's layer constrains. fairlearn, given probabilities,
 counts ``y_pred == 1`` and silently returns 0.0; these functions do not threshold anything.
+
+Several sensitive columns: the functions named as fairlearn's compare the crossed groups by
+default (``intersectional=True``, fairlearn's semantics); ``intersectional=False`` takes each
+column on its own and the largest gap (what an estimator constrains by default). The scorers
+use the estimator's own ``intersectional``, so a model is scored on the gap it constrains.
 """
 
+import inspect
 import numbers
 
 import numpy as np
@@ -20,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._validation import GroupEncoder, resolve_protected
-from .constraints import constraint_gap
+from .constraints import constraint_gap, intersect_groups
 from .layer import GUARANTEE_TOL
 
 __all__ = [
@@ -43,7 +49,8 @@ __all__ = [
 ]
 
 
-def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None):
+def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                                  intersectional=True):
     """Largest difference of the groups' mean predictions.
 
     Parameters
@@ -58,11 +65,17 @@ def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_
         Group of every sample for one or several protected attributes (any values).
     sample_weight : array-like of shape (n_samples,), default=None
         Weights in the group means.
+    intersectional : bool, default=True
+        With several sensitive columns, compare the groups of their crossed values (fairlearn's
+        semantics for this name); ``False``: each column on its own, the largest gap over the
+        columns (what an estimator with ``intersectional=False`` constrains). The scorers pass
+        the estimator's own setting.
 
     Returns
     -------
     float
-        ``max_u mean(y_pred | u) - min_v mean(y_pred | v)``, the largest over attributes.
+        ``max_u mean(y_pred | u) - min_v mean(y_pred | v)`` over the groups (crossed, or per
+        column and the largest).
 
     Examples
     --------
@@ -70,11 +83,12 @@ def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_
     >>> demographic_parity_difference(None, [1, 0, 1, 1], sensitive_features=["a", "a", "b", "b"])
     0.5
     """
-    return _gap("demographic_parity", None, y_pred, sensitive_features, sample_weight)
+    return _gap("demographic_parity", None, y_pred, sensitive_features, sample_weight,
+                intersectional)
 
 
 def equalized_odds_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                              pos_label=None):
+                              pos_label=None, intersectional=True):
     """Largest difference of the groups' mean predictions within a true class.
 
     On 0/1 labels this is ``max(TPR difference, FPR difference)`` (fairlearn's definition); on
@@ -92,6 +106,8 @@ def equalized_odds_difference(y_true, y_pred, *, sensitive_features, sample_weig
     pos_label : label, default=None
         The positive class of ``y_true`` (and of ``y_pred`` when it holds labels); default: 1 for
         0/1 labels, else the greater of the two labels.
+    intersectional : bool, default=True
+        See :func:`demographic_parity_difference`.
 
     Returns
     -------
@@ -105,11 +121,12 @@ def equalized_odds_difference(y_true, y_pred, *, sensitive_features, sample_weig
     1.0
     """
     y_true, y_pred = _binary(y_true, y_pred, pos_label)
-    return _gap("equalized_odds", y_true, y_pred, sensitive_features, sample_weight)
+    return _gap("equalized_odds", y_true, y_pred, sensitive_features, sample_weight,
+                intersectional)
 
 
 def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                                 pos_label=None):
+                                 pos_label=None, intersectional=True):
     """Largest difference of the groups' mean predictions among the positives (TPR difference).
 
     Parameters are those of :func:`equalized_odds_difference`.
@@ -126,11 +143,12 @@ def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, sample_w
     1.0
     """
     y_true, y_pred = _binary(y_true, y_pred, pos_label)
-    return _gap("equal_opportunity", y_true, y_pred, sensitive_features, sample_weight)
+    return _gap("equal_opportunity", y_true, y_pred, sensitive_features, sample_weight,
+                intersectional)
 
 
 def false_positive_rate_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                                   pos_label=None):
+                                   pos_label=None, intersectional=True):
     """Largest difference of the groups' mean predictions among the negatives (FPR difference).
 
     Parameters are those of :func:`equalized_odds_difference`.
@@ -147,10 +165,12 @@ def false_positive_rate_difference(y_true, y_pred, *, sensitive_features, sample
     1.0
     """
     y_true, y_pred = _binary(y_true, y_pred, pos_label)
-    return _gap("false_positive_rate_parity", y_true, y_pred, sensitive_features, sample_weight)
+    return _gap("false_positive_rate_parity", y_true, y_pred, sensitive_features,
+                sample_weight, intersectional)
 
 
-def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weight=None):
+def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                             intersectional=False):
     """Largest absolute mean residual of a group: ``max_g |mean(y_pred - y_true | g)|``.
 
     This is the measure of the ``mean_residual`` constraint (every group's mean residual within
@@ -165,6 +185,9 @@ def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weigh
         Predictions.
     sensitive_features : array-like, Series or DataFrame
     sample_weight : array-like of shape (n_samples,), default=None
+    intersectional : bool, default=False
+        With several sensitive columns, the crossed groups instead of each column's (this is
+        skfair's measure, not fairlearn's: its default is the constraint's).
 
     Returns
     -------
@@ -179,7 +202,7 @@ def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weigh
     """
     y_true = _numeric(y_true, "y_true")
     return _gap("mean_residual", y_true, _numeric(y_pred, "y_pred"), sensitive_features,
-                sample_weight)
+                sample_weight, intersectional)
 
 
 _METRICS = {
@@ -191,7 +214,8 @@ _METRICS = {
 }
 
 
-def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weight=None):
+def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                             intersectional=True):
     """Smallest ratio of two groups' mean predictions: on 0/1 labels, the lowest selection rate
     over the highest (the *four-fifths rule* asks for at least 0.8).
 
@@ -206,13 +230,15 @@ def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weigh
         Group of every sample for one or several protected attributes (any values).
     sample_weight : array-like of shape (n_samples,), default=None
         Weights in the group means.
+    intersectional : bool, default=True
+        See :func:`demographic_parity_difference`.
 
     Returns
     -------
     float
-        ``min_v mean(y_pred | v) / max_u mean(y_pred | u)``, the smallest over attributes (each
-        attribute on its own, as :func:`demographic_parity_difference`); 1.0 when every mean is
-        0, and 1.0 with fewer than two groups.
+        ``min_v mean(y_pred | v) / max_u mean(y_pred | u)`` over the groups (crossed, or per
+        column and the smallest); 1.0 when every mean is 0, and 1.0 with fewer than two
+        groups.
 
     Examples
     --------
@@ -223,7 +249,7 @@ def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weigh
     y_pred = _numeric(y_pred, "y_pred")
     if (y_pred < 0).any():
         raise ValueError("y_pred must be non-negative for a ratio of group means.")
-    codes = _encode_sensitive(sensitive_features, len(y_pred)).numpy()
+    codes = _encode_sensitive(sensitive_features, len(y_pred), intersectional).numpy()
     weight = np.ones(len(y_pred))
     if sample_weight is not None:
         weight = _numeric(sample_weight, "sample_weight")
@@ -238,9 +264,9 @@ def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weigh
     return ratio
 
 
-def _gap(constraint, y_true, y_pred, sensitive_features, sample_weight):
+def _gap(constraint, y_true, y_pred, sensitive_features, sample_weight, intersectional):
     y_pred = _numeric(y_pred, "y_pred")
-    codes = _encode_sensitive(sensitive_features, len(y_pred))
+    codes = _encode_sensitive(sensitive_features, len(y_pred), intersectional)
     weight = None
     if sample_weight is not None:
         weight = _numeric(sample_weight, "sample_weight")
@@ -291,8 +317,9 @@ def _check_length(values, n, name):
         raise ValueError(f"{name} has {len(values)} samples but y_pred has {n}.")
 
 
-def _encode_sensitive(sensitive_features, n):
-    """Group codes (n, n_attributes) of any Series / array / DataFrame of sensitive features."""
+def _encode_sensitive(sensitive_features, n, intersectional=False):
+    """Group codes (n, n_attributes) of any Series / array / DataFrame of sensitive features;
+    one column, the crossed cells, when ``intersectional``."""
     if sensitive_features is None:
         raise ValueError("sensitive_features is required.")
     if isinstance(sensitive_features, pd.Series):
@@ -311,7 +338,10 @@ def _encode_sensitive(sensitive_features, n):
     if len(frame) != n:
         raise ValueError(f"sensitive_features has {len(frame)} samples but y_pred has {n}.")
     names = [str(c) for c in frame.columns]
-    return GroupEncoder(names).fit_transform(frame)
+    codes = GroupEncoder(names).fit_transform(frame)
+    if intersectional and codes.shape[1] > 1:
+        codes = intersect_groups(codes)
+    return codes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,11 +358,15 @@ class FairnessScorer:
         self._metadata_request = MetadataRequest(owner=type(self).__name__)
 
     def __call__(self, estimator, X, y_true, sample_weight=None, sensitive_features=None):
+        kwargs = self._kwargs
         if sensitive_features is None:
             sensitive_features = protected_columns(estimator, X)
+            # the model's own groups: crossed or not, as it constrains them
+            if "intersectional" in inspect.signature(self._metric).parameters:
+                kwargs = {"intersectional": bool(_final(estimator).intersectional), **kwargs}
         y_pred = _predictions(estimator, X, self._response)
         value = self._metric(y_true, y_pred, sensitive_features=sensitive_features,
-                             sample_weight=sample_weight, **self._kwargs)
+                             sample_weight=sample_weight, **kwargs)
         return self._sign * value
 
     def set_score_request(self, **requests):
@@ -369,8 +403,9 @@ def make_fairness_scorer(metric, greater_is_better=False, response="proba", **kw
     ``predict`` for regressors) and takes the protected groups from
     the raw ``X`` it is given, using the fitted skfair estimator's ``protected_attributes`` (also
     as the last step of a Pipeline), so that ``GridSearchCV(scoring={"dp": ...})`` needs no
-    plumbing. For other estimators pass the groups through metadata routing
-    (:meth:`FairnessScorer.set_score_request`).
+    plumbing; it then compares them crossed or not as the estimator's ``intersectional`` says
+    (the gap it constrains). For other estimators pass the groups through metadata routing
+    (:meth:`FairnessScorer.set_score_request`); the metric's own default applies.
 
     Parameters
     ----------

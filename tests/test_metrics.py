@@ -12,6 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from skfair import FairNeuralClassifier, FairNeuralRegressor
+from skfair import metrics as skfair_metrics
 from skfair.metrics import (
     demographic_parity_difference,
     demographic_parity_ratio,
@@ -77,13 +78,28 @@ def test_fairlearn_returns_zero_on_probabilities_we_do_not():
         pytest.approx(0.7)
 
 
-def test_several_attributes_take_the_max():
+def test_several_attributes_crossed_by_default_or_each_on_its_own():
     frame = pd.DataFrame({"sex": ["F", "F", "M", "M"], "race": ["x", "y", "x", "y"]})
     y_pred = [0.1, 0.2, 0.5, 0.9]
+    # fairlearn's semantics by default: the crossed cells (here one sample each)
     assert demographic_parity_difference(None, y_pred, sensitive_features=frame) == \
-        pytest.approx(max(0.55, 0.25))
-    assert demographic_parity_difference(None, y_pred, sensitive_features=frame.to_numpy()) == \
-        pytest.approx(0.55)
+        pytest.approx(0.8)
+    # each attribute on its own, the largest gap (what a marginal model constrains)
+    assert demographic_parity_difference(None, y_pred, sensitive_features=frame,
+                                         intersectional=False) == pytest.approx(max(0.55, 0.25))
+    assert demographic_parity_difference(None, y_pred, sensitive_features=frame.to_numpy(),
+                                         intersectional=False) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("metric", ["demographic_parity_difference", "equalized_odds_difference",
+                                    "false_positive_rate_difference",
+                                    "demographic_parity_ratio"])
+def test_two_sensitive_features_equal_fairlearn_on_labels(metric):
+    rng = np.random.default_rng(7)
+    y, labels = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
+    frame = pd.DataFrame({"a": rng.choice(["p", "q"], 400), "b": rng.choice(["r", "s", "t"], 400)})
+    ours = getattr(skfair_metrics, metric)(y, labels, sensitive_features=frame)
+    assert ours == pytest.approx(getattr(fl, metric)(y, labels, sensitive_features=frame))
 
 
 def test_string_labels_with_pos_label():
@@ -143,9 +159,18 @@ def test_scorer_on_a_pipeline_and_in_cross_validate():
     scores = cross_validate(pipe, X, y, cv=2, scoring={"dp": demographic_parity_scorer})
     assert (-scores["test_dp"] <= 0.05 + 1e-6).all()
     pipe.fit(X, y)
-    expected = demographic_parity_difference(
-        y, pipe.predict_proba(X)[:, 1], sensitive_features=X[["sex", "race"]])
+    proba = pipe.predict_proba(X)[:, 1]
+    # the scorer reads the model's setting (marginal): the gap it constrains
+    expected = demographic_parity_difference(y, proba, sensitive_features=X[["sex", "race"]],
+                                             intersectional=False)
     assert demographic_parity_scorer(pipe, X, y) == pytest.approx(-expected)
+    assert demographic_parity_difference(y, proba, sensitive_features=X[["sex", "race"]]) > \
+        expected  # the crossed groups, not constrained, differ more
+    crossed = make_pipeline(FunctionTransformer(lambda d: d.assign(x1=2 * d["x1"])),
+                            FairNeuralClassifier(protected_attributes=["sex", "race"],
+                                                 intersectional=True, **FAST)).fit(X, y)
+    assert demographic_parity_scorer(crossed, X, y) == pytest.approx(-demographic_parity_difference(
+        y, crossed.predict_proba(X)[:, 1], sensitive_features=X[["sex", "race"]]))
 
 
 def test_regressor_scorer():
@@ -213,7 +238,9 @@ def test_demographic_parity_ratio_equals_fairlearn_on_labels(n_groups, weighted)
 def test_demographic_parity_ratio_edge_cases():
     # several attributes: the smallest ratio of any attribute on its own
     frame = pd.DataFrame({"a": ["x", "x", "y", "y"], "b": ["u", "v", "u", "v"]})
-    assert demographic_parity_ratio(None, [1, 1, 1, 0], sensitive_features=frame) == 0.5
+    assert demographic_parity_ratio(None, [1, 1, 1, 0], sensitive_features=frame,
+                                    intersectional=False) == 0.5
+    assert demographic_parity_ratio(None, [1, 1, 1, 0], sensitive_features=frame) == 0.0
     assert demographic_parity_ratio(None, [0, 0, 0, 0], sensitive_features=frame) == 1.0
     with pytest.raises(ValueError, match="non-negative"):
         demographic_parity_ratio(None, [1, -1, 0, 0], sensitive_features=frame)
