@@ -4,12 +4,14 @@ import copy
 import math
 import numbers
 import time
+import warnings
 from abc import abstractmethod
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     HasMethods,
@@ -528,6 +530,12 @@ class BaseFairNeural(BaseEstimator):
                 stall += 1
                 if stall >= self.n_iter_no_change:
                     break
+        else:
+            warnings.warn(
+                f"{type(self).__name__} ran max_epochs={self.max_epochs} epochs and the "
+                f"{'validation' if val_idx is not None else 'training'} loss was still "
+                f"improving by more than tol={self.tol}; raise max_epochs, or learning_rate, "
+                f"to train to convergence.", ConvergenceWarning, stacklevel=3)
         if best_state is not None:
             self.module_.load_state_dict(best_state)
         self.n_iter_ = len(self.history_)

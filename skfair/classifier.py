@@ -91,7 +91,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         by one at most. Batches are stratified: each keeps the data's share of every group (and,
         for label-dependent constraints, group x label) combination.
     max_epochs : int, default=100
-        Maximum number of passes over the data.
+        Maximum number of passes over the data; a fit that runs them all while its loss still
+        improves by more than ``tol`` warns with :class:`~sklearn.exceptions.ConvergenceWarning`.
     learning_rate : float, default=1e-3
         Adam's learning rate.
     weight_decay : float, default=0.0

@@ -714,3 +714,21 @@ def test_false_positive_rate_parity_in_training(biased):
     negative = np.asarray(y) == 0
     means = [fair[negative & (sex == k)].mean() for k in (0, 1)]
     assert abs(means[0] - means[1]) <= 0.02 + 1e-9
+
+
+def test_max_epochs_without_convergence_warns(biased):
+    """As scikit-learn's MLP: running out of epochs while the loss still improves warns;
+    stopping on n_iter_no_change does not."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = biased
+    X = X.drop(columns="race")
+    with pytest.warns(ConvergenceWarning, match="max_epochs=2 epochs"):
+        FairNeuralClassifier(protected_attributes=["sex"], **dict(FAST, max_epochs=2)).fit(X, y)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = FairNeuralClassifier(protected_attributes=["sex"], tol=10.0, n_iter_no_change=1,
+                                   **dict(FAST, max_epochs=50)).fit(X, y)
+    assert clf.n_iter_ < 50
