@@ -6,6 +6,7 @@ from .constraints import (
     DisparateImpact,
     EqualizedOdds,
     EqualOpportunity,
+    ErrorRateParity,
     FalsePositiveRateParity,
     MeanResidual,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "DisparateImpact",
     "EqualizedOdds",
     "EqualOpportunity",
+    "ErrorRateParity",
     "FalsePositiveRateParity",
     "FairNeuralClassifier",
     "FairNeuralRegressor",

@@ -45,7 +45,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Whether to keep the protected attributes out of the network's inputs. By default they are
         inputs too (a 0/1 column for a binary attribute, one-hot columns otherwise).
     fairness : {"demographic_parity", "equalized_odds", "equal_opportunity", \
-            "false_positive_rate_parity", "disparate_impact"} or AffineConstraint, \
+            "false_positive_rate_parity", "error_rate_parity", "disparate_impact"} or \
+            AffineConstraint, \
             default="demographic_parity"
         The constraint (see :mod:`skfair.constraints`); on probabilities, demographic parity
         bounds the difference of the groups' mean predicted probabilities.
@@ -163,7 +164,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     """
 
     _fairness_options = ("demographic_parity", "equalized_odds", "equal_opportunity",
-                         "false_positive_rate_parity", "disparate_impact")
+                         "false_positive_rate_parity", "error_rate_parity",
+                         "disparate_impact")
 
     _parameter_constraints = {
         **BaseFairNeural._parameter_constraints,

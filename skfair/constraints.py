@@ -51,6 +51,7 @@ __all__ = [
     "DisparateImpact",
     "EqualizedOdds",
     "EqualOpportunity",
+    "ErrorRateParity",
     "FalsePositiveRateParity",
     "MeanResidual",
     "constraint_gap",
@@ -476,7 +477,8 @@ class _GroupMeanConstraint(AffineConstraint):
 
     #: how the groups of a cell are compared: every ordered pair (``"pairs"``: ``max - min <=
     #: epsilon``), each group on its own with two opposite rows (``"signs"``: ``|mean| <=
-    #: epsilon``), or every ordered pair by a ratio (``"ratios"``)
+    #: epsilon``), every ordered pair by a ratio (``"ratios"``), or every ordered pair of the
+    #: groups' expected errors, both labels in one cell (``"errors"``)
     layout = "pairs"
     #: the ratio of the ``"ratios"`` layout
     ratio = None
@@ -521,6 +523,21 @@ class FalsePositiveRateParity(_GroupMeanConstraint):
     name = "false_positive_rate_parity"
     requires_y_true = True
     label_cells = (0,)
+
+
+class ErrorRateParity(_GroupMeanConstraint):
+    """The groups' expected error rates differ by at most epsilon; needs binary ``y_true``.
+
+    A probability ``p`` of the positive class errs with probability ``y (1 - p) + (1 - y) p``
+    (``y`` the true label): on 0/1 predictions, the zero-one loss. Its group means are affine in
+    the outputs, so the rows are those of demographic parity on ``(1 - 2 y) p`` with bounds
+    shifted by the groups' shares of positives (fairlearn's ``ErrorRateParity`` on labels).
+    """
+
+    name = "error_rate_parity"
+    requires_y_true = True
+    label_cells = (0, 1)
+    layout = "errors"
 
 
 class MeanResidual(_GroupMeanConstraint):
@@ -579,7 +596,8 @@ class DisparateImpact(_GroupMeanConstraint):
 
 
 _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOpportunity,
-                                       FalsePositiveRateParity, MeanResidual, DisparateImpact)}
+                                       FalsePositiveRateParity, ErrorRateParity, MeanResidual,
+                                       DisparateImpact)}
 
 
 def get_constraint(constraint):
@@ -589,8 +607,9 @@ def get_constraint(constraint):
     ----------
     constraint : str or AffineConstraint
         One of ``"demographic_parity"``, ``"equalized_odds"``, ``"equal_opportunity"``,
-        ``"false_positive_rate_parity"``, ``"mean_residual"``, ``"disparate_impact"`` (ratio
-        0.8), or an instance of an :class:`AffineConstraint` subclass.
+        ``"false_positive_rate_parity"``, ``"error_rate_parity"``, ``"mean_residual"``,
+        ``"disparate_impact"`` (ratio 0.8), or an instance of an :class:`AffineConstraint`
+        subclass.
 
     Returns
     -------
@@ -716,14 +735,17 @@ def _row_structure(cls, table, positive, n_attributes, references=(), ratio=None
     """
     member, families, generic = [], [], []
     for a in range(n_attributes):
-        for label in cls.label_cells or (None,):
+        for label in cls.label_cells if cls.layout != "errors" and cls.label_cells else (None,):
             inside = [(label is None or row[-1] == label) and positive[j]
                       for j, row in enumerate(table)]
             present = sorted({row[a] for row, keep in zip(table, inside) if keep})
             first = len(member)
-            member.extend([float(keep and row[a] == g) for row, keep in zip(table, inside)]
-                          for g in present)
-            if cls.layout == "pairs":
+            # the "errors" layout weighs each atom by 1 - 2 y (its label): the mean of
+            # (1 - 2 y) p, the group's expected error less its share of positives
+            member.extend([float(keep and row[a] == g) * (1 - 2 * row[-1] if cls.layout
+                                                          == "errors" else 1)
+                           for row, keep in zip(table, inside)] for g in present)
+            if cls.layout in ("pairs", "errors"):
                 if len(present) > 1:
                     families.append((np.arange(first, first + len(present)),
                                      ("pairs", a, label, tuple(present))))
@@ -847,6 +869,13 @@ def _batch_rows(cls, table, mass_key, n_attributes, references, epsilon, ratio=N
     stat = member / ((member != 0) @ mass)[:, None] if member.size else member
     rows = _statistics(stat, plus, minus, family_size, family_start)
     h = np.full(plus.size, epsilon)
+    if cls.layout == "errors":
+        # error_g = positives_g + mean_g((1 - 2 y) p): the rows' bounds carry the shares of
+        # positives, read from the atoms' labels (their last code)
+        inside = (member != 0).astype(np.float64)
+        label = np.array([row[-1] for row in table], dtype=np.float64)
+        share = np.r_[(inside @ (mass * label)) / (inside @ mass), 0.0]  # "none": 0
+        h = h + share[minus] - share[plus]
     return rows, h, torch.from_numpy(h), keys, reference_rows
 
 

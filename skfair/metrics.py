@@ -34,6 +34,7 @@ __all__ = [
     "equal_opportunity_difference",
     "equalized_odds_difference",
     "false_positive_rate_difference",
+    "error_rate_difference",
     "mean_residual_difference",
     "demographic_parity_ratio",
     "make_fairness_scorer",
@@ -42,6 +43,7 @@ __all__ = [
     "equal_opportunity_scorer",
     "mean_residual_scorer",
     "false_positive_rate_scorer",
+    "error_rate_scorer",
     "selection_rate_scorer",
     "four_fifths_scorer",
     "fair_refit",
@@ -169,6 +171,30 @@ def false_positive_rate_difference(y_true, y_pred, *, sensitive_features, sample
                 sample_weight, intersectional)
 
 
+def error_rate_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
+                          pos_label=None, intersectional=True):
+    """Largest difference of the groups' expected error rates, ``mean(y (1 - p) + (1 - y) p)``.
+
+    On 0/1 labels this is the difference of the zero-one losses (fairlearn's
+    ``zero_one_loss_difference``); on probabilities, of the expected errors.
+
+    Parameters are those of :func:`equalized_odds_difference`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from skfair.metrics import error_rate_difference
+    >>> error_rate_difference([1, 0, 1, 0], [1, 0, 0, 0], sensitive_features=["a", "a", "b", "b"])
+    0.5
+    """
+    y_true, y_pred = _binary(y_true, y_pred, pos_label)
+    return _gap("error_rate_parity", y_true, y_pred, sensitive_features, sample_weight,
+                intersectional)
+
+
 def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
                              intersectional=False):
     """Largest absolute mean residual of a group: ``max_g |mean(y_pred - y_true | g)|``.
@@ -210,6 +236,7 @@ _METRICS = {
     "equalized_odds": equalized_odds_difference,
     "equal_opportunity": equal_opportunity_difference,
     "false_positive_rate_parity": false_positive_rate_difference,
+    "error_rate_parity": error_rate_difference,
     "mean_residual": mean_residual_difference,
 }
 
@@ -447,6 +474,7 @@ equalized_odds_scorer = make_fairness_scorer("equalized_odds")
 equal_opportunity_scorer = make_fairness_scorer("equal_opportunity")
 mean_residual_scorer = make_fairness_scorer("mean_residual")
 false_positive_rate_scorer = make_fairness_scorer("false_positive_rate_parity")
+error_rate_scorer = make_fairness_scorer("error_rate_parity")
 #: the selection-rate gap of the predicted labels (negative, like every gap scorer)
 selection_rate_scorer = make_fairness_scorer("demographic_parity", response="labels")
 #: the lowest selection rate over the highest, of the predicted labels (greater is better)

@@ -732,3 +732,14 @@ def test_max_epochs_without_convergence_warns(biased):
         clf = FairNeuralClassifier(protected_attributes=["sex"], tol=10.0, n_iter_no_change=1,
                                    **dict(FAST, max_epochs=50)).fit(X, y)
     assert clf.n_iter_ < 50
+
+
+def test_error_rate_parity_in_training(biased):
+    """fairness='error_rate_parity' trains with its batches stratified by group and label, and
+    the history's training gap is the constraint's (expected error rates)."""
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness="error_rate_parity",
+                               epsilon=0.02, **dict(FAST, max_epochs=3)).fit(
+                                   X.drop(columns="race"), y)
+    assert clf.constraint_.label_cells == (0, 1) and len(clf.history_) == 3
+    assert all(r["train_gap"] >= 0 for r in clf.history_)

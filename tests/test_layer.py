@@ -20,7 +20,8 @@ from skfair.constraints import (
 )
 from skfair.layer import project
 
-BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual"]
+BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual",
+            "false_positive_rate_parity", "error_rate_parity"]
 
 
 def reference_projection(z, G, h, bounds):
@@ -960,3 +961,22 @@ def test_disparate_impact_projection_matches_the_reference(epsilon, n_groups):
     cs = DisparateImpact(0.8).build(torch.as_tensor(groups), epsilon=epsilon)
     np.testing.assert_allclose(
         y, reference_projection(z, cs.dense().numpy(), cs.h.numpy(), (0.0, 1.0)), atol=1e-6)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.02])
+def test_error_rate_parity_matches_the_reference(epsilon):
+    """Equal expected error rates: the exact projection equals the conic reference on the same
+    rows, and the groups' mean of y (1 - p) + (1 - y) p (numpy) differ by at most epsilon."""
+    rng = np.random.default_rng(4)
+    n = 300
+    groups = rng.integers(0, 3, n)
+    y = (rng.uniform(size=n) < 0.3 + 0.3 * (groups == 1)).astype(float)
+    z = np.clip(0.4 * y + rng.uniform(0, 0.6, n) + 0.2 * (groups == 2), 0, 1)
+    layer = FairnessLayer("error_rate_parity", epsilon=epsilon, solver="exact")
+    out = layer(torch.as_tensor(z), torch.as_tensor(groups), y_true=torch.as_tensor(y)).numpy()
+    errors = np.bincount(groups, y * (1 - out) + (1 - y) * out) / np.bincount(groups)
+    assert errors.max() - errors.min() <= epsilon + 1e-9
+    cs = get_constraint("error_rate_parity").build(torch.as_tensor(groups), epsilon=epsilon,
+                                                   y_true=torch.as_tensor(y))
+    np.testing.assert_allclose(
+        out, reference_projection(z, cs.dense().numpy(), cs.h.numpy(), (0.0, 1.0)), atol=1e-6)

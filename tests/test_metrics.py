@@ -272,3 +272,17 @@ def test_false_positive_rate_difference_equals_fairlearn_on_labels(weighted):
                                           sample_weight=weight) == pytest.approx(
         fl.false_positive_rate_difference(y, labels, sensitive_features=groups,
                                           sample_weight=weight))
+
+
+@pytest.mark.parametrize("n_features", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_error_rate_difference_equals_fairlearn_zero_one_loss(n_features, weighted):
+    rng = np.random.default_rng(11)
+    y, labels = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
+    frame = pd.DataFrame({"a": rng.choice(["p", "q", "r"], 300), "b": rng.choice(["s", "t"], 300)})
+    sensitive = frame.iloc[:, :n_features]
+    weight = rng.uniform(0.5, 2.0, 300) if weighted else None
+    assert skfair_metrics.error_rate_difference(
+        y, labels, sensitive_features=sensitive, sample_weight=weight) == pytest.approx(
+        fl.zero_one_loss_difference(y, labels, sensitive_features=sensitive,
+                                    sample_weight=weight))
