@@ -741,11 +741,10 @@ def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
     m = lam.size
     size, start = rows.family_size, rows.family_start
     n_families = size.size
-    first = np.zeros(n_families + 1, np.int64)  # members of family f: first[f]:first[f + 1]
-    for f in range(n_families):
-        first[f + 1] = first[f] + size[f]
+    first = _family_members(size)
     n_members = first[n_families]
-    flow, level, stat = np.zeros(n_members), np.zeros(n_members), np.empty(n_members, np.int64)
+    flow = _net_flows(lam, size, start, first)
+    level, stat = np.zeros(n_members), np.empty(n_members, np.int64)
     cost = np.empty(n_families)
     for f in range(n_families):
         k = size[f]
@@ -755,11 +754,6 @@ def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
             if i:  # the statistic minus its offset, up to a constant per family
                 level[first[f] + i] = 0.5 * (residual[_pair_row(start, f, k, i, 0)]
                                              - residual[_pair_row(start, f, k, 0, i)])
-            for j in range(k):
-                if j != i:
-                    r = _pair_row(start, f, k, i, j)
-                    flow[first[f] + i] += lam[r]
-                    flow[first[f] + j] -= lam[r]
     none = np.full(n_members, -1, np.int64)
     curvature = pair_gram(rows, free_mass, stat, none)
     full = pair_gram(rows, square_mass, stat, none)
@@ -913,8 +907,9 @@ def _flow_newton(flow, level, cost, first, side, stat, generic, lam, residual, f
 @_jit
 def _route(lam, flow, first, size, start):
     """The pair multipliers of every family set to the net ``flow`` of its members (summing
-    to zero), routed from givers to takers on a forest (north-west corner, as
-    :func:`_tree_flows`)."""
+    to zero), routed from givers to takers on a forest (north-west corner rule: the first giver
+    to the first taker until one of them is done, and so on). Net flows that are rounding noise
+    of the others are dropped, not routed as tiny flows."""
     for f in range(size.size):
         k = size[f]
         net = flow[first[f]:first[f + 1]].copy()
@@ -953,37 +948,37 @@ def _tree_flows(lam, family_size, family_start):
     multipliers only through each group's net flow ``sum_v lam_uv - sum_u lam_ug``, and the
     dual objective loses ``c`` per unit of total flow (the offsets ``o`` cost the same for any
     routing of the same net flows). Routing the net flows from the groups that give to the
-    groups that take (north-west corner rule) leaves the outputs unchanged, never increases the
-    total flow, and uses at most ``k - 1`` pairs that form a forest: independent rows. The
-    families are those of :class:`skfair._kernels.Rows`.
+    groups that take (:func:`_route`) leaves the outputs unchanged, never increases the total
+    flow, and uses at most ``k - 1`` pairs that form a forest: independent rows. The families
+    are those of :class:`skfair._kernels.Rows`.
     """
+    first = _family_members(family_size)
+    _route(lam, _net_flows(lam, family_size, family_start, first), first, family_size,
+           family_start)
+
+
+@_jit
+def _family_members(family_size):
+    """``first``: the members of family ``f`` are ``first[f]:first[f + 1]``."""
+    first = np.zeros(family_size.size + 1, np.int64)
+    for f in range(family_size.size):
+        first[f + 1] = first[f] + family_size[f]
+    return first
+
+
+@_jit
+def _net_flows(lam, family_size, family_start, first):
+    """Every member's net flow ``sum_v lam_uv - sum_v lam_vu`` in its family."""
+    flow = np.zeros(first[family_size.size])
     for f in range(family_size.size):
         k = family_size[f]
-        net = np.zeros(k)
         for i in range(k):
             for j in range(k):
                 if i != j:
                     r = _pair_row(family_start, f, k, i, j)
-                    if lam[r] > 0:
-                        net[i] += lam[r]
-                        net[j] -= lam[r]
-                        lam[r] = 0.0
-        # Net flows that are rounding noise of the others are dropped, not routed as tiny flows.
-        noise = 0.0
-        for g in range(k):
-            noise = max(noise, 1e-13 * abs(net[g]))
-        give = take = 0
-        while True:
-            while give < k and not net[give] > noise:
-                give += 1
-            while take < k and not net[take] < -noise:
-                take += 1
-            if give == k or take == k:
-                break
-            flow = min(net[give], -net[take])
-            lam[_pair_row(family_start, f, k, give, take)] += flow
-            net[give] -= flow
-            net[take] += flow
+                    flow[first[f] + i] += lam[r]
+                    flow[first[f] + j] -= lam[r]
+    return flow
 
 
 @_jit
