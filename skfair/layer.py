@@ -80,12 +80,12 @@ class FairnessLayer(nn.Module):
     Notes
     -----
     Complexity of the exact backend: building the rows is a few ``O(n)`` passes over the group
-    codes; each dual iteration costs ``O(n + m^2 n_atoms + m^3)`` where ``n_atoms`` is the number
-    of combinations of group codes (a handful), and ``m = k (k - 1)`` for a parity cell of
-    ``k`` groups (see :mod:`skfair.constraints`); the backward pass costs the same as one
-    iteration. The multipliers of pairwise rows (parity constraints compare every ordered pair of
-    groups) are re-routed on a forest of pairs before each Newton step, which keeps its linear
-    systems regular; training batches need a few iterations. A group absent
+    codes; each evaluation of the dual is one ``O(n)`` pass over the outputs, and a dual
+    iteration adds ``O(m)`` for the rows' residuals (``m = k (k - 1)`` for a parity cell of ``k``
+    groups, see :mod:`skfair.constraints`; no ``m x n_atoms`` matrix is formed) and a Newton
+    system on the groups that move, ``O(k^3)`` at worst; the backward pass costs about one
+    iteration. Parity constraints take their Newton steps in the groups' net flows, with one
+    centre per cell (:mod:`skfair._exact`); a few iterations suffice at any ``k``. A group absent
     from the batch contributes no rows. Outputs that are fair already and strictly inside the
     bounds (checked like any result) are returned as they are, the input tensor itself: the
     projection is the identity there, and it adds no autograd node. The solver and its backward
