@@ -101,7 +101,7 @@ class FairnessLayer(nn.Module):
     >>> z = torch.tensor([0.9, 0.8, 0.3, 0.2], requires_grad=True)
     >>> groups = torch.tensor([0, 0, 1, 1])
     >>> y = layer(z, groups)
-    >>> round(float(y[:2].mean() - y[2:].mean()), 6)
+    >>> round(float(y[:2].mean().detach() - y[2:].mean().detach()), 6)
     0.1
     >>> y.sum().backward()
     """
