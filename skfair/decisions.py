@@ -110,9 +110,10 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
     gain = 2.0 * proba - 1.0
     codes = [np.unique(column, return_inverse=True)[1].ravel() for column in groups.T]
     if len(codes) == 1:
-        counts = _window_counts(gain, codes[0], float(epsilon),
+        ranking = _ranking(gain, codes[0])
+        counts = _window_counts(gain, codes[0], ranking, float(epsilon),
                                 1.0 if ratio is None else float(ratio))
-        return _top_scores(gain, codes[0], counts)
+        return _top_scores(ranking, codes[0], counts)
     return _integer_program(gain, codes, float(epsilon))
 
 
@@ -159,14 +160,13 @@ def _fits(count, a, b, sizes, epsilon, ratio):
     return result
 
 
-def _window_counts(gain, codes, epsilon, ratio=1.0):
+def _window_counts(gain, codes, ranking, epsilon, ratio=1.0):
     """The per-group counts of the best labeling of one attribute (see the module): every rate
-    within ``[L, (L + epsilon) / ratio]`` for the lowest rate ``L``."""
-    sizes = np.bincount(codes)
+    within ``[L, (L + epsilon) / ratio]`` for the lowest rate ``L``; ``ranking`` is
+    :func:`_ranking` of the samples."""
+    order, sizes, starts, _ = ranking
     k = sizes.size
-    order = np.lexsort((np.arange(gain.size), -gain, codes))  # by group, score, position
     sorted_gain = gain[order]
-    starts = np.r_[0, np.cumsum(sizes)]
     prefix = [np.r_[0.0, np.cumsum(sorted_gain[starts[g]:starts[g + 1]])] for g in range(k)]
     best = np.bincount(codes, weights=gain > 0, minlength=k).astype(np.int64)
     # the windows' lower ends: every rate c / n_g, lowest first, each value once
@@ -199,15 +199,22 @@ def _window_counts(gain, codes, epsilon, ratio=1.0):
     return best_counts
 
 
-def _top_scores(gain, codes, counts):
-    """Labels selecting, in every group, its ``counts[g]`` highest scores (ties: the first
-    positions)."""
+def _ranking(gain, codes):
+    """The samples by group, decreasing score, then position: ``(order, sizes, starts,
+    rank)``, group ``g`` being ``order[starts[g]:starts[g + 1]]`` and ``rank[i]`` the place of
+    sample ``i`` within its group (0: its highest score)."""
     order = np.lexsort((np.arange(gain.size), -gain, codes))
-    sizes = np.bincount(codes, minlength=counts.size)
+    sizes = np.bincount(codes)
     starts = np.r_[0, np.cumsum(sizes)]
     rank = np.empty(gain.size, dtype=np.int64)
     rank[order] = np.arange(gain.size) - np.repeat(starts[:-1], sizes)
-    return (rank < counts[codes]).astype(np.int64)
+    return order, sizes, starts, rank
+
+
+def _top_scores(ranking, codes, counts):
+    """Labels selecting, in every group, its ``counts[g]`` highest scores (ties: the first
+    positions); ``ranking`` is :func:`_ranking` of the samples."""
+    return (ranking[3] < counts[codes]).astype(np.int64)
 
 
 def _integer_program(gain, codes, epsilon):
@@ -227,10 +234,9 @@ def _integer_program(gain, codes, epsilon):
     table, atom = np.unique(groups, axis=0, return_inverse=True)
     atom = atom.ravel()
     n_atoms = table.shape[0]
-    sizes = np.bincount(atom, minlength=n_atoms)
-    order = np.lexsort((np.arange(n), -gain, atom))
+    ranking = _ranking(gain, atom)
+    order, sizes, starts, _ = ranking
     sorted_gain = gain[order]
-    starts = np.r_[0, np.cumsum(sizes)]
     # variables: counts c (n_atoms), then epigraph values t (n_atoms)
     rows, lower, upper = [], [], []
     position = np.arange(n) - np.repeat(starts[:-1], sizes)  # j within its atom
@@ -267,7 +273,7 @@ def _integer_program(gain, codes, epsilon):
                  options={"mip_rel_gap": 0.0, "time_limit": TIME_LIMIT})
     if found.x is not None:
         counts = np.round(found.x[:n_atoms]).astype(np.int64)
-        labels = _top_scores(gain, atom, counts)
+        labels = _top_scores(ranking, atom, counts)
         if selection_rate_gap(labels, groups) <= exact:
             if found.status != 0:
                 warnings.warn(f"The integer program of fair labels stopped at its time limit "
