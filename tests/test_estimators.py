@@ -583,7 +583,7 @@ def test_custom_label_based_constraint_trains():
     raw = torch.as_tensor(clf.predict_proba(X)[:, 1])
     fair = FairnessLayer(_PositiveRateParity(), epsilon=0.02)(
         raw, torch.as_tensor(X[["g"]].to_numpy().copy()),
-        y_true=torch.as_tensor(y, dtype=torch.float64))
+        y_true=torch.tensor(y, dtype=torch.float64))
     fair = fair.numpy()
     positive = y == 1
     means = [fair[positive & (X.g.to_numpy() == k)].mean() for k in (0, 1)]
