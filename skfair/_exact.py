@@ -35,7 +35,7 @@ import torch
 
 from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
                        host_vector, objective, pair_gram, row_gram, row_values, shifted_sums,
-                       value_range, violation_and_range)
+                       stat_squares, value_range, violation_and_range)
 from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
@@ -344,10 +344,7 @@ def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale
                     z, atom, weight, rows, h, lam, residual, free_mass, moves, step, slope, lo,
                     hi)
                 if length > 0:
-                    if length < KAPPA_SHORT and length < _segment_end(lam, moves, step):
-                        kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
-                    elif length >= KAPPA_LONG:
-                        kappa = max(kappa / KAPPA_FACTOR, KAPPA_MIN)
+                    kappa = _adapted(kappa, length, _segment_end(lam, moves, step))
                     lam = trial
                     residual, free_mass = residual_t, free_mass_t
                     continue
@@ -402,10 +399,7 @@ def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale
         if length == 0.0:  # the derivative never confirmed an ascent: rounding noise
             return n_iter, False, lam
         if newton:
-            if length < KAPPA_SHORT and length < _segment_end(lam, chosen, step):
-                kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
-            elif length >= KAPPA_LONG:
-                kappa = max(kappa / KAPPA_FACTOR, KAPPA_MIN)
+            kappa = _adapted(kappa, length, _segment_end(lam, chosen, step))
         lam = trial
         residual, free_mass = residual_t, free_mass_t
     return max_iter, False, lam  # not reached: the loop returns at max_iter
@@ -422,6 +416,17 @@ RETRY_RIDGE = 1e-7
 LINE_SEARCH_EVALS = 40
 #: a line search stops where the directional derivative is below this fraction of its start
 LINE_SEARCH_SLOPE = 1e-2
+
+
+@_jit
+def _adapted(kappa, length, limit):
+    """The proximal weight after a Newton step of ``length`` (``limit``: where the segment
+    ends): larger after a short step that no multiplier's zero cut, smaller after a long one."""
+    if length < KAPPA_SHORT and length < limit:
+        return min(kappa * KAPPA_FACTOR, KAPPA_MAX)
+    if length >= KAPPA_LONG:
+        return max(kappa / KAPPA_FACTOR, KAPPA_MIN)
+    return kappa
 
 
 @_jit
@@ -754,9 +759,9 @@ def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
             if i:  # the statistic minus its offset, up to a constant per family
                 level[first[f] + i] = 0.5 * (residual[_pair_row(start, f, k, i, 0)]
                                              - residual[_pair_row(start, f, k, 0, i)])
-    none = np.full(n_members, -1, np.int64)
-    curvature = pair_gram(rows, free_mass, stat, none)
-    full = pair_gram(rows, square_mass, stat, none)
+    # each member's own curvature (free outputs) and its scale (all outputs)
+    curvature = stat_squares(rows, free_mass)[stat]
+    full = stat_squares(rows, square_mass)[stat]
     side = _predicted_flows(flow, level, cost, first, curvature, full)
     end = start[n_families]
     generic = np.zeros(m - end, np.bool_)
@@ -793,11 +798,11 @@ def _predicted_flows(flow, level, cost, first, curvature, full):
     for f in range(cost.size):
         largest = 0.0
         for u in range(first[f], first[f + 1]):
-            largest = max(largest, full[u, u])
+            largest = max(largest, full[u])
         tiny = 1e-12 * largest if largest > 0 else 1.0
         low, high = np.inf, -np.inf
         for u in range(first[f], first[f + 1]):
-            own = max(curvature[u, u], tiny)
+            own = max(curvature[u], tiny)
             low = min(low, level[u] + own * flow[u])
             high = max(high, level[u] + own * flow[u])
         low -= cost[f] + 1.0
@@ -813,7 +818,7 @@ def _predicted_flows(flow, level, cost, first, curvature, full):
                 high = mu
         mu = 0.5 * (low + high)
         for u in range(first[f], first[f + 1]):
-            own = max(curvature[u, u], tiny)
+            own = max(curvature[u], tiny)
             free = flow[u] + (level[u] - mu) / own
             side[u] = 1 if free > cost[f] / own else (-1 if free < 0 else 0)
     return side
@@ -825,7 +830,7 @@ def _flow_total(flow, level, cost, begin, stop, curvature, tiny, mu):
     :func:`_predicted_flows`)."""
     total = 0.0
     for u in range(begin, stop):
-        own = max(curvature[u, u], tiny)
+        own = max(curvature[u], tiny)
         free = flow[u] + (level[u] - mu) / own
         if free > cost / own:
             total += free - cost / own

@@ -260,6 +260,18 @@ def pair_gram(rows, mass, plus, minus):
 
 
 @_jit
+def stat_squares(rows, mass):
+    """``sum_a coef[s, a]**2 * mass[a]`` of every statistic ``s``, then 0 for "none" (index
+    -1 reads the last entry): the diagonal of the statistics' Gram matrix."""
+    n_stats = rows.stat_ptr.size - 1
+    out = np.zeros(n_stats + 1)
+    for s in range(n_stats):
+        for e in range(rows.stat_ptr[s], rows.stat_ptr[s + 1]):
+            out[s] += rows.stat_coef[e] ** 2 * mass[rows.stat_atom[e]]
+    return out
+
+
+@_jit
 def stat_ranges(rows, mass, lo, hi):
     """``(smallest, largest, size)`` of every statistic over outputs within ``[lo, hi]``
     (``mass``: total weight per atom), and its 1-norm ``sum |coef| * mass``."""

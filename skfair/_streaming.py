@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from ._exact import clip
-from ._kernels import host_vector, row_gram, row_values
+from ._kernels import host_vector, row_gram, row_values, stat_squares
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
 from .layer import project
 
@@ -94,9 +94,7 @@ def row_norms(cs):
     """
     # from the factored rows: the two statistics of a row have disjoint supports
     rows = cs.host_rows
-    squares = np.zeros(rows.stat_ptr.size)  # the last one: "no statistic" (index -1)
-    stat = np.repeat(np.arange(rows.stat_ptr.size - 1), np.diff(rows.stat_ptr))
-    np.add.at(squares, stat, rows.stat_coef**2 * cs.square_mass[rows.stat_atom])
+    squares = stat_squares(rows, cs.square_mass)
     return squares[rows.plus] + squares[rows.minus]
 
 

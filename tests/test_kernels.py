@@ -112,6 +112,8 @@ def test_factored_rows_match_their_dense_matrix():
     np.testing.assert_allclose(_kernels.atom_shift(rows, lam), dense.T @ lam, atol=1e-13)
     np.testing.assert_allclose(_kernels.row_gram(rows, mass, chosen),
                                dense[chosen] @ np.diag(mass) @ dense[chosen].T, atol=1e-13)
+    np.testing.assert_allclose(_kernels.stat_squares(rows, mass), np.r_[stat**2 @ mass, 0.0],
+                               atol=1e-13)
 
 
 def test_first_unattainable_row_with_open_bounds():
