@@ -14,6 +14,9 @@ A third table streams the whole Adult test set in batches of a fixed size (1, 8,
 b_tau - 1): accuracy and AUC next to the raw network and the exact projection of the whole test
 set, the mean per-batch violation, the weighted-average gap against epsilon + bound, and the
 share of outputs saturated at exactly 0 or 1 (medians over several fits and stream orders).
+A fourth table streams the same batches through ``partial_predict`` with ``guarantee="labels"``:
+accuracy of the streamed decisions next to the exact fair labels of the whole test set and to
+``p > 0.5``, selection-rate gaps, and the decisions' weighted-average gap against epsilon + bound.
 """
 
 import argparse
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -98,6 +102,15 @@ def raw_gaps(model, X, seed, n_batches):
         None, proba[pooled], sensitive_features=sensitive.iloc[pooled], intersectional=False)
 
 
+def stream_through(method, X, order, size, out):
+    """``out`` filled with ``method`` (a stream call) on the rows of ``X`` in ``order``, in
+    batches of ``size`` rows."""
+    for start in range(0, len(X), size):
+        rows = order[start:start + size]
+        out[rows] = method(X.iloc[rows])
+    return out
+
+
 def batch_size_runs(model, X, y, sizes, orders, seed):
     """One row of measures per (batch size, stream order): the whole of ``X`` streamed through
     ``partial_predict_proba`` in batches of that size, in a random order (warm started)."""
@@ -116,10 +129,8 @@ def batch_size_runs(model, X, y, sizes, orders, seed):
         order = rng.permutation(len(X))
         for size in sizes:
             model.reset_stream()
-            p = np.empty(len(X))
-            for start in range(0, len(X), size):
-                rows = order[start:start + size]
-                p[rows] = model.partial_predict_proba(X.iloc[rows])[:, 1]
+            p = stream_through(lambda batch: model.partial_predict_proba(batch)[:, 1], X, order,
+                               size, np.empty(len(X)))
             s = model.stream_stats()
             stateless = model.set_params(inference_batch_size=size).predict_proba(X)[:, 1]
             model.set_params(inference_batch_size=None)
@@ -147,6 +158,55 @@ def batch_size_table(runs):
     return markdown_table(header, rows)
 
 
+def decision_runs(model, X, y, sizes, orders, seed):
+    """One row of measures per (batch size, stream order) for decisions: the whole of ``X``
+    streamed through ``partial_predict`` with ``guarantee="labels"`` in batches of that size."""
+    model = model.set_params(guarantee="labels", inference_batch_size=None)
+    truth = np.asarray(y)
+    exact = model.predict(X)  # the whole test set: fair labels, exactly
+    plain = model.set_params(guarantee="proba").predict(X)  # p > 0.5 of the fair probabilities
+    model.set_params(guarantee="labels")
+    protected = X[[f"remainder__{a}" for a in model.protected_attributes]]
+
+    def measures(labels):
+        selected = labels == model.classes_[1]
+        gap = max(pd.Series(selected).groupby(protected[c].to_numpy()).mean().pipe(
+            lambda r: r.max() - r.min()) for c in protected.columns)
+        return accuracy_score(truth, labels), gap
+
+    reference = measures(exact) + measures(plain)
+    rng = np.random.default_rng(seed)
+    runs = {}
+    for _ in range(orders):
+        order = rng.permutation(len(X))
+        for size in sizes:
+            model.reset_stream()
+            labels = stream_through(model.partial_predict, X, order, size,
+                                    np.empty(len(X), dtype=exact.dtype))
+            s = model.stream_stats()["labels"]
+            runs.setdefault(size, []).append(
+                measures(labels) + reference + (s["mean_batch_violation"],
+                                                s["weighted_avg_fairness_gap"],
+                                                s["epsilon"] + s["bound"]))
+    model.set_params(guarantee="proba")
+    return runs
+
+
+def decision_table(runs):
+    """Medians over the runs of :func:`decision_runs` (merged over fits)."""
+    rows = []
+    for size in sorted(runs):
+        (acc, gap, ex_acc, ex_gap, plain_acc, plain_gap, violation, weighted,
+         bound) = np.median(np.array(runs[size]), axis=0)
+        rows.append([size, f"{acc:.4f}", f"{ex_acc:.4f}", f"{plain_acc:.4f}",
+                     f"{acc - ex_acc:+.4f}", f"{gap:.4f}", f"{ex_gap:.4f}", f"{plain_gap:.4f}",
+                     f"{violation:.4f}", f"{weighted:.4f}", f"{bound:.4f}"])
+    header = ["batch size", "acc stream", "acc exact labels", "acc p > 0.5", "stream - exact",
+              "rate gap stream", "rate gap exact", "rate gap p > 0.5", "mean batch violation",
+              "weighted gap", "eps + bound"]
+    return markdown_table(header, rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -164,7 +224,7 @@ def main():
         print_convergence(model, X_test, args)
     fits, orders = (1, 1) if args.quick else (3, 2)
     sizes = [1, 8, 32, 64, model.b_tau - 1]
-    runs = {}
+    runs, decisions = {}, {}
     for seed in range(args.seed, args.seed + fits):
         if seed != args.seed:
             X_train, X_test, y_train, y_test = split(data, seed)
@@ -174,10 +234,16 @@ def main():
             X_test, y_test = X_test.iloc[:3000], y_test.iloc[:3000]
         for size, rows in batch_size_runs(model, X_test, y_test, sizes, orders, seed).items():
             runs.setdefault(size, []).extend(rows)
+        for size, rows in decision_runs(model, X_test, y_test, sizes, orders, seed).items():
+            decisions.setdefault(size, []).extend(rows)
     print(f"\n## Fixed batch sizes (Adult test set streamed whole, warm start, epsilon="
           f"{model.epsilon}, eta0={model.eta0 or 'default'}, b_tau={model.b_tau}; medians over "
           f"{fits} fits x {orders} stream orders)\n")
     print(batch_size_table(runs))
+    print(f"\n## Decisions: fixed batch sizes (guarantee='labels', partial_predict; the rate gap "
+          f"is the largest selection-rate difference over {', '.join(model.protected_attributes)}"
+          f" on the whole streamed test set; medians over {fits} fits x {orders} orders)\n")
+    print(decision_table(decisions))
 
 
 def print_convergence(model, X_test, args):

@@ -343,7 +343,7 @@ class BaseFairNeural(BaseEstimator):
                 f"inputs; this X gives {features.shape[1]} (its columns, their protected groups "
                 f"or exclude_protected changed). Fit with warm_start=False to train a new one."
             )
-        self.__dict__.pop("stream_", None)
+        self._end_streams()
         self.constraint_ = constraint if codes is not None else None
         self.bounds_ = self._fit_bounds(target)
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
@@ -719,8 +719,17 @@ class BaseFairNeural(BaseEstimator):
         self : object
         """
         check_is_fitted(self)
-        self.stream_ = self._start_stream()
+        stream = self._start_stream()  # validates the parameters before anything changes
+        self._end_streams()
+        self.stream_ = stream
         return self
+
+    #: the fitted attributes that hold a stream's state (ended by a refit and reset_stream)
+    _stream_attributes = ("stream_",)
+
+    def _end_streams(self):
+        for name in self._stream_attributes:
+            self.__dict__.pop(name, None)
 
     def _start_stream(self):
         """A new stream for :meth:`partial_predict`, or None when outputs do not stream."""

@@ -66,6 +66,11 @@ their counts); it equals the guaranteed quantity when group ratios are constant.
 ``mean_batch_violation`` (each batch's own gap beyond epsilon, weighted by its size) measures how
 fair the individual batches are.
 
+Decisions (:class:`DecisionStream`): the same algorithm on probabilities, whose outputs are
+the 0/1 decisions ``1[clip(p - G^T (lam / s)) > 1/2]`` (per-group threshold offsets) and whose
+violations are the decisions' selection rates; the proof above uses only the dual update, so
+the bound holds for the selection rates as it does for scores.
+
 A batch with a non-finite output raises :class:`ValueError` before any state changes.
 """
 
@@ -77,6 +82,7 @@ import torch
 from ._exact import clip
 from ._kernels import host_vector, row_gram, row_values, stat_squares
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
+from .decisions import fair_labels
 from .layer import project
 
 DEFAULT_ETA0 = 0.1
@@ -182,13 +188,13 @@ class PrimalDualStream:
         atoms = _atoms(groups.cpu().numpy())
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
-            y, _ = project(z, cs, self.bounds, self.solver)
+            y = self._exact(z, cs, groups)
             self._record(y, cs, atoms)
             return y
         references = self._reference_means()
         cs = self.constraint.build(groups, epsilon=self.epsilon, reference_means=references)
         if cs.n_rows == 0:  # a step without rows: no multiplier to move
-            y = clip(z, lo, hi)
+            y = self._decide(clip(z, lo, hi))
             self.n_steps += 1
             self._record(y, cs, atoms)
             return y
@@ -198,7 +204,8 @@ class PrimalDualStream:
         scale = self._row_scales(np.diag(gram).copy(), cs.keys, present, references)
         inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
-        y = clip(z - cs.rmatvec(torch.from_numpy(lam * inverse).to(z.device)), lo, hi)
+        y = self._decide(clip(z - cs.rmatvec(torch.from_numpy(lam * inverse).to(z.device)),
+                              lo, hi))
         violation = (cs.matvec(y) - cs.h).detach().to(device="cpu", dtype=torch.float64).numpy()
         # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
         # than the previous step's: the bound needs a non-increasing sequence
@@ -220,6 +227,14 @@ class PrimalDualStream:
         self.lambda_max = max(self.lambda_max, max(values))
         self._record_references(cs.keys, references, present, n)
         self._record(y, cs, atoms)
+        return y
+
+    def _exact(self, z, cs, groups):
+        """The outputs of a batch of at least ``b_tau`` rows: its exact projection."""
+        return project(z, cs, self.bounds, self.solver)[0]
+
+    def _decide(self, y):
+        """The outputs of a primal-dual step from its primal point ``y``: ``y`` itself."""
         return y
 
     def _row_scales(self, norms, keys, present, references):
@@ -328,6 +343,48 @@ class PrimalDualStream:
             "n_samples": self.n_samples,
             "lambda_max": self.lambda_max,
         }
+
+
+class DecisionStream(PrimalDualStream):
+    """A stream of 0/1 decisions taken from probabilities, whose selection rates the constraint
+    bounds (demographic parity or disparate impact of the labels).
+
+    A batch of at least ``b_tau`` rows gets :func:`~skfair.decisions.fair_labels` of its
+    probabilities: the rule holds on the batch exactly. A smaller one takes the primal-dual
+    step of :class:`PrimalDualStream` on the probabilities ``p`` and decides ``y_i = 1`` where
+    the step's primal point ``clip(p - G^T (lam / s))`` exceeds 1/2: each group's threshold is
+    offset by its multipliers. The violation that moves the multipliers, and that the stream
+    records, is the decisions' own (their selection rates), so the module's guarantee holds for
+    them: the sample-weighted average of every row's value over the stream (a difference, or
+    ratio row, of selection rates) is at most ``epsilon + lam_max / (alpha_T N)``. Nothing in
+    that proof uses how the primal point is chosen; what the offsets add is that the
+    multipliers stay bounded (a large enough offset selects no one of the group ahead and
+    everyone of the group behind), so the bound shrinks as ``1 / sqrt(T)``. The multipliers
+    start at zero.
+
+    Parameters
+    ----------
+    constraint : DemographicParity or DisparateImpact
+    epsilon : float
+    eta0 : float
+    b_tau : int
+    """
+
+    #: a sample is selected where its (offset) probability exceeds this
+    THRESHOLD = 0.5
+
+    def __init__(self, constraint, epsilon, eta0, b_tau):
+        super().__init__(constraint, epsilon, (0.0, 1.0), eta0, b_tau)
+
+    def _exact(self, z, cs, groups):
+        """Labels of a batch of at least ``b_tau`` rows: the most accurate ones that meet the
+        rule on the batch exactly."""
+        labels = fair_labels(host_vector(z), groups.cpu().numpy(), min(self.epsilon, 1.0),
+                             ratio=getattr(self.constraint, "ratio", None))
+        return torch.as_tensor(labels, dtype=torch.float64, device=z.device)
+
+    def _decide(self, y):
+        return (y > self.THRESHOLD).to(torch.float64)
 
 
 def _response(gram, inverse, active):

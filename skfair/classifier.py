@@ -10,10 +10,9 @@ from sklearn.utils.validation import column_or_1d
 
 from sklearn.utils._param_validation import StrOptions
 
-from . import _kernels
+from . import _kernels, _streaming
 from ._base import BaseFairNeural
 from .constraints import DemographicParity, DisparateImpact, get_constraint
-from .decisions import fair_labels
 
 
 class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
@@ -62,8 +61,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         the predicted labels meet the constraint exactly, as fractions of counts, and among
         such labelings the one of highest expected accuracy under the fair probabilities is
         returned (:func:`skfair.decisions.fair_labels`); the probabilities keep their own
-        guarantee. Chunks and stream batches shorter than ``b_tau`` are labelled ``p > 0.5``
-        without a label guarantee.
+        guarantee. Chunks and stream batches shorter than ``b_tau`` are decided by an online
+        primal-dual algorithm over per-group threshold offsets, whose sample-weighted average
+        selection-rate gap provably converges to at most ``epsilon`` (see :meth:`stream_stats`,
+        key ``"labels"``).
     solver : {"auto", "exact", "qpth"}, default="auto"
         Projection solver, see :class:`~skfair.FairnessLayer`.
     b_tau : int, default=100
@@ -264,22 +265,23 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         y : ndarray of shape (n_samples,)
         """
         p, groups = self._predict_values_and_groups(X)
-        labels = (p > 0.5).astype(int)
-        if self.guarantee == "labels" and groups is not None:
-            size = self.inference_batch_size or max(len(p), 1)
-            codes = groups.cpu().numpy()
-            for start in range(0, len(p), size):
-                chunk = slice(start, start + size)
-                labels[chunk] = self._fair_labels(p[chunk], codes[chunk], labels[chunk])
-        return self.classes_[labels]
+        if not self._decides(groups):
+            return self.classes_[(p > 0.5).astype(int)]
+        # like the probabilities: chunks of inference_batch_size through one fresh stream
+        stream = self._new_decision_stream()
+        size = self.inference_batch_size or max(len(p), 1)
+        p = torch.from_numpy(p)
+        labels = [stream.step(p[i:i + size], groups[i:i + size]) for i in range(0, len(p), size)]
+        return self.classes_[torch.cat(labels).numpy().astype(int)]
 
-    def _fair_labels(self, p, codes, plain):
-        """The labels of one chunk: with ``guarantee="labels"`` and at least ``b_tau`` rows,
-        :func:`~skfair.decisions.fair_labels` of its fair probabilities; else ``plain``."""
-        if len(p) < self.b_tau:
-            return plain
-        return fair_labels(p, codes, min(float(self.epsilon), 1.0),
-                           intersectional=self.intersectional, ratio=self.constraint_.ratio)
+    def _decides(self, groups):
+        """Whether labels come from a decision stream (``guarantee="labels"``, groups)."""
+        return self.guarantee == "labels" and groups is not None
+
+    def _new_decision_stream(self):
+        return _streaming.DecisionStream(
+            self.constraint_, min(float(self.epsilon), 1.0),
+            self.eta0 if self.eta0 is not None else _streaming.DEFAULT_ETA0, self.b_tau)
 
     def partial_predict_proba(self, X):
         """Probabilities for the next batch of a stream (stateful).
@@ -314,10 +316,35 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         y : ndarray of shape (n_samples,)
         """
         p, groups = self._partial_values_and_groups(X)
-        labels = (p > 0.5).astype(int)
-        if self.guarantee == "labels" and groups is not None:
-            labels = self._fair_labels(p, groups.cpu().numpy(), labels)
-        return self.classes_[labels]
+        if not self._decides(groups) or len(p) == 0:
+            return self.classes_[(p > 0.5).astype(int)]
+        stream = getattr(self, "decision_stream_", None)
+        if stream is None:
+            stream = self._new_decision_stream()
+        labels = stream.step(torch.from_numpy(p), groups)
+        self.decision_stream_ = stream
+        return self.classes_[labels.numpy().astype(int)]
+
+    _stream_attributes = ("stream_", "decision_stream_")
+
+    def stream_stats(self):
+        """Statistics of the current stream.
+
+        Returns
+        -------
+        stats : dict
+            The statistics of the probabilities (see :meth:`BaseFairNeural.stream_stats
+            <skfair._base.BaseFairNeural.stream_stats>`). With ``guarantee="labels"``, key
+            ``"labels"`` holds the same statistics for the decisions of
+            :meth:`partial_predict` (their rows' values are selection rates:
+            ``weighted_avg_fairness_gap`` is at most ``epsilon + bound``), or None before its
+            first batch.
+        """
+        stats = super().stream_stats()
+        if self.guarantee == "labels":
+            stream = getattr(self, "decision_stream_", None)
+            stats["labels"] = None if stream is None else stream.stats()
+        return stats
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

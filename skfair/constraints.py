@@ -582,7 +582,6 @@ class DisparateImpact(_GroupMeanConstraint):
     """
 
     name = "disparate_impact"
-    borrows_references = False
     layout = "ratios"
 
     def __init__(self, ratio=0.8):
@@ -752,21 +751,27 @@ def _row_structure(cls, table, positive, n_attributes, references=(), ratio=None
             elif cls.layout == "signs":
                 families.extend((np.array([first + i, -1]), ("signs", a, g))
                                 for i, g in enumerate(present))
-            elif len(present) > 1:  # ratios: ratio * mean_v - mean_u <= epsilon
+            absent = [(a_, g, label_) for a_, g, label_ in references
+                      if a_ == a and label_ == label and g not in present]
+            if cls.layout == "ratios" and (len(present) > 1 or absent and present):
+                # ratio * mean_v - mean_u <= epsilon
                 scaled = len(member)
                 member.extend([ratio * value for value in member[first + i]]
                               for i in range(len(present)))
                 generic.extend((scaled + j, first + i, (a, u, v, label), None, None)
                                for i, u in enumerate(present) for j, v in enumerate(present)
                                if i != j)
-            absent = [(a_, g, label_) for a_, g, label_ in references
-                      if a_ == a and label_ == label and g not in present]
             for i, u in enumerate(present if absent else ()):
                 for reference in absent:
-                    # mean_u - ref <= eps and ref - mean_u <= eps, keyed like in-batch pairs
+                    # the in-batch rows with the reference mean of v for mean_v (the constant
+                    # moves to h), keyed like in-batch pairs
                     v = reference[1]
-                    generic.append((first + i, -1, (a, u, v, label), reference, 1.0))
-                    generic.append((-1, first + i, (a, v, u, label), reference, -1.0))
+                    if cls.layout == "ratios":  # ratio * ref - mean_u, ratio * mean_u - ref
+                        generic.append((-1, first + i, (a, u, v, label), reference, -ratio))
+                        generic.append((scaled + i, -1, (a, v, u, label), reference, 1.0))
+                    else:  # mean_u - ref, ref - mean_u
+                        generic.append((first + i, -1, (a, u, v, label), reference, 1.0))
+                        generic.append((-1, first + i, (a, v, u, label), reference, -1.0))
     largest = max(families, key=lambda family: len(family[0]), default=None)
     n_pairs = sum(len(members) * (len(members) - 1) for members, _ in families)
     if n_pairs > MAX_PAIR_ROWS:

@@ -627,8 +627,9 @@ def test_label_guarantee_makes_selection_rates_fair(biased, intersectional):
 
 
 def test_label_guarantee_per_chunk_and_in_streams(biased):
-    """Chunks of at least b_tau rows get fair labels, shorter ones p > 0.5 (no label
-    guarantee); partial_predict likewise per batch."""
+    """Chunks of at least b_tau rows get fair labels; shorter ones are decided by a decision
+    stream (per-group threshold offsets: within a group, labels are monotone in p). predict is
+    stateless; partial_predict streams, with its own bound in stream_stats()["labels"]."""
     from fractions import Fraction
 
     X, y = biased
@@ -640,16 +641,28 @@ def test_label_guarantee_per_chunk_and_in_streams(biased):
         chunk = slice(start, start + 500)
         assert _exact_rate_gap(labels[chunk], [X["sex"].iloc[chunk]]) <= Fraction(0.02)
     p = clf.predict_proba(X)[:, 1]
-    np.testing.assert_array_equal(labels[1000:], p[1000:] > 0.5)  # 200 rows < b_tau
+    sex = X["sex"].to_numpy()
+    for g in ("F", "M"):  # 200 rows < b_tau: one threshold per group
+        inside = sex[1000:] == g
+        chosen, rest = p[1000:][inside & (labels[1000:] == 1)], p[1000:][inside & (labels[1000:]
+                                                                                    == 0)]
+        assert chosen.size == 0 or rest.size == 0 or chosen.min() >= rest.max()
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[labels])  # stateless
     clf.reset_stream()
     batch = X.iloc[:400]
     streamed = (clf.partial_predict(batch) == clf.classes_[1]).astype(int)
     assert _exact_rate_gap(streamed, [batch["sex"]]) <= Fraction(0.02)
-    small = X.iloc[400:450]  # 50 rows < b_tau: one primal-dual step, then p > 0.5
-    twin = pickle.loads(pickle.dumps(clf))  # the same stream state
-    p_small = twin.partial_predict_proba(small)[:, 1]
-    np.testing.assert_array_equal(clf.partial_predict(small),
-                                  clf.classes_[(p_small > 0.5).astype(int)])
+    for start in range(400, 1200, 20):  # batches of 20 rows: primal-dual steps on decisions
+        clf.partial_predict(X.iloc[start:start + 20])
+    stats = clf.stream_stats()["labels"]
+    assert stats["n_batches"] == 41 and stats["n_steps"] == 40
+    assert stats["weighted_avg_fairness_gap"] <= 0.02 + stats["bound"]
+    assert clf.stream_stats()["n_batches"] == 41  # the probabilities stream alongside
+    clf.reset_stream()
+    assert clf.stream_stats()["labels"] is None
+    clf.partial_predict(X.iloc[:10])
+    clf.fit(X, y)
+    assert not hasattr(clf, "decision_stream_")
 
 
 def test_label_guarantee_needs_demographic_parity(biased):

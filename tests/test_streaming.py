@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skfair._streaming import DEFAULT_ETA0, PrimalDualStream
+from skfair._streaming import DEFAULT_ETA0, DecisionStream, PrimalDualStream
 from skfair.constraints import constraint_gap, get_constraint
 
 EPS = 0.05
@@ -77,6 +77,23 @@ def test_single_row_stream_pooled_gap_converges():
                                             + first_row)
     # The raw gap of 0.3 ends within 0.01 of epsilon.
     assert stats["pooled_fairness_gap"] <= EPS + 0.01
+
+
+def test_single_row_stream_under_disparate_impact():
+    """Disparate impact borrows the reference means too: a stream of single rows ends with a
+    pooled ratio of mean scores near 0.8 (raw: about 0.5)."""
+    rng = np.random.default_rng(4)
+    stream = PrimalDualStream(get_constraint("disparate_impact"), 0.0, (0.0, 1.0),
+                              DEFAULT_ETA0, 100)
+    sums, counts = np.zeros(2), np.zeros(2)
+    for _ in range(3000):
+        z, groups = biased_batch(rng, 1, 0.5)
+        z = z * z  # group 0 around 0.12, group 1 around 0.42
+        g = int(groups[0, 0])
+        sums[g] += float(stream.step(z, groups)[0])
+        counts[g] += 1
+    means = sums / counts
+    assert means.min() >= 0.8 * means.max() - 0.01
 
 
 def test_warm_start_lowers_early_violation():
@@ -428,3 +445,113 @@ def test_warm_start_scale_reproduces_the_exact_projection():
     assert max(dual_init.values()) > 0
     torch.testing.assert_close(new_stream(dual_init=dual_init).step(z, groups), exact,
                                atol=1e-9, rtol=0)
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+def new_decisions(b_tau=100, constraint="demographic_parity", epsilon=EPS):
+    return DecisionStream(get_constraint(constraint), epsilon, DEFAULT_ETA0, b_tau)
+
+
+def test_decision_stream_meets_its_bound_on_selection_rates():
+    """Batches of 1..32 probabilities (group 1 scores 0.3 higher): the decisions are 0/1, the
+    weighted average of every row's selection-rate difference (recomputed with numpy) meets
+    epsilon + bound, the bound shrinks, and the plain decisions p > 0.5 are far from fair."""
+    rng = np.random.default_rng(0)
+    stream = new_decisions()
+    batches, outputs, plain, N = [], [], [], 0
+    for t in range(1, 2401):
+        z, groups = biased_batch(rng, int(rng.integers(1, 33)), 0.2 + 0.6 * (t % 97) / 97)
+        labels = stream.step(z, groups).numpy()
+        assert set(np.unique(labels)) <= {0.0, 1.0}
+        batches.append(groups.numpy())
+        outputs.append(labels)
+        plain.append((z.numpy() > 0.5).astype(float))
+        N += len(z)
+    stats = stream.stats()
+    weighted = max(s / N for s in _numpy_row_sums(batches, outputs, EPS).values())
+    assert weighted == pytest.approx(stats["weighted_avg_fairness_gap"], abs=1e-12)
+    assert weighted <= EPS + stats["bound"]
+    assert stats["bound"] < 0.1
+    raw = max(s / N for s in _numpy_row_sums(batches, plain, EPS).values())
+    assert raw > 4 * EPS
+
+
+def test_decision_stream_of_single_rows():
+    """One row per batch: every decision is compared with the other group's running selection
+    rate; the pooled selection-rate gap ends within the module's bound (see
+    test_single_row_stream_pooled_gap_converges) and near epsilon."""
+    rng = np.random.default_rng(1)
+    stream = new_decisions()
+    selected, counts = np.zeros(2), np.zeros(2)
+    for _ in range(4000):
+        z, groups = biased_batch(rng, 1, 0.4)
+        g = int(groups[0, 0])
+        selected[g] += float(stream.step(z, groups)[0])
+        counts[g] += 1
+    stats = stream.stats()
+    gap = abs(selected[1] / counts[1] - selected[0] / counts[0])
+    assert gap == pytest.approx(stats["pooled_fairness_gap"])
+    assert gap <= EPS + stats["bound"] + stats["reference_drift"] + 1 / counts.min()
+    assert gap <= EPS + 0.02
+
+
+def test_decision_stream_labels_large_batches_exactly():
+    """A batch of at least b_tau rows gets the most accurate labels that meet the rule on the
+    batch, exactly (counts as fractions)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(2)
+    stream = new_decisions(b_tau=50, epsilon=0.02)
+    z, groups = biased_batch(rng, 333, 0.3)
+    labels = stream.step(z, groups).numpy().astype(int)
+    codes = groups[:, 0].numpy()
+    rates = [Fraction(int(labels[codes == g].sum()), int((codes == g).sum())) for g in (0, 1)]
+    assert abs(rates[0] - rates[1]) <= Fraction(0.02)
+    assert stream.stats()["n_steps"] == 0
+
+
+def test_decision_stream_under_the_four_fifths_rule():
+    """Disparate impact (ratio 0.8, epsilon 0) on a stream of single rows: each decision is held
+    against the other group's running selection rate (ratio * R_w - rate_u and ratio * rate_u -
+    R_w), so the pooled ratio of selection rates ends near 0.8 (raw decisions: about 0.1)."""
+    rng = np.random.default_rng(3)
+    stream = new_decisions(constraint="disparate_impact", epsilon=0.0)
+    selected, plain, counts = np.zeros(2), np.zeros(2), np.zeros(2)
+    for _ in range(4000):
+        z, groups = biased_batch(rng, 1, 0.5)
+        g = int(groups[0, 0])
+        selected[g] += float(stream.step(z, groups)[0])
+        plain[g] += float(z[0] > 0.5)
+        counts[g] += 1
+    stats = stream.stats()
+    assert stats["weighted_avg_fairness_gap"] <= stats["bound"]
+    rates = selected / counts
+    assert rates.min() >= 0.8 * rates.max() - stats["bound"] - stats["reference_drift"] - 0.01
+    raw = plain / counts
+    assert raw.min() < 0.2 * raw.max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), b_tau=st.integers(2, 40), n_batches=st.integers(1, 40),
+       n_attributes=st.integers(1, 2), n_groups=st.integers(2, 3), eta0=st.floats(1e-3, 10))
+def test_random_decision_streams_meet_the_bound(seed, b_tau, n_batches, n_attributes, n_groups,
+                                                eta0):
+    rng = np.random.default_rng(seed)
+    stream = DecisionStream(get_constraint("demographic_parity"), EPS, eta0, b_tau)
+    batches, outputs, N = [], [], 0
+    for _ in range(n_batches):
+        n = int(rng.integers(1, b_tau))  # every batch takes a primal-dual step
+        share = rng.dirichlet(np.full(n_groups, 0.3))
+        groups = rng.choice(n_groups, size=(n, n_attributes), p=share)
+        p = np.clip(rng.uniform(size=n) * 0.6 + 0.3 * groups[:, 0] / (n_groups - 1), 0, 1)
+        labels = stream.step(torch.as_tensor(p), torch.as_tensor(groups)).numpy()
+        assert set(np.unique(labels)) <= {0.0, 1.0}
+        batches.append(groups)
+        outputs.append(labels)
+        N += n
+        stats = stream.stats()
+        weighted = max((s / N for s in _numpy_row_sums(batches, outputs, EPS).values()),
+                       default=0.0)
+        assert weighted == pytest.approx(stats["weighted_avg_fairness_gap"], abs=1e-12)
+        assert weighted <= EPS + stats["bound"] + 1e-12
