@@ -1,7 +1,5 @@
 """FairNeuralClassifier: a binary neural classifier whose probabilities are fair by construction."""
 
-import numbers
-
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
@@ -204,11 +202,6 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
                 f"guarantee='labels' makes the selection rates of the predicted labels meet "
                 f"demographic parity or disparate impact; it needs fairness="
                 f"'demographic_parity' or 'disparate_impact', got fairness={self.fairness!r}.")
-        several = not isinstance(self.protected_attributes, (str, numbers.Integral)) and len(
-            self.protected_attributes) > 1
-        if isinstance(constraint, DisparateImpact) and several and not self.intersectional:
-            raise ValueError("guarantee='labels' with disparate impact is built for one "
-                             "protected attribute or intersectional=True.")
 
     def _encode_targets(self, y, reset):
         y = column_or_1d(y, warn=True)

@@ -24,8 +24,14 @@ group is its highest scores, so the problem is one over the per-group counts:
   absolute gap, within a time limit after which its best answer is used with a warning),
   whose answer is checked with exact fractions.
 
-With a ``ratio`` (the disparate-impact rule, ``rate_u >= ratio * rate_v - epsilon``) the window
-is ``[L, (L + epsilon) / ratio]`` and the same search applies (one attribute or crossed cells).
+With a ``ratio`` (the disparate-impact rule, ``ratio * c_v / n_v - c_u / n_u <= epsilon`` for
+every ordered pair, float ``ratio`` and ``epsilon`` at their exact binary values) the window is
+``[L, (L + epsilon) / ratio]`` and the same search applies (one attribute or crossed cells).
+For several marginal attributes the integer program takes, for every ordered pair, the facets
+of the convex hull of the pair's admissible integer counts ``(c_u, c_v)`` (computed exactly, a
+few rows per pair with integer coefficients at most the group sizes): its integer solutions are
+exactly the admissible counts, so the ratio is not approximated and nothing of the optimum is
+lost. Building those rows takes ``O(n)`` exact integer operations per ordered pair.
 
 Ties are broken deterministically: within a group by score, then by position in the batch;
 between windows of equal expected accuracy, the one with the lowest rates. All-equal labels
@@ -62,14 +68,18 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
     ratio : float in (0, 1] or None, default=None
         Instead of differences, bound ratios: every group's selection rate at least ``ratio``
         times every other group's, less ``epsilon`` (``ratio=0.8, epsilon=0``: the four-fifths
-        rule). One attribute, or the crossed cells with ``intersectional=True``.
+        rule): ``ratio * c_v / n_v - c_u / n_u <= epsilon`` for every ordered pair of groups
+        present, with exact fractions and the exact binary values of ``ratio`` and ``epsilon``
+        (so the float 0.8, slightly above 4/5, is what is met). For one attribute, the crossed
+        cells, or each of several attributes (marginal), with the best expected accuracy as
+        without ``ratio``.
 
     Returns
     -------
     labels : ndarray of int of shape (n_samples,)
         0/1 labels: for every attribute (or the crossed cells), the selection rates of any two
-        groups present differ by at most ``epsilon``, and the expected accuracy under
-        ``proba`` is the largest possible.
+        groups present differ by at most ``epsilon`` (with ``ratio``: meet the ratio rule
+        above), and the expected accuracy under ``proba`` is the largest possible.
 
     Examples
     --------
@@ -97,9 +107,6 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
     if ratio is not None and (not isinstance(ratio, (int, float, np.floating))
                               or isinstance(ratio, bool) or not 0 < ratio <= 1):
         raise ValueError(f"ratio must be None or a number in (0, 1]; got {ratio!r}.")
-    if ratio is not None and groups.shape[1] > 1 and not intersectional:
-        raise ValueError("Labels under a ratio constraint are built for one protected attribute "
-                         "or the crossed cells (intersectional=True).")
     n = proba.shape[0]
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -108,39 +115,52 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
 
         groups = intersect_groups(torch.as_tensor(groups)).numpy()
     gain = 2.0 * proba - 1.0
+    ratio = 1.0 if ratio is None else float(ratio)
     codes = [np.unique(column, return_inverse=True)[1].ravel() for column in groups.T]
     if len(codes) == 1:
         ranking = _ranking(gain, codes[0])
-        counts = _window_counts(gain, codes[0], ranking, float(epsilon),
-                                1.0 if ratio is None else float(ratio))
+        counts = _window_counts(gain, codes[0], ranking, float(epsilon), ratio)
         return _top_scores(ranking, codes[0], counts)
-    return _integer_program(gain, codes, float(epsilon))
+    return _integer_program(gain, codes, float(epsilon), ratio)
 
 
-def selection_rate_gap(labels, groups):
+def selection_rate_gap(labels, groups, *, ratio=None):
     """The largest difference of selection rates between two groups present, per attribute
-    (the largest over the attributes), as an exact fraction.
+    (the largest over the attributes), as an exact fraction; with ``ratio``, the largest
+    ``ratio * rate_v - rate_u`` over ordered pairs of groups (at least 0), the quantity the
+    disparate-impact rule bounds by ``epsilon``.
 
     Parameters
     ----------
     labels : array-like of 0/1 of shape (n_samples,)
     groups : array-like of int of shape (n_samples,) or (n_samples, n_attributes)
+    ratio : float or None, default=None
+        Taken at its exact binary value; ``None`` is 1 (the difference of rates).
 
     Returns
     -------
     fractions.Fraction
+
+    Examples
+    --------
+    >>> from skfair.decisions import selection_rate_gap
+    >>> selection_rate_gap([1, 1, 0, 1, 0, 0], [0, 0, 0, 1, 1, 1])
+    Fraction(1, 3)
+    >>> selection_rate_gap([1, 1, 0, 1, 0, 0], [0, 0, 0, 1, 1, 1], ratio=0.5)
+    Fraction(0, 1)
     """
     labels = np.asarray(labels).astype(np.int64)
     groups = np.asarray(groups)
     if groups.ndim == 1:
         groups = groups[:, None]
+    factor = Fraction(1) if ratio is None else Fraction(ratio)
     gap = Fraction(0)
     for column in groups.T:
         codes = np.unique(column, return_inverse=True)[1].ravel()
         sizes = np.bincount(codes)
         selected = np.bincount(codes, weights=labels).astype(np.int64)
         rates = [Fraction(int(c), int(s)) for c, s in zip(selected, sizes)]
-        gap = max(gap, max(rates) - min(rates))
+        gap = max(gap, factor * max(rates) - min(rates))
     return gap
 
 
@@ -217,15 +237,16 @@ def _top_scores(ranking, codes, counts):
     return (ranking[3] < counts[codes]).astype(np.int64)
 
 
-def _integer_program(gain, codes, epsilon):
+def _integer_program(gain, codes, epsilon, ratio=1.0):
     """Labels of several attributes from an integer program over the atoms (samples that share
     every group): an integer count ``c_a`` per atom, selecting its highest scores, whose
     expected gain ``P_a(c_a)`` is concave (the sorted gains' prefix sums) and enters through
     its tangents ``t_a <= P_a(j) + g_{a,j} (c_a - j)``; for every attribute and ordered pair of
     its groups ``(u, v)``, ``n_v * selected_u - n_u * selected_v <= floor(epsilon * n_u *
     n_v)``: integer coefficients and an integer bound (the floor taken exactly), so that the
-    solver's tolerances cannot admit a rate gap beyond epsilon. Solved by HiGHS within
-    :data:`TIME_LIMIT` seconds; the answer is checked with exact fractions."""
+    solver's tolerances cannot admit a rate gap beyond epsilon; with ``ratio < 1``, the rows of
+    :func:`_ratio_rows` instead. Solved by HiGHS within :data:`TIME_LIMIT` seconds; the answer
+    is checked with exact fractions."""
     import scipy.sparse as sp
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -259,11 +280,18 @@ def _integer_program(gain, codes, epsilon):
                                shape=(group_sizes.size, 2 * n_atoms))
         for u in present:
             for v in present:
-                if u != v:
-                    rows.append(group_sizes[v] * member[u] - group_sizes[u] * member[v])
+                if u == v:
+                    continue
+                n_u, n_v = int(group_sizes[u]), int(group_sizes[v])
+                if ratio == 1.0:
+                    rows.append(n_v * member[u] - n_u * member[v])
                     lower.append([-np.inf])
-                    upper.append([math.floor(exact * int(group_sizes[u])
-                                             * int(group_sizes[v]))])
+                    upper.append([math.floor(exact * n_u * n_v)])
+                    continue
+                for a_v, a_u, bound in _ratio_rows(n_u, n_v, ratio, epsilon):
+                    rows.append(a_v * member[v] - a_u * member[u])
+                    lower.append([-np.inf])
+                    upper.append([bound])
     found = milp(np.r_[np.zeros(n_atoms), -np.ones(n_atoms)],
                  integrality=np.r_[np.ones(n_atoms), np.zeros(n_atoms)],
                  bounds=Bounds(np.r_[np.zeros(n_atoms), np.full(n_atoms, -np.inf)],
@@ -274,7 +302,7 @@ def _integer_program(gain, codes, epsilon):
     if found.x is not None:
         counts = np.round(found.x[:n_atoms]).astype(np.int64)
         labels = _top_scores(ranking, atom, counts)
-        if selection_rate_gap(labels, groups) <= exact:
+        if selection_rate_gap(labels, groups, ratio=ratio) <= exact:
             if found.status != 0:
                 warnings.warn(f"The integer program of fair labels stopped at its time limit "
                               f"({TIME_LIMIT} s): the labels meet the constraint but may not "
@@ -283,6 +311,50 @@ def _integer_program(gain, codes, epsilon):
     warnings.warn("The integer program of fair labels found no answer; every label is 0 "
                   "(always fair, not the most accurate).", RuntimeWarning, stacklevel=3)
     return np.zeros(n, dtype=np.int64)
+
+
+def _ratio_rows(n_u, n_v, ratio, epsilon):
+    """Integer rows ``a_v * c_v - a_u * c_u <= bound``, as triples ``(a_v, a_u, bound)``, whose
+    integer solutions with ``0 <= c_u <= n_u`` and ``0 <= c_v <= n_v`` are exactly those of
+    ``ratio * c_v / n_v - c_u / n_u <= epsilon`` (``ratio`` and ``epsilon`` at their exact
+    binary values): the facets of the convex hull of those integer points.
+
+    For each ``c_v`` the smallest admissible ``c_u`` is ``low(c_v) = max(0, ceil(ratio * n_u *
+    c_v / n_v - epsilon * n_u))``, nondecreasing, computed with exact integers, and at most
+    ``n_u`` (``ratio <= 1``). The hull is bounded below by the lower convex hull of the points
+    ``(c_v, low(c_v))``: one row per edge (the edges at ``c_u = 0`` are the bounds). Its vertices
+    are among the points whose distance above the line ``ratio * n_u * c_v / n_v - epsilon *
+    n_u`` is smaller than at every point before them or every point after them (a point with a
+    point no farther on each side lies on or above their segment), which leaves few points for
+    the exact hull."""
+    r, e = Fraction(ratio), Fraction(epsilon)
+    scale = math.lcm(r.denominator, e.denominator)
+    # low(c_v) = ceil((slope * c_v - offset) / modulus), all integers
+    slope = r.numerator * (scale // r.denominator) * n_u
+    offset = e.numerator * (scale // e.denominator) * n_u * n_v
+    modulus = scale * n_v
+    line = slope * np.arange(n_v + 1).astype(object) - offset
+    low = np.maximum(-(-line // modulus), 0)
+    excess = low * modulus - line
+    before = np.minimum.accumulate(excess)
+    after = np.minimum.accumulate(excess[::-1])[::-1]
+    keep = np.zeros(n_v + 1, dtype=bool)
+    keep[[0, n_v]] = True
+    keep[1:] |= excess[1:] < before[:-1]
+    keep[:-1] |= excess[:-1] < after[1:]
+    hull = []
+    for point in zip(np.flatnonzero(keep).tolist(), low[keep].tolist()):
+        while len(hull) > 1 and ((hull[-1][0] - hull[-2][0]) * (point[1] - hull[-2][1])
+                                 - (hull[-1][1] - hull[-2][1]) * (point[0] - hull[-2][0]) <= 0):
+            hull.pop()
+        hull.append(point)
+    rows = []
+    for (v0, u0), (v1, u1) in zip(hull, hull[1:]):
+        if u1 > u0:  # (c_u - u0) * (v1 - v0) >= (c_v - v0) * (u1 - u0)
+            d = math.gcd(u1 - u0, v1 - v0)
+            a_v, a_u = (u1 - u0) // d, (v1 - v0) // d
+            rows.append((a_v, a_u, a_v * v0 - a_u * u0))
+    return rows
 
 
 #: seconds the integer program of several attributes may take before its best answer is used

@@ -3,12 +3,13 @@ force and an integer program written here."""
 
 import itertools
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from skfair.decisions import fair_labels, selection_rate_gap
+from skfair.decisions import _ratio_rows, fair_labels, selection_rate_gap
 
 
 def _exact_gap(labels, groups):
@@ -36,19 +37,23 @@ def _brute_force(proba, groups, epsilon):
     return float((labelings[feasible] @ (2 * proba - 1)).max())
 
 
-def _milp_reference(proba, groups, epsilon):
-    """The best expected gain from scipy's MILP on per-sample binaries, with the rate gaps
-    cross-multiplied to integers (written independently of the package)."""
+def _milp_reference(proba, groups, epsilon, ratio=1.0):
+    """The best expected gain from scipy's MILP on per-sample binaries, with the rate gaps (or
+    ``ratio * rate_v - rate_u`` for a ratio of small denominator) cross-multiplied to integers
+    (written independently of the package)."""
     from scipy.optimize import LinearConstraint, milp
 
     n = len(proba)
+    exact_ratio = Fraction(ratio)
+    p, q = exact_ratio.numerator, exact_ratio.denominator
+    assert q <= 64
     rows, upper = [], []
     for column in groups.reshape(n, -1).T:
         present = np.unique(column)
         for u, v in itertools.permutations(present, 2):
             n_u, n_v = int((column == u).sum()), int((column == v).sum())
-            rows.append(n_v * (column == u) - n_u * (column == v))
-            upper.append(math.floor(Fraction(epsilon) * n_u * n_v))
+            rows.append(p * n_u * (column == v) - q * n_v * (column == u))
+            upper.append(math.floor(q * Fraction(epsilon) * n_u * n_v))
     if not rows:
         return float(np.maximum(2 * proba - 1, 0).sum())
     found = milp(-(2 * proba - 1), integrality=np.ones(n), bounds=(0, 1),
@@ -148,19 +153,38 @@ def test_bad_inputs_raise(kwargs, match):
         fair_labels(**kwargs)
 
 
+def _ratio_feasible(labelings, groups, epsilon, ratio):
+    """Which rows of ``labelings`` (0/1, one labeling a row) meet ``ratio * c_v / n_v - c_u /
+    n_u <= epsilon`` for every attribute and ordered pair of its groups: the counts by numpy,
+    the admissible pairs of counts with fractions."""
+    labelings = np.atleast_2d(labelings)
+    n = labelings.shape[1]
+    exact_ratio, exact_epsilon = Fraction(ratio), Fraction(epsilon)
+    feasible = np.ones(len(labelings), dtype=bool)
+    for column in groups.reshape(n, -1).T:
+        for u, v in itertools.permutations(np.unique(column), 2):
+            n_u, n_v = int((column == u).sum()), int((column == v).sum())
+            admissible = np.array([[exact_ratio * Fraction(c_v, n_v) - Fraction(c_u, n_u)
+                                    <= exact_epsilon for c_v in range(n_v + 1)]
+                                   for c_u in range(n_u + 1)])
+            c_u, c_v = labelings[:, column == u].sum(1), labelings[:, column == v].sum(1)
+            feasible &= admissible[c_u, c_v]
+    return feasible
+
+
 def _brute_force_ratio(proba, groups, epsilon, ratio):
     """The best expected gain over every labeling whose selection rates meet
-    ``rate_u >= ratio * rate_v - epsilon`` for every ordered pair (checked with fractions)."""
-    n = len(proba)
-    best = -math.inf
-    present = np.unique(groups)
-    for bits in itertools.product([0, 1], repeat=n):
-        labels = np.array(bits)
-        rates = [Fraction(int(labels[groups == g].sum()), int((groups == g).sum()))
-                 for g in present]
-        if Fraction(ratio) * max(rates) - min(rates) <= Fraction(epsilon):
-            best = max(best, float(((2 * proba - 1) * labels).sum()))
-    return best
+    ``rate_u >= ratio * rate_v - epsilon`` for every attribute and ordered pair."""
+    labelings = np.array(list(itertools.product([0, 1], repeat=len(proba))))
+    feasible = _ratio_feasible(labelings, groups, epsilon, ratio)
+    return float((labelings[feasible] @ (2 * proba - 1)).max())
+
+
+def _quiet_fair_labels(*args, **kwargs):
+    """fair_labels, failing on its warnings (a fallback to all-zero labels or a time limit)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return fair_labels(*args, **kwargs)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -175,18 +199,105 @@ def test_ratio_labels_are_exact_and_optimal(seed):
         ratio = float(rng.choice([0.5, 0.8, 1.0]))
         epsilon = float(rng.choice([0.0, 0.05, 0.2]))
         labels = fair_labels(proba, groups, epsilon, ratio=ratio)
-        rates = [Fraction(int(labels[groups == g].sum()), int((groups == g).sum()))
-                 for g in np.unique(groups)]
-        assert Fraction(ratio) * max(rates) - min(rates) <= Fraction(epsilon)
+        assert _ratio_feasible(labels, groups, epsilon, ratio).all()
         assert ((2 * proba - 1) * labels).sum() == pytest.approx(
             _brute_force_ratio(proba, groups, epsilon, ratio), abs=1e-9)
 
 
-def test_ratio_labels_need_one_attribute_or_crossed_cells():
+@pytest.mark.parametrize("seed", range(4))
+def test_ratio_labels_over_several_attributes_are_exact_and_optimal(seed):
+    """The disparate-impact rule on each of two or three attributes (marginal): every labeling
+    of up to 10 samples enumerated; the chosen one meets every ordered pair's rule as exact
+    fractions (at the float ratio's binary value) and reaches the best expected accuracy, with
+    no fallback to all-zero labels."""
+    rng = np.random.default_rng(70 + seed)
+    for _ in range(30):
+        n = int(rng.integers(1, 11))
+        proba, groups, _ = _instance(rng, n, int(rng.integers(2, 4)), 3)
+        ratio = float(rng.choice([0.5, 0.8, 0.9, 1.0, rng.uniform(0.05, 1.0)]))
+        epsilon = float(rng.choice([0.0, 0.0, 0.05, 0.2]))
+        labels = _quiet_fair_labels(proba, groups, epsilon, ratio=ratio)
+        assert _ratio_feasible(labels, groups, epsilon, ratio).all()
+        assert ((2 * proba - 1) * labels).sum() == pytest.approx(
+            _brute_force_ratio(proba, groups, epsilon, ratio), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_ratio_labels_over_several_attributes_match_an_integer_program(seed):
+    """Up to 40 samples, 5 groups per attribute, ratios of small denominators (so that the
+    reference MILP on per-sample binaries has exact integer rows): the same optimum."""
+    rng = np.random.default_rng(200 + seed)
+    for _ in range(5):
+        proba, groups, _ = _instance(rng, int(rng.integers(12, 41)), int(rng.integers(2, 4)), 5)
+        ratio = float(rng.choice([0.5, 0.75, 0.875]))
+        epsilon = float(rng.choice([0.0, 0.05, 0.1]))
+        labels = _quiet_fair_labels(proba, groups, epsilon, ratio=ratio)
+        assert _ratio_feasible(labels, groups, epsilon, ratio).all()
+        assert ((2 * proba - 1) * labels).sum() == pytest.approx(
+            _milp_reference(proba, groups, epsilon, ratio), abs=1e-6)
+
+
+def test_ratio_labels_with_a_group_of_one_sample():
+    """A lone sample's group has rate 0 or 1. At epsilon 0 a rate of 0 forces every group of its
+    attribute to 0, so the lone sample is selected even though unlikely positive (the others
+    gain more); then the rest of its attribute needs rate >= 0.8, 7 or 8 of 8. Leaving one out
+    puts the second attribute at 3/4 or 4/5 against 1, below the float 0.8 (slightly above
+    4/5): all are selected."""
+    proba = np.r_[0.2, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.6, 0.1]
+    groups = np.stack([np.r_[0, np.ones(8, int)], np.r_[0, 0, 0, 0, 1, 1, 1, 1, 1]], axis=1)
+    labels = _quiet_fair_labels(proba, groups, 0.0, ratio=0.8)
+    assert labels.tolist() == [1] * 9
+    # at 0.75 the second attribute may have 4 of 5 (or 3 of 4): the sample at 0.1 is left out
+    assert _quiet_fair_labels(proba, groups, 0.0, ratio=0.75).tolist() == [1] * 8 + [0]
+    assert _ratio_feasible(labels, groups, 0.0, 0.8).all()
+    assert ((2 * proba - 1) * labels).sum() == pytest.approx(
+        _brute_force_ratio(proba, groups, 0.0, 0.8), abs=1e-9)
+    # the lone sample all but surely negative: every label of its attribute 0 is best
+    proba[0] = 0.0
+    proba[1:] = 0.55
+    labels = _quiet_fair_labels(proba, groups, 0.0, ratio=0.8)
+    assert labels.tolist() == [0] * 9
+    # a lone sample in each attribute, epsilon 0.1 lets rates of 1 and 0.9 coexist
+    groups[:, 1] = np.r_[np.zeros(8, int), 1]
+    labels = _quiet_fair_labels(np.full(9, 0.7), groups, 0.1, ratio=0.8)
+    assert labels.tolist() == [1] * 9
+
+
+def test_ratio_labels_on_marginal_attributes_and_bad_ratios():
     proba, groups = np.full(4, 0.7), np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    with pytest.raises(ValueError, match="one protected attribute"):
-        fair_labels(proba, groups, 0.0, ratio=0.8)
+    assert fair_labels(proba, groups, 0.0, ratio=0.8).tolist() == [1] * 4
     assert fair_labels(proba, groups, 0.0, ratio=0.8, intersectional=True).tolist() == [1] * 4
+    # ratio 1 is demographic parity
+    rng = np.random.default_rng(3)
+    p, g = rng.uniform(size=30), rng.integers(0, 3, (30, 2))
+    np.testing.assert_array_equal(fair_labels(p, g, 0.1, ratio=1.0), fair_labels(p, g, 0.1))
     for bad in (0.0, 1.5, True):
         with pytest.raises(ValueError, match="ratio"):
             fair_labels(proba, groups[:, 0], 0.0, ratio=bad)
+
+
+def test_selection_rate_gap_with_a_ratio():
+    labels, groups = [1, 1, 0, 1, 0, 0], np.array([[0, 0], [0, 0], [0, 1], [1, 1], [1, 1],
+                                                   [1, 1]])
+    assert selection_rate_gap(labels, groups) == Fraction(3, 4)  # second attribute: 1 - 1/4
+    # 0.8 at its binary value times 1, less 1/4
+    assert selection_rate_gap(labels, groups, ratio=0.8) == Fraction(0.8) - Fraction(1, 4)
+    assert selection_rate_gap(labels, groups, ratio=0.25) == Fraction(0)
+
+
+def test_ratio_rows_admit_exactly_the_admissible_counts():
+    """The integer rows of one ordered pair of groups: their integer solutions in the box are
+    the pairs of counts meeting ``ratio * c_v / n_v - c_u / n_u <= epsilon`` as fractions."""
+    rng = np.random.default_rng(9)
+    for _ in range(150):
+        n_u, n_v = (int(x) for x in rng.integers(1, 21, 2))
+        ratio = float(rng.choice([0.8, 0.5, 1 / 3, 0.999, 1.0, rng.uniform(0.01, 1.0)]))
+        epsilon = float(rng.choice([0.0, 0.05, 1 / 3, rng.uniform(0.0, 1.0), 1.0]))
+        rows = np.array(_ratio_rows(n_u, n_v, ratio, epsilon), dtype=np.int64).reshape(-1, 3)
+        c_u, c_v = np.meshgrid(np.arange(n_u + 1), np.arange(n_v + 1), indexing="ij")
+        admitted = ((rows[:, 0, None, None] * c_v - rows[:, 1, None, None] * c_u)
+                    <= rows[:, 2, None, None]).all(axis=0)
+        exact = np.array([[Fraction(ratio) * Fraction(b, n_v) - Fraction(a, n_u)
+                           <= Fraction(epsilon) for b in range(n_v + 1)]
+                          for a in range(n_u + 1)])
+        np.testing.assert_array_equal(admitted, exact)

@@ -695,21 +695,36 @@ def test_disparate_impact_on_scores(biased):
 
 def test_label_guarantee_under_the_four_fifths_rule(biased):
     """guarantee='labels' with fairness='disparate_impact' (ratio 0.8, epsilon 0): every group's
-    selection rate is at least 0.8 times every other's, exactly; several attributes need
-    intersectional=True."""
+    selection rate is at least 0.8 times every other's, exactly (the float 0.8), for one
+    attribute and for each of two marginal attributes, per chunk of at least b_tau rows."""
     from fractions import Fraction
 
     X, y = biased
-    X = X.drop(columns="race")
+    one = X.drop(columns="race")
     clf = FairNeuralClassifier(protected_attributes=["sex"], fairness="disparate_impact",
-                               epsilon=0.0, guarantee="labels", **FAST).fit(X, y)
-    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+                               epsilon=0.0, guarantee="labels", **FAST).fit(one, y)
+    labels = (clf.predict(one) == clf.classes_[1]).astype(int)
     sex = X["sex"].to_numpy()
     rates = [Fraction(int(labels[sex == g].sum()), int((sex == g).sum())) for g in ("F", "M")]
     assert min(rates) >= Fraction(0.8) * max(rates)
-    with pytest.raises(ValueError, match="intersectional=True"):
-        FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="disparate_impact",
-                             guarantee="labels", **FAST).fit(*biased)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="disparate_impact",
+                               epsilon=0.0, guarantee="labels", inference_batch_size=600,
+                               b_tau=500, **FAST).fit(X, y)
+    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+    p = clf.predict_proba(X)[:, 1]
+    unfair = False
+    for start in (0, 600):  # two chunks of 600 rows: each meets the rule on its own
+        chunk = slice(start, start + 600)
+        for column in ("sex", "race"):
+            values = X[column].to_numpy()[chunk]
+            rates = [Fraction(int(labels[chunk][values == g].sum()), int((values == g).sum()))
+                     for g in np.unique(values)]
+            assert min(rates) >= Fraction(0.8) * max(rates)
+            plain = (p[chunk] > 0.5).astype(int)
+            plain_rates = [Fraction(int(plain[values == g].sum()), int((values == g).sum()))
+                           for g in np.unique(values)]
+            unfair |= min(plain_rates) < Fraction(0.8) * max(plain_rates)
+    assert unfair  # the plain p > 0.5 labels did not meet it
 
 
 def test_false_positive_rate_parity_in_training(biased):
