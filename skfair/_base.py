@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     HasMethods,
@@ -21,7 +21,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _streaming
+from . import _calibration, _streaming
 from ._network import ACTIVATIONS, make_mlp
 from ._validation import GroupEncoder, resolve_protected
 from .constraints import (
@@ -54,6 +54,7 @@ class BaseFairNeural(BaseEstimator):
         "stream_warm_start": ["boolean"],
         "distortion_penalty": [Interval(numbers.Real, 0, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "inference": [StrOptions({"batch", "individual"})],
         "hidden_layer_sizes": [tuple, list],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "module": [HasMethods(["forward"]), callable, None],
@@ -77,7 +78,7 @@ class BaseFairNeural(BaseEstimator):
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
                  solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
-                 distortion_penalty=10.0, inference_batch_size=None,
+                 distortion_penalty=10.0, inference_batch_size=None, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu",
                  module=None, batch_size=256, max_epochs=100, learning_rate=1e-3,
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
@@ -94,6 +95,7 @@ class BaseFairNeural(BaseEstimator):
         self.stream_warm_start = stream_warm_start
         self.distortion_penalty = distortion_penalty
         self.inference_batch_size = inference_batch_size
+        self.inference = inference
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.module = module
@@ -303,6 +305,11 @@ class BaseFairNeural(BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         constraint = self._check_fairness()
+        if self.inference == "individual" and constraint.requires_y_true:
+            raise ValueError(
+                f"inference='individual' applies offsets learned once to every later row, and "
+                f"{constraint!r} needs true labels, which rows at prediction time do not have; "
+                f"use a label-free constraint (e.g. demographic_parity) or inference='batch'.")
         # Validating X and y records what they define (feature names, groups, classes), and
         # training changes a warm-started network in place: everything is put back on failure.
         previous = self._fitted_state()
@@ -357,6 +364,9 @@ class BaseFairNeural(BaseEstimator):
         self.module_.to(device)
         groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
         self._train(features, target, weight, groups, generator, device)
+        self.__dict__.pop("calibration_", None)
+        if self.inference == "individual" and groups is not None:
+            self.calibration_ = self._calibration(self._network_outputs(features), groups)
 
     def _check_device(self):
         """The torch device of ``device``, which must exist on this machine."""
@@ -645,6 +655,13 @@ class BaseFairNeural(BaseEstimator):
         """Validated X -> (float64 outputs before the layer, group codes)."""
         check_is_fitted(self)
         features, codes = self._validate_X(X, reset=False)
+        out = self._network_outputs(features)
+        groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
+        return out, groups
+
+    def _network_outputs(self, features):
+        """The network's float64 outputs (after the output function, before the layer) for a
+        validated feature array; non-finite ones raise :class:`ValueError`."""
         device = next(self.module_.parameters()).device
         with torch.no_grad():
             if self.module_.training:  # switching walks every submodule: not per stream batch
@@ -661,8 +678,7 @@ class BaseFairNeural(BaseEstimator):
                     f"rows of X: its weights or these inputs overflow. Check X's scale, or refit "
                     f"(e.g. with a smaller learning_rate)."
                 )
-        groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
-        return out, groups
+        return out
 
     def _clip(self, out):
         lo, hi = self.bounds_ if self.bounds_ is not None else (None, None)
@@ -699,12 +715,103 @@ class BaseFairNeural(BaseEstimator):
     def _predict_values_and_groups(self, X):
         """The fair outputs (numpy) and the group codes (a tensor, or None) of ``X``."""
         out, groups = self._raw_outputs(X)
+        if self._row_by_row(groups):
+            return self._offset_outputs(out, groups).cpu().numpy(), groups
         return self._fair_outputs(out, groups).cpu().numpy(), groups
 
     def _predict_unconstrained(self, X):
         """The network's outputs before the fairness layer, clipped to the bounds."""
         out, _ = self._raw_outputs(X)
         return self._clip(out).cpu().numpy()
+
+    # ----------------------------------------------------------------------------------------
+    # Row-by-row inference (inference="individual", see skfair._calibration)
+    def calibrate(self, X):
+        """Learn the per-group offsets of ``inference="individual"`` on a calibration set.
+
+        ``X`` is projected exactly once, as one batch; the shift the projection gives each
+        combination of protected groups in it becomes that combination's fixed offset (and, for
+        a classifier with ``guarantee="labels"``, its fair labels a decision threshold per
+        combination). Later rows take them one by one: a row's prediction depends on its own
+        features only. ``fit`` calibrates on the training data when ``inference="individual"``;
+        a held-out set drawn like the data to come gives the population bound of
+        :meth:`individual_gap_bound` its meaning. A failed call changes nothing.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+            Calibration rows, with the protected columns (no targets needed: the constraint
+            must be label-free).
+
+        Returns
+        -------
+        self : object
+        """
+        out, groups = self._raw_outputs(X)
+        if groups is None or not self._streams():
+            raise ValueError(
+                "calibrate needs protected attributes and a label-free constraint (e.g. "
+                "demographic_parity): it learns offsets that rows without labels can take.")
+        self.calibration_ = self._calibration(out, groups)
+        return self
+
+    def individual_gap_bound(self, delta=0.05):
+        """A bound on the population gap of row-by-row predictions, from the calibration set.
+
+        With probability at least ``1 - delta`` over the draw of the calibration rows (drawn
+        independently, like the rows to come), the gap of the offset predictions on the whole
+        population is at most ``epsilon + d_u + d_v`` for the worst pair of groups, ``d_g =
+        w m_g sqrt(ln(2 M / delta) / (2 n_g))`` with ``n_g`` the group's calibration rows,
+        ``m_g`` its combinations of groups, ``M`` their total and ``w`` the bounds' width (1 for
+        the selection rates of a classifier's labels under ``guarantee="labels"``). A batch of
+        new rows adds its own sampling error. See :mod:`skfair._calibration`.
+
+        Parameters
+        ----------
+        delta : float in (0, 1), default=0.05
+
+        Returns
+        -------
+        bound : float
+        """
+        check_is_fitted(self, "calibration_")
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must lie in (0, 1); got {delta!r}.")
+        width = 1.0 if self.calibration_.thresholds is not None else (
+            math.inf if self.bounds_ is None else self.bounds_[1] - self.bounds_[0])
+        return _calibration.gap_bound(self.calibration_, self.epsilon, delta, width)
+
+    def _row_by_row(self, groups):
+        """Whether predictions take the calibrated offsets (``inference="individual"``)."""
+        if self.inference != "individual" or groups is None or not self._streams():
+            return False
+        if not hasattr(self, "calibration_"):
+            raise NotFittedError(
+                f"inference='individual' needs offsets from a calibration set: call "
+                f"calibrate(X), or refit, since this {type(self).__name__} was fitted with "
+                f"inference={self.inference!r} set afterwards.")
+        return True
+
+    def _calibration(self, out, groups):
+        return _calibration.calibrate(out, groups, self.constraint_, self.epsilon, self.bounds_,
+                                      self.solver, self._calibration_labels())
+
+    def _calibration_labels(self):
+        """The fair labels of a calibration batch (a function of its offset scores and group
+        codes), or None when the estimator does not decide labels under a constraint."""
+        return None
+
+    def _cells(self, groups):
+        """The calibration cell of every row of ``groups``."""
+        names = self.group_encoder_.group_names()
+        return _calibration.cell_index(
+            self.calibration_, groups,
+            lambda row: ", ".join(f"{name}={values[code]!r}"
+                                  for (name, values), code in zip(names, row)))
+
+    def _offset_outputs(self, out, groups):
+        return _calibration.offset_outputs(self.calibration_, out, self._cells(groups),
+                                           self.bounds_)
 
     # ----------------------------------------------------------------------------------------
     # Streaming
@@ -744,6 +851,8 @@ class BaseFairNeural(BaseEstimator):
         out, groups = self._raw_outputs(X)  # validates everything before any state changes
         if len(out) == 0:
             return out.cpu().numpy(), groups
+        if self._row_by_row(groups):  # no stream: every row on its own
+            return self._offset_outputs(out, groups).cpu().numpy(), groups
         stream = self.stream_ if hasattr(self, "stream_") else self._start_stream()
         values = self._clip(out) if stream is None else stream.step(out, groups.to(out.device))
         self.stream_ = stream  # a first stream is kept once its first step succeeded
@@ -765,6 +874,9 @@ class BaseFairNeural(BaseEstimator):
             See :mod:`skfair._streaming` for the guarantee.
         """
         check_is_fitted(self)
+        if self.inference == "individual":
+            raise ValueError("inference='individual' predicts every row on its own, with "
+                             "offsets from a calibration set: there is no stream.")
         if not hasattr(self, "stream_"):
             raise ValueError("No stream yet: call partial_predict or reset_stream first.")
         if self.stream_ is None:

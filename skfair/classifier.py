@@ -3,12 +3,14 @@
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
 from sklearn.utils._param_validation import StrOptions
 
 from . import _kernels, _streaming
+from .decisions import fair_labels
 from ._base import BaseFairNeural
 from .constraints import DemographicParity, DisparateImpact, get_constraint
 
@@ -78,6 +80,16 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         over to prediction, and it leaves less for the layer to correct on small batches.
     inference_batch_size : int, default=None
         Rows per chunk at prediction time; ``None`` projects all of ``X`` at once.
+    inference : {"batch", "individual"}, default="batch"
+        ``"batch"``: predictions are fair *per batch* (as above), so a row's prediction
+        depends on the rows predicted with it. ``"individual"``: every row is predicted on its
+        own, from fixed per-group offsets (and, with ``guarantee="labels"``, decision
+        thresholds) that one exact projection of a calibration set gave each combination of
+        protected groups (:meth:`calibrate`; ``fit`` calibrates on the training data). The
+        same row always gets the same prediction; the calibration set meets the constraint
+        (exactly, up to ties of scores at a threshold), and new rows only in the population
+        sense of :meth:`individual_gap_bound`. Needs a label-free constraint; a combination of
+        groups absent from the calibration set raises ``ValueError``. No stream.
     hidden_layer_sizes : tuple of int, default=(64, 64)
         Widths (positive integers) of the hidden layers of the default multilayer perceptron.
     activation : {"relu", "tanh", "logistic", "gelu"}, default="relu"
@@ -147,6 +159,12 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Number of epochs run.
     dual_init_ : dict
         Average multipliers of the last epoch's projections, in the stream's scale.
+    calibration_ : Calibration
+        With ``inference="individual"``: per combination of groups (``cells``, their group
+        codes), the ``offsets`` subtracted from the network's probabilities, the decision
+        ``thresholds`` (``guarantee="labels"``, else None), the calibration rows (``sizes``)
+        and the constraint's gap on the calibration set of the offset probabilities (``gap``)
+        and of the thresholded labels (``label_gap``).
 
     Examples
     --------
@@ -175,18 +193,18 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
                  guarantee="proba", solver="auto", b_tau=100, eta0=None,
                  stream_warm_start=True, distortion_penalty=10.0, inference_batch_size=None,
-                 hidden_layer_sizes=(64, 64), activation="relu", module=None, batch_size=256,
-                 max_epochs=100, learning_rate=1e-3, weight_decay=0.0, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, warm_start=False,
-                 device="cpu", verbose=0, random_state=None):
+                 inference="batch", hidden_layer_sizes=(64, 64), activation="relu", module=None,
+                 batch_size=256, max_epochs=100, learning_rate=1e-3, weight_decay=0.0,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
+                 warm_start=False, device="cpu", verbose=0, random_state=None):
         super().__init__(
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
             b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
             distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size,
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, module=module,
-            batch_size=batch_size, max_epochs=max_epochs, learning_rate=learning_rate,
-            weight_decay=weight_decay, early_stopping=early_stopping,
+            inference=inference, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            module=module, batch_size=batch_size, max_epochs=max_epochs,
+            learning_rate=learning_rate, weight_decay=weight_decay, early_stopping=early_stopping,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tol=tol, warm_start=warm_start, device=device, verbose=verbose,
             random_state=random_state)
@@ -258,6 +276,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         y : ndarray of shape (n_samples,)
         """
         p, groups = self._predict_values_and_groups(X)
+        if self._row_by_row(groups):
+            return self._thresholded(p, groups)
         if not self._decides(groups):
             return self.classes_[(p > 0.5).astype(int)]
         # like the probabilities: chunks of inference_batch_size through one fresh stream
@@ -266,6 +286,24 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p = torch.from_numpy(p)
         labels = [stream.step(p[i:i + size], groups[i:i + size]) for i in range(0, len(p), size)]
         return self.classes_[torch.cat(labels).numpy().astype(int)]
+
+    def _thresholded(self, p, groups):
+        """Row-by-row labels of the offset probabilities ``p``: above their combination's
+        calibrated threshold with ``guarantee="labels"``, else above 0.5."""
+        thresholds = self.calibration_.thresholds
+        if self.guarantee != "labels":
+            return self.classes_[(p > 0.5).astype(int)]
+        if thresholds is None:
+            raise NotFittedError("guarantee='labels' was set after the calibration, which "
+                                 "learned no decision thresholds: call calibrate(X) again.")
+        return self.classes_[(p > thresholds[self._cells(groups)]).astype(int)]
+
+    def _calibration_labels(self):
+        if self.guarantee != "labels":
+            return None
+        ratio = getattr(self.constraint_, "ratio", None)
+        return lambda scores, codes: fair_labels(scores, codes, min(float(self.epsilon), 1.0),
+                                                 ratio=ratio)
 
     def _decides(self, groups):
         """Whether labels come from a decision stream (``guarantee="labels"``, groups)."""
@@ -309,6 +347,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         y : ndarray of shape (n_samples,)
         """
         p, groups = self._partial_values_and_groups(X)
+        if len(p) and self._row_by_row(groups):
+            return self._thresholded(p, groups)
         if not self._decides(groups) or len(p) == 0:
             return self.classes_[(p > 0.5).astype(int)]
         stream = getattr(self, "decision_stream_", None)
