@@ -2,8 +2,9 @@
 
 Run from the repository root (needs the `bench` extra):
 
-    python benchmarks/compare.py              # 3 random splits per dataset (about 15 minutes)
+    python benchmarks/compare.py              # 3 random splits per dataset, all tables
     python benchmarks/compare.py --quick      # 1 split, small datasets only
+    python benchmarks/compare.py --labels     # the label-level tables only
 
 Classification (Adult, COMPAS, German credit; demographic parity on both protected attributes):
 skfair unconstrained and fair at several epsilon; fairlearn's ExponentiatedGradient (on
@@ -17,19 +18,43 @@ ROC AUC, the test-set demographic parity gap of the scores (mean predicted proba
 prediction for regression) and of the labels (selection rates), whether the gap the method
 targets met its epsilon on every split (skfair: scores, projected exactly on the test set;
 fairlearn: labels), and fit seconds.
+
+Label level (the same datasets and splits): decisions compared with decisions.
+skfair with ``guarantee="labels"`` (demographic parity of the predicted labels' selection rates
+on both protected attributes, each on its own, at several epsilon; and the four-fifths rule,
+``DisparateImpact(ratio=0.8)`` with epsilon 0, on a single attribute: race, or age group on German
+credit, which has no race column), against fairlearn's ThresholdOptimizer (demographic parity
+with ``tol=0.05``, on the same two base models) and ExponentiatedGradient (DemographicParity
+within 0.05, on LogisticRegression); both fairlearn methods get the two protected columns as
+``sensitive_features``, which they cross. Every test set is predicted in one chunk. Reported per
+method, on the test sets: accuracy, balanced accuracy, the selection-rate gap of the labels (each
+attribute on its own, the largest over the two: marginal), the selection-rate ratio (lowest rate
+over highest, the smallest over the two attributes), on how many splits the method's own
+constraint held on the test labels, each attribute on its own, in exact fractions (skfair:
+every gap at most epsilon; four-fifths: the ratio of the constrained attribute at least 0.8;
+ThresholdOptimizer: the gap at most its tol; ExponentiatedGradient: every group's rate within
+0.05 of the overall rate, its definition of the bound, which allows a gap of up to 0.1; fairlearn
+is asked for this on the crossed groups of the training set, which implies it for each attribute
+on its own), fit and predict seconds.
+
+A second table gives the cost of the label step: predict seconds of one fitted skfair model with
+``guarantee="labels"`` and with ``guarantee="proba"`` on Adult rows resampled with replacement to
+1e3, 1e4 and 1e5 rows (medians of 3 runs), for both attributes (marginal: an integer program
+with a time limit) and for race alone (a window search).
 """
 
 import argparse
 import sys
 import time
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, r2_score, roc_auc_score
 from sklearn.neural_network import MLPClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,17 +62,20 @@ from _common import markdown_table, split, print_header  # noqa: E402
 
 from skfair import FairNeuralClassifier, FairNeuralRegressor  # noqa: E402
 from skfair._validation import GroupEncoder  # noqa: E402
-from skfair.constraints import get_constraint  # noqa: E402
+from skfair.constraints import DisparateImpact, get_constraint  # noqa: E402
 from skfair.datasets import (  # noqa: E402
     load_adult,
     load_compas,
     load_german_credit,
     load_law_school,
 )
-from skfair.metrics import demographic_parity_difference  # noqa: E402
+from skfair.decisions import selection_rate_gap  # noqa: E402
+from skfair.metrics import demographic_parity_difference, demographic_parity_ratio  # noqa: E402
 
 EPSILONS = (0.02, 0.05, 0.1)
 TARGET = 0.05  # epsilon asked of the baselines
+RATIO = 0.8  # the four-fifths rule
+LABEL_SIZES = (1_000, 10_000, 100_000)
 
 
 class SoftPenalty:
@@ -237,11 +265,234 @@ def summarise(results):
     return rows
 
 
+def group_codes(sens):
+    """Integer codes of every protected column (one column per attribute)."""
+    return np.column_stack([np.unique(sens[c].astype(str), return_inverse=True)[1].ravel()
+                            for c in sens.columns])
+
+
+def ratio_holds(labels, codes, ratio):
+    """Whether every group's selection rate is at least ``ratio`` times every other's, as
+    exact fractions (``ratio`` at its binary value, as skfair's labels use it)."""
+    labels = np.asarray(labels).astype(np.int64)
+    sizes = np.bincount(codes)
+    selected = np.bincount(codes, weights=labels).astype(np.int64)
+    rates = [Fraction(int(c), int(n)) for c, n in zip(selected, sizes) if n]
+    return min(rates) >= Fraction(ratio) * max(rates)
+
+
+def overall_holds(labels, codes, bound):
+    """Whether, for every attribute (column of ``codes``), every group's selection rate is
+    within ``bound`` of the attribute's overall rate, as exact fractions."""
+    labels = np.asarray(labels).astype(np.int64)
+    for column in codes.T:
+        overall = Fraction(int(labels.sum()), len(labels))
+        sizes = np.bincount(column)
+        selected = np.bincount(column, weights=labels).astype(np.int64)
+        if any(abs(Fraction(int(c), int(n)) - overall) > Fraction(bound)
+               for c, n in zip(selected, sizes) if n):
+            return False
+    return True
+
+
+def label_methods(protected, ratio_attribute, epochs):
+    """name -> (kind, what the method asks for, make)."""
+    def skfair_model(**params):
+        return lambda seed: FairNeuralClassifier(max_epochs=epochs, random_state=seed, **params)
+
+    methods = {"skfair unconstrained (p > 0.5)": (
+        "skfair", None, skfair_model(protected_attributes=protected, epsilon=1.0))}
+    for eps in EPSILONS:
+        methods[f"skfair labels, DP eps={eps}"] = (
+            "skfair", ("gap", eps), skfair_model(protected_attributes=protected, epsilon=eps,
+                                                 guarantee="labels"))
+    methods[f"skfair labels, four-fifths ({ratio_attribute} only)"] = (
+        "skfair", ("ratio", RATIO), skfair_model(protected_attributes=[ratio_attribute],
+                                                 fairness=DisparateImpact(ratio=RATIO),
+                                                 epsilon=0.0, guarantee="labels"))
+    methods[f"fairlearn ExpGrad (LR), DP {TARGET}"] = ("expgrad", ("overall", TARGET), None)
+    methods[f"fairlearn ThresholdOpt (LR), DP tol {TARGET}"] = ("thresh_lr", ("gap", TARGET),
+                                                                None)
+    methods[f"fairlearn ThresholdOpt (MLP), DP tol {TARGET}"] = ("thresh_mlp", ("gap", TARGET),
+                                                                 None)
+    return methods
+
+
+def run_labels(bunch, seeds, epochs):
+    """Label-level comparison on one dataset: per method, one dict per split."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from fairlearn.reductions import DemographicParity, ExponentiatedGradient
+
+    protected = list(bunch.protected)
+    ratio_attribute = "race" if "race" in protected else protected[-1]
+    results = {}
+    for seed in seeds:
+        X_train, X_test, y_train, y_test = split(bunch, seed)
+        pos = bunch.target_names[1]
+        yb_train = (y_train == pos).astype(int).to_numpy()
+        yb_test = (y_test == pos).astype(int).to_numpy()
+        sens_train = X_train[[f"remainder__{c}" for c in protected]]
+        sens_test = X_test[[f"remainder__{c}" for c in protected]]
+        codes = group_codes(sens_test)
+        ratio_codes = codes[:, protected.index(ratio_attribute)]
+        plain_train, plain_test = plain_inputs(X_train, protected), plain_inputs(X_test, protected)
+        plain_test = plain_test.reindex(columns=plain_train.columns, fill_value=0.0)
+        # the single-attribute model gets the other protected columns one-hot, as inputs
+        others = [c for c in protected if c != ratio_attribute]
+        one_train, one_test = plain_inputs(X_train, others), plain_inputs(X_test, others)
+        one_test = one_test.reindex(columns=one_train.columns, fill_value=0.0)
+        for name, (kind, asked, make) in label_methods(protected, ratio_attribute,
+                                                       epochs).items():
+            start = time.perf_counter()
+            if kind == "skfair":
+                model = make(seed)
+                assert model.b_tau <= len(X_test) and model.inference_batch_size is None
+                single = asked is not None and asked[0] == "ratio"
+                model.fit(one_train if single else X_train, yb_train)
+                fit_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                labels = model.predict(one_test if single else X_test)
+            elif kind == "expgrad":
+                model = ExponentiatedGradient(LogisticRegression(max_iter=1000),
+                                              DemographicParity(difference_bound=asked[1]))
+                model.fit(plain_train, yb_train, sensitive_features=sens_train)
+                fit_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                labels = model.predict(plain_test, random_state=seed)
+            else:
+                base = (LogisticRegression(max_iter=1000) if kind == "thresh_lr"
+                        else MLPClassifier((64, 64), max_iter=epochs * 3, random_state=seed))
+                model = ThresholdOptimizer(estimator=base, constraints="demographic_parity",
+                                           predict_method="predict_proba", tol=asked[1])
+                try:
+                    model.fit(plain_train, yb_train, sensitive_features=sens_train)
+                except ValueError as exc:  # e.g. a crossed group with a single label
+                    results.setdefault(name, []).append({"failed": str(exc)})
+                    continue
+                fit_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                labels = model.predict(plain_test, sensitive_features=sens_test,
+                                       random_state=seed)
+            predict_seconds = time.perf_counter() - start
+            labels = np.asarray(labels).astype(int)
+            gap = selection_rate_gap(labels, codes)  # exact, the largest over the attributes
+            if asked is None:
+                held = None
+            elif asked[0] == "gap":
+                held = gap <= Fraction(asked[1])
+            elif asked[0] == "overall":
+                held = overall_holds(labels, codes, asked[1])
+            else:
+                held = ratio_holds(labels, ratio_codes, asked[1])
+            results.setdefault(name, []).append({
+                "accuracy": accuracy_score(yb_test, labels),
+                "balanced": balanced_accuracy_score(yb_test, labels),
+                "gap": float(gap),
+                "ratio": demographic_parity_ratio(None, labels, sensitive_features=sens_test,
+                                                  intersectional=False),
+                "held": held, "asked": asked, "fit": fit_seconds, "predict": predict_seconds})
+    return results
+
+
+def summarise_labels(results, ratio_attribute):
+    def stat(runs, key, fmt="{:.3f}"):
+        values = [r[key] for r in runs]
+        return (fmt + " ± " + fmt).format(np.mean(values), np.std(values))
+
+    rows = []
+    for name, runs in results.items():
+        failed = [r["failed"] for r in runs if "failed" in r]
+        if failed:
+            rows.append([name, f"failed on {len(failed)}/{len(runs)} splits: {failed[0]}"]
+                        + ["-"] * 7)
+            continue
+        asked = runs[0]["asked"]
+        if asked is None:
+            checked, held = "-", "-"
+        else:
+            checked = {"gap": f"gap <= {asked[1]}, each attribute",
+                       "overall": f"every rate within {asked[1]} of the overall rate, "
+                                  f"each attribute",
+                       "ratio": f"{ratio_attribute} ratio >= {asked[1]}"}[asked[0]]
+            held = f"{sum(r['held'] for r in runs)}/{len(runs)}"
+        rows.append([name, stat(runs, "accuracy"), stat(runs, "balanced"), stat(runs, "gap"),
+                     stat(runs, "ratio"), checked, held, stat(runs, "fit", "{:.1f}"),
+                     stat(runs, "predict", "{:.3f}")])
+    return rows
+
+
+def label_cost(epochs, sizes=LABEL_SIZES, repeats=3):
+    """Predict seconds with guarantee="labels" and "proba" of the same fitted model, on Adult
+    rows resampled with replacement; rows of the table."""
+    bunch = load_adult()
+    X_train, X_test, y_train, _ = split(bunch, 0)
+    yb_train = (y_train == bunch.target_names[1]).astype(int).to_numpy()
+    rows_all = pd.concat([X_train, X_test])
+    rng = np.random.default_rng(0)
+    cases = [("sex and race, marginal (integer program)", ["sex", "race"]),
+             ("race only (window search)", ["race"])]
+    table = []
+    for title, protected in cases:
+        others = [c for c in bunch.protected if c not in protected]  # one-hot inputs
+        model = FairNeuralClassifier(protected_attributes=protected, epsilon=TARGET,
+                                     max_epochs=epochs, random_state=0)
+        model.fit(plain_inputs(X_train, others), yb_train)
+        rows = plain_inputs(rows_all, others)
+        for n in sizes:
+            X = rows.iloc[rng.integers(0, len(rows), n)]
+            codes = group_codes(X[[f"remainder__{c}" for c in protected]])
+            times = {"proba": [], "labels": []}
+            limit_hits, held = 0, True
+            model.set_params(guarantee="proba").predict(X)  # warm-up, untimed
+            for _ in range(repeats):
+                for guarantee in ("proba", "labels"):
+                    model.set_params(guarantee=guarantee)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", RuntimeWarning)
+                        start = time.perf_counter()
+                        labels = model.predict(X)
+                        times[guarantee].append(time.perf_counter() - start)
+                    if guarantee == "labels":
+                        limit_hits += any("time limit" in str(w.message) for w in caught)
+                        held &= selection_rate_gap(labels, codes) <= Fraction(TARGET)
+            proba_s, labels_s = np.median(times["proba"]), np.median(times["labels"])
+            table.append([title, f"{n:,}", f"{1e3 * proba_s:.1f}", f"{1e3 * labels_s:.1f}",
+                          f"{labels_s / proba_s:.1f}x", f"{limit_hits}/{repeats}",
+                          "yes" if held else "no"])
+    return table
+
+
+def print_label_tables(datasets, seeds, cost=True, cost_epochs=10):
+    header = ["method", "accuracy", "balanced accuracy",
+              "selection-rate gap (labels, max over attributes)",
+              "selection-rate ratio (labels, min over attributes)", "checked on test labels",
+              "held", "fit s", "predict s"]
+    for title, loader, epochs in datasets:
+        bunch = loader()
+        protected = list(bunch.protected)
+        ratio_attribute = "race" if "race" in protected else protected[-1]
+        print(f"## Labels, {title} (protected: {', '.join(protected)}, marginal; {len(seeds)} "
+              f"splits, 70/30; test set predicted in one chunk; networks: {epochs} epochs)\n")
+        print(markdown_table(header, summarise_labels(run_labels(bunch, seeds, epochs),
+                                                      ratio_attribute)))
+        print()
+    if cost:
+        print(f"## Cost of the label step (Adult rows resampled with replacement; one fitted "
+              f"model per case, DP epsilon {TARGET}; medians of 3 runs)\n")
+        print(markdown_table(
+            ["protected", "rows", "predict ms, proba", "predict ms, labels", "labels / proba",
+             "runs at the integer program's time limit", "label gap <= epsilon"],
+            label_cost(cost_epochs)))
+        print()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--labels", action="store_true",
+                        help="only the label-level tables (guarantee='labels' against fairlearn)")
     args = parser.parse_args()
     print_header("compare.py")
     warnings.filterwarnings("ignore", category=UserWarning)  # sklearn/fairlearn chatter
@@ -255,20 +506,23 @@ def main():
     # Warm-up: the first optimizer in a process pays for torch's lazy imports.
     X, y = load_german_credit(return_X_y=True)
     FairNeuralClassifier(max_epochs=1).fit(X[["age", "duration"]], y)
-    header = ["method", "accuracy", "ROC AUC", "DP gap (scores)", "DP gap (labels)",
-              "met epsilon", "fit s"]
-    for title, loader, epochs in datasets:
-        bunch = loader()
-        print(f"## {title} (protected: {', '.join(bunch.protected)}; {len(seeds)} splits, "
-              f"70/30; networks: {epochs} epochs)\n")
-        print(markdown_table(header, summarise(run_classification(bunch, seeds, epochs))))
-        print()
-    if not args.quick:
-        bunch = load_law_school()
-        print(f"## Law School, regression of ZFYA (protected: {', '.join(bunch.protected)}; "
-              f"{len(seeds)} splits)\n")
-        print(markdown_table(["method", "R2", "-", "mean prediction gap", "-", "met epsilon",
-                              "fit s"], summarise(run_regression(bunch, seeds, args.epochs))))
+    if not args.labels:
+        header = ["method", "accuracy", "ROC AUC", "DP gap (scores)", "DP gap (labels)",
+                  "met epsilon", "fit s"]
+        for title, loader, epochs in datasets:
+            bunch = loader()
+            print(f"## {title} (protected: {', '.join(bunch.protected)}; {len(seeds)} splits, "
+                  f"70/30; networks: {epochs} epochs)\n")
+            print(markdown_table(header, summarise(run_classification(bunch, seeds, epochs))))
+            print()
+        if not args.quick:
+            bunch = load_law_school()
+            print(f"## Law School, regression of ZFYA (protected: {', '.join(bunch.protected)}; "
+                  f"{len(seeds)} splits)\n")
+            print(markdown_table(["method", "R2", "-", "mean prediction gap", "-", "met epsilon",
+                                  "fit s"], summarise(run_regression(bunch, seeds, args.epochs))))
+            print()
+    print_label_tables(datasets, seeds, cost=not args.quick, cost_epochs=args.epochs)
 
 
 if __name__ == "__main__":
