@@ -127,6 +127,78 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=
                        (violation, low, high), objective)
 
 
+def recentred_solve(z, cs, lo, hi):
+    """The projection of raw outputs far from the fair set, where :func:`solve` loses digits.
+
+    An output that is free at the solution is ``z_i - (G^T lam)_i``: a raw output far outside
+    the bounds (or, without bounds, far from the others) needs multipliers of its own
+    magnitude, and the iteration then works at the resolution of ``z``, not of the outputs.
+    Two steps restore it:
+
+    * a continuation in the distance: the raw outputs ``c + t (z - c)`` (``c = clip(z)``, ``c =
+      0`` without bounds) for ``t`` growing by :data:`CONTINUATION_FACTOR` from about ten
+      times the outputs' scale over the largest distance up to 1, each solve warm-started from
+      the previous multipliers scaled like the distance (the far-out part of the solution
+      grows linearly with it);
+    * a recentring: the rows (at most :data:`RECENTRE_ROWS`) whose multiplier ``mu_r`` exceeds
+      :data:`RECENTRE` times the outputs' scale are active at the solution (the caller
+      verifies it), and on the outputs that meet them as equalities ``||y - z||^2 / 2 =
+      ||y - z'||^2 / 2 - mu^T G y + const`` with ``z' = z - G^T mu`` and ``mu^T G y = mu^T
+      h`` constant: the projection of ``z'`` onto the rows with those rows as equalities
+      (their opposites added) is the projection of ``z``. In ``z'`` a free output's shift has
+      cancelled its raw value (exactly, in floating point, where the two lie within a factor
+      2), so it is solved at the outputs' resolution.
+
+    Returns a :class:`SolveResult` of ``z`` with multipliers ``mu + nu_r - nu_r'`` (``nu`` those
+    of the recentred problem); the caller checks the outputs, that the multipliers are
+    non-negative, and certifies them (:func:`skfair.layer._backward_error`): the shifts of
+    ``z'`` carry the rounding of ``z``'s magnitude.
+    """
+    host = host_vector(z)
+    low, high = _open_bounds(lo, hi)
+    centre = np.clip(host, low, high) if low > -np.inf or high < np.inf else np.zeros_like(host)
+    scale = problem_scale(z, cs, lo, hi)
+    distance = float(np.abs(host - centre).max(initial=0.0))
+    t = min(1.0, 10.0 * scale / distance) if distance > 0 else 1.0
+    lam, n_iter = np.zeros(cs.n_rows), 0
+    while True:
+        stage = solve(torch.from_numpy(centre + t * (host - centre)), cs, lo, hi, lam0=lam)
+        n_iter += stage.n_iter
+        if t >= 1.0:
+            break
+        if n_iter > CONTINUATION_ITERATIONS:
+            return stage  # refused by the caller: too costly to pursue
+        grown = min(1.0, t * CONTINUATION_FACTOR)
+        lam, t = stage.host_lam * (grown / t), grown
+    lam = stage.host_lam
+    large = np.flatnonzero(lam > RECENTRE * scale)
+    if large.size == 0 or large.size > RECENTRE_ROWS:
+        return stage  # nothing to recentre, or too many rows for the generic step
+    mu = np.zeros_like(lam)
+    mu[large] = lam[large]
+    shifted = np.empty_like(host)
+    clip_shift(host, cs.host_atom, atom_shift(cs.host_rows, mu), cs.host_weight, -np.inf,
+               np.inf, shifted)
+    start = np.r_[np.where(mu > 0, 0.0, lam), np.zeros(large.size)]
+    found = solve(torch.from_numpy(shifted), cs._with_opposites(large), lo, hi, lam0=start)
+    nu = found.host_lam
+    lam = mu + nu[:cs.n_rows]
+    lam[large] -= nu[cs.n_rows:]
+    return SolveResult(_device_tensor(found.host_y, z.device), lam, n_iter + found.n_iter,
+                       found.converged, found.scale, found.host_y, found.check)
+
+
+#: how much farther from the bounds each stage of :func:`recentred_solve` puts the raw outputs
+CONTINUATION_FACTOR = 100.0
+#: the iterations the continuation of :func:`recentred_solve` may take in all
+CONTINUATION_ITERATIONS = 1000
+#: multipliers larger than this times the outputs' scale are recentred (:func:`recentred_solve`)
+RECENTRE = 1e3
+#: most rows :func:`recentred_solve` recentres: their opposites are rows outside the pair
+#: families, which the iteration moves by the slower step of single rows
+RECENTRE_ROWS = 256
+
+
 def _raise_if_unsolvable(cs, row, smallest, scale, lo, hi):
     """Raise for what :func:`_checks` found."""
     if row >= 0:

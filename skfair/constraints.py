@@ -213,6 +213,18 @@ class ConstraintSet:
         """The rows in the factored form of the compiled passes (:class:`skfair._kernels.Rows`)."""
         return self._host["rows"]
 
+    def _with_opposites(self, rows):
+        """This set with the opposite ``-G_r y <= -h_r`` of each of ``rows`` (indices) added
+        after the others, so that those rows hold with equality; keys are row numbers (for
+        :func:`skfair._exact.recentred_solve`)."""
+        host = self.host_rows
+        h = np.r_[self.host_h, -self.host_h[rows]]
+        opposed = host._replace(plus=np.r_[host.plus, host.minus[rows]],
+                                minus=np.r_[host.minus, host.plus[rows]])
+        return ConstraintSet._from_host(opposed, self.host_atom, h, torch.from_numpy(h),
+                                        range(h.size), self.atom.device, self.weight,
+                                        self.host_mass)
+
     @property
     def host_coef(self):
         """:attr:`coef` as a float64 numpy array on the host (dense: checks and small sets)."""

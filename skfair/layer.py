@@ -279,8 +279,12 @@ def _exact_backend(z, cs, lo, hi, failures):
         violation, _, inside = _violations(check, lo, hi)
         if inside and violation <= _tolerance(check, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam)
-    result = _polished(z, result, cs, lo, hi, failures)
+    reasons = []
+    result = _polished(z, result, cs, lo, hi, reasons)
     if result is None:
+        result = _recentred(z, cs, lo, hi, reasons)
+    if result is None:
+        failures.extend(reasons)
         return None
     violation = _exact_violation(result, cs, lo, hi, failures)
     if violation is None:
@@ -330,6 +334,27 @@ def _polished(z, result, cs, lo, hi, failures):
         return None
     return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
                               second.scale, second.host_y, check)
+
+
+def _recentred(z, cs, lo, hi, failures):
+    """:func:`skfair._exact.recentred_solve` of ``z`` when its multipliers are non-negative
+    (the recentred rows were active) and its outputs are certified like :func:`_polished`'s;
+    else None, with the reason in ``failures``."""
+    result = _exact.recentred_solve(z, cs, lo, hi)
+    check = _checked(result, cs)
+    if not _meets_guarantee(check, cs, lo, hi):
+        failures.append("exact: the recentred solve misses the guarantee")
+        return None
+    if not result.host_lam.min(initial=0.0) >= 0:
+        failures.append("exact: a recentred row was not active")
+        return None
+    excess = _backward_error(_kernels.host_vector(z), result.host_y, result.host_lam, cs, lo, hi,
+                             _tolerance(check, cs), POLISH_TOL * _scale(check, cs))
+    if excess > 0:
+        failures.append(f"exact: the recentred solve is not certified to be the projection of "
+                        f"z (backward error beyond its tolerance by {excess:.3g})")
+        return None
+    return result
 
 
 def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):

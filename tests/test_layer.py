@@ -980,3 +980,49 @@ def test_error_rate_parity_matches_the_reference(epsilon):
                                                    y_true=torch.as_tensor(y))
     np.testing.assert_allclose(
         out, reference_projection(z, cs.dense().numpy(), cs.h.numpy(), (0.0, 1.0)), atol=1e-6)
+
+
+def test_raw_outputs_of_any_magnitude_free_at_the_solution():
+    """Fuzz finding: outputs 1e19 outside the bounds that the solution frees need multipliers of
+    their own magnitude (the dual form then works at z's resolution); the continuation and the
+    recentring solve it. By hand: moving an output far outside costs about 2 |z - bound| per
+    unit, so the lone cells (2, 0) and (4, 0) move (to 1/3 - 0.05 and 1/3) and cell (4, 2),
+    whose mean 1/3 is dearer to move, stays clipped."""
+    layer = FairnessLayer("demographic_parity", epsilon=0.05, bounds=(-5.0, 3.0),
+                          solver="exact", intersectional=True)
+    z = torch.tensor([-7e19, -8e19, 6e19, 5e19, 7e19], dtype=torch.float64)
+    groups = torch.tensor([[4, 2], [2, 0], [4, 0], [4, 2], [4, 2]])
+    y = layer(z, groups).numpy()
+    np.testing.assert_allclose(y, [-5.0, 1 / 3 - 0.05, 1 / 3, 3.0, 3.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("magnitude", [1e8, 1e12, 1e14])
+def test_far_raw_outputs_with_a_known_projection(seed, magnitude):
+    """An instance far out whose projection is known: if ``y`` is the projection of ``z`` and
+    the row ``(u, v)`` is active at ``y``, then ``y`` is also the projection of ``z + G_uv^T mu``
+    for any ``mu >= 0`` (the KKT conditions hold with the multiplier grown by ``mu``). With
+    group sizes and ``z`` on a binary grid the shifted raw outputs are exact floats; the active
+    row is read from ``y`` with numpy means. The far instance gives ``y`` back within what the
+    layer certifies (README): the projection of raw outputs within ``1e-6`` of the scale plus
+    64 ulp of ``z`` per sample, hence (nonexpansive) within that norm of ``y``; and its gap
+    meets epsilon."""
+    rng = np.random.default_rng(seed)
+    sizes = (16, 32) if seed % 2 else (64, 8)
+    groups = np.repeat([0, 1], sizes)
+    z = np.round(rng.uniform(-0.5, 1.0, groups.size) * 64) / 64 + 0.5 * groups
+    bounds = ((0.0, 1.0), None, (-5.0, 3.0))[seed % 3]
+    layer = FairnessLayer("demographic_parity", epsilon=0.05, bounds=bounds, solver="exact")
+    y = layer(torch.as_tensor(z), torch.as_tensor(groups)).numpy()
+    means = np.array([y[groups == g].mean() for g in (0, 1)])
+    assert means[1] - means[0] == pytest.approx(0.05, abs=1e-9)  # the row (1, 0) is active
+    # G_(1,0)^T mu: +mu / n_1 on group 1, -mu / n_0 on group 0; mu = K n_0 n_1, exact shifts
+    k = magnitude / max(sizes)
+    far = z + np.where(groups == 1, k * sizes[0], -k * sizes[1])
+    assert np.abs(far).max() >= magnitude / 2 and np.array_equal(far - (far - z), z)
+    out = layer(torch.as_tensor(far), torch.as_tensor(groups)).numpy()
+    scale = max(1.0, np.abs(out).max(), 0.05)
+    certified = np.sqrt(np.sum((1e-6 * scale + 64 * np.spacing(np.abs(far))) ** 2))
+    assert np.linalg.norm(out - y) <= certified
+    out_means = np.array([out[groups == g].mean() for g in (0, 1)])
+    assert abs(out_means[1] - out_means[0]) <= 0.05 + 1e-9 * scale
