@@ -39,6 +39,10 @@ SMALL_FRAME = 32
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
+#: rows the network is evaluated on at a time at prediction (see ``_network_outputs``)
+NETWORK_CHUNK = 8192
+
+
 class BaseFairNeural(BaseEstimator):
     """Base class of :class:`FairNeuralClassifier` and :class:`FairNeuralRegressor`."""
 
@@ -661,13 +665,20 @@ class BaseFairNeural(BaseEstimator):
 
     def _network_outputs(self, features):
         """The network's float64 outputs (after the output function, before the layer) for a
-        validated feature array; non-finite ones raise :class:`ValueError`."""
+        validated feature array; non-finite ones raise :class:`ValueError`.
+
+        The network sees ``NETWORK_CHUNK`` rows at a time: the activations of a chunk stay in
+        the processor's cache and are allocated once, where those of a million rows would be
+        hundreds of megabytes written and read back per layer (the network treats rows
+        independently in eval mode, so the outputs are the same)."""
         device = next(self.module_.parameters()).device
         with torch.no_grad():
             if self.module_.training:  # switching walks every submodule: not per stream batch
                 self.module_.eval()
-            inputs = torch.tensor(features, dtype=torch.float32, device=device)
-            raw = self.module_(inputs)[:, 0]
+            raw = torch.cat([
+                self.module_(torch.tensor(features[start:start + NETWORK_CHUNK],
+                                          dtype=torch.float32, device=device))[:, 0]
+                for start in range(0, max(len(features), 1), NETWORK_CHUNK)])
             out = self._output(raw.double())
             # The raw outputs too: the classifier's sigmoid maps an infinite logit to 0 or 1.
             finite = torch.isfinite(raw) & torch.isfinite(out)

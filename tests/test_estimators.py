@@ -771,3 +771,20 @@ def test_error_rate_parity_in_training(biased):
                                    X.drop(columns="race"), y)
     assert clf.constraint_.label_cells == (0, 1) and len(clf.history_) == 3
     assert all(r["train_gap"] >= 0 for r in clf.history_)
+
+
+def test_network_is_evaluated_in_chunks(biased, monkeypatch):
+    """Prediction feeds the network NETWORK_CHUNK rows at a time (cache-sized activations); the
+    outputs are those of one pass over all rows, up to float32 summation order."""
+    import skfair._base as base
+
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    whole = clf.predict_proba(X)
+    monkeypatch.setattr(base, "NETWORK_CHUNK", 7)
+    np.testing.assert_allclose(clf.predict_proba(X), whole, atol=1e-6)
+    features, _ = clf._validate_X(X, reset=False)
+    with torch.no_grad():
+        direct = torch.sigmoid(clf.module_(torch.tensor(features, dtype=torch.float32))[:, 0])
+    np.testing.assert_allclose(clf._network_outputs(features).numpy(), direct.double().numpy(),
+                               atol=1e-6)
