@@ -79,8 +79,9 @@ import math
 import numpy as np
 import torch
 
-from ._exact import clip
-from ._kernels import host_vector, row_gram, row_values, stat_squares
+from ._exact import _open_bounds, clip
+from ._kernels import (atom_shift, clip_shift, host_vector, row_gram, row_values,
+                       stat_squares)
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
 from .decisions import fair_labels
 from .layer import project
@@ -104,9 +105,12 @@ def row_norms(cs):
     return squares[rows.plus] + squares[rows.minus]
 
 
-def _weighted(values, weight):
-    """``values`` times the host ``weight`` (empty: unit weights)."""
-    return values * weight if weight.size else values
+def _atom_sums(y, cs):
+    """The weighted sums of the outputs ``y`` (a tensor) over the atoms of ``cs``."""
+    values = host_vector(y.to(torch.float64))
+    weight = cs.host_weight
+    return np.bincount(cs.host_atom, weights=values * weight if weight.size else values,
+                       minlength=cs.n_atoms)
 
 
 def _gram(cs):
@@ -204,9 +208,13 @@ class PrimalDualStream:
         scale = self._row_scales(np.diag(gram).copy(), cs.keys, present, references)
         inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
         lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
-        y = self._decide(clip(z - cs.rmatvec(torch.from_numpy(lam * inverse).to(z.device)),
-                              lo, hi))
-        violation = (cs.matvec(y) - cs.h).detach().to(device="cpu", dtype=torch.float64).numpy()
+        # the primal step and the rows' values by the compiled passes on the host (a stream's
+        # batches are small: tensor operations would cost more to dispatch than to compute)
+        primal = np.empty(n)
+        clip_shift(host_vector(z), cs.host_atom, atom_shift(cs.host_rows, lam * inverse),
+                   cs.host_weight, *_open_bounds(lo, hi), primal)
+        y = self._decide(torch.from_numpy(primal).to(z.device))
+        violation = row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
         # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
         # than the previous step's: the bound needs a non-increasing sequence
         size_squares = self.size_squares + n * n
@@ -287,10 +295,8 @@ class PrimalDualStream:
         self.n_samples += n
         values = []
         if cs.n_rows:  # from the factored rows: a parity constraint has k (k - 1) of them
-            sums = np.bincount(cs.host_atom, weights=_weighted(host_vector(y.to(torch.float64)),
-                                                               cs.host_weight),
-                               minlength=cs.n_atoms)
-            values = (row_values(cs.host_rows, sums, cs.host_h) + self.epsilon).tolist()
+            values = (row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
+                      + self.epsilon).tolist()
         for key, value in zip(cs.keys, values):
             self.row_sums[key] = self.row_sums.get(key, 0.0) + n * value
         gap = max(values, default=0.0)
