@@ -87,6 +87,10 @@ from .decisions import fair_labels
 from .layer import project
 
 DEFAULT_ETA0 = 0.1
+#: the default dual step of a :class:`DecisionStream`: a selection rate responds to a threshold
+#: offset by the density of the probabilities near the threshold, less than a score's unit
+#: response to its shift, so a larger step keeps the loop comparable
+DEFAULT_DECISION_ETA0 = 0.3
 
 #: the largest response of the active rows to one dual step: ``alpha_t n_t ||M_t||_inf``
 MAX_GAIN = 0.5

@@ -70,7 +70,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     b_tau : int, default=100
         Chunks with at least this many rows are projected exactly; shorter ones stream.
     eta0 : float, default=None
-        Dual step size of the streaming regime (``None``: 0.1).
+        Dual step size of the streaming regime (``None``: 0.1 for probabilities, 0.3 for the
+        decisions of ``guarantee="labels"``).
     stream_warm_start : bool, default=True
         Start streams from the multipliers recorded in fit (``dual_init_``).
     distortion_penalty : float, default=10.0
@@ -312,7 +313,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     def _new_decision_stream(self):
         return _streaming.DecisionStream(
             self.constraint_, min(float(self.epsilon), 1.0),
-            self.eta0 if self.eta0 is not None else _streaming.DEFAULT_ETA0, self.b_tau)
+            self.eta0 if self.eta0 is not None else _streaming.DEFAULT_DECISION_ETA0, self.b_tau)
 
     def partial_predict_proba(self, X):
         """Probabilities for the next batch of a stream (stateful).
