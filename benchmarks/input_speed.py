@@ -69,8 +69,6 @@ def median_seconds(call, repeats=3):
 def prediction_table(sizes):
     """predict_proba seconds: skfair on a DataFrame and on a numeric array (protected columns
     as codes), scikit-learn's MLP, and skfair's network alone."""
-    import torch
-
     X, y, numeric = data(10_000)
     fair, mlp = models(X, y, numeric)
     rows = []
@@ -85,11 +83,9 @@ def prediction_table(sizes):
             codes.columns.get_loc(f"remainder__{a}") for a in PROTECTED]})
         positional.fit(array[:10_000], y)
         features, _ = fair._validate_X(X, reset=False)
-        inputs = torch.tensor(features, dtype=torch.float32)
 
-        def forward():
-            with torch.no_grad():
-                fair.module_(inputs)
+        def forward():  # as prediction runs it (in chunks), from validated features
+            fair._network_outputs(features)
 
         matrix = numeric.to_numpy(dtype=np.float64)
         frame = median_seconds(lambda: fair.predict_proba(X))
