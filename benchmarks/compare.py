@@ -244,13 +244,15 @@ def run_regression(bunch, seeds, epochs):
     return results
 
 
-def summarise(results):
-    def stat(runs, key, fmt="{:.3f}"):
-        values = [r[key] for r in runs if r[key] is not None]
-        if not values:
-            return "-"
-        return (fmt + " ± " + fmt).format(np.mean(values), np.std(values))
+def stat(runs, key, fmt="{:.3f}"):
+    """Mean ± standard deviation of ``key`` over the runs that have it ("-" if none)."""
+    values = [r[key] for r in runs if r[key] is not None]
+    if not values:
+        return "-"
+    return (fmt + " ± " + fmt).format(np.mean(values), np.std(values))
 
+
+def summarise(results):
     rows = []
     for name, runs in results.items():
         failed = [r["failed"] for r in runs if "failed" in r]
@@ -396,10 +398,6 @@ def run_labels(bunch, seeds, epochs):
 
 
 def summarise_labels(results, ratio_attribute):
-    def stat(runs, key, fmt="{:.3f}"):
-        values = [r[key] for r in runs]
-        return (fmt + " ± " + fmt).format(np.mean(values), np.std(values))
-
     rows = []
     for name, runs in results.items():
         failed = [r["failed"] for r in runs if "failed" in r]

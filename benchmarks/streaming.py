@@ -102,6 +102,16 @@ def raw_gaps(model, X, seed, n_batches):
         None, proba[pooled], sensitive_features=sensitive.iloc[pooled], intersectional=False)
 
 
+def stream_orders(n, sizes, orders, seed):
+    """``(size, order)`` for every batch size and each of ``orders`` random orders of ``n``
+    rows (the same orders for every size)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(orders):
+        order = rng.permutation(n)
+        for size in sizes:
+            yield size, order
+
+
 def stream_through(method, X, order, size, out):
     """``out`` filled with ``method`` (a stream call) on the rows of ``X`` in ``order``, in
     batches of ``size`` rows."""
@@ -123,21 +133,18 @@ def batch_size_runs(model, X, y, sizes, orders, seed):
                 float(np.mean((p == 0) | (p == 1))))
 
     reference = scores(raw) + scores(exact)
-    rng = np.random.default_rng(seed)
     runs = {}
-    for _ in range(orders):
-        order = rng.permutation(len(X))
-        for size in sizes:
-            model.reset_stream()
-            p = stream_through(lambda batch: model.partial_predict_proba(batch)[:, 1], X, order,
-                               size, np.empty(len(X)))
-            s = model.stream_stats()
-            stateless = model.set_params(inference_batch_size=size).predict_proba(X)[:, 1]
-            model.set_params(inference_batch_size=None)
-            runs.setdefault(size, []).append(
-                scores(p) + reference + (s["mean_batch_violation"], s["weighted_avg_fairness_gap"],
-                                         s["epsilon"] + s["bound"],
-                                         accuracy_score(positive, stateless > 0.5)))
+    for size, order in stream_orders(len(X), sizes, orders, seed):
+        model.reset_stream()
+        p = stream_through(lambda batch: model.partial_predict_proba(batch)[:, 1], X, order,
+                           size, np.empty(len(X)))
+        s = model.stream_stats()
+        stateless = model.set_params(inference_batch_size=size).predict_proba(X)[:, 1]
+        model.set_params(inference_batch_size=None)
+        runs.setdefault(size, []).append(
+            scores(p) + reference + (s["mean_batch_violation"], s["weighted_avg_fairness_gap"],
+                                     s["epsilon"] + s["bound"],
+                                     accuracy_score(positive, stateless > 0.5)))
     return runs
 
 
@@ -175,19 +182,16 @@ def decision_runs(model, X, y, sizes, orders, seed):
         return accuracy_score(truth, labels), gap
 
     reference = measures(exact) + measures(plain)
-    rng = np.random.default_rng(seed)
     runs = {}
-    for _ in range(orders):
-        order = rng.permutation(len(X))
-        for size in sizes:
-            model.reset_stream()
-            labels = stream_through(model.partial_predict, X, order, size,
-                                    np.empty(len(X), dtype=exact.dtype))
-            s = model.stream_stats()["labels"]
-            runs.setdefault(size, []).append(
-                measures(labels) + reference + (s["mean_batch_violation"],
-                                                s["weighted_avg_fairness_gap"],
-                                                s["epsilon"] + s["bound"]))
+    for size, order in stream_orders(len(X), sizes, orders, seed):
+        model.reset_stream()
+        labels = stream_through(model.partial_predict, X, order, size,
+                                np.empty(len(X), dtype=exact.dtype))
+        s = model.stream_stats()["labels"]
+        runs.setdefault(size, []).append(
+            measures(labels) + reference + (s["mean_batch_violation"],
+                                            s["weighted_avg_fairness_gap"],
+                                            s["epsilon"] + s["bound"]))
     model.set_params(guarantee="proba")
     return runs
 

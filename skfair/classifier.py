@@ -10,9 +10,9 @@ from sklearn.utils.validation import column_or_1d
 from sklearn.utils._param_validation import StrOptions
 
 from . import _kernels, _streaming
-from .decisions import fair_labels
 from ._base import BaseFairNeural
 from .constraints import DemographicParity, DisparateImpact, get_constraint
+from .decisions import fair_labels
 
 
 class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
@@ -279,7 +279,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p, groups = self._predict_values_and_groups(X)
         if self._row_by_row(groups):
             return self._thresholded(p, groups)
-        if not self._decides(groups):
+        if not self._decides(groups) or len(p) == 0:
             return self.classes_[(p > 0.5).astype(int)]
         # like the probabilities: chunks of inference_batch_size through one fresh stream
         stream = self._new_decision_stream()

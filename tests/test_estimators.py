@@ -788,3 +788,13 @@ def test_network_is_evaluated_in_chunks(biased, monkeypatch):
         direct = torch.sigmoid(clf.module_(torch.tensor(features, dtype=torch.float32))[:, 0])
     np.testing.assert_allclose(clf._network_outputs(features).numpy(), direct.double().numpy(),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("params", [{"guarantee": "labels"},
+                                    {"guarantee": "labels", "inference": "individual"}])
+def test_empty_input_predicts_nothing(biased, params):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **params, **FAST).fit(X, y)
+    assert clf.predict(X.iloc[:0]).shape == (0,)
+    assert clf.predict_proba(X.iloc[:0]).shape == (0, 2)
+    assert clf.partial_predict(X.iloc[:0]).shape == (0,)
