@@ -11,8 +11,8 @@ skfair unconstrained and fair at several epsilon; fairlearn's ExponentiatedGradi
 LogisticRegression; its bound 0.05 keeps each group's selection rate within 0.05 of the overall
 rate) and ThresholdOptimizer (on LogisticRegression and on sklearn's MLPClassifier; asked for
 exact demographic parity of its training labels, its default tolerance); and a soft-penalty
-network (the same MLP trained on BCE + lambda * batch gap, no layer). Regression (Law School): skfair unconstrained and with mean
-prediction parity, and the soft penalty.
+network (the same MLP trained on BCE + lambda * batch gap, no layer). Regression (Law
+School): skfair unconstrained and with mean prediction parity, and the soft penalty.
 
 Reported per method: mean and standard deviation over splits of test accuracy (R2 for regression),
 ROC AUC, the test-set demographic parity gap of the scores (mean predicted probability; mean
