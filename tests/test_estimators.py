@@ -658,6 +658,9 @@ def test_label_guarantee_per_chunk_and_in_streams(biased):
     assert stats["n_batches"] == 41 and stats["n_steps"] == 40
     assert stats["weighted_avg_fairness_gap"] <= 0.02 + stats["bound"]
     assert clf.stream_stats()["n_batches"] == 41  # the probabilities stream alongside
+    twin = pickle.loads(pickle.dumps(clf))  # both streams' state travels with the estimator
+    np.testing.assert_array_equal(twin.partial_predict(X.iloc[1200:1220]),
+                                  clf.partial_predict(X.iloc[1200:1220]))
     clf.reset_stream()
     assert clf.stream_stats()["labels"] is None
     clf.partial_predict(X.iloc[:10])
