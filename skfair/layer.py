@@ -326,11 +326,7 @@ def _polished(z, result, cs, lo, hi, failures):
     second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, lo, hi)
     check = _checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
-    excess = _backward_error(z, second.host_y, lam, cs, lo, hi, _tolerance(check, cs),
-                             POLISH_TOL * _scale(check, cs))
-    if excess > 0:
-        failures.append(f"exact: the second solve is not certified to be the projection of "
-                        f"z (backward error beyond its tolerance by {excess:.3g})")
+    if not _certified(z, second.host_y, lam, check, cs, lo, hi, "second solve", failures):
         return None
     return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
                               second.scale, second.host_y, check)
@@ -339,22 +335,28 @@ def _polished(z, result, cs, lo, hi, failures):
 def _recentred(z, cs, lo, hi, failures):
     """:func:`skfair._exact.recentred_solve` of ``z`` when its multipliers are non-negative
     (the recentred rows were active) and its outputs are certified like :func:`_polished`'s;
-    else None, with the reason in ``failures``."""
+    else None, with the reason in ``failures``. (The caller checks the guarantee.)"""
     result = _exact.recentred_solve(z, cs, lo, hi)
-    check = _checked(result, cs)
-    if not _meets_guarantee(check, cs, lo, hi):
-        failures.append("exact: the recentred solve misses the guarantee")
-        return None
     if not result.host_lam.min(initial=0.0) >= 0:
         failures.append("exact: a recentred row was not active")
         return None
-    excess = _backward_error(_kernels.host_vector(z), result.host_y, result.host_lam, cs, lo, hi,
-                             _tolerance(check, cs), POLISH_TOL * _scale(check, cs))
-    if excess > 0:
-        failures.append(f"exact: the recentred solve is not certified to be the projection of "
-                        f"z (backward error beyond its tolerance by {excess:.3g})")
+    if not _certified(_kernels.host_vector(z), result.host_y, result.host_lam,
+                      _checked(result, cs), cs, lo, hi, "recentred solve", failures):
         return None
     return result
+
+
+def _certified(z, y, lam, check, cs, lo, hi, what, failures):
+    """Whether outputs ``y`` with multipliers ``lam`` (and their ``check``) are the exact
+    projection of raw outputs within ``POLISH_TOL`` times their scale plus 64 ulp of ``z``
+    (:func:`_backward_error`); if not, the reason goes to ``failures`` (``what`` names the
+    solve)."""
+    excess = _backward_error(z, y, lam, cs, lo, hi, _tolerance(check, cs),
+                             POLISH_TOL * _scale(check, cs))
+    if excess > 0:
+        failures.append(f"exact: the {what} is not certified to be the projection of z "
+                        f"(backward error beyond its tolerance by {excess:.3g})")
+    return excess <= 0
 
 
 def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
