@@ -132,10 +132,27 @@ class SoftPenalty:
             return self._output(self.net_(self._inputs(X)[0])[:, 0].double()).numpy()
 
 
-def plain_inputs(X, protected):
-    """One-hot protected columns for estimators that need numbers only."""
-    cols = [c for c in X.columns if c.split("__")[-1] in protected]
-    return pd.get_dummies(X, columns=cols, dtype=float)
+def plain_inputs(X_train, X_test, protected):
+    """Train and test frames with the ``protected`` columns one-hot (the test frame on the
+    training frame's columns), for estimators that need numbers only."""
+    def one_hot(X):
+        cols = [c for c in X.columns if c.split("__")[-1] in protected]
+        return pd.get_dummies(X, columns=cols, dtype=float)
+
+    train = one_hot(X_train)
+    return train, one_hot(X_test).reindex(columns=train.columns, fill_value=0.0)
+
+
+def classification_split(bunch, seed, protected):
+    """One split of a classification dataset as the comparisons use it: ``(X_train, X_test,
+    y_train, y_test, sensitive_train, sensitive_test, plain_train, plain_test)`` with 0/1
+    targets, the protected columns alone, and :func:`plain_inputs`."""
+    X_train, X_test, y_train, y_test = split(bunch, seed)
+    positive = bunch.target_names[1]
+    columns = [f"remainder__{c}" for c in protected]
+    return (X_train, X_test, (y_train == positive).astype(int).to_numpy(),
+            (y_test == positive).astype(int).to_numpy(), X_train[columns], X_test[columns],
+            *plain_inputs(X_train, X_test, protected))
 
 
 def classification_methods(protected, epochs):
@@ -161,14 +178,8 @@ def run_classification(bunch, seeds, epochs):
     protected = bunch.protected
     results = {}
     for seed in seeds:
-        X_train, X_test, y_train, y_test = split(bunch, seed)
-        pos = bunch.target_names[1]
-        yb_train = (y_train == pos).astype(int).to_numpy()
-        yb_test = (y_test == pos).astype(int).to_numpy()
-        sens_train = X_train[[f"remainder__{c}" for c in protected]]
-        sens_test = X_test[[f"remainder__{c}" for c in protected]]
-        plain_train, plain_test = plain_inputs(X_train, protected), plain_inputs(X_test, protected)
-        plain_test = plain_test.reindex(columns=plain_train.columns, fill_value=0.0)
+        (X_train, X_test, yb_train, yb_test, sens_train, sens_test, plain_train,
+         plain_test) = classification_split(bunch, seed, protected)
         for name, (make, kind, eps) in classification_methods(protected, epochs).items():
             start = time.perf_counter()
             scores = None
@@ -330,20 +341,13 @@ def run_labels(bunch, seeds, epochs):
     ratio_attribute = "race" if "race" in protected else protected[-1]
     results = {}
     for seed in seeds:
-        X_train, X_test, y_train, y_test = split(bunch, seed)
-        pos = bunch.target_names[1]
-        yb_train = (y_train == pos).astype(int).to_numpy()
-        yb_test = (y_test == pos).astype(int).to_numpy()
-        sens_train = X_train[[f"remainder__{c}" for c in protected]]
-        sens_test = X_test[[f"remainder__{c}" for c in protected]]
+        (X_train, X_test, yb_train, yb_test, sens_train, sens_test, plain_train,
+         plain_test) = classification_split(bunch, seed, protected)
         codes = group_codes(sens_test)
         ratio_codes = codes[:, protected.index(ratio_attribute)]
-        plain_train, plain_test = plain_inputs(X_train, protected), plain_inputs(X_test, protected)
-        plain_test = plain_test.reindex(columns=plain_train.columns, fill_value=0.0)
         # the single-attribute model gets the other protected columns one-hot, as inputs
-        others = [c for c in protected if c != ratio_attribute]
-        one_train, one_test = plain_inputs(X_train, others), plain_inputs(X_test, others)
-        one_test = one_test.reindex(columns=one_train.columns, fill_value=0.0)
+        one_train, one_test = plain_inputs(X_train, X_test,
+                                           [c for c in protected if c != ratio_attribute])
         for name, (kind, asked, make) in label_methods(protected, ratio_attribute,
                                                        epochs).items():
             start = time.perf_counter()
@@ -435,8 +439,8 @@ def label_cost(epochs, sizes=LABEL_SIZES, repeats=3):
         others = [c for c in bunch.protected if c not in protected]  # one-hot inputs
         model = FairNeuralClassifier(protected_attributes=protected, epsilon=TARGET,
                                      max_epochs=epochs, random_state=0)
-        model.fit(plain_inputs(X_train, others), yb_train)
-        rows = plain_inputs(rows_all, others)
+        train, rows = plain_inputs(X_train, rows_all, others)
+        model.fit(train, yb_train)
         for n in sizes:
             X = rows.iloc[rng.integers(0, len(rows), n)]
             codes = group_codes(X[[f"remainder__{c}" for c in protected]])
