@@ -47,13 +47,12 @@ def gaps(model, labels, proba, X):
 
 def measure(model, X, y):
     """Accuracy, whole-test gaps, and the median and largest label gap over batches of BATCH
-    rows (each batch predicted on its own)."""
-    labels, proba = model.predict(X), model.predict_proba(X)[:, 1]
-    batch_gaps = []
-    for start in range(0, len(X) - BATCH + 1, BATCH):
-        part = X.iloc[start:start + BATCH]
-        batch_gaps.append(gaps(model, model.predict(part), model.predict_proba(part)[:, 1],
-                               part)[0])
+    rows: X is predicted batch by batch (each batch on its own, the last one shorter)."""
+    parts = [X.iloc[start:start + BATCH] for start in range(0, len(X), BATCH)]
+    labels = np.concatenate([model.predict(part) for part in parts])
+    proba = np.concatenate([model.predict_proba(part)[:, 1] for part in parts])
+    batch_gaps = [gaps(model, labels[start:start + BATCH], proba[start:start + BATCH], part)[0]
+                  for start, part in zip(range(0, len(X), BATCH), parts) if len(part) == BATCH]
     return (accuracy_score(y, labels), *gaps(model, labels, proba, X),
             float(np.median(batch_gaps)), float(np.max(batch_gaps)))
 
@@ -64,7 +63,7 @@ def run(bunch, seeds, epochs):
         X_train, X_test, y_train, y_test = split(bunch, seed)
         params = dict(protected_attributes=list(bunch.protected), epsilon=EPSILON,
                       guarantee="labels", max_epochs=epochs, random_state=seed)
-        batch = FairNeuralClassifier(inference_batch_size=BATCH, b_tau=BATCH, **params)
+        batch = FairNeuralClassifier(b_tau=BATCH, **params)
         batch.fit(X_train, y_train)
         results.setdefault("per batch (200 rows)", []).append(measure(batch, X_test, y_test)
                                                               + (np.nan,))

@@ -1,17 +1,22 @@
-"""What the fair neural estimators share: validation, training through the layer, inference."""
+"""What the two fair neural estimators share: parameters, fit, prediction and streams.
+
+The data flow of a fit: X -> :class:`~skfair._validation.InputSplitter` (network features and
+group codes) -> the network -> :mod:`skfair._training` (constraint rows of every batch, the
+projection, the loss); of a prediction: X -> splitter -> network -> the fairness layer, exact
+for a batch of at least ``b_tau`` rows, else a step of the stream (:mod:`skfair._streaming`),
+or per-row offsets (:mod:`skfair._calibration`).
+"""
 
 import copy
 import math
 import numbers
-import time
-import warnings
 from abc import abstractmethod
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     HasMethods,
@@ -21,22 +26,11 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _calibration, _streaming
+from . import _calibration, _streaming, _training
 from ._network import ACTIVATIONS, make_mlp
-from ._validation import GroupEncoder, resolve_protected
-from .constraints import (
-    AffineConstraint,
-    InfeasibleConstraintError,
-    constraint_gap,
-    get_constraint,
-)
-from .layer import SOLVERS, project, projected_objective
-
-
-#: DataFrames of at most this many rows are split through one object array (see _split_columns)
-SMALL_FRAME = 32
-#: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
-FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+from ._validation import InputSplitter, check_float32
+from .constraints import AffineConstraint, get_constraint
+from .layer import SOLVERS
 
 
 #: rows the network is evaluated on at a time at prediction (see ``_network_outputs``)
@@ -49,6 +43,7 @@ class BaseFairNeural(BaseEstimator):
     _parameter_constraints = {
         "protected_attributes": [list, tuple, str, numbers.Integral, None],
         "exclude_protected": ["boolean"],
+        # each estimator lists the names it accepts (StrOptions)
         "fairness": [AffineConstraint, str],
         "epsilon": [Interval(numbers.Real, 0, None, closed="left")],
         "intersectional": ["boolean"],
@@ -57,7 +52,6 @@ class BaseFairNeural(BaseEstimator):
         "eta0": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "stream_warm_start": ["boolean"],
         "distortion_penalty": [Interval(numbers.Real, 0, None, closed="left")],
-        "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "inference": [StrOptions({"batch", "individual"})],
         "hidden_layer_sizes": [tuple, list],
         "activation": [StrOptions(set(ACTIVATIONS))],
@@ -76,13 +70,10 @@ class BaseFairNeural(BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    #: fairness names this estimator accepts
-    _fairness_options = ()
-
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
-                 distortion_penalty=10.0, inference_batch_size=None, inference="batch",
+                 solver="exact", b_tau=100, eta0=None, stream_warm_start=True,
+                 distortion_penalty=10.0, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu",
                  module=None, batch_size=256, max_epochs=100, learning_rate=1e-3,
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
@@ -98,7 +89,6 @@ class BaseFairNeural(BaseEstimator):
         self.eta0 = eta0
         self.stream_warm_start = stream_warm_start
         self.distortion_penalty = distortion_penalty
-        self.inference_batch_size = inference_batch_size
         self.inference = inference
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -127,17 +117,18 @@ class BaseFairNeural(BaseEstimator):
         """Network output (n,) -> values in the units of the fair outputs."""
 
     @abstractmethod
-    def _losses(self, y_fair, target):
+    def _sample_losses(self, y_fair, target):
         """Loss of every sample of a batch."""
 
-    def _loss(self, y_fair, target, weight):
+    def _mean_loss(self, y_fair, target, weight):
         """Weighted mean loss of a batch."""
-        return _weighted_mean(self._losses(y_fair, target), weight)
+        return _training.weighted_mean(self._sample_losses(y_fair, target), weight)
 
     #: unit of the outputs in the distortion penalty
-    _scale = 1.0
+    _distortion_unit = 1.0
 
-    #: :func:`skfair._kernels.objective`'s version of :meth:`_losses` (the fair training step)
+    #: :func:`skfair._kernels.objective`'s version of :meth:`_sample_losses` (the fair
+    #: training step)
     _compiled_loss = None
 
     @abstractmethod
@@ -147,105 +138,39 @@ class BaseFairNeural(BaseEstimator):
     # ----------------------------------------------------------------------------------------
     # Validation
     def _validate_X(self, X, reset):
-        """Split X into network features (float64 array in row-major order) and group codes
-        (LongTensor or None).
-
-        Protected columns may hold strings or categories, so only the other columns go through
-        numeric validation; the protected ones are encoded by the group encoder fitted in fit.
-        """
+        """X -> ``(features, codes)``: the network's inputs (a row-major float64 array) and
+        the protected group codes (a LongTensor, or None without protected attributes), by the
+        :class:`~skfair._validation.InputSplitter` fitted when ``reset``."""
         if self.protected_attributes is None:
             # Row-major: a DataFrame converts to a column-major array, whose tensor keeps those
             # strides, and gathering a batch's rows from it is several times slower.
             features = validate_data(self, X, reset=reset, dtype=np.float64, order="C")
-            self._check_float32(features, range(self.n_features_in_))
+            check_float32(features, range(self.n_features_in_),
+                          getattr(self, "feature_names_in_", None))
             return features, None
         names = getattr(self, "feature_names_in_", None)
-        same_names = (not reset and isinstance(X, pd.DataFrame) and names is not None
-                      and X.columns.tolist() == names.tolist())
         # Same column names as in fit is what sklearn's check would accept; comparing them
         # directly (as lists: pandas' element-wise comparison costs tens of microseconds)
         # saves most of a millisecond per batch of a stream.
-        if not same_names:
+        if not (not reset and isinstance(X, pd.DataFrame) and names is not None
+                and X.columns.tolist() == names.tolist()):
             validate_data(self, X, reset=reset, skip_check_array=True)
-        if reset:
-            self.protected_indices_ = resolve_protected(
-                self.protected_attributes, getattr(self, "feature_names_in_", None),
-                self.n_features_in_)
-        rest, protected = self._split_columns(X)
-        if reset and len(rest) == 0:
-            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
-        if not np.isfinite(rest).all():
-            problem = "NaN" if np.isnan(rest).any() else "infinity"
-            raise ValueError(f"Input X contains {problem} in a column that is not protected.")
-        self._check_float32(rest, np.delete(np.arange(self.n_features_in_),
-                                            self.protected_indices_))
-        features = rest
-        if reset:
-            # Attributes keep the names the user gave ("sex", not "remainder__sex").
-            attributes = self.protected_attributes
-            if isinstance(attributes, (str, numbers.Integral)):
-                attributes = [attributes]
-            columns = getattr(self, "feature_names_in_", range(self.n_features_in_))
-            names = [a if isinstance(a, str) else str(columns[i])
-                     for a, i in zip(attributes, self.protected_indices_)]
-            self.group_encoder_ = GroupEncoder(names, self.intersectional).fit(protected)
-        codes = self.group_encoder_.transform(protected)
-        if not self.exclude_protected:
-            features = np.hstack([features, self._one_hot(codes)])
-        return np.ascontiguousarray(features), codes
+        if not reset:
+            return self.splitter_.transform(X)
+        self.splitter_ = InputSplitter(self.protected_attributes, self.exclude_protected,
+                                       self.intersectional)
+        return self.splitter_.fit_transform(X, getattr(self, "feature_names_in_", None),
+                                            self.n_features_in_)
 
-    def _split_columns(self, X):
-        """``(rest, protected)``: the columns of X that are not protected as a float64 array
-        (NaN where pandas has a missing value) and the protected ones as an object array.
+    @property
+    def group_encoder_(self):
+        """The groups of every protected attribute (``group_encoder_.categories_``)."""
+        return self.splitter_.encoder
 
-        A DataFrame's columns go to float64 block by block, without a round trip through Python
-        objects (which costs seconds and gigabytes at a million rows); only a frame of a few
-        rows (a stream's) goes through one object array, cheaper than pandas' column selection
-        at that size; a numeric array is split as it is.
-        """
-        protected_indices = self.protected_indices_
-        if isinstance(X, pd.DataFrame) and len(X) > SMALL_FRAME:
-            rest = X.iloc[:, np.delete(np.arange(X.shape[1]), protected_indices)]
-            protected = X.iloc[:, protected_indices].to_numpy(dtype=object)
-            return _numeric(lambda: rest.to_numpy(dtype=np.float64, na_value=np.nan)), protected
-        if isinstance(X, pd.DataFrame):
-            values = X.to_numpy(dtype=object)
-        elif isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
-            values = X
-        else:
-            values = np.asarray(X, dtype=object)
-        if values.ndim != 2:
-            raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
-        rest = np.delete(values, protected_indices, axis=1)
-        if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them
-            rest[pd.isna(rest)] = np.nan
-        return (_numeric(lambda: rest.astype(np.float64)),
-                values[:, protected_indices].astype(object))
-
-    def _check_float32(self, features, columns):
-        """Raise, naming the columns of X (``columns``: their positions), where a finite value
-        overflows the network's float32 inputs: the network would turn it into NaN."""
-        peak = np.abs(features).max(axis=0, initial=0.0)
-        over = np.flatnonzero(peak >= FLOAT32_OVERFLOW)
-        if len(over):
-            names = getattr(self, "feature_names_in_", None)
-            named = [str(names[columns[j]]) if names is not None else int(columns[j])
-                     for j in over]
-            raise ValueError(
-                f"X has values beyond float32's range (about 3.4e38), the network's input "
-                f"precision, in column(s) {named}; rescale them, e.g. with a StandardScaler."
-            )
-
-    def _one_hot(self, codes):
-        """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot."""
-        blocks = []
-        for j, categories in enumerate(self.group_encoder_.categories_):
-            column = codes[:, j].numpy()
-            if len(categories) == 2:
-                blocks.append(column[:, None].astype(np.float64))
-            else:
-                blocks.append(np.eye(len(categories))[column])
-        return np.hstack(blocks)
+    @property
+    def protected_indices_(self):
+        """Positions of the protected columns in X."""
+        return self.splitter_.indices
 
     def _validate_params(self):
         """sklearn's checks of ``_parameter_constraints``, then what they let through: booleans
@@ -267,18 +192,9 @@ class BaseFairNeural(BaseEstimator):
                 f"layers); got {self.hidden_layer_sizes!r}."
             )
 
-    def _check_fairness(self):
-        if isinstance(self.fairness, AffineConstraint):
-            return self.fairness
-        if self.fairness not in self._fairness_options:
-            raise ValueError(
-                f"fairness must be one of {list(self._fairness_options)} or an AffineConstraint "
-                f"instance; got {self.fairness!r}."
-            )
-        return get_constraint(self.fairness)
-
     # ----------------------------------------------------------------------------------------
     # Training
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Train the network through the fairness layer.
 
@@ -302,13 +218,12 @@ class BaseFairNeural(BaseEstimator):
         self : object
             The fitted estimator.
         """
-        self._validate_params()
         device = self._check_device()
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
-        constraint = self._check_fairness()
+        constraint = get_constraint(self.fairness)
         if self.inference == "individual" and constraint.requires_y_true:
             raise ValueError(
                 f"inference='individual' applies offsets learned once to every later row, and "
@@ -366,8 +281,11 @@ class BaseFairNeural(BaseEstimator):
             self.history_ = []
         self._n_network_inputs = features.shape[1]
         self.module_.to(device)
-        groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
-        self._train(features, target, weight, groups, generator, device)
+        groups = None if codes is None else self.splitter_.encoder.constraint_groups(codes)
+        data = _training.TrainingData.of(features, target, weight, groups, self.constraint_)
+        _training.train(self, data, generator, device)
+        self.n_iter_ = len(self.history_)
+        self.loss_curve_ = [r["train_loss"] for r in self.history_]
         self.__dict__.pop("calibration_", None)
         if self.inference == "individual" and groups is not None:
             self.calibration_ = self._calibration(self._network_outputs(features), groups)
@@ -411,247 +329,9 @@ class BaseFairNeural(BaseEstimator):
             )
         return module
 
-    def _strata(self, groups, target):
-        """Stratum of every sample: its combination of groups (and label, if the rows use it)."""
-        keys = [] if groups is None else [groups.numpy()]
-        if self.constraint_ is not None and self.constraint_.label_cells:
-            keys.append(target[:, None].astype(np.int64))
-        if not keys:
-            return np.zeros(len(target), dtype=np.int64)
-        return np.unique(np.hstack(keys), axis=0, return_inverse=True)[1].reshape(-1)
-
-    def _batches(self, strata, generator):
-        """Mini-batches (index arrays) in which every stratum keeps its share of the data.
-
-        The samples, shuffled and then grouped by stratum, are dealt to the batches in turn: each
-        batch gets the floor or the ceiling of every stratum's share, the batches' sizes differ
-        by one at most, and no sample is dropped.
-        """
-        n = len(strata)
-        n_batches = max(1, -(-n // self.batch_size))
-        order = torch.randperm(n, generator=generator).numpy()
-        members = order[_stable_order(strata[order])]
-        return [members[b::n_batches] for b in range(n_batches)]
-
-    def _train(self, features, target, weight, groups, generator, device):
-        X = torch.tensor(features, dtype=torch.float32)
-        t = torch.tensor(target, dtype=torch.float64)
-        w = torch.tensor(weight, dtype=torch.float64)
-        strata = self._strata(groups, target)
-        train_idx = np.arange(len(target))
-        val_idx = None
-        if self.early_stopping:
-            train_idx, val_idx = self._validation_split(strata, generator)
-        # Equal weights leave every group mean unchanged: the rows then skip them (cheaper).
-        weighted_means = len(weight) > 0 and not np.all(weight == weight[0])
-        fair_training = groups is not None
-        if fair_training:
-            # the training samples' groups, labels and weights, for the gap after every epoch
-            train = torch.from_numpy(train_idx)
-            gap_inputs = (groups[train].to(device),
-                          self._labels_for(t[train].to(device)),
-                          w[train].to(device) if weighted_means else None)
-        params = list(self.module_.parameters())
-        # fused: one kernel updates every parameter, instead of about ten operations for each
-        # (a large part of a small network's training step on the CPU)
-        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-        optimizer = torch.optim.Adam(params, lr=self.learning_rate,
-                                     weight_decay=self.weight_decay, fused=fused or None)
-        best_loss, best_state, stall = np.inf, None, 0
-        for epoch in range(len(self.history_) + 1, len(self.history_) + self.max_epochs + 1):
-            start = time.perf_counter()
-            self.module_.train()
-            total, solved = 0.0, []
-            positions = self._batches(strata[train_idx], generator)
-            # The epoch's rows gathered once, in batch order, then a contiguous slice per batch:
-            # gathering every batch's rows from the whole data costs several times more.
-            order = torch.from_numpy(train_idx[np.concatenate(positions)])
-            columns = (X, t, w, groups) if fair_training else (X, t, w)
-            sizes = [len(b) for b in positions]
-            batches = zip(*(c.index_select(0, order).split(sizes) for c in columns))
-            if fair_training:
-                # Each batch's samples come in stratum order, so batches of the same composition
-                # have the same groups (and labels): their rows are built once per epoch.
-                batch_rows = {}
-                row_keys = self._row_keys(order, sizes, strata, t, w if weighted_means else None)
-            for step, (xb, tb, wb, *gb) in enumerate(batches):
-                xb, tb, wb = xb.to(device), tb.to(device), wb.to(device)
-                out = self._output(self.module_(xb)[:, 0].double())
-                if not bool(torch.isfinite(out).all()):
-                    raise _diverged(epoch, "the network's outputs are NaN or infinite")
-                if fair_training:
-                    try:
-                        cs = batch_rows.get(row_keys[step])
-                        if cs is None:
-                            cs = batch_rows[row_keys[step]] = self._build_rows(
-                                gb[0], tb, wb if weighted_means else None, device)
-                        loss, lam = self._fair_objective(out, cs, tb, wb)
-                    except InfeasibleConstraintError as exc:
-                        raise self._named(exc) from exc
-                    solved.append((cs, lam, out.detach()))
-                else:
-                    loss = self._loss(out, tb, wb)
-                value = float(loss.detach())
-                if not math.isfinite(value):  # before the step: it would make the weights NaN
-                    raise _diverged(epoch, f"the loss is {value}")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += value * len(xb)
-            if fair_training:
-                # summed after the epoch, not between the steps: the loop stays lean
-                duals, norms = {}, {}
-                for cs, lam, _ in solved:
-                    if lam is not None:  # (qpth gives no multipliers)
-                        # on the stream's scale: the reduction of the row that each one makes
-                        # (batches of one composition share their rows: one norm each)
-                        scale = norms.get(id(cs))
-                        if scale is None:
-                            scale = norms[id(cs)] = _streaming.row_norms(cs)
-                        for r in np.flatnonzero(lam).tolist():
-                            key = cs.keys[r]
-                            duals[key] = duals.get(key, 0.0) + lam[r] * scale[r] / len(positions)
-                self.dual_init_ = duals
-            record = {"epoch": epoch, "train_loss": total / len(train_idx), "train_gap": None,
-                      "val_loss": None, "val_gap": None}
-            if fair_training:
-                # over the epoch's batches, as they came (like the loss): no extra pass; the
-                # raw outputs put back in the order of the training samples
-                raw = torch.empty(len(train_idx), dtype=torch.float64, device=device)
-                raw.index_copy_(0, torch.from_numpy(np.concatenate(positions)).to(device),
-                                torch.cat([r for _, _, r in solved]))
-                record["train_gap"] = constraint_gap(self.constraint_, raw, gap_inputs[0],
-                                                     y_true=gap_inputs[1],
-                                                     sample_weight=gap_inputs[2])
-            monitored = record["train_loss"]
-            if val_idx is not None:
-                record["val_loss"], record["val_gap"] = self._evaluate(
-                    X[val_idx], t[val_idx], w[val_idx],
-                    None if groups is None else groups[val_idx], device)
-                monitored = record["val_loss"]
-            record["seconds"] = time.perf_counter() - start
-            self.history_.append(record)
-            if self.verbose:
-                gap = "" if not fair_training else f", gap {record['train_gap']:.4f} (before layer)"
-                val = "" if val_idx is None else f", val loss {record['val_loss']:.4f}"
-                print(f"epoch {epoch}: loss {record['train_loss']:.4f}{gap}{val}, "
-                      f"{record['seconds']:.2f}s")
-            if monitored < best_loss - self.tol:
-                best_loss, stall = monitored, 0
-                if val_idx is not None:
-                    best_state = copy.deepcopy(self.module_.state_dict())
-            else:
-                stall += 1
-                if stall >= self.n_iter_no_change:
-                    break
-        else:
-            warnings.warn(
-                f"{type(self).__name__} ran max_epochs={self.max_epochs} epochs and the "
-                f"{'validation' if val_idx is not None else 'training'} loss was still "
-                f"improving by more than tol={self.tol}; raise max_epochs, or learning_rate, "
-                f"to train to convergence.", ConvergenceWarning, stacklevel=3)
-        if best_state is not None:
-            self.module_.load_state_dict(best_state)
-        self.n_iter_ = len(self.history_)
-        self.loss_curve_ = [r["train_loss"] for r in self.history_]
-        if not fair_training:
-            self.dual_init_ = {}
-
-    def _fair_objective(self, out, cs, target, weight):
-        """``(loss, lam)`` of a training batch through the fairness layer: the weighted mean loss
-        at the fair outputs plus the distortion penalty, and the projection's multipliers (a
-        host array in the order of ``cs.keys``; None from qpth).
-
-        The penalty, ``distortion_penalty * ((out - fair) / _scale)**2`` per sample, is how far
-        the network itself is from fair: it teaches the network to need the layer less. With
-        the exact solver the whole objective is one compiled call and one autograd node
-        (:func:`~skfair.layer.projected_objective`, the same projection and losses); qpth, or
-        an exact result that fails the guarantee, goes through :func:`~skfair.layer.project`
-        and the torch losses.
-        """
-        penalty = self.distortion_penalty / self._scale**2
-        if self.solver != "qpth":
-            fused = projected_objective(out, cs, self.bounds_, target, weight,
-                                        self._compiled_loss, self._scale, penalty)
-            if fused is not None:
-                return fused[0], fused[1].host_lam
-        fair, info = project(out, cs, self.bounds_, self.solver)
-        losses = self._losses(fair, target)
-        if fair is not out and penalty:  # (zero when the layer kept the outputs)
-            distortion = out - fair
-            losses = torch.addcmul(losses, distortion, distortion, value=penalty)
-        duals = info["duals"]
-        return _weighted_mean(losses, weight), None if duals is None else np.array(
-            list(duals.values()))
-
-    def _row_keys(self, order, sizes, strata, target, weight):
-        """For every batch of an epoch (the samples ``order`` cut in ``sizes``), what its
-        constraint rows depend on, as a hashable value: the bytes of its strata (:meth:`_strata`:
-        the groups, and the labels when the constraint's rows split by label), of its labels
-        when the constraint reads their values, and of its weights (``None`` when unweighted).
-        The strata in the smallest integer type that holds them: a byte per sample instead of
-        eight per attribute for the groups (every epoch hashes a key of every batch)."""
-        codes = strata.astype(np.min_scalar_type(max(int(strata.max(initial=0)), 0)))
-        columns = [codes]
-        if self.constraint_.requires_y_true and not self.constraint_.label_cells:
-            columns.append(target.numpy())
-        if weight is not None:
-            columns.append(weight.numpy())
-        cuts = np.cumsum(sizes)[:-1]
-        split = [np.split(column[order.numpy()], cuts) for column in columns]
-        return [tuple(part.tobytes() for part in parts) for parts in zip(*split)]
-
-    def _build_rows(self, groups, target, weight, device):
-        """The constraint rows of a training batch."""
-        return self.constraint_.build(groups.to(device), epsilon=self.epsilon,
-                                      y_true=self._labels_for(target), sample_weight=weight)
-
-    def _named(self, exc):
-        """The infeasibility error with the attribute and group named as the user knows them
-        (built-in rows are keyed ``(attribute, group code, ...)``; other keys stay as they
-        are)."""
-        names = self.group_encoder_.group_names()
-        key = exc.key
-        if not (isinstance(key, tuple) and len(key) >= 2 and key[0] in range(len(names))
-                and isinstance(key[1], numbers.Integral)
-                and 0 <= key[1] < len(names[key[0]][1])):
-            return exc
-        attribute, code = key[0], key[1]
-        name, values = names[attribute]
-        return InfeasibleConstraintError(
-            f"The constraint cannot be met within bounds {self.bounds_} for {name}="
-            f"{values[code]!r}: {exc}", key=exc.key)
-
     def _labels_for(self, target):
         """True labels the constraint needs, else None."""
         return target if self.constraint_.requires_y_true else None
-
-    def _validation_split(self, strata, generator):
-        order = torch.randperm(len(strata), generator=generator).numpy()
-        val = []
-        for s in np.unique(strata):
-            members = order[strata[order] == s]
-            val.append(members[:int(round(self.validation_fraction * len(members)))])
-        val = np.sort(np.concatenate(val))
-        if len(val) == 0 or len(val) == len(strata):
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction} leaves no validation or no "
-                f"training samples for {len(strata)} samples."
-            )
-        return np.setdiff1d(np.arange(len(strata)), val), val
-
-    def _evaluate(self, X, target, weight, groups, device):
-        """Validation loss and gap of the outputs the estimator would predict."""
-        with torch.no_grad():
-            self.module_.eval()
-            out = self._output(self.module_(X.to(device))[:, 0].double())
-            fair = self._fair_outputs(out, None if groups is None else groups.to(device))
-            loss = float(self._loss(fair, target.to(device), weight.to(device)))
-            gap = None
-            if groups is not None:
-                gap = constraint_gap(self.constraint_, fair, groups,
-                                     y_true=self._labels_for(target), sample_weight=weight)
-        return loss, gap
 
     # ----------------------------------------------------------------------------------------
     # Inference
@@ -660,7 +340,7 @@ class BaseFairNeural(BaseEstimator):
         check_is_fitted(self)
         features, codes = self._validate_X(X, reset=False)
         out = self._network_outputs(features)
-        groups = None if codes is None else self.group_encoder_.constraint_groups(codes)
+        groups = None if codes is None else self.splitter_.encoder.constraint_groups(codes)
         return out, groups
 
     def _network_outputs(self, features):
@@ -701,24 +381,19 @@ class BaseFairNeural(BaseEstimator):
             self.eta0 if self.eta0 is not None else _streaming.DEFAULT_ETA0, self.b_tau,
             self.solver, dual_init=self.dual_init_ if warm else None)
 
-    def _streams(self):
+    def _streams_outputs(self):
         """Whether outputs go through the layer at prediction time (label-free constraints)."""
         return self.constraint_ is not None and not self.constraint_.requires_y_true
 
     def _fair_outputs(self, out, groups):
-        """Stateless inference: chunks of ``inference_batch_size`` through one fresh stream.
+        """Stateless inference: the outputs as the first batch of a fresh stream.
 
-        A chunk of at least ``b_tau`` rows is projected exactly; a shorter one takes a
-        primal-dual step of the fresh stream, which therefore starts from ``dual_init_`` when
-        ``stream_warm_start``.
+        A batch of at least ``b_tau`` rows is projected exactly; a shorter one takes a
+        primal-dual step, from ``dual_init_`` when ``stream_warm_start``.
         """
-        if groups is None or not self._streams():
+        if groups is None or not self._streams_outputs() or len(out) == 0:
             return self._clip(out)
-        stream = self._new_stream(self.stream_warm_start)
-        size = self.inference_batch_size or max(len(out), 1)
-        chunks = [stream.step(out[i:i + size], groups[i:i + size].to(out.device))
-                  for i in range(0, len(out), size)]
-        return torch.cat(chunks) if chunks else out
+        return self._new_stream(self.stream_warm_start).step(out, groups.to(out.device))
 
     def _predict_values(self, X):
         return self._predict_values_and_groups(X)[0]
@@ -759,7 +434,7 @@ class BaseFairNeural(BaseEstimator):
         self : object
         """
         out, groups = self._raw_outputs(X)
-        if groups is None or not self._streams():
+        if groups is None or not self._streams_outputs():
             raise ValueError(
                 "calibrate needs protected attributes and a label-free constraint (e.g. "
                 "demographic_parity): it learns offsets that rows without labels can take.")
@@ -794,7 +469,7 @@ class BaseFairNeural(BaseEstimator):
 
     def _row_by_row(self, groups):
         """Whether predictions take the calibrated offsets (``inference="individual"``)."""
-        if self.inference != "individual" or groups is None or not self._streams():
+        if self.inference != "individual" or groups is None or not self._streams_outputs():
             return False
         if not hasattr(self, "calibration_"):
             raise NotFittedError(
@@ -814,7 +489,7 @@ class BaseFairNeural(BaseEstimator):
 
     def _cells(self, groups):
         """The calibration cell of every row of ``groups``."""
-        names = self.group_encoder_.group_names()
+        names = self.splitter_.encoder.group_names()
         return _calibration.cell_index(
             self.calibration_, groups,
             lambda row: ", ".join(f"{name}={values[code]!r}"
@@ -852,7 +527,7 @@ class BaseFairNeural(BaseEstimator):
     def _start_stream(self):
         """A new stream for :meth:`partial_predict`, or None when outputs do not stream."""
         self._validate_params()  # set_params may have changed what the stream is built from
-        return self._new_stream(self.stream_warm_start) if self._streams() else None
+        return self._new_stream(self.stream_warm_start) if self._streams_outputs() else None
 
     def _partial_values(self, X):
         return self._partial_values_and_groups(X)[0]
@@ -915,37 +590,6 @@ class BaseFairNeural(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
-
-
-def _stable_order(keys):
-    """``np.argsort(keys, kind="stable")`` of non-negative integers; numpy sorts 16-bit integers
-    by radix (linear time) and int64 ones by merging."""
-    if keys.size and keys.max() < 1 << 15:
-        keys = keys.astype(np.int16)
-    return np.argsort(keys, kind="stable")
-
-
-def _diverged(epoch, what):
-    return ValueError(
-        f"Training diverged at epoch {epoch}: {what}. Lower learning_rate or "
-        f"distortion_penalty, or rescale X or y."
-    )
-
-
-def _weighted_mean(values, weight):
-    return (weight * values).sum() / weight.sum()
-
-
-def _numeric(convert):
-    """``convert()``, the conversion of the columns of X that are not protected to float64,
-    with the error that says what to do when one of them is not numeric."""
-    try:
-        return convert()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"The columns of X that are not protected must be numeric ({exc}); encode "
-            f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
-        ) from None
 
 
 def _available(device):

@@ -109,6 +109,26 @@ def row_norms(cs):
     return squares[rows.plus] + squares[rows.minus]
 
 
+def warm_start_duals(solved, n_batches):
+    """A stream's starting multipliers from an epoch of training projections: per row key,
+    the multipliers ``mu`` of the ``(rows, mu, ...)`` in ``solved`` on the stream's scale
+    (``mu ||g||^2``, :func:`row_norms`), averaged over the epoch's ``n_batches`` batches (a
+    batch without the row counts as zero). Projections without multipliers (qpth's) count as
+    zero too."""
+    duals, norms = {}, {}
+    for cs, lam, *_ in solved:
+        if lam is None:
+            continue
+        # batches of one composition share their rows: one norm computation each
+        scale = norms.get(id(cs))
+        if scale is None:
+            scale = norms[id(cs)] = row_norms(cs)
+        for r in np.flatnonzero(lam).tolist():
+            key = cs.keys[r]
+            duals[key] = duals.get(key, 0.0) + lam[r] * scale[r] / n_batches
+    return duals
+
+
 def _atom_sums(y, cs):
     """The weighted sums of the outputs ``y`` (a tensor) over the atoms of ``cs``."""
     values = host_vector(y.to(torch.float64))

@@ -1,4 +1,9 @@
-"""Protected attributes at the scikit-learn boundary: finding the columns, encoding groups."""
+"""Inputs at the scikit-learn boundary: the network's features and the protected groups of X.
+
+:class:`InputSplitter`, fitted once in ``fit``, turns every later X into ``(features, group
+codes)``: the columns that are not protected become float64 network inputs, the protected ones
+group codes (:class:`GroupEncoder`) and, unless excluded, 0/1 or one-hot inputs as well.
+"""
 
 import numbers
 
@@ -7,6 +12,19 @@ import pandas as pd
 import torch
 
 from .constraints import intersect_groups
+
+
+#: DataFrames of at most this many rows are split through one object array (see split_columns)
+SMALL_FRAME = 32
+#: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def attribute_list(protected_attributes):
+    """``protected_attributes`` as a list (a single name or position becomes a list of one)."""
+    if isinstance(protected_attributes, (str, numbers.Integral)):
+        return [protected_attributes]
+    return list(protected_attributes)
 
 
 def resolve_protected(protected_attributes, feature_names, n_features):
@@ -24,9 +42,7 @@ def resolve_protected(protected_attributes, feature_names, n_features):
     A name matches a column of that name or, failing that, the single column that ends in
     ``"__" + name`` (the prefix ``ColumnTransformer`` adds, such as ``remainder__sex``).
     """
-    if isinstance(protected_attributes, (str, numbers.Integral)):
-        protected_attributes = [protected_attributes]
-    attributes = list(protected_attributes)
+    attributes = attribute_list(protected_attributes)
     if not attributes:
         raise ValueError("protected_attributes must name at least one column; got an empty list.")
     names = None if feature_names is None else [str(c) for c in feature_names]
@@ -69,6 +85,149 @@ def resolve_protected(protected_attributes, feature_names, n_features):
     if len(set(indices)) != len(indices):
         raise ValueError(f"protected_attributes name the same column twice: {attributes}.")
     return indices
+
+
+def protected_frame(protected_attributes, X):
+    """The protected columns of ``X`` as a DataFrame, one column per attribute, named as the
+    user named it (an integer position takes the column's own name)."""
+    attributes = attribute_list(protected_attributes)
+    frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
+    columns = [str(c) for c in frame.columns] if isinstance(X, pd.DataFrame) else None
+    out = frame.iloc[:, resolve_protected(attributes, columns, frame.shape[1])]
+    out.columns = _display_names(attributes, out.columns)
+    return out
+
+
+def _display_names(attributes, columns):
+    # Attributes keep the names the user gave ("sex", not "remainder__sex").
+    return [a if isinstance(a, str) else str(c) for a, c in zip(attributes, columns)]
+
+
+class InputSplitter:
+    """X -> ``(features, codes)``: network inputs and protected group codes, fitted once.
+
+    ``fit`` finds the protected columns (:func:`resolve_protected`) and learns their groups
+    (:class:`GroupEncoder`); ``transform`` then converts any X with the same columns: the other
+    columns to a row-major float64 array (NaN, infinity and values beyond float32's range
+    raise, naming the column), the protected ones to a LongTensor of codes of shape
+    ``(n, n_attributes)``, appended to the features as a 0/1 column (binary attribute) or
+    one-hot columns unless ``exclude_protected``.
+
+    Parameters
+    ----------
+    protected_attributes : str, int, or list of str/int
+    exclude_protected : bool
+    intersectional : bool
+    """
+
+    def __init__(self, protected_attributes, exclude_protected=False, intersectional=False):
+        self.protected_attributes = protected_attributes
+        self.exclude_protected = exclude_protected
+        self.intersectional = intersectional
+
+    def fit(self, X, feature_names, n_features):
+        """Learn the protected columns' positions and groups from ``X`` (``feature_names``:
+        its column names or None; ``n_features``: its number of columns)."""
+        self.fit_transform(X, feature_names, n_features)
+        return self
+
+    def fit_transform(self, X, feature_names, n_features):
+        """:meth:`fit`, then :meth:`transform` of the same X (split once)."""
+        self.feature_names = feature_names
+        self.indices = resolve_protected(self.protected_attributes, feature_names, n_features)
+        self.feature_indices = np.delete(np.arange(n_features), self.indices)
+        columns = feature_names if feature_names is not None else range(n_features)
+        self.names = _display_names(attribute_list(self.protected_attributes),
+                                    [columns[i] for i in self.indices])
+        rest, protected = split_columns(X, self.indices)
+        if len(rest) == 0:
+            raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
+        self._check_features(rest)
+        self.encoder = GroupEncoder(self.names, self.intersectional).fit(protected)
+        return self._inputs(rest, self.encoder.transform(protected))
+
+    def transform(self, X):
+        """``(features, codes)`` of ``X``; see the class docstring."""
+        rest, protected = split_columns(X, self.indices)
+        self._check_features(rest)
+        return self._inputs(rest, self.encoder.transform(protected))
+
+    def _check_features(self, rest):
+        if not np.isfinite(rest).all():
+            problem = "NaN" if np.isnan(rest).any() else "infinity"
+            raise ValueError(f"Input X contains {problem} in a column that is not protected.")
+        check_float32(rest, self.feature_indices, self.feature_names)
+
+    def _inputs(self, rest, codes):
+        if self.exclude_protected:
+            return np.ascontiguousarray(rest), codes
+        return np.ascontiguousarray(np.hstack([rest, self.one_hot(codes)])), codes
+
+    def one_hot(self, codes):
+        """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot."""
+        blocks = []
+        for j, categories in enumerate(self.encoder.categories_):
+            column = codes[:, j].numpy()
+            if len(categories) == 2:
+                blocks.append(column[:, None].astype(np.float64))
+            else:
+                blocks.append(np.eye(len(categories))[column])
+        return np.hstack(blocks)
+
+
+def split_columns(X, protected_indices):
+    """``(rest, protected)``: the columns of X that are not protected as a float64 array (NaN
+    where pandas has a missing value) and the protected ones as an object array.
+
+    A DataFrame's columns go to float64 block by block, without a round trip through Python
+    objects (which costs seconds and gigabytes at a million rows); only a frame of a few rows
+    (a stream's) goes through one object array, cheaper than pandas' column selection at that
+    size; a numeric array is split as it is.
+    """
+    if isinstance(X, pd.DataFrame) and len(X) > SMALL_FRAME:
+        rest = X.iloc[:, np.delete(np.arange(X.shape[1]), protected_indices)]
+        protected = X.iloc[:, protected_indices].to_numpy(dtype=object)
+        return _numeric(lambda: rest.to_numpy(dtype=np.float64, na_value=np.nan)), protected
+    if isinstance(X, pd.DataFrame):
+        values = X.to_numpy(dtype=object)
+    elif isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
+        values = X
+    else:
+        values = np.asarray(X, dtype=object)
+    if values.ndim != 2:
+        raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
+    rest = np.delete(values, protected_indices, axis=1)
+    if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them
+        rest[pd.isna(rest)] = np.nan
+    return (_numeric(lambda: rest.astype(np.float64)),
+            values[:, protected_indices].astype(object))
+
+
+def check_float32(features, columns, feature_names):
+    """Raise, naming the columns of X (``columns``: their positions; ``feature_names``: X's
+    column names or None), where a finite value overflows the network's float32 inputs: the
+    network would turn it into NaN."""
+    peak = np.abs(features).max(axis=0, initial=0.0)
+    over = np.flatnonzero(peak >= FLOAT32_OVERFLOW)
+    if len(over):
+        named = [str(feature_names[columns[j]]) if feature_names is not None
+                 else int(columns[j]) for j in over]
+        raise ValueError(
+            f"X has values beyond float32's range (about 3.4e38), the network's input "
+            f"precision, in column(s) {named}; rescale them, e.g. with a StandardScaler."
+        )
+
+
+def _numeric(convert):
+    """``convert()``, the conversion of the columns of X that are not protected to float64,
+    with the error that says what to do when one of them is not numeric."""
+    try:
+        return convert()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"The columns of X that are not protected must be numeric ({exc}); encode "
+            f"categorical features first, e.g. with a ColumnTransformer and OneHotEncoder."
+        ) from None
 
 
 class GroupEncoder:

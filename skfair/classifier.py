@@ -5,13 +5,12 @@ import torch
 from sklearn.base import ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
-
 from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.validation import column_or_1d
 
 from . import _kernels, _streaming
 from ._base import BaseFairNeural
-from .constraints import DemographicParity, DisparateImpact, get_constraint
+from .constraints import AffineConstraint, DemographicParity, DisparateImpact, get_constraint
 from .decisions import fair_labels
 
 
@@ -23,12 +22,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     ``[0, 1]``), and the network is trained with binary cross-entropy on the projected
     probabilities, so it learns to be accurate *given* the constraint.
 
-    At prediction time ``X`` is cut into chunks of ``inference_batch_size`` rows. A chunk of at
-    least ``b_tau`` rows is projected exactly: its probabilities satisfy the constraint (hard
-    guarantee, checked to 1e-9 of the outputs' scale). Shorter chunks take steps of the online
-    primal-dual algorithm, whose sample-weighted average violation converges to at most
-    ``epsilon`` (see
-    :meth:`partial_predict_proba` for streams). Constraints that need true labels (equalized odds,
+    At prediction time a batch of at least ``b_tau`` rows is projected exactly: its
+    probabilities satisfy the constraint (hard guarantee, checked to 1e-9 of the outputs'
+    scale). A shorter batch takes a step of the online primal-dual algorithm, whose
+    sample-weighted average violation over a stream converges to at most ``epsilon`` (see
+    :meth:`partial_predict_proba`). Constraints that need true labels (equalized odds,
     equal opportunity) are enforced during training only: at prediction time labels are unknown,
     and the probabilities are the trained network's, which ``distortion_penalty`` pushed toward
     the fair ones (no hard guarantee for these constraints at prediction time).
@@ -57,18 +55,18 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     guarantee : {"proba", "labels"}, default="proba"
         What :meth:`predict` guarantees. ``"proba"``: the probabilities meet the constraint (as
         described above) and the labels are ``p > 0.5``. ``"labels"`` (demographic parity or
-        disparate impact): in every chunk of at least ``b_tau`` rows, the *selection rates* of
+        disparate impact): in every batch of at least ``b_tau`` rows, the *selection rates* of
         the predicted labels meet the constraint exactly, as fractions of counts, and among
         such labelings the one of highest expected accuracy under the fair probabilities is
         returned (:func:`skfair.decisions.fair_labels`); the probabilities keep their own
-        guarantee. Chunks and stream batches shorter than ``b_tau`` are decided by an online
+        guarantee. Batches shorter than ``b_tau`` are decided by an online
         primal-dual algorithm over per-group threshold offsets, whose sample-weighted average
         selection-rate gap provably converges to at most ``epsilon`` (see :meth:`stream_stats`,
         key ``"labels"``).
-    solver : {"auto", "exact", "qpth"}, default="auto"
+    solver : {"exact", "qpth"}, default="exact"
         Projection solver, see :class:`~skfair.FairnessLayer`.
     b_tau : int, default=100
-        Chunks with at least this many rows are projected exactly; shorter ones stream.
+        Batches with at least this many rows are projected exactly; shorter ones stream.
     eta0 : float, default=None
         Dual step size of the streaming regime (``None``: 0.1 for probabilities, 0.3 for the
         decisions of ``guarantee="labels"``).
@@ -79,8 +77,6 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         projection, added to the loss: it teaches the network to be fair by itself. This is what
         makes label-dependent constraints (enforced through the layer in training only) carry
         over to prediction, and it leaves less for the layer to correct on small batches.
-    inference_batch_size : int, default=None
-        Rows per chunk at prediction time; ``None`` projects all of ``X`` at once.
     inference : {"batch", "individual"}, default="batch"
         ``"batch"``: predictions are fair *per batch* (as above), so a row's prediction
         depends on the rows predicted with it. ``"individual"``: every row is predicted on its
@@ -181,20 +177,19 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     True
     """
 
-    _fairness_options = ("demographic_parity", "equalized_odds", "equal_opportunity",
-                         "false_positive_rate_parity", "error_rate_parity",
-                         "disparate_impact")
-
     _parameter_constraints = {
         **BaseFairNeural._parameter_constraints,
+        "fairness": [AffineConstraint, StrOptions({
+            "demographic_parity", "equalized_odds", "equal_opportunity",
+            "false_positive_rate_parity", "error_rate_parity", "disparate_impact"})],
         "guarantee": [StrOptions({"proba", "labels"})],
     }
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 guarantee="proba", solver="auto", b_tau=100, eta0=None,
-                 stream_warm_start=True, distortion_penalty=10.0, inference_batch_size=None,
-                 inference="batch", hidden_layer_sizes=(64, 64), activation="relu", module=None,
+                 guarantee="proba", solver="exact", b_tau=100, eta0=None,
+                 stream_warm_start=True, distortion_penalty=10.0, inference="batch",
+                 hidden_layer_sizes=(64, 64), activation="relu", module=None,
                  batch_size=256, max_epochs=100, learning_rate=1e-3, weight_decay=0.0,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
                  warm_start=False, device="cpu", verbose=0, random_state=None):
@@ -202,8 +197,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
             b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
-            distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size,
-            inference=inference, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            distortion_penalty=distortion_penalty, inference=inference,
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             module=module, batch_size=batch_size, max_epochs=max_epochs,
             learning_rate=learning_rate, weight_decay=weight_decay, early_stopping=early_stopping,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
@@ -240,7 +235,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     _compiled_loss = _kernels.LOG_LOSS
 
-    def _losses(self, y_fair, target):
+    def _sample_losses(self, y_fair, target):
         # The projection may put probabilities exactly on 0 or 1; keep the log finite.
         # (one fused operation forward and backward: cheaper than its formula in tensor ops)
         clip = _kernels.PROBABILITY_CLIP
@@ -281,12 +276,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             return self._thresholded(p, groups)
         if not self._decides(groups) or len(p) == 0:
             return self.classes_[(p > 0.5).astype(int)]
-        # like the probabilities: chunks of inference_batch_size through one fresh stream
-        stream = self._new_decision_stream()
-        size = self.inference_batch_size or max(len(p), 1)
-        p = torch.from_numpy(p)
-        labels = [stream.step(p[i:i + size], groups[i:i + size]) for i in range(0, len(p), size)]
-        return self.classes_[torch.cat(labels).numpy().astype(int)]
+        # like the probabilities: the first batch of a fresh stream
+        labels = self._new_decision_stream().step(torch.from_numpy(p), groups)
+        return self.classes_[labels.numpy().astype(int)]
 
     def _thresholded(self, p, groups):
         """Row-by-row labels of the offset probabilities ``p``: above their combination's

@@ -90,6 +90,26 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
     >>> fair_labels(proba, groups, epsilon=0.34)
     array([1, 1, 0, 1, 0, 0])
     """
+    proba, groups = _checked_batch(proba, groups, epsilon, ratio)
+    if proba.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    if intersectional and groups.shape[1] > 1:
+        import torch
+
+        groups = intersect_groups(torch.as_tensor(groups)).numpy()
+    gain = 2.0 * proba - 1.0
+    ratio = 1.0 if ratio is None else float(ratio)
+    codes = [np.unique(column, return_inverse=True)[1].ravel() for column in groups.T]
+    if len(codes) == 1:
+        ranking = _ranking(gain, codes[0])
+        counts = _window_counts(gain, codes[0], ranking, float(epsilon), ratio)
+        return _top_scores(ranking, codes[0], counts)
+    return _integer_program(gain, codes, float(epsilon), ratio)
+
+
+def _checked_batch(proba, groups, epsilon, ratio):
+    """``(proba, groups)`` of :func:`fair_labels` as float64 (n,) and (n, n_attributes) arrays,
+    every argument checked."""
     proba = np.asarray(proba, dtype=np.float64)
     groups = np.asarray(groups)
     if groups.ndim == 1:
@@ -107,21 +127,7 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
     if ratio is not None and (not isinstance(ratio, (int, float, np.floating))
                               or isinstance(ratio, bool) or not 0 < ratio <= 1):
         raise ValueError(f"ratio must be None or a number in (0, 1]; got {ratio!r}.")
-    n = proba.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if intersectional and groups.shape[1] > 1:
-        import torch
-
-        groups = intersect_groups(torch.as_tensor(groups)).numpy()
-    gain = 2.0 * proba - 1.0
-    ratio = 1.0 if ratio is None else float(ratio)
-    codes = [np.unique(column, return_inverse=True)[1].ravel() for column in groups.T]
-    if len(codes) == 1:
-        ranking = _ranking(gain, codes[0])
-        counts = _window_counts(gain, codes[0], ranking, float(epsilon), ratio)
-        return _top_scores(ranking, codes[0], counts)
-    return _integer_program(gain, codes, float(epsilon), ratio)
+    return proba, groups
 
 
 def selection_rate_gap(labels, groups, *, ratio=None):
@@ -250,30 +256,66 @@ def _integer_program(gain, codes, epsilon, ratio=1.0):
     import scipy.sparse as sp
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    n = gain.size
     groups = np.stack(codes, axis=1)
     table, atom = np.unique(groups, axis=0, return_inverse=True)
     atom = atom.ravel()
     n_atoms = table.shape[0]
     ranking = _ranking(gain, atom)
+    sizes = ranking[1]
+    # variables: counts c (n_atoms), then epigraph values t (n_atoms)
+    rows = [_tangent_rows(gain, atom, ranking, n_atoms)]
+    rows += _group_rows(table, sizes, epsilon, ratio)
+    found = milp(np.r_[np.zeros(n_atoms), -np.ones(n_atoms)],
+                 integrality=np.r_[np.ones(n_atoms), np.zeros(n_atoms)],
+                 bounds=Bounds(np.r_[np.zeros(n_atoms), np.full(n_atoms, -np.inf)],
+                               np.r_[sizes, np.full(n_atoms, np.inf)]),
+                 constraints=LinearConstraint(sp.vstack([r[0] for r in rows]).tocsr(),
+                                              np.full(sum(r[0].shape[0] for r in rows), -np.inf),
+                                              np.concatenate([r[1] for r in rows])),
+                 options={"mip_rel_gap": 0.0, "time_limit": TIME_LIMIT})
+    if found.x is not None:
+        counts = np.round(found.x[:n_atoms]).astype(np.int64)
+        labels = _top_scores(ranking, atom, counts)
+        if selection_rate_gap(labels, groups, ratio=ratio) <= Fraction(epsilon):
+            if found.status != 0:
+                warnings.warn(f"The integer program of fair labels stopped at its time limit "
+                              f"({TIME_LIMIT} s): the labels meet the constraint but may not "
+                              f"be the most accurate.", RuntimeWarning, stacklevel=3)
+            return labels
+    warnings.warn("The integer program of fair labels found no answer; every label is 0 "
+                  "(always fair, not the most accurate).", RuntimeWarning, stacklevel=3)
+    return np.zeros(gain.size, dtype=np.int64)
+
+
+def _tangent_rows(gain, atom, ranking, n_atoms):
+    """``(matrix, upper)`` of the rows ``t_a - g_j c_a <= P_a(j) - g_j j``, one per sample
+    (tangent ``j`` of its atom's expected gain), over the variables ``(c, t)``."""
+    import scipy.sparse as sp
+
+    n = gain.size
     order, sizes, starts, _ = ranking
     sorted_gain = gain[order]
-    # variables: counts c (n_atoms), then epigraph values t (n_atoms)
-    rows, lower, upper = [], [], []
     position = np.arange(n) - np.repeat(starts[:-1], sizes)  # j within its atom
     prefix = np.cumsum(sorted_gain) - np.repeat(np.r_[0.0, np.cumsum(sorted_gain)][starts[:-1]],
                                                 sizes) - sorted_gain  # P_a(j)
     atom_of = atom[order]
-    # t_a - g_j c_a <= P_a(j) - g_j j, one row per sample (tangent j of its atom)
-    tangent = sp.csr_matrix(
+    matrix = sp.csr_matrix(
         (np.r_[np.ones(n), -sorted_gain], (np.r_[np.arange(n), np.arange(n)],
                                            np.r_[n_atoms + atom_of, atom_of])),
         shape=(n, 2 * n_atoms))
-    rows.append(tangent)
-    lower.append(np.full(n, -np.inf))
-    upper.append(prefix - sorted_gain * position)
+    return matrix, prefix - sorted_gain * position
+
+
+def _group_rows(table, sizes, epsilon, ratio):
+    """The ``(matrix, upper)`` rows over ``(c, t)`` that bound, for every attribute and ordered
+    pair of its groups present, the selection counts: ``n_v c_u - n_u c_v <= floor(epsilon
+    n_u n_v)`` (exact), or :func:`_ratio_rows` with ``ratio < 1``."""
+    import scipy.sparse as sp
+
+    n_atoms = table.shape[0]
     exact = Fraction(epsilon)
-    for a in range(groups.shape[1]):
+    rows = []
+    for a in range(table.shape[1]):
         group_sizes = np.bincount(table[:, a], weights=sizes).astype(np.int64)
         present = np.flatnonzero(group_sizes)
         member = sp.csr_matrix((np.ones(n_atoms), (table[:, a], np.arange(n_atoms))),
@@ -284,33 +326,12 @@ def _integer_program(gain, codes, epsilon, ratio=1.0):
                     continue
                 n_u, n_v = int(group_sizes[u]), int(group_sizes[v])
                 if ratio == 1.0:
-                    rows.append(n_v * member[u] - n_u * member[v])
-                    lower.append([-np.inf])
-                    upper.append([math.floor(exact * n_u * n_v)])
+                    rows.append((n_v * member[u] - n_u * member[v],
+                                 [math.floor(exact * n_u * n_v)]))
                     continue
-                for a_v, a_u, bound in _ratio_rows(n_u, n_v, ratio, epsilon):
-                    rows.append(a_v * member[v] - a_u * member[u])
-                    lower.append([-np.inf])
-                    upper.append([bound])
-    found = milp(np.r_[np.zeros(n_atoms), -np.ones(n_atoms)],
-                 integrality=np.r_[np.ones(n_atoms), np.zeros(n_atoms)],
-                 bounds=Bounds(np.r_[np.zeros(n_atoms), np.full(n_atoms, -np.inf)],
-                               np.r_[sizes, np.full(n_atoms, np.inf)]),
-                 constraints=LinearConstraint(sp.vstack(rows).tocsr(), np.concatenate(lower),
-                                              np.concatenate(upper)),
-                 options={"mip_rel_gap": 0.0, "time_limit": TIME_LIMIT})
-    if found.x is not None:
-        counts = np.round(found.x[:n_atoms]).astype(np.int64)
-        labels = _top_scores(ranking, atom, counts)
-        if selection_rate_gap(labels, groups, ratio=ratio) <= exact:
-            if found.status != 0:
-                warnings.warn(f"The integer program of fair labels stopped at its time limit "
-                              f"({TIME_LIMIT} s): the labels meet the constraint but may not "
-                              f"be the most accurate.", RuntimeWarning, stacklevel=3)
-            return labels
-    warnings.warn("The integer program of fair labels found no answer; every label is 0 "
-                  "(always fair, not the most accurate).", RuntimeWarning, stacklevel=3)
-    return np.zeros(n, dtype=np.int64)
+                rows += [(a_v * member[v] - a_u * member[u], [bound])
+                         for a_v, a_u, bound in _ratio_rows(n_u, n_v, ratio, epsilon)]
+    return rows
 
 
 def _ratio_rows(n_u, n_v, ratio, epsilon):

@@ -16,7 +16,6 @@ use the estimator's own ``intersectional``, so a model is scored on the gap it c
 """
 
 import inspect
-import numbers
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,7 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 from sklearn.utils.metadata_routing import MetadataRequest
 
-from ._validation import GroupEncoder, resolve_protected
+from ._validation import GroupEncoder, attribute_list, protected_frame
 from .constraints import constraint_gap, intersect_groups
 from .layer import GUARANTEE_TOL
 
@@ -506,20 +505,13 @@ def protected_columns(estimator, X):
             f"{type(final).__name__} has no protected_attributes to read from X; pass "
             f"sensitive_features through metadata routing instead."
         )
-    if isinstance(attributes, (str, numbers.Integral)):
-        attributes = [attributes]
-    if isinstance(estimator, Pipeline) and any(not isinstance(a, str) for a in attributes):
+    if isinstance(estimator, Pipeline) and any(not isinstance(a, str)
+                                               for a in attribute_list(attributes)):
         raise ValueError(
             "Integer protected_attributes refer to the columns of the last step's input; "
             "name the protected columns to score a Pipeline."
         )
-    frame = X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))
-    columns = [str(c) for c in frame.columns] if isinstance(X, pd.DataFrame) else None
-    indices = resolve_protected(attributes, columns, frame.shape[1])
-    out = frame.iloc[:, indices]
-    out.columns = [a if isinstance(a, str) else str(out.columns[j])
-                   for j, a in enumerate(attributes)]
-    return out
+    return protected_frame(attributes, X)
 
 
 def _predictions(estimator, X, response="proba"):
@@ -579,7 +571,6 @@ def fair_refit(threshold, score="accuracy", gap="dp"):
             )
         return int(fair[np.argmax(scores[fair])])
 
-    refit.threshold = threshold
     return refit
 
 
@@ -610,45 +601,57 @@ def fairness_report(estimator, X, y):
     >>> from skfair.metrics import fairness_report
     >>> # print(fairness_report(model, X_test, y_test))
     """
-    sensitive = protected_columns(estimator, X)
-    y = np.asarray(y)
-    rows = []
-    if is_classifier(estimator):
-        classes = _final(estimator).classes_
-        positive = (y == classes[1]).astype(float)
-        proba = estimator.predict_proba(X)[:, 1]
-        label = (estimator.predict(X) == classes[1]).astype(float)
-        for attribute in sensitive.columns:
-            groups = sensitive[attribute].to_numpy()
-            block = []
-            for value in sorted(pd.unique(groups), key=str):
-                m = groups == value
-                pos, neg = m & (positive == 1), m & (positive == 0)
-                block.append({"attribute": attribute, "group": value, "count": int(m.sum()),
-                              "mean prediction": proba[m].mean(),
-                              "selection rate": label[m].mean(),
-                              "accuracy": (label[m] == positive[m]).mean(),
-                              "TPR": label[pos].mean() if pos.any() else np.nan,
-                              "FPR": label[neg].mean() if neg.any() else np.nan})
-            rows += block + [_gap_row(attribute, block), _ratio_row(attribute, block)]
-    elif is_regressor(estimator):
-        pred = estimator.predict(X)
-        y = y.astype(float)
-        for attribute in sensitive.columns:
-            groups = sensitive[attribute].to_numpy()
-            block = []
-            for value in sorted(pd.unique(groups), key=str):
-                m = groups == value
-                block.append({"attribute": attribute, "group": value, "count": int(m.sum()),
-                              "mean prediction": pred[m].mean(),
-                              "MSE": ((pred[m] - y[m]) ** 2).mean(),
-                              "mean residual": (pred[m] - y[m]).mean()})
-            gap = _gap_row(attribute, block)
-            gap["mean residual"] = max(abs(r["mean residual"]) for r in block)
-            rows += block + [gap]
-    else:
+    if not (is_classifier(estimator) or is_regressor(estimator)):
         raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
+    sensitive = protected_columns(estimator, X)
+    if is_classifier(estimator):
+        group_row, summary = _classifier_group_row(estimator, X, y), _classifier_summary
+    else:
+        group_row, summary = _regressor_group_row(estimator, X, y), _regressor_summary
+    rows = []
+    for attribute in sensitive.columns:
+        groups = sensitive[attribute].to_numpy()
+        block = [{"attribute": attribute, "group": value, **group_row(groups == value)}
+                 for value in sorted(pd.unique(groups), key=str)]
+        rows += block + summary(attribute, block)
     return pd.DataFrame(rows).set_index(["attribute", "group"])
+
+
+def _classifier_group_row(estimator, X, y):
+    """The report's columns of a classifier for the rows of a group (a mask)."""
+    classes = _final(estimator).classes_
+    positive = (np.asarray(y) == classes[1]).astype(float)
+    proba = estimator.predict_proba(X)[:, 1]
+    label = (estimator.predict(X) == classes[1]).astype(float)
+
+    def row(m):
+        pos, neg = m & (positive == 1), m & (positive == 0)
+        return {"count": int(m.sum()), "mean prediction": proba[m].mean(),
+                "selection rate": label[m].mean(),
+                "accuracy": (label[m] == positive[m]).mean(),
+                "TPR": label[pos].mean() if pos.any() else np.nan,
+                "FPR": label[neg].mean() if neg.any() else np.nan}
+    return row
+
+
+def _regressor_group_row(estimator, X, y):
+    """The report's columns of a regressor for the rows of a group (a mask)."""
+    pred, y = estimator.predict(X), np.asarray(y).astype(float)
+
+    def row(m):
+        return {"count": int(m.sum()), "mean prediction": pred[m].mean(),
+                "MSE": ((pred[m] - y[m]) ** 2).mean(), "mean residual": (pred[m] - y[m]).mean()}
+    return row
+
+
+def _classifier_summary(attribute, block):
+    return [_gap_row(attribute, block), _ratio_row(attribute, block)]
+
+
+def _regressor_summary(attribute, block):
+    gap = _gap_row(attribute, block)
+    gap["mean residual"] = max(abs(r["mean residual"]) for r in block)
+    return [gap]
 
 
 def _ratio_row(attribute, block):

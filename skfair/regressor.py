@@ -4,11 +4,12 @@ import numbers
 
 import numpy as np
 from sklearn.base import RegressorMixin
-from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils._param_validation import InvalidParameterError, Options, StrOptions
 from sklearn.utils.validation import check_array, column_or_1d
 
 from . import _kernels
 from ._base import BaseFairNeural
+from .constraints import AffineConstraint
 
 #: share of the training targets' range added on each side when bounds are inferred
 BOUNDS_MARGIN = 0.1
@@ -22,31 +23,119 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     is trained with squared error on the projected predictions. Targets are standardised inside
     the network; the projection acts in the targets' own units, so ``epsilon`` is in those units.
 
-    Prediction follows :class:`FairNeuralClassifier`: chunks of at least ``b_tau`` rows are
-    projected exactly, shorter ones stream; ``mean_residual`` needs true targets, so it is enforced
-    in training only and predictions are the trained network's, clipped to the bounds.
+    At prediction time a batch of at least ``b_tau`` rows is projected exactly; a shorter one
+    takes a step of the online primal-dual algorithm (see :meth:`partial_predict`).
+    ``mean_residual`` needs true targets, so it is enforced in training only, and predictions
+    are the trained network's, clipped to the bounds.
 
     Parameters
     ----------
+    protected_attributes : list of str or int, str, int, or None, default=None
+        Protected columns of ``X``: names (for DataFrames; ``"sex"`` also matches a
+        ``ColumnTransformer`` output column such as ``"remainder__sex"``) or integer positions.
+        Values may be numbers, strings or categories; each attribute needs two or more values.
+        ``None``: no fairness layer, a plain network.
+    exclude_protected : bool, default=False
+        Whether to keep the protected attributes out of the network's inputs. By default they are
+        inputs too (a 0/1 column for a binary attribute, one-hot columns otherwise).
     fairness : {"demographic_parity", "mean_residual"} or AffineConstraint, \
             default="demographic_parity"
         ``"demographic_parity"``: the groups' mean predictions differ by at most ``epsilon`` (mean
         prediction parity). ``"mean_residual"``: every group's mean residual is within ``epsilon``
         of zero.
+    epsilon : float, default=0.05
+        Largest allowed difference, in the targets' units.
+    intersectional : bool, default=False
+        Constrain every combination of the protected attributes' values instead of each attribute
+        separately.
+    solver : {"exact", "qpth"}, default="exact"
+        Projection solver, see :class:`~skfair.FairnessLayer`.
+    b_tau : int, default=100
+        Batches with at least this many rows are projected exactly; shorter ones stream.
+    eta0 : float, default=None
+        Dual step size of the streaming regime (``None``: 0.1).
+    stream_warm_start : bool, default=True
+        Start streams from the multipliers recorded in fit (``dual_init_``).
+    distortion_penalty : float, default=10.0
+        Weight of the mean squared distance (in units of the targets' standard deviation)
+        between the network's predictions and their fair projection, added to the loss: it
+        teaches the network to be fair by itself.
+    inference : {"batch", "individual"}, default="batch"
+        ``"batch"``: predictions are fair per batch, so a row's prediction depends on the rows
+        predicted with it. ``"individual"``: every row is predicted on its own, from fixed
+        per-group offsets that one exact projection of a calibration set gave each combination
+        of protected groups (:meth:`calibrate`; ``fit`` calibrates on the training data); see
+        :class:`FairNeuralClassifier`.
     bounds : None, False or tuple (lo, hi), default=None
         Box on the predictions. ``None`` infers it from the training targets,
         ``[min - 0.1 r, max + 0.1 r]`` with ``r`` their range; ``False`` leaves predictions
         unbounded; a pair of finite numbers ``lo < hi`` sets it explicitly.
-    **other parameters
-        As :class:`FairNeuralClassifier` (``protected_attributes``, ``epsilon``, ``b_tau``, the
-        network and training parameters, ...).
+    hidden_layer_sizes : tuple of int, default=(64, 64)
+        Widths (positive integers) of the hidden layers of the default multilayer perceptron.
+    activation : {"relu", "tanh", "logistic", "gelu"}, default="relu"
+        Its activation.
+    module : torch.nn.Module or callable, default=None
+        A network to use instead of the MLP: a module mapping ``(n, n_inputs)`` float32 inputs to
+        ``(n, 1)`` outputs in units of the standardised targets (it is copied in fit), or a
+        callable ``n_inputs -> module``. Its floating point parameters must be float32.
+    batch_size : int, default=256
+        Training mini-batch size; batches are stratified by group (see
+        :class:`FairNeuralClassifier`).
+    max_epochs : int, default=100
+        Maximum number of passes over the data; a fit that runs them all while its loss still
+        improves by more than ``tol`` warns with :class:`~sklearn.exceptions.ConvergenceWarning`.
+    learning_rate : float, default=1e-3
+        Adam's learning rate.
+    weight_decay : float, default=0.0
+        Adam's weight decay.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data (stratified) and stop when its loss stops
+        improving; the best weights are kept.
+    validation_fraction : float, default=0.1
+        Share of the data held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of at least ``tol`` (training loss, or validation loss with
+        early stopping) before training stops.
+    tol : float, default=1e-4
+        Minimal improvement.
+    warm_start : bool, default=False
+        Continue training the fitted network in the next ``fit``.
+    device : str or torch.device, default="cpu"
+        Where the network trains and predicts; fit raises :class:`ValueError` if this machine
+        does not have it.
+    verbose : int, default=0
+        Print one line per epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the network's initialisation and the batches.
 
     Attributes
     ----------
+    n_features_in_ : int
+        Number of columns of ``X`` seen in fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Their names, when ``X`` is a DataFrame.
+    protected_indices_ : list of int
+        Positions of the protected columns.
+    group_encoder_ : GroupEncoder
+        The values of every protected attribute (``group_encoder_.categories_``).
+    constraint_ : AffineConstraint or None
+        The constraint in use.
     bounds_ : tuple or None
         The box used.
-    Other attributes
-        As :class:`FairNeuralClassifier`, without ``classes_``.
+    module_ : torch.nn.Module
+        The trained network.
+    history_ : list of dict
+        Per epoch: ``epoch``, ``train_loss``, ``train_gap``, ``val_loss``, ``val_gap``,
+        ``seconds`` (see :class:`FairNeuralClassifier`).
+    loss_curve_ : list of float
+        Training loss per epoch.
+    n_iter_ : int
+        Number of epochs run.
+    dual_init_ : dict
+        Average multipliers of the last epoch's projections, in the stream's scale.
+    calibration_ : Calibration
+        With ``inference="individual"``: the per-combination offsets (see
+        :class:`FairNeuralClassifier`).
 
     Examples
     --------
@@ -64,14 +153,14 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
 
     _parameter_constraints = {
         **BaseFairNeural._parameter_constraints,
-        "bounds": [None, "boolean", tuple, list],
+        "fairness": [AffineConstraint, StrOptions({"demographic_parity", "mean_residual"})],
+        "bounds": [None, Options(bool, {False}), tuple, list],
     }
-    _fairness_options = ("demographic_parity", "mean_residual")
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
-                 distortion_penalty=10.0, inference_batch_size=None, inference="batch",
+                 solver="exact", b_tau=100, eta0=None, stream_warm_start=True,
+                 distortion_penalty=10.0, inference="batch",
                  bounds=None, hidden_layer_sizes=(64, 64),
                  activation="relu", module=None, batch_size=256, max_epochs=100,
                  learning_rate=1e-3, weight_decay=0.0, early_stopping=False,
@@ -81,8 +170,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
             b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
-            distortion_penalty=distortion_penalty, inference_batch_size=inference_batch_size,
-            inference=inference, hidden_layer_sizes=hidden_layer_sizes, activation=activation,
+            distortion_penalty=distortion_penalty, inference=inference,
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             module=module, batch_size=batch_size, max_epochs=max_epochs,
             learning_rate=learning_rate, weight_decay=weight_decay,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
@@ -99,7 +188,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         return y
 
     @property
-    def _scale(self):
+    def _distortion_unit(self):
         return self._target_scale
 
     def _output(self, raw):
@@ -107,13 +196,13 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
 
     _compiled_loss = _kernels.SQUARED_ERROR
 
-    def _losses(self, y_fair, target):
+    def _sample_losses(self, y_fair, target):
         return ((y_fair - target) / self._target_scale) ** 2
 
     def _fit_bounds(self, target):
         if self.bounds is False:
             return None
-        if self.bounds is None or self.bounds is True:
+        if self.bounds is None:
             lo, hi = float(target.min()), float(target.max())
             margin = BOUNDS_MARGIN * (hi - lo) if hi > lo else 1.0
             return (lo - margin, hi + margin)
@@ -122,7 +211,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
 
     def _validate_params(self):
         super()._validate_params()
-        if self.bounds is None or isinstance(self.bounds, bool):
+        if self.bounds is None or self.bounds is False:
             return
         pair = list(self.bounds)
         if not (len(pair) == 2

@@ -1,5 +1,6 @@
 """FairNeuralClassifier and FairNeuralRegressor: guarantees, sklearn integration, state, errors."""
 
+import dataclasses
 import pickle
 
 import joblib
@@ -13,7 +14,7 @@ from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skfair import FairNeuralClassifier, FairNeuralRegressor, FairnessLayer
+from skfair import FairNeuralClassifier, FairNeuralRegressor, FairnessLayer, _training
 from skfair.constraints import AffineConstraint, constraint_gap
 
 FAST = dict(hidden_layer_sizes=(16,), max_epochs=15, batch_size=128, learning_rate=0.01,
@@ -84,23 +85,23 @@ def test_network_features_are_row_major(biased, protected):
 def _record_batches(monkeypatch):
     """Patches the training loop to record every batch's sample positions, raw outputs and
     constraint rows, in the order of the steps."""
-    from skfair import _base
+    from skfair import _training
 
     seen = {"positions": [], "outputs": [], "rows": []}
-    batches, objective = _base.BaseFairNeural._batches, _base.BaseFairNeural._fair_objective
+    batches, objective = _training.stratified_batches, _training.fair_objective
 
-    def recording_batches(self, strata, generator):
-        positions = batches(self, strata, generator)
+    def recording_batches(strata, batch_size, generator):
+        positions = batches(strata, batch_size, generator)
         seen["positions"] += positions
         return positions
 
-    def recording_objective(self, out, cs, target, weight):
+    def recording_objective(model, out, cs, target, weight):
         seen["outputs"].append(out.detach().clone())
         seen["rows"].append(cs)
-        return objective(self, out, cs, target, weight)
+        return objective(model, out, cs, target, weight)
 
-    monkeypatch.setattr(_base.BaseFairNeural, "_batches", recording_batches)
-    monkeypatch.setattr(_base.BaseFairNeural, "_fair_objective", recording_objective)
+    monkeypatch.setattr(_training, "stratified_batches", recording_batches)
+    monkeypatch.setattr(_training, "fair_objective", recording_objective)
     return seen
 
 
@@ -166,14 +167,16 @@ def test_batch_rows_are_reused_only_for_the_same_groups_labels_and_weights(biase
     weight = torch.ones(20, dtype=torch.float64)
     weight[9] = 2.0
     order = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 8, 9, 10, 11])
-    strata = clf._strata(groups, target)
-    keys = clf._row_keys(order, [4] * 5, strata, torch.as_tensor(target), weight)
+    data = _training.TrainingData(None, torch.as_tensor(target), weight, groups,
+                                  _training.strata(groups, target, clf.constraint_), True)
+    keys = _training.RowCache(clf, data).keys(order, [4] * 5)
     reference, copy, other_groups, other_labels, other_weights = keys
     assert copy == reference and hash(copy) == hash(reference)
     assert other_groups != reference and other_weights != reference
     assert (other_labels == reference) == (fairness == "demographic_parity")
-    unweighted = clf._row_keys(order, [4] * 5, strata, torch.as_tensor(target), None)
-    assert unweighted[4] == unweighted[0]  # without weights only groups and labels count
+    unweighted = _training.RowCache(clf, dataclasses.replace(data, weighted_means=False))
+    keys = unweighted.keys(order, [4] * 5)
+    assert keys[4] == keys[0]  # without weights only groups and labels count
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -185,13 +188,11 @@ def test_the_fused_training_objective_trains_like_projection_then_losses(
     """With the exact solver the training step computes its loss in the projection's compiled
     call; forced through the projection and the torch losses instead, training goes the same
     way (up to rounding)."""
-    from skfair import _base
-
     X, y = biased
     weight = np.random.default_rng(0).uniform(0.5, 2.0, len(y)) if weighted else None
     params = dict(FAST, max_epochs=3, protected_attributes=["sex", "race"], fairness=fairness)
     fused = estimator(**params).fit(X, y, sample_weight=weight)
-    monkeypatch.setattr(_base, "projected_objective", lambda *args: None)
+    monkeypatch.setattr(_training, "projected_objective", lambda *args: None)
     generic = estimator(**params).fit(X, y, sample_weight=weight)
     np.testing.assert_allclose(fused.loss_curve_, generic.loss_curve_, rtol=1e-6)
     assert [r["train_gap"] for r in fused.history_] == pytest.approx(
@@ -206,15 +207,13 @@ def test_the_fused_training_objective_trains_like_projection_then_losses(
 def test_training_with_qpth_goes_through_the_projection(biased, monkeypatch):
     """The fused objective is the exact solver's: with solver="qpth" every batch goes through
     qpth's projection and the torch losses."""
-    from skfair import _base
-
     pytest.importorskip("qpth")
     X, y = biased
 
     def fused(*args):
         raise AssertionError("the fused objective used with solver='qpth'")
 
-    monkeypatch.setattr(_base, "projected_objective", fused)
+    monkeypatch.setattr(_training, "projected_objective", fused)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], solver="qpth",
                                **dict(FAST, max_epochs=1, batch_size=400)).fit(X, y)
     assert clf.dual_init_ == {} and clf.history_[0]["train_gap"] is not None
@@ -295,21 +294,19 @@ def test_cross_validate_and_grid_search_over_epsilon_and_b_tau(biased):
     assert search.best_estimator_.epsilon in (0.02, 0.2)
 
 
-def test_small_chunks_stream_and_large_chunks_are_exact(biased):
+def test_small_batches_stream_and_large_batches_are_exact(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex"], b_tau=200, **FAST)
     clf.fit(X.drop(columns="race"), y)
     Xd = X.drop(columns="race")
     whole = clf.predict_proba(Xd)[:, 1]
-    clf.set_params(inference_batch_size=300)
-    chunked = clf.predict_proba(Xd)[:, 1]
-    for start in range(0, len(Xd) - 200, 300):  # full chunks of 300 >= b_tau: exact each
+    for start in range(0, len(Xd) - 200, 300):  # batches of 300 >= b_tau: exact each
         part = slice(start, start + 300)
-        assert dp_gap(clf, Xd.iloc[part], chunked[part]) <= 0.05 + 1e-6
+        assert dp_gap(clf, Xd.iloc[part], clf.predict_proba(Xd.iloc[part])[:, 1]) <= 0.05 + 1e-6
     assert dp_gap(clf, Xd, whole) <= 0.05 + 1e-6
     # Stateless: the same call twice gives the same answer, and no stream is created.
-    clf.set_params(inference_batch_size=7)
-    np.testing.assert_array_equal(clf.predict_proba(Xd), clf.predict_proba(Xd))
+    small = Xd.iloc[:7]
+    np.testing.assert_array_equal(clf.predict_proba(small), clf.predict_proba(small))
     assert not hasattr(clf, "stream_")
 
 
@@ -419,7 +416,8 @@ def test_bad_input_raises(biased, change, match):
 @pytest.mark.parametrize("params, match", [
     (dict(epsilon=-0.1), "epsilon"),
     (dict(b_tau=0), "b_tau"),
-    (dict(fairness="mean_residual"), "fairness must be one of"),
+    (dict(fairness="mean_residual"),
+     "'fairness' parameter of FairNeuralClassifier must be .* among"),
     (dict(solver="cvx"), "solver"),
 ])
 def test_bad_parameters_raise(biased, params, match):
@@ -503,8 +501,8 @@ def test_training_batches_keep_the_group_composition():
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="equalized_odds",
                                **dict(FAST, max_epochs=1, batch_size=100)).fit(X, y)
     groups = clf.group_encoder_.transform(X[["sex", "race"]])
-    strata = clf._strata(groups, y.to_numpy().astype(float))
-    batches = clf._batches(strata, torch.Generator().manual_seed(0))
+    strata = _training.strata(groups, y.to_numpy().astype(float), clf.constraint_)
+    batches = _training.stratified_batches(strata, 100, torch.Generator().manual_seed(0))
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))  # nothing dropped
     assert len(batches) == 10
     expected = np.bincount(strata) / len(batches)
@@ -518,8 +516,7 @@ def test_training_batches_keep_the_group_composition():
 def test_batches_deal_every_stratum_evenly_with_absent_codes(batch_size):
     # strata codes 0, 2 and 5 (the others absent), 20 samples: batches of any size keep shares
     strata = np.repeat([0, 2, 5], [7, 9, 4])
-    clf = FairNeuralClassifier(batch_size=batch_size)
-    batches = clf._batches(strata, torch.Generator().manual_seed(3))
+    batches = _training.stratified_batches(strata, batch_size, torch.Generator().manual_seed(3))
     assert sorted(np.concatenate(batches).tolist()) == list(range(20))
     n_batches = -(-20 // batch_size)
     assert len(batches) == n_batches
@@ -527,7 +524,7 @@ def test_batches_deal_every_stratum_evenly_with_absent_codes(batch_size):
     for batch in batches:
         assert np.abs(np.bincount(strata[batch], minlength=len(expected)) - expected).max() < 1
         assert len(batch) in (20 // n_batches, -(-20 // n_batches))
-    other = clf._batches(strata, torch.Generator().manual_seed(4))
+    other = _training.stratified_batches(strata, batch_size, torch.Generator().manual_seed(4))
     assert n_batches == 1 or any(not np.array_equal(a, b) for a, b in zip(batches, other))
 
 
@@ -635,8 +632,13 @@ def test_label_guarantee_per_chunk_and_in_streams(biased):
     X, y = biased
     X = X.drop(columns="race")
     clf = FairNeuralClassifier(protected_attributes=["sex"], epsilon=0.02, guarantee="labels",
-                               inference_batch_size=500, b_tau=300, **FAST).fit(X, y)
-    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+                               b_tau=300, **FAST).fit(X, y)
+
+    def predict_in_chunks():
+        return np.concatenate([clf.predict(X.iloc[start:start + 500])
+                               for start in range(0, len(X), 500)])
+
+    labels = (predict_in_chunks() == clf.classes_[1]).astype(int)
     for start in (0, 500):  # two chunks of 500 rows: each fair on its own
         chunk = slice(start, start + 500)
         assert _exact_rate_gap(labels[chunk], [X["sex"].iloc[chunk]]) <= Fraction(0.02)
@@ -647,7 +649,7 @@ def test_label_guarantee_per_chunk_and_in_streams(biased):
         chosen, rest = p[1000:][inside & (labels[1000:] == 1)], p[1000:][inside & (labels[1000:]
                                                                                     == 0)]
         assert chosen.size == 0 or rest.size == 0 or chosen.min() >= rest.max()
-    np.testing.assert_array_equal(clf.predict(X), clf.classes_[labels])  # stateless
+    np.testing.assert_array_equal(predict_in_chunks(), clf.classes_[labels])  # stateless
     clf.reset_stream()
     batch = X.iloc[:400]
     streamed = (clf.partial_predict(batch) == clf.classes_[1]).astype(int)
@@ -711,9 +713,9 @@ def test_label_guarantee_under_the_four_fifths_rule(biased):
     rates = [Fraction(int(labels[sex == g].sum()), int((sex == g).sum())) for g in ("F", "M")]
     assert min(rates) >= Fraction(0.8) * max(rates)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness="disparate_impact",
-                               epsilon=0.0, guarantee="labels", inference_batch_size=600,
-                               b_tau=500, **FAST).fit(X, y)
-    labels = (clf.predict(X) == clf.classes_[1]).astype(int)
+                               epsilon=0.0, guarantee="labels", b_tau=500, **FAST).fit(X, y)
+    labels = (np.concatenate([clf.predict(X.iloc[:600]), clf.predict(X.iloc[600:])])
+              == clf.classes_[1]).astype(int)
     p = clf.predict_proba(X)[:, 1]
     unfair = False
     for start in (0, 600):  # two chunks of 600 rows: each meets the rule on its own
@@ -801,3 +803,24 @@ def test_empty_input_predicts_nothing(biased, params):
     assert clf.predict(X.iloc[:0]).shape == (0,)
     assert clf.predict_proba(X.iloc[:0]).shape == (0, 2)
     assert clf.partial_predict(X.iloc[:0]).shape == (0,)
+
+
+def test_row_cache_serves_every_epoch(biased, monkeypatch):
+    """Unweighted stratified batches have the same compositions every epoch: the rows built in
+    the first epoch serve the later ones."""
+    X, y = biased
+    seen = _record_batches(monkeypatch)
+    FairNeuralClassifier(protected_attributes=["sex", "race"],
+                         **dict(FAST, max_epochs=3, batch_size=64)).fit(X, y)
+    per_epoch = len(seen["rows"]) // 3
+    first = {id(cs) for cs in seen["rows"][:per_epoch]}
+    assert {id(cs) for cs in seen["rows"][per_epoch:]} <= first
+
+
+def test_convergence_warning_points_at_the_callers_fit(biased):
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = biased
+    with pytest.warns(ConvergenceWarning) as record:
+        FairNeuralClassifier(**dict(FAST, max_epochs=2)).fit(X[["x1", "x2"]], y)
+    assert record[0].filename == __file__

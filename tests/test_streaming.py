@@ -302,7 +302,7 @@ def test_stable_step_at_every_batch_size_below_b_tau(n, bounds):
     assert stats["lambda_max"] < 1  # on the scale of the outputs (the raw gap is 0.3)
 
 
-def test_stateless_predict_with_small_inference_batches(fitted):
+def test_a_stream_of_small_batches_keeps_accuracy_and_scale(fitted):
     import copy
 
     from sklearn.metrics import accuracy_score
@@ -313,7 +313,9 @@ def test_stateless_predict_with_small_inference_batches(fitted):
     model, X = copy.deepcopy(fitted[0]), fitted[1]
     y_true = biased_frame(4000, seed=1)[1]
     whole = model.predict_proba(X)[:, 1]
-    chunked = model.set_params(inference_batch_size=64).predict_proba(X)[:, 1]
+    model.reset_stream()
+    chunked = np.concatenate([model.partial_predict_proba(X.iloc[i:i + 64])[:, 1]
+                              for i in range(0, len(X), 64)])
     assert float(np.mean((chunked == 0) | (chunked == 1))) < 0.01
     assert accuracy_score(y_true, chunked > 0.5) >= accuracy_score(y_true, whole > 0.5) - 0.02
     Xr, _ = biased_frame(1500, seed=2)
@@ -322,7 +324,9 @@ def test_stateless_predict_with_small_inference_batches(fitted):
                                     distortion_penalty=0.0, hidden_layer_sizes=(8,),
                                     max_epochs=5, random_state=0).fit(Xr, target)
     whole = regressor.predict(Xr)
-    chunked = regressor.set_params(inference_batch_size=64).predict(Xr)
+    regressor.reset_stream()
+    chunked = np.concatenate([regressor.partial_predict(Xr.iloc[i:i + 64])
+                              for i in range(0, len(Xr), 64)])
     assert np.all(np.isfinite(chunked)) and np.abs(chunked).max() < 2 * np.abs(whole).max()
     assert np.mean(np.abs(chunked - whole)) < 0.2
 

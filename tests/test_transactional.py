@@ -9,8 +9,7 @@ import torch
 from conftest import biased_frame
 from sklearn.exceptions import NotFittedError
 
-from skfair import FairNeuralClassifier, FairNeuralRegressor
-from skfair._base import BaseFairNeural
+from skfair import FairNeuralClassifier, FairNeuralRegressor, _training
 
 FAST = dict(hidden_layer_sizes=(8,), max_epochs=3, batch_size=128, learning_rate=0.01,
             random_state=0)
@@ -106,15 +105,15 @@ def test_error_during_training_restores_the_fitted_state(data, monkeypatch, warm
     clf = streaming(data, warm_start=warm_start)
     before, proba, stats = fitted_state(clf), clf.predict_proba(X), clf.stream_stats()
     calls = []
-    original = BaseFairNeural._fair_objective
+    original = _training.fair_objective
 
-    def failing(self, *args):
+    def failing(*args):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("interrupted")
-        return original(self, *args)
+        return original(*args)
 
-    monkeypatch.setattr(BaseFairNeural, "_fair_objective", failing)
+    monkeypatch.setattr(_training, "fair_objective", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
         clf.fit(X.assign(x1=X["x1"] * 2), y)
     assert len(calls) == 3
@@ -190,7 +189,7 @@ def test_hidden_layer_sizes_accepts_numpy_integers_and_no_hidden_layer(data):
 
 
 @pytest.mark.parametrize("param", ["epsilon", "b_tau", "eta0", "distortion_penalty",
-                                   "inference_batch_size", "batch_size", "max_epochs",
+                                   "batch_size", "max_epochs",
                                    "learning_rate", "validation_fraction", "tol"])
 def test_booleans_are_refused_for_numbers(data, param):
     X, y = data
@@ -311,3 +310,14 @@ def test_training_that_diverges_names_the_parameters_to_lower(data):
                                          "distortion_penalty"):
         FairNeuralRegressor(protected_attributes=["sex"], **dict(FAST, learning_rate=1e30)).fit(
             X.drop(columns="race"), X["x1"])
+
+
+def test_regressor_bounds_true_is_refused(data):
+    """bounds accepts None (inferred), False (unbounded) or a pair; True has no meaning."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, y = data
+    reg = FairNeuralRegressor(protected_attributes=["sex"], bounds=True, **FAST)
+    with pytest.raises(InvalidParameterError, match="'bounds' parameter"):
+        reg.fit(X, X["x1"])
+    assert not hasattr(reg, "module_")

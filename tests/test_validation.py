@@ -72,7 +72,7 @@ def test_large_and_small_frames_split_into_the_same_features_and_groups():
     """Frames above SMALL_FRAME rows go to float64 column block by column block; smaller ones
     through one object array: both give the same network inputs and group codes."""
     from skfair import FairNeuralClassifier
-    from skfair._base import SMALL_FRAME
+    from skfair._validation import SMALL_FRAME
 
     X = _mixed_frame(200)
     y = (X["x"] > 0).astype(int)
@@ -112,3 +112,39 @@ def test_both_frame_paths_raise_the_same_errors(n, column, value, match):
     bad.iloc[n // 2, bad.columns.get_loc(column)] = value
     with pytest.raises(ValueError, match=match):
         clf.predict_proba(bad)
+
+
+def test_splitter_fit_transform_and_transform_agree_on_frames_and_arrays():
+    """The splitter fitted on a frame gives the same features and codes for the same rows
+    later, by name or by position, and appends the protected columns as network inputs (0/1
+    for a binary attribute, one-hot otherwise) unless they are excluded."""
+    from skfair._validation import InputSplitter
+
+    frame = pd.DataFrame({"x": [0.5, -1.0, 2.0, 3.0], "sex": ["M", "F", "F", "M"],
+                          "race": ["b", "a", "c", "a"]})
+    splitter = InputSplitter(["sex", 2])
+    features, codes = splitter.fit_transform(frame, np.array(frame.columns), 3)
+    assert splitter.names == ["sex", "race"] and splitter.indices == [1, 2]
+    np.testing.assert_array_equal(codes.numpy(), [[1, 1], [0, 0], [0, 2], [1, 0]])
+    np.testing.assert_array_equal(features, [[0.5, 1, 0, 1, 0], [-1.0, 0, 1, 0, 0],
+                                             [2.0, 0, 0, 0, 1], [3.0, 1, 1, 0, 0]])
+    again, again_codes = splitter.transform(frame.iloc[::-1])
+    np.testing.assert_array_equal(again, features[::-1])
+    np.testing.assert_array_equal(again_codes, codes.numpy()[::-1])
+    positional = InputSplitter([1, 2], exclude_protected=True)
+    features, codes = positional.fit_transform(frame.to_numpy(dtype=object), None, 3)
+    np.testing.assert_array_equal(features, [[0.5], [-1.0], [2.0], [3.0]])
+    assert positional.names == ["1", "2"]
+
+
+def test_protected_frame_names_columns_as_the_user_did():
+    """metrics.protected_columns and the plots read the protected columns through the same
+    name resolution as fit: a name matches a ColumnTransformer prefix, a position takes the
+    column's own name."""
+    from skfair._validation import protected_frame
+
+    frame = pd.DataFrame({"remainder__sex": ["M", "F"], "age": [30, 40], "race": ["a", "b"]})
+    out = protected_frame(["sex", 2], frame)
+    assert list(out.columns) == ["sex", "race"]
+    np.testing.assert_array_equal(out.to_numpy(), [["M", "a"], ["F", "b"]])
+    assert list(protected_frame(0, frame.to_numpy()).columns) == ["0"]
