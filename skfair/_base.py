@@ -27,7 +27,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _calibration, _streaming, _training
-from ._network import ACTIVATIONS, make_mlp
+from ._network import ACTIVATIONS, check_module, make_mlp, outputs
 from ._validation import InputSplitter, check_float32
 from .constraints import AffineConstraint, get_constraint
 from .layer import SOLVERS
@@ -281,6 +281,7 @@ class BaseFairNeural(BaseEstimator):
             self.history_ = []
         self._n_network_inputs = features.shape[1]
         self.module_.to(device)
+        check_module(self.module_, features.shape[1], self._inputs_description(codes))
         groups = None if codes is None else self.splitter_.encoder.constraint_groups(codes)
         data = _training.TrainingData.of(features, target, weight, groups, self.constraint_)
         _training.train(self, data, generator, device)
@@ -289,6 +290,19 @@ class BaseFairNeural(BaseEstimator):
         self.__dict__.pop("calibration_", None)
         if self.inference == "individual" and groups is not None:
             self.calibration_ = self._calibration(self._network_outputs(features), groups)
+
+    def _inputs_description(self, codes):
+        """Where the network's inputs come from, for the errors of a module that does not take
+        them."""
+        if codes is None:
+            return f"the {self.n_features_in_} columns of X"
+        n_rest = len(self.splitter_.feature_indices)
+        described = f"the {n_rest} columns of X that are not protected"
+        if self.exclude_protected:
+            return described + "; the protected columns are excluded"
+        n_encoded = self._n_network_inputs - n_rest
+        return (f"{described}, then {n_encoded} encoding the protected attributes: a 0/1 "
+                f"column for a binary one, one-hot columns otherwise")
 
     def _check_device(self):
         """The torch device of ``device``, which must exist on this machine."""
@@ -356,8 +370,8 @@ class BaseFairNeural(BaseEstimator):
             if self.module_.training:  # switching walks every submodule: not per stream batch
                 self.module_.eval()
             raw = torch.cat([
-                self.module_(torch.tensor(features[start:start + NETWORK_CHUNK],
-                                          dtype=torch.float32, device=device))[:, 0]
+                outputs(self.module_, torch.tensor(features[start:start + NETWORK_CHUNK],
+                                                   dtype=torch.float32, device=device))
                 for start in range(0, max(len(features), 1), NETWORK_CHUNK)])
             out = self._output(raw.double())
             # The raw outputs too: the classifier's sigmoid maps an infinite logit to 0 or 1.

@@ -20,6 +20,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from . import _streaming
+from ._network import outputs
 from .constraints import InfeasibleConstraintError, constraint_gap
 from .layer import project, projected_objective
 
@@ -129,7 +130,7 @@ def train_step(model, optimizer, batch, row_cache, key, epoch, device):
     """Loss, gradient and optimizer step of one batch: ``(loss value, (rows, multipliers, raw
     outputs) or None)``."""
     xb, tb, wb, *gb = (c.to(device) for c in batch)
-    out = model._output(model.module_(xb)[:, 0].double())
+    out = model._output(outputs(model.module_, xb).double())
     if not bool(torch.isfinite(out).all()):
         raise _diverged(epoch, "the network's outputs are NaN or infinite")
     solved = None
@@ -207,7 +208,7 @@ def evaluate(model, X, target, weight, groups, device):
     """Validation loss and gap of the outputs the estimator would predict."""
     with torch.no_grad():
         model.module_.eval()
-        out = model._output(model.module_(X.to(device))[:, 0].double())
+        out = model._output(outputs(model.module_, X.to(device)).double())
         fair = model._fair_outputs(out, None if groups is None else groups.to(device))
         loss = float(model._mean_loss(fair, target.to(device), weight.to(device)))
         gap = None

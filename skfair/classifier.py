@@ -10,6 +10,7 @@ from sklearn.utils.validation import column_or_1d
 
 from . import _kernels, _streaming
 from ._base import BaseFairNeural
+from ._network import ends_in_sigmoid
 from .constraints import AffineConstraint, DemographicParity, DisparateImpact, get_constraint
 from .decisions import fair_labels
 
@@ -93,8 +94,13 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Its activation.
     module : torch.nn.Module or callable, default=None
         A network to use instead of the MLP: a module mapping ``(n, n_inputs)`` float32 inputs to
-        ``(n, 1)`` logits (it is copied in fit), or a callable ``n_inputs -> module``. Its floating
-        point parameters must be float32 (``fit`` raises :class:`ValueError` otherwise).
+        one logit per row, shape ``(n,)`` or ``(n, 1)`` (it is copied in fit), or a callable
+        ``n_inputs -> module``. ``n_inputs`` counts the columns of ``X`` that are not protected,
+        then the protected attributes' encoding (a 0/1 column for a binary attribute, one
+        column per value otherwise) unless ``exclude_protected``. An ``nn.Sequential`` ending
+        in ``nn.Sigmoid`` is read as giving probabilities (no second sigmoid). Its floating
+        point parameters must be float32; ``fit`` checks all of this on two rows and raises
+        :class:`ValueError` naming what does not match.
     batch_size : int, default=256
         Training mini-batch size: an epoch is ``ceil(n / batch_size)`` batches whose sizes differ
         by one at most. Batches are stratified: each keeps the data's share of every group (and,
@@ -231,7 +237,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         return (y == self.classes_[1]).astype(np.float64)
 
     def _output(self, raw):
-        return torch.sigmoid(raw)
+        # a module ending in a sigmoid gives probabilities already: no second sigmoid
+        return raw if ends_in_sigmoid(self.module_) else torch.sigmoid(raw)
 
     _compiled_loss = _kernels.LOG_LOSS
 

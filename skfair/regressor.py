@@ -76,8 +76,10 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         Its activation.
     module : torch.nn.Module or callable, default=None
         A network to use instead of the MLP: a module mapping ``(n, n_inputs)`` float32 inputs to
-        ``(n, 1)`` outputs in units of the standardised targets (it is copied in fit), or a
-        callable ``n_inputs -> module``. Its floating point parameters must be float32.
+        one output per row, shape ``(n,)`` or ``(n, 1)``, in units of the standardised targets
+        (it is copied in fit), or a callable ``n_inputs -> module`` (``n_inputs`` as for
+        :class:`FairNeuralClassifier`). Its floating point parameters must be float32; ``fit``
+        checks this contract and raises :class:`ValueError` naming what does not match.
     batch_size : int, default=256
         Training mini-batch size; batches are stratified by group (see
         :class:`FairNeuralClassifier`).

@@ -824,3 +824,50 @@ def test_convergence_warning_points_at_the_callers_fit(biased):
     with pytest.warns(ConvergenceWarning) as record:
         FairNeuralClassifier(**dict(FAST, max_epochs=2)).fit(X[["x1", "x2"]], y)
     assert record[0].filename == __file__
+
+
+def test_module_contract_is_checked_at_fit():
+    """A module that does not take the network's inputs, or does not return one output per
+    row, fails fit with a ValueError that counts the inputs (protected encoding included);
+    (n,) and (n, 1) outputs both work, and nothing is left fitted by a failure."""
+    X, y = biased_frame(categorical=True)  # race has three groups: one-hot
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"],
+                               module=torch.nn.Linear(4, 1), **FAST)
+    with pytest.raises(ValueError, match=r"network's 6 inputs \(the 2 columns of X that are not "
+                                         r"protected, then 4 encoding the protected"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "module_")
+    two = torch.nn.Sequential(torch.nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"one output per row.*returned \(2, 2\)"):
+        clf.set_params(module=two).fit(X, y)
+
+    class Flat(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.linear = torch.nn.Linear(n, 1)
+
+        def forward(self, x):
+            return self.linear(x)[:, 0]
+
+    flat = clf.set_params(module=Flat).fit(X, y)
+    column = clf.set_params(module=lambda n: torch.nn.Linear(n, 1)).fit(X, y)
+    for model in (flat, column):
+        assert dp_gap(model, X, model.predict_proba(X)[:, 1]) <= 0.05 + 1e-6
+
+
+def test_a_module_ending_in_sigmoid_is_not_given_a_second_one(biased):
+    """nn.Sequential(..., nn.Sigmoid()) gives probabilities: the classifier uses them as they
+    are, so the network's own probabilities span (0, 1) instead of collapsing into
+    [sigmoid(0), sigmoid(1)]."""
+    X, y = biased
+    X = X.drop(columns="race")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1),
+                              torch.nn.Sigmoid())
+    clf = FairNeuralClassifier(protected_attributes=["sex"], module=net, epsilon=1.0,
+                               **dict(FAST, max_epochs=40)).fit(X, y)
+    p = clf.predict_proba(X)[:, 1]
+    assert p.min() < 0.3 and p.max() > 0.7
+    with torch.no_grad():
+        direct = clf.module_(torch.tensor(clf._validate_X(X, reset=False)[0],
+                                          dtype=torch.float32))[:, 0].double().numpy()
+    np.testing.assert_allclose(clf._predict_unconstrained(X), direct, atol=1e-12)
