@@ -24,7 +24,7 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 from sklearn.utils.metadata_routing import MetadataRequest
 
-from ._validation import GroupEncoder, attribute_list, protected_frame
+from ._validation import GroupEncoder, protected_frame
 from .constraints import constraint_gap, intersect_groups
 from .layer import GUARANTEE_TOL
 
@@ -492,7 +492,9 @@ def protected_columns(estimator, X):
     ----------
     estimator : fitted FairNeuralClassifier, FairNeuralRegressor, or a Pipeline ending in one
     X : DataFrame or array-like
-        The input the estimator (or Pipeline) receives.
+        The input the estimator (or Pipeline) receives. For a Pipeline, the protected columns
+        are read from the last step's input (where ``protected_attributes`` point), so
+        positions work as names do, also when the preprocessing outputs a numpy array.
 
     Returns
     -------
@@ -505,12 +507,9 @@ def protected_columns(estimator, X):
             f"{type(final).__name__} has no protected_attributes to read from X; pass "
             f"sensitive_features through metadata routing instead."
         )
-    if isinstance(estimator, Pipeline) and any(not isinstance(a, str)
-                                               for a in attribute_list(attributes)):
-        raise ValueError(
-            "Integer protected_attributes refer to the columns of the last step's input; "
-            "name the protected columns to score a Pipeline."
-        )
+    if isinstance(estimator, Pipeline):
+        # the columns as the estimator sees them: positions and names refer to its input
+        X = estimator[:-1].transform(X)
     return protected_frame(attributes, X)
 
 

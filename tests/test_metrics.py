@@ -286,3 +286,34 @@ def test_error_rate_difference_equals_fairlearn_zero_one_loss(n_features, weight
         y, labels, sensitive_features=sensitive, sample_weight=weight) == pytest.approx(
         fl.zero_one_loss_difference(y, labels, sensitive_features=sensitive,
                                     sample_weight=weight))
+
+
+def test_scorers_report_and_plots_through_a_pipeline_with_numpy_output():
+    """Protected columns given by position in a Pipeline whose preprocessing outputs a numpy
+    array: the scorers, the report and the group plot read them from the last step's input,
+    as the estimator does, and agree with numpy group means."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.model_selection import cross_validate
+    from sklearn.preprocessing import StandardScaler
+
+    from skfair.metrics import fairness_report
+    from skfair.plotting import plot_group_distributions
+
+    X, y = biased_frame(600)
+    prep = ColumnTransformer([("num", StandardScaler(), ["x1", "x2"])], remainder="passthrough")
+    pipe = make_pipeline(prep, FairNeuralClassifier(protected_attributes=[2, 3], **FAST))
+    scores = cross_validate(pipe, X, y, cv=2, scoring={"dp": demographic_parity_scorer})
+    assert np.isfinite(scores["test_dp"]).all() and (-scores["test_dp"] <= 0.05 + 1e-6).all()
+    pipe.fit(X, y)
+    proba = pipe.predict_proba(X)[:, 1]
+    sex = X["sex"].to_numpy()
+    gap = abs(proba[sex == "M"].mean() - proba[sex == "F"].mean())
+    report = fairness_report(pipe, X, y)
+    assert report.loc[("2", "gap"), "mean prediction"] == pytest.approx(gap)
+    assert set(report.index.get_level_values("attribute")) == {"2", "3"}
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figure = plot_group_distributions(pipe, X)
+    assert len(figure.axes) == 2
