@@ -14,17 +14,20 @@ machine load; the ratio is the median over the rounds of each round's fair / pla
 seconds, with its quartiles. The machine's speed drifts on the scale of seconds, and a round's
 two epochs are adjacent in time. qpth: one epoch of a 1-epoch fit, small batches only.
 
-Each batch size is measured with torch's default number of threads and with one thread
-(``--threads``).
+Each batch size is measured with the estimators' ``n_jobs`` (torch threads) at the machine's
+processor count and at one (``--threads``); ``--load N`` runs N busy processes beside the
+measurement, as a machine shared with other work is.
 """
 
 import argparse
+import contextlib
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.preprocessing import OneHotEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,8 +48,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--threads", default=f"{torch.get_num_threads()},1",
-                        help="comma-separated torch thread counts (default: torch's, then 1)")
+    parser.add_argument("--threads", default=f"{os.cpu_count()},1",
+                        help="comma-separated n_jobs (torch threads) of the estimators "
+                             "(default: the processor count, then 1)")
+    parser.add_argument("--load", type=int, default=0,
+                        help="busy processes running beside the measurement")
     args = parser.parse_args()
     print_header("training.py")
     data = load_adult()
@@ -66,37 +72,56 @@ def main():
     FairNeuralClassifier(protected_attributes=protected, max_epochs=1).fit(X_fair[:500], y[:500])
     thread_counts = [int(t) for t in args.threads.split(",")]
     rows = []
-    for batch_size in sizes:
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
-            common = dict(batch_size=batch_size, max_epochs=1, random_state=0, tol=0.0,
-                          warm_start=True)
-            models = {"plain": (FairNeuralClassifier(**common), X_plain),
-                      "exact": (FairNeuralClassifier(protected_attributes=protected, **common),
-                                X_fair)}
-            for model, X_used in models.values():
-                model.fit(X_used, y)  # the first epoch, not counted
-            seconds = {name: [] for name in models}
-            for round_ in range(args.rounds):
-                for name in list(models)[::-1] if round_ % 2 else models:
-                    model, X_used = models[name]
-                    seconds[name] += epoch_seconds(model, X_used, y)
-            ratios = np.array(seconds["exact"]) / np.array(seconds["plain"])
-            plain, exact = statistics.median(seconds["plain"]), statistics.median(seconds["exact"])
-            low, median, high = np.percentile(ratios, [25, 50, 75])
-            qpth = "-"
-            if batch_size <= 256 and threads == thread_counts[0]:
-                model = FairNeuralClassifier(protected_attributes=protected, solver="qpth",
-                                             **dict(common, warm_start=False))
-                qpth_s = epoch_seconds(model, X_fair, y)[0]
-                qpth = f"{qpth_s:.2f} ({qpth_s / plain:.1f}x)"
-            rows.append([batch_size, threads, f"{plain:.3f}", f"{exact:.3f}",
-                         f"{median:.2f}x ({low:.2f}-{high:.2f})", qpth])
+    with busy_processes(args.load):
+        for batch_size in sizes:
+            for threads in thread_counts:
+                rows.append(measure(batch_size, threads, thread_counts[0], args.rounds, X_fair,
+                                    X_plain, y, protected))
+    load = f", {args.load} busy processes beside it" if args.load else ""
     print(f"## Training overhead (Adult, {len(X)} rows, DP on {protected}, {args.rounds} rounds "
-          f"of one epoch each, alternating)\n")
-    print(markdown_table(["batch size", "torch threads", "no layer s/epoch", "exact s/epoch",
-                          "exact / no layer: median of rounds (quartiles)",
+          f"of one epoch each, alternating{load})\n")
+    print(markdown_table(["batch size", "torch threads (n_jobs)", "no layer s/epoch",
+                          "exact s/epoch", "exact / no layer: median of rounds (quartiles)",
                           "qpth s/epoch (ratio)"], rows))
+
+
+@contextlib.contextmanager
+def busy_processes(n):
+    """``n`` processes spinning on a processor each for the duration."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
+def measure(batch_size, threads, first_threads, rounds, X_fair, X_plain, y, protected):
+    """One row of the table: epoch seconds without and with the layer, their ratio, and qpth's
+    (small batches, first thread count only)."""
+    common = dict(batch_size=batch_size, max_epochs=1, random_state=0, tol=0.0,
+                  warm_start=True, n_jobs=threads)
+    models = {"plain": (FairNeuralClassifier(**common), X_plain),
+              "exact": (FairNeuralClassifier(protected_attributes=protected, **common), X_fair)}
+    for model, X_used in models.values():
+        model.fit(X_used, y)  # the first epoch, not counted
+    seconds = {name: [] for name in models}
+    for round_ in range(rounds):
+        for name in list(models)[::-1] if round_ % 2 else models:
+            model, X_used = models[name]
+            seconds[name] += epoch_seconds(model, X_used, y)
+    ratios = np.array(seconds["exact"]) / np.array(seconds["plain"])
+    plain, exact = statistics.median(seconds["plain"]), statistics.median(seconds["exact"])
+    low, median, high = np.percentile(ratios, [25, 50, 75])
+    qpth = "-"
+    if batch_size <= 256 and threads == first_threads:
+        model = FairNeuralClassifier(protected_attributes=protected, solver="qpth",
+                                     **dict(common, warm_start=False))
+        qpth_s = epoch_seconds(model, X_fair, y)[0]
+        qpth = f"{qpth_s:.2f} ({qpth_s / plain:.1f}x)"
+    return [batch_size, threads, f"{plain:.3f}", f"{exact:.3f}",
+            f"{median:.2f}x ({low:.2f}-{high:.2f})", qpth]
 
 
 if __name__ == "__main__":

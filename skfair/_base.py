@@ -7,9 +7,11 @@ for a batch of at least ``b_tau`` rows, else a step of the stream (:mod:`skfair.
 or per-row offsets (:mod:`skfair._calibration`).
 """
 
+import contextlib
 import copy
 import math
 import numbers
+import os
 from abc import abstractmethod
 
 import numpy as np
@@ -66,6 +68,8 @@ class BaseFairNeural(BaseEstimator):
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
         "warm_start": ["boolean"],
         "device": [str, torch.device],
+        "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"),
+                   Interval(numbers.Integral, 1, None, closed="left"), None],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
     }
@@ -77,8 +81,8 @@ class BaseFairNeural(BaseEstimator):
                  hidden_layer_sizes=(64, 64), activation="relu",
                  module=None, batch_size=256, max_epochs=100, learning_rate=1e-3,
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
-                 n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", verbose=0,
-                 random_state=None):
+                 n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", n_jobs=None,
+                 verbose=0, random_state=None):
         self.protected_attributes = protected_attributes
         self.exclude_protected = exclude_protected
         self.fairness = fairness
@@ -103,6 +107,7 @@ class BaseFairNeural(BaseEstimator):
         self.tol = tol
         self.warm_start = warm_start
         self.device = device
+        self.n_jobs = n_jobs
         self.verbose = verbose
         self.random_state = random_state
 
@@ -233,7 +238,8 @@ class BaseFairNeural(BaseEstimator):
         # training changes a warm-started network in place: everything is put back on failure.
         previous = self._fitted_state()
         try:
-            self._fit(X, y, sample_weight, constraint, device, previous)
+            with self._torch_threads():
+                self._fit(X, y, sample_weight, constraint, device, previous)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(previous)
@@ -353,9 +359,27 @@ class BaseFairNeural(BaseEstimator):
         """Validated X -> (float64 outputs before the layer, group codes)."""
         check_is_fitted(self)
         features, codes = self._validate_X(X, reset=False)
-        out = self._network_outputs(features)
+        with self._torch_threads():
+            out = self._network_outputs(features)
         groups = None if codes is None else self.splitter_.encoder.constraint_groups(codes)
         return out, groups
+
+    @contextlib.contextmanager
+    def _torch_threads(self):
+        """torch's intra-op threads set to ``n_jobs`` (``None``: 1; negative: all processors
+        but ``-1 - n_jobs``) for the duration, then put back."""
+        n_jobs = 1 if self.n_jobs is None else int(self.n_jobs)
+        if n_jobs == 0:
+            raise InvalidParameterError(
+                f"n_jobs must be None, a positive number of threads or a negative count from "
+                f"all processors (-1: all); got {self.n_jobs!r}.")
+        threads = n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def _network_outputs(self, features):
         """The network's float64 outputs (after the output function, before the layer) for a

@@ -105,6 +105,12 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     device : str or torch.device, default="cpu"
         Where the network trains and predicts; fit raises :class:`ValueError` if this machine
         does not have it.
+    n_jobs : int or None, default=None
+        Threads torch uses for the network while this estimator fits and predicts (torch's
+        setting is put back after every call). ``None`` means 1: the networks trained here are
+        small, and on a machine that other processes share, more threads mostly wait for each
+        other; ``-1`` uses every processor, ``-2`` all but one. See
+        ``benchmarks/training.py --load 2`` for the measurement.
     verbose : int, default=0
         Print one line per epoch.
     random_state : int, RandomState instance or None, default=None
@@ -167,7 +173,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
                  activation="relu", module=None, batch_size=256, max_epochs=100,
                  learning_rate=1e-3, weight_decay=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, warm_start=False,
-                 device="cpu", verbose=0, random_state=None):
+                 device="cpu", n_jobs=None, verbose=0, random_state=None):
         super().__init__(
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
@@ -178,7 +184,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             learning_rate=learning_rate, weight_decay=weight_decay,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, warm_start=warm_start, device=device,
-            verbose=verbose, random_state=random_state)
+            n_jobs=n_jobs, verbose=verbose, random_state=random_state)
         self.bounds = bounds
 
     def _encode_targets(self, y, reset):

@@ -1,6 +1,7 @@
 """FairNeuralClassifier and FairNeuralRegressor: guarantees, sklearn integration, state, errors."""
 
 import dataclasses
+import os
 import pickle
 
 import joblib
@@ -871,3 +872,26 @@ def test_a_module_ending_in_sigmoid_is_not_given_a_second_one(biased):
         direct = clf.module_(torch.tensor(clf._validate_X(X, reset=False)[0],
                                           dtype=torch.float32))[:, 0].double().numpy()
     np.testing.assert_allclose(clf._predict_unconstrained(X), direct, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_jobs, threads", [(None, 1), (1, 1), (2, 2), (-1, os.cpu_count())])
+def test_n_jobs_sets_torch_threads_for_the_call_only(biased, monkeypatch, n_jobs, threads):
+    """fit and predict run the network with n_jobs torch threads (None: 1) and put torch's
+    setting back; the predictions do not depend on it."""
+    X, y = biased
+    seen = []
+    forward = torch.nn.Linear.forward
+
+    def recording(self, x):
+        seen.append(torch.get_num_threads())
+        return forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    before = torch.get_num_threads()
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], n_jobs=n_jobs,
+                               **dict(FAST, max_epochs=2)).fit(X, y)
+    proba = clf.predict_proba(X)
+    assert set(seen) == {threads} and torch.get_num_threads() == before
+    np.testing.assert_allclose(clf.set_params(n_jobs=3).predict_proba(X), proba, atol=1e-6)
+    with pytest.raises(ValueError, match="n_jobs"):
+        FairNeuralClassifier(n_jobs=0).fit(X[["x1"]], y)
