@@ -6,6 +6,7 @@ group codes (:class:`GroupEncoder`) and, unless excluded, 0/1 or one-hot inputs 
 """
 
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,12 @@ from .constraints import intersect_groups
 SMALL_FRAME = 32
 #: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+#: fit warns about a protected group with fewer training rows than this: its mean, which the
+#: constraint bounds, is then mostly noise
+SMALL_GROUP = 10
+#: fit warns about a protected attribute with more distinct values than this: a numeric column
+#: (an age, an income) taken as groups gives one group per value
+MANY_GROUPS = 20
 
 
 def attribute_list(protected_attributes):
@@ -144,7 +151,9 @@ class InputSplitter:
             raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
         self._check_features(rest)
         self.encoder = GroupEncoder(self.names, self.intersectional).fit(protected)
-        return self._inputs(rest, self.encoder.transform(protected))
+        codes = self.encoder.transform(protected)
+        _warn_about_groups(self.encoder, codes)
+        return self._inputs(rest, codes)
 
     def transform(self, X):
         """``(features, codes)`` of ``X``; see the class docstring."""
@@ -173,6 +182,24 @@ class InputSplitter:
             else:
                 blocks.append(np.eye(len(categories))[column])
         return np.hstack(blocks)
+
+
+def _warn_about_groups(encoder, codes):
+    """Warn about attributes with many distinct values and groups with few training rows."""
+    for j, (name, categories) in enumerate(zip(encoder.names, encoder.categories_)):
+        if len(categories) > MANY_GROUPS:
+            warnings.warn(
+                f"protected attribute {name!r} has {len(categories)} distinct values, each a "
+                f"group; if it is numeric, bin it first (e.g. with pandas.cut).", UserWarning,
+                stacklevel=7)
+            continue
+        counts = np.bincount(codes[:, j].numpy(), minlength=len(categories))
+        small = [f"{categories[k]!r} ({counts[k]})" for k in np.flatnonzero(counts < SMALL_GROUP)]
+        if small:
+            warnings.warn(
+                f"protected attribute {name!r} has groups with fewer than {SMALL_GROUP} training "
+                f"rows: {', '.join(small[:5])}; their means, which the constraint bounds, are "
+                f"mostly noise (consider merging rare groups).", UserWarning, stacklevel=7)
 
 
 def split_columns(X, protected_indices):
@@ -251,6 +278,9 @@ class GroupEncoder:
             if values.isna().any():
                 raise ValueError(f"protected attribute {name!r} contains missing values.")
             categories = np.array(sorted(pd.unique(values), key=_sort_key), dtype=object)
+            if any(isinstance(v, (float, np.floating)) and np.isinf(v) for v in categories):
+                raise ValueError(f"protected attribute {name!r} contains infinite values; "
+                                 f"groups are labels such as 0/1 or strings.")
             if len(categories) < 2:
                 raise ValueError(
                     f"protected attribute {name!r} has a single value ({categories[0]!r}) in the "

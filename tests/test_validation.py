@@ -123,7 +123,8 @@ def test_splitter_fit_transform_and_transform_agree_on_frames_and_arrays():
     frame = pd.DataFrame({"x": [0.5, -1.0, 2.0, 3.0], "sex": ["M", "F", "F", "M"],
                           "race": ["b", "a", "c", "a"]})
     splitter = InputSplitter(["sex", 2])
-    features, codes = splitter.fit_transform(frame, np.array(frame.columns), 3)
+    with pytest.warns(UserWarning, match="fewer than 10 training rows"):  # four rows
+        features, codes = splitter.fit_transform(frame, np.array(frame.columns), 3)
     assert splitter.names == ["sex", "race"] and splitter.indices == [1, 2]
     np.testing.assert_array_equal(codes.numpy(), [[1, 1], [0, 0], [0, 2], [1, 0]])
     np.testing.assert_array_equal(features, [[0.5, 1, 0, 1, 0], [-1.0, 0, 1, 0, 0],
@@ -132,7 +133,8 @@ def test_splitter_fit_transform_and_transform_agree_on_frames_and_arrays():
     np.testing.assert_array_equal(again, features[::-1])
     np.testing.assert_array_equal(again_codes, codes.numpy()[::-1])
     positional = InputSplitter([1, 2], exclude_protected=True)
-    features, codes = positional.fit_transform(frame.to_numpy(dtype=object), None, 3)
+    with pytest.warns(UserWarning, match="fewer than 10 training rows"):
+        features, codes = positional.fit_transform(frame.to_numpy(dtype=object), None, 3)
     np.testing.assert_array_equal(features, [[0.5], [-1.0], [2.0], [3.0]])
     assert positional.names == ["1", "2"]
 
@@ -148,3 +150,27 @@ def test_protected_frame_names_columns_as_the_user_did():
     assert list(out.columns) == ["sex", "race"]
     np.testing.assert_array_equal(out.to_numpy(), [["M", "a"], ["F", "b"]])
     assert list(protected_frame(0, frame.to_numpy()).columns) == ["0"]
+
+
+def test_fit_warns_about_many_values_and_small_groups_and_refuses_infinite_groups():
+    import warnings
+
+    from skfair import FairNeuralClassifier
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.normal(size=300), "age": rng.integers(18, 70, 300),
+                      "g": ["a"] * 295 + ["b"] * 5})
+    y = (X["x"] > 0).astype(int)
+    with pytest.warns(UserWarning, match=r"'age' has \d+ distinct values.*bin it first"):
+        FairNeuralClassifier(protected_attributes=["age"], max_epochs=1).fit(X[["x", "age"]], y)
+    with pytest.warns(UserWarning, match=r"'g' has groups with fewer than 10 training rows: "
+                                         r"'b' \(5\)"):
+        FairNeuralClassifier(protected_attributes=["g"], max_epochs=1).fit(X[["x", "g"]], y)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="protected attribute")  # ten rows: none
+        FairNeuralClassifier(protected_attributes=["g"], max_epochs=1).fit(
+            X[["x", "g"]].assign(g=["a"] * 290 + ["b"] * 10), y)
+    clf = FairNeuralClassifier(protected_attributes=["g"], max_epochs=1)
+    with pytest.raises(ValueError, match="'g' contains infinite values"):
+        clf.fit(X[["x"]].assign(g=np.where(X["x"] > 0, 1.0, np.inf)), y)
+    assert not hasattr(clf, "module_")
