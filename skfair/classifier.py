@@ -273,6 +273,37 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p = self._predict_values(X)
         return np.column_stack([1 - p, p])
 
+    def predict_log_proba(self, X):
+        """Logarithms of :meth:`predict_proba` (``-inf`` where the layer put a probability at 0).
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, 2)
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def decision_function(self, X):
+        """Log-odds of the fair probabilities, ``log(p / (1 - p))``: positive where
+        :meth:`predict` (with ``guarantee="proba"``) says ``classes_[1]``; infinite where the
+        layer put a probability at 0 or 1 (stateless).
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        p = self._predict_values(X)
+        with np.errstate(divide="ignore"):
+            return np.log(p) - np.log1p(-p)
+
     def predict(self, X):
         """Class labels: ``classes_[1]`` where the fair probability exceeds 0.5 (stateless).
 

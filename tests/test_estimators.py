@@ -895,3 +895,15 @@ def test_n_jobs_sets_torch_threads_for_the_call_only(biased, monkeypatch, n_jobs
     np.testing.assert_allclose(clf.set_params(n_jobs=3).predict_proba(X), proba, atol=1e-6)
     with pytest.raises(ValueError, match="n_jobs"):
         FairNeuralClassifier(n_jobs=0).fit(X[["x1"]], y)
+
+
+def test_decision_function_and_log_proba_follow_the_fair_probabilities(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    p = clf.predict_proba(X)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), p, atol=1e-12)
+    scores = clf.decision_function(X)
+    assert scores.shape == (len(X),)
+    np.testing.assert_array_equal(clf.classes_[(scores > 0).astype(int)], clf.predict(X))
+    inside = (p[:, 1] > 0) & (p[:, 1] < 1)
+    np.testing.assert_allclose(1 / (1 + np.exp(-scores[inside])), p[inside, 1], rtol=1e-9)
