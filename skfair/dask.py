@@ -515,15 +515,16 @@ def _as_series(solution, z):
     import dask.dataframe as dd
     import pandas as pd
 
-    parts = [dask.delayed(_series_part)(p, b) for p, b in zip(solution.parts(), solution.blocks)]
+    parts = [dask.delayed(_series_part)(p, b, z.name)
+             for p, b in zip(solution.parts(), solution.blocks)]
     meta = pd.Series([], dtype=np.float64, name=z.name, index=z._meta.index)
     return dd.from_delayed(parts, meta=meta, divisions=z.divisions, verify_meta=False)
 
 
-def _series_part(values, block):
+def _series_part(values, block, name):
     import pandas as pd
 
-    return pd.Series(values, index=block["index"])
+    return pd.Series(values, index=block["index"], name=name)
 
 
 def _solve(blocks, layer, dual_init, max_passes):

@@ -198,6 +198,7 @@ def test_absent_groups_empty_and_unequal_partitions(client):
     assert isinstance(y, dd.Series) and y.npartitions == 5
     series = y.compute()
     pd.testing.assert_index_equal(series.index, frame.index)
+    assert series.name == "z"
     assert_equal_to_reference(series.to_numpy(), expected)
 
 
