@@ -114,8 +114,9 @@ class BaseFairNeural(BaseEstimator):
     # ----------------------------------------------------------------------------------------
     # Hooks of the subclasses
     @abstractmethod
-    def _encode_targets(self, y, reset):
-        """Validated targets as a float64 array (classifier: 0/1)."""
+    def _encode_targets(self, y, reset, classes=None):
+        """Validated targets as a float64 array (classifier: 0/1, its classes learned from
+        ``classes`` or y when ``reset``)."""
 
     @abstractmethod
     def _output(self, raw):
@@ -142,10 +143,11 @@ class BaseFairNeural(BaseEstimator):
 
     # ----------------------------------------------------------------------------------------
     # Validation
-    def _validate_X(self, X, reset):
+    def _validate_X(self, X, reset, known_groups=None):
         """X -> ``(features, codes)``: the network's inputs (a row-major float64 array) and
         the protected group codes (a LongTensor, or None without protected attributes), by the
-        :class:`~skfair._validation.InputSplitter` fitted when ``reset``."""
+        :class:`~skfair._validation.InputSplitter` fitted when ``reset`` (on the groups of X
+        and ``known_groups``)."""
         if self.protected_attributes is None:
             # Row-major: a DataFrame converts to a column-major array, whose tensor keeps those
             # strides, and gathering a batch's rows from it is several times slower.
@@ -165,7 +167,7 @@ class BaseFairNeural(BaseEstimator):
         self.splitter_ = InputSplitter(self.protected_attributes, self.exclude_protected,
                                        self.intersectional)
         return self.splitter_.fit_transform(X, getattr(self, "feature_names_in_", None),
-                                            self.n_features_in_)
+                                            self.n_features_in_, known_groups)
 
     @property
     def group_encoder_(self):
@@ -223,6 +225,12 @@ class BaseFairNeural(BaseEstimator):
         self : object
             The fitted estimator.
         """
+        device, constraint = self._check_fit_arguments(y)
+        return self._transaction(self._fit, self.warm_start, X, y, sample_weight, constraint,
+                                 device)
+
+    def _check_fit_arguments(self, y):
+        """``(device, constraint)`` of a fit or partial_fit, whose arguments are checked."""
         device = self._check_device()
         if y is None:
             raise ValueError(
@@ -234,39 +242,93 @@ class BaseFairNeural(BaseEstimator):
                 f"inference='individual' applies offsets learned once to every later row, and "
                 f"{constraint!r} needs true labels, which rows at prediction time do not have; "
                 f"use a label-free constraint (e.g. demographic_parity) or inference='batch'.")
-        # Validating X and y records what they define (feature names, groups, classes), and
-        # training changes a warm-started network in place: everything is put back on failure.
-        previous = self._fitted_state()
+        return device, constraint
+
+    def _transaction(self, train, in_place, *args):
+        """``train(*args, previous)`` with torch's threads set, the estimator put back as it
+        was if it raises: validating X and y records what they define (feature names, groups,
+        classes), and training changes a network ``in_place`` (warm start, partial_fit)."""
+        previous = self._fitted_state(in_place)
         try:
             with self._torch_threads():
-                self._fit(X, y, sample_weight, constraint, device, previous)
+                train(*args, previous)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(previous)
             raise
         return self
 
-    def _fitted_state(self):
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None, groups=None):
+        """Train on one chunk of the data: one epoch over ``(X, y)`` through the fairness layer.
+
+        For data larger than memory, or arriving over time. The first call (or the first after :meth:`fit`'s
+        attributes were cleared) fixes what must be known up front: the protected groups
+        (those of ``X``, plus ``groups``) and, for a classifier, the classes; the regressor's
+        target scaling and inferred bounds come from the first chunk too (pass ``bounds`` to
+        fix them). Later calls continue the same network and optimizer. Every chunk's batches
+        are projected exactly as in :meth:`fit`, so each training batch meets the constraint;
+        what the trained network does elsewhere is, as after ``fit``, what prediction's layer
+        corrects. A failed call changes nothing; ``early_stopping`` is not available here.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), default=None
+        groups : list of array-like, default=None
+            First call only: per protected attribute (in the order of
+            ``protected_attributes``), every value it can take, when the first chunk may not
+            hold them all.
+
+        Returns
+        -------
+        self : object
+        """
+        return self._partial_fit(X, y, sample_weight, groups, None)
+
+    def _partial_fit(self, X, y, sample_weight, groups, classes):
+        device, constraint = self._check_fit_arguments(y)
+        if self.early_stopping:
+            raise ValueError("partial_fit trains on the chunks it is given: early_stopping=True "
+                             "needs a validation split of the whole data; use fit.")
+        first = "module_" not in self.__dict__
+        if not first and (groups is not None or classes is not None):
+            raise ValueError("groups and classes are fixed by the first call to partial_fit.")
+        return self._transaction(self._fit_chunk, True, X, y, sample_weight, constraint, device,
+                                 (groups, classes) if first else None)
+
+    def _fit_chunk(self, X, y, sample_weight, constraint, device, known, previous):
+        """One partial_fit call: set up from ``known`` ``(groups, classes)`` on the first
+        call (``known`` is None on later ones), then one epoch."""
+        if known is not None:
+            features, codes, target, weight = self._validated(X, y, sample_weight, True,
+                                                              *known)
+            self._start(features, codes, target, constraint, device, warm=False)
+        else:
+            features, codes, target, weight = self._validated(X, y, sample_weight, False)
+        generator = torch.Generator().manual_seed(self._seed + len(self.history_))
+        data = _training.TrainingData.of(features, target, weight, self._groups(codes),
+                                         self.constraint_)
+        self._optimizer_state = _training.train_chunk(self, data, generator, device,
+                                                      getattr(self, "_optimizer_state", None))
+        self._end_training(features, codes)
+
+    def _fitted_state(self, in_place):
         """The attributes as they are, to put back if fit fails: fit replaces fitted attributes
-        rather than changing them, except a warm-started network (trained in place, so
-        deep-copied) and its history (appended to)."""
+        rather than changing them, except a network trained ``in_place`` (warm start, or
+        partial_fit: deep-copied, with the optimizer's state) and the history (appended to)."""
         state = dict(self.__dict__)
-        if self.warm_start and "module_" in state:
+        if in_place and "module_" in state:
             state["module_"] = copy.deepcopy(state["module_"])
+            if "_optimizer_state" in state:
+                state["_optimizer_state"] = copy.deepcopy(state["_optimizer_state"])
         if "history_" in state:
             state["history_"] = list(state["history_"])
         return state
 
     def _fit(self, X, y, sample_weight, constraint, device, previous):
-        features, codes = self._validate_X(X, reset=True)
-        target = self._encode_targets(y, reset=True)
-        if len(target) != len(features):
-            raise ValueError(
-                f"X and y have inconsistent numbers of samples: {len(features)} and "
-                f"{len(target)}."
-            )
-        weight = _check_sample_weight(sample_weight, features, dtype=np.float64,
-                                      ensure_non_negative=True)
+        features, codes, target, weight = self._validated(X, y, sample_weight, reset=True)
         warm = self.warm_start and "module_" in previous
         inputs = previous.get("_n_network_inputs")
         if warm and inputs is not None and inputs != features.shape[1]:
@@ -275,27 +337,57 @@ class BaseFairNeural(BaseEstimator):
                 f"inputs; this X gives {features.shape[1]} (its columns, their protected groups "
                 f"or exclude_protected changed). Fit with warm_start=False to train a new one."
             )
+        self._start(features, codes, target, constraint, device, warm)
+        generator = torch.Generator().manual_seed(self._seed)
+        data = _training.TrainingData.of(features, target, weight, self._groups(codes),
+                                         self.constraint_)
+        _training.train(self, data, generator, device)
+        self.__dict__.pop("_optimizer_state", None)  # a later partial_fit starts its own
+        self._end_training(features, codes)
+
+    def _validated(self, X, y, sample_weight, reset, groups=None, classes=None):
+        """``(features, codes, target, weight)`` of a fit's arguments; with ``reset``, the
+        columns, groups (those of X and ``groups``) and classes (``classes``, else y's) are
+        learned."""
+        features, codes = self._validate_X(X, reset=reset, known_groups=groups)
+        target = self._encode_targets(y, reset=reset, classes=classes)
+        if len(target) != len(features):
+            raise ValueError(
+                f"X and y have inconsistent numbers of samples: {len(features)} and "
+                f"{len(target)}."
+            )
+        weight = _check_sample_weight(sample_weight, features, dtype=np.float64,
+                                      ensure_non_negative=True)
+        return features, codes, target, weight
+
+    def _start(self, features, codes, target, constraint, device, warm):
+        """What a fit fixes before training: the constraint, the bounds, the seed and, unless
+        ``warm``, a new network and history."""
         self._end_streams()
         self.constraint_ = constraint if codes is not None else None
         self.bounds_ = self._fit_bounds(target)
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        generator = torch.Generator().manual_seed(int(seed))
+        self._seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         if not warm:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
+                torch.manual_seed(self._seed)
                 self.module_ = self._build_module(features.shape[1])
             self.history_ = []
         self._n_network_inputs = features.shape[1]
         self.module_.to(device)
         check_module(self.module_, features.shape[1], self._inputs_description(codes))
-        groups = None if codes is None else self.splitter_.encoder.constraint_groups(codes)
-        data = _training.TrainingData.of(features, target, weight, groups, self.constraint_)
-        _training.train(self, data, generator, device)
+
+    def _groups(self, codes):
+        """The groups the constraint compares, from the attributes' codes (None without)."""
+        return None if codes is None else self.splitter_.encoder.constraint_groups(codes)
+
+    def _end_training(self, features, codes):
+        """The fitted attributes that follow the history, and a new calibration."""
         self.n_iter_ = len(self.history_)
         self.loss_curve_ = [r["train_loss"] for r in self.history_]
         self.__dict__.pop("calibration_", None)
-        if self.inference == "individual" and groups is not None:
-            self.calibration_ = self._calibration(self._network_outputs(features), groups)
+        if self.inference == "individual" and codes is not None:
+            self.calibration_ = self._calibration(self._network_outputs(features),
+                                                  self._groups(codes))
 
     def _inputs_description(self, codes):
         """Where the network's inputs come from, for the errors of a module that does not take
@@ -361,8 +453,7 @@ class BaseFairNeural(BaseEstimator):
         features, codes = self._validate_X(X, reset=False)
         with self._torch_threads():
             out = self._network_outputs(features)
-        groups = None if codes is None else self.splitter_.encoder.constraint_groups(codes)
-        return out, groups
+        return out, self._groups(codes)
 
     @contextlib.contextmanager
     def _torch_threads(self):

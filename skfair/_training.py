@@ -12,7 +12,6 @@ import copy
 import math
 import numbers
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import _streaming
 from ._network import outputs
+from ._warnings import warn
 from .constraints import InfeasibleConstraintError, constraint_gap
 from .layer import project, projected_objective
 
@@ -89,12 +89,31 @@ def train(model, data, generator, device):
         if stopping.stops(monitored, model.module_):
             break
     else:
-        warnings.warn(
-            f"{type(model).__name__} ran max_epochs={model.max_epochs} epochs and the "
-            f"{'validation' if val_idx is not None else 'training'} loss was still "
-            f"improving by more than tol={model.tol}; raise max_epochs, or learning_rate, "
-            f"to train to convergence.", ConvergenceWarning, stacklevel=5)
+        warn(f"{type(model).__name__} ran max_epochs={model.max_epochs} epochs and the "
+             f"{'validation' if val_idx is not None else 'training'} loss was still "
+             f"improving by more than tol={model.tol}; raise max_epochs, or learning_rate, "
+             f"to train to convergence.", ConvergenceWarning)
     stopping.restore_best(model.module_)
+
+
+def train_chunk(model, data, generator, device, optimizer_state):
+    """One epoch over ``data`` (a chunk of partial_fit), continuing the optimizer from
+    ``optimizer_state`` (None on the first chunk); returns the optimizer's new state."""
+    optimizer = make_optimizer(model, device)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    row_cache = RowCache(model, data) if data.groups is not None else None
+    split = (np.arange(len(data.target)), None)
+    epoch = len(model.history_) + 1
+    start = time.perf_counter()
+    result = run_epoch(model, data, split[0], row_cache, optimizer, epoch, generator, device)
+    model.dual_init_ = {} if row_cache is None else _streaming.warm_start_duals(
+        result.solved, len(result.positions))
+    record = epoch_record(model, data, epoch, result, split, device)
+    record["seconds"] = time.perf_counter() - start
+    model.history_.append(record)
+    report(model, record)
+    return optimizer.state_dict()
 
 
 def make_optimizer(model, device):

@@ -6,12 +6,12 @@ group codes (:class:`GroupEncoder`) and, unless excluded, 0/1 or one-hot inputs 
 """
 
 import numbers
-import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ._warnings import warn
 from .constraints import intersect_groups
 
 
@@ -138,8 +138,9 @@ class InputSplitter:
         self.fit_transform(X, feature_names, n_features)
         return self
 
-    def fit_transform(self, X, feature_names, n_features):
-        """:meth:`fit`, then :meth:`transform` of the same X (split once)."""
+    def fit_transform(self, X, feature_names, n_features, known_groups=None):
+        """:meth:`fit`, then :meth:`transform` of the same X (split once); ``known_groups``:
+        per attribute, values to know besides those of X."""
         self.feature_names = feature_names
         self.indices = resolve_protected(self.protected_attributes, feature_names, n_features)
         self.feature_indices = np.delete(np.arange(n_features), self.indices)
@@ -150,7 +151,8 @@ class InputSplitter:
         if len(rest) == 0:
             raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
         self._check_features(rest)
-        self.encoder = GroupEncoder(self.names, self.intersectional).fit(protected)
+        self.encoder = GroupEncoder(self.names, self.intersectional).fit(protected,
+                                                                         known_groups)
         codes = self.encoder.transform(protected)
         _warn_about_groups(self.encoder, codes)
         return self._inputs(rest, codes)
@@ -188,18 +190,17 @@ def _warn_about_groups(encoder, codes):
     """Warn about attributes with many distinct values and groups with few training rows."""
     for j, (name, categories) in enumerate(zip(encoder.names, encoder.categories_)):
         if len(categories) > MANY_GROUPS:
-            warnings.warn(
-                f"protected attribute {name!r} has {len(categories)} distinct values, each a "
-                f"group; if it is numeric, bin it first (e.g. with pandas.cut).", UserWarning,
-                stacklevel=7)
+            warn(f"protected attribute {name!r} has {len(categories)} distinct values, each a "
+                 f"group; if it is numeric, bin it first (e.g. with pandas.cut).", UserWarning)
             continue
         counts = np.bincount(codes[:, j].numpy(), minlength=len(categories))
-        small = [f"{categories[k]!r} ({counts[k]})" for k in np.flatnonzero(counts < SMALL_GROUP)]
+        # (a group known but absent, as partial_fit's first chunk may have, is not rare)
+        rare = np.flatnonzero((counts > 0) & (counts < SMALL_GROUP))
+        small = [f"{categories[k]!r} ({counts[k]})" for k in rare]
         if small:
-            warnings.warn(
-                f"protected attribute {name!r} has groups with fewer than {SMALL_GROUP} training "
-                f"rows: {', '.join(small[:5])}; their means, which the constraint bounds, are "
-                f"mostly noise (consider merging rare groups).", UserWarning, stacklevel=7)
+            warn(f"protected attribute {name!r} has groups with fewer than {SMALL_GROUP} training "
+                 f"rows: {', '.join(small[:5])}; their means, which the constraint bounds, are "
+                 f"mostly noise (consider merging rare groups).", UserWarning)
 
 
 def split_columns(X, protected_indices):
@@ -270,11 +271,19 @@ class GroupEncoder:
         self.names = list(names)
         self.intersectional = intersectional
 
-    def fit(self, columns):
+    def fit(self, columns, known=None):
+        """Learn the values of every column (and, per column, those of ``known``)."""
         columns = _as_frame(columns, self.names)
+        if known is not None:
+            if len(known) != len(self.names):
+                raise ValueError(f"groups must list the values of each of the {len(self.names)} "
+                                 f"protected attributes {self.names}; got {len(known)} list(s).")
         self.categories_, self._index_cache, self._lookup_cache = [], None, None
-        for name in self.names:
+        for j, name in enumerate(self.names):
             values = columns[name]
+            if known is not None:
+                values = pd.concat([values.astype(object),
+                                    pd.Series(list(known[j]), dtype=object)], ignore_index=True)
             if values.isna().any():
                 raise ValueError(f"protected attribute {name!r} contains missing values.")
             categories = np.array(sorted(pd.unique(values), key=_sort_key), dtype=object)

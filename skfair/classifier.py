@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from sklearn.base import ClassifierMixin
+from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils._param_validation import StrOptions
@@ -229,18 +229,48 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
                 f"demographic parity or disparate impact; it needs fairness="
                 f"'demographic_parity' or 'disparate_impact', got fairness={self.fairness!r}.")
 
-    def _encode_targets(self, y, reset):
+    def _encode_targets(self, y, reset, classes=None):
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         if reset:
-            classes = np.unique(y)
+            classes = np.unique(y if classes is None else classes)
             if len(classes) != 2:
                 raise ValueError(
                     f"Only binary classification is supported; y must hold exactly 2 "
                     f"classes; got {len(classes)} class(es): {list(classes)[:5]}."
                 )
             self.classes_ = classes
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if len(unknown):
+            raise ValueError(f"y has labels not among classes_ {list(self.classes_)}: "
+                             f"{list(unknown)[:5]}.")
         return (y == self.classes_[1]).astype(np.float64)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None, groups=None):
+        """Train on one chunk of the data: one epoch over ``(X, y)`` through the fairness layer.
+
+        See :meth:`BaseFairNeural.partial_fit <skfair._base.BaseFairNeural.partial_fit>`;
+        ``classes`` (the two class labels) is required on the first call, as in
+        scikit-learn's incremental estimators.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (2,), default=None
+            Both class labels; first call only.
+        sample_weight : array-like of shape (n_samples,), default=None
+        groups : list of array-like, default=None
+            First call only: per protected attribute, every value it can take.
+
+        Returns
+        -------
+        self : object
+        """
+        if "module_" not in self.__dict__ and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._partial_fit(X, y, sample_weight, groups, classes)
 
     def _output(self, raw):
         # a module ending in a sigmoid gives probabilities already: no second sigmoid

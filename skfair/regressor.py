@@ -187,7 +187,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             n_jobs=n_jobs, verbose=verbose, random_state=random_state)
         self.bounds = bounds
 
-    def _encode_targets(self, y, reset):
+    def _encode_targets(self, y, reset, classes=None):
         y = column_or_1d(check_array(y, ensure_2d=False, dtype=np.float64,
                                      input_name="y"), warn=True)
         if reset:

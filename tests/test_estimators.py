@@ -1,5 +1,6 @@
 """FairNeuralClassifier and FairNeuralRegressor: guarantees, sklearn integration, state, errors."""
 
+import copy
 import dataclasses
 import os
 import pickle
@@ -907,3 +908,72 @@ def test_decision_function_and_log_proba_follow_the_fair_probabilities(biased):
     np.testing.assert_array_equal(clf.classes_[(scores > 0).astype(int)], clf.predict(X))
     inside = (p[:, 1] > 0) & (p[:, 1] < 1)
     np.testing.assert_allclose(1 / (1 + np.exp(-scores[inside])), p[inside, 1], rtol=1e-9)
+
+
+def test_partial_fit_trains_chunk_by_chunk():
+    """Each partial_fit call is one epoch over its chunk, continuing the network and Adam's
+    state; the first call fixes the classes (required) and the groups (those of the chunk plus
+    ``groups``); the same calls give the same model; predictions keep their guarantee."""
+    X, y = biased_frame(1200, categorical=True)
+    chunks = [(X.iloc[i:i + 300], y.iloc[i:i + 300]) for i in range(0, 1200, 300)]
+    first = chunks[0][0]["race"] != "c"  # the first chunk lacks one group
+    chunks[0] = (chunks[0][0][first], chunks[0][1][first])
+    params = dict(protected_attributes=["sex", "race"], hidden_layer_sizes=(16,), batch_size=64,
+                  random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        FairNeuralClassifier(**params).partial_fit(*chunks[0])
+    models = []
+    for _ in range(2):
+        clf = FairNeuralClassifier(**params)
+        clf.partial_fit(*chunks[0], classes=[0, 1], groups=[["F", "M"], ["a", "b", "c"]])
+        for Xc, yc in chunks[1:]:
+            clf.partial_fit(Xc, yc)
+        models.append(clf)
+    clf = models[0]
+    assert clf.n_iter_ == len(clf.history_) == 4
+    assert list(clf.group_encoder_.categories_[1]) == ["a", "b", "c"]
+    steps = sum(-(-len(yc) // 64) for _, yc in chunks)
+    assert int(clf._optimizer_state["state"][0]["step"]) == steps  # one optimizer throughout
+    np.testing.assert_array_equal(clf.predict_proba(X), models[1].predict_proba(X))
+    assert dp_gap(clf, X, clf.predict_proba(X)[:, 1]) <= 0.05 + 1e-6
+    with pytest.raises(ValueError, match="fixed by the first call"):
+        clf.partial_fit(*chunks[1], classes=[0, 1])
+
+
+def test_partial_fit_refuses_what_the_first_call_did_not_fix():
+    """A later chunk with a group or a label the first call did not know raises, and nothing
+    changes; fit afterwards starts over (new network, fresh optimizer)."""
+    X, y = biased_frame(600, categorical=True)
+    known = X["race"] != "c"
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], hidden_layer_sizes=(8,),
+                               random_state=0).partial_fit(X[known], y[known], classes=[0, 1])
+    before = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    state = copy.deepcopy(clf._optimizer_state["state"])
+    with pytest.raises(ValueError, match=r"'race' has values not seen in fit: \['c'\]"):
+        clf.partial_fit(X, y)
+    with pytest.raises(ValueError, match=r"labels not among classes_"):
+        clf.partial_fit(X[known], y[known].replace(1, 7))
+    assert clf.n_iter_ == 1 and len(clf.history_) == 1
+    for k, v in clf.module_.state_dict().items():
+        assert torch.equal(v, before[k])
+    for key, values in state.items():
+        for name, value in values.items():
+            assert torch.equal(clf._optimizer_state["state"][key][name], value)
+    with pytest.raises(ValueError, match="early_stopping"):
+        FairNeuralClassifier(early_stopping=True).partial_fit(X[["x1"]], y, classes=[0, 1])
+    clf.set_params(max_epochs=2).fit(X[known], y[known])
+    assert clf.n_iter_ <= 2 and not hasattr(clf, "_optimizer_state")
+
+
+def test_regressor_partial_fit_scales_and_bounds_from_the_first_chunk():
+    X, y = biased_frame(600)
+    X = X.drop(columns="race")
+    target = X["x1"] + (X["sex"] == "M")
+    reg = FairNeuralRegressor(protected_attributes=["sex"], hidden_layer_sizes=(8,),
+                              random_state=0)
+    reg.partial_fit(X.iloc[:300], target.iloc[:300]).partial_fit(X.iloc[300:], target.iloc[300:])
+    lo, hi = target.iloc[:300].min(), target.iloc[:300].max()
+    assert reg.bounds_ == pytest.approx((lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)))
+    pred = reg.predict(X)
+    sex = X["sex"].to_numpy()
+    assert abs(pred[sex == "M"].mean() - pred[sex == "F"].mean()) <= 0.05 + 1e-6
