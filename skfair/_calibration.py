@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._kernels import host_vector
+from ._host import host_vector
 from .constraints import constraint_gap
 from .layer import project
 

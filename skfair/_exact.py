@@ -33,10 +33,11 @@ import math
 import numpy as np
 import torch
 
+from ._host import as_host, device_tensor, host_vector
 from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
-                       host_vector, objective, pair_gram, row_gram, row_values, shifted_sums,
+                       objective, pair_gram, row_gram, row_values, shifted_sums,
                        stat_squares, value_range, violation_and_range)
-from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
+from .constraints import InfeasibleConstraintError
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
@@ -62,13 +63,13 @@ class SolveResult:
                  objective=None):
         self.y, self.n_iter, self.converged, self.scale = y, n_iter, converged, scale
         self.host_y = host_vector(y) if host_y is None else host_y
-        self.host_lam, self.check, self.objective = _host(lam), check, objective
+        self.host_lam, self.check, self.objective = as_host(lam), check, objective
 
     @property
     def lam(self):
         """The multipliers as a tensor on the device of ``y`` (made on access: the projection
         itself reads only the host array)."""
-        return _device_tensor(self.host_lam, self.y.device)
+        return device_tensor(self.host_lam, self.y.device)
 
 
 def clip(x, lo, hi):
@@ -106,7 +107,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=
     compiled call: the result's ``objective`` is then ``(value, grad_z)``.
     """
     m, n = cs.n_rows, z.shape[0]
-    lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
+    lam = np.zeros(m) if lam0 is None else np.maximum(as_host(lam0), 0.0)  # a copy: updated in place
     if lam.shape != (m,):
         raise ValueError(f"lam0 must hold one multiplier per row ({m}); got shape {lam.shape}.")
     y = np.empty(n)
@@ -123,7 +124,7 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=
     row, smallest, scale, n_iter, converged, lam, violation, low, high = found
     if row >= 0 or not math.isfinite(scale):
         _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
-    return SolveResult(_device_tensor(y, z.device), lam, n_iter, converged, scale, y,
+    return SolveResult(device_tensor(y, z.device), lam, n_iter, converged, scale, y,
                        (violation, low, high), objective)
 
 
@@ -184,7 +185,7 @@ def recentred_solve(z, cs, lo, hi):
     nu = found.host_lam
     lam = mu + nu[:cs.n_rows]
     lam[large] -= nu[cs.n_rows:]
-    return SolveResult(_device_tensor(found.host_y, z.device), lam, n_iter + found.n_iter,
+    return SolveResult(device_tensor(found.host_y, z.device), lam, n_iter + found.n_iter,
                        found.converged, found.scale, found.host_y, found.check)
 
 
@@ -268,14 +269,7 @@ def vjp(grad_y, host_y, host_lam, cs, lo, hi, with_h=True):
     u = _vjp(host_vector(grad_y), host_y, *cs.host_problem[:3], host_lam, *_open_bounds(lo, hi),
              grad_z)
     device = grad_y.device
-    return _device_tensor(grad_z, device), _device_tensor(u, device) if with_h else None
-
-
-def _host(values):
-    """A float64 numpy array of ``values`` (tensor on any device, array or list)."""
-    if isinstance(values, torch.Tensor):
-        return _host_array(values)
-    return np.asarray(values, dtype=np.float64)
+    return device_tensor(grad_z, device), device_tensor(u, device) if with_h else None
 
 
 def _open_bounds(lo, hi):

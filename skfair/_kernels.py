@@ -353,9 +353,3 @@ def first_unattainable(rows, mass, h, lo, hi):
             return r, value
     return -1, 0.0
 
-
-def host_vector(tensor):
-    """A tensor of shape (n,) as a contiguous numpy array on the host: a view of a contiguous
-    CPU tensor, else a copy."""
-    array = tensor.numpy(force=True)  # detached; copied to the host from another device
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)

@@ -80,8 +80,8 @@ import numpy as np
 import torch
 
 from ._exact import _open_bounds, clip
-from ._kernels import (atom_shift, clip_shift, host_vector, row_gram, row_values,
-                       stat_squares)
+from ._host import host_vector
+from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
 from .decisions import fair_labels
 from .layer import project

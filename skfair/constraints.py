@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import _kernels
+from ._host import CPU, device_tensor, host_array, host_vector
 
 __all__ = [
     "AffineConstraint",
@@ -121,7 +122,7 @@ class ConstraintSet:
                              f"{tuple(weight.shape)}.")
         self._assign(atom, h, keys, weight, coef.shape[1])
         self._coef = coef
-        host_coef = np.ascontiguousarray(_host_array(coef))
+        host_coef = np.ascontiguousarray(host_array(coef))
         self._host.update(coef=host_coef, rows=_explicit_rows(host_coef))
 
     def _assign(self, atom, h, keys, weight, n_atoms):
@@ -140,7 +141,7 @@ class ConstraintSet:
         ``h_tensor`` the tensor of ``h`` on ``device``; ``h=None`` when only its tensor is known
         (one that carries gradients)."""
         cs = cls.__new__(cls)
-        cs._assign(_device_tensor(atom, device), h_tensor, keys, weight, mass.size)
+        cs._assign(device_tensor(atom, device), h_tensor, keys, weight, mass.size)
         cs._host.update(rows=rows, atom=atom, mass=mass)
         if h is not None:
             cs._host["h"] = h
@@ -170,7 +171,7 @@ class ConstraintSet:
         """The coefficients of every row on every atom, a tensor of shape (m, n_atoms) on the
         device of :attr:`atom` (made on first access from the factored rows)."""
         if self._coef is None:
-            self._coef = _device_tensor(self.host_coef, self.atom.device)
+            self._coef = device_tensor(self.host_coef, self.atom.device)
         return self._coef
 
     def atom_sums(self, y):
@@ -199,7 +200,7 @@ class ConstraintSet:
         if y.shape != (self.n_samples,):
             raise ValueError(f"y must have shape ({self.n_samples},), one value per sample of "
                              f"the constraint set; got {tuple(y.shape)}.")
-        return _kernels.violation_and_range(_kernels.host_vector(y.to(torch.float64)),
+        return _kernels.violation_and_range(host_vector(y.to(torch.float64)),
                                             *self.host_problem[:4])
 
     def _cached(self, name, compute):
@@ -233,19 +234,19 @@ class ConstraintSet:
     @property
     def host_h(self):
         """:attr:`h` (detached) as a float64 numpy array on the host."""
-        return self._cached("h", lambda: _host_array(self.h))
+        return self._cached("h", lambda: host_array(self.h))
 
     @property
     def host_atom(self):
         """:attr:`atom` as an int64 numpy array on the host."""
-        return self._cached("atom", lambda: _kernels.host_vector(self.atom.long()))
+        return self._cached("atom", lambda: host_vector(self.atom.long()))
 
     @property
     def host_weight(self):
         """:attr:`weight` as a float64 numpy array on the host, empty without weights."""
         if self.weight is None:
             return _NO_WEIGHT
-        return self._cached("weight", lambda: _kernels.host_vector(self.weight.to(torch.float64)))
+        return self._cached("weight", lambda: host_vector(self.weight.to(torch.float64)))
 
     @property
     def host_mass(self):
@@ -465,7 +466,7 @@ class _GroupMeanConstraint(AffineConstraint):
         # small, and the exact solver works there.
         atom, table, mass = _atoms(codes.numpy(force=True))
         if weight is not None:
-            mass = np.bincount(atom, weights=_kernels.host_vector(weight), minlength=len(mass))
+            mass = np.bincount(atom, weights=host_vector(weight), minlength=len(mass))
         references = tuple(reference_means or ()) if self.borrows_references else ()
         rows, h, h_tensor, keys, reference_rows = _batch_rows(
             type(self), table, mass.tobytes(), n_attributes, references, float(epsilon),
@@ -476,11 +477,11 @@ class _GroupMeanConstraint(AffineConstraint):
             for r, reference, sign in reference_rows:
                 h[r] += sign * float(reference_means[reference])
             h_tensor = torch.from_numpy(h)
-        h_tensor = h_tensor if device == _CPU else h_tensor.to(device)
+        h_tensor = h_tensor if device == CPU else h_tensor.to(device)
         if self.requires_y_true and self.label_cells is None and keys:
             # h holds the group means of the targets: a tensor, so that gradients reach y_true
             target = y_true if weight is None else y_true * weight
-            sums = _segment_sum(target.to(torch.float64), _device_tensor(atom, device), len(mass))
+            sums = _segment_sum(target.to(torch.float64), device_tensor(atom, device), len(mass))
             h, h_tensor = None, h_tensor + _row_tensor(rows, sums)
         return ConstraintSet._from_host(rows, atom, h, h_tensor, keys, device, weight, mass)
 
@@ -923,26 +924,6 @@ def _atom_tensor(rows, lam):
 def _index_tensor(array, device):
     """A (read-only, cached) numpy array as a tensor on ``device`` (a copy)."""
     return torch.tensor(array, device=device)
-
-
-def _host_array(values):
-    """A tensor as a float64 numpy array on the host (a view of a CPU float64 tensor)."""
-    values = values.detach()
-    if values.dtype != torch.float64:
-        values = values.to(torch.float64)
-    return values.numpy() if values.device.type == "cpu" else values.cpu().numpy()
-
-
-def _device_tensor(array, device):
-    """A numpy array as a tensor on ``device`` (a tensor's device; sharing its memory on the
-    CPU)."""
-    tensor = torch.from_numpy(array)
-    # (compared with a device object: reading device.type makes a new string every time, and
-    # this runs several times per training step)
-    return tensor if device == _CPU else tensor.to(device)
-
-
-_CPU = torch.device("cpu")
 
 
 def _segment_sum(values, index, size):

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from . import _exact, _kernels
-from .constraints import InfeasibleConstraintError, _check_epsilon, _device_tensor, get_constraint
+from ._host import device_tensor, host_vector, to_device
+from .constraints import InfeasibleConstraintError, _check_epsilon, get_constraint
 from .constraints import _as_group_matrix, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
@@ -146,8 +147,8 @@ class FairnessLayer(nn.Module):
         if self.intersectional:
             groups = intersect_groups(groups)
         cs = self.constraint.build(groups.to(z.device), epsilon=self.epsilon,
-                                   y_true=_to_device(y_true, z),
-                                   sample_weight=_to_device(sample_weight, z))
+                                   y_true=to_device(y_true, z),
+                                   sample_weight=to_device(sample_weight, z))
         y, info = project(z, cs, self.bounds, self.solver)
         # (straight into the instance dict: nn.Module's __setattr__ first looks among the
         # parameters, buffers and submodules, some microseconds per training step)
@@ -205,7 +206,7 @@ def _cast(y, dtype, cs, lo, hi, info):
     if lo is not None or hi is not None:
         out = out.clamp(_representable(lo, dtype, y.device, inward=1.0),
                         _representable(hi, dtype, y.device, inward=-1.0))
-    check = _check(_kernels.host_vector(out.to(torch.float64)), cs)
+    check = _check(host_vector(out.to(torch.float64)), cs)
     violation, out_of_bounds, _ = _violations(check, lo, hi)
     if not out_of_bounds <= 0:  # NaN too: an output or a bound beyond the dtype's range
         raise ValueError(f"The fair outputs do not fit in {dtype} (largest magnitude "
@@ -258,13 +259,13 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     (at training batch sizes of tens to hundreds, each costs about as much as the arithmetic).
     """
     lo, hi = bounds if bounds is not None else (None, None)
-    host = _kernels.host_vector
     result = _exact.solve(z.to(torch.float64), cs, lo, hi,
-                          objective=(host(target), host(weight), loss, scale, penalty))
+                          objective=(host_vector(target), host_vector(weight), loss, scale,
+                                     penalty))
     if _exact_violation(result, cs, lo, hi, []) is None:
         return None
     value, grad = result.objective
-    return _Objective.apply(z, (value, _device_tensor(grad, z.device))), result
+    return _Objective.apply(z, (value, device_tensor(grad, z.device))), result
 
 
 def _exact_backend(z, cs, lo, hi, failures):
@@ -275,7 +276,7 @@ def _exact_backend(z, cs, lo, hi, failures):
         # The solver kept the outputs: when they are fair already and none lies at a bound, the
         # projection is z itself, its Jacobian the identity (what the backward pass would
         # compute, without its cost). z itself is checked: the guarantee rests on no solver.
-        check = _check(_kernels.host_vector(z), cs)
+        check = _check(host_vector(z), cs)
         violation, _, inside = _violations(check, lo, hi)
         if inside and violation <= _tolerance(check, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam)
@@ -316,7 +317,7 @@ def _polished(z, result, cs, lo, hi, failures):
     first = _checked(result, cs)
     if _meets_guarantee(first, cs, lo, hi):
         return result
-    z = _kernels.host_vector(z)
+    z = host_vector(z)
     scale = _scale(first, cs)
     unclipped = _unclipped(z, result.host_lam, cs)
     start = result.host_y.copy()
@@ -340,7 +341,7 @@ def _recentred(z, cs, lo, hi, failures):
     if not result.host_lam.min(initial=0.0) >= 0:
         failures.append("exact: a recentred row was not active")
         return None
-    if not _certified(_kernels.host_vector(z), result.host_y, result.host_lam,
+    if not _certified(host_vector(z), result.host_y, result.host_lam,
                       _checked(result, cs), cs, lo, hi, "recentred solve", failures):
         return None
     return result
@@ -435,7 +436,7 @@ def _qpth_backend(z, cs, lo, hi, failures):
     except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
         failures.append(f"qpth: {type(exc).__name__}: {exc}")
         return None
-    check = _check(_kernels.host_vector(y), cs)
+    check = _check(host_vector(y), cs)
     violation, out_of_bounds, _ = _violations(check, lo, hi)
     if not _accepted(violation, out_of_bounds, _tolerance(check, cs), "qpth", failures):
         return None
@@ -604,8 +605,3 @@ def _check_inputs(z, groups):
             f"{z.shape[0]} outputs."
         )
 
-
-def _to_device(tensor, like):
-    if tensor is None:
-        return None
-    return torch.as_tensor(tensor, device=like.device)

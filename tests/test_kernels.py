@@ -8,6 +8,7 @@ import torch
 from conftest import torch_objective
 
 from skfair import _kernels
+from skfair._host import host_vector
 from skfair.constraints import _dense_coef, _explicit_rows, _statistics
 
 
@@ -48,9 +49,9 @@ def test_clip_shift_and_its_sums_with_one_sided_and_no_bounds():
 
 def test_host_vectors_share_memory_with_contiguous_tensors_and_copy_strided_ones():
     tensor = torch.arange(6, dtype=torch.float64, requires_grad=True)
-    assert np.shares_memory(_kernels.host_vector(tensor), tensor.detach().numpy())
+    assert np.shares_memory(host_vector(tensor), tensor.detach().numpy())
     strided = tensor.detach()[::2]
-    copy = _kernels.host_vector(strided)
+    copy = host_vector(strided)
     assert copy.flags.c_contiguous
     np.testing.assert_array_equal(copy, [0.0, 2.0, 4.0])
 
