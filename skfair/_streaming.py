@@ -79,7 +79,7 @@ import math
 import numpy as np
 import torch
 
-from ._exact import _open_bounds, clip
+from ._bounds import Bounds
 from ._host import host_vector
 from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
 from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
@@ -192,7 +192,7 @@ class PrimalDualStream:
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
         z = z.to(torch.float64)
-        lo, hi = self.bounds if self.bounds is not None else (None, None)
+        bounds = Bounds.of(self.bounds)
         atoms = _atoms(groups.cpu().numpy())
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
@@ -202,7 +202,7 @@ class PrimalDualStream:
         references = self._reference_means()
         cs = self.constraint.build(groups, epsilon=self.epsilon, reference_means=references)
         if cs.n_rows == 0:  # a step without rows: no multiplier to move
-            y = self._decide(clip(z, lo, hi))
+            y = self._decide(bounds.clip(z))
             self.n_steps += 1
             self._record(y, cs, atoms)
             return y
@@ -216,7 +216,7 @@ class PrimalDualStream:
         # batches are small: tensor operations would cost more to dispatch than to compute)
         primal = np.empty(n)
         clip_shift(host_vector(z), cs.host_atom, atom_shift(cs.host_rows, lam * inverse),
-                   cs.host_weight, *_open_bounds(lo, hi), primal)
+                   cs.host_weight, *bounds.box, primal)
         y = self._decide(torch.from_numpy(primal).to(z.device))
         violation = row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
         # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger

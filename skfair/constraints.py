@@ -146,7 +146,7 @@ class ConstraintSet:
         if h is not None:
             cs._host["h"] = h
             if weight is None:
-                cs._host["problem"] = (atom, _NO_WEIGHT, rows, h, mass, mass)
+                cs._host["problem"] = _kernels.Problem(atom, _NO_WEIGHT, rows, h, mass, mass)
         return cs
 
     @property
@@ -200,8 +200,9 @@ class ConstraintSet:
         if y.shape != (self.n_samples,):
             raise ValueError(f"y must have shape ({self.n_samples},), one value per sample of "
                              f"the constraint set; got {tuple(y.shape)}.")
-        return _kernels.violation_and_range(host_vector(y.to(torch.float64)),
-                                            *self.host_problem[:4])
+        problem = self.host_problem
+        return _kernels.violation_and_range(host_vector(y.to(torch.float64)), problem.atom,
+                                            problem.weight, problem.rows, problem.h)
 
     def _cached(self, name, compute):
         value = self._host.get(name)
@@ -263,13 +264,15 @@ class ConstraintSet:
 
     @property
     def host_problem(self):
-        """``(host_atom, host_weight, host_rows, host_h, host_mass, square_mass)``, the arguments
-        of the compiled passes in their order (one cached lookup per pass: at training batch
-        sizes the Python around a pass costs about as much as the pass)."""
+        """The host arrays of the compiled passes as one :class:`skfair._kernels.Problem`
+        (``host_atom, host_weight, host_rows, host_h, host_mass, square_mass``; one cached
+        lookup per pass: at training batch sizes the Python around a pass costs about as much
+        as the pass)."""
         problem = self._host.get("problem")
         if problem is None:
-            problem = self._host["problem"] = (self.host_atom, self.host_weight, self.host_rows,
-                                               self.host_h, self.host_mass, self.square_mass)
+            problem = self._host["problem"] = _kernels.Problem(
+                self.host_atom, self.host_weight, self.host_rows, self.host_h, self.host_mass,
+                self.square_mass)
         return problem
 
     def _atom_totals(self, weight):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import _exact, _kernels
+from ._bounds import Bounds, open_box
 from ._host import device_tensor, host_vector, to_device
 from .constraints import InfeasibleConstraintError, _check_epsilon, get_constraint
 from .constraints import _as_group_matrix, intersect_groups
@@ -167,7 +168,7 @@ def project(z, cs, bounds, solver="auto"):
     :attr:`FairnessLayer.last_solve_`. Raises :class:`InfeasibleConstraintError` when a row cannot
     be met within the bounds, :class:`RuntimeError` when no backend reaches the guarantee.
     """
-    lo, hi = bounds if bounds is not None else (None, None)
+    lo, hi = Bounds.of(bounds)
     double = z.dtype == torch.float64
     z64 = z if double else z.to(torch.float64)
     failures = []
@@ -258,10 +259,9 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     are one compiled call on the host, not a dozen tensor operators and their backward nodes
     (at training batch sizes of tens to hundreds, each costs about as much as the arithmetic).
     """
-    lo, hi = bounds if bounds is not None else (None, None)
-    result = _exact.solve(z.to(torch.float64), cs, lo, hi,
-                          objective=(host_vector(target), host_vector(weight), loss, scale,
-                                     penalty))
+    lo, hi = Bounds.of(bounds)
+    result = _exact.solve(z.to(torch.float64), cs, lo, hi, objective=_kernels.Loss(
+        host_vector(target), host_vector(weight), loss, scale, penalty))
     if _exact_violation(result, cs, lo, hi, []) is None:
         return None
     value, grad = result.objective
@@ -321,7 +321,7 @@ def _polished(z, result, cs, lo, hi, failures):
     scale = _scale(first, cs)
     unclipped = _unclipped(z, result.host_lam, cs)
     start = result.host_y.copy()
-    low, high = _exact._open_bounds(lo, hi)
+    low, high = open_box(lo, hi)
     start[(start >= high) & (unclipped > high + POLISH_TOL * scale)] = high + FAR * scale
     start[(start <= low) & (unclipped < low - POLISH_TOL * scale)] = low - FAR * scale
     second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, lo, hi)
@@ -367,7 +367,7 @@ def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
     ``active_tol``; the others' set to zero). At most 0 when ``y`` is certified."""
     rows = _kernels.row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
     unclipped = _unclipped(z, np.where(rows >= -active_tol, lam, 0.0), cs)
-    low, high = _exact._open_bounds(lo, hi)
+    low, high = open_box(lo, hi)
     error = np.where(y >= high, np.maximum(high - unclipped, 0.0),
                      np.where(y <= low, np.maximum(unclipped - low, 0.0),
                               np.abs(y - unclipped)))
@@ -432,7 +432,7 @@ def _qpth_backend(z, cs, lo, hi, failures):
     # qpth needs the checks first (its errors are fallbacks, these are the caller's).
     _exact.problem_scale(z, cs, lo, hi)
     try:
-        y = _exact.clip(_qpth_project(z, cs, lo, hi), lo, hi)
+        y = Bounds(lo, hi).clip(_qpth_project(z, cs, lo, hi))
     except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
         failures.append(f"qpth: {type(exc).__name__}: {exc}")
         return None

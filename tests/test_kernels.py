@@ -27,7 +27,7 @@ def test_without_a_writable_cache_the_loops_still_compile(monkeypatch):
     def add_one(x):
         return x + 1.0
 
-    assert _kernels._jit(add_one)(1.0) == 2.0
+    assert _kernels.jit(add_one)(1.0) == 2.0
 
 
 def test_clip_shift_and_its_sums_with_one_sided_and_no_bounds():
@@ -148,7 +148,8 @@ def test_objective_is_the_estimators_torch_loss(loss, penalty):
     z = y + rng.normal(0, 0.2, y.size)
     weight = rng.uniform(0.2, 3.0, y.size)
     grad_y, grad_z = np.empty(y.size), np.empty(y.size)
-    value = _kernels.objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z)
+    value = _kernels.objective(y, z, _kernels.Loss(target, weight, loss, scale, penalty), grad_y,
+                               grad_z)
 
     y_t, z_t = (torch.tensor(v, requires_grad=True) for v in (y, z))
     want = torch_objective(y_t, z_t, torch.tensor(target), torch.tensor(weight), loss, scale,

@@ -18,6 +18,7 @@ from skfair.constraints import (
     constraint_gap,
     get_constraint,
 )
+from skfair._bounds import Bounds
 from skfair.layer import project
 
 BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual",
@@ -832,7 +833,7 @@ def _perturbed_first_solve(monkeypatch, offset):
         result = solve(z, cs, lo, hi, **kwargs)
         calls.append(result)
         if len(calls) % 2:
-            y = _exact.clip(result.y + offset, lo, hi)
+            y = Bounds(lo, hi).clip(result.y + offset)
             return _exact.SolveResult(y, result.host_lam, result.n_iter, True, result.scale)
         return result
 
