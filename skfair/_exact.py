@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ._bounds import open_box
+from ._constraint_set import with_opposites
 from ._host import as_host, device_tensor, host_vector
 from ._kernels import (atom_shift, clip_shift, first_unattainable, free_shift, free_sums, inline,
                        jit, objective, pair_gram, row_gram, row_values, shifted_sums,
@@ -191,7 +192,7 @@ def recentred_solve(z, cs, lo, hi):
     clip_shift(host, cs.host_atom, atom_shift(cs.host_rows, mu), cs.host_weight, -np.inf,
                np.inf, shifted)
     start = np.r_[np.where(mu > 0, 0.0, lam), np.zeros(large.size)]
-    found = solve(torch.from_numpy(shifted), cs._with_opposites(large), lo, hi, lam0=start)
+    found = solve(torch.from_numpy(shifted), with_opposites(cs, large), lo, hi, lam0=start)
     nu = found.host_lam
     lam = mu + nu[:cs.n_rows]
     lam[large] -= nu[cs.n_rows:]

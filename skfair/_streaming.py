@@ -79,10 +79,11 @@ import math
 import numpy as np
 import torch
 
+from . import _rows
 from ._bounds import Bounds
 from ._host import host_vector
 from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
-from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
+from .constraints import constraint_gap
 from .decisions import fair_labels
 from .layer import project
 
@@ -125,7 +126,7 @@ def _gram(cs):
 
 
 def _present_groups(atoms):
-    """Per attribute, the set of group codes present in a batch (from :func:`_atoms`)."""
+    """Per attribute, the set of group codes present in a batch (from :func:`skfair._rows.atoms`)."""
     _, table, counts = atoms
     codes = [c for c, count in zip(table, counts.tolist()) if count]
     return [set(col) for col in zip(*codes)] if codes else []
@@ -193,14 +194,14 @@ class PrimalDualStream:
                              "infinity (the stream's state is unchanged).")
         z = z.to(torch.float64)
         bounds = Bounds.of(self.bounds)
-        atoms = _atoms(groups.cpu().numpy())
+        atoms = _rows.atoms(groups.cpu().numpy())
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
             self._record(y, cs, atoms)
             return y
         references = self._reference_means()
-        cs = self.constraint.build(groups, epsilon=self.epsilon, reference_means=references)
+        cs = self._build(groups, references)
         if cs.n_rows == 0:  # a step without rows: no multiplier to move
             y = self._decide(bounds.clip(z))
             self.n_steps += 1
@@ -241,6 +242,14 @@ class PrimalDualStream:
         self._record(y, cs, atoms)
         return y
 
+    def _build(self, groups, references):
+        """The rows of a primal-dual step's batch: a group-mean constraint's compare the groups
+        present with the ``references`` (running means) of those absent."""
+        if references is None:
+            return self.constraint.build(groups, epsilon=self.epsilon)
+        return _rows.group_mean_set(self.constraint, groups, epsilon=self.epsilon,
+                                    reference_means=references)
+
     def _exact(self, z, cs, groups):
         """The outputs of a batch of at least ``b_tau`` rows: its exact projection."""
         return project(z, cs, self.bounds, self.solver)[0]
@@ -277,7 +286,7 @@ class PrimalDualStream:
                 {key: count for key, (_, count) in sums.items()})
 
     def _reference_means(self):
-        if not isinstance(self.constraint, _GroupMeanConstraint):
+        if not isinstance(self.constraint, _rows.GroupMeanLayout):
             return None
         return {(a, g, None): mean for (a, g), mean in self._group_stats()[0].items()}
 

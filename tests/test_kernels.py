@@ -9,7 +9,7 @@ from conftest import torch_objective
 
 from skfair import _kernels
 from skfair._host import host_vector
-from skfair.constraints import _dense_coef, _explicit_rows, _statistics
+from skfair._constraint_set import dense_coef, explicit_rows, statistics
 
 
 def test_without_a_writable_cache_the_loops_still_compile(monkeypatch):
@@ -60,7 +60,7 @@ def test_ranges_propagate_nan_and_are_zero_when_empty():
     assert _kernels.value_range(np.array([0.5, -2.0, 3.0])) == (-2.0, 3.0)
     assert all(np.isnan(_kernels.value_range(np.array([0.5, np.nan, 3.0]))))
     assert _kernels.value_range(np.empty(0)) == (0.0, 0.0)
-    coef, h = _explicit_rows(np.array([[1.0, -1.0]])), np.array([0.1])
+    coef, h = explicit_rows(np.array([[1.0, -1.0]])), np.array([0.1])
     atom, values = np.array([0, 1, 1]), np.array([0.5, 0.2, 0.4])
     violation, low, high = _kernels.violation_and_range(values, atom, np.empty(0), coef, h)
     assert violation == pytest.approx(0.5 - 0.6 - 0.1) and (low, high) == (0.2, 0.5)
@@ -103,10 +103,10 @@ def test_factored_rows_match_their_dense_matrix():
     stat = np.where(rng.uniform(size=(n_stats, n_atoms)) < 0.5, rng.normal(size=(n_stats, n_atoms)),
                     0.0)
     plus, minus = rng.integers(-1, n_stats, m), rng.integers(-1, n_stats, m)
-    rows = _statistics(stat, plus, minus, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    rows = statistics(stat, plus, minus, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
     padded = np.vstack([stat, np.zeros(n_atoms)])
     dense = padded[plus] - padded[minus]
-    np.testing.assert_array_equal(_dense_coef(rows, n_atoms), dense)
+    np.testing.assert_array_equal(dense_coef(rows, n_atoms), dense)
     sums, lam, h = rng.normal(size=n_atoms), rng.uniform(size=m), rng.normal(size=m)
     mass, chosen = rng.uniform(0.5, 2.0, n_atoms), np.array([0, 3, 4, 9])
     np.testing.assert_allclose(_kernels.row_values(rows, sums, h), dense @ sums - h, atol=1e-13)
@@ -120,7 +120,7 @@ def test_factored_rows_match_their_dense_matrix():
 def test_first_unattainable_row_with_open_bounds():
     """A row's smallest value over the box; a zero coefficient times an infinite bound adds
     nothing (not NaN)."""
-    coef = _explicit_rows(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    coef = explicit_rows(np.array([[1.0, 0.0], [-1.0, 0.0]]))
     mass = np.array([1.0, 1.0])
     # y in [0.2, inf): row 0 (y_0 <= h) needs h >= 0.2, row 1 (-y_0 <= h) can always hold
     assert _kernels.first_unattainable(coef, mass, np.array([0.3, -5.0]), 0.2, np.inf) == (-1, 0.0)

@@ -455,9 +455,9 @@ def test_backend_failure_falls_back_with_a_warning(monkeypatch):
 
 
 def test_qpth_first_falls_back_to_exact_with_a_warning(monkeypatch):
-    from skfair import layer as layer_module
+    from skfair import _qpth
 
-    monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
+    monkeypatch.setattr(_qpth, "qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.warns(RuntimeWarning, match="qpth solver failed"):
@@ -520,11 +520,11 @@ def test_a_solver_claiming_no_iterations_is_not_trusted_with_unfair_outputs(monk
 
 
 def test_both_backends_failing_raise(monkeypatch):
-    from skfair import _exact, layer as layer_module
+    from skfair import _exact, _qpth
 
     monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
         z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0))
-    monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
+    monkeypatch.setattr(_qpth, "qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.raises(RuntimeError, match="fairness projection failed"):
@@ -657,7 +657,7 @@ def _recorded_instance(name):
     constraints (one statistic per group, its pair rows in family order)."""
     from pathlib import Path
 
-    from skfair.constraints import ConstraintSet, _statistics
+    from skfair._constraint_set import host_set, statistics
 
     data = np.load(Path(__file__).parent / "data" / f"{name}.npz")
     coef = data["coef"]
@@ -689,12 +689,12 @@ def _recorded_instance(name):
             sizes.append(len(members))
         stat = np.array(stat)
     sizes = np.array(sizes, dtype=np.int64)
-    rows = _statistics(stat, np.array(plus), np.array(minus), sizes,
+    rows = statistics(stat, np.array(plus), np.array(minus), sizes,
                        np.r_[0, np.cumsum(sizes * (sizes - 1))].astype(np.int64))
     h, atom = data["h"][order], data["atom"]
     mass = np.bincount(atom, minlength=coef.shape[1]).astype(np.float64)
-    cs = ConstraintSet._from_host(rows, atom, h, torch.as_tensor(h), [keys[r] for r in order],
-                                  torch.device("cpu"), None, mass)
+    cs = host_set(rows, atom, h, torch.as_tensor(h), [keys[r] for r in order],
+                  torch.device("cpu"), None, mass)
     np.testing.assert_array_equal(cs.host_coef, coef[order])  # the same rows
     return cs, torch.as_tensor(data["z"]), torch.as_tensor(data["lam0"][order])
 
