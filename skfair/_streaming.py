@@ -153,7 +153,7 @@ class PrimalDualStream:
         :func:`row_norms`).
     """
 
-    def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="auto", dual_init=None):
+    def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="exact", dual_init=None):
         if constraint.requires_y_true:
             raise ValueError(
                 f"{constraint!r} needs true labels, which a prediction stream does not have."

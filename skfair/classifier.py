@@ -65,8 +65,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         primal-dual algorithm over per-group threshold offsets, whose sample-weighted average
         selection-rate gap provably converges to at most ``epsilon`` (see :meth:`stream_stats`,
         key ``"labels"``).
-    solver : {"auto", "exact", "qpth"}, default="auto"
-        Projection solver, see :class:`~skfair.FairnessLayer`.
+    solver : {"exact", "qpth"}, default="exact"
+        Projection solver: ``"exact"``, the package's own (certified by the guarantee check), or
+        ``"qpth"``, the reference implementation (``O(n^2)`` memory; falls back to the exact
+        solver when its result fails the check). See :class:`~skfair.FairnessLayer`.
     b_tau : int, default=100
         Chunks with at least this many rows are projected exactly; shorter ones stream.
     eta0 : float, default=None
@@ -192,7 +194,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 guarantee="proba", solver="auto", b_tau=100, eta0=None,
+                 guarantee="proba", solver="exact", b_tau=100, eta0=None,
                  stream_warm_start=True, distortion_penalty=10.0, inference_batch_size=None,
                  inference="batch", hidden_layer_sizes=(64, 64), activation="relu", module=None,
                  batch_size=256, max_epochs=100, learning_rate=1e-3, weight_decay=0.0,

@@ -19,9 +19,9 @@ from .constraints import InfeasibleConstraintError, get_constraint, intersect_gr
 
 __all__ = ["FairnessLayer", "project"]
 
-SOLVERS = ("auto", "exact", "qpth")
+SOLVERS = ("exact", "qpth")
 #: the backends each solver option tries, in order (the second one when the first fails)
-_BACKEND_ORDER = {"auto": ("exact", "qpth"), "exact": ("exact",), "qpth": ("qpth", "exact")}
+_BACKEND_ORDER = {"exact": ("exact",), "qpth": ("qpth", "exact")}
 
 #: the guarantee's tolerance, relative to the outputs' scale (:mod:`skfair._guarantee`)
 GUARANTEE_TOL = _guarantee.GUARANTEE_TOL
@@ -43,8 +43,9 @@ class FairnessLayer(nn.Module):
     solve the violation ``max(G y - h)`` and the bounds are checked on the returned values, and a
     result off by more than ``1e-9`` times the outputs' scale ``max(1, |y|, |h|)`` (plus the
     rounding of a narrower dtype), or outside the bounds, is never returned: it is projected
-    once more and certified, else the other backend is tried, then :class:`RuntimeError` is
-    raised (README, "Guarantees, precisely"). All computation is in float64; the result is cast
+    once more and certified, else :class:`RuntimeError` is raised (README, "Guarantees,
+    precisely"; with ``solver="qpth"`` a failing qpth result falls back to the exact solver
+    first). All computation is in float64; the result is cast
     back to the dtype of ``z``, within the bounds in that dtype. The projection is the minimal
     change (in Euclidean norm) of the outputs that makes them fair, and it is differentiable, so
     networks can be trained through it.
@@ -58,15 +59,15 @@ class FairnessLayer(nn.Module):
         Allowed unfairness (e.g. largest difference of group means).
     bounds : tuple of (float or None, float or None) or None, default=(0.0, 1.0)
         Box on the outputs: ``(0, 1)`` for probabilities, ``None`` for unbounded outputs.
-    solver : {"auto", "exact", "qpth"}, default="auto"
-        ``"exact"``: a Newton method on the ``m``-dimensional dual (``m`` = number of constraint
-        rows), ``O(n + m^3)`` per iteration, a handful of iterations, exact up to rounding; its
-        backward pass is the implicit derivative of the KKT conditions, ``O(n m)`` time and
-        memory. ``"qpth"``: the dense interior-point solver of ``qpth`` (``O(n^3)``; optional
-        dependency, see the README). ``"auto"`` uses the exact solver: it handles every affine
-        constraint, is accurate to rounding where qpth's interior point can stall short of the
-        optimum, and is orders of magnitude faster (``benchmarks/projection.py``). Each
-        backend falls back to the other when its result fails the feasibility check.
+    solver : {"exact", "qpth"}, default="exact"
+        ``"exact"``: the package's own solver, a Newton method on the ``m``-dimensional dual
+        (``m`` = number of constraint rows), ``O(n + m^3)`` per iteration, a handful of
+        iterations, exact up to rounding; its backward pass is the implicit derivative of the
+        KKT conditions, ``O(n m)`` time and memory. Its results pass the guarantee check or the
+        projection raises. ``"qpth"``: the reference implementation, the dense interior-point
+        solver of ``qpth`` (``O(n^2)`` memory, ``O(n^3)`` time; optional dependency, see the
+        README); a result of it that fails the guarantee check falls back to the exact
+        solver.
     intersectional : bool, default=False
         With several attributes, constrain every combination of groups (the cartesian product)
         instead of every attribute separately.
@@ -107,11 +108,10 @@ class FairnessLayer(nn.Module):
     """
 
     def __init__(self, constraint="demographic_parity", epsilon=0.05, bounds=(0.0, 1.0),
-                 solver="auto", intersectional=False):
+                 solver="exact", intersectional=False):
         super().__init__()
         check_epsilon(epsilon)
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
+        _check_solver(solver)
         self.constraint = get_constraint(constraint)
         self.epsilon = float(epsilon)
         self.bounds = _check_bounds(bounds)
@@ -159,13 +159,14 @@ class FairnessLayer(nn.Module):
                 f"solver={self.solver!r}, intersectional={self.intersectional}")
 
 
-def project(z, cs, bounds, solver="auto"):
+def project(z, cs, bounds, solver="exact"):
     """Project ``z`` onto the rows ``cs`` and the ``bounds``; the one entry point of all backends.
 
     Returns ``(y, info)`` with ``y`` in the dtype of ``z`` and ``info`` the diagnostics dict of
     :attr:`FairnessLayer.last_solve_`. Raises :class:`InfeasibleConstraintError` when a row cannot
     be met within the bounds, :class:`RuntimeError` when no backend reaches the guarantee.
     """
+    _check_solver(solver)
     bounds = Bounds.of(bounds)
     double = z.dtype == torch.float64
     z64 = z if double else z.to(torch.float64)
@@ -422,6 +423,11 @@ class _Objective(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return ctx.grad_z * grad, None
+
+
+def _check_solver(solver):
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
 
 
 def _check_bounds(bounds):

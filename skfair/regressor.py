@@ -70,7 +70,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 solver="auto", b_tau=100, eta0=None, stream_warm_start=True,
+                 solver="exact", b_tau=100, eta0=None, stream_warm_start=True,
                  distortion_penalty=10.0, inference_batch_size=None, inference="batch",
                  bounds=None, hidden_layer_sizes=(64, 64),
                  activation="relu", module=None, batch_size=256, max_epochs=100,

@@ -428,6 +428,18 @@ def test_bad_parameters_raise(biased, params, match):
         FairNeuralClassifier(protected_attributes=["sex"], **params).fit(X, y)
 
 
+@pytest.mark.parametrize("estimator", [FairNeuralClassifier, FairNeuralRegressor])
+def test_solver_auto_is_an_invalid_parameter(biased, estimator):
+    """The solver options are "exact" and "qpth": "auto" meant one or the other depending on
+    whether qpth was installed."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, y = biased
+    with pytest.raises(InvalidParameterError, match=r"'solver' parameter .* Got 'auto'"):
+        estimator(protected_attributes=["sex"], solver="auto").fit(X, y)
+    assert estimator().solver == "exact"
+
+
 def test_unseen_group_at_predict_and_non_numeric_features(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)

@@ -78,7 +78,7 @@ def _solve(instance, solver):
 @SETTINGS
 @given(instances())
 def test_exact_projection_matches_generic_qp_solver(instance):
-    y, G, h, info = _solve(instance, "auto")
+    y, G, h, info = _solve(instance, "exact")
     assert info["solver"] == "exact"
     z, bounds = instance[0], instance[4]
     np.testing.assert_allclose(y, reference_projection(z, G, h, bounds), atol=1e-6)
@@ -438,22 +438,6 @@ def test_empty_batch_projects_to_an_empty_output():
     assert z.grad.shape == (0,)
 
 
-def test_backend_failure_falls_back_with_a_warning(monkeypatch):
-    from skfair import _exact
-
-    def broken(z, cs, lo, hi, lam0=None, **kwargs):
-        return _exact.SolveResult(z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0)
-
-    pytest.importorskip("qpth")
-    monkeypatch.setattr(_exact, "solve", broken)
-    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="exact solver failed"):
-        y, info = project(z, get_constraint("demographic_parity").build(
-            torch.tensor([0, 0, 1, 1]), epsilon=0.1), (0.0, 1.0))
-    assert info["solver"] == "qpth"
-    assert abs(float(y[:2].mean() - y[2:].mean())) <= 0.1 + 1e-6
-
-
 def test_qpth_first_falls_back_to_exact_with_a_warning(monkeypatch):
     from skfair import _qpth
 
@@ -464,6 +448,17 @@ def test_qpth_first_falls_back_to_exact_with_a_warning(monkeypatch):
         y, info = project(z, cs, (0.0, 1.0), solver="qpth")
     assert info["solver"] == "exact"
     torch.testing.assert_close(y, project(z, cs, (0.0, 1.0), solver="exact")[0])
+
+
+def test_solver_auto_is_refused_naming_the_options():
+    """"auto" (exact, then qpth when installed) is no option: its meaning depended on the
+    environment."""
+    with pytest.raises(ValueError, match=r"solver must be one of \('exact', 'qpth'\); got 'auto'"):
+        FairnessLayer(solver="auto")
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    with pytest.raises(ValueError, match=r"solver must be one of \('exact', 'qpth'\); got 'auto'"):
+        project(z, cs, (0.0, 1.0), solver="auto")
 
 
 def test_exact_solver_failing_raises_without_fallback(monkeypatch):
@@ -528,7 +523,7 @@ def test_both_backends_failing_raise(monkeypatch):
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.raises(RuntimeError, match="fairness projection failed"):
-        project(z, cs, (0.0, 1.0))
+        project(z, cs, (0.0, 1.0), solver="qpth")
 
 
 def test_solver_stops_at_the_rounding_floor(monkeypatch):
@@ -912,7 +907,7 @@ class _Contradiction(AffineConstraint):
         return G, torch.tensor([0.5, -1.5], dtype=torch.float64), ["low", "high"]
 
 
-@pytest.mark.parametrize("solver", ["exact", "auto"])
+@pytest.mark.parametrize("solver", ["exact", "qpth"])
 def test_jointly_infeasible_custom_rows_raise_infeasible_naming_them(solver):
     layer = FairnessLayer(_Contradiction(), epsilon=0.0, bounds=(0.0, 1.0), solver=solver)
     with pytest.raises(InfeasibleConstraintError, match="'low', 'high'") as info:
