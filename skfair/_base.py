@@ -30,7 +30,7 @@ from .constraints import (
     constraint_gap,
     get_constraint,
 )
-from .layer import SOLVERS, project, projected_objective
+from .layer import SOLVERS, TrainingLoss, training_objective
 
 
 #: DataFrames of at most this many rows are split through one object array (see _split_columns)
@@ -563,26 +563,13 @@ class BaseFairNeural(BaseEstimator):
         host array in the order of ``cs.keys``; None from qpth).
 
         The penalty, ``distortion_penalty * ((out - fair) / _scale)**2`` per sample, is how far
-        the network itself is from fair: it teaches the network to need the layer less. With
-        the exact solver the whole objective is one compiled call and one autograd node
-        (:func:`~skfair.layer.projected_objective`, the same projection and losses); qpth, or
-        an exact result that fails the guarantee, goes through :func:`~skfair.layer.project`
-        and the torch losses.
+        the network itself is from fair: it teaches the network to need the layer less. Which
+        path computes it (the fused compiled objective, or the projection and the torch losses)
+        is :func:`~skfair.layer.training_objective`'s decision.
         """
-        penalty = self.distortion_penalty / self._scale**2
-        if self.solver != "qpth":
-            fused = projected_objective(out, cs, self.bounds_, target, weight,
-                                        self._compiled_loss, self._scale, penalty)
-            if fused is not None:
-                return fused[0], fused[1].host_lam
-        fair, info = project(out, cs, self.bounds_, self.solver)
-        losses = self._losses(fair, target)
-        if fair is not out and penalty:  # (zero when the layer kept the outputs)
-            distortion = out - fair
-            losses = torch.addcmul(losses, distortion, distortion, value=penalty)
-        duals = info["duals"]
-        return _weighted_mean(losses, weight), None if duals is None else np.array(
-            list(duals.values()))
+        loss = TrainingLoss(self._losses, self._compiled_loss, self._scale,
+                            self.distortion_penalty / self._scale**2)
+        return training_objective(out, cs, self.bounds_, self.solver, target, weight, loss)
 
     def _row_keys(self, order, sizes, strata, target, weight):
         """For every batch of an epoch (the samples ``order`` cut in ``sizes``), what its

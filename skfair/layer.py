@@ -3,6 +3,7 @@
 import math
 import numbers
 import warnings
+from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
@@ -266,6 +267,39 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
         return None
     value, grad = result.objective
     return _Objective.apply(z, (value, device_tensor(grad, z.device))), result
+
+
+#: the loss of :func:`training_objective`: ``losses(fair, target)`` the per-sample torch losses,
+#: ``compiled`` their kind in :func:`skfair._kernels.objective` (``LOG_LOSS`` or
+#: ``SQUARED_ERROR``), ``scale`` the unit of the squared error and ``penalty`` the weight of the
+#: squared distortion ``(out - fair)**2``
+TrainingLoss = namedtuple("TrainingLoss", "losses compiled scale penalty")
+
+
+def training_objective(out, cs, bounds, solver, target, weight, loss):
+    """``(objective, lam)`` of a training batch through the fairness layer: the mean, weighted
+    by ``weight``, of ``loss.losses`` at the fair outputs plus ``loss.penalty`` times the
+    squared distortion, and the projection's multipliers (a host array in the order of
+    ``cs.keys``; None from qpth).
+
+    The exact solver takes the fused path: the whole objective is one compiled call and one
+    autograd node (:func:`projected_objective`, the same projection and losses). qpth, or an
+    exact result that fails the guarantee, goes through :func:`project` (and its fallback) and
+    the torch losses.
+    """
+    if solver != "qpth":
+        fused = projected_objective(out, cs, bounds, target, weight, loss.compiled, loss.scale,
+                                    loss.penalty)
+        if fused is not None:
+            return fused[0], fused[1].host_lam
+    fair, info = project(out, cs, bounds, solver)
+    losses = loss.losses(fair, target)
+    if fair is not out and loss.penalty:  # (zero when the layer kept the outputs)
+        distortion = out - fair
+        losses = torch.addcmul(losses, distortion, distortion, value=loss.penalty)
+    duals = info["duals"]
+    return (weight * losses).sum() / weight.sum(), None if duals is None else np.array(
+        list(duals.values()))
 
 
 def _exact_backend(z, cs, bounds, failures):
