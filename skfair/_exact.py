@@ -113,12 +113,14 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=
     checks feasibility and decides). Raises like :func:`problem_scale`, whose checks run first
     in the same compiled call.
 
-    ``objective``, a :class:`skfair._kernels.Loss` (host arrays and numbers), asks for the training objective at the solution and
-    its gradient in ``z`` through the projection (:func:`objective_vjp`), computed in the same
-    compiled call: the result's ``objective`` is then ``(value, grad_z)``.
+    ``objective``, a :class:`skfair._kernels.Loss` (host arrays and numbers), asks for the
+    training objective at the solution and its gradient in ``z`` through the projection
+    (:func:`objective_vjp`), computed in the same compiled call: the result's ``objective`` is
+    then ``(value, grad_z)``.
     """
     m, n = cs.n_rows, z.shape[0]
-    lam = np.zeros(m) if lam0 is None else np.maximum(as_host(lam0), 0.0)  # a copy: updated in place
+    # (a copy: updated in place)
+    lam = np.zeros(m) if lam0 is None else np.maximum(as_host(lam0), 0.0)
     if lam.shape != (m,):
         raise ValueError(f"lam0 must hold one multiplier per row ({m}); got shape {lam.shape}.")
     y = np.empty(n)

@@ -126,7 +126,8 @@ def _gram(cs):
 
 
 def _present_groups(atoms):
-    """Per attribute, the set of group codes present in a batch (from :func:`skfair._rows.atoms`)."""
+    """Per attribute, the set of group codes present in a batch (from
+    :func:`skfair._rows.atoms`)."""
     _, table, counts = atoms
     codes = [c for c, count in zip(table, counts.tolist()) if count]
     return [set(col) for col in zip(*codes)] if codes else []
@@ -207,6 +208,13 @@ class PrimalDualStream:
             self.n_steps += 1
             self._record(y, cs, atoms)
             return y
+        return self._primal_dual(z, cs, atoms, references, bounds)
+
+    def _primal_dual(self, z, cs, atoms, references, bounds):
+        """The primal-dual step of a batch shorter than ``b_tau`` with rows ``cs`` (its
+        ``atoms``, the ``references`` its rows compare with): its outputs; the state changes
+        only once the step is known to be finite."""
+        n = z.shape[0]
         present = _present_groups(atoms)
         # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
         gram = _gram(cs)

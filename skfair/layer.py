@@ -343,10 +343,10 @@ def _polished(z, result, cs, bounds, failures):
     (the others' multipliers dropped), ``y2`` is the exact projection of the raw outputs
     ``z''`` with ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value
     beyond the bound where it is at one). The projection is nonexpansive, so ``y2`` is within
-    ``||z'' - z||`` of the projection of ``z``; :func:`skfair._guarantee.backward_error` computes it per sample,
-    and a second result whose error exceeds ``POLISH_TOL`` times the outputs' scale plus 64
-    units in the last place of ``z_i`` is refused (None, the reason in ``failures``): never an
-    answer that is fair but not the projection of ``z``.
+    ``||z'' - z||`` of the projection of ``z``; :func:`skfair._guarantee.backward_error`
+    computes it per sample, and a second result whose error exceeds ``POLISH_TOL`` times the
+    outputs' scale plus 64 units in the last place of ``z_i`` is refused (None, the reason in
+    ``failures``): never an answer that is fair but not the projection of ``z``.
     """
     first = checked(result, cs)
     if meets_guarantee(first, cs, bounds):
