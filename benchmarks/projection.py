@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, print_header  # noqa: E402
 
 from skfair.constraints import get_constraint  # noqa: E402
-from skfair.layer import _qpth_project, project  # noqa: E402
+from skfair._qpth import qpth_project  # noqa: E402
+from skfair.layer import project  # noqa: E402
 
 EPS = 0.05
 
@@ -81,7 +82,7 @@ def qpth(z, groups, bounds, backward):
     z = z.clone().requires_grad_(backward)
     cs = get_constraint("demographic_parity").build(groups, epsilon=EPS)
     lo, hi = bounds if bounds is not None else (None, None)
-    y = _qpth_project(z, cs, lo, hi)
+    y = qpth_project(z, cs, lo, hi)
     if backward:
         (y * torch.linspace(-1, 1, len(y), dtype=y.dtype)).sum().backward()
     return y.detach(), float(cs.violation(y.detach()))

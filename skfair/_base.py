@@ -29,6 +29,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import _calibration, _streaming, _training
+from ._bounds import Bounds
 from ._network import ACTIVATIONS, check_module, make_mlp, outputs
 from ._validation import InputSplitter, check_float32
 from .constraints import AffineConstraint, get_constraint
@@ -501,8 +502,7 @@ class BaseFairNeural(BaseEstimator):
         return out
 
     def _clip(self, out):
-        lo, hi = self.bounds_ if self.bounds_ is not None else (None, None)
-        return out if lo is None and hi is None else out.clamp(lo, hi)
+        return Bounds.of(self.bounds_).clip(out)
 
     def _new_stream(self, warm):
         return _streaming.PrimalDualStream(

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._kernels import host_vector
+from ._bounds import Bounds
+from ._host import host_vector
 from .constraints import constraint_gap
 from .layer import project
 
@@ -67,7 +68,7 @@ def calibrate(out, groups, constraint, epsilon, bounds, solver, labels=None):
     cell = cell.reshape(-1)
     cs = constraint.build(groups, epsilon=epsilon)
     y, _ = project(out, cs, bounds, solver)
-    lo, hi = bounds if bounds is not None else (-math.inf, math.inf)
+    lo, hi = Bounds.of(bounds).box
     p = host_vector(out)
     offsets = _offsets(p, host_vector(y.to(torch.float64)), cell, len(cells), lo, hi)
     fair = np.clip(p - offsets[cell], lo, hi)
@@ -101,10 +102,8 @@ def cell_index(calibration, groups, describe):
 
 def offset_outputs(calibration, out, cell, bounds):
     """``clip(out - offset[cell])``: the row-by-row fair outputs (float64 tensor)."""
-    lo, hi = bounds if bounds is not None else (None, None)
     shift = torch.from_numpy(calibration.offsets[cell]).to(out.device)
-    y = out - shift
-    return y if lo is None and hi is None else y.clamp(lo, hi)
+    return Bounds.of(bounds).clip(out - shift)
 
 
 def gap_bound(calibration, epsilon, delta, width):

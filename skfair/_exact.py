@@ -29,14 +29,18 @@ devices are copied to the host and the results back (``O(n)`` each way).
 """
 
 import math
+from collections import namedtuple
 
 import numpy as np
 import torch
 
-from ._kernels import (_jit, atom_shift, clip_shift, first_unattainable, free_shift, free_sums,
-                       host_vector, objective, pair_gram, row_gram, row_values, shifted_sums,
+from ._bounds import open_box
+from ._constraint_set import with_opposites
+from ._host import as_host, device_tensor, host_vector
+from ._kernels import (atom_shift, clip_shift, first_unattainable, free_shift, free_sums, inline,
+                       jit, objective, pair_gram, row_gram, row_values, shifted_sums,
                        stat_squares, value_range, violation_and_range)
-from .constraints import InfeasibleConstraintError, _device_tensor, _host_array
+from .constraints import InfeasibleConstraintError
 
 #: relative accuracy the dual iterations aim for (the guarantee checked afterwards is looser)
 SOLVE_TOL = 1e-11
@@ -45,6 +49,21 @@ MAX_ITER = 100
 ROUNDING = 2e-16
 #: float64 machine epsilon (the compiled functions read module constants when they are compiled)
 EPSILON = float(np.finfo(np.float64).eps)
+
+#: when the iteration stops: the relative accuracy ``tol`` and at most ``max_iter`` iterations
+Limits = namedtuple("Limits", "tol max_iter")
+#: a point of the dual: the multipliers ``lam``, the dual gradient ``residual = G y(lam) - h``
+#: and the per-atom squared weight ``free_mass`` of the outputs free at ``y(lam)``
+Point = namedtuple("Point", "lam residual free_mass")
+#: the members of the pair families (:func:`_family_step`), one entry per member unless said:
+#: ``first`` (per family: its members are ``first[f]:first[f + 1]``), the net ``flow``, the
+#: ``level`` (statistic less offset), ``cost`` (per family: the dual's loss per unit of flow),
+#: the member's statistic ``stat`` and its ``side`` (+1 gives, -1 takes, 0 neither)
+Families = namedtuple("Families", "first flow level cost stat side")
+#: the unknowns of :func:`_flow_newton`: the members that give or take (``active``), the rows
+#: outside the families that move (``others``) and the members whose flow goes to zero
+#: (``leaving``)
+Moving = namedtuple("Moving", "active others leaving")
 
 
 class SolveResult:
@@ -62,18 +81,13 @@ class SolveResult:
                  objective=None):
         self.y, self.n_iter, self.converged, self.scale = y, n_iter, converged, scale
         self.host_y = host_vector(y) if host_y is None else host_y
-        self.host_lam, self.check, self.objective = _host(lam), check, objective
+        self.host_lam, self.check, self.objective = as_host(lam), check, objective
 
     @property
     def lam(self):
         """The multipliers as a tensor on the device of ``y`` (made on access: the projection
         itself reads only the host array)."""
-        return _device_tensor(self.host_lam, self.y.device)
-
-
-def clip(x, lo, hi):
-    """``x`` clipped to ``[lo, hi]``; either bound may be None."""
-    return x if lo is None and hi is None else x.clamp(lo, hi)
+        return device_tensor(self.host_lam, self.y.device)
 
 
 def problem_scale(z, cs, lo, hi):
@@ -83,8 +97,7 @@ def problem_scale(z, cs, lo, hi):
     Raises :class:`~skfair.constraints.InfeasibleConstraintError` when a row cannot hold for any
     output within the bounds, :class:`ValueError` when ``z`` is not finite.
     """
-    _, _, rows, h, mass, _ = cs.host_problem
-    row, smallest, scale = _checks(host_vector(z), rows, mass, h, *_open_bounds(lo, hi))
+    row, smallest, scale = _checks(host_vector(z), cs.host_problem, open_box(lo, hi))
     _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
     return scale
 
@@ -100,30 +113,31 @@ def solve(z, cs, lo, hi, lam0=None, tol=SOLVE_TOL, max_iter=MAX_ITER, objective=
     checks feasibility and decides). Raises like :func:`problem_scale`, whose checks run first
     in the same compiled call.
 
-    ``objective``, ``(target, weight, loss, scale, penalty)`` (host arrays and numbers of
-    :func:`skfair._kernels.objective`), asks for the training objective at the solution and
-    its gradient in ``z`` through the projection (:func:`objective_vjp`), computed in the same
-    compiled call: the result's ``objective`` is then ``(value, grad_z)``.
+    ``objective``, a :class:`skfair._kernels.Loss` (host arrays and numbers), asks for the
+    training objective at the solution and its gradient in ``z`` through the projection
+    (:func:`objective_vjp`), computed in the same compiled call: the result's ``objective`` is
+    then ``(value, grad_z)``.
     """
     m, n = cs.n_rows, z.shape[0]
-    lam = np.zeros(m) if lam0 is None else np.maximum(_host(lam0), 0.0)  # a copy: updated in place
+    # (a copy: updated in place)
+    lam = np.zeros(m) if lam0 is None else np.maximum(as_host(lam0), 0.0)
     if lam.shape != (m,):
         raise ValueError(f"lam0 must hold one multiplier per row ({m}); got shape {lam.shape}.")
     y = np.empty(n)
     # Group sums of n float64 values carry rounding errors of order n * 1e-16: the attainable
     # accuracy degrades with n (1e-10 relative at a million samples).
-    args = (host_vector(z), *cs.host_problem, *_open_bounds(lo, hi), lam, tol + ROUNDING * n,
-            max_iter, y)
+    args = (host_vector(z), cs.host_problem, open_box(lo, hi), lam,
+            Limits(tol + ROUNDING * n, max_iter), y)
     if objective is None:
         found = _checked_newton(*args)
     else:
         grad_z = np.empty(n)
-        *found, value = _checked_objective(*args, *objective, grad_z)
+        *found, value = _checked_objective(*args, objective, grad_z)
         objective = (value, grad_z)
     row, smallest, scale, n_iter, converged, lam, violation, low, high = found
     if row >= 0 or not math.isfinite(scale):
         _raise_if_unsolvable(cs, row, smallest, scale, lo, hi)
-    return SolveResult(_device_tensor(y, z.device), lam, n_iter, converged, scale, y,
+    return SolveResult(device_tensor(y, z.device), lam, n_iter, converged, scale, y,
                        (violation, low, high), objective)
 
 
@@ -151,11 +165,11 @@ def recentred_solve(z, cs, lo, hi):
 
     Returns a :class:`SolveResult` of ``z`` with multipliers ``mu + nu_r - nu_r'`` (``nu`` those
     of the recentred problem); the caller checks the outputs, that the multipliers are
-    non-negative, and certifies them (:func:`skfair.layer._backward_error`): the shifts of
+    non-negative, and certifies them (:func:`skfair._guarantee.backward_error`): the shifts of
     ``z'`` carry the rounding of ``z``'s magnitude.
     """
     host = host_vector(z)
-    low, high = _open_bounds(lo, hi)
+    low, high = open_box(lo, hi)
     centre = np.clip(host, low, high) if low > -np.inf or high < np.inf else np.zeros_like(host)
     scale = problem_scale(z, cs, lo, hi)
     distance = float(np.abs(host - centre).max(initial=0.0))
@@ -180,11 +194,11 @@ def recentred_solve(z, cs, lo, hi):
     clip_shift(host, cs.host_atom, atom_shift(cs.host_rows, mu), cs.host_weight, -np.inf,
                np.inf, shifted)
     start = np.r_[np.where(mu > 0, 0.0, lam), np.zeros(large.size)]
-    found = solve(torch.from_numpy(shifted), cs._with_opposites(large), lo, hi, lam0=start)
+    found = solve(torch.from_numpy(shifted), with_opposites(cs, large), lo, hi, lam0=start)
     nu = found.host_lam
     lam = mu + nu[:cs.n_rows]
     lam[large] -= nu[cs.n_rows:]
-    return SolveResult(_device_tensor(found.host_y, z.device), lam, n_iter + found.n_iter,
+    return SolveResult(device_tensor(found.host_y, z.device), lam, n_iter + found.n_iter,
                        found.converged, found.scale, found.host_y, found.check)
 
 
@@ -231,7 +245,7 @@ def conflicting_rows(cs, lo, hi):
     m, n_atoms = h.size, cs.n_atoms
     if m == 0 or m > CONFLICT_ROWS:
         return []
-    low, high = _open_bounds(lo, hi)
+    low, high = open_box(lo, hi)
     box = [(low * w if w else 0.0, high * w if w else 0.0) for w in mass]
     box = [(None if math.isinf(a) else a, None if math.isinf(b) else b) for a, b in box]
     scale = max(1.0, float(np.abs(h).max()))
@@ -265,34 +279,23 @@ def vjp(grad_y, host_y, host_lam, cs, lo, hi, with_h=True):
     (:func:`_vjp`, compiled, on the host).
     """
     grad_z = np.empty(host_y.shape[0])
-    u = _vjp(host_vector(grad_y), host_y, *cs.host_problem[:3], host_lam, *_open_bounds(lo, hi),
-             grad_z)
+    u = _vjp(host_vector(grad_y), host_y, cs.host_problem, open_box(lo, hi), host_lam, grad_z)
     device = grad_y.device
-    return _device_tensor(grad_z, device), _device_tensor(u, device) if with_h else None
+    return device_tensor(grad_z, device), device_tensor(u, device) if with_h else None
 
 
-def _host(values):
-    """A float64 numpy array of ``values`` (tensor on any device, array or list)."""
-    if isinstance(values, torch.Tensor):
-        return _host_array(values)
-    return np.asarray(values, dtype=np.float64)
-
-
-def _open_bounds(lo, hi):
-    """Bounds as floats, infinite where missing (the compiled passes' convention)."""
-    return -math.inf if lo is None else float(lo), math.inf if hi is None else float(hi)
-
-
-@_jit
-def _checks(z, rows, mass, h, lo, hi):
-    """``(row, smallest, scale)``: the first row that no output within the bounds meets and its
-    smallest attainable value (:func:`~skfair._kernels.first_unattainable`; -1 if none), and
-    the magnitude ``max(1, |clip(z)|, |h|, |lo|, |hi|)`` of the problem's outputs (NaN if
-    ``z`` is not finite). Raw outputs far outside the bounds do not enter it: the outputs lie
-    within the bounds, and the accuracy the iteration aims for is theirs."""
+@jit
+def _checks(z, problem, box):
+    """``(row, smallest, scale)``: the first row that no output within the bounds ``box`` meets
+    and its smallest attainable value (:func:`~skfair._kernels.first_unattainable`; -1 if
+    none), and the magnitude ``max(1, |clip(z)|, |h|, |lo|, |hi|)`` of the problem's outputs
+    (NaN if ``z`` is not finite). Raw outputs far outside the bounds do not enter it: the
+    outputs lie within the bounds, and the accuracy the iteration aims for is theirs."""
+    lo, hi = box
+    h = problem.h
     row, smallest = -1, 0.0
     if h.shape[0] and (lo > -np.inf or hi < np.inf):
-        row, smallest = first_unattainable(rows, mass, h, lo, hi)
+        row, smallest = first_unattainable(problem.rows, problem.mass, h, lo, hi)
     low, high = value_range(z)
     if not (np.isfinite(low) and np.isfinite(high)):
         return row, smallest, np.nan
@@ -306,60 +309,58 @@ def _checks(z, rows, mass, h, lo, hi):
     return row, smallest, scale
 
 
-@_jit
-def _checked_newton(z, atom, weight, rows, h, mass, square_mass, lo, hi, lam, tol, max_iter, y):
+@jit
+def _checked_newton(z, problem, box, lam, limits, y):
     """:func:`_checks`, then (if they pass) :func:`_dual_newton` to the absolute accuracy
-    ``tol * scale``, the solution written into ``y``, and the check of it: ``(row, smallest,
-    scale, n_iter, converged, lam, max(G y - h), min(y), max(y))``. One compiled call: at
-    training batch sizes each call from Python costs about as much as the work."""
-    row, smallest, scale = _checks(z, rows, mass, h, lo, hi)
+    ``limits.tol * scale``, the solution written into ``y``, and the check of it: ``(row,
+    smallest, scale, n_iter, converged, lam, max(G y - h), min(y), max(y))``. One compiled
+    call: at training batch sizes each call from Python costs about as much as the work."""
+    row, smallest, scale = _checks(z, problem, box)
     if row >= 0 or scale != scale:
         return row, smallest, scale, 0, False, lam, np.nan, np.nan, np.nan
+    atom, weight, rows, h = problem.atom, problem.weight, problem.rows, problem.h
     n_iter, converged = 0, True
     if h.shape[0] == 0:  # nothing but the bounds
         for i in range(z.shape[0]):
-            y[i] = min(max(z[i], lo), hi)
+            y[i] = min(max(z[i], box.lo), box.hi)
     else:
-        n_iter, converged, lam = _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam,
-                                              tol * scale, scale, max_iter)
-        clip_shift(z, atom, atom_shift(rows, lam), weight, lo, hi, y)
+        n_iter, converged, lam = _dual_newton(z, problem, box, lam, limits.tol * scale, scale,
+                                              limits.max_iter)
+        clip_shift(z, atom, atom_shift(rows, lam), weight, box.lo, box.hi, y)
     # recomputed from y, not taken from the iterations: the guarantee checked by the caller
     # must not rest on the solver being right
     violation, low, high = violation_and_range(y, atom, weight, rows, h)
     return row, smallest, scale, n_iter, converged, lam, violation, low, high
 
 
-@_jit
-def _checked_objective(z, atom, weight, rows, h, mass, square_mass, lo, hi, lam, tol, max_iter, y,
-                       target, sample_weight, loss, scale, penalty, grad_z):
-    """:func:`_checked_newton`, then (if the checks passed) :func:`objective_vjp` at its
-    solution: its results and the objective's value (NaN when the checks failed)."""
-    found = _checked_newton(z, atom, weight, rows, h, mass, square_mass, lo, hi, lam, tol,
-                            max_iter, y)
-    row, scale_found, lam = found[0], found[2], found[5]
+@jit
+def _checked_objective(z, problem, box, lam, limits, y, loss, grad_z):
+    """:func:`_checked_newton`, then (if the checks passed) :func:`objective_vjp` of ``loss``
+    at its solution: its results and the objective's value (NaN when the checks failed)."""
+    found = _checked_newton(z, problem, box, lam, limits, y)
+    row, scale, lam = found[0], found[2], found[5]
     value = np.nan
-    if row < 0 and scale_found == scale_found:
-        value = objective_vjp(y, z, atom, weight, rows, lam, lo, hi, target, sample_weight, loss,
-                              scale, penalty, grad_z)
+    if row < 0 and scale == scale:
+        value = objective_vjp(y, z, problem, box, lam, loss, grad_z)
     return found + (value,)
 
 
-@_jit
-def objective_vjp(y, z, atom, row_weight, rows, lam, lo, hi, target, weight, loss, scale,
-                  penalty, out):
-    """The training objective :func:`skfair._kernels.objective` at the projection ``y`` of
-    ``z`` (multipliers ``lam``) and ``out =`` its gradient in ``z``: the objective's gradient
-    in ``y`` through the projection (:func:`_vjp`) plus its direct one. Returns the value."""
+@jit
+def objective_vjp(y, z, problem, box, lam, loss, out):
+    """The training objective :func:`skfair._kernels.objective` of ``loss`` at the projection
+    ``y`` of ``z`` (multipliers ``lam``) and ``out =`` its gradient in ``z``: the objective's
+    gradient in ``y`` through the projection (:func:`_vjp`) plus its direct one. Returns the
+    value."""
     grad_y, direct = np.empty(y.shape[0]), np.empty(y.shape[0])
-    value = objective(y, z, target, weight, loss, scale, penalty, grad_y, direct)
-    _vjp(grad_y, y, atom, row_weight, rows, lam, lo, hi, out)
+    value = objective(y, z, loss, grad_y, direct)
+    _vjp(grad_y, y, problem, box, lam, out)
     for i in range(y.shape[0]):
         out[i] += direct[i]
     return value
 
 
-@_jit
-def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale, max_iter):
+@jit
+def _dual_newton(z, problem, box, lam, atol, scale, max_iter):
     """The projected Newton method on the dual, from ``lam`` (updated in place); returns
     ``(n_iter, converged, lam)``. The iterations never write an output vector: each evaluation
     is one pass that sums (:func:`_evaluate`), and the caller writes ``y(lam)`` once at the end.
@@ -371,17 +372,15 @@ def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale
     derivative (:func:`_line_search`), never on dual values: a value is a sum over the ``n``
     samples whose rounding error exceeds the gain of the last steps at large ``n``.
     """
-    m = h.shape[0]
-    residual, free_mass = _evaluate(z, atom, weight, rows, h, lam, lo, hi)
+    rows = problem.rows
+    residual, free_mass = _evaluate(z, problem, box, lam)
     best, stalled = np.inf, 0
     kappa = KAPPA_START
-    for n_iter in range(max_iter + 1):
+    for n_iter in range(max_iter):
         _tree_flows(lam, rows.family_size, rows.family_start)
-        worst = -np.inf
-        for r in range(m):
-            worst = max(worst, abs(residual[r]) if lam[r] > 0 else residual[r])
-        if worst <= atol or n_iter == max_iter:
-            return n_iter, worst <= atol, lam
+        worst = _worst(lam, residual)
+        if worst <= atol:
+            return n_iter, True, lam
         # At the rounding floor the residual stops decreasing: give up rather than spin, and let
         # the caller's feasibility check judge the point.
         stalled = stalled + 1 if worst > 0.9 * best and worst < 1e-9 * scale else 0
@@ -404,34 +403,18 @@ def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale
             # carry a residual of the order of the tolerance (at epsilon = 0 a pair's two
             # opposite rows are both active: with a stale gradient the step put the removed
             # multiplier back on the opposite row, and the next iteration removed it again).
-            residual, free_mass = _evaluate(z, atom, weight, rows, h, lam, lo, hi)
+            residual, free_mass = _evaluate(z, problem, box, lam)
             if chosen.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
+        at = Point(lam, residual, free_mass)
         rho = kappa * min(worst / scale, 1.0)
         if rows.family_size.size:
-            moves, step = _family_step(lam, residual, free_mass, square_mass, rows, h, rho)
-            slope = _slope(residual, moves, step) if moves.size else 0.0
-            if slope > 0:
-                length, trial, residual_t, free_mass_t = _line_search(
-                    z, atom, weight, rows, h, lam, residual, free_mass, moves, step, slope, lo,
-                    hi)
-                if length > 0:
-                    kappa = _adapted(kappa, length, _segment_end(lam, moves, step))
-                    lam = trial
-                    residual, free_mass = residual_t, free_mass_t
-                    continue
+            length, found, kappa = _family_ascent(z, problem, box, at, rho, kappa)
+            if length > 0:
+                lam, residual, free_mass = found
+                continue
             # no ascent from the flows' step (rounding, or a model far off): the pairs' step
-        k = chosen.size
-        rhs = np.empty(k)
-        for i in range(k):
-            rhs[i] = residual[chosen[i]]
-        full = row_gram(rows, square_mass, chosen)  # G G^T on them, as if every output were free
-        hessian = row_gram(rows, free_mass, chosen)
-        for i in range(k):
-            hessian[i, i] += rho * full[i, i]
-        offset = np.empty(k)
-        for i in range(k):
-            offset[i] = -h[chosen[i]]
+        hessian, full, rhs, offset = _rows_system(problem, at, chosen, rho)
         direction, along = _newton_direction(hessian, full, rhs, offset, RETRY_RIDGE)
         if along.size:
             # Rows that cancel (attributes whose groups coincide in the batch): along ``along``
@@ -440,41 +423,37 @@ def _dual_newton(z, atom, weight, rows, h, square_mass, lo, hi, lam, atol, scale
             # at the pace of the others crept along it for dozens of iterations).
             limit = _segment_end(lam, chosen, along)
             if 0 < limit < np.inf:
-                for i in range(k):
+                for i in range(chosen.size):
                     r = chosen[i]
                     ends = along[i] < 0 and lam[r] / -along[i] == limit
                     lam[r] = 0.0 if ends else max(lam[r] + limit * along[i], 0.0)
-                residual, free_mass = _evaluate(z, atom, weight, rows, h, lam, lo, hi)
+                residual, free_mass = _evaluate(z, problem, box, lam)
                 continue
         # The step to the Newton point projected onto lam >= 0, taken as a segment: the dual is
         # concave along it, so its derivative brackets the peak.
-        step = np.empty(k)
-        for i in range(k):
-            step[i] = max(lam[chosen[i]] + direction[i], 0.0) - lam[chosen[i]]
+        step = _projected_step(lam, chosen, direction)
         slope = _slope(residual, chosen, step)
-        if not slope > 1e-2 * _slope(residual, chosen, direction):
+        newton = slope > 1e-2 * _slope(residual, chosen, direction)
+        if not newton:
             # The projection turned the step away from ascent, or nearly so (rows coupled
             # through shared samples): the gradient scaled by the rows' diagonal, projected,
             # ascends.
-            for i in range(k):
-                scaled = rhs[i] / full[i, i] if full[i, i] > 0 else 0.0
-                step[i] = max(lam[chosen[i]] + scaled, 0.0) - lam[chosen[i]]
+            scaled = np.zeros(chosen.size)
+            for i in range(chosen.size):
+                scaled[i] = rhs[i] / full[i, i] if full[i, i] > 0 else 0.0
+            step = _projected_step(lam, chosen, scaled)
             slope = _slope(residual, chosen, step)
             if not slope > 0:  # no ascent left within rounding: the caller's check judges
                 return n_iter, False, lam
             kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
-            newton = False
-        else:
-            newton = True
-        length, trial, residual_t, free_mass_t = _line_search(
-            z, atom, weight, rows, h, lam, residual, free_mass, chosen, step, slope, lo, hi)
+        length, found = _line_search(z, problem, box, at, chosen, step, slope)
         if length == 0.0:  # the derivative never confirmed an ascent: rounding noise
             return n_iter, False, lam
         if newton:
             kappa = _adapted(kappa, length, _segment_end(lam, chosen, step))
-        lam = trial
-        residual, free_mass = residual_t, free_mass_t
-    return max_iter, False, lam  # not reached: the loop returns at max_iter
+        lam, residual, free_mass = found
+    _tree_flows(lam, rows.family_size, rows.family_start)
+    return max_iter, _worst(lam, residual) <= atol, lam
 
 
 #: the regularisation of the Newton systems: weight of the proximal term relative to the
@@ -490,7 +469,59 @@ LINE_SEARCH_EVALS = 40
 LINE_SEARCH_SLOPE = 1e-2
 
 
-@_jit
+@inline
+def _worst(lam, residual):
+    """The largest violation of the KKT conditions: ``|residual|`` of the rows with a positive
+    multiplier, ``residual`` of the others (``-inf`` without rows)."""
+    worst = -np.inf
+    for r in range(lam.size):
+        worst = max(worst, abs(residual[r]) if lam[r] > 0 else residual[r])
+    return worst
+
+
+@inline
+def _family_ascent(z, problem, box, at, rho, kappa):
+    """The flows' step of the pair families (:func:`_family_step`) from the point ``at`` and
+    the search for the dual's peak along it: ``(length, point, kappa)``, the step's length (0
+    when it does not ascend, and then ``at`` itself), the point reached and the proximal
+    weight after it."""
+    moves, step = _family_step(at, problem, rho)
+    slope = _slope(at.residual, moves, step) if moves.size else 0.0
+    if slope > 0:
+        length, found = _line_search(z, problem, box, at, moves, step, slope)
+        if length > 0:
+            return length, found, _adapted(kappa, length, _segment_end(at.lam, moves, step))
+    return 0.0, at, kappa
+
+
+@inline
+def _rows_system(problem, at, chosen, rho):
+    """The Newton system of the pairs' step on the rows ``chosen``: ``(hessian, full, rhs,
+    offset)``, the generalised Hessian ``G_F G_F^T`` plus ``rho`` times the diagonal of
+    ``full = G G^T`` (as if every output were free), the residuals, and ``-h``."""
+    k = chosen.size
+    rhs, offset = np.empty(k), np.empty(k)
+    for i in range(k):
+        rhs[i] = at.residual[chosen[i]]
+        offset[i] = -problem.h[chosen[i]]
+    full = row_gram(problem.rows, problem.square_mass, chosen)
+    hessian = row_gram(problem.rows, at.free_mass, chosen)
+    for i in range(k):
+        hessian[i, i] += rho * full[i, i]
+    return hessian, full, rhs, offset
+
+
+@inline
+def _projected_step(lam, chosen, direction):
+    """The step from ``lam`` to ``lam + direction`` on the rows ``chosen``, projected onto
+    ``lam >= 0``."""
+    step = np.empty(chosen.size)
+    for i in range(chosen.size):
+        step[i] = max(lam[chosen[i]] + direction[i], 0.0) - lam[chosen[i]]
+    return step
+
+
+@jit
 def _adapted(kappa, length, limit):
     """The proximal weight after a Newton step of ``length`` (``limit``: where the segment
     ends): larger after a short step that no multiplier's zero cut, smaller after a long one."""
@@ -501,7 +532,7 @@ def _adapted(kappa, length, limit):
     return kappa
 
 
-@_jit
+@jit
 def _segment_end(lam, chosen, step):
     """The largest ``t`` with ``lam + t * step >= 0`` (``step`` on the rows ``chosen``; inf if
     none decreases)."""
@@ -512,58 +543,53 @@ def _segment_end(lam, chosen, step):
     return end
 
 
-@_jit
-def _line_search(z, atom, weight, rows, h, lam, residual, free_mass, chosen, step, slope, lo, hi):
-    """The peak of the dual along ``lam + t * step`` (``step`` on the rows ``chosen``,
-    ascending: the directional derivative ``slope`` at ``t = 0`` is positive), ``t`` from 1
-    and at most where a multiplier reaches zero (``residual`` and ``free_mass``: the
-    evaluation at ``lam``).
-    Returns ``(t, lam + t * step, residual, free_mass)``, the evaluation at that point;
-    ``t = 0`` (and ``lam`` itself) when no point with a positive derivative was found.
+@jit
+def _line_search(z, problem, box, at, chosen, step, slope):
+    """The peak of the dual along ``lam + t * step`` from the point ``at`` (``step`` on the
+    rows ``chosen``, ascending: the directional derivative ``slope`` at ``t = 0`` is positive),
+    ``t`` from 1 and at most where a multiplier reaches zero.
+    Returns ``(t, point)``, the :class:`Point` at ``lam + t * step``; ``t = 0`` (and the
+    multipliers of ``at``) when no point with a positive derivative was found.
 
     Along the segment the dual is concave and piecewise quadratic: its derivative
     ``residual(t) . step`` decreases, piecewise linearly, and is a sum of row residuals, far
     more accurate than a difference of dual values at large ``n``. Past the last point where
     it is positive and before the first where it is negative, the next trial is the Newton
     point of the derivative (exact on one quadratic piece) or the secant of the bracket
-    (Illinois); where the dual is linear (every output the step moves is clipped) the next
-    trial is the exact breakpoint where one comes free (:func:`_step_breakpoint`), instead of
-    a creep toward it. The search stops where the derivative is within
-    :data:`LINE_SEARCH_SLOPE` of zero relative to its start, or positive at the end of the
-    segment; by concavity such a point gains at least its length times its derivative.
+    (Illinois, :func:`_bracket_guess`); where the dual is linear (every output the step moves
+    is clipped) the next trial is the exact breakpoint where one comes free
+    (:func:`_step_breakpoint`), instead of a creep toward it. The search stops where the
+    derivative is within :data:`LINE_SEARCH_SLOPE` of zero relative to its start, or positive
+    at the end of the segment; by concavity such a point gains at least its length times its
+    derivative.
     """
-    k, m = chosen.size, lam.size
+    lam = at.lam
     limit = _segment_end(lam, chosen, step)
-    direction = np.zeros(m)
-    for i in range(k):
+    direction = np.zeros(lam.size)
+    for i in range(chosen.size):
         direction[chosen[i]] = step[i]
-    rate = atom_shift(rows, direction)  # shift of every atom per unit t
+    rate = atom_shift(problem.rows, direction)  # shift of every atom per unit t
     low, low_slope = 0.0, slope  # the last point known before the peak
     high, high_slope = np.inf, 0.0  # the first point known past it
     kept_low = kept_high = 0  # how many times in a row either end stayed (Illinois)
-    best, best_residual, best_free = lam.copy(), residual, free_mass
+    best = Point(lam.copy(), at.residual, at.free_mass)
     t = min(1.0, limit)
     for _ in range(LINE_SEARCH_EVALS):
-        trial = lam.copy()
-        for i in range(k):
-            r = chosen[i]
-            # exactly zero for the multiplier that ends the segment
-            ends = t == limit and step[i] < 0 and lam[r] / -step[i] == limit
-            trial[r] = 0.0 if ends else max(lam[r] + t * step[i], 0.0)
-        residual_t, free_mass_t = _evaluate(z, atom, weight, rows, h, trial, lo, hi)
+        trial = _segment_point(lam, chosen, step, t, limit)
+        residual_t, free_mass_t = _evaluate(z, problem, box, trial)
         s = _slope(residual_t, chosen, step)
         if abs(s) <= LINE_SEARCH_SLOPE * slope or (s > 0 and t >= limit):
-            return t, trial, residual_t, free_mass_t
+            return t, Point(trial, residual_t, free_mass_t)
         if s > 0:
             low, low_slope = t, s
-            best, best_residual, best_free = trial, residual_t, free_mass_t
+            best = Point(trial, residual_t, free_mass_t)
             kept_high, kept_low = kept_high + 1, 0
             curvature = 0.0
             for a in range(rate.size):
                 curvature += rate[a] * rate[a] * free_mass_t[a]
             if not curvature > 0:
-                curvature, gap = _step_breakpoint(z, atom, atom_shift(rows, trial), rate, weight,
-                                                  lo, hi)
+                curvature, gap = _step_breakpoint(z, problem, box, atom_shift(problem.rows, trial),
+                                                  rate)
             guess = t + s / curvature if curvature > 0 else t + gap
             if not guess < np.inf:  # linear for ever: no peak (cannot happen when feasible)
                 guess = 2.0 * t
@@ -573,30 +599,51 @@ def _line_search(z, atom, weight, rows, h, lam, residual, free_mass, chosen, ste
             guess = np.nan
         if high < np.inf:
             if not (low < guess < high):
-                # the secant of the bracket: exact when the derivative is linear between its
-                # ends; the end that stays twice in a row counts half (Illinois), so that it
-                # moves too
-                weight_low = 0.5 ** max(kept_low - 1, 0)
-                weight_high = 0.5 ** max(kept_high - 1, 0)
-                a_s, b_s = low_slope * weight_low, high_slope * weight_high
-                guess = low + a_s * (high - low) / (a_s - b_s)
-                if not (low < guess < high):
-                    guess = 0.5 * (low + high)
+                guess = _bracket_guess(low, low_slope, high, high_slope, kept_low, kept_high)
             if not (low < guess < high) or high - low <= 1e-15 * high:
                 break
         t = min(guess, limit)
     if low == 0.0:
-        return 0.0, lam, best_residual, best_free
-    return low, best, best_residual, best_free
+        return 0.0, at
+    return low, best
 
 
-@_jit
-def _step_breakpoint(z, atom, shift, rate, weight, lo, hi):
+@inline
+def _segment_point(lam, chosen, step, t, limit):
+    """``max(lam + t * step, 0)`` (``step`` on the rows ``chosen``), exactly zero for the
+    multiplier that ends the segment at ``t = limit``."""
+    trial = lam.copy()
+    for i in range(chosen.size):
+        r = chosen[i]
+        ends = t == limit and step[i] < 0 and lam[r] / -step[i] == limit
+        trial[r] = 0.0 if ends else max(lam[r] + t * step[i], 0.0)
+    return trial
+
+
+@inline
+def _bracket_guess(low, low_slope, high, high_slope, kept_low, kept_high):
+    """The next trial within the bracket ``(low, high)`` of the peak: the secant of the
+    derivative, exact when it is linear between the ends; an end that stayed twice in a row
+    counts half (Illinois), so that it moves too. The middle when the secant leaves the
+    bracket."""
+    weight_low = 0.5 ** max(kept_low - 1, 0)
+    weight_high = 0.5 ** max(kept_high - 1, 0)
+    a_s, b_s = low_slope * weight_low, high_slope * weight_high
+    guess = low + a_s * (high - low) / (a_s - b_s)
+    if not (low < guess < high):
+        guess = 0.5 * (low + high)
+    return guess
+
+
+@jit
+def _step_breakpoint(z, problem, box, shift, rate):
     """Along ``clip(z - weight * (shift + t * rate)[atom], lo, hi)`` from ``t = 0``:
     ``(curvature, gap)``, the dual's curvature ``sum (weight * rate[atom])**2`` over the
     samples free just after 0 (those at a bound moving inward included), and the smallest
     ``t > 0`` at which a clipped sample comes free (inf if none). One pass, for a step along
     which every moving output is clipped: the dual is linear up to ``gap``."""
+    atom, weight = problem.atom, problem.weight
+    lo, hi = box
     weighted = weight.shape[0] > 0
     curvature, gap = 0.0, np.inf
     for i in range(z.shape[0]):
@@ -621,7 +668,7 @@ def _step_breakpoint(z, atom, shift, rate, weight, lo, hi):
     return curvature, gap
 
 
-@_jit
+@jit
 def _newton_direction(hessian, full, rhs, offset, retry):
     """The minimum-norm Newton step ``hessian^+ rhs`` on the rows, with the curvature of
     ``full`` (as if every output were free) along the null space of ``hessian``.
@@ -656,7 +703,21 @@ def _newton_direction(hessian, full, rhs, offset, retry):
         for i in range(k):
             x[i] *= unit[i]
         return x, np.empty(0)
-    # the null space of ``full``: directions that move no output
+    drift = _null_drift(scaled_full, b, unit, offset)
+    if drift.size:
+        return x, drift
+    x = _curved_or_flat(scaled, scaled_full, b)
+    for i in range(k):
+        x[i] *= unit[i]
+    return x, np.empty(0)
+
+
+@inline
+def _null_drift(scaled_full, b, unit, offset):
+    """The component of the scaled step ``b`` along the null space of ``full`` (directions
+    that move no output), in the rows' units, when the dual truly ascends along it; else an
+    empty array."""
+    k = b.size
     free_values, free_vectors = np.linalg.eigh(scaled_full)
     drift = np.zeros(k)
     gain = norm = 0.0
@@ -679,7 +740,17 @@ def _newton_direction(hessian, full, rhs, offset, retry):
         offset_norm += offset[i] * offset[i]
         drift_norm += drift[i] * drift[i]
     if gain > 1e-16 * norm and exact > 1e-9 * math.sqrt(offset_norm * drift_norm):
-        return x, drift
+        return drift
+    return np.empty(0)
+
+
+@inline
+def _curved_or_flat(scaled, scaled_full, b):
+    """The minimum-norm step of the singular scaled system ``scaled x = b``: its Newton step on
+    the range of ``scaled``, or the step along its null space with the curvature of
+    ``scaled_full`` there, whichever its quadratic model says gains more (the flat one unless
+    it gains next to nothing)."""
+    k = b.size
     eigenvalues, vectors = np.linalg.eigh(scaled)
     newton, flat = np.zeros(k), np.zeros(k)
     newton_gain = flat_gain = 0.0  # the increase each step's quadratic model predicts (x2)
@@ -722,23 +793,22 @@ def _newton_direction(hessian, full, rhs, offset, retry):
     # breakpoint that the line search finds, and a step mixing both stops at the peak of the
     # curved part, so that the next step undoes it (the iterates zigzag while creeping along
     # the flat part).
-    x = flat if flat_gain > 1e-6 * newton_gain else newton
-    for i in range(k):
-        x[i] *= unit[i]
-    return x, np.empty(0)
+    return flat if flat_gain > 1e-6 * newton_gain else newton
 
 
-@_jit
-def _evaluate(z, atom, weight, rows, h, lam, lo, hi):
+@jit
+def _evaluate(z, problem, box, lam):
     """At ``y(lam)`` (not written): the dual gradient ``G y - h`` and the per-atom squared
     weight of the free coordinates."""
+    rows = problem.rows
     n_atoms = rows.atom_ptr.size - 1
     sums, free_mass = np.empty(n_atoms), np.empty(n_atoms)
-    shifted_sums(z, atom, atom_shift(rows, lam), weight, lo, hi, sums, free_mass)
-    return row_values(rows, sums, h), free_mass
+    shifted_sums(z, problem.atom, atom_shift(rows, lam), problem.weight, box.lo, box.hi, sums,
+                 free_mass)
+    return row_values(rows, sums, problem.h), free_mass
 
 
-@_jit
+@jit
 def _slope(residual, chosen, step):
     """``residual . step`` over the rows ``chosen`` (the dual's directional derivative), summed
     with :func:`_add_compensated`."""
@@ -748,7 +818,7 @@ def _slope(residual, chosen, step):
     return total + compensation
 
 
-@_jit
+@jit
 def _add_compensated(total, compensation, term):
     """One step of Neumaier's compensated sum: near the optimum the line search's derivative
     is a sum of terms of either sign that nearly cancel."""
@@ -760,7 +830,7 @@ def _add_compensated(total, compensation, term):
     return updated, compensation
 
 
-@_jit
+@jit
 def _cholesky_solve(matrix, rhs):
     """``(matrix^-1 rhs, True)`` for a symmetric positive definite ``matrix`` by Cholesky
     factorisation, or ``(_, False)`` when a pivot falls below ``1e-8`` times the largest
@@ -796,8 +866,8 @@ def _cholesky_solve(matrix, rhs):
     return x, True
 
 
-@_jit
-def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
+@jit
+def _family_step(at, problem, rho):
     """A Newton step for the pair families in the space of the groups' net flows, and for the
     other rows with them: ``(chosen, step)``, the rows it changes and by how much (empty when
     there is nothing to change).
@@ -815,7 +885,32 @@ def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
     pairs' coordinates, whose projection onto ``lam >= 0`` cut most of the steps short when
     many groups changed sides).
     """
-    m = lam.size
+    lam, residual = at.lam, at.residual
+    rows, m = problem.rows, at.lam.size
+    first, flow, level, cost, stat = _family_levels(lam, residual, rows, problem.h)
+    # each member's own curvature (free outputs) and its scale (all outputs)
+    curvature = stat_squares(rows, at.free_mass)[stat]
+    full = stat_squares(rows, problem.square_mass)[stat]
+    side = _predicted_flows(flow, level, cost, first, curvature, full)
+    end = rows.family_start[cost.size]
+    generic = np.zeros(m - end, np.bool_)
+    for r in range(end, m):
+        generic[r - end] = lam[r] > 0 or residual[r] > 0
+    target, generic_step = _flow_newton(Families(first, flow, level, cost, stat, side), generic,
+                                        at, problem, rho)
+    if target.size == 0:
+        return np.empty(0, np.int64), np.empty(0)
+    trial = lam.copy()
+    _route(trial, target, first, rows.family_size, rows.family_start)
+    for r in range(end, m):
+        trial[r] = max(lam[r] + generic_step[r - end], 0.0)
+    return _changes(lam, trial)
+
+
+@inline
+def _family_levels(lam, residual, rows, h):
+    """``(first, flow, level, cost, stat)`` of the pair families' members at the multipliers
+    ``lam`` (see :class:`Families`)."""
     size, start = rows.family_size, rows.family_start
     n_families = size.size
     first = _family_members(size)
@@ -831,35 +926,25 @@ def _family_step(lam, residual, free_mass, square_mass, rows, h, rho):
             if i:  # the statistic minus its offset, up to a constant per family
                 level[first[f] + i] = 0.5 * (residual[_pair_row(start, f, k, i, 0)]
                                              - residual[_pair_row(start, f, k, 0, i)])
-    # each member's own curvature (free outputs) and its scale (all outputs)
-    curvature = stat_squares(rows, free_mass)[stat]
-    full = stat_squares(rows, square_mass)[stat]
-    side = _predicted_flows(flow, level, cost, first, curvature, full)
-    end = start[n_families]
-    generic = np.zeros(m - end, np.bool_)
-    for r in range(end, m):
-        generic[r - end] = lam[r] > 0 or residual[r] > 0
-    target, generic_step = _flow_newton(flow, level, cost, first, side, stat, generic, lam,
-                                        residual, free_mass, square_mass, rows, rho)
-    if target.size == 0:
-        return np.empty(0, np.int64), np.empty(0)
-    trial = lam.copy()
-    _route(trial, target, first, size, start)
-    for r in range(end, m):
-        trial[r] = max(lam[r] + generic_step[r - end], 0.0)
+    return first, flow, level, cost, stat
+
+
+@inline
+def _changes(lam, trial):
+    """``(chosen, step)``: the rows where ``trial`` differs from ``lam``, and by how much."""
     changed = 0
-    for r in range(m):
+    for r in range(lam.size):
         changed += trial[r] != lam[r]
     chosen, step = np.empty(changed, np.int64), np.empty(changed)
     changed = 0
-    for r in range(m):
+    for r in range(lam.size):
         if trial[r] != lam[r]:
             chosen[changed], step[changed] = r, trial[r] - lam[r]
             changed += 1
     return chosen, step
 
 
-@_jit
+@jit
 def _predicted_flows(flow, level, cost, first, curvature, full):
     """The side of every member (+1 gives, -1 takes, 0 neither) in the step's model with the
     members uncoupled: member ``u`` alone maximises ``(level_u - mu) x - cost x+ - H_u (x -
@@ -896,7 +981,7 @@ def _predicted_flows(flow, level, cost, first, curvature, full):
     return side
 
 
-@_jit
+@jit
 def _flow_total(flow, level, cost, begin, stop, curvature, tiny, mu):
     """The total of the uncoupled model's flows at the centre ``mu`` (see
     :func:`_predicted_flows`)."""
@@ -911,20 +996,49 @@ def _flow_total(flow, level, cost, begin, stop, curvature, tiny, mu):
     return total
 
 
-@_jit
-def _flow_newton(flow, level, cost, first, side, stat, generic, lam, residual, free_mass,
-                 square_mass, rows, rho):
-    """The Newton step on the members that give or take (``side``) and the rows outside the
-    families flagged ``generic``, with one centre per family: ``(target flows, step of the
-    other rows)``; the members of neither side go to zero flow. Empty arrays when no member
-    gives or takes and no other row moves."""
-    n_members, end = flow.size, rows.family_start[cost.size]
-    active = _indices(side != 0)
-    others = _indices(generic) + end
-    leaving = _indices((side == 0) & (flow != 0.0))
-    n_a, n_g = active.size, others.size
-    if n_a + n_g + leaving.size == 0:
+@jit
+def _flow_newton(families, generic, at, problem, rho):
+    """The Newton step on the members that give or take (``families.side``) and the rows
+    outside the families flagged ``generic``, with one centre per family: ``(target flows, step
+    of the other rows)``; the members of neither side go to zero flow. Empty arrays when no
+    member gives or takes and no other row moves."""
+    side, flow = families.side, families.flow
+    end = problem.rows.family_start[families.cost.size]
+    moving = Moving(_indices(side != 0), _indices(generic) + end,
+                    _indices((side == 0) & (flow != 0.0)))
+    if moving.active.size + moving.others.size + moving.leaving.size == 0:
         return np.empty(0), np.empty(0)
+    family = np.empty(flow.size, np.int64)
+    for f in range(families.cost.size):
+        family[families.first[f]:families.first[f + 1]] = f
+    system, rhs, centre = _flow_system(families, moving, family, at, problem, rho)
+    solution = np.linalg.solve(system, rhs)
+    n_a, n_g = moving.active.size, moving.others.size
+    target = np.zeros(flow.size)
+    for i in range(n_a):
+        target[moving.active[i]] = flow[moving.active[i]] + solution[i]
+    for f in range(families.cost.size):  # a family whose members all leave: every flow to zero
+        if centre[f] < 0:
+            for u in range(families.first[f], families.first[f + 1]):
+                target[u] = 0.0
+    step = np.zeros(at.lam.size - end)
+    for i in range(n_g):
+        step[moving.others[i] - end] = solution[n_a + i]
+    for u in range(flow.size):
+        if not np.isfinite(target[u]):
+            return np.empty(0), np.empty(0)
+    return target, step
+
+
+@inline
+def _flow_system(families, moving, family, at, problem, rho):
+    """The linear system of :func:`_flow_newton` and the index of each family's centre among
+    its unknowns (-1 for a family without one): ``(system, rhs, centre)``. Unknowns: the
+    flows' changes of the ``active`` members, the steps of the ``others`` rows, then the
+    centres."""
+    rows, stat, flow = problem.rows, families.stat, families.flow
+    active, others, leaving = moving
+    n_a, n_g = active.size, others.size
     items = n_a + n_g + leaving.size
     plus, minus = np.full(items, -1, np.int64), np.full(items, -1, np.int64)
     for i in range(n_a):
@@ -933,12 +1047,9 @@ def _flow_newton(flow, level, cost, first, side, stat, generic, lam, residual, f
         plus[n_a + i], minus[n_a + i] = rows.plus[others[i]], rows.minus[others[i]]
     for i in range(leaving.size):
         plus[n_a + n_g + i] = stat[leaving[i]]
-    gram = pair_gram(rows, free_mass, plus, minus)
-    full = pair_gram(rows, square_mass, plus, minus)
-    family = np.empty(n_members, np.int64)
-    for f in range(cost.size):
-        family[first[f]:first[f + 1]] = f
-    centre = np.full(cost.size, -1, np.int64)  # the centre's unknown of each family, if any
+    gram = pair_gram(rows, at.free_mass, plus, minus)
+    full = pair_gram(rows, problem.square_mass, plus, minus)
+    centre = np.full(families.cost.size, -1, np.int64)
     n_centres = 0
     for i in range(n_a):
         f = family[active[i]]
@@ -954,34 +1065,21 @@ def _flow_newton(flow, level, cost, first, side, stat, generic, lam, residual, f
         system[i, i] += ridge * full[i, i]
         if i < n_a:
             u = active[i]
-            rhs[i] = level[u] - (cost[family[u]] if side[u] > 0 else 0.0)
+            rhs[i] = families.level[u] - (families.cost[family[u]] if families.side[u] > 0
+                                          else 0.0)
             system[i, centre[family[u]]] = system[centre[family[u]], i] = 1.0
         else:
-            rhs[i] = residual[others[i - n_a]]
+            rhs[i] = at.residual[others[i - n_a]]
         for z in range(leaving.size):  # their flows go to zero: -H (0 - flow)
             rhs[i] += gram[i, n_a + n_g + z] * flow[leaving[z]]
     for z in range(leaving.size):
         c = centre[family[leaving[z]]]
         if c >= 0:
             rhs[c] += flow[leaving[z]]
-    solution = np.linalg.solve(system, rhs)
-    target = np.zeros(n_members)
-    for i in range(n_a):
-        target[active[i]] = flow[active[i]] + solution[i]
-    for f in range(cost.size):  # a family whose members all leave: every flow to zero
-        if centre[f] < 0:
-            for u in range(first[f], first[f + 1]):
-                target[u] = 0.0
-    step = np.zeros(lam.size - end)
-    for i in range(n_g):
-        step[others[i] - end] = solution[n_a + i]
-    for u in range(n_members):
-        if not np.isfinite(target[u]):
-            return np.empty(0), np.empty(0)
-    return target, step
+    return system, rhs, centre
 
 
-@_jit
+@jit
 def _route(lam, flow, first, size, start):
     """The pair multipliers of every family set to the net ``flow`` of its members (summing
     to zero), routed from givers to takers on a forest (north-west corner rule: the first giver
@@ -1011,13 +1109,13 @@ def _route(lam, flow, first, size, start):
             net[take] += amount
 
 
-@_jit
+@jit
 def _pair_row(family_start, f, k, i, j):
     """The row of the pair ``(i, j)`` (``i != j``) of family ``f`` with ``k`` members."""
     return family_start[f] + i * (k - 1) + j - (j > i)
 
 
-@_jit
+@jit
 def _tree_flows(lam, family_size, family_start):
     """The same net multiplier of every group, carried by a forest of group pairs (in place).
 
@@ -1034,7 +1132,7 @@ def _tree_flows(lam, family_size, family_start):
            family_start)
 
 
-@_jit
+@jit
 def _family_members(family_size):
     """``first``: the members of family ``f`` are ``first[f]:first[f + 1]``."""
     first = np.zeros(family_size.size + 1, np.int64)
@@ -1043,7 +1141,7 @@ def _family_members(family_size):
     return first
 
 
-@_jit
+@jit
 def _net_flows(lam, family_size, family_start, first):
     """Every member's net flow ``sum_v lam_uv - sum_v lam_vu`` in its family."""
     flow = np.zeros(first[family_size.size])
@@ -1058,7 +1156,7 @@ def _net_flows(lam, family_size, family_start, first):
     return flow
 
 
-@_jit
+@jit
 def _newton_rows(lam, residual, threshold, rows):
     """Rows whose multipliers the Newton step moves, and the pinned rows (increasing order).
 
@@ -1118,7 +1216,7 @@ def _newton_rows(lam, residual, threshold, rows):
     return _indices(chosen), _indices(pinned)
 
 
-@_jit
+@jit
 def _join(root, i, j):
     """Join the trees of ``i`` and ``j`` (``root``: a parent per member); whether they were
     two."""
@@ -1132,7 +1230,7 @@ def _join(root, i, j):
     return True
 
 
-@_jit
+@jit
 def _indices(mask):
     """Positions of the true entries of ``mask``, increasing."""
     count = 0
@@ -1147,9 +1245,11 @@ def _indices(mask):
     return out
 
 
-@_jit
-def _vjp(grad, y, atom, weight, rows, lam, lo, hi, out):
+@jit
+def _vjp(grad, y, problem, box, lam, out):
     """``out = grad_z`` and returns ``u = grad_h`` (see :func:`vjp`)."""
+    atom, weight, rows = problem.atom, problem.weight, problem.rows
+    lo, hi = box
     m, n_atoms = lam.size, rows.atom_ptr.size - 1
     active = _indices(lam > 0)
     k = active.size

@@ -7,6 +7,8 @@ passes plus small dense algebra, compiled as a whole.
 Conventions: ``atom`` (int64) maps every sample to its atom, ``weight`` is the per-sample weight
 or an empty array for unit weights, ``lo``/``hi`` are floats (infinite for a missing bound), and a
 sample is *free* when its value lies strictly inside them. Accumulators are written, not added to.
+Arguments that travel together are named tuples (:class:`Box`, :class:`Rows`, :class:`Problem`,
+:class:`Loss`), which the compiled functions read like structs.
 """
 
 from collections import namedtuple
@@ -15,7 +17,11 @@ import numba
 import numpy as np
 
 
-def _jit(function):
+#: the bounds ``lo <= y <= hi`` as the compiled passes read them: floats, infinite where missing
+Box = namedtuple("Box", "lo hi")
+
+
+def jit(function):
     """``function`` compiled by numba; the machine code is cached on disk where numba finds a
     writable place (beside the module or in the user's cache directory), else compiled anew in
     each process rather than failing the import."""
@@ -25,7 +31,14 @@ def _jit(function):
         return numba.njit(nogil=True)(function)
 
 
-@_jit
+def inline(function):
+    """``function`` compiled into each compiled function that calls it (numba's inlining of its
+    intermediate representation), never on its own: a helper that splits a compiled function
+    for reading costs no compilation, cache entry or call of its own."""
+    return numba.njit(inline="always", nogil=True)(function)
+
+
+@jit
 def clip_shift(z, atom, shift, weight, lo, hi, out):
     """``out = clip(z - weight * shift[atom], lo, hi)``."""
     weighted = weight.shape[0] > 0
@@ -34,7 +47,7 @@ def clip_shift(z, atom, shift, weight, lo, hi, out):
         out[i] = min(max(z[i] - w * shift[atom[i]], lo), hi)
 
 
-@_jit
+@jit
 def shifted_sums(z, atom, shift, weight, lo, hi, sums, free_mass):
     """For ``y = clip(z - weight * shift[atom], lo, hi)`` (:func:`clip_shift`, the same
     arithmetic), the atom sums of ``weight * y`` and of ``weight**2`` over the free samples;
@@ -56,7 +69,7 @@ def shifted_sums(z, atom, shift, weight, lo, hi, sums, free_mass):
     return 0.5 * distance
 
 
-@_jit
+@jit
 def free_sums(values, y, atom, weight, lo, hi, sums, free_mass):
     """Atom sums of ``weight * values`` and of ``weight**2`` over the samples free at ``y``."""
     sums[:] = 0.0
@@ -69,7 +82,7 @@ def free_sums(values, y, atom, weight, lo, hi, sums, free_mass):
         free_mass[a] += w * w
 
 
-@_jit
+@jit
 def free_shift(values, y, atom, shift, weight, lo, hi, out):
     """``out = values - weight * shift[atom]`` on the samples free at ``y``, 0 elsewhere."""
     weighted = weight.shape[0] > 0
@@ -78,6 +91,10 @@ def free_shift(values, y, atom, shift, weight, lo, hi, out):
         out[i] = (values[i] - w * shift[atom[i]]) * (lo < y[i] < hi)
 
 
+#: the training loss of :func:`objective`: ``target`` and ``weight`` per sample, ``kind`` one of
+#: the losses below, ``scale`` the unit of the squared error and ``penalty`` the weight of the
+#: squared distortion ``(z - y)**2``
+Loss = namedtuple("Loss", "target weight kind scale penalty")
 #: the per-sample losses :func:`objective` knows: binary cross-entropy of probabilities, and the
 #: squared error in units of a scale
 LOG_LOSS, SQUARED_ERROR = 0, 1
@@ -86,18 +103,20 @@ LOG_LOSS, SQUARED_ERROR = 0, 1
 PROBABILITY_CLIP = 1e-7
 
 
-@_jit
-def objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z):
+@jit
+def objective(y, z, loss, grad_y, grad_z):
     """The training objective of a batch at its fair outputs ``y`` (raw outputs ``z``): the
-    mean, weighted by ``weight``, of ``loss(y_i, target_i) + penalty * (z_i - y_i)**2``.
+    mean, weighted by ``loss.weight``, of ``loss(y_i, target_i) + penalty * (z_i - y_i)**2``
+    (``loss`` a :class:`Loss`).
 
     Writes its partial gradient in ``y`` into ``grad_y`` and in ``z`` into ``grad_z`` (the
-    penalty's). ``loss`` is :data:`LOG_LOSS` (``y`` clipped to ``[PROBABILITY_CLIP, 1 -
+    penalty's). ``loss.kind`` is :data:`LOG_LOSS` (``y`` clipped to ``[PROBABILITY_CLIP, 1 -
     PROBABILITY_CLIP]``, each log bounded below by -100 and the derivative's denominator by
     1e-12, as in :func:`torch.nn.functional.binary_cross_entropy`) or :data:`SQUARED_ERROR`
     (``((y - target) / scale)**2``): the estimators' torch losses, computed in the same
     compiled call as the projection's gradient.
     """
+    target, weight, kind, scale, penalty = loss
     total_weight = 0.0
     for i in range(y.shape[0]):
         total_weight += weight[i]
@@ -107,7 +126,7 @@ def objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z):
     value = 0.0
     for i in range(y.shape[0]):
         distortion = z[i] - y[i]
-        if loss == LOG_LOSS:
+        if kind == LOG_LOSS:
             p = min(max(y[i], PROBABILITY_CLIP), 1.0 - PROBABILITY_CLIP)
             # one logarithm for a 0/1 label (the other term is zero): most of the pass's time
             if target[i] == 1.0:
@@ -145,8 +164,14 @@ def objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z):
 Rows = namedtuple("Rows", "stat_ptr stat_atom stat_coef atom_ptr atom_stat atom_coef plus minus "
                           "family_size family_start")
 
+#: One constraint set as the compiled passes read it (:attr:`skfair.constraints.ConstraintSet.
+#: host_problem`): the ``atom`` of every sample, the sample ``weight`` (empty for unit weights),
+#: the :class:`Rows`, their bounds ``h``, and per atom the total weight ``mass`` and total
+#: squared weight ``square_mass`` of its samples.
+Problem = namedtuple("Problem", "atom weight rows h mass square_mass")
 
-@_jit
+
+@jit
 def violation_and_range(values, atom, weight, rows, h):
     """``(max(G @ values - h), min(values), max(values))`` with ``G`` in factored form
     (``-inf`` without rows; all three NaN if a value is NaN; the range is zeros for an empty
@@ -164,7 +189,7 @@ def violation_and_range(values, atom, weight, rows, h):
     return violation, low, high
 
 
-@_jit
+@jit
 def stat_values(rows, sums):
     """Every statistic at the atom sums ``sums``."""
     n_stats = rows.stat_ptr.size - 1
@@ -177,7 +202,7 @@ def stat_values(rows, sums):
     return out
 
 
-@_jit
+@jit
 def row_values(rows, sums, h):
     """``G y - h`` from the atom sums of ``y``."""
     values = stat_values(rows, sums)
@@ -192,7 +217,7 @@ def row_values(rows, sums, h):
     return out
 
 
-@_jit
+@jit
 def atom_shift(rows, lam):
     """``G.T @ lam`` per atom: how far the multipliers ``lam`` shift each atom's samples."""
     net = np.zeros(rows.stat_ptr.size - 1)
@@ -210,13 +235,13 @@ def atom_shift(rows, lam):
     return shift
 
 
-@_jit
+@jit
 def row_gram(rows, mass, selected):
     """``G_S diag(mass) G_S^T`` on the rows ``selected`` (``mass`` per atom)."""
     return pair_gram(rows, mass, rows.plus[selected], rows.minus[selected])
 
 
-@_jit
+@jit
 def pair_gram(rows, mass, plus, minus):
     """The Gram matrix, weighted by ``mass`` per atom, of the vectors ``stat[plus[i]] -
     stat[minus[i]]`` (-1: none), through the products of their statistics: one pass over the
@@ -259,7 +284,7 @@ def pair_gram(rows, mass, plus, minus):
     return gram
 
 
-@_jit
+@jit
 def stat_squares(rows, mass):
     """``sum_a coef[s, a]**2 * mass[a]`` of every statistic ``s``, then 0 for "none" (index
     -1 reads the last entry): the diagonal of the statistics' Gram matrix."""
@@ -271,7 +296,7 @@ def stat_squares(rows, mass):
     return out
 
 
-@_jit
+@jit
 def stat_ranges(rows, mass, lo, hi):
     """``(smallest, largest, size)`` of every statistic over outputs within ``[lo, hi]``
     (``mass``: total weight per atom), and its 1-norm ``sum |coef| * mass``."""
@@ -287,7 +312,7 @@ def stat_ranges(rows, mass, lo, hi):
     return smallest, largest, size
 
 
-@_jit
+@jit
 def value_range(values):
     """``(min, max)`` of ``values`` (NaN if one is NaN, zeros for an empty array)."""
     if values.shape[0] == 0:
@@ -302,7 +327,7 @@ def value_range(values):
     return low, high
 
 
-@_jit
+@jit
 def mixed_radix(codes, atom, counts):
     """Number every row of the integer matrix ``codes`` (at least one entry) by its
     combination of values: ``atom[i]`` = the mixed-radix number of row ``i`` in base ``radix
@@ -336,7 +361,7 @@ def mixed_radix(codes, atom, counts):
     return low, radix, space
 
 
-@_jit
+@jit
 def first_unattainable(rows, mass, h, lo, hi):
     """The first row ``r`` whose smallest value over the box exceeds ``h[r]`` (beyond
     rounding), and that value; ``(-1, 0.0)`` when every row can be met. The two statistics of
@@ -353,9 +378,3 @@ def first_unattainable(rows, mass, h, lo, hi):
             return r, value
     return -1, 0.0
 
-
-def host_vector(tensor):
-    """A tensor of shape (n,) as a contiguous numpy array on the host: a view of a contiguous
-    CPU tensor, else a copy."""
-    array = tensor.numpy(force=True)  # detached; copied to the host from another device
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)

@@ -79,10 +79,11 @@ import math
 import numpy as np
 import torch
 
-from ._exact import _open_bounds, clip
-from ._kernels import (atom_shift, clip_shift, host_vector, row_gram, row_values,
-                       stat_squares)
-from .constraints import _GroupMeanConstraint, _atoms, constraint_gap
+from . import _rows
+from ._bounds import Bounds
+from ._host import host_vector
+from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
+from .constraints import constraint_gap
 from .decisions import fair_labels
 from .layer import project
 
@@ -145,7 +146,8 @@ def _gram(cs):
 
 
 def _present_groups(atoms):
-    """Per attribute, the set of group codes present in a batch (from :func:`_atoms`)."""
+    """Per attribute, the set of group codes present in a batch (from
+    :func:`skfair._rows.atoms`)."""
     _, table, counts = atoms
     codes = [c for c, count in zip(table, counts.tolist()) if count]
     return [set(col) for col in zip(*codes)] if codes else []
@@ -172,7 +174,7 @@ class PrimalDualStream:
         :func:`row_norms`).
     """
 
-    def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="auto", dual_init=None):
+    def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="exact", dual_init=None):
         if constraint.requires_y_true:
             raise ValueError(
                 f"{constraint!r} needs true labels, which a prediction stream does not have."
@@ -212,20 +214,27 @@ class PrimalDualStream:
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
         z = z.to(torch.float64)
-        lo, hi = self.bounds if self.bounds is not None else (None, None)
-        atoms = _atoms(groups.cpu().numpy())
+        bounds = Bounds.of(self.bounds)
+        atoms = _rows.atoms(groups.cpu().numpy())
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
             self._record(y, cs, atoms)
             return y
         references = self._reference_means()
-        cs = self.constraint.build(groups, epsilon=self.epsilon, reference_means=references)
+        cs = self._build(groups, references)
         if cs.n_rows == 0:  # a step without rows: no multiplier to move
-            y = self._decide(clip(z, lo, hi))
+            y = self._decide(bounds.clip(z))
             self.n_steps += 1
             self._record(y, cs, atoms)
             return y
+        return self._primal_dual(z, cs, atoms, references, bounds)
+
+    def _primal_dual(self, z, cs, atoms, references, bounds):
+        """The primal-dual step of a batch shorter than ``b_tau`` with rows ``cs`` (its
+        ``atoms``, the ``references`` its rows compare with): its outputs; the state changes
+        only once the step is known to be finite."""
+        n = z.shape[0]
         present = _present_groups(atoms)
         # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
         gram = _gram(cs)
@@ -236,7 +245,7 @@ class PrimalDualStream:
         # batches are small: tensor operations would cost more to dispatch than to compute)
         primal = np.empty(n)
         clip_shift(host_vector(z), cs.host_atom, atom_shift(cs.host_rows, lam * inverse),
-                   cs.host_weight, *_open_bounds(lo, hi), primal)
+                   cs.host_weight, *bounds.box, primal)
         y = self._decide(torch.from_numpy(primal).to(z.device))
         violation = row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
         # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
@@ -260,6 +269,14 @@ class PrimalDualStream:
         self._record_references(cs.keys, references, present, n)
         self._record(y, cs, atoms)
         return y
+
+    def _build(self, groups, references):
+        """The rows of a primal-dual step's batch: a group-mean constraint's compare the groups
+        present with the ``references`` (running means) of those absent."""
+        if references is None:
+            return self.constraint.build(groups, epsilon=self.epsilon)
+        return _rows.group_mean_set(self.constraint, groups, epsilon=self.epsilon,
+                                    reference_means=references)
 
     def _exact(self, z, cs, groups):
         """The outputs of a batch of at least ``b_tau`` rows: its exact projection."""
@@ -297,7 +314,7 @@ class PrimalDualStream:
                 {key: count for key, (_, count) in sums.items()})
 
     def _reference_means(self):
-        if not isinstance(self.constraint, _GroupMeanConstraint):
+        if not isinstance(self.constraint, _rows.GroupMeanLayout):
             return None
         return {(a, g, None): mean for (a, g), mean in self._group_stats()[0].items()}
 

@@ -22,7 +22,7 @@ from . import _streaming
 from ._network import outputs
 from ._warnings import warn
 from .constraints import InfeasibleConstraintError, constraint_gap
-from .layer import project, projected_objective
+from .layer import TrainingLoss, training_objective
 
 
 @dataclass
@@ -178,25 +178,14 @@ def fair_objective(model, out, batch_rows, target, weight):
 
     The penalty, ``distortion_penalty * ((out - fair) / _distortion_unit)**2`` per sample, is
     how far the network itself is from fair: it teaches the network to need the layer less.
-    With the exact solver the whole objective is one compiled call and one autograd node
-    (:func:`~skfair.layer.projected_objective`, the same projection and losses); qpth, or
-    an exact result that fails the guarantee, goes through :func:`~skfair.layer.project`
-    and the torch losses.
+    Which path computes it (the fused compiled objective, or the projection and the torch
+    losses) is :func:`~skfair.layer.training_objective`'s decision.
     """
-    penalty = model.distortion_penalty / model._distortion_unit**2
-    if model.solver != "qpth":
-        fused = projected_objective(out, batch_rows, model.bounds_, target, weight,
-                                    model._compiled_loss, model._distortion_unit, penalty)
-        if fused is not None:
-            return fused[0], fused[1].host_lam
-    fair, info = project(out, batch_rows, model.bounds_, model.solver)
-    losses = model._sample_losses(fair, target)
-    if fair is not out and penalty:  # (zero when the layer kept the outputs)
-        distortion = out - fair
-        losses = torch.addcmul(losses, distortion, distortion, value=penalty)
-    duals = info["duals"]
-    return weighted_mean(losses, weight), None if duals is None else np.array(
-        list(duals.values()))
+    unit = model._distortion_unit
+    loss = TrainingLoss(model._sample_losses, model._compiled_loss, unit,
+                        model.distortion_penalty / unit**2)
+    return training_objective(out, batch_rows, model.bounds_, model.solver, target, weight,
+                              loss)
 
 
 def epoch_record(model, data, epoch, result, split, device):

@@ -65,7 +65,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         selection-rate gap provably converges to at most ``epsilon`` (see :meth:`stream_stats`,
         key ``"labels"``).
     solver : {"exact", "qpth"}, default="exact"
-        Projection solver, see :class:`~skfair.FairnessLayer`.
+        Projection solver: ``"exact"``, the package's own (certified by the guarantee check), or
+        ``"qpth"``, the reference implementation (``O(n^2)`` memory; falls back to the exact
+        solver when its result fails the check). See :class:`~skfair.FairnessLayer`.
     b_tau : int, default=100
         Batches with at least this many rows are projected exactly; shorter ones stream.
     eta0 : float, default=None

@@ -3,28 +3,29 @@
 import math
 import numbers
 import warnings
+from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import _exact, _kernels
-from .constraints import InfeasibleConstraintError, _check_epsilon, _device_tensor, get_constraint
-from .constraints import _as_group_matrix, intersect_groups
+from . import _exact, _guarantee, _kernels, _qpth
+from ._bounds import Bounds
+from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
+                         output_scale, tolerance, unclipped, violations)
+from ._host import device_tensor, host_vector, to_device
+from ._rows import as_group_matrix, check_epsilon
+from .constraints import InfeasibleConstraintError, get_constraint, intersect_groups
 
 __all__ = ["FairnessLayer", "project"]
 
-SOLVERS = ("auto", "exact", "qpth")
+SOLVERS = ("exact", "qpth")
 #: the backends each solver option tries, in order (the second one when the first fails)
-_BACKEND_ORDER = {"auto": ("exact", "qpth"), "exact": ("exact",), "qpth": ("qpth", "exact")}
+_BACKEND_ORDER = {"exact": ("exact",), "qpth": ("qpth", "exact")}
 
-#: the largest violation ``max(G y - h)`` the returned outputs may have, relative to their own
-#: scale ``max(1, |y|, |h|)`` (never the raw outputs'): see :func:`_tolerance`
-GUARANTEE_TOL = 1e-9
-#: how far (root mean square per sample, relative to the outputs' scale) a second solve from the
-#: first one's outputs may certifiably be from the projection of the raw outputs
-POLISH_TOL = 1e-6
+#: the guarantee's tolerance, relative to the outputs' scale (:mod:`skfair._guarantee`)
+GUARANTEE_TOL = _guarantee.GUARANTEE_TOL
 #: how far beyond its bound (times the outputs' scale) an output clipped from far is held in the
 #: second solve (:func:`_polished`)
 FAR = 1e3
@@ -43,8 +44,9 @@ class FairnessLayer(nn.Module):
     solve the violation ``max(G y - h)`` and the bounds are checked on the returned values, and a
     result off by more than ``1e-9`` times the outputs' scale ``max(1, |y|, |h|)`` (plus the
     rounding of a narrower dtype), or outside the bounds, is never returned: it is projected
-    once more and certified, else the other backend is tried, then :class:`RuntimeError` is
-    raised (README, "Guarantees, precisely"). All computation is in float64; the result is cast
+    once more and certified, else :class:`RuntimeError` is raised (README, "Guarantees,
+    precisely"; with ``solver="qpth"`` a failing qpth result falls back to the exact solver
+    first). All computation is in float64; the result is cast
     back to the dtype of ``z``, within the bounds in that dtype. The projection is the minimal
     change (in Euclidean norm) of the outputs that makes them fair, and it is differentiable, so
     networks can be trained through it.
@@ -58,15 +60,15 @@ class FairnessLayer(nn.Module):
         Allowed unfairness (e.g. largest difference of group means).
     bounds : tuple of (float or None, float or None) or None, default=(0.0, 1.0)
         Box on the outputs: ``(0, 1)`` for probabilities, ``None`` for unbounded outputs.
-    solver : {"auto", "exact", "qpth"}, default="auto"
-        ``"exact"``: a Newton method on the ``m``-dimensional dual (``m`` = number of constraint
-        rows), ``O(n + m^3)`` per iteration, a handful of iterations, exact up to rounding; its
-        backward pass is the implicit derivative of the KKT conditions, ``O(n m)`` time and
-        memory. ``"qpth"``: the dense interior-point solver of ``qpth`` (``O(n^3)``; optional
-        dependency, see the README). ``"auto"`` uses the exact solver: it handles every affine
-        constraint, is accurate to rounding where qpth's interior point can stall short of the
-        optimum, and is orders of magnitude faster (``benchmarks/projection.py``). Each
-        backend falls back to the other when its result fails the feasibility check.
+    solver : {"exact", "qpth"}, default="exact"
+        ``"exact"``: the package's own solver, a Newton method on the ``m``-dimensional dual
+        (``m`` = number of constraint rows), ``O(n + m^3)`` per iteration, a handful of
+        iterations, exact up to rounding; its backward pass is the implicit derivative of the
+        KKT conditions, ``O(n m)`` time and memory. Its results pass the guarantee check or the
+        projection raises. ``"qpth"``: the reference implementation, the dense interior-point
+        solver of ``qpth`` (``O(n^2)`` memory, ``O(n^3)`` time; optional dependency, see the
+        README); a result of it that fails the guarantee check falls back to the exact
+        solver.
     intersectional : bool, default=False
         With several attributes, constrain every combination of groups (the cartesian product)
         instead of every attribute separately.
@@ -107,11 +109,10 @@ class FairnessLayer(nn.Module):
     """
 
     def __init__(self, constraint="demographic_parity", epsilon=0.05, bounds=(0.0, 1.0),
-                 solver="auto", intersectional=False):
+                 solver="exact", intersectional=False):
         super().__init__()
-        _check_epsilon(epsilon)
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
+        check_epsilon(epsilon)
+        _check_solver(solver)
         self.constraint = get_constraint(constraint)
         self.epsilon = float(epsilon)
         self.bounds = _check_bounds(bounds)
@@ -141,13 +142,13 @@ class FairnessLayer(nn.Module):
             fair already and strictly inside the bounds (then nothing changes; like
             :meth:`torch.Tensor.to`, the result may be the input).
         """
-        groups = _as_group_matrix(groups)
+        groups = as_group_matrix(groups)
         _check_inputs(z, groups)
         if self.intersectional:
             groups = intersect_groups(groups)
         cs = self.constraint.build(groups.to(z.device), epsilon=self.epsilon,
-                                   y_true=_to_device(y_true, z),
-                                   sample_weight=_to_device(sample_weight, z))
+                                   y_true=to_device(y_true, z),
+                                   sample_weight=to_device(sample_weight, z))
         y, info = project(z, cs, self.bounds, self.solver)
         # (straight into the instance dict: nn.Module's __setattr__ first looks among the
         # parameters, buffers and submodules, some microseconds per training step)
@@ -159,20 +160,21 @@ class FairnessLayer(nn.Module):
                 f"solver={self.solver!r}, intersectional={self.intersectional}")
 
 
-def project(z, cs, bounds, solver="auto"):
+def project(z, cs, bounds, solver="exact"):
     """Project ``z`` onto the rows ``cs`` and the ``bounds``; the one entry point of all backends.
 
     Returns ``(y, info)`` with ``y`` in the dtype of ``z`` and ``info`` the diagnostics dict of
     :attr:`FairnessLayer.last_solve_`. Raises :class:`InfeasibleConstraintError` when a row cannot
     be met within the bounds, :class:`RuntimeError` when no backend reaches the guarantee.
     """
-    lo, hi = bounds if bounds is not None else (None, None)
+    _check_solver(solver)
+    bounds = Bounds.of(bounds)
     double = z.dtype == torch.float64
     z64 = z if double else z.to(torch.float64)
     failures = []
     order = _BACKEND_ORDER[solver]
     for backend in order:
-        out = (_exact_backend if backend == "exact" else _qpth_backend)(z64, cs, lo, hi, failures)
+        out = (_exact_backend if backend == "exact" else _qpth_backend)(z64, cs, bounds, failures)
         if out is not None:
             if failures:
                 warnings.warn(f"The {order[0]} solver failed ({failures[-1]}); the {backend} "
@@ -180,18 +182,18 @@ def project(z, cs, bounds, solver="auto"):
             y, info = out
             if y is z64:  # fair already: the input itself, in its own dtype
                 return z, info
-            return (y, info) if double else _cast(y, z.dtype, cs, lo, hi, info)
-    conflicting = _exact.conflicting_rows(cs, lo, hi)
+            return (y, info) if double else _cast(y, z.dtype, cs, bounds, info)
+    conflicting = _exact.conflicting_rows(cs, *bounds)
     if conflicting:
         shown = ", ".join(map(repr, conflicting[:10])) + (", ..." if len(conflicting) > 10 else "")
         raise InfeasibleConstraintError(
-            f"The fairness constraint cannot be met within bounds {(lo, hi)}: its rows "
+            f"The fairness constraint cannot be met within bounds {tuple(bounds)}: its rows "
             f"{shown} contradict each other (each one alone can hold); widen the bounds, "
             f"increase epsilon or drop one of them.", key=conflicting[0])
     raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
 
 
-def _cast(y, dtype, cs, lo, hi, info):
+def _cast(y, dtype, cs, bounds, info):
     """The checked float64 projection ``y`` in a narrower ``dtype``, with its own check.
 
     The bounds hold exactly in ``dtype`` (a bound it cannot represent is replaced by the
@@ -202,17 +204,18 @@ def _cast(y, dtype, cs, lo, hi, info):
     The cast values are checked against that; ``info["max_violation"]`` is theirs.
     """
     out = y.to(dtype)
+    lo, hi = bounds
     if lo is not None or hi is not None:
         out = out.clamp(_representable(lo, dtype, y.device, inward=1.0),
                         _representable(hi, dtype, y.device, inward=-1.0))
-    check = _check(_kernels.host_vector(out.to(torch.float64)), cs)
-    violation, out_of_bounds, _ = _violations(check, lo, hi)
+    found = check(host_vector(out.to(torch.float64)), cs)
+    violation, out_of_bounds, _ = violations(found, bounds)
     if not out_of_bounds <= 0:  # NaN too: an output or a bound beyond the dtype's range
         raise ValueError(f"The fair outputs do not fit in {dtype} (largest magnitude "
                          f"{float(y.abs().max()):.6g}, bounds {(lo, hi)}); project in a wider "
                          f"dtype.")
     norm = _largest_row_norm(cs)
-    tol = _tolerance(check, cs) + torch.finfo(dtype).eps * _scale(check, cs) * norm
+    tol = tolerance(found, cs) + torch.finfo(dtype).eps * output_scale(found, cs) * norm
     if cs.n_rows and not violation <= tol:
         raise RuntimeError(f"The fairness projection failed in {dtype}: max violation "
                            f"{violation:.3g} (tolerance {tol:.3g}).")
@@ -257,43 +260,75 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     are one compiled call on the host, not a dozen tensor operators and their backward nodes
     (at training batch sizes of tens to hundreds, each costs about as much as the arithmetic).
     """
-    lo, hi = bounds if bounds is not None else (None, None)
-    host = _kernels.host_vector
-    result = _exact.solve(z.to(torch.float64), cs, lo, hi,
-                          objective=(host(target), host(weight), loss, scale, penalty))
-    if _exact_violation(result, cs, lo, hi, []) is None:
+    bounds = Bounds.of(bounds)
+    result = _exact.solve(z.to(torch.float64), cs, *bounds, objective=_kernels.Loss(
+        host_vector(target), host_vector(weight), loss, scale, penalty))
+    if exact_violation(result, cs, bounds, []) is None:
         return None
     value, grad = result.objective
-    return _Objective.apply(z, (value, _device_tensor(grad, z.device))), result
+    return _Objective.apply(z, (value, device_tensor(grad, z.device))), result
 
 
-def _exact_backend(z, cs, lo, hi, failures):
+#: the loss of :func:`training_objective`: ``losses(fair, target)`` the per-sample torch losses,
+#: ``compiled`` their kind in :func:`skfair._kernels.objective` (``LOG_LOSS`` or
+#: ``SQUARED_ERROR``), ``scale`` the unit of the squared error and ``penalty`` the weight of the
+#: squared distortion ``(out - fair)**2``
+TrainingLoss = namedtuple("TrainingLoss", "losses compiled scale penalty")
+
+
+def training_objective(out, cs, bounds, solver, target, weight, loss):
+    """``(objective, lam)`` of a training batch through the fairness layer: the mean, weighted
+    by ``weight``, of ``loss.losses`` at the fair outputs plus ``loss.penalty`` times the
+    squared distortion, and the projection's multipliers (a host array in the order of
+    ``cs.keys``; None from qpth).
+
+    The exact solver takes the fused path: the whole objective is one compiled call and one
+    autograd node (:func:`projected_objective`, the same projection and losses). qpth, or an
+    exact result that fails the guarantee, goes through :func:`project` (and its fallback) and
+    the torch losses.
+    """
+    if solver != "qpth":
+        fused = projected_objective(out, cs, bounds, target, weight, loss.compiled, loss.scale,
+                                    loss.penalty)
+        if fused is not None:
+            return fused[0], fused[1].host_lam
+    fair, info = project(out, cs, bounds, solver)
+    losses = loss.losses(fair, target)
+    if fair is not out and loss.penalty:  # (zero when the layer kept the outputs)
+        distortion = out - fair
+        losses = torch.addcmul(losses, distortion, distortion, value=loss.penalty)
+    duals = info["duals"]
+    return (weight * losses).sum() / weight.sum(), None if duals is None else np.array(
+        list(duals.values()))
+
+
+def _exact_backend(z, cs, bounds, failures):
     """``(y, info)`` from the exact solver, or None (with the reason in ``failures``)."""
     # The solver checks that the problem has a solution in the same compiled call.
-    result = _exact.solve(z, cs, lo, hi)
+    result = _exact.solve(z, cs, *bounds)
     if result.n_iter == 0:
         # The solver kept the outputs: when they are fair already and none lies at a bound, the
         # projection is z itself, its Jacobian the identity (what the backward pass would
         # compute, without its cost). z itself is checked: the guarantee rests on no solver.
-        check = _check(_kernels.host_vector(z), cs)
-        violation, _, inside = _violations(check, lo, hi)
-        if inside and violation <= _tolerance(check, cs):
+        found = check(host_vector(z), cs)
+        violation, _, inside = violations(found, bounds)
+        if inside and violation <= tolerance(found, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam)
     reasons = []
-    result = _polished(z, result, cs, lo, hi, reasons)
+    result = _polished(z, result, cs, bounds, reasons)
     if result is None:
-        result = _recentred(z, cs, lo, hi, reasons)
+        result = _recentred(z, cs, bounds, reasons)
     if result is None:
         failures.extend(reasons)
         return None
-    violation = _exact_violation(result, cs, lo, hi, failures)
+    violation = exact_violation(result, cs, bounds, failures)
     if violation is None:
         return None
-    y = _ExactProjection.apply(z, cs.h, (result, cs, lo, hi))
+    y = _ExactProjection.apply(z, cs.h, (result, cs, *bounds))
     return y, _info("exact", result.n_iter, violation, cs, result.host_lam)
 
 
-def _polished(z, result, cs, lo, hi, failures):
+def _polished(z, result, cs, bounds, failures):
     """``result``, or when its outputs miss the guarantee, the projection of those outputs.
 
     Raw outputs far from the fair set (far outside the bounds, or without bounds far from
@@ -308,152 +343,52 @@ def _polished(z, result, cs, lo, hi, failures):
     (the others' multipliers dropped), ``y2`` is the exact projection of the raw outputs
     ``z''`` with ``z''_i = y2_i + (G^T Lam)_i`` where ``y2_i`` is inside the bounds (any value
     beyond the bound where it is at one). The projection is nonexpansive, so ``y2`` is within
-    ``||z'' - z||`` of the projection of ``z``; :func:`_backward_error` computes it per sample,
-    and a second result whose error exceeds ``POLISH_TOL`` times the outputs' scale plus 64
-    units in the last place of ``z_i`` is refused (None, the reason in ``failures``): never an
-    answer that is fair but not the projection of ``z``.
+    ``||z'' - z||`` of the projection of ``z``; :func:`skfair._guarantee.backward_error`
+    computes it per sample, and a second result whose error exceeds ``POLISH_TOL`` times the
+    outputs' scale plus 64 units in the last place of ``z_i`` is refused (None, the reason in
+    ``failures``): never an answer that is fair but not the projection of ``z``.
     """
-    first = _checked(result, cs)
-    if _meets_guarantee(first, cs, lo, hi):
+    first = checked(result, cs)
+    if meets_guarantee(first, cs, bounds):
         return result
-    z = _kernels.host_vector(z)
-    scale = _scale(first, cs)
-    unclipped = _unclipped(z, result.host_lam, cs)
+    z = host_vector(z)
+    scale = output_scale(first, cs)
+    free = unclipped(z, result.host_lam, cs)
     start = result.host_y.copy()
-    low, high = _exact._open_bounds(lo, hi)
-    start[(start >= high) & (unclipped > high + POLISH_TOL * scale)] = high + FAR * scale
-    start[(start <= low) & (unclipped < low - POLISH_TOL * scale)] = low - FAR * scale
-    second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, lo, hi)
-    check = _checked(second, cs)
+    low, high = bounds.box
+    start[(start >= high) & (free > high + POLISH_TOL * scale)] = high + FAR * scale
+    start[(start <= low) & (free < low - POLISH_TOL * scale)] = low - FAR * scale
+    second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, *bounds)
+    found = checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
-    if not _certified(z, second.host_y, lam, check, cs, lo, hi, "second solve", failures):
+    if not certified(z, second.host_y, lam, found, cs, bounds, "second solve", failures):
         return None
     return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
-                              second.scale, second.host_y, check)
+                              second.scale, second.host_y, found)
 
 
-def _recentred(z, cs, lo, hi, failures):
+def _recentred(z, cs, bounds, failures):
     """:func:`skfair._exact.recentred_solve` of ``z`` when its multipliers are non-negative
     (the recentred rows were active) and its outputs are certified like :func:`_polished`'s;
     else None, with the reason in ``failures``. (The caller checks the guarantee.)"""
-    result = _exact.recentred_solve(z, cs, lo, hi)
+    result = _exact.recentred_solve(z, cs, *bounds)
     if not result.host_lam.min(initial=0.0) >= 0:
         failures.append("exact: a recentred row was not active")
         return None
-    if not _certified(_kernels.host_vector(z), result.host_y, result.host_lam,
-                      _checked(result, cs), cs, lo, hi, "recentred solve", failures):
+    if not certified(host_vector(z), result.host_y, result.host_lam, checked(result, cs), cs,
+                     bounds, "recentred solve", failures):
         return None
     return result
 
 
-def _certified(z, y, lam, check, cs, lo, hi, what, failures):
-    """Whether outputs ``y`` with multipliers ``lam`` (and their ``check``) are the exact
-    projection of raw outputs within ``POLISH_TOL`` times their scale plus 64 ulp of ``z``
-    (:func:`_backward_error`); if not, the reason goes to ``failures`` (``what`` names the
-    solve)."""
-    excess = _backward_error(z, y, lam, cs, lo, hi, _tolerance(check, cs),
-                             POLISH_TOL * _scale(check, cs))
-    if excess > 0:
-        failures.append(f"exact: the {what} is not certified to be the projection of z "
-                        f"(backward error beyond its tolerance by {excess:.3g})")
-    return excess <= 0
-
-
-def _backward_error(z, y, lam, cs, lo, hi, active_tol, tol):
-    """How far ``y`` is from being the exact projection of raw outputs near ``z``: the largest
-    excess, over the samples, of ``|z''_i - z_i|`` beyond ``tol + 64 ulp(z_i)``, where ``y`` is
-    the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y`` (within
-    ``active_tol``; the others' set to zero). At most 0 when ``y`` is certified."""
-    rows = _kernels.row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
-    unclipped = _unclipped(z, np.where(rows >= -active_tol, lam, 0.0), cs)
-    low, high = _exact._open_bounds(lo, hi)
-    error = np.where(y >= high, np.maximum(high - unclipped, 0.0),
-                     np.where(y <= low, np.maximum(unclipped - low, 0.0),
-                              np.abs(y - unclipped)))
-    allowed = tol + 64 * np.spacing(np.abs(z))
-    return float((error - allowed).max(initial=-math.inf))
-
-
-def _unclipped(z, lam, cs):
-    """``z - G^T lam``: the outputs of the multipliers ``lam`` before the bounds clip them."""
-    out = np.empty_like(z)
-    _kernels.clip_shift(z, cs.host_atom, _kernels.atom_shift(cs.host_rows, lam), cs.host_weight,
-                        -math.inf,
-                        math.inf, out)
-    return out
-
-
-def _atom_sums(y, cs):
-    """Weighted sums of the host vector ``y`` over every atom of ``cs``."""
-    weight = cs.host_weight
-    return np.bincount(cs.host_atom, weights=y * weight if weight.size else y,
-                       minlength=cs.n_atoms)
-
-
-def _checked(result, cs):
-    """The check of an exact result's outputs: the solver's own (a pass over its output after
-    the iterations), or :func:`_check` of them when it carries none."""
-    return result.check or _check(result.host_y, cs)
-
-
-def _meets_guarantee(check, cs, lo, hi):
-    """Whether ``check`` (of some outputs) shows them within the bounds and the tolerance."""
-    violation, out_of_bounds, _ = _violations(check, lo, hi)
-    return out_of_bounds <= 0 and violation <= _tolerance(check, cs)
-
-
-def _scale(check, cs):
-    """The scale ``max(1, |y|, |h|)`` of outputs whose ``check`` is ``(violation, min y, max
-    y)``: what the guarantee's tolerance is relative to (the raw outputs never enter it)."""
-    h = cs.host_h
-    return max(1.0, abs(check[1]), abs(check[2]), float(np.abs(h).max()) if h.size else 0.0)
-
-
-def _tolerance(check, cs):
-    """The violation outputs with this ``check`` may have: ``GUARANTEE_TOL`` times their
-    scale (NaN, so nothing passes, for outputs that are not finite)."""
-    return GUARANTEE_TOL * _scale(check, cs)
-
-
-def _exact_violation(result, cs, lo, hi, failures):
-    """The violation of an exact solver's result when it meets the guarantee, else None (with
-    the reason in ``failures``); from the check of its output (:func:`_check` when the result
-    carries none)."""
-    check = _checked(result, cs)
-    violation, out_of_bounds, _ = _violations(check, lo, hi)
-    if not _accepted(violation, out_of_bounds, _tolerance(check, cs), "exact", failures):
+def _qpth_backend(z, cs, bounds, failures):
+    """``(y, info)`` from qpth (:mod:`skfair._qpth`), or None (with the reason in
+    ``failures``)."""
+    out = _qpth.qpth_backend(z, cs, bounds, failures)
+    if out is None:
         return None
-    return violation
-
-
-def _qpth_backend(z, cs, lo, hi, failures):
-    """``(y, info)`` from qpth, or None (with the reason in ``failures``)."""
-    # qpth needs the checks first (its errors are fallbacks, these are the caller's).
-    _exact.problem_scale(z, cs, lo, hi)
-    try:
-        y = _exact.clip(_qpth_project(z, cs, lo, hi), lo, hi)
-    except Exception as exc:  # noqa: BLE001 - a failing qpth is a fallback, not a crash
-        failures.append(f"qpth: {type(exc).__name__}: {exc}")
-        return None
-    check = _check(_kernels.host_vector(y), cs)
-    violation, out_of_bounds, _ = _violations(check, lo, hi)
-    if not _accepted(violation, out_of_bounds, _tolerance(check, cs), "qpth", failures):
-        return None
+    y, violation = out
     return y, _info("qpth", None, violation, cs, None)
-
-
-def _accepted(violation, out_of_bounds, tol, backend, failures):
-    """Whether a backend's outputs meet the guarantee (the rows to ``tol``, the bounds
-    exactly); records why not in ``failures``.
-
-    The violation is recomputed from the outputs, not taken from the solver's residuals: the
-    guarantee does not rest on the solver being right.
-    """
-    if violation <= tol and out_of_bounds <= 0:
-        return True
-    failures.append(f"{backend}: max violation {violation:.3g}, bounds off by "
-                    f"{out_of_bounds:.3g} (tolerance {tol:.3g})")
-    return False
 
 
 def _info(backend, n_iter, violation, cs, lam):
@@ -524,52 +459,9 @@ class _Objective(torch.autograd.Function):
         return ctx.grad_z * grad, None
 
 
-def _qpth_project(z, cs, lo, hi):
-    """The same projection as a dense QP for qpth: ``Q = 2I, p = -2z``, box rows appended."""
-    try:
-        from qpth.qp import QPFunction
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the qpth backend needs qpth: pip install --no-deps qpth==0.0.18 cvxpy "
-            f"(see the README) ({exc})"
-        ) from None
-    n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.float64, device=z.device)
-    rows, rhs = [cs.dense()], [cs.h.to(torch.float64)]
-    if hi is not None:
-        rows.append(eye)
-        rhs.append(torch.full((n,), float(hi), dtype=torch.float64, device=z.device))
-    if lo is not None:
-        rows.append(-eye)
-        rhs.append(torch.full((n,), -float(lo), dtype=torch.float64, device=z.device))
-    G, h = torch.cat(rows), torch.cat(rhs)
-    if G.shape[0] == 0:
-        return z.clone()
-    empty = torch.empty(0, dtype=torch.float64, device=z.device)
-    # Deliberate limits: qpth's default notImprovedLim=3 stops early on an inaccurate point; the
-    # feasibility check in `project` decides whether its answer is good enough.
-    solve = QPFunction(verbose=-1, eps=1e-14, maxIter=60, notImprovedLim=10)
-    y = solve(2 * eye, -2 * z, G, h, empty, empty)
-    if y is None:  # qpth gives up on some degenerate instances
-        raise RuntimeError("qpth returned no solution")
-    return y[0]
-
-
-def _check(y, cs):
-    """``(max(G y - h), min(y), max(y))`` from one compiled pass over ``y`` (float64, host)."""
-    return _kernels.violation_and_range(y, *cs.host_problem[:4])
-
-
-def _violations(check, lo, hi):
-    """``(max(G y - h), how far y leaves the bounds, whether every output lies strictly inside
-    them)`` from ``check = (max(G y - h), min(y), max(y))``; the first two NaN when ``y`` is
-    not finite."""
-    violation, low, high = check
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return float("nan"), float("nan"), False
-    low_gap = math.inf if lo is None else low - lo
-    high_gap = math.inf if hi is None else hi - high
-    return violation, max(0.0, -low_gap, -high_gap), low_gap > 0 and high_gap > 0
+def _check_solver(solver):
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
 
 
 def _check_bounds(bounds):
@@ -604,8 +496,3 @@ def _check_inputs(z, groups):
             f"{z.shape[0]} outputs."
         )
 
-
-def _to_device(tensor, like):
-    if tensor is None:
-        return None
-    return torch.as_tensor(tensor, device=like.device)

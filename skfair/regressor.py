@@ -49,7 +49,9 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         Constrain every combination of the protected attributes' values instead of each attribute
         separately.
     solver : {"exact", "qpth"}, default="exact"
-        Projection solver, see :class:`~skfair.FairnessLayer`.
+        Projection solver: ``"exact"``, the package's own (certified by the guarantee check), or
+        ``"qpth"``, the reference implementation (``O(n^2)`` memory; falls back to the exact
+        solver when its result fails the check). See :class:`~skfair.FairnessLayer`.
     b_tau : int, default=100
         Batches with at least this many rows are projected exactly; shorter ones stream.
     eta0 : float, default=None

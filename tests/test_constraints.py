@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from skfair import _kernels
-from skfair._exact import _open_bounds
+from skfair._bounds import open_box
 from skfair._kernels import row_gram
+from skfair._rows import group_mean_set
 from skfair.constraints import (
     AffineConstraint,
     ConstraintSet,
@@ -109,7 +110,7 @@ def test_factored_products_match_dense(constraint, weighted, bounds):
     if hi is not None:
         free &= y_ref < hi
     # The exact solver's compiled passes on the factored form (skfair._kernels, skfair._exact).
-    low, high = _open_bounds(lo, hi)
+    low, high = open_box(lo, hi)
     out, sums, free_mass = np.empty(n), np.empty(cs.n_atoms), np.empty(cs.n_atoms)
     shift = cs.host_coef.T @ lam.numpy()
     np.testing.assert_allclose(_kernels.atom_shift(cs.host_rows, lam.numpy()), shift, atol=1e-12)
@@ -156,15 +157,16 @@ def test_empty_groups_contribute_no_rows():
 
 def test_reference_means_stand_in_for_absent_groups():
     groups = torch.tensor([0, 0])
-    cs = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 1, None): 0.3})
+    cs = group_mean_set(DemographicParity(), groups, epsilon=0.1,
+                        reference_means={(0, 1, None): 0.3})
     assert cs.keys == [(0, 0, 1, None), (0, 1, 0, None)]
     np.testing.assert_allclose(cs.dense(), [[0.5, 0.5], [-0.5, -0.5]])
     np.testing.assert_allclose(cs.h, [0.4, -0.2])
     # A present group ignores its own reference; mean residual never borrows one.
-    assert DemographicParity().build(
-        torch.tensor([0, 1]), epsilon=0.1, reference_means={(0, 1, None): 0.3}).n_rows == 2
-    assert MeanResidual().build(groups, epsilon=0.1, y_true=torch.zeros(2),
-                                reference_means={(0, 1, None): 0.3}).n_rows == 2
+    assert group_mean_set(DemographicParity(), torch.tensor([0, 1]), epsilon=0.1,
+                          reference_means={(0, 1, None): 0.3}).n_rows == 2
+    assert group_mean_set(MeanResidual(), groups, epsilon=0.1, y_true=torch.zeros(2),
+                          reference_means={(0, 1, None): 0.3}).n_rows == 2
 
 
 def test_intersect_groups_is_stable_with_cardinalities():
@@ -263,24 +265,24 @@ def test_mean_residual_pairs_opposite_rows_and_reference_rows_stay_out():
         r, s = family[0, 1], family[1, 0]
         torch.testing.assert_close(G[r], -G[s])
         assert float(cs.h[r] + cs.h[s]) == pytest.approx(0.2)
-    cs = DemographicParity().build(torch.tensor([0, 0, 1]), epsilon=0.1,
-                                   reference_means={(0, 2, None): 0.3})
+    cs = group_mean_set(DemographicParity(), torch.tensor([0, 0, 1]), epsilon=0.1,
+                        reference_means={(0, 2, None): 0.3})
     assert list(_family_rows(cs)[0].values()) == [0, 1]
     assert int(cs.host_rows.family_start[-1]) == 2  # the reference rows are outside families
     assert cs.n_rows == 6  # two in-batch pair rows, two reference rows per present group
 
 
 def test_row_structure_is_cached_by_the_atoms_present():
-    from skfair.constraints import _row_structure
+    from skfair._rows import row_structure
 
     rng = np.random.default_rng(2)
     groups = torch.as_tensor(rng.integers(0, 3, (40, 2)))
     first = DemographicParity().build(groups, epsilon=0.1)
-    hits = _row_structure.cache_info().hits
+    hits = row_structure.cache_info().hits
     # Another batch with the same atoms reuses the structure; its rows are its own.
     other = groups[torch.randperm(40)][:35]
     again = DemographicParity().build(other, epsilon=0.2)
-    assert _row_structure.cache_info().hits == hits + 1
+    assert row_structure.cache_info().hits == hits + 1
     dense = again.dense()
     for r, (a, u, v, _) in enumerate(again.keys):
         col = other[:, a]
@@ -298,14 +300,17 @@ def test_rows_with_reference_means_share_a_cached_structure():
     """A stream's batches compare present groups with running means of absent ones: the rows
     are cached by which references exist, the means enter h at every batch (never the cached
     h itself)."""
-    from skfair.constraints import _batch_rows
+    from skfair._rows import batch_rows
 
     groups = torch.tensor([0, 0, 1])
-    first = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.3})
-    hits = _batch_rows.cache_info().hits
-    second = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.7})
-    again = DemographicParity().build(groups, epsilon=0.1, reference_means={(0, 2, None): 0.3})
-    assert _batch_rows.cache_info().hits == hits + 2 and second.keys == first.keys
+    first = group_mean_set(DemographicParity(), groups, epsilon=0.1,
+                           reference_means={(0, 2, None): 0.3})
+    hits = batch_rows.cache_info().hits
+    second = group_mean_set(DemographicParity(), groups, epsilon=0.1,
+                            reference_means={(0, 2, None): 0.7})
+    again = group_mean_set(DemographicParity(), groups, epsilon=0.1,
+                           reference_means={(0, 2, None): 0.3})
+    assert batch_rows.cache_info().hits == hits + 2 and second.keys == first.keys
     torch.testing.assert_close(again.h, first.h, rtol=0, atol=0)
     for cs, ref in ((first, 0.3), (second, 0.7)):
         h = dict(zip(cs.keys, cs.h.tolist()))
@@ -319,15 +324,15 @@ def test_rows_with_reference_means_share_a_cached_structure():
 def test_batches_of_the_same_composition_share_their_rows():
     """Rows depend on the counts of every combination of groups, not on the order of the
     samples: a batch with the same counts reuses them, and gets the same projection."""
-    from skfair.constraints import _batch_rows
+    from skfair._rows import batch_rows
 
     rng = np.random.default_rng(3)
     groups = torch.as_tensor(rng.integers(0, 3, (40, 2)))
     first = DemographicParity().build(groups, epsilon=0.05)
-    hits = _batch_rows.cache_info().hits
+    hits = batch_rows.cache_info().hits
     order = torch.as_tensor(rng.permutation(40))
     shuffled = DemographicParity().build(groups[order], epsilon=0.05)
-    assert _batch_rows.cache_info().hits == hits + 1
+    assert batch_rows.cache_info().hits == hits + 1
     assert shuffled.keys == first.keys
     np.testing.assert_array_equal(shuffled.dense().numpy(), first.dense()[:, order].numpy())
     # another epsilon is another h
@@ -362,16 +367,16 @@ def test_gap_of_outputs_and_groups_of_different_lengths_is_an_error():
 def test_too_many_pair_rows_are_refused_with_a_clear_error(monkeypatch):
     """Beyond MAX_PAIR_ROWS (a number per pair row adds up: thousands of groups present
     together) the build raises a ValueError saying what to do, instead of exhausting memory."""
-    from skfair import constraints
+    from skfair import _rows
 
-    monkeypatch.setattr(constraints, "MAX_PAIR_ROWS", 50)
-    constraints._row_structure.cache_clear()
+    monkeypatch.setattr(_rows, "MAX_PAIR_ROWS", 50)
+    _rows.row_structure.cache_clear()
     groups = torch.arange(8)  # 8 groups: 56 pair rows
     with pytest.raises(ValueError, match=r"8 groups present together \(attribute 0\) needs 56 "
                                          r"pair rows.*marginal instead of intersectional"):
         DemographicParity().build(groups, epsilon=0.1)
     assert DemographicParity().build(torch.arange(7), epsilon=0.1).n_rows == 42
-    constraints._row_structure.cache_clear()
+    _rows.row_structure.cache_clear()
 
 
 @pytest.mark.parametrize("ratio", [0.8, 0.5, 1.0])

@@ -190,11 +190,13 @@ def test_the_fused_training_objective_trains_like_projection_then_losses(
     """With the exact solver the training step computes its loss in the projection's compiled
     call; forced through the projection and the torch losses instead, training goes the same
     way (up to rounding)."""
+    from skfair import layer
+
     X, y = biased
     weight = np.random.default_rng(0).uniform(0.5, 2.0, len(y)) if weighted else None
     params = dict(FAST, max_epochs=3, protected_attributes=["sex", "race"], fairness=fairness)
     fused = estimator(**params).fit(X, y, sample_weight=weight)
-    monkeypatch.setattr(_training, "projected_objective", lambda *args: None)
+    monkeypatch.setattr(layer, "projected_objective", lambda *args: None)
     generic = estimator(**params).fit(X, y, sample_weight=weight)
     np.testing.assert_allclose(fused.loss_curve_, generic.loss_curve_, rtol=1e-6)
     assert [r["train_gap"] for r in fused.history_] == pytest.approx(
@@ -209,13 +211,15 @@ def test_the_fused_training_objective_trains_like_projection_then_losses(
 def test_training_with_qpth_goes_through_the_projection(biased, monkeypatch):
     """The fused objective is the exact solver's: with solver="qpth" every batch goes through
     qpth's projection and the torch losses."""
+    from skfair import layer
+
     pytest.importorskip("qpth")
     X, y = biased
 
     def fused(*args):
         raise AssertionError("the fused objective used with solver='qpth'")
 
-    monkeypatch.setattr(_training, "projected_objective", fused)
+    monkeypatch.setattr(layer, "projected_objective", fused)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], solver="qpth",
                                **dict(FAST, max_epochs=1, batch_size=400)).fit(X, y)
     assert clf.dual_init_ == {} and clf.history_[0]["train_gap"] is not None
@@ -426,6 +430,18 @@ def test_bad_parameters_raise(biased, params, match):
     X, y = biased
     with pytest.raises(ValueError, match=match):
         FairNeuralClassifier(protected_attributes=["sex"], **params).fit(X, y)
+
+
+@pytest.mark.parametrize("estimator", [FairNeuralClassifier, FairNeuralRegressor])
+def test_solver_auto_is_an_invalid_parameter(biased, estimator):
+    """The solver options are "exact" and "qpth": "auto" meant one or the other depending on
+    whether qpth was installed."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X, y = biased
+    with pytest.raises(InvalidParameterError, match=r"'solver' parameter .* Got 'auto'"):
+        estimator(protected_attributes=["sex"], solver="auto").fit(X, y)
+    assert estimator().solver == "exact"
 
 
 def test_unseen_group_at_predict_and_non_numeric_features(biased):

@@ -8,7 +8,8 @@ import torch
 from conftest import torch_objective
 
 from skfair import _kernels
-from skfair.constraints import _dense_coef, _explicit_rows, _statistics
+from skfair._host import host_vector
+from skfair._constraint_set import dense_coef, explicit_rows, statistics
 
 
 def test_without_a_writable_cache_the_loops_still_compile(monkeypatch):
@@ -26,7 +27,7 @@ def test_without_a_writable_cache_the_loops_still_compile(monkeypatch):
     def add_one(x):
         return x + 1.0
 
-    assert _kernels._jit(add_one)(1.0) == 2.0
+    assert _kernels.jit(add_one)(1.0) == 2.0
 
 
 def test_clip_shift_and_its_sums_with_one_sided_and_no_bounds():
@@ -48,9 +49,9 @@ def test_clip_shift_and_its_sums_with_one_sided_and_no_bounds():
 
 def test_host_vectors_share_memory_with_contiguous_tensors_and_copy_strided_ones():
     tensor = torch.arange(6, dtype=torch.float64, requires_grad=True)
-    assert np.shares_memory(_kernels.host_vector(tensor), tensor.detach().numpy())
+    assert np.shares_memory(host_vector(tensor), tensor.detach().numpy())
     strided = tensor.detach()[::2]
-    copy = _kernels.host_vector(strided)
+    copy = host_vector(strided)
     assert copy.flags.c_contiguous
     np.testing.assert_array_equal(copy, [0.0, 2.0, 4.0])
 
@@ -59,7 +60,7 @@ def test_ranges_propagate_nan_and_are_zero_when_empty():
     assert _kernels.value_range(np.array([0.5, -2.0, 3.0])) == (-2.0, 3.0)
     assert all(np.isnan(_kernels.value_range(np.array([0.5, np.nan, 3.0]))))
     assert _kernels.value_range(np.empty(0)) == (0.0, 0.0)
-    coef, h = _explicit_rows(np.array([[1.0, -1.0]])), np.array([0.1])
+    coef, h = explicit_rows(np.array([[1.0, -1.0]])), np.array([0.1])
     atom, values = np.array([0, 1, 1]), np.array([0.5, 0.2, 0.4])
     violation, low, high = _kernels.violation_and_range(values, atom, np.empty(0), coef, h)
     assert violation == pytest.approx(0.5 - 0.6 - 0.1) and (low, high) == (0.2, 0.5)
@@ -102,10 +103,10 @@ def test_factored_rows_match_their_dense_matrix():
     stat = np.where(rng.uniform(size=(n_stats, n_atoms)) < 0.5, rng.normal(size=(n_stats, n_atoms)),
                     0.0)
     plus, minus = rng.integers(-1, n_stats, m), rng.integers(-1, n_stats, m)
-    rows = _statistics(stat, plus, minus, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
+    rows = statistics(stat, plus, minus, np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
     padded = np.vstack([stat, np.zeros(n_atoms)])
     dense = padded[plus] - padded[minus]
-    np.testing.assert_array_equal(_dense_coef(rows, n_atoms), dense)
+    np.testing.assert_array_equal(dense_coef(rows, n_atoms), dense)
     sums, lam, h = rng.normal(size=n_atoms), rng.uniform(size=m), rng.normal(size=m)
     mass, chosen = rng.uniform(0.5, 2.0, n_atoms), np.array([0, 3, 4, 9])
     np.testing.assert_allclose(_kernels.row_values(rows, sums, h), dense @ sums - h, atol=1e-13)
@@ -119,7 +120,7 @@ def test_factored_rows_match_their_dense_matrix():
 def test_first_unattainable_row_with_open_bounds():
     """A row's smallest value over the box; a zero coefficient times an infinite bound adds
     nothing (not NaN)."""
-    coef = _explicit_rows(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    coef = explicit_rows(np.array([[1.0, 0.0], [-1.0, 0.0]]))
     mass = np.array([1.0, 1.0])
     # y in [0.2, inf): row 0 (y_0 <= h) needs h >= 0.2, row 1 (-y_0 <= h) can always hold
     assert _kernels.first_unattainable(coef, mass, np.array([0.3, -5.0]), 0.2, np.inf) == (-1, 0.0)
@@ -147,7 +148,8 @@ def test_objective_is_the_estimators_torch_loss(loss, penalty):
     z = y + rng.normal(0, 0.2, y.size)
     weight = rng.uniform(0.2, 3.0, y.size)
     grad_y, grad_z = np.empty(y.size), np.empty(y.size)
-    value = _kernels.objective(y, z, target, weight, loss, scale, penalty, grad_y, grad_z)
+    value = _kernels.objective(y, z, _kernels.Loss(target, weight, loss, scale, penalty), grad_y,
+                               grad_z)
 
     y_t, z_t = (torch.tensor(v, requires_grad=True) for v in (y, z))
     want = torch_objective(y_t, z_t, torch.tensor(target), torch.tensor(weight), loss, scale,

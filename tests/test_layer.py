@@ -18,6 +18,7 @@ from skfair.constraints import (
     constraint_gap,
     get_constraint,
 )
+from skfair._bounds import Bounds
 from skfair.layer import project
 
 BUILTINS = ["demographic_parity", "equalized_odds", "equal_opportunity", "mean_residual",
@@ -77,7 +78,7 @@ def _solve(instance, solver):
 @SETTINGS
 @given(instances())
 def test_exact_projection_matches_generic_qp_solver(instance):
-    y, G, h, info = _solve(instance, "auto")
+    y, G, h, info = _solve(instance, "exact")
     assert info["solver"] == "exact"
     z, bounds = instance[0], instance[4]
     np.testing.assert_allclose(y, reference_projection(z, G, h, bounds), atol=1e-6)
@@ -437,32 +438,27 @@ def test_empty_batch_projects_to_an_empty_output():
     assert z.grad.shape == (0,)
 
 
-def test_backend_failure_falls_back_with_a_warning(monkeypatch):
-    from skfair import _exact
-
-    def broken(z, cs, lo, hi, lam0=None, **kwargs):
-        return _exact.SolveResult(z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0)
-
-    pytest.importorskip("qpth")
-    monkeypatch.setattr(_exact, "solve", broken)
-    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="exact solver failed"):
-        y, info = project(z, get_constraint("demographic_parity").build(
-            torch.tensor([0, 0, 1, 1]), epsilon=0.1), (0.0, 1.0))
-    assert info["solver"] == "qpth"
-    assert abs(float(y[:2].mean() - y[2:].mean())) <= 0.1 + 1e-6
-
-
 def test_qpth_first_falls_back_to_exact_with_a_warning(monkeypatch):
-    from skfair import layer as layer_module
+    from skfair import _qpth
 
-    monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
+    monkeypatch.setattr(_qpth, "qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.warns(RuntimeWarning, match="qpth solver failed"):
         y, info = project(z, cs, (0.0, 1.0), solver="qpth")
     assert info["solver"] == "exact"
     torch.testing.assert_close(y, project(z, cs, (0.0, 1.0), solver="exact")[0])
+
+
+def test_solver_auto_is_refused_naming_the_options():
+    """"auto" (exact, then qpth when installed) is no option: its meaning depended on the
+    environment."""
+    with pytest.raises(ValueError, match=r"solver must be one of \('exact', 'qpth'\); got 'auto'"):
+        FairnessLayer(solver="auto")
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    with pytest.raises(ValueError, match=r"solver must be one of \('exact', 'qpth'\); got 'auto'"):
+        project(z, cs, (0.0, 1.0), solver="auto")
 
 
 def test_exact_solver_failing_raises_without_fallback(monkeypatch):
@@ -519,15 +515,15 @@ def test_a_solver_claiming_no_iterations_is_not_trusted_with_unfair_outputs(monk
 
 
 def test_both_backends_failing_raise(monkeypatch):
-    from skfair import _exact, layer as layer_module
+    from skfair import _exact, _qpth
 
     monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
         z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0))
-    monkeypatch.setattr(layer_module, "_qpth_project", lambda z, cs, lo, hi: z.clone())
+    monkeypatch.setattr(_qpth, "qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.raises(RuntimeError, match="fairness projection failed"):
-        project(z, cs, (0.0, 1.0))
+        project(z, cs, (0.0, 1.0), solver="qpth")
 
 
 def test_solver_stops_at_the_rounding_floor(monkeypatch):
@@ -656,7 +652,7 @@ def _recorded_instance(name):
     constraints (one statistic per group, its pair rows in family order)."""
     from pathlib import Path
 
-    from skfair.constraints import ConstraintSet, _statistics
+    from skfair._constraint_set import host_set, statistics
 
     data = np.load(Path(__file__).parent / "data" / f"{name}.npz")
     coef = data["coef"]
@@ -688,12 +684,12 @@ def _recorded_instance(name):
             sizes.append(len(members))
         stat = np.array(stat)
     sizes = np.array(sizes, dtype=np.int64)
-    rows = _statistics(stat, np.array(plus), np.array(minus), sizes,
+    rows = statistics(stat, np.array(plus), np.array(minus), sizes,
                        np.r_[0, np.cumsum(sizes * (sizes - 1))].astype(np.int64))
     h, atom = data["h"][order], data["atom"]
     mass = np.bincount(atom, minlength=coef.shape[1]).astype(np.float64)
-    cs = ConstraintSet._from_host(rows, atom, h, torch.as_tensor(h), [keys[r] for r in order],
-                                  torch.device("cpu"), None, mass)
+    cs = host_set(rows, atom, h, torch.as_tensor(h), [keys[r] for r in order],
+                  torch.device("cpu"), None, mass)
     np.testing.assert_array_equal(cs.host_coef, coef[order])  # the same rows
     return cs, torch.as_tensor(data["z"]), torch.as_tensor(data["lam0"][order])
 
@@ -832,7 +828,7 @@ def _perturbed_first_solve(monkeypatch, offset):
         result = solve(z, cs, lo, hi, **kwargs)
         calls.append(result)
         if len(calls) % 2:
-            y = _exact.clip(result.y + offset, lo, hi)
+            y = Bounds(lo, hi).clip(result.y + offset)
             return _exact.SolveResult(y, result.host_lam, result.n_iter, True, result.scale)
         return result
 
@@ -911,7 +907,7 @@ class _Contradiction(AffineConstraint):
         return G, torch.tensor([0.5, -1.5], dtype=torch.float64), ["low", "high"]
 
 
-@pytest.mark.parametrize("solver", ["exact", "auto"])
+@pytest.mark.parametrize("solver", ["exact", "qpth"])
 def test_jointly_infeasible_custom_rows_raise_infeasible_naming_them(solver):
     layer = FairnessLayer(_Contradiction(), epsilon=0.0, bounds=(0.0, 1.0), solver=solver)
     with pytest.raises(InfeasibleConstraintError, match="'low', 'high'") as info:
