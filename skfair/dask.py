@@ -43,6 +43,7 @@ Needs the ``dask`` extra (``pip install "skfair[dask]"``). The functions run on 
 scheduler dask uses: a ``distributed.Client`` when one is active.
 """
 
+import collections
 import math
 import numbers
 
@@ -548,8 +549,8 @@ def _solve(blocks, layer, dual_init, max_passes):
     lam = np.zeros(len(row_keys))
     if dual_init:
         lam = np.maximum([float(dual_init.get(k, 0.0)) for k in row_keys], 0.0)
-    shift, found = _dual_ascent(blocks, table, coef, h, square, reach, lam, low, high, n,
-                                max_passes)
+    problem = _Problem(table, coef, h, square, reach, low, high, n)
+    shift, found = _dual_ascent(blocks, problem, lam, max_passes)
     found["duals"] = dict(zip(row_keys, found.pop("lam").tolist()))
     return _Solution(blocks, table, shift, low, high, lengths, {**found, **info})
 
@@ -661,11 +662,18 @@ class _Point:
         return np.where(self.lam > 0, self.g, np.maximum(self.g, 0.0))
 
 
-def _dual_ascent(blocks, table, coef, h, square, reach, lam, low, high, n, max_passes):
+#: the client's picture of the collection's problem: the atoms' ``table``, the rows ``coef``
+#: (one column per atom) and ``h``, per atom the sum of the squared weights (``square``) and
+#: the largest weight (``reach``: what a unit shift moves its outputs by), the bounds as
+#: floats (``low``, ``high``) and the number of samples ``n``
+_Problem = collections.namedtuple("_Problem", "table coef h square reach low high n")
+
+
+def _dual_ascent(blocks, problem, lam, max_passes):
     """Maximise the dual over ``lam >= 0`` until the outputs meet the guarantee and the next
-    Newton step would move no output by more than ``SOLVE_TOL`` times their scale (``reach``:
-    the largest weight of every atom, what a unit shift moves its outputs by); returns
+    Newton step would move no output by more than ``SOLVE_TOL`` times their scale; returns
     ``(shift, info)``."""
+    table, coef, h, square, reach, low, high, n = problem
     evaluate = _Evaluator(blocks, table, coef, h, low, high, max_passes)
     free_curvature = np.einsum("ra,a,ra->r", coef, square, coef)  # diag(H) were all free
     noise = ROUNDING * math.sqrt(max(n, 1))
