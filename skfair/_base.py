@@ -294,10 +294,27 @@ class BaseFairNeural(BaseEstimator):
             raise ValueError("partial_fit trains on the chunks it is given: early_stopping=True "
                              "needs a validation split of the whole data; use fit.")
         first = "module_" not in self.__dict__
-        if not first and (groups is not None or classes is not None):
-            raise ValueError("groups and classes are fixed by the first call to partial_fit.")
+        if not first:
+            self._check_fixed(groups, classes)
         return self._transaction(self._fit_chunk, True, X, y, sample_weight, constraint, device,
                                  (groups, classes) if first else None)
+
+    def _check_fixed(self, groups, classes):
+        """Later partial_fit calls may repeat the first call's ``groups`` and ``classes`` (as
+        incremental wrappers do), not change them."""
+        if classes is not None and not np.array_equal(np.unique(classes),
+                                                      getattr(self, "classes_", None)):
+            raise ValueError(f"classes={list(classes)} differ from classes_ "
+                             f"{list(getattr(self, 'classes_', []))}, fixed by the first call "
+                             f"to partial_fit.")
+        if groups is None:
+            return
+        encoder = self.splitter_.encoder if "splitter_" in self.__dict__ else None
+        known = [] if encoder is None else encoder.categories_
+        if len(groups) != len(known) or any(set(values) - set(categories)
+                                            for values, categories in zip(groups, known)):
+            raise ValueError("groups differ from the groups fixed by the first call to "
+                             "partial_fit; refit (or start over) to change them.")
 
     def _fit_chunk(self, X, y, sample_weight, constraint, device, known, previous):
         """One partial_fit call: set up from ``known`` ``(groups, classes)`` on the first

@@ -196,3 +196,36 @@ def test_search_survives_a_worker_killed_mid_search(client, adult, reference_gri
     client.wait_for_workers(2, timeout=60)  # the nanny restarted it, as a new process
     assert pid not in client.run(os.getpid).values()
     assert_same_results(search, reference_grid)
+
+
+def test_dask_ml_incremental_and_parallel_post_fit(client, adult):
+    """dask-ml's Incremental trains through partial_fit, one call per partition (classes
+    repeated on every call, as it does), and ParallelPostFit predicts per partition: on the
+    cluster, both equal the same calls made by hand."""
+    dask_ml_wrappers = pytest.importorskip("dask_ml.wrappers")
+    import dask.dataframe as dd
+    import numpy as np
+
+    X_train, X_test, y_train, _, _ = adult
+    prep = pipeline()[:-1].fit(X_train)
+    X, X_new = prep.transform(X_train), prep.transform(X_test)
+    Xd, yd = dd.from_pandas(X, npartitions=3), dd.from_pandas(y_train, npartitions=3)
+    params = dict(protected_attributes=["sex"], hidden_layer_sizes=(8,), batch_size=64,
+                  random_state=0)
+    classes = np.unique(y_train)
+    incremental = dask_ml_wrappers.Incremental(
+        FairNeuralClassifier(**params), predict_proba_meta=np.empty((0, 2)),
+        shuffle_blocks=False)  # the partitions in order, as by hand
+    incremental.fit(Xd, yd, classes=classes)
+    by_hand = FairNeuralClassifier(**params)
+    for part in range(3):
+        by_hand.partial_fit(Xd.partitions[part].compute(), yd.partitions[part].compute(),
+                            classes=classes)
+    assert incremental.estimator_.n_iter_ == by_hand.n_iter_ == 3
+    np.testing.assert_allclose(incremental.estimator_.predict_proba(X_new),
+                               by_hand.predict_proba(X_new), atol=1e-12)
+    post = dask_ml_wrappers.ParallelPostFit(by_hand, predict_proba_meta=np.empty((0, 2)))
+    X_new_d = dd.from_pandas(X_new, npartitions=2)
+    expected = np.vstack([by_hand.predict_proba(X_new_d.partitions[i].compute())
+                          for i in range(2)])
+    np.testing.assert_allclose(post.predict_proba(X_new_d).compute(), expected, atol=1e-12)

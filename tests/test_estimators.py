@@ -952,8 +952,12 @@ def test_partial_fit_trains_chunk_by_chunk():
     assert int(clf._optimizer_state["state"][0]["step"]) == steps  # one optimizer throughout
     np.testing.assert_array_equal(clf.predict_proba(X), models[1].predict_proba(X))
     assert dp_gap(clf, X, clf.predict_proba(X)[:, 1]) <= 0.05 + 1e-6
+    clf.partial_fit(*chunks[1], classes=[1, 0], groups=[["M"], ["c"]])  # repeated: accepted
     with pytest.raises(ValueError, match="fixed by the first call"):
-        clf.partial_fit(*chunks[1], classes=[0, 1])
+        clf.partial_fit(*chunks[1], classes=[0, 2])
+    with pytest.raises(ValueError, match="fixed by the first call"):
+        clf.partial_fit(*chunks[1], groups=[["F", "M"], ["d"]])
+    assert clf.n_iter_ == 5
 
 
 def test_partial_fit_refuses_what_the_first_call_did_not_fix():
