@@ -348,23 +348,8 @@ def _encode_sensitive(sensitive_features, n, intersectional=False):
     one column, the crossed cells, when ``intersectional``."""
     if sensitive_features is None:
         raise ValueError("sensitive_features is required.")
-    if isinstance(sensitive_features, pd.Series):
-        frame = sensitive_features.to_frame()
-    elif isinstance(sensitive_features, pd.DataFrame):
-        frame = sensitive_features
-    else:
-        values = np.asarray(sensitive_features, dtype=object)
-        if values.ndim == 1:
-            values = values[:, None]
-        if values.ndim != 2:
-            raise ValueError(
-                f"sensitive_features must be 1- or 2-dimensional; got shape {values.shape}."
-            )
-        frame = pd.DataFrame(values)
-    if len(frame) != n:
-        raise ValueError(f"sensitive_features has {len(frame)} samples but y_pred has {n}.")
-    names = [str(c) for c in frame.columns]
-    codes = GroupEncoder(names).fit_transform(frame)
+    frame = _sensitive_frame(sensitive_features, n, "y_pred")
+    codes = GroupEncoder(list(frame.columns)).fit_transform(frame)
     if intersectional and codes.shape[1] > 1:
         codes = intersect_groups(codes)
     return codes
@@ -573,16 +558,21 @@ def fair_refit(threshold, score="accuracy", gap="dp"):
     return refit
 
 
-def fairness_report(estimator, X, y):
-    """Per-group performance and fairness of a fitted skfair estimator (or Pipeline).
+def fairness_report(estimator, X, y, *, sensitive_features=None):
+    """Per-group performance and fairness of a fitted estimator (or Pipeline).
 
     Parameters
     ----------
-    estimator : fitted FairNeuralClassifier, FairNeuralRegressor or Pipeline ending in one
+    estimator : fitted classifier or regressor, or Pipeline ending in one
+        A skfair estimator reads its protected columns from ``X``; any other (e.g. a baseline
+        to compare with) needs ``sensitive_features``.
     X : DataFrame or array-like
-        Input of the estimator, with the protected columns.
+        Input of the estimator.
     y : array-like of shape (n_samples,)
         True targets.
+    sensitive_features : Series, DataFrame or array-like, default=None
+        The groups of every row, one column per attribute, instead of the estimator's
+        protected columns of ``X``.
 
     Returns
     -------
@@ -590,7 +580,8 @@ def fairness_report(estimator, X, y):
         One row per (attribute, group): ``count``, ``mean prediction`` (mean probability of the
         positive class, or mean prediction), then ``selection rate``, ``accuracy``, ``TPR``,
         ``FPR`` (classifier, from the predicted labels) or ``MSE``, ``mean residual``
-        (regressor). After each attribute's groups, a row ``gap`` holds ``max - min`` of every
+        (regressor); ``count`` is an integer column, empty on summary rows. After each
+        attribute's groups, a row ``gap`` holds ``max - min`` of every
         column over the groups (and the largest absolute mean residual); for a classifier a row
         ``ratio`` holds ``min / max`` of the mean prediction and the selection rate (the
         four-fifths rule asks for a selection-rate ratio of at least 0.8). Printable as text.
@@ -602,7 +593,8 @@ def fairness_report(estimator, X, y):
     """
     if not (is_classifier(estimator) or is_regressor(estimator)):
         raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
-    sensitive = protected_columns(estimator, X)
+    sensitive = (protected_columns(estimator, X) if sensitive_features is None
+                 else _sensitive_frame(sensitive_features, len(y), "y"))
     if is_classifier(estimator):
         group_row, summary = _classifier_group_row(estimator, X, y), _classifier_summary
     else:
@@ -613,7 +605,32 @@ def fairness_report(estimator, X, y):
         block = [{"attribute": attribute, "group": value, **group_row(groups == value)}
                  for value in sorted(pd.unique(groups), key=str)]
         rows += block + summary(attribute, block)
-    return pd.DataFrame(rows).set_index(["attribute", "group"])
+    report = pd.DataFrame(rows).set_index(["attribute", "group"])
+    report["count"] = report["count"].astype("Int64")
+    return report
+
+
+def _sensitive_frame(sensitive_features, n, against):
+    """``sensitive_features`` as a DataFrame of ``n`` rows (those of ``against``) with string
+    column names."""
+    if isinstance(sensitive_features, pd.Series):
+        frame = sensitive_features.to_frame()
+    elif isinstance(sensitive_features, pd.DataFrame):
+        frame = sensitive_features
+    else:
+        values = np.asarray(sensitive_features, dtype=object)
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2:
+            raise ValueError(
+                f"sensitive_features must be 1- or 2-dimensional; got shape {values.shape}."
+            )
+        frame = pd.DataFrame(values)
+    if len(frame) != n:
+        raise ValueError(f"sensitive_features has {len(frame)} samples but {against} has {n}.")
+    frame = frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
 
 
 def _classifier_group_row(estimator, X, y):

@@ -317,3 +317,23 @@ def test_scorers_report_and_plots_through_a_pipeline_with_numpy_output():
     matplotlib.use("Agg")
     figure = plot_group_distributions(pipe, X)
     assert len(figure.axes) == 2
+
+
+def test_fairness_report_of_any_model_with_sensitive_features():
+    """A baseline that is not a skfair estimator is reported with sensitive_features; the
+    figures are numpy group statistics; counts are integers."""
+    X, y = biased_frame(600)
+    baseline = LogisticRegression().fit(X[["x1", "x2"]], y)
+    report = fairness_report(baseline, X[["x1", "x2"]], y, sensitive_features=X["sex"])
+    proba = baseline.predict_proba(X[["x1", "x2"]])[:, 1]
+    label = baseline.predict(X[["x1", "x2"]])
+    for g in ("F", "M"):
+        m = (X["sex"] == g).to_numpy()
+        assert report.loc[("sex", g), "count"] == m.sum()
+        assert report.loc[("sex", g), "mean prediction"] == pytest.approx(proba[m].mean())
+        assert report.loc[("sex", g), "selection rate"] == pytest.approx(label[m].mean())
+    assert str(report["count"].dtype) == "Int64" and pd.isna(report.loc[("sex", "gap"), "count"])
+    with pytest.raises(ValueError, match="has neither|protected_attributes"):
+        fairness_report(baseline, X[["x1", "x2"]], y)
+    with pytest.raises(ValueError, match="sensitive_features has 5 samples but y has 600"):
+        fairness_report(baseline, X[["x1", "x2"]], y, sensitive_features=X["sex"][:5])
