@@ -62,6 +62,8 @@ class BaseFairNeural(BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "learning_rate_schedule": [StrOptions({"constant", "adaptive"})],
+        "optimizer": [StrOptions({"adam", "adamw", "sgd"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
@@ -81,6 +83,7 @@ class BaseFairNeural(BaseEstimator):
                  distortion_penalty=10.0, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu",
                  module=None, batch_size=256, max_epochs=100, learning_rate=1e-3,
+                 learning_rate_schedule="constant", optimizer="adam",
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", n_jobs=None,
                  verbose=0, random_state=None):
@@ -101,6 +104,8 @@ class BaseFairNeural(BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.learning_rate = learning_rate
+        self.learning_rate_schedule = learning_rate_schedule
+        self.optimizer = optimizer
         self.weight_decay = weight_decay
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -130,6 +135,11 @@ class BaseFairNeural(BaseEstimator):
     def _mean_loss(self, y_fair, target, weight):
         """Weighted mean loss of a batch."""
         return _training.weighted_mean(self._sample_losses(y_fair, target), weight)
+
+    def _loss_weights(self, target, weight):
+        """The weights of the samples in the loss, when they differ from ``weight`` (the
+        sample weights, which also weight the constraint's group means); else None."""
+        return None
 
     #: unit of the outputs in the distortion penalty
     _distortion_unit = 1.0
@@ -327,7 +337,7 @@ class BaseFairNeural(BaseEstimator):
             features, codes, target, weight = self._validated(X, y, sample_weight, False)
         generator = torch.Generator().manual_seed(self._seed + len(self.history_))
         data = _training.TrainingData.of(features, target, weight, self._groups(codes),
-                                         self.constraint_)
+                                         self.constraint_, self._loss_weights(target, weight))
         self._optimizer_state = _training.train_chunk(self, data, generator, device,
                                                       getattr(self, "_optimizer_state", None))
         self._end_training(features, codes)
@@ -358,7 +368,7 @@ class BaseFairNeural(BaseEstimator):
         self._start(features, codes, target, constraint, device, warm)
         generator = torch.Generator().manual_seed(self._seed)
         data = _training.TrainingData.of(features, target, weight, self._groups(codes),
-                                         self.constraint_)
+                                         self.constraint_, self._loss_weights(target, weight))
         _training.train(self, data, generator, device)
         self.__dict__.pop("_optimizer_state", None)  # a later partial_fit starts its own
         self._end_training(features, codes)

@@ -38,30 +38,34 @@ class Epoch:
 
 @dataclass
 class TrainingData:
-    """The tensors of a fit, on the host: network inputs (float32), targets and weights
-    (float64), constraint group codes (or None), every sample's stratum, and whether the
-    weights are unequal (then the constraint's group means are weighted)."""
+    """The tensors of a fit, on the host: network inputs (float32), targets, sample weights
+    (of the loss and of the constraint's group means) and loss weights (the sample weights
+    times any class weights: of the loss only), all float64, constraint group codes (or
+    None), every sample's stratum, and whether the sample weights are unequal (then the
+    constraint's group means are weighted)."""
 
     X: torch.Tensor
     target: torch.Tensor
     weight: torch.Tensor
+    loss_weight: torch.Tensor
     groups: torch.Tensor
     strata: np.ndarray
     weighted_means: bool
 
     @classmethod
-    def of(cls, features, target, weight, groups, constraint):
+    def of(cls, features, target, weight, groups, constraint, loss_weight=None):
+        weight_tensor = torch.tensor(weight, dtype=torch.float64)
         return cls(torch.tensor(features, dtype=torch.float32),
-                   torch.tensor(target, dtype=torch.float64),
-                   torch.tensor(weight, dtype=torch.float64), groups,
-                   strata(groups, target, constraint),
+                   torch.tensor(target, dtype=torch.float64), weight_tensor,
+                   weight_tensor if loss_weight is None else torch.tensor(loss_weight,
+                                                                          dtype=torch.float64),
+                   groups, strata(groups, target, constraint),
                    len(weight) > 0 and not np.all(weight == weight[0]))
 
     def columns(self):
         """The per-sample tensors a batch takes its rows of."""
-        if self.groups is None:
-            return self.X, self.target, self.weight
-        return self.X, self.target, self.weight, self.groups
+        columns = (self.X, self.target, self.weight, self.loss_weight)
+        return columns if self.groups is None else (*columns, self.groups)
 
 
 def train(model, data, generator, device):
@@ -72,6 +76,12 @@ def train(model, data, generator, device):
     if model.early_stopping:
         train_idx, val_idx = validation_split(data.strata, model.validation_fraction, generator)
     optimizer = make_optimizer(model, device)
+    schedule = None
+    if model.learning_rate_schedule == "adaptive":
+        # scikit-learn MLP's "adaptive": divided by 5 after two epochs without an improvement
+        # of at least tol of the monitored loss
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.2, patience=1, threshold=model.tol, threshold_mode="abs")
     row_cache = RowCache(model, data) if data.groups is not None else None
     stopping = EarlyStopping(model.tol, model.n_iter_no_change, keep_best=val_idx is not None)
     first = len(model.history_) + 1
@@ -86,6 +96,8 @@ def train(model, data, generator, device):
         model.history_.append(record)
         report(model, record)
         monitored = record["train_loss"] if val_idx is None else record["val_loss"]
+        if schedule is not None:
+            schedule.step(monitored)
         if stopping.stops(monitored, model.module_):
             break
     else:
@@ -117,12 +129,17 @@ def train_chunk(model, data, generator, device, optimizer_state):
 
 
 def make_optimizer(model, device):
+    """The optimizer ``model.optimizer`` names over the network's parameters."""
     params = list(model.module_.parameters())
+    if model.optimizer == "sgd":  # with scikit-learn MLP's momentum
+        return torch.optim.SGD(params, lr=model.learning_rate, momentum=0.9, nesterov=True,
+                               weight_decay=model.weight_decay)
     # fused: one kernel updates every parameter, instead of about ten operations for each
     # (a large part of a small network's training step on the CPU)
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=model.learning_rate, weight_decay=model.weight_decay,
-                            fused=fused or None)
+    kind = torch.optim.AdamW if model.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=model.learning_rate, weight_decay=model.weight_decay,
+                fused=fused or None)
 
 
 def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, device):
@@ -148,17 +165,17 @@ def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, de
 def train_step(model, optimizer, batch, row_cache, key, epoch, device):
     """Loss, gradient and optimizer step of one batch: ``(loss value, (rows, multipliers, raw
     outputs) or None)``."""
-    xb, tb, wb, *gb = (c.to(device) for c in batch)
+    xb, tb, wb, lb, *gb = (c.to(device) for c in batch)
     out = model._output(outputs(model.module_, xb).double())
     if not bool(torch.isfinite(out).all()):
         raise _diverged(epoch, "the network's outputs are NaN or infinite")
     solved = None
     if row_cache is None:
-        loss = model._mean_loss(out, tb, wb)
+        loss = model._mean_loss(out, tb, lb)
     else:
         try:
             batch_rows = row_cache.get(key, gb[0], tb, wb)
-            loss, lam = fair_objective(model, out, batch_rows, tb, wb)
+            loss, lam = fair_objective(model, out, batch_rows, tb, lb)
         except InfeasibleConstraintError as exc:
             raise named_infeasibility(exc, model.splitter_.encoder, model.bounds_) from exc
         solved = (batch_rows, lam, out.detach())
@@ -208,17 +225,18 @@ def epoch_record(model, data, epoch, result, split, device):
     if val_idx is not None:
         record["val_loss"], record["val_gap"] = evaluate(
             model, *(None if c is None else c[val_idx]
-                     for c in (data.X, data.target, data.weight, data.groups)), device)
+                     for c in (data.X, data.target, data.weight, data.loss_weight,
+                               data.groups)), device)
     return record
 
 
-def evaluate(model, X, target, weight, groups, device):
+def evaluate(model, X, target, weight, loss_weight, groups, device):
     """Validation loss and gap of the outputs the estimator would predict."""
     with torch.no_grad():
         model.module_.eval()
         out = model._output(outputs(model.module_, X.to(device)).double())
         fair = model._fair_outputs(out, None if groups is None else groups.to(device))
-        loss = float(model._mean_loss(fair, target.to(device), weight.to(device)))
+        loss = float(model._mean_loss(fair, target.to(device), loss_weight.to(device)))
         gap = None
         if groups is not None:
             gap = constraint_gap(model.constraint_, fair, groups,

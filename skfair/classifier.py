@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import column_or_1d
@@ -111,9 +112,22 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Maximum number of passes over the data; a fit that runs them all while its loss still
         improves by more than ``tol`` warns with :class:`~sklearn.exceptions.ConvergenceWarning`.
     learning_rate : float, default=1e-3
-        Adam's learning rate.
+        The optimizer's (initial) learning rate.
+    learning_rate_schedule : {"constant", "adaptive"}, default="constant"
+        ``"adaptive"``, as scikit-learn's MLP: the learning rate is divided by 5 each time two
+        epochs in a row fail to improve the monitored loss (training loss, or validation loss
+        with early stopping) by at least ``tol``. Applies to ``fit``; ``partial_fit`` keeps
+        the rate.
+    optimizer : {"adam", "adamw", "sgd"}, default="adam"
+        ``"adamw"``: Adam with decoupled ``weight_decay``; ``"sgd"``: with Nesterov momentum
+        0.9 (scikit-learn MLP's).
     weight_decay : float, default=0.0
-        Adam's weight decay.
+        The optimizer's weight decay.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss (a dict from label to weight, or ``"balanced"``:
+        ``n / (2 * n_c)``, as in scikit-learn), e.g. for a rare positive class. Unlike
+        ``sample_weight`` they leave the constraint's group means unweighted: fairness is
+        measured on the data as it is.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data (stratified) and stop when its loss stops
         improving; the best weights are kept.
@@ -197,6 +211,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             "demographic_parity", "equalized_odds", "equal_opportunity",
             "false_positive_rate_parity", "error_rate_parity", "disparate_impact"})],
         "guarantee": [StrOptions({"proba", "labels"})],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
@@ -204,9 +219,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
                  guarantee="proba", solver="exact", b_tau=100, eta0=None,
                  stream_warm_start=True, distortion_penalty=10.0, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu", module=None,
-                 batch_size=256, max_epochs=100, learning_rate=1e-3, weight_decay=0.0,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4,
-                 warm_start=False, device="cpu", n_jobs=None, verbose=0, random_state=None):
+                 batch_size=256, max_epochs=100, learning_rate=1e-3,
+                 learning_rate_schedule="constant", optimizer="adam", weight_decay=0.0,
+                 class_weight=None, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", n_jobs=None,
+                 verbose=0, random_state=None):
         super().__init__(
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
@@ -214,11 +231,13 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             distortion_penalty=distortion_penalty, inference=inference,
             hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             module=module, batch_size=batch_size, max_epochs=max_epochs,
-            learning_rate=learning_rate, weight_decay=weight_decay, early_stopping=early_stopping,
+            learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule,
+            optimizer=optimizer, weight_decay=weight_decay, early_stopping=early_stopping,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tol=tol, warm_start=warm_start, device=device, n_jobs=n_jobs, verbose=verbose,
             random_state=random_state)
         self.guarantee = guarantee
+        self.class_weight = class_weight
 
     def _validate_params(self):
         super()._validate_params()
@@ -273,6 +292,14 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         if "module_" not in self.__dict__ and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
         return self._partial_fit(X, y, sample_weight, groups, classes)
+
+    def _loss_weights(self, target, weight):
+        if self.class_weight is None:
+            return None
+        # target is 0/1 (classes_[1] is 1); scikit-learn's weights, keyed by the labels
+        per_class = compute_class_weight(self.class_weight, classes=self.classes_,
+                                         y=self.classes_[target.astype(np.int64)])
+        return weight * per_class[target.astype(np.int64)]
 
     def _output(self, raw):
         # a module ending in a sigmoid gives probabilities already: no second sigmoid

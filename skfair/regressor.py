@@ -89,9 +89,17 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         Maximum number of passes over the data; a fit that runs them all while its loss still
         improves by more than ``tol`` warns with :class:`~sklearn.exceptions.ConvergenceWarning`.
     learning_rate : float, default=1e-3
-        Adam's learning rate.
+        The optimizer's (initial) learning rate.
+    learning_rate_schedule : {"constant", "adaptive"}, default="constant"
+        ``"adaptive"``, as scikit-learn's MLP: the learning rate is divided by 5 each time two
+        epochs in a row fail to improve the monitored loss (training loss, or validation loss
+        with early stopping) by at least ``tol``. Applies to ``fit``; ``partial_fit`` keeps
+        the rate.
+    optimizer : {"adam", "adamw", "sgd"}, default="adam"
+        ``"adamw"``: Adam with decoupled ``weight_decay``; ``"sgd"``: with Nesterov momentum
+        0.9 (scikit-learn MLP's).
     weight_decay : float, default=0.0
-        Adam's weight decay.
+        The optimizer's weight decay.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data (stratified) and stop when its loss stops
         improving; the best weights are kept.
@@ -173,7 +181,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
                  distortion_penalty=10.0, inference="batch",
                  bounds=None, hidden_layer_sizes=(64, 64),
                  activation="relu", module=None, batch_size=256, max_epochs=100,
-                 learning_rate=1e-3, weight_decay=0.0, early_stopping=False,
+                 learning_rate=1e-3, learning_rate_schedule="constant", optimizer="adam",
+                 weight_decay=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, warm_start=False,
                  device="cpu", n_jobs=None, verbose=0, random_state=None):
         super().__init__(
@@ -183,8 +192,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             distortion_penalty=distortion_penalty, inference=inference,
             hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             module=module, batch_size=batch_size, max_epochs=max_epochs,
-            learning_rate=learning_rate, weight_decay=weight_decay,
-            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule,
+            optimizer=optimizer, weight_decay=weight_decay, early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, warm_start=warm_start, device=device,
             n_jobs=n_jobs, verbose=verbose, random_state=random_state)
         self.bounds = bounds

@@ -997,3 +997,50 @@ def test_regressor_partial_fit_scales_and_bounds_from_the_first_chunk():
     pred = reg.predict(X)
     sex = X["sex"].to_numpy()
     assert abs(pred[sex == "M"].mean() - pred[sex == "F"].mean()) <= 0.05 + 1e-6
+
+
+def test_class_weight_weights_the_loss_not_the_group_means(biased, monkeypatch):
+    """class_weight multiplies the loss weights by the class's weight (scikit-learn's
+    "balanced" weights too) while the constraint rows stay unweighted: fairness is measured on
+    the data as it is."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    X, y = biased
+    seen = []
+    objective = _training.fair_objective
+
+    def recording(model, out, rows, target, weight):
+        seen.append((target.clone(), weight.clone(), rows.weight))
+        return objective(model, out, rows, target, weight)
+
+    monkeypatch.setattr(_training, "fair_objective", recording)
+    FairNeuralClassifier(protected_attributes=["sex", "race"], class_weight={0: 1.0, 1: 3.0},
+                         **dict(FAST, max_epochs=1)).fit(X, y)
+    for target, weight, row_weight in seen:
+        assert torch.equal(weight, torch.where(target == 1, 3.0, 1.0).double())
+        assert row_weight is None
+    seen.clear()
+    FairNeuralClassifier(protected_attributes=["sex", "race"], class_weight="balanced",
+                         **dict(FAST, max_epochs=1)).fit(X, y)
+    balanced = compute_class_weight("balanced", classes=np.array([0, 1]), y=y)
+    for target, weight, _ in seen:
+        np.testing.assert_allclose(weight.numpy(), balanced[target.numpy().astype(int)])
+
+
+@pytest.mark.parametrize("optimizer, kind", [("adam", torch.optim.Adam),
+                                             ("adamw", torch.optim.AdamW),
+                                             ("sgd", torch.optim.SGD)])
+def test_optimizer_and_adaptive_learning_rate(biased, monkeypatch, optimizer, kind):
+    """optimizer picks torch's optimizer; learning_rate_schedule="adaptive" divides the rate
+    by 5 after two epochs without an improvement of tol (here never: tol is huge)."""
+    X, y = biased
+    made = []
+    make = _training.make_optimizer
+    monkeypatch.setattr(_training, "make_optimizer",
+                        lambda model, device: made.append(make(model, device)) or made[-1])
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], optimizer=optimizer,
+                               learning_rate_schedule="adaptive", tol=10.0, n_iter_no_change=100,
+                               **dict(FAST, max_epochs=6, learning_rate=1e-3)).fit(X, y)
+    assert type(made[0]) is kind
+    assert made[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 25)
+    assert dp_gap(clf, X, clf.predict_proba(X)[:, 1]) <= 0.05 + 1e-6
