@@ -273,11 +273,12 @@ class BaseFairNeural(BaseEstimator):
     def partial_fit(self, X, y, sample_weight=None, groups=None):
         """Train on one chunk of the data: one epoch over ``(X, y)`` through the fairness layer.
 
-        For data larger than memory, or arriving over time. The first call (or the first after :meth:`fit`'s
-        attributes were cleared) fixes what must be known up front: the protected groups
+        For data larger than memory, or arriving over time. The first call on an unfitted
+        estimator fixes what must be known up front: the protected groups
         (those of ``X``, plus ``groups``) and, for a classifier, the classes; the regressor's
         target scaling and inferred bounds come from the first chunk too (pass ``bounds`` to
-        fix them). Later calls continue the same network and optimizer. Every chunk's batches
+        fix them). Later calls continue the same network and optimizer (after :meth:`fit`, the
+        fitted network with a fresh optimizer). Every chunk's batches
         are projected exactly as in :meth:`fit`, so each training batch meets the constraint;
         what the trained network does elsewhere is, as after ``fit``, what prediction's layer
         corrects. A failed call changes nothing; ``early_stopping`` is not available here.

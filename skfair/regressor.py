@@ -193,7 +193,8 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
             hidden_layer_sizes=hidden_layer_sizes, activation=activation,
             module=module, batch_size=batch_size, max_epochs=max_epochs,
             learning_rate=learning_rate, learning_rate_schedule=learning_rate_schedule,
-            optimizer=optimizer, weight_decay=weight_decay, early_stopping=early_stopping, validation_fraction=validation_fraction,
+            optimizer=optimizer, weight_decay=weight_decay, early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, warm_start=warm_start, device=device,
             n_jobs=n_jobs, verbose=verbose, random_state=random_state)
         self.bounds = bounds
