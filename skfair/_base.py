@@ -33,7 +33,7 @@ from ._bounds import Bounds
 from ._network import ACTIVATIONS, check_module, make_mlp, outputs
 from ._validation import InputSplitter, check_float32
 from .constraints import AffineConstraint, get_constraint
-from .layer import SOLVERS
+from .layer import SOLVERS, project
 
 
 #: rows the network is evaluated on at a time at prediction (see ``_network_outputs``)
@@ -566,6 +566,21 @@ class BaseFairNeural(BaseEstimator):
         """The network's outputs before the fairness layer, clipped to the bounds."""
         out, _ = self._raw_outputs(X)
         return self._clip(out).cpu().numpy()
+
+    def _audit_values(self, X, y):
+        """The fair outputs of a labelled batch: one exact projection with the constraint given
+        the batch's true labels (label-dependent constraints included), whatever its size."""
+        out, groups = self._raw_outputs(X)
+        target = self._encode_targets(y, reset=False)
+        if len(target) != len(out):
+            raise ValueError(f"X and y have inconsistent numbers of samples: {len(out)} and "
+                             f"{len(target)}.")
+        if groups is None:
+            return self._clip(out).cpu().numpy()
+        labels = torch.tensor(target, dtype=torch.float64, device=out.device)
+        rows = self.constraint_.build(groups.to(out.device), epsilon=self.epsilon,
+                                      y_true=self._labels_for(labels))
+        return project(out, rows, self.bounds_, self.solver)[0].detach().cpu().numpy()
 
     # ----------------------------------------------------------------------------------------
     # Row-by-row inference (inference="individual", see skfair._calibration)

@@ -332,6 +332,28 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p = self._predict_values(X)
         return np.column_stack([1 - p, p])
 
+    def audit_predict_proba(self, X, y):
+        """Fair probabilities of a labelled batch (an audit, a hold-out set), given its labels.
+
+        Label-dependent constraints (equalized odds, equal opportunity, ...) cannot act at
+        prediction time, where labels are unknown; with the labels at hand, this projects the
+        batch's probabilities exactly onto the constraint as training does (any batch size):
+        the returned probabilities meet it on this batch, to the guarantee's tolerance. Label-
+        free constraints are projected the same way. Stateless.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            True labels, among ``classes_``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, 2)
+        """
+        p = self._audit_values(X, y)
+        return np.column_stack([1 - p, p])
+
     def predict_log_proba(self, X):
         """Logarithms of :meth:`predict_proba` (``-inf`` where the layer put a probability at 0).
 

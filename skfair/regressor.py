@@ -256,6 +256,23 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         """
         return self._predict_values(X)
 
+    def audit_predict(self, X, y):
+        """Fair predictions of a labelled batch (an audit, a hold-out set), given its targets:
+        one exact projection with the constraint given ``y`` (``mean_residual`` included, which
+        cannot act at prediction time without targets), any batch size. Stateless.
+
+        Parameters
+        ----------
+        X : {array-like, DataFrame} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            True targets.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        return self._audit_values(X, y)
+
     def partial_predict(self, X):
         """Predictions for the next batch of a stream (stateful); see
         :meth:`FairNeuralClassifier.partial_predict_proba`.

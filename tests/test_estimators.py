@@ -1044,3 +1044,31 @@ def test_optimizer_and_adaptive_learning_rate(biased, monkeypatch, optimizer, ki
     assert type(made[0]) is kind
     assert made[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 25)
     assert dp_gap(clf, X, clf.predict_proba(X)[:, 1]) <= 0.05 + 1e-6
+
+
+def test_audit_predictions_meet_label_dependent_constraints_given_labels():
+    """With true labels at hand, equalized odds (classifier) and mean residual (regressor)
+    hold exactly on the audited batch, checked with numpy group means; predict alone does not
+    give that guarantee."""
+    X, y = biased_frame(800, seed=3)
+    clf = FairNeuralClassifier(protected_attributes=["sex"], fairness="equalized_odds",
+                               epsilon=0.02, **FAST).fit(X.drop(columns="race"), y)
+    Xa, ya = biased_frame(300, seed=4)
+    Xa = Xa.drop(columns="race")
+    p = clf.audit_predict_proba(Xa, ya)[:, 1]
+    sex, labels = Xa["sex"].to_numpy(), ya.to_numpy()
+    for label in (0, 1):
+        cell = labels == label
+        means = [p[cell & (sex == g)].mean() for g in ("F", "M")]
+        assert abs(means[0] - means[1]) <= 0.02 + 1e-7
+    reg = FairNeuralRegressor(protected_attributes=["sex"], fairness="mean_residual",
+                              epsilon=0.05, bounds=False, **FAST)
+    target = X["x1"] + (X["sex"] == "M")
+    reg.fit(X.drop(columns="race"), target)
+    target_a = Xa["x1"] + (Xa["sex"] == "M")
+    pred = reg.audit_predict(Xa, target_a)
+    for g in ("F", "M"):
+        m = sex == g
+        assert abs((pred[m] - target_a.to_numpy()[m]).mean()) <= 0.05 + 1e-7
+    with pytest.raises(ValueError, match="labels not among classes_"):
+        clf.audit_predict_proba(Xa, ya + 5)
