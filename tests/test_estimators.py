@@ -169,7 +169,7 @@ def test_batch_rows_are_reused_only_for_the_same_groups_labels_and_weights(biase
     weight = torch.ones(20, dtype=torch.float64)
     weight[9] = 2.0
     order = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 8, 9, 10, 11])
-    data = _training.TrainingData(None, torch.as_tensor(target), weight, groups,
+    data = _training.TrainingData(None, torch.as_tensor(target), weight, weight, groups,
                                   _training.strata(groups, target, clf.constraint_), True)
     keys = _training.RowCache(clf, data).keys(order, [4] * 5)
     reference, copy, other_groups, other_labels, other_weights = keys
