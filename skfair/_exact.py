@@ -363,17 +363,17 @@ def objective_vjp(y, z, problem, box, lam, loss, out):
 def _dual_newton(z, problem, box, lam, atol, scale, max_iter):
     """The projected Newton method on the dual, from ``lam`` (updated in place); returns
     ``(n_iter, converged, lam)``. The iterations never write an output vector: each evaluation
-    is one pass that sums (:func:`_evaluate`), and the caller writes ``y(lam)`` once at the end.
+    is one pass that sums (:func:`evaluate`), and the caller writes ``y(lam)`` once at the end.
     Written as plain loops: numba compiles them in a fraction of the time its numpy functions
     take (this function is compiled once per installation and cached).
 
     Every step is a minimum-norm Newton step (:func:`_newton_direction`) projected onto
     ``lam >= 0``, followed by a search for the dual's peak along it on the directional
-    derivative (:func:`_line_search`), never on dual values: a value is a sum over the ``n``
+    derivative (:func:`line_search`), never on dual values: a value is a sum over the ``n``
     samples whose rounding error exceeds the gain of the last steps at large ``n``.
     """
     rows = problem.rows
-    residual, free_mass = _evaluate(z, problem, box, lam)
+    residual, free_mass = evaluate(z, problem, box, lam)
     best, stalled = np.inf, 0
     kappa = KAPPA_START
     for n_iter in range(max_iter):
@@ -403,7 +403,7 @@ def _dual_newton(z, problem, box, lam, atol, scale, max_iter):
             # carry a residual of the order of the tolerance (at epsilon = 0 a pair's two
             # opposite rows are both active: with a stale gradient the step put the removed
             # multiplier back on the opposite row, and the next iteration removed it again).
-            residual, free_mass = _evaluate(z, problem, box, lam)
+            residual, free_mass = evaluate(z, problem, box, lam)
             if chosen.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
         at = Point(lam, residual, free_mass)
@@ -427,7 +427,7 @@ def _dual_newton(z, problem, box, lam, atol, scale, max_iter):
                     r = chosen[i]
                     ends = along[i] < 0 and lam[r] / -along[i] == limit
                     lam[r] = 0.0 if ends else max(lam[r] + limit * along[i], 0.0)
-                residual, free_mass = _evaluate(z, problem, box, lam)
+                residual, free_mass = evaluate(z, problem, box, lam)
                 continue
         # The step to the Newton point projected onto lam >= 0, taken as a segment: the dual is
         # concave along it, so its derivative brackets the peak.
@@ -446,7 +446,7 @@ def _dual_newton(z, problem, box, lam, atol, scale, max_iter):
             if not slope > 0:  # no ascent left within rounding: the caller's check judges
                 return n_iter, False, lam
             kappa = min(kappa * KAPPA_FACTOR, KAPPA_MAX)
-        length, found = _line_search(z, problem, box, at, chosen, step, slope)
+        length, found = line_search(z, problem, box, at, chosen, step, slope)
         if length == 0.0:  # the derivative never confirmed an ascent: rounding noise
             return n_iter, False, lam
         if newton:
@@ -488,7 +488,7 @@ def _family_ascent(z, problem, box, at, rho, kappa):
     moves, step = _family_step(at, problem, rho)
     slope = _slope(at.residual, moves, step) if moves.size else 0.0
     if slope > 0:
-        length, found = _line_search(z, problem, box, at, moves, step, slope)
+        length, found = line_search(z, problem, box, at, moves, step, slope)
         if length > 0:
             return length, found, _adapted(kappa, length, _segment_end(at.lam, moves, step))
     return 0.0, at, kappa
@@ -544,7 +544,7 @@ def _segment_end(lam, chosen, step):
 
 
 @jit
-def _line_search(z, problem, box, at, chosen, step, slope):
+def line_search(z, problem, box, at, chosen, step, slope):
     """The peak of the dual along ``lam + t * step`` from the point ``at`` (``step`` on the
     rows ``chosen``, ascending: the directional derivative ``slope`` at ``t = 0`` is positive),
     ``t`` from 1 and at most where a multiplier reaches zero.
@@ -576,7 +576,7 @@ def _line_search(z, problem, box, at, chosen, step, slope):
     t = min(1.0, limit)
     for _ in range(LINE_SEARCH_EVALS):
         trial = _segment_point(lam, chosen, step, t, limit)
-        residual_t, free_mass_t = _evaluate(z, problem, box, trial)
+        residual_t, free_mass_t = evaluate(z, problem, box, trial)
         s = _slope(residual_t, chosen, step)
         if abs(s) <= LINE_SEARCH_SLOPE * slope or (s > 0 and t >= limit):
             return t, Point(trial, residual_t, free_mass_t)
@@ -797,7 +797,7 @@ def _curved_or_flat(scaled, scaled_full, b):
 
 
 @jit
-def _evaluate(z, problem, box, lam):
+def evaluate(z, problem, box, lam):
     """At ``y(lam)`` (not written): the dual gradient ``G y - h`` and the per-atom squared
     weight of the free coordinates."""
     rows = problem.rows

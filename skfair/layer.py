@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _exact, _guarantee, _kernels, _qpth
+from . import _active_set, _exact, _guarantee, _kernels, _qpth
 from ._bounds import Bounds
 from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
                          output_scale, tolerance, unclipped, violations)
@@ -315,7 +315,9 @@ def _exact_backend(z, cs, bounds, failures):
         if inside and violation <= tolerance(found, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam)
     reasons = []
-    result = _polished(z, result, cs, bounds, reasons)
+    first, result = result, _polished(z, result, cs, bounds, reasons)
+    if result is None:
+        result = _active_set_result(z, first, cs, bounds, reasons)
     if result is None:
         result = _recentred(z, cs, bounds, reasons)
     if result is None:
@@ -365,6 +367,22 @@ def _polished(z, result, cs, bounds, failures):
         return None
     return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
                               second.scale, second.host_y, found)
+
+
+def _active_set_result(z, first, cs, bounds, failures):
+    """The projection by :func:`skfair._active_set.solve` from the multipliers of the ``first``
+    solve, certified like :func:`_polished`'s; else None, with the reason in ``failures``."""
+    host = host_vector(z)
+    found = _active_set.solve(host, cs, *bounds.box, first.host_lam, first.scale)
+    if found is None:
+        failures.append("exact: the active-set method did not settle")
+        return None
+    y, lam, n_patterns = found
+    checked_y = check(y, cs)
+    if not certified(host, y, lam, checked_y, cs, bounds, "active-set solve", failures):
+        return None
+    return _exact.SolveResult(device_tensor(y, z.device), lam, first.n_iter + n_patterns, True,
+                              first.scale, y, checked_y)
 
 
 def _recentred(z, cs, bounds, failures):

@@ -354,6 +354,14 @@ def check(inst, with_reference=None):
     return _done(out)
 
 
+def reference_problems(inst, y):
+    """What is wrong with ``y`` as the projection, judged against Clarabel's (an empty list
+    when nothing is, or when the reference is not accurate enough to judge by)."""
+    out = Outcome(ok=True, problems=[])
+    _compare_with_reference(inst, y, out)
+    return out.problems
+
+
 def _compare_with_reference(inst, y, out):
     y_ref, status = reference(inst)
     if y_ref is None:

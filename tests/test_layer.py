@@ -851,11 +851,27 @@ def test_an_inaccurate_first_solve_is_polished_into_the_projection(monkeypatch):
     np.testing.assert_allclose(y.numpy(), exact.numpy(), atol=1e-7)
 
 
-def test_a_first_solve_far_from_the_projection_is_refused_not_polished(monkeypatch):
+def test_a_first_solve_far_from_the_projection_is_not_polished_into_another_answer(
+        monkeypatch):
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    exact, _ = project(z, cs, (0.0, 1.0), "exact")
+    _perturbed_first_solve(monkeypatch, torch.tensor([0.3, 0.3, -0.2, -0.2],
+                                                     dtype=torch.float64))
+    # The polish of the perturbed outputs is fair but not the projection of z: its certificate
+    # fails, and the active-set method solves z itself (from the first solve's multipliers).
+    y, _ = project(z, cs, (0.0, 1.0), "exact")
+    torch.testing.assert_close(y, exact, rtol=0, atol=1e-12)
+
+
+def test_without_a_certified_answer_the_projection_is_refused(monkeypatch):
+    from skfair import _active_set
+
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     _perturbed_first_solve(monkeypatch, torch.tensor([0.3, 0.3, -0.2, -0.2],
                                                      dtype=torch.float64))
+    monkeypatch.setattr(_active_set, "solve", lambda *args: None)
     with pytest.raises(RuntimeError, match="not certified to be the projection"):
         project(z, cs, (0.0, 1.0), "exact")
 

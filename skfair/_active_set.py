@@ -1,0 +1,226 @@
+"""The exact fallback of the projection: an active-set method on the atoms' shifts.
+
+The dual Newton iteration (:mod:`skfair._exact`) can stall where rows are linearly dependent
+(several attributes whose group means share samples, pairs at epsilon near 0): its Newton
+systems are singular there, and the iteration ends short of the tolerance. This method is
+exact where that one is not; its memory is linear in ``n`` (plus the rows times the atoms).
+
+At the projection every output is ``y_i = clip(z_i - w_i s_a, lo, hi)`` with one shift ``s_a``
+per atom ``a`` (``s = K^T lam``, ``K`` the rows on the atoms' weighted sums ``S_a = sum_a w_i
+y_i``). Once it is known which outputs are clipped, and to which bound (the *pattern*), the
+problem is a small strictly convex QP in the shifts of the atoms with a free output, ``f_a =
+sum_free w_i^2``::
+
+    min 1/2 sum_a f_a s_a^2   s.t.   K (C - f * s) <= h,
+
+``C_a`` the atom's sum at ``s = 0`` (clipped outputs at their bound, free ones at ``z_i``). It
+is solved exactly by the dual active-set method of Goldfarb and Idnani (1983), which adds the
+most violated row at each step and drops rows whose multiplier would turn negative, and so
+copes with dependent rows. Its multipliers maximise the dual's quadratic model on the pattern:
+when they clip the outputs as the pattern says, the KKT conditions hold and they are the
+answer; otherwise the dual is searched for its peak along the step to them (an ascent, so no
+pattern repeats) and the next pattern is read there. A pattern whose QP has no solution (the
+held outputs leave the rows none) gives a proximal step instead. Started from the Newton
+iteration's multipliers, whose pattern is nearly right, it takes a few patterns.
+The caller checks and certifies the result, as every exact result."""
+
+import math
+
+import numpy as np
+from scipy.linalg import qr_delete, qr_insert, solve_triangular
+
+from ._exact import Point, evaluate, line_search
+from ._kernels import Box, atom_shift, clip_shift
+
+#: an output within this times the problem's scale of a bound may count as clipped or free
+PATTERN_TOL = 1e-12
+#: most pattern updates before giving up
+MAX_PATTERNS = 20
+#: most unknowns of a pattern's QP (atoms with free outputs, and rows for the proximal step):
+#: its dense algebra is quadratic in them per step
+MAX_UNKNOWNS = 600
+#: most steps of the QP method, per unknown (a step adds a row, or drops one)
+GI_STEPS = 4
+#: a row is added to the active set when violated by more than this times the problem's scale
+#: (a hundredth of the guarantee's tolerance: the rest is left to rounding)
+VIOLATION_TOL = 1e-11
+#: a row's normal counts as dependent on the active ones when its part outside their span is
+#: below this fraction of its norm
+DEPENDENCE_TOL = 1e-10
+
+
+def solve(z, cs, lo, hi, lam, scale):
+    """The projection of ``z`` (host float64) onto ``cs`` within ``[lo, hi]`` (floats, infinite
+    where missing) from the multipliers ``lam``: ``(y, lam, n_patterns)``, or None when the
+    method does not settle (no ascent, more than :data:`MAX_PATTERNS` patterns, too many atoms,
+    or rows that the free outputs cannot meet)."""
+    problem = cs.host_problem
+    box = Box(lo, hi)
+    rows_on_atoms = _atom_rows(problem.rows, cs.n_atoms)
+    weight = problem.weight if problem.weight.size else np.ones_like(z)
+    every_row = np.arange(cs.n_rows)
+    lam = np.maximum(lam, 0.0)
+    residual, free_mass = evaluate(z, problem, box, lam)
+    closeness = 1.0
+    for n_patterns in range(1, MAX_PATTERNS + 1):
+        pattern = _pattern(z, weight, problem, lam, lo, hi)
+        target = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale)
+        if target is None:
+            # The clipped outputs held at their bounds leave the rows no solution (the model
+            # grows without end on this pattern): the proximal step, the model's peak less
+            # half the squared distance from ``lam``, always exists and ascends.
+            target = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale,
+                                 proximal=lam, closeness=closeness)
+            if target is None:
+                return None
+            pattern = None  # not a pattern's solution: only a step
+        if pattern is not None and _holds(z, weight, problem, target, pattern, lo, hi,
+                                          PATTERN_TOL * scale):
+            # the multipliers solve the QP of their own pattern: the KKT conditions hold
+            y = np.empty_like(z)
+            clip_shift(z, problem.atom, atom_shift(problem.rows, target), problem.weight, lo,
+                       hi, y)
+            return y, target, n_patterns
+        # The QP's multipliers maximise the dual's quadratic model on this pattern: the step to
+        # them ascends, and the search along it for the dual's peak makes every pattern's
+        # step a gain (no cycle among patterns).
+        step = target - lam
+        slope = float(residual @ step)
+        if not slope > 0 and pattern is not None:
+            # another peak of a model with dependent rows, no higher than ``lam``: the
+            # proximal step's peak is unique
+            step = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale,
+                               proximal=lam, closeness=closeness) - lam
+            pattern = None
+            slope = float(residual @ step)
+        if not slope > 0:
+            return None
+        length, (lam, residual, free_mass) = line_search(
+            z, problem, box, Point(lam, residual, free_mass), every_row, step, slope)
+        if length == 0.0:
+            return None
+        if pattern is None:
+            # a proximal step: the next one ventures farther after a long one (a pattern whose
+            # model has no peak is left along its rising ray), less far after a short one
+            closeness *= 0.1 if length > 0.75 else 10.0 if length < 0.25 else 1.0
+    return None
+
+
+def _unclipped(z, weight, problem, lam):
+    """``z - G^T lam``: the outputs of the multipliers ``lam`` before the bounds."""
+    return z - weight * atom_shift(problem.rows, lam)[problem.atom]
+
+
+def _pattern(z, weight, problem, lam, lo, hi):
+    """Which outputs the multipliers ``lam`` clip: 1 at ``hi``, -1 at ``lo``, 0 free."""
+    unclipped = _unclipped(z, weight, problem, lam)
+    return np.where(unclipped >= hi, 1, np.where(unclipped <= lo, -1, 0))
+
+
+def _holds(z, weight, problem, lam, pattern, lo, hi, tol):
+    """Whether the multipliers ``lam`` clip as ``pattern`` says, up to ``tol`` (an output at a
+    bound, tied with it, fits either way)."""
+    unclipped = _unclipped(z, weight, problem, lam)
+    return bool(np.all(np.where(pattern > 0, unclipped >= hi - tol,
+                                np.where(pattern < 0, unclipped <= lo + tol,
+                                         (lo - tol <= unclipped) & (unclipped <= hi + tol)))))
+
+
+def _atom_rows(rows, n_atoms):
+    """``K``: the rows as a dense matrix on the atoms' weighted sums (``G y = K S``)."""
+    n_stats = rows.stat_ptr.size - 1
+    stats = np.zeros((n_stats + 1, n_atoms))  # the last one: no statistic (index -1)
+    for s in range(n_stats):
+        span = slice(rows.stat_ptr[s], rows.stat_ptr[s + 1])
+        np.add.at(stats[s], rows.stat_atom[span], rows.stat_coef[span])
+    return stats[rows.plus] - stats[rows.minus]
+
+
+def _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale, proximal=None,
+                closeness=1.0):
+    """The multipliers of the projection with the clipping ``pattern`` held (-1 at ``lo``, 1 at
+    ``hi``, 0 free), from :func:`_goldfarb_idnani` on the shifts of the atoms with free
+    outputs; None when the QP is too large or infeasible.
+
+    With ``proximal`` (multipliers), those of the proximal problem instead: the dual's
+    quadratic model on this pattern less ``closeness / 2`` times the squared distance from
+    ``proximal`` (in the units of the model's mean curvature), which has a peak however the
+    pattern holds the outputs. In the primal, each row ``r`` gets a slack ``e_r`` priced by
+    ``e_r^2 / (2 rho) + proximal_r e_r``.
+    """
+    n_atoms = rows_on_atoms.shape[1]
+    free = pattern == 0
+    value = np.where(pattern > 0, hi, np.where(pattern < 0, lo, z))
+    fixed_sums = np.bincount(problem.atom, weights=weight * value, minlength=n_atoms)
+    free_mass = np.bincount(problem.atom, weights=weight**2 * free, minlength=n_atoms)
+    moving = np.flatnonzero(free_mass > 0)
+    n_rows = rows_on_atoms.shape[0]
+    if moving.size + (0 if proximal is None else n_rows) > MAX_UNKNOWNS:
+        return None
+    # In x = sqrt(f) s the objective is ||x||^2 / 2 and row r reads a_r . x <= beta_r.
+    normals = -rows_on_atoms[:, moving] * np.sqrt(free_mass[moving])
+    beta = problem.h - rows_on_atoms @ fixed_sums
+    if proximal is not None:
+        curvature = np.einsum("ij,ij->i", normals, normals)
+        rho = closeness * (curvature.mean() if curvature.any() else 1.0)
+        # slack x_e = e / sqrt(rho) + sqrt(rho) proximal, and the objective ||(x, x_e)||^2 / 2
+        normals = np.hstack([normals, -math.sqrt(rho) * np.eye(n_rows)])
+        beta = beta - rho * proximal
+    return _goldfarb_idnani(normals, beta, VIOLATION_TOL * scale)
+
+
+def _goldfarb_idnani(normals, beta, tol):
+    """The multipliers ``lam >= 0`` of ``min ||x||^2 / 2 s.t. normals @ x <= beta`` (rows
+    violated by at most ``tol`` count as met), by the dual active-set method of Goldfarb and
+    Idnani; None when the rows contradict each other.
+
+    From the unconstrained minimum ``x = 0``, the most violated row ``p`` is added: ``x`` moves
+    along ``d``, the part of ``-a_p`` outside the span of the active rows, while the active
+    rows' multipliers change by ``-t r`` (``r`` the coefficients of ``-a_p`` on them) and
+    ``p``'s grows by ``t``; where an active multiplier would reach zero first, that row is
+    dropped and the step goes on. A row in the span of the active ones (``d = 0``) moves the
+    multipliers only. Every step raises the dual, so no active set repeats.
+    """
+    n_rows, dim = normals.shape
+    x = np.zeros(dim)
+    active, u = [], np.zeros(0)
+    # N = -normals[active].T = Q R, kept up to date by column updates (O(dim^2) each)
+    q, r_mat = np.eye(dim), np.zeros((dim, 0))
+    for _ in range(GI_STEPS * (dim + 10)):
+        violation = normals @ x - beta
+        violation[active] = -np.inf
+        p = int(np.argmax(violation)) if n_rows else -1
+        if p < 0 or not violation[p] > tol:
+            lam = np.zeros(n_rows)
+            lam[active] = u
+            return lam
+        n_p = -normals[p]
+        u_p = 0.0
+        while True:
+            k = len(active)
+            d = q.T @ n_p
+            direction = q[:, k:] @ d[k:]
+            r = solve_triangular(r_mat[:k], d[:k]) if k else np.zeros(0)
+            ratios = np.where(r > 0, u / np.where(r > 0, r, 1.0), np.inf)
+            drop = int(np.argmin(ratios)) if k else -1
+            t1 = ratios[drop] if k else math.inf
+            dependent = direction @ direction <= DEPENDENCE_TOL**2 * (n_p @ n_p)
+            remaining = normals[p] @ x - beta[p]
+            t2 = math.inf if dependent else remaining / (direction @ n_p)
+            t = min(t1, t2)
+            if not math.isfinite(t):
+                return None
+            if not dependent:
+                x = x + t * direction
+            u = u - t * r
+            u_p += t
+            if t == t2:
+                active.append(p)
+                u = np.append(u, u_p)
+                q, r_mat = (qr_insert(q, r_mat, n_p, k, which="col") if k else
+                            np.linalg.qr(n_p[:, None], mode="complete"))
+                break
+            del active[drop]
+            u = np.delete(u, drop)
+            q, r_mat = qr_delete(q, r_mat, drop, which="col")
+    return None
