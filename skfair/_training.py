@@ -1,13 +1,16 @@
 """Training a network through the fairness layer.
 
-:func:`train` runs epochs until the monitored loss stops improving or ``max_epochs`` ends it:
-:func:`run_epoch` deals the samples into stratified batches (:func:`stratified_batches`),
-:func:`train_step` computes a batch's loss (through the layer, with the batch's constraint rows
-from :class:`RowCache`) and steps the optimizer, and :func:`epoch_record` writes the epoch's
-entry of ``history_``. The estimator passed around as ``model`` supplies the network
-(``module_``), its output function and losses, the constraint and the training parameters.
+:func:`train` runs epochs until the monitored loss stops improving (:class:`EarlyStopping`) or
+``max_epochs`` ends it: :func:`run_epoch` deals the samples into stratified batches
+(:func:`stratified_batches`), :func:`train_step` computes a batch's loss (through the layer,
+with the batch's constraint rows from :class:`RowCache`, by :func:`fair_objective`) and steps
+the optimizer, :func:`epoch_record` writes the epoch's entry of ``history_`` and
+:func:`report` prints it (``verbose``), under a progress bar (:func:`progress_bar`). The
+estimator passed around as ``model`` supplies the network (``module_``), its output function
+and losses, the constraint and the training parameters.
 """
 
+import contextlib
 import copy
 import math
 import numbers
@@ -27,11 +30,11 @@ from .layer import TrainingLoss, training_objective
 
 @dataclass
 class Epoch:
-    """What one pass over the training samples gave: its mean loss, the ``(rows,
-    multipliers, raw outputs)`` of every batch through the layer, and the batches (positions
-    in the training samples)."""
+    """What one pass over the training samples gave: its mean objective (loss and distortion
+    penalty), the ``(rows, multipliers, raw outputs, fair outputs)`` of every batch through the
+    layer, and the batches (positions in the training samples)."""
 
-    loss: float
+    objective: float
     solved: list
     positions: list
 
@@ -71,7 +74,8 @@ class TrainingData:
 def train(model, data, generator, device):
     """Train ``model.module_`` on ``data``, appending to ``model.history_``. Every epoch sets
     ``model.dual_init_``, the stream's warm start (:func:`skfair._streaming.warm_start_duals`
-    of the epoch's projections), which the epoch's validation predictions start from."""
+    of the epoch's projections), which the epoch's validation predictions start from; with
+    early stopping, the best epoch's network and ``dual_init_`` are put back at the end."""
     train_idx, val_idx = np.arange(len(data.target)), None
     if model.early_stopping:
         train_idx, val_idx = validation_split(data.strata, model.validation_fraction, generator)
@@ -86,26 +90,33 @@ def train(model, data, generator, device):
     stopping = EarlyStopping(model.tol, model.n_iter_no_change, keep_best=val_idx is not None)
     first = len(model.history_) + 1
     model.dual_init_ = {}
-    for epoch in range(first, first + model.max_epochs):
-        start = time.perf_counter()
-        result = run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, device)
-        if row_cache is not None:
-            model.dual_init_ = _streaming.warm_start_duals(result.solved, len(result.positions))
-        record = epoch_record(model, data, epoch, result, (train_idx, val_idx), device)
-        record["seconds"] = time.perf_counter() - start
-        model.history_.append(record)
-        report(model, record)
-        monitored = record["train_loss"] if val_idx is None else record["val_loss"]
-        if schedule is not None:
-            schedule.step(monitored)
-        if stopping.stops(monitored, model.module_):
-            break
-    else:
+    n_batches = batch_count(len(train_idx), model.batch_size)
+    with progress_bar(model, model.max_epochs * n_batches) as bar:
+        for epoch in range(first, first + model.max_epochs):
+            start = time.perf_counter()
+            result = run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator,
+                               device, bar)
+            if row_cache is not None:
+                model.dual_init_ = _streaming.warm_start_duals(result.solved,
+                                                               len(result.positions))
+            record = epoch_record(model, data, epoch, result, (train_idx, val_idx), device)
+            record["seconds"] = time.perf_counter() - start
+            model.history_.append(record)
+            # without a validation split: the objective the optimizer minimises
+            monitored = result.objective if val_idx is None else record["val_loss"]
+            if schedule is not None:
+                schedule.step(monitored)
+            improved = stopping.update(monitored, model)
+            report(model, record, bar, header=epoch == first,
+                   best=improved and val_idx is not None)
+            if stopping.exhausted:
+                break
+    if not stopping.exhausted:  # after the bar is gone: the warning would cut through it
         warn(f"{type(model).__name__} ran max_epochs={model.max_epochs} epochs and the "
              f"{'validation' if val_idx is not None else 'training'} loss was still "
              f"improving by more than tol={model.tol}; raise max_epochs, or learning_rate, "
              f"to train to convergence.", ConvergenceWarning)
-    stopping.restore_best(model.module_)
+    stopping.restore_best(model)
 
 
 def train_chunk(model, data, generator, device, optimizer_state):
@@ -117,14 +128,19 @@ def train_chunk(model, data, generator, device, optimizer_state):
     row_cache = RowCache(model, data) if data.groups is not None else None
     split = (np.arange(len(data.target)), None)
     epoch = len(model.history_) + 1
-    start = time.perf_counter()
-    result = run_epoch(model, data, split[0], row_cache, optimizer, epoch, generator, device)
-    model.dual_init_ = {} if row_cache is None else _streaming.warm_start_duals(
-        result.solved, len(result.positions))
-    record = epoch_record(model, data, epoch, result, split, device)
-    record["seconds"] = time.perf_counter() - start
-    model.history_.append(record)
-    report(model, record)
+    with progress_bar(model, batch_count(len(split[0]), model.batch_size)) as bar:
+        start = time.perf_counter()
+        result = run_epoch(model, data, split[0], row_cache, optimizer, epoch, generator,
+                           device, bar)
+        model.dual_init_ = {} if row_cache is None else _streaming.warm_start_duals(
+            result.solved, len(result.positions))
+        record = epoch_record(model, data, epoch, result, split, device)
+        record["seconds"] = time.perf_counter() - start
+        previous = model.history_[-1] if model.history_ else None
+        model.history_.append(record)
+        # a header for the first chunk, or when the columns change (after a fit's validation)
+        report(model, record, bar, header=previous is None
+               or table_columns(previous) != table_columns(record), best=False)
     return optimizer.state_dict()
 
 
@@ -142,9 +158,13 @@ def make_optimizer(model, device):
                 fused=fused or None)
 
 
-def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, device):
-    """One pass over the training samples (``train_idx``), as an :class:`Epoch`."""
+def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, device,
+              bar=None):
+    """One pass over the training samples (``train_idx``), as an :class:`Epoch`; ``bar``, a
+    progress bar (or None), advances by one per batch."""
     model.module_.train()
+    if bar is not None:
+        bar.set_description(f"epoch {epoch}", refresh=False)
     positions = stratified_batches(data.strata[train_idx], model.batch_size, generator)
     # The epoch's rows gathered once, in batch order, then a contiguous slice per batch:
     # gathering every batch's rows from the whole data costs several times more.
@@ -159,12 +179,14 @@ def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, de
         if fair is not None:
             solved.append(fair)
         total += value * len(batch[0])
+        if bar is not None:
+            bar.update()
     return Epoch(total / len(train_idx), solved, positions)
 
 
 def train_step(model, optimizer, batch, row_cache, key, epoch, device):
-    """Loss, gradient and optimizer step of one batch: ``(loss value, (rows, multipliers, raw
-    outputs) or None)``."""
+    """Loss, gradient and optimizer step of one batch: ``(objective value, (rows, multipliers,
+    raw outputs, fair outputs) or None)``."""
     xb, tb, wb, lb, *gb = (c.to(device) for c in batch)
     out = model._output(outputs(model.module_, xb).double())
     if not bool(torch.isfinite(out).all()):
@@ -175,10 +197,10 @@ def train_step(model, optimizer, batch, row_cache, key, epoch, device):
     else:
         try:
             batch_rows = row_cache.get(key, gb[0], tb, wb)
-            loss, lam = fair_objective(model, out, batch_rows, tb, lb)
+            loss, lam, fair = fair_objective(model, out, batch_rows, tb, lb)
         except InfeasibleConstraintError as exc:
             raise named_infeasibility(exc, model.splitter_.encoder, model.bounds_) from exc
-        solved = (batch_rows, lam, out.detach())
+        solved = (batch_rows, lam, out.detach(), fair)
     value = float(loss.detach())
     if not math.isfinite(value):  # before the step: it would make the weights NaN
         raise _diverged(epoch, f"the loss is {value}")
@@ -189,9 +211,10 @@ def train_step(model, optimizer, batch, row_cache, key, epoch, device):
 
 
 def fair_objective(model, out, batch_rows, target, weight):
-    """``(loss, lam)`` of a training batch through the fairness layer: the weighted mean loss
-    at the fair outputs plus the distortion penalty, and the projection's multipliers (a
-    host array in the order of ``batch_rows.keys``; None from qpth).
+    """``(loss, lam, fair)`` of a training batch through the fairness layer: the weighted mean
+    loss at the fair outputs plus the distortion penalty, the projection's multipliers (a
+    host array in the order of ``batch_rows.keys``; None from qpth) and the fair outputs
+    (detached).
 
     The penalty, ``distortion_penalty * ((out - fair) / _distortion_unit)**2`` per sample, is
     how far the network itself is from fair: it teaches the network to need the layer less.
@@ -206,32 +229,52 @@ def fair_objective(model, out, batch_rows, target, weight):
 
 
 def epoch_record(model, data, epoch, result, split, device):
-    """The epoch's entry of ``history_`` (without its duration); ``result`` is its
-    :class:`Epoch`, ``split`` the training and validation positions (None without)."""
+    """The epoch's entry of ``history_`` without its duration (the keys are described in the
+    estimators' ``history_``); ``result`` is its :class:`Epoch`, ``split`` the training and
+    validation positions (None without)."""
     train_idx, val_idx = split
-    record = {"epoch": epoch, "train_loss": result.loss, "train_gap": None, "val_loss": None,
-              "val_gap": None}
+    record = {"epoch": epoch, "train_loss": result.objective, "train_penalty": None,
+              "train_gap": None, "train_fair_gap": None, "val_loss": None, "val_gap": None,
+              "val_regime": None}
     if data.groups is not None:
-        # over the epoch's batches, as they came (like the loss): no extra pass; the raw
-        # outputs put back in the order of the training samples
-        raw = torch.empty(len(train_idx), dtype=torch.float64, device=device)
-        raw.index_copy_(0, torch.from_numpy(np.concatenate(result.positions)).to(device),
-                        torch.cat([r for _, _, r in result.solved]))
-        train = torch.from_numpy(train_idx)
-        record["train_gap"] = constraint_gap(
-            model.constraint_, raw, data.groups[train].to(device),
-            y_true=model._labels_for(data.target[train].to(device)),
-            sample_weight=data.weight[train].to(device) if data.weighted_means else None)
+        # over the epoch's batches, as they came (like the loss): no extra pass
+        order = torch.from_numpy(train_idx[np.concatenate(result.positions)])
+        raw = torch.cat([raw for _, _, raw, _ in result.solved])
+        fair = torch.cat([fair for *_, fair in result.solved])
+        penalty = epoch_penalty(model, raw, fair, data.loss_weight[order].to(device),
+                                [len(b) for b in result.positions])
+        record["train_loss"], record["train_penalty"] = result.objective - penalty, penalty
+        groups = data.groups[order].to(device)
+        labels = model._labels_for(data.target[order].to(device))
+        weight = data.weight[order].to(device) if data.weighted_means else None
+        record["train_gap"], record["train_fair_gap"] = (
+            constraint_gap(model.constraint_, values, groups, y_true=labels,
+                           sample_weight=weight) for values in (raw, fair))
     if val_idx is not None:
-        record["val_loss"], record["val_gap"] = evaluate(
+        record["val_loss"], record["val_gap"], record["val_regime"] = evaluate(
             model, *(None if c is None else c[val_idx]
                      for c in (data.X, data.target, data.weight, data.loss_weight,
                                data.groups)), device)
     return record
 
 
+def epoch_penalty(model, raw, fair, loss_weight, sizes):
+    """The distortion penalty's part of an epoch's objective, from the raw and fair outputs of
+    its batches (of ``sizes``, in order) and their loss weights: per batch, the weighted mean
+    of ``distortion_penalty * ((raw - fair) / unit)**2``; over the batches, the mean weighted
+    by their sizes, as :func:`run_epoch` averages the objective."""
+    sizes = torch.tensor(sizes, device=raw.device)
+    batch = torch.repeat_interleave(torch.arange(len(sizes), device=raw.device), sizes)
+    penalties = torch.zeros(len(sizes), dtype=torch.float64, device=raw.device)
+    penalties.index_add_(0, batch, loss_weight * ((raw - fair) / model._distortion_unit) ** 2)
+    weights = torch.zeros_like(penalties).index_add_(0, batch, loss_weight)
+    return model.distortion_penalty * float((penalties / weights * sizes).sum()) / len(raw)
+
+
 def evaluate(model, X, target, weight, loss_weight, groups, device):
-    """Validation loss and gap of the outputs the estimator would predict."""
+    """``(loss, gap, regime)`` of the validation split: the loss and gap of the outputs
+    ``predict`` (with ``inference="batch"``) gives for the whole split at once, and how they
+    went through the layer (:func:`prediction_regime`)."""
     with torch.no_grad():
         model.module_.eval()
         out = model._output(outputs(model.module_, X.to(device)).double())
@@ -241,38 +284,105 @@ def evaluate(model, X, target, weight, loss_weight, groups, device):
         if groups is not None:
             gap = constraint_gap(model.constraint_, fair, groups,
                                  y_true=model._labels_for(target), sample_weight=weight)
-    return loss, gap
+    return loss, gap, prediction_regime(model, len(target), groups)
 
 
-def report(model, record):
+def prediction_regime(model, n_rows, groups):
+    """How ``predict`` puts a batch of ``n_rows`` rows through the layer
+    (``model._fair_outputs``): ``"exact"``, one exact projection (at least ``b_tau`` rows);
+    ``"stream"``, one step of a new stream (fewer rows); ``"unconstrained"``, not at all (no
+    protected attributes, or a constraint that needs true labels: the outputs are clipped)."""
+    if groups is None or not model._streams_outputs():
+        return "unconstrained"
+    return "exact" if n_rows >= model.b_tau else "stream"
+
+
+#: the columns of the verbose table, keys of ``history_``, and the format of their values
+TABLE_FORMATS = {"epoch": "{:d}", "train_loss": "{:.4f}", "train_penalty": "{:.4f}",
+                 "train_gap": "{:.4f}", "train_fair_gap": "{:.4f}", "val_loss": "{:.4f}",
+                 "val_gap": "{:.4f}", "seconds": "{:.2f}"}
+
+
+def table_columns(record):
+    """The columns of the verbose table for ``record``: the keys it has values for."""
+    return [key for key in TABLE_FORMATS if record[key] is not None]
+
+
+def report(model, record, bar, header, best):
+    """Print the epoch's row of the verbose table, after the table's header when ``header``;
+    ``best`` marks the validation loss with ``*``. The validation gap's heading names its
+    regime. Through ``bar`` (tqdm's writer) when there is one: the bar stays below the table."""
     if not model.verbose:
         return
-    gap = "" if record["train_gap"] is None else f", gap {record['train_gap']:.4f} (before layer)"
-    val = "" if record["val_loss"] is None else f", val loss {record['val_loss']:.4f}"
-    print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}{gap}{val}, "
-          f"{record['seconds']:.2f}s")
+    write = print if bar is None else bar.write
+    columns = table_columns(record)
+    headings = [f"val_gap[{record['val_regime']}]" if key == "val_gap" else key
+                for key in columns]
+    # the mark's place is kept in every row so that the columns stay aligned
+    widths = [max(len(heading), 9) for heading in headings]
+    if header:
+        write("  ".join(heading.rjust(width) for heading, width in zip(headings, widths)))
+        write("  ".join("-" * width for width in widths))
+    cells = [TABLE_FORMATS[key].format(record[key]) for key in columns]
+    cells = [cell + ("*" if best else " ") if key == "val_loss" else cell
+             for key, cell in zip(columns, cells)]
+    write("  ".join(cell.rjust(width) for cell, width in zip(cells, widths)))
+
+
+def _tqdm():
+    """tqdm's progress bar class, or None when tqdm (an optional dependency) is missing."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+@contextlib.contextmanager
+def progress_bar(model, n_batches):
+    """A progress bar over ``n_batches`` training batches at ``verbose >= 2`` (removed when
+    training ends), or None: below, or without tqdm (then verbose shows the table alone)."""
+    bar_class = _tqdm() if model.verbose >= 2 else None
+    if bar_class is None:
+        yield None
+        return
+    bar = bar_class(total=n_batches, unit="batch", leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 class EarlyStopping:
-    """Stops after ``patience`` epochs without an improvement of at least ``tol`` of the
-    monitored loss; with ``keep_best``, remembers the best network's weights."""
+    """Counts the epochs without an improvement of at least ``tol`` of the monitored loss;
+    with ``keep_best``, remembers the best epoch's network weights and stream warm start
+    (``dual_init_``), which :meth:`restore_best` puts back: the model that epoch's validation
+    figures describe."""
 
     def __init__(self, tol, patience, keep_best):
         self.tol, self.patience, self.keep_best = tol, patience, keep_best
         self.best, self.best_state, self.stall = np.inf, None, 0
 
-    def stops(self, monitored, module):
+    def update(self, monitored, model):
+        """Whether ``monitored`` improves on the best by at least ``tol`` (then, with
+        ``keep_best``, ``model``'s state is remembered)."""
         if monitored < self.best - self.tol:
             self.best, self.stall = monitored, 0
             if self.keep_best:
-                self.best_state = copy.deepcopy(module.state_dict())
-            return False
+                self.best_state = (copy.deepcopy(model.module_.state_dict()), model.dual_init_)
+            return True
         self.stall += 1
+        return False
+
+    @property
+    def exhausted(self):
+        """Whether the last ``patience`` epochs brought no improvement."""
         return self.stall >= self.patience
 
-    def restore_best(self, module):
+    def restore_best(self, model):
         if self.best_state is not None:
-            module.load_state_dict(self.best_state)
+            state, model.dual_init_ = self.best_state
+            model.module_.load_state_dict(state)
 
 
 class RowCache:
@@ -337,10 +447,16 @@ def stratified_batches(strata, batch_size, generator):
     by one at most, and no sample is dropped.
     """
     n = len(strata)
-    n_batches = max(1, -(-n // batch_size))
+    n_batches = batch_count(n, batch_size)
     order = torch.randperm(n, generator=generator).numpy()
     members = order[_stable_order(strata[order])]
     return [members[b::n_batches] for b in range(n_batches)]
+
+
+def batch_count(n_samples, batch_size):
+    """The batches of an epoch over ``n_samples``: ``ceil(n_samples / batch_size)``, at least
+    one."""
+    return max(1, -(-n_samples // batch_size))
 
 
 def validation_split(strata, fraction, generator):

@@ -151,7 +151,14 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         other; ``-1`` uses every processor, ``-2`` all but one. See
         ``benchmarks/training.py --load 2`` for the measurement.
     verbose : int, default=0
-        Print one line per epoch.
+        What ``fit`` and ``partial_fit`` print as they train. ``0``: nothing. ``1``: a table,
+        its header once, then a row per epoch with the values of ``history_`` (a column per
+        key that has values in this fit); the validation gap's heading names its
+        ``val_regime`` (e.g. ``val_gap[stream]``) and, with early stopping, ``*`` after the
+        validation loss marks the epochs that improved it by at least ``tol`` (the last marked
+        one is the network ``fit`` keeps). ``2`` or more: the table under a progress bar over
+        the fit's training batches, drawn by tqdm (``pip install skfair[progress]``); without
+        tqdm, the table alone, with no error.
     random_state : int, RandomState instance or None, default=None
         Seeds the network's initialisation and the batches.
 
@@ -174,10 +181,38 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     module_ : torch.nn.Module
         The trained network.
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss`` (mean over the epoch's batches), ``train_gap`` (the
-        constraint's gap of the network's outputs *before* the layer over the epoch's batches,
-        as they were computed: what the layer had to correct), ``val_loss`` and ``val_gap``
-        (with early stopping; the gap of the outputs as predicted), ``seconds``.
+        One entry per epoch (``pd.DataFrame(clf.history_)`` is a table of them); a key without
+        a value in this fit (no protected attributes, no early stopping) holds None.
+
+        - ``epoch``: its number, counting on over warm starts and ``partial_fit`` calls.
+        - ``train_loss``: the log loss of the training batches' probabilities *after* the
+          layer (each batch projected exactly, as it was trained), without the distortion
+          penalty: the quantity of ``val_loss``. The mean over the epoch's batches (weighted by
+          their sizes) of their weighted mean loss; without protected attributes, of the
+          network's probabilities.
+        - ``train_penalty``: the distortion penalty over the same batches (``distortion_penalty``
+          times the mean squared distance between the network's probabilities and the fair
+          ones). ``train_loss + train_penalty`` is the objective the optimizer minimised.
+        - ``train_gap``: the constraint's gap of the network's probabilities *before* the
+          layer, over all of the epoch's batches as they were computed: what the layer had to
+          correct, and what ``distortion_penalty`` teaches the network to shrink.
+        - ``train_fair_gap``: the gap of the same batches' probabilities *after* the layer,
+          pooled over the epoch (each batch meets ``epsilon`` on its own; pooled, the gap may
+          differ slightly).
+        - ``val_loss``, ``val_gap``: with early stopping, the log loss and the gap of the
+          probabilities ``predict_proba`` (with ``inference="batch"``) gives for the whole
+          validation split at once with the epoch's network and ``dual_init_``.
+        - ``val_regime``: how ``predict_proba`` put that split through the layer:
+          ``"exact"`` (at least ``b_tau`` rows: one exact projection, ``val_gap`` at most
+          ``epsilon``), ``"stream"`` (fewer rows: one step of a new stream, as predicting
+          that few rows does; ``val_gap`` may exceed ``epsilon``: raise
+          ``validation_fraction`` or lower ``b_tau`` for an exact split) or
+          ``"unconstrained"`` (no protected attributes, or a constraint that needs true
+          labels: predictions do not go through the layer).
+        - ``seconds``: the epoch's duration, validation included.
+
+        With early stopping, ``fit`` keeps the network and ``dual_init_`` of the last epoch
+        that improved ``val_loss`` by at least ``tol``.
     loss_curve_ : list of float
         Training loss per epoch.
     n_iter_ : int

@@ -277,10 +277,10 @@ TrainingLoss = namedtuple("TrainingLoss", "losses compiled scale penalty")
 
 
 def training_objective(out, cs, bounds, solver, target, weight, loss):
-    """``(objective, lam)`` of a training batch through the fairness layer: the mean, weighted
-    by ``weight``, of ``loss.losses`` at the fair outputs plus ``loss.penalty`` times the
-    squared distortion, and the projection's multipliers (a host array in the order of
-    ``cs.keys``; None from qpth).
+    """``(objective, lam, fair)`` of a training batch through the fairness layer: the mean,
+    weighted by ``weight``, of ``loss.losses`` at the fair outputs plus ``loss.penalty`` times
+    the squared distortion, the projection's multipliers (a host array in the order of
+    ``cs.keys``; None from qpth) and the fair outputs (detached: for the training history).
 
     The exact solver takes the fused path: the whole objective is one compiled call and one
     autograd node (:func:`projected_objective`, the same projection and losses). qpth, or an
@@ -291,15 +291,15 @@ def training_objective(out, cs, bounds, solver, target, weight, loss):
         fused = projected_objective(out, cs, bounds, target, weight, loss.compiled, loss.scale,
                                     loss.penalty)
         if fused is not None:
-            return fused[0], fused[1].host_lam
+            return fused[0], fused[1].host_lam, fused[1].y
     fair, info = project(out, cs, bounds, solver)
     losses = loss.losses(fair, target)
     if fair is not out and loss.penalty:  # (zero when the layer kept the outputs)
         distortion = out - fair
         losses = torch.addcmul(losses, distortion, distortion, value=loss.penalty)
     duals = info["duals"]
-    return (weight * losses).sum() / weight.sum(), None if duals is None else np.array(
-        list(duals.values()))
+    lam = None if duals is None else np.array(list(duals.values()))
+    return (weight * losses).sum() / weight.sum(), lam, fair.detach()
 
 
 def _exact_backend(z, cs, bounds, failures):

@@ -122,7 +122,9 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         other; ``-1`` uses every processor, ``-2`` all but one. See
         ``benchmarks/training.py --load 2`` for the measurement.
     verbose : int, default=0
-        Print one line per epoch.
+        ``1``: a table of the epochs' ``history_``; ``2`` or more: the table under a
+        progress bar, drawn by tqdm when it is installed (``pip install skfair[progress]``),
+        else the table alone, with no error (see :class:`FairNeuralClassifier`).
     random_state : int, RandomState instance or None, default=None
         Seeds the network's initialisation and the batches.
 
@@ -143,8 +145,15 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     module_ : torch.nn.Module
         The trained network.
     history_ : list of dict
-        Per epoch: ``epoch``, ``train_loss``, ``train_gap``, ``val_loss``, ``val_gap``,
-        ``seconds`` (see :class:`FairNeuralClassifier`).
+        Per epoch: ``epoch``, ``train_loss`` (the squared error, in units of the targets'
+        standard deviation, of the training batches' predictions after the layer, without
+        the distortion penalty), ``train_penalty`` (the penalty: ``train_loss +
+        train_penalty`` is the minimised objective), ``train_gap`` (the gap of the network's
+        predictions *before* the layer), ``train_fair_gap`` (after it), ``val_loss``,
+        ``val_gap`` and ``val_regime`` (with early stopping: the split as ``predict`` gives
+        it, and whether that was an ``"exact"`` projection, a ``"stream"`` step (fewer rows
+        than ``b_tau``) or ``"unconstrained"``), ``seconds``; each described in
+        :class:`FairNeuralClassifier`'s ``history_``.
     loss_curve_ : list of float
         Training loss per epoch.
     n_iter_ : int

@@ -67,7 +67,8 @@ def test_predictions_and_classes(biased):
     np.testing.assert_array_equal(pred, clf.classes_[(proba[:, 1] > 0.5).astype(int)])
     assert clf.n_features_in_ == 3 and list(clf.feature_names_in_) == ["x1", "x2", "sex"]
     assert clf.n_iter_ == len(clf.history_) == len(clf.loss_curve_)
-    assert set(clf.history_[0]) == {"epoch", "train_loss", "train_gap", "val_loss", "val_gap",
+    assert set(clf.history_[0]) == {"epoch", "train_loss", "train_penalty", "train_gap",
+                                    "train_fair_gap", "val_loss", "val_gap", "val_regime",
                                     "seconds"}
     assert np.isfinite(clf.loss_curve_).all()
 
@@ -397,11 +398,13 @@ def test_device_is_honoured(biased):
 
 
 def test_verbose_prints_one_line_per_epoch(biased, capsys):
+    """A header and its rule, then one row per epoch (tests/test_training.py: the table)."""
     X, y = biased
     FairNeuralClassifier(protected_attributes=["sex", "race"], verbose=1,
                          **dict(FAST, max_epochs=3)).fit(X, y)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("epoch 1: loss")
+    assert len(lines) == 2 + 3 and lines[0].split()[:2] == ["epoch", "train_loss"]
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2", "3"]
 
 
 @pytest.mark.parametrize("change, match", [
