@@ -96,7 +96,7 @@ def plot_tradeoff(results, score="accuracy", gap="dp", param="epsilon", baseline
         for x, y, value in zip(gaps, scores, labels):
             if not pd.isna(value):
                 ax.annotate(f"{name}={_format(value)}", (x, y), textcoords="offset points",
-                            xytext=(6, -4), va="top", fontsize=8)
+                            xytext=(8, -6), va="top", fontsize=8)
     ax.margins(0.15)  # room for the labels of the outermost points
     ax.set_xlabel(f"{gap} gap (lower is fairer)")
     ax.set_ylabel(f"{score} (higher is better)")
@@ -223,7 +223,7 @@ def plot_training_history(estimator):
     fig : matplotlib Figure
         Left: training (and validation) loss. Right, when the estimator has protected
         attributes: the gap of the network's outputs before the layer, and with early stopping
-        the gap of the validation split's predictions, which the legend describes: the split
+        the gap of the validation split's predictions, which the title describes: the split
         is predicted as one batch, projected exactly when it has at least ``b_tau`` rows and
         otherwise given one step of the stream (whose gap may exceed epsilon); a constraint
         that needs true labels does not apply at prediction at all.
@@ -250,7 +250,9 @@ def plot_training_history(estimator):
         gap_ax.plot(history["epoch"], history["train_gap"],
                     label="train: network outputs before the layer")
         if history["val_gap"].notna().any():
-            gap_ax.plot(history["epoch"], history["val_gap"], label=_validation_gap_label(final))
+            label, regime = _validation_gap_regime(final)
+            gap_ax.plot(history["epoch"], history["val_gap"], label=label)
+            gap_ax.set_title(regime, fontsize=9)
         gap_ax.axhline(final.epsilon, color="gray", linestyle="--",
                        label=f"epsilon = {final.epsilon:g}")
         gap_ax.set_ylabel(f"{_constraint_name(final)} gap")
@@ -262,10 +264,12 @@ def plot_training_history(estimator):
     return fig
 
 
-def _validation_gap_label(final):
-    """What the validation gap of ``history_`` measures (see skfair._training.evaluate)."""
+def _validation_gap_regime(final):
+    """The legend label of the validation gap of ``history_`` and what it measures (see
+    skfair._training.evaluate); how many rows the split has is not recorded."""
     if final.constraint_.requires_y_true:
-        return (f"validation, as predicted: no layer\n(the {_constraint_name(final)} "
-                f"layer needs labels)")
-    return (f"validation, as predicted in one batch:\nexact projection if the split has "
-            f">= b_tau={final.b_tau} rows,\nelse one stream step (may exceed epsilon)")
+        return ("validation: as predicted (no layer)",
+                f"{_constraint_name(final)} needs labels: predictions skip the layer")
+    return ("validation: as predicted in one batch",
+            f"validation batch: exact projection if it has >= b_tau={final.b_tau} rows,\n"
+            f"else one stream step, whose gap may exceed epsilon")
