@@ -150,13 +150,14 @@ def test_plots_of_an_estimator_without_protected_attributes():
     assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "log loss"
 
 
-@pytest.mark.parametrize("fairness, legend, says", [
+@pytest.mark.parametrize("fairness, legend, says, after", [
     ("demographic_parity", "validation: as predicted in one batch",
-     ["exact projection", ">= b_tau=100 rows", "stream step"]),
+     ["exact projection", ">= b_tau=100 rows", "stream step"], "after the layer"),
     ("equalized_odds", "validation: as predicted (no layer)",
-     ["equalized odds needs labels", "skip the layer"]),
+     ["equalized odds needs labels", "skip the layer"],
+     "as predicted (no layer: equalized odds needs labels)"),
 ])
-def test_history_says_what_its_validation_gap_measures(fairness, legend, says):
+def test_plots_say_what_the_predictions_went_through(fairness, legend, says, after):
     X, y = biased_frame(400)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
                                early_stopping=True, **FAST).fit(X, y)
@@ -164,3 +165,4 @@ def test_history_says_what_its_validation_gap_measures(fairness, legend, says):
     assert legend in legend_texts(gap_ax)
     assert all(part in gap_ax.get_title() for part in says)
     assert "distortion penalty" in legend_texts(loss_ax)[0]
+    assert plot_group_distributions(clf, X).axes[1].get_title() == after
