@@ -14,7 +14,6 @@ release = version = skfair.__version__
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.intersphinx",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
@@ -27,10 +26,6 @@ autodoc_member_order = "bysource"
 # numpydoc would add a summary table per class whose entries need stub pages of their own;
 # the methods are documented in full under each class instead.
 numpydoc_show_class_members = False
-
-# Links to the documentation of the libraries skfair builds on are resolved at build time only
-# when their inventories can be fetched; nothing fails without a network.
-intersphinx_mapping = {}
 
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
