@@ -168,7 +168,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         The two class labels; ``classes_[1]`` is the positive class.
     n_features_in_ : int
         Number of columns of ``X`` seen in fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Their names, when ``X`` is a DataFrame.
     protected_indices_ : list of int
         Positions of the protected columns.

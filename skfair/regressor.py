@@ -132,7 +132,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
     ----------
     n_features_in_ : int
         Number of columns of ``X`` seen in fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Their names, when ``X`` is a DataFrame.
     protected_indices_ : list of int
         Positions of the protected columns.
