@@ -577,19 +577,34 @@ def fairness_report(estimator, X, y, *, sensitive_features=None):
     Returns
     -------
     report : DataFrame
-        One row per (attribute, group): ``count``, ``mean prediction`` (mean probability of the
-        positive class, or mean prediction), then ``selection rate``, ``accuracy``, ``TPR``,
-        ``FPR`` (classifier, from the predicted labels) or ``MSE``, ``mean residual``
-        (regressor); ``count`` is an integer column, empty on summary rows. After each
-        attribute's groups, a row ``gap`` holds ``max - min`` of every
-        column over the groups (and the largest absolute mean residual); for a classifier a row
-        ``ratio`` holds ``min / max`` of the mean prediction and the selection rate (the
-        four-fifths rule asks for a selection-rate ratio of at least 0.8). Printable as text.
+        Indexed by ``(attribute, kind, name)``. Rows of kind ``"group"`` are the groups of
+        each attribute (``name`` is the group's value): ``count``, ``mean prediction`` (mean
+        probability of the positive class, or mean prediction), then ``selection rate``,
+        ``accuracy``, ``TPR``, ``FPR`` (classifier, from the predicted labels) or ``MSE``,
+        ``mean residual`` (regressor). After each attribute's groups come its rows of kind
+        ``"summary"``: ``gap`` holds ``max - min`` of every column over the groups (and the
+        largest absolute mean residual); for a classifier ``ratio`` holds ``min / max`` of the
+        mean prediction and the selection rate (the four-fifths rule asks for a
+        selection-rate ratio of at least 0.8). The kind level keeps a group named like a
+        summary row (a group ``"gap"``) apart from it. ``count`` is an integer column, empty
+        on summary rows. ``report.xs("group", level="kind")`` is the per-group table,
+        ``report.xs("summary", level="kind")`` the summaries. Printable as text.
 
     Examples
     --------
+    >>> import pandas as pd
+    >>> from sklearn.linear_model import LogisticRegression
     >>> from skfair.metrics import fairness_report
-    >>> # print(fairness_report(model, X_test, y_test))
+    >>> X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
+    >>> y = [0, 0, 1, 0, 1, 1]
+    >>> sex = pd.Series(["F", "M", "F", "M", "F", "M"], name="sex")
+    >>> report = fairness_report(LogisticRegression().fit(X, y), X, y, sensitive_features=sex)
+    >>> report.index.names
+    FrozenList(['attribute', 'kind', 'name'])
+    >>> int(report.loc[("sex", "group", "F"), "count"])
+    3
+    >>> round(float(report.loc[("sex", "summary", "gap"), "selection rate"]), 3)
+    0.333
     """
     if not (is_classifier(estimator) or is_regressor(estimator)):
         raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
@@ -602,10 +617,11 @@ def fairness_report(estimator, X, y, *, sensitive_features=None):
     rows = []
     for attribute in sensitive.columns:
         groups = sensitive[attribute].to_numpy()
-        block = [{"attribute": attribute, "group": value, **group_row(groups == value)}
+        block = [{"attribute": attribute, "kind": "group", "name": value,
+                  **group_row(groups == value)}
                  for value in sorted(pd.unique(groups), key=str)]
         rows += block + summary(attribute, block)
-    report = pd.DataFrame(rows).set_index(["attribute", "group"])
+    report = pd.DataFrame(rows).set_index(["attribute", "kind", "name"])
     report["count"] = report["count"].astype("Int64")
     return report
 
@@ -671,7 +687,7 @@ def _regressor_summary(attribute, block):
 
 
 def _ratio_row(attribute, block):
-    row = {"attribute": attribute, "group": "ratio", "count": np.nan}
+    row = {"attribute": attribute, "kind": "summary", "name": "ratio", "count": np.nan}
     for column in ("mean prediction", "selection rate"):
         values = np.array([r[column] for r in block], dtype=float)
         row[column] = values.min() / values.max() if values.max() > 0 else 1.0
@@ -679,9 +695,9 @@ def _ratio_row(attribute, block):
 
 
 def _gap_row(attribute, block):
-    row = {"attribute": attribute, "group": "gap", "count": np.nan}
+    row = {"attribute": attribute, "kind": "summary", "name": "gap", "count": np.nan}
     for column in block[0]:
-        if column not in ("attribute", "group", "count"):
+        if column not in ("attribute", "kind", "name", "count"):
             values = np.array([r[column] for r in block], dtype=float)
             row[column] = np.nanmax(values) - np.nanmin(values)
     return row
