@@ -5,18 +5,22 @@ import numbers
 import warnings
 from collections import namedtuple
 from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from . import _exact, _guarantee, _kernels, _qpth
 from ._bounds import Bounds
+from ._constraint_set import ConstraintSet
 from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
                          output_scale, tolerance, unclipped, violations)
 from ._host import device_tensor, host_vector, to_device
 from ._rows import as_group_matrix, check_epsilon
-from .constraints import InfeasibleConstraintError, get_constraint, intersect_groups
+from .constraints import (AffineConstraint, InfeasibleConstraintError, get_constraint,
+                          intersect_groups)
 
 __all__ = ["FairnessLayer", "project"]
 
@@ -117,8 +121,11 @@ class FairnessLayer(nn.Module):
     >>> y.sum().backward()
     """
 
-    def __init__(self, constraint="demographic_parity", epsilon=0.05, bounds=(0.0, 1.0),
-                 solver="exact", intersectional=False):
+    def __init__(self, constraint: str | AffineConstraint = "demographic_parity",
+                 epsilon: float = 0.05,
+                 bounds: tuple[float | None, float | None] | None = (0.0, 1.0),
+                 solver: Literal["exact", "qpth"] = "exact",
+                 intersectional: bool = False) -> None:
         super().__init__()
         check_epsilon(epsilon)
         _check_solver(solver)
@@ -133,7 +140,9 @@ class FairnessLayer(nn.Module):
     # break, run eagerly with its own autograd node between the compiled parts of the model.
     @torch.compiler.disable(reason="the fairness projection is solved on the host, not by "
                             "torch operators: FairnessLayer is a graph break")
-    def forward(self, z, groups, y_true=None, sample_weight=None):
+    def forward(self, z: torch.Tensor, groups: torch.Tensor | ArrayLike,
+                y_true: torch.Tensor | ArrayLike | None = None,
+                sample_weight: torch.Tensor | ArrayLike | None = None) -> torch.Tensor:
         """Project ``z``: one problem, or ``B`` independent ones.
 
         Parameters
@@ -194,12 +203,14 @@ class FairnessLayer(nn.Module):
                                    sample_weight=to_device(sample_weight, z))
         return project(z, cs, self.bounds, self.solver)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"constraint={self.constraint!r}, epsilon={self.epsilon}, bounds={self.bounds}, "
                 f"solver={self.solver!r}, intersectional={self.intersectional}")
 
 
-def project(z, cs, bounds, solver="exact"):
+def project(z: torch.Tensor, cs: ConstraintSet,
+            bounds: tuple[float | None, float | None] | Bounds | None,
+            solver: Literal["exact", "qpth"] = "exact") -> tuple[torch.Tensor, dict[str, Any]]:
     """Project ``z`` onto the rows ``cs`` and the ``bounds``; the one entry point of all backends.
 
     Returns ``(y, info)`` with ``y`` in the dtype of ``z`` and ``info`` the diagnostics dict of

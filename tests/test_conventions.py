@@ -204,3 +204,22 @@ def test_the_default_network_round_trips_through_pickle_as_plain_arrays():
     for (name, value), (_, original) in zip(loaded.module_.state_dict().items(),
                                             clf.module_.state_dict().items()):
         torch.testing.assert_close(value, original, rtol=0, atol=0, msg=name)
+
+
+def test_the_package_declares_its_annotations():
+    """PEP 561: the py.typed marker ships with the package, and the public API is annotated."""
+    import typing
+    from pathlib import Path
+
+    import skfair
+    from skfair import metrics
+    from skfair.layer import project
+
+    assert (Path(skfair.__file__).parent / "py.typed").is_file()
+    for function in (FairnessLayer.__init__, FairnessLayer.forward, project,
+                     metrics.fairness_report, metrics.make_fairness_scorer, metrics.fair_refit,
+                     *(getattr(metrics, name) for name in metrics.__all__
+                       if name.endswith(("_difference", "_ratio")))):
+        hints = typing.get_type_hints(function)
+        assert "return" in hints, function.__qualname__
+    assert typing.get_type_hints(FairnessLayer.forward)["return"] is torch.Tensor
