@@ -79,9 +79,10 @@ class FairnessLayer(nn.Module):
 
     Attributes
     ----------
-    last_solve_ : dict
+    last_solve_ : dict or list of dict
         Diagnostics of the latest forward pass: ``solver`` used, ``n_iter``, ``max_violation``,
-        the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``.
+        the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``; for
+        a batch of problems (a 2-d ``z``), the list of each one's.
 
     Notes
     -----
