@@ -28,7 +28,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from . import _calibration, _streaming, _training
+from . import _calibration, _persistence, _streaming, _training
 from ._bounds import Bounds
 from ._network import ACTIVATIONS, check_module, make_mlp, outputs
 from ._validation import InputSplitter, check_float32
@@ -745,15 +745,16 @@ class BaseFairNeural(BaseEstimator):
         return self.stream_.stats()
 
     # ----------------------------------------------------------------------------------------
-    # Persistence: torch state on the CPU so that any machine can unpickle the estimator.
+    # Persistence: torch state on the CPU so that any machine can load the estimator, in the
+    # types that skops stores too (skfair._persistence).
     def __getstate__(self):
         state = super().__getstate__()
         if "module_" in state:
             state["module_"] = copy.deepcopy(self.module_).cpu()
-        return state
+        return _persistence.plain(state)
 
     def __setstate__(self, state):
-        super().__setstate__(state)
+        super().__setstate__(_persistence.restored(state))
         device = torch.device(getattr(self, "device", "cpu"))
         if "module_" in state and (device.type == "cpu" or _available(device)):
             self.module_.to(device)

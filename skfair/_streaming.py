@@ -79,7 +79,7 @@ import math
 import numpy as np
 import torch
 
-from . import _rows
+from . import _persistence, _rows
 from ._bounds import Bounds
 from ._host import host_vector
 from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
@@ -199,6 +199,14 @@ class PrimalDualStream:
         # (attribute, u, w) -> sum_t n_t * the reference mean of w compared with u, and sum_t n_t
         self.reference_sums = {}
         self.reference_uses = {}
+
+    # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
+    # (skfair._persistence).
+    def __getstate__(self):
+        return _persistence.plain(self.__dict__)
+
+    def __setstate__(self, state):
+        self.__dict__.update(_persistence.restored(state))
 
     def step(self, z, groups):
         """Fair outputs of one batch: exact projection or one primal-dual step.

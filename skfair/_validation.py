@@ -271,6 +271,11 @@ class GroupEncoder:
         self.names = list(names)
         self.intersectional = intersectional
 
+    def __getstate__(self):
+        # without the caches, rebuilt when used: they hold pandas indexes, which skops cannot
+        # store (skfair._persistence)
+        return {**self.__dict__, "_index_cache": None, "_lookup_cache": None}
+
     def fit(self, columns, known=None):
         """Learn the values of every column (and, per column, those of ``known``)."""
         columns = _as_frame(columns, self.names)

@@ -5,18 +5,22 @@ import numbers
 import warnings
 from collections import namedtuple
 from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from . import _active_set, _exact, _guarantee, _kernels, _qpth
 from ._bounds import Bounds
+from ._constraint_set import ConstraintSet
 from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
                          output_scale, tolerance, unclipped, violations)
 from ._host import device_tensor, host_vector, to_device
 from ._rows import as_group_matrix, check_epsilon
-from .constraints import InfeasibleConstraintError, get_constraint, intersect_groups
+from .constraints import (AffineConstraint, InfeasibleConstraintError, get_constraint,
+                          intersect_groups)
 
 __all__ = ["FairnessLayer", "project"]
 
@@ -75,9 +79,10 @@ class FairnessLayer(nn.Module):
 
     Attributes
     ----------
-    last_solve_ : dict
+    last_solve_ : dict or list of dict
         Diagnostics of the latest forward pass: ``solver`` used, ``n_iter``, ``max_violation``,
-        the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``.
+        the multipliers ``duals`` (dict from row key to value), ``n_rows``, ``n_samples``; for
+        a batch of problems (a 2-d ``z``), the list of each one's.
 
     Notes
     -----
@@ -95,6 +100,15 @@ class FairnessLayer(nn.Module):
     variables, and its passes over the outputs are memory-bound loops; tensors on another device
     are copied to the host and the results back (``O(n)`` each way, one round trip per call).
 
+    A 2-d ``z`` of shape (B, n) holds ``B`` independent problems (several heads, say): each is
+    projected, checked and differentiated on its own, one after the other, with groups shared
+    by all or given per problem (:meth:`forward`).
+
+    Under :func:`torch.compile` the layer is a graph break: ``forward`` is excluded from
+    compilation (:func:`torch.compiler.disable`), so the rest of the model is compiled, the
+    projection runs eagerly between its parts and gradients flow through it as without
+    compilation. ``fullgraph=True`` cannot hold: the solver is not torch code.
+
     Examples
     --------
     >>> import torch
@@ -108,8 +122,11 @@ class FairnessLayer(nn.Module):
     >>> y.sum().backward()
     """
 
-    def __init__(self, constraint="demographic_parity", epsilon=0.05, bounds=(0.0, 1.0),
-                 solver="exact", intersectional=False):
+    def __init__(self, constraint: str | AffineConstraint = "demographic_parity",
+                 epsilon: float = 0.05,
+                 bounds: tuple[float | None, float | None] | None = (0.0, 1.0),
+                 solver: Literal["exact", "qpth"] = "exact",
+                 intersectional: bool = False) -> None:
         super().__init__()
         check_epsilon(epsilon)
         _check_solver(solver)
@@ -120,28 +137,64 @@ class FairnessLayer(nn.Module):
         self.intersectional = bool(intersectional)
         self.last_solve_ = None
 
-    def forward(self, z, groups, y_true=None, sample_weight=None):
-        """Project ``z``.
+    # The solver runs on the host (numba, numpy): under torch.compile the projection is a graph
+    # break, run eagerly with its own autograd node between the compiled parts of the model.
+    @torch.compiler.disable(reason="the fairness projection is solved on the host, not by "
+                            "torch operators: FairnessLayer is a graph break")
+    def forward(self, z: torch.Tensor, groups: torch.Tensor | ArrayLike,
+                y_true: torch.Tensor | ArrayLike | None = None,
+                sample_weight: torch.Tensor | ArrayLike | None = None) -> torch.Tensor:
+        """Project ``z``: one problem, or ``B`` independent ones.
 
         Parameters
         ----------
-        z : torch.Tensor of shape (n,)
-            Raw outputs (scores, probabilities or regression values), floating point.
-        groups : torch.LongTensor of shape (n,) or (n, n_attributes)
-            Non-negative integer group codes of every sample, one column per attribute.
-        y_true : torch.Tensor of shape (n,), optional
+        z : torch.Tensor of shape (n,) or (B, n)
+            Raw outputs (scores, probabilities or regression values), floating point. A 2-d
+            ``z`` is a batch of ``B`` independent problems of ``n > 1`` outputs (e.g. several
+            heads of a network): each row is projected on its own, with its own constraint and
+            the same guarantee.
+        groups : torch.LongTensor of shape (n,), (n, n_attributes), (B, n) or (B, n, n_attributes)
+            Non-negative integer group codes of every sample, one column per attribute. With a
+            2-d ``z``, groups of shape (n,) or (n, n_attributes) are shared by the ``B``
+            problems; groups whose leading dimensions are ``z``'s shape (B, n) give each
+            problem its own.
+        y_true : torch.Tensor of shape (n,) or (B, n), optional
             True targets, required by ``equalized_odds``, ``equal_opportunity`` (binary labels)
-            and ``mean_residual``; gradients flow to it where it enters the constraint.
-        sample_weight : torch.Tensor of shape (n,), optional
-            Weights of the samples in the group means.
+            and ``mean_residual``; gradients flow to it where it enters the constraint. With a
+            2-d ``z``, shape (n,) is shared by the problems, (B, n) gives each its own.
+        sample_weight : torch.Tensor of shape (n,) or (B, n), optional
+            Weights of the samples in the group means; shared or per problem like ``y_true``.
 
         Returns
         -------
-        y : torch.Tensor of shape (n,)
-            The fair outputs, same dtype and device as ``z``: ``z`` itself when its values are
-            fair already and strictly inside the bounds (then nothing changes; like
-            :meth:`torch.Tensor.to`, the result may be the input).
+        y : torch.Tensor of the shape of ``z``
+            The fair outputs, same dtype and device as ``z``. For a 1-d ``z`` whose values are
+            fair already and strictly inside the bounds, ``z`` itself (then nothing changes;
+            like :meth:`torch.Tensor.to`, the result may be the input). After a 2-d ``z``,
+            :attr:`last_solve_` is the list of the ``B`` problems' diagnostics.
         """
+        if isinstance(z, torch.Tensor) and z.ndim == 2:
+            if z.shape[1] == 1:
+                # (the usual (n, 1) output of a network: n problems of one output would each
+                # be left as they are, never compared with another group)
+                raise ValueError(
+                    f"z must have shape (n,) or (B, n) with n > 1; got {tuple(z.shape)}, "
+                    f"problems of one output each, which no group constraint moves. For one "
+                    f"problem of {z.shape[0]} outputs pass z.reshape(-1).")
+            problems = zip(_per_problem(groups, z, "groups"),
+                           _per_problem(y_true, z, "y_true"),
+                           _per_problem(sample_weight, z, "sample_weight"))
+            solved = [self._project(row, *values) for row, values in zip(z, problems)]
+            y, info = torch.stack([y for y, _ in solved]), [info for _, info in solved]
+        else:
+            y, info = self._project(z, groups, y_true, sample_weight)
+        # (straight into the instance dict: nn.Module's __setattr__ first looks among the
+        # parameters, buffers and submodules, some microseconds per training step)
+        self.__dict__["last_solve_"] = info
+        return y
+
+    def _project(self, z, groups, y_true, sample_weight):
+        """``(y, info)``: the projection of one problem, ``z`` of shape (n,)."""
         groups = as_group_matrix(groups)
         _check_inputs(z, groups)
         if self.intersectional:
@@ -149,18 +202,16 @@ class FairnessLayer(nn.Module):
         cs = self.constraint.build(groups.to(z.device), epsilon=self.epsilon,
                                    y_true=to_device(y_true, z),
                                    sample_weight=to_device(sample_weight, z))
-        y, info = project(z, cs, self.bounds, self.solver)
-        # (straight into the instance dict: nn.Module's __setattr__ first looks among the
-        # parameters, buffers and submodules, some microseconds per training step)
-        self.__dict__["last_solve_"] = info
-        return y
+        return project(z, cs, self.bounds, self.solver)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"constraint={self.constraint!r}, epsilon={self.epsilon}, bounds={self.bounds}, "
                 f"solver={self.solver!r}, intersectional={self.intersectional}")
 
 
-def project(z, cs, bounds, solver="exact"):
+def project(z: torch.Tensor, cs: ConstraintSet,
+            bounds: tuple[float | None, float | None] | Bounds | None,
+            solver: Literal["exact", "qpth"] = "exact") -> tuple[torch.Tensor, dict[str, Any]]:
     """Project ``z`` onto the rows ``cs`` and the ``bounds``; the one entry point of all backends.
 
     Returns ``(y, info)`` with ``y`` in the dtype of ``z`` and ``info`` the diagnostics dict of
@@ -507,10 +558,27 @@ def _check_inputs(z, groups):
     if not isinstance(z, torch.Tensor) or not z.is_floating_point():
         raise ValueError("z must be a floating point torch.Tensor.")
     if z.ndim != 1:
-        raise ValueError(f"z must have shape (n,); got {tuple(z.shape)}.")
+        raise ValueError(f"z must have shape (n,) or (B, n); got {tuple(z.shape)}.")
     if groups.shape[0] != z.shape[0]:
         raise ValueError(
             f"groups must have one row per element of z: got {groups.shape[0]} rows for "
             f"{z.shape[0]} outputs."
         )
 
+
+def _per_problem(values, z, name):
+    """``values`` for each of the ``B`` problems of a 2-d ``z`` (B, n): their rows when their
+    leading dimensions are ``z``'s shape, else (shape (n,), or (n, n_attributes) for the
+    groups) the same values for every problem."""
+    if values is None:
+        return [None] * len(z)
+    values = torch.as_tensor(values)
+    most = 2 if name == "groups" else 1  # the dimensions of one problem's values
+    if values.ndim <= most + 1 and tuple(values.shape[:2]) == tuple(z.shape):
+        return list(values.unbind(0))
+    if values.ndim <= most and values.shape[:1] == z.shape[1:]:
+        return [values] * len(z)
+    shapes = ("(n,), (n, n_attributes), (B, n) or (B, n, n_attributes)" if name == "groups"
+              else "(n,) or (B, n)")
+    raise ValueError(f"{name} must have shape {shapes} for z of shape (B, n) = "
+                     f"{tuple(z.shape)}; got {tuple(values.shape)}.")

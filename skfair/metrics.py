@@ -16,11 +16,14 @@ use the estimator's own ``intersectional``, so a model is scored on the gap it c
 """
 
 import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import is_classifier, is_regressor
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.pipeline import Pipeline
 from sklearn.utils.metadata_routing import MetadataRequest
 
@@ -50,8 +53,10 @@ __all__ = [
 ]
 
 
-def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                                  intersectional=True):
+def demographic_parity_difference(y_true: ArrayLike | None, y_pred: ArrayLike, *,
+                                  sensitive_features: ArrayLike,
+                                  sample_weight: ArrayLike | None = None,
+                                  intersectional: bool = True) -> float:
     """Largest difference of the groups' mean predictions.
 
     Parameters
@@ -88,8 +93,10 @@ def demographic_parity_difference(y_true, y_pred, *, sensitive_features, sample_
                 intersectional)
 
 
-def equalized_odds_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                              pos_label=None, intersectional=True):
+def equalized_odds_difference(y_true: ArrayLike, y_pred: ArrayLike, *,
+                              sensitive_features: ArrayLike,
+                              sample_weight: ArrayLike | None = None, pos_label: Any = None,
+                              intersectional: bool = True) -> float:
     """Largest difference of the groups' mean predictions within a true class.
 
     On 0/1 labels this is ``max(TPR difference, FPR difference)`` (fairlearn's definition); on
@@ -126,8 +133,10 @@ def equalized_odds_difference(y_true, y_pred, *, sensitive_features, sample_weig
                 intersectional)
 
 
-def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                                 pos_label=None, intersectional=True):
+def equal_opportunity_difference(y_true: ArrayLike, y_pred: ArrayLike, *,
+                                 sensitive_features: ArrayLike,
+                                 sample_weight: ArrayLike | None = None, pos_label: Any = None,
+                                 intersectional: bool = True) -> float:
     """Largest difference of the groups' mean predictions among the positives (TPR difference).
 
     Parameters are those of :func:`equalized_odds_difference`.
@@ -148,8 +157,10 @@ def equal_opportunity_difference(y_true, y_pred, *, sensitive_features, sample_w
                 intersectional)
 
 
-def false_positive_rate_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                                   pos_label=None, intersectional=True):
+def false_positive_rate_difference(y_true: ArrayLike, y_pred: ArrayLike, *,
+                                   sensitive_features: ArrayLike,
+                                   sample_weight: ArrayLike | None = None, pos_label: Any = None,
+                                   intersectional: bool = True) -> float:
     """Largest difference of the groups' mean predictions among the negatives (FPR difference).
 
     Parameters are those of :func:`equalized_odds_difference`.
@@ -170,8 +181,10 @@ def false_positive_rate_difference(y_true, y_pred, *, sensitive_features, sample
                 sample_weight, intersectional)
 
 
-def error_rate_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                          pos_label=None, intersectional=True):
+def error_rate_difference(y_true: ArrayLike, y_pred: ArrayLike, *,
+                          sensitive_features: ArrayLike,
+                          sample_weight: ArrayLike | None = None, pos_label: Any = None,
+                          intersectional: bool = True) -> float:
     """Largest difference of the groups' expected error rates, ``mean(y (1 - p) + (1 - y) p)``.
 
     On 0/1 labels this is the difference of the zero-one losses (fairlearn's
@@ -194,8 +207,10 @@ def error_rate_difference(y_true, y_pred, *, sensitive_features, sample_weight=N
                 intersectional)
 
 
-def mean_residual_difference(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                             intersectional=False):
+def mean_residual_difference(y_true: ArrayLike, y_pred: ArrayLike, *,
+                             sensitive_features: ArrayLike,
+                             sample_weight: ArrayLike | None = None,
+                             intersectional: bool = False) -> float:
     """Largest absolute mean residual of a group: ``max_g |mean(y_pred - y_true | g)|``.
 
     This is the measure of the ``mean_residual`` constraint (every group's mean residual within
@@ -240,8 +255,10 @@ _METRICS = {
 }
 
 
-def demographic_parity_ratio(y_true, y_pred, *, sensitive_features, sample_weight=None,
-                             intersectional=True):
+def demographic_parity_ratio(y_true: ArrayLike | None, y_pred: ArrayLike, *,
+                             sensitive_features: ArrayLike,
+                             sample_weight: ArrayLike | None = None,
+                             intersectional: bool = True) -> float:
     """Smallest ratio of two groups' mean predictions: on 0/1 labels, the lowest selection rate
     over the highest (the *four-fifths rule* asks for at least 0.8).
 
@@ -361,14 +378,17 @@ class FairnessScorer:
     """A scorer ``scorer(estimator, X, y)`` for a fairness metric (see
     :func:`make_fairness_scorer`)."""
 
-    def __init__(self, metric, sign, kwargs, response="proba"):
+    def __init__(self, metric: Callable[..., float], sign: int, kwargs: dict[str, Any],
+                 response: Literal["proba", "labels"] = "proba") -> None:
         self._metric = metric
         self._sign = sign
         self._kwargs = kwargs
         self._response = response
         self._metadata_request = MetadataRequest(owner=type(self).__name__)
 
-    def __call__(self, estimator, X, y_true, sample_weight=None, sensitive_features=None):
+    def __call__(self, estimator: BaseEstimator, X: ArrayLike, y_true: ArrayLike,
+                 sample_weight: ArrayLike | None = None,
+                 sensitive_features: ArrayLike | None = None) -> float:
         kwargs = self._kwargs
         if sensitive_features is None:
             sensitive_features = protected_columns(estimator, X)
@@ -380,7 +400,7 @@ class FairnessScorer:
                              sample_weight=sample_weight, **kwargs)
         return self._sign * value
 
-    def set_score_request(self, **requests):
+    def set_score_request(self, **requests: bool | str | None) -> "FairnessScorer":
         """Request metadata (``sensitive_features``, ``sample_weight``) for scoring.
 
         With ``sklearn.set_config(enable_metadata_routing=True)``, ``scorer.set_score_request(
@@ -398,15 +418,17 @@ class FairnessScorer:
             self._metadata_request.score.add_request(param=param, alias=alias)
         return self
 
-    def get_metadata_routing(self):
+    def get_metadata_routing(self) -> MetadataRequest:
         return self._metadata_request
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         sign = "" if self._sign > 0 else ", greater_is_better=False"
         return f"make_fairness_scorer({self._metric.__name__}{sign})"
 
 
-def make_fairness_scorer(metric, greater_is_better=False, response="proba", **kwargs):
+def make_fairness_scorer(metric: str | Callable[..., float], greater_is_better: bool = False,
+                         response: Literal["proba", "labels"] = "proba",
+                         **kwargs: Any) -> FairnessScorer:
     """Make a scorer from a fairness metric.
 
     The scorer predicts with the estimator (for classifiers ``predict_proba[:, 1]``, the scores,
@@ -470,7 +492,7 @@ def _final(estimator):
     return estimator[-1] if isinstance(estimator, Pipeline) else estimator
 
 
-def protected_columns(estimator, X):
+def protected_columns(estimator: BaseEstimator, X: ArrayLike) -> pd.DataFrame:
     """The protected columns of raw ``X`` for a fitted skfair estimator (or Pipeline).
 
     Parameters
@@ -506,7 +528,8 @@ def _predictions(estimator, X, response="proba"):
     return estimator.predict(X)
 
 
-def fair_refit(threshold, score="accuracy", gap="dp"):
+def fair_refit(threshold: float, score: str = "accuracy",
+               gap: str = "dp") -> Callable[[Mapping[str, Any]], int]:
     """A ``refit`` rule for multi-metric ``GridSearchCV``: the best ``score`` among fair candidates.
 
     Parameters
@@ -558,7 +581,8 @@ def fair_refit(threshold, score="accuracy", gap="dp"):
     return refit
 
 
-def fairness_report(estimator, X, y, *, sensitive_features=None):
+def fairness_report(estimator: BaseEstimator, X: ArrayLike, y: ArrayLike, *,
+                    sensitive_features: ArrayLike | None = None) -> pd.DataFrame:
     """Per-group performance and fairness of a fitted estimator (or Pipeline).
 
     Parameters
@@ -577,19 +601,34 @@ def fairness_report(estimator, X, y, *, sensitive_features=None):
     Returns
     -------
     report : DataFrame
-        One row per (attribute, group): ``count``, ``mean prediction`` (mean probability of the
-        positive class, or mean prediction), then ``selection rate``, ``accuracy``, ``TPR``,
-        ``FPR`` (classifier, from the predicted labels) or ``MSE``, ``mean residual``
-        (regressor); ``count`` is an integer column, empty on summary rows. After each
-        attribute's groups, a row ``gap`` holds ``max - min`` of every
-        column over the groups (and the largest absolute mean residual); for a classifier a row
-        ``ratio`` holds ``min / max`` of the mean prediction and the selection rate (the
-        four-fifths rule asks for a selection-rate ratio of at least 0.8). Printable as text.
+        Indexed by ``(attribute, kind, name)``. Rows of kind ``"group"`` are the groups of
+        each attribute (``name`` is the group's value): ``count``, ``mean prediction`` (mean
+        probability of the positive class, or mean prediction), then ``selection rate``,
+        ``accuracy``, ``TPR``, ``FPR`` (classifier, from the predicted labels) or ``MSE``,
+        ``mean residual`` (regressor). After each attribute's groups come its rows of kind
+        ``"summary"``: ``gap`` holds ``max - min`` of every column over the groups (and the
+        largest absolute mean residual); for a classifier ``ratio`` holds ``min / max`` of the
+        mean prediction and the selection rate (the four-fifths rule asks for a
+        selection-rate ratio of at least 0.8). The kind level keeps a group named like a
+        summary row (a group ``"gap"``) apart from it. ``count`` is an integer column, empty
+        on summary rows. ``report.xs("group", level="kind")`` is the per-group table,
+        ``report.xs("summary", level="kind")`` the summaries. Printable as text.
 
     Examples
     --------
+    >>> import pandas as pd
+    >>> from sklearn.linear_model import LogisticRegression
     >>> from skfair.metrics import fairness_report
-    >>> # print(fairness_report(model, X_test, y_test))
+    >>> X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
+    >>> y = [0, 0, 1, 0, 1, 1]
+    >>> sex = pd.Series(["F", "M", "F", "M", "F", "M"], name="sex")
+    >>> report = fairness_report(LogisticRegression().fit(X, y), X, y, sensitive_features=sex)
+    >>> report.index.names
+    FrozenList(['attribute', 'kind', 'name'])
+    >>> int(report.loc[("sex", "group", "F"), "count"])
+    3
+    >>> round(float(report.loc[("sex", "summary", "gap"), "selection rate"]), 3)
+    0.333
     """
     if not (is_classifier(estimator) or is_regressor(estimator)):
         raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
@@ -602,10 +641,11 @@ def fairness_report(estimator, X, y, *, sensitive_features=None):
     rows = []
     for attribute in sensitive.columns:
         groups = sensitive[attribute].to_numpy()
-        block = [{"attribute": attribute, "group": value, **group_row(groups == value)}
+        block = [{"attribute": attribute, "kind": "group", "name": value,
+                  **group_row(groups == value)}
                  for value in sorted(pd.unique(groups), key=str)]
         rows += block + summary(attribute, block)
-    report = pd.DataFrame(rows).set_index(["attribute", "group"])
+    report = pd.DataFrame(rows).set_index(["attribute", "kind", "name"])
     report["count"] = report["count"].astype("Int64")
     return report
 
@@ -671,7 +711,7 @@ def _regressor_summary(attribute, block):
 
 
 def _ratio_row(attribute, block):
-    row = {"attribute": attribute, "group": "ratio", "count": np.nan}
+    row = {"attribute": attribute, "kind": "summary", "name": "ratio", "count": np.nan}
     for column in ("mean prediction", "selection rate"):
         values = np.array([r[column] for r in block], dtype=float)
         row[column] = values.min() / values.max() if values.max() > 0 else 1.0
@@ -679,9 +719,9 @@ def _ratio_row(attribute, block):
 
 
 def _gap_row(attribute, block):
-    row = {"attribute": attribute, "group": "gap", "count": np.nan}
+    row = {"attribute": attribute, "kind": "summary", "name": "gap", "count": np.nan}
     for column in block[0]:
-        if column not in ("attribute", "group", "count"):
+        if column not in ("attribute", "kind", "name", "count"):
             values = np.array([r[column] for r in block], dtype=float)
             row[column] = np.nanmax(values) - np.nanmin(values)
     return row

@@ -1038,3 +1038,103 @@ def test_far_raw_outputs_with_a_known_projection(seed, magnitude):
     assert np.linalg.norm(out - y) <= certified
     out_means = np.array([out[groups == g].mean() for g in (0, 1)])
     assert abs(out_means[1] - out_means[0]) <= 0.05 + 1e-9 * scale
+
+
+def _batched_instance(groups_shape, seed=7, B=3, n=10):
+    """``B`` problems of ``n`` outputs, biased so the constraint is active in each, and group
+    codes of ``groups_shape`` (with ``B``, ``n`` and two attributes for ``k``)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple({"B": B, "n": n, "k": 2}[d] for d in groups_shape)
+    groups = torch.as_tensor(rng.integers(0, 2, shape))
+    first = groups[..., 0] if "k" in groups_shape else groups
+    z = torch.as_tensor(rng.uniform(0.05, 0.6, (B, n))) + 0.35 * first
+    return z, groups
+
+
+def _problem(values, b, z):
+    """The values of problem ``b``: its row when per problem, else the shared values."""
+    return values[b] if values is not None and tuple(values.shape[:2]) == tuple(z.shape) \
+        else values
+
+
+@pytest.mark.parametrize("groups_shape", ["n", "nk", "Bn", "Bnk"])
+@pytest.mark.parametrize("constraint", ["demographic_parity", "equalized_odds"])
+def test_a_batch_of_problems_is_projected_like_each_problem_alone(groups_shape, constraint):
+    """z of shape (B, n): every row projected on its own, with groups shared ((n,), (n, k)) or
+    per problem ((B, n), (B, n, k)), labels per problem: the same values and diagnostics as
+    the unbatched layer, and each row meets the constraint."""
+    z, groups = _batched_instance(groups_shape)
+    y_true = torch.as_tensor(np.random.default_rng(8).integers(0, 2, z.shape).astype(float))
+    layer = FairnessLayer(constraint, epsilon=0.05, intersectional=groups_shape.endswith("k"))
+    y = layer(z, groups, y_true=y_true)
+    assert y.shape == z.shape and y.dtype == z.dtype
+    assert isinstance(layer.last_solve_, list) and len(layer.last_solve_) == len(z)
+    single = FairnessLayer(constraint, epsilon=0.05, intersectional=groups_shape.endswith("k"))
+    for b in range(len(z)):
+        alone = single(z[b], _problem(groups, b, z), y_true=y_true[b])
+        torch.testing.assert_close(y[b], alone, rtol=0, atol=0)
+        assert layer.last_solve_[b]["n_iter"] == single.last_solve_["n_iter"] > 0
+        assert layer.last_solve_[b]["max_violation"] <= 1e-9
+        assert dict(layer.last_solve_[b]["duals"]) == dict(single.last_solve_["duals"])
+
+
+def test_a_batch_with_shared_and_per_problem_weights():
+    z, groups = _batched_instance("Bn")
+    rng = np.random.default_rng(9)
+    for weight in (torch.as_tensor(rng.uniform(0.5, 2, z.shape[1])),
+                   torch.as_tensor(rng.uniform(0.5, 2, z.shape))):
+        y = FairnessLayer(epsilon=0.02)(z, groups, sample_weight=weight)
+        for b in range(len(z)):
+            want = FairnessLayer(epsilon=0.02)(z[b], groups[b],
+                                               sample_weight=_problem(weight, b, z))
+            torch.testing.assert_close(y[b], want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("groups_shape", ["n", "Bnk"])
+def test_gradcheck_batched(groups_shape):
+    """The batched projection is differentiable: gradcheck in float64, and its gradient is
+    that of stacking the unbatched projections."""
+    z0, groups = _batched_instance(groups_shape, B=2, n=8)
+    layer = FairnessLayer(epsilon=0.05, bounds=(0.0, 1.0))
+    z = z0.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: layer(z, groups), (z,), eps=1e-7, atol=1e-6)
+    weights = torch.as_tensor(np.random.default_rng(10).normal(size=z0.shape))
+    (layer(z, groups) * weights).sum().backward()
+    stacked = z0.clone().requires_grad_(True)
+    (torch.stack([layer(row, _problem(groups, b, z0)) for b, row in enumerate(stacked)])
+     * weights).sum().backward()
+    torch.testing.assert_close(z.grad, stacked.grad, rtol=0, atol=1e-12)
+    assert z.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, shape, match", [
+    ("groups", (4, 10), r"groups must have shape \(n,\), \(n, n_attributes\), \(B, n\) or "
+                        r"\(B, n, n_attributes\) for z of shape \(B, n\) = \(3, 10\); "
+                        r"got \(4, 10\)"),
+    ("groups", (3, 10, 2, 1), r"groups must have shape .* got \(3, 10, 2, 1\)"),
+    ("y_true", (10, 2), r"y_true must have shape \(n,\) or \(B, n\) for z of shape \(B, n\) = "
+                        r"\(3, 10\); got \(10, 2\)"),
+    ("sample_weight", (9,), r"sample_weight must have shape \(n,\) or \(B, n\) .* got \(9,\)"),
+])
+def test_batched_shapes_that_fit_no_problem_are_an_error(name, shape, match):
+    z, groups = _batched_instance("n")
+    layer = FairnessLayer("equalized_odds", epsilon=0.05)
+    layer(z[0], groups, y_true=torch.ones(10))
+    before = layer.last_solve_
+    values = {"groups": groups, "y_true": torch.ones(10), "sample_weight": None}
+    values[name] = torch.ones(shape, dtype=torch.long if name == "groups" else torch.float64)
+    with pytest.raises(ValueError, match=match):
+        layer(z, values["groups"], y_true=values["y_true"],
+              sample_weight=values["sample_weight"])
+    assert layer.last_solve_ is before  # a failed call changes nothing
+    with pytest.raises(ValueError, match=r"z must have shape \(n,\) or \(B, n\); got \(1, 3, "):
+        layer(z[None], groups)
+
+
+def test_a_column_of_outputs_is_not_taken_for_problems_of_one_output():
+    """A network's (n, 1) output is not n problems of one output (each left as it is): the
+    error says to flatten it."""
+    layer = FairnessLayer(epsilon=0.0)
+    with pytest.raises(ValueError, match=r"got \(4, 1\), problems of one output.*z.reshape"):
+        layer(torch.tensor([[0.9], [0.8], [0.3], [0.2]]), torch.tensor([[0], [0], [1], [1]]))
+    assert layer.last_solve_ is None

@@ -203,13 +203,13 @@ def test_fairness_report_classifier_and_regressor():
     assert list(report.columns) == ["count", "mean prediction", "selection rate", "accuracy",
                                     "TPR", "FPR"]
     labels = (clf.predict(X) == clf.classes_[1]).astype(float)
-    assert report.loc[("race", "ratio"), "selection rate"] == pytest.approx(
+    assert report.loc[("race", "summary", "ratio"), "selection rate"] == pytest.approx(
         fl.demographic_parity_ratio(y, labels, sensitive_features=X["race"]))
-    assert report.loc[("sex", "gap"), "selection rate"] == pytest.approx(
+    assert report.loc[("sex", "summary", "gap"), "selection rate"] == pytest.approx(
         fl.demographic_parity_difference(y, labels, sensitive_features=X["sex"]))
-    assert report.loc[("sex", "F"), "count"] + report.loc[("sex", "M"), "count"] == 500
+    assert report.xs("group", level="kind").loc["sex", "count"].sum() == 500
     proba = clf.predict_proba(X)[:, 1]
-    assert report.loc[("sex", "gap"), "mean prediction"] == pytest.approx(
+    assert report.loc[("sex", "summary", "gap"), "mean prediction"] == pytest.approx(
         demographic_parity_difference(y, proba, sensitive_features=X["sex"]))
     assert "gap" in str(report)
     rng = np.random.default_rng(0)
@@ -218,7 +218,7 @@ def test_fairness_report_classifier_and_regressor():
     reg = FairNeuralRegressor(protected_attributes=["g"], **FAST).fit(Xr, yr)
     rep = fairness_report(reg, Xr, yr)
     assert list(rep.columns) == ["count", "mean prediction", "MSE", "mean residual"]
-    assert rep.loc[("g", "gap"), "mean residual"] == pytest.approx(
+    assert rep.loc[("g", "summary", "gap"), "mean residual"] == pytest.approx(
         mean_residual_difference(yr, reg.predict(Xr), sensitive_features=Xr["g"]))
 
 
@@ -309,7 +309,7 @@ def test_scorers_report_and_plots_through_a_pipeline_with_numpy_output():
     sex = X["sex"].to_numpy()
     gap = abs(proba[sex == "M"].mean() - proba[sex == "F"].mean())
     report = fairness_report(pipe, X, y)
-    assert report.loc[("2", "gap"), "mean prediction"] == pytest.approx(gap)
+    assert report.loc[("2", "summary", "gap"), "mean prediction"] == pytest.approx(gap)
     assert set(report.index.get_level_values("attribute")) == {"2", "3"}
     pytest.importorskip("matplotlib")
     import matplotlib
@@ -329,11 +329,35 @@ def test_fairness_report_of_any_model_with_sensitive_features():
     label = baseline.predict(X[["x1", "x2"]])
     for g in ("F", "M"):
         m = (X["sex"] == g).to_numpy()
-        assert report.loc[("sex", g), "count"] == m.sum()
-        assert report.loc[("sex", g), "mean prediction"] == pytest.approx(proba[m].mean())
-        assert report.loc[("sex", g), "selection rate"] == pytest.approx(label[m].mean())
-    assert str(report["count"].dtype) == "Int64" and pd.isna(report.loc[("sex", "gap"), "count"])
+        assert report.loc[("sex", "group", g), "count"] == m.sum()
+        assert report.loc[("sex", "group", g), "mean prediction"] == pytest.approx(proba[m].mean())
+        assert report.loc[("sex", "group", g), "selection rate"] == pytest.approx(label[m].mean())
+    assert str(report["count"].dtype) == "Int64"
+    assert pd.isna(report.loc[("sex", "summary", "gap"), "count"])
     with pytest.raises(ValueError, match="has neither|protected_attributes"):
         fairness_report(baseline, X[["x1", "x2"]], y)
     with pytest.raises(ValueError, match="sensitive_features has 5 samples but y has 600"):
         fairness_report(baseline, X[["x1", "x2"]], y, sensitive_features=X["sex"][:5])
+
+
+@pytest.mark.parametrize("summary", ["gap", "ratio"])
+def test_a_group_named_like_a_summary_row_keeps_its_own_row(summary):
+    """The report's kind level keeps a group called "gap" or "ratio" apart from the summary rows
+    of that name: both rows are there, each with its own figures."""
+    X, y = biased_frame(600)
+    baseline = LogisticRegression().fit(X[["x1", "x2"]], y)
+    groups = X["sex"].map({"F": summary, "M": "other"}).rename("sex")
+    report = fairness_report(baseline, X[["x1", "x2"]], y, sensitive_features=groups)
+    assert report.index.names == ["attribute", "kind", "name"]
+    assert report.index.is_unique
+    proba = baseline.predict_proba(X[["x1", "x2"]])[:, 1]
+    named = (groups == summary).to_numpy()
+    group_row = report.loc[("sex", "group", summary)]
+    assert group_row["count"] == named.sum()
+    assert group_row["mean prediction"] == pytest.approx(proba[named].mean())
+    assert pd.isna(report.loc[("sex", "summary", summary), "count"])
+    gap = abs(proba[named].mean() - proba[~named].mean())
+    assert report.loc[("sex", "summary", "gap"), "mean prediction"] == pytest.approx(gap)
+    per_group = report.xs("group", level="kind")
+    assert list(per_group.index) == sorted([("sex", summary), ("sex", "other")])
+    assert list(report.xs("summary", level="kind").index) == [("sex", "gap"), ("sex", "ratio")]
