@@ -412,7 +412,7 @@ class BaseFairNeural(BaseEstimator):
     def _end_training(self, features, codes):
         """The fitted attributes that follow the history, and a new calibration."""
         self.n_iter_ = len(self.history_)
-        self.loss_curve_ = [r["train_loss"] for r in self.history_]
+        self.loss_curve_ = [r["train_loss"] + (r["train_penalty"] or 0.0) for r in self.history_]
         self.__dict__.pop("calibration_", None)
         if self.inference == "individual" and codes is not None:
             self.calibration_ = self._calibration(self._network_outputs(features),

@@ -214,11 +214,13 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         With early stopping, ``fit`` keeps the network and ``dual_init_`` of the last epoch
         that improved ``val_loss`` by at least ``tol``.
     loss_curve_ : list of float
-        Training loss per epoch.
+        The minimised objective per epoch, ``train_loss + train_penalty`` of ``history_`` (as
+        scikit-learn's MLP counts its regularisation in its loss curve).
     n_iter_ : int
         Number of epochs run.
     dual_init_ : dict
-        Average multipliers of the last epoch's projections, in the stream's scale.
+        Average multipliers of the kept epoch's projections (the last one, or with early
+        stopping the one whose network is kept), in the stream's scale.
     calibration_ : Calibration
         With ``inference="individual"``: per combination of groups (``cells``, their group
         codes), the ``offsets`` subtracted from the network's probabilities, the decision

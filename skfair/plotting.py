@@ -223,10 +223,10 @@ def plot_training_history(estimator):
     fig : matplotlib Figure
         Left: training (and validation) loss. Right, when the estimator has protected
         attributes: the gap of the network's outputs before the layer, and with early stopping
-        the gap of the validation split's predictions, which the title describes: the split
-        is predicted as one batch, projected exactly when it has at least ``b_tau`` rows and
-        otherwise given one step of the stream (whose gap may exceed epsilon); a constraint
-        that needs true labels does not apply at prediction at all.
+        the gap of the validation split's predictions, which the title describes (its
+        ``val_regime``): the split is predicted as one batch, projected exactly when it has at
+        least ``b_tau`` rows and otherwise given one step of the stream (whose gap may exceed
+        epsilon); a constraint that needs true labels does not apply at prediction at all.
     """
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -237,10 +237,11 @@ def plot_training_history(estimator):
     fig, axes = plt.subplots(1, 2 if constrained else 1, figsize=(11 if constrained else 5.5, 4),
                              layout="constrained", squeeze=False)
     loss_ax = axes[0, 0]
-    penalized = constrained and final.distortion_penalty > 0
     loss_ax.plot(history["epoch"], history["train_loss"],
-                 label="train: loss after the layer + distortion penalty" if penalized
-                 else "train: loss")
+                 label="train: loss after the layer" if constrained else "train: loss")
+    if constrained and final.distortion_penalty > 0:
+        loss_ax.plot(history["epoch"], history["train_loss"] + history["train_penalty"],
+                     linestyle=":", label="train: + distortion penalty (minimised)")
     if history["val_loss"].notna().any():
         loss_ax.plot(history["epoch"], history["val_loss"], label="validation: loss as predicted")
     loss_ax.set_ylabel("log loss" if is_classifier(final) else "squared error (scaled target)")
@@ -249,8 +250,10 @@ def plot_training_history(estimator):
         gap_ax = axes[0, 1]
         gap_ax.plot(history["epoch"], history["train_gap"],
                     label="train: network outputs before the layer")
+        gap_ax.plot(history["epoch"], history["train_fair_gap"], linestyle=":",
+                    label="train: after the layer")
         if history["val_gap"].notna().any():
-            label, regime = _validation_gap_regime(final)
+            label, regime = _validation_gap_regime(final, history["val_regime"].iloc[-1])
             gap_ax.plot(history["epoch"], history["val_gap"], label=label)
             gap_ax.set_title(regime, fontsize=9)
         gap_ax.axhline(final.epsilon, color="gray", linestyle="--",
@@ -264,12 +267,16 @@ def plot_training_history(estimator):
     return fig
 
 
-def _validation_gap_regime(final):
-    """The legend label of the validation gap of ``history_`` and what it measures (see
-    skfair._training.evaluate); how many rows the split has is not recorded."""
-    if final.constraint_.requires_y_true:
+def _validation_gap_regime(final, regime):
+    """The legend label of the validation gap of ``history_`` and the panel's title, which
+    says how the split was predicted (``regime``, its ``val_regime``; see
+    skfair._training.evaluate)."""
+    if regime == "unconstrained":
         return ("validation: as predicted (no layer)",
                 f"{_constraint_name(final)} needs labels: predictions skip the layer")
-    return ("validation: as predicted in one batch",
-            f"validation batch: exact projection if it has >= b_tau={final.b_tau} rows,\n"
-            f"else one stream step, whose gap may exceed epsilon")
+    if regime == "stream":
+        return ("validation: one stream step",
+                f"validation split under b_tau={final.b_tau} rows: one step of the stream,\n"
+                f"whose gap may exceed epsilon (the stream bounds its average)")
+    return ("validation: exact projection",
+            f"validation split of at least b_tau={final.b_tau} rows: projected exactly")

@@ -155,11 +155,13 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         than ``b_tau``) or ``"unconstrained"``), ``seconds``; each described in
         :class:`FairNeuralClassifier`'s ``history_``.
     loss_curve_ : list of float
-        Training loss per epoch.
+        The minimised objective per epoch, ``train_loss + train_penalty`` of ``history_`` (as
+        scikit-learn's MLP counts its regularisation in its loss curve).
     n_iter_ : int
         Number of epochs run.
     dual_init_ : dict
-        Average multipliers of the last epoch's projections, in the stream's scale.
+        Average multipliers of the kept epoch's projections (the last one, or with early
+        stopping the one whose network is kept), in the stream's scale.
     calibration_ : Calibration
         With ``inference="individual"``: the per-combination offsets (see
         :class:`FairNeuralClassifier`).

@@ -65,8 +65,10 @@ def test_group_distributions_and_history():
         plot_group_distributions(clf, X, attribute="age")
     fig = plot_training_history(clf)
     loss_ax, gap_ax = fig.axes
-    assert len(loss_ax.lines) == 1 and len(loss_ax.lines[0].get_xdata()) == 4
-    assert len(gap_ax.lines) == 2  # gap before the layer and epsilon
+    # the loss after the layer, and with the distortion penalty: 4 epochs each
+    assert [len(line.get_xdata()) for line in loss_ax.lines] == [4, 4]
+    np.testing.assert_allclose(loss_ax.lines[1].get_ydata(), clf.loss_curve_)
+    assert len(gap_ax.lines) == 3  # gap before the layer, after it, and epsilon
     assert gap_ax.get_ylabel() == "demographic parity gap"
 
 
@@ -150,19 +152,28 @@ def test_plots_of_an_estimator_without_protected_attributes():
     assert len(fig.axes) == 1 and fig.axes[0].get_ylabel() == "log loss"
 
 
-@pytest.mark.parametrize("fairness, legend, says, after", [
-    ("demographic_parity", "validation: as predicted in one batch",
-     ["exact projection", ">= b_tau=100 rows", "stream step"], "after the layer"),
-    ("equalized_odds", "validation: as predicted (no layer)",
+@pytest.mark.parametrize("fairness, b_tau, legend, says, after", [
+    # 400 rows: a validation split of 40 rows, under the default b_tau
+    ("demographic_parity", 100, "validation: one stream step",
+     ["under b_tau=100 rows", "one step of the stream"], "after the layer"),
+    ("demographic_parity", 20, "validation: exact projection",
+     ["at least b_tau=20 rows", "projected exactly"], "after the layer"),
+    ("equalized_odds", 100, "validation: as predicted (no layer)",
      ["equalized odds needs labels", "skip the layer"],
      "as predicted (no layer: equalized odds needs labels)"),
 ])
-def test_plots_say_what_the_predictions_went_through(fairness, legend, says, after):
+def test_plots_say_what_the_predictions_went_through(fairness, b_tau, legend, says, after):
     X, y = biased_frame(400)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], fairness=fairness,
-                               early_stopping=True, **FAST).fit(X, y)
+                               b_tau=b_tau, early_stopping=True, **FAST).fit(X, y)
+    assert {r["val_regime"] for r in clf.history_} == (
+        {"unconstrained"} if fairness == "equalized_odds" else
+        {"stream" if b_tau > 40 else "exact"})
     loss_ax, gap_ax = plot_training_history(clf).axes
     assert legend in legend_texts(gap_ax)
+    assert "train: after the layer" in legend_texts(gap_ax)
     assert all(part in gap_ax.get_title() for part in says)
-    assert "distortion penalty" in legend_texts(loss_ax)[0]
+    # the loss the history records (after the layer), and the objective with the penalty
+    assert legend_texts(loss_ax)[:2] == ["train: loss after the layer",
+                                         "train: + distortion penalty (minimised)"]
     assert plot_group_distributions(clf, X).axes[1].get_title() == after

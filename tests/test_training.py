@@ -204,7 +204,7 @@ def test_history_train_keys_recomputed_from_the_batches(biased, monkeypatch, est
     assert record["train_penalty"] == pytest.approx(np.average(penalties, weights=sizes),
                                                     rel=1e-5, abs=1e-12)
     assert record["train_penalty"] > 0
-    assert model.loss_curve_ == [record["train_loss"]]
+    assert model.loss_curve_ == [record["train_loss"] + record["train_penalty"]]
     positions = np.concatenate(seen["positions"])
     assert sorted(positions) == list(range(len(X)))
     enc = model.group_encoder_
