@@ -12,6 +12,7 @@ from .constraints import (
 )
 from .classifier import FairNeuralClassifier
 from .layer import FairnessLayer
+from .pipeline import partial_predict, partial_predict_proba
 from .regressor import FairNeuralRegressor
 
 __version__ = "0.1.0"
@@ -29,4 +30,6 @@ __all__ = [
     "FairnessLayer",
     "MeanResidual",
     "__version__",
+    "partial_predict",
+    "partial_predict_proba",
 ]

@@ -31,7 +31,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from . import _calibration, _persistence, _streaming, _training
 from ._bounds import Bounds
 from ._network import ACTIVATIONS, check_module, make_mlp, outputs
-from ._validation import InputSplitter, check_float32
+from ._validation import InputSplitter, check_dense_2d, check_float32
 from .constraints import AffineConstraint, get_constraint
 from .layer import SOLVERS, project
 
@@ -50,6 +50,7 @@ class BaseFairNeural(BaseEstimator):
         "fairness": [AffineConstraint, str],
         "epsilon": [Interval(numbers.Real, 0, None, closed="left")],
         "intersectional": ["boolean"],
+        "handle_unknown": [StrOptions({"error", "new_group"})],
         "solver": [StrOptions(set(SOLVERS))],
         "b_tau": [Interval(numbers.Integral, 1, None, closed="left")],
         "eta0": [Interval(numbers.Real, 0, None, closed="neither"), None],
@@ -79,6 +80,7 @@ class BaseFairNeural(BaseEstimator):
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
+                 handle_unknown="error",
                  solver="exact", b_tau=100, eta0=None, stream_warm_start=True,
                  distortion_penalty=10.0, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu",
@@ -92,6 +94,7 @@ class BaseFairNeural(BaseEstimator):
         self.fairness = fairness
         self.epsilon = epsilon
         self.intersectional = intersectional
+        self.handle_unknown = handle_unknown
         self.solver = solver
         self.b_tau = b_tau
         self.eta0 = eta0
@@ -154,11 +157,11 @@ class BaseFairNeural(BaseEstimator):
 
     # ----------------------------------------------------------------------------------------
     # Validation
-    def _validate_X(self, X, reset, known_groups=None):
+    def _validate_X(self, X, reset, known_groups=None, handle_unknown="error"):
         """X -> ``(features, codes)``: the network's inputs (a row-major float64 array) and
         the protected group codes (a LongTensor, or None without protected attributes), by the
         :class:`~skfair._validation.InputSplitter` fitted when ``reset`` (on the groups of X
-        and ``known_groups``)."""
+        and ``known_groups``); groups unseen in fit as ``handle_unknown`` says."""
         if self.protected_attributes is None:
             # Row-major: a DataFrame converts to a column-major array, whose tensor keeps those
             # strides, and gathering a batch's rows from it is several times slower.
@@ -166,6 +169,7 @@ class BaseFairNeural(BaseEstimator):
             check_float32(features, range(self.n_features_in_),
                           getattr(self, "feature_names_in_", None))
             return features, None
+        check_dense_2d(X)
         names = getattr(self, "feature_names_in_", None)
         # Same column names as in fit is what sklearn's check would accept; comparing them
         # directly (as lists: pandas' element-wise comparison costs tens of microseconds)
@@ -174,7 +178,7 @@ class BaseFairNeural(BaseEstimator):
                 and X.columns.tolist() == names.tolist()):
             validate_data(self, X, reset=reset, skip_check_array=True)
         if not reset:
-            return self.splitter_.transform(X)
+            return self.splitter_.transform(X, handle_unknown)
         self.splitter_ = InputSplitter(self.protected_attributes, self.exclude_protected,
                                        self.intersectional)
         return self.splitter_.fit_transform(X, getattr(self, "feature_names_in_", None),
@@ -479,7 +483,7 @@ class BaseFairNeural(BaseEstimator):
     def _raw_outputs(self, X):
         """Validated X -> (float64 outputs before the layer, group codes)."""
         check_is_fitted(self)
-        features, codes = self._validate_X(X, reset=False)
+        features, codes = self._validate_X(X, reset=False, handle_unknown=self.handle_unknown)
         with self._torch_threads():
             out = self._network_outputs(features)
         return out, self._groups(codes)
@@ -661,11 +665,8 @@ class BaseFairNeural(BaseEstimator):
 
     def _cells(self, groups):
         """The calibration cell of every row of ``groups``."""
-        names = self.splitter_.encoder.group_names()
-        return _calibration.cell_index(
-            self.calibration_, groups,
-            lambda row: ", ".join(f"{name}={values[code]!r}"
-                                  for (name, values), code in zip(names, row)))
+        return _calibration.cell_index(self.calibration_, groups,
+                                       self.splitter_.encoder.describe)
 
     def _offset_outputs(self, out, groups):
         return _calibration.offset_outputs(self.calibration_, out, self._cells(groups),

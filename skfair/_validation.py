@@ -3,12 +3,21 @@
 :class:`InputSplitter`, fitted once in ``fit``, turns every later X into ``(features, group
 codes)``: the columns that are not protected become float64 network inputs, the protected ones
 group codes (:class:`GroupEncoder`) and, unless excluded, 0/1 or one-hot inputs as well.
+
+A value of a protected attribute not seen in fit raises, or with ``handle_unknown="new_group"``
+(prediction only) takes the code ``len(categories)``: all of an attribute's unseen values form
+one extra group, the same in every batch, so a stream's statistics keyed by group codes stay
+consistent. As a network input that group is the mean of the known groups' encodings (0.5 in
+a 0/1 column, ``1 / k`` in each of ``k`` one-hot columns): a 0/1 column has no all-zero code
+that names no group.
 """
 
+import math
 import numbers
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from ._warnings import warn
@@ -25,6 +34,25 @@ SMALL_GROUP = 10
 #: fit warns about a protected attribute with more distinct values than this: a numeric column
 #: (an age, an income) taken as groups gives one group per value
 MANY_GROUPS = 20
+
+
+def check_dense_2d(X):
+    """Raise, saying what to do, unless X is a dense two-dimensional container: the protected
+    columns are read from X as it is, before scikit-learn's own checks."""
+    if sp.issparse(X):
+        raise TypeError(
+            "Sparse data was passed for X, but the protected attributes are read from dense "
+            "columns: convert it with X.toarray(), or pass a pandas DataFrame (e.g. a "
+            "ColumnTransformer with sparse_threshold=0 or set_output(transform='pandas')).")
+    ndim = X.ndim if hasattr(X, "ndim") else np.ndim(X)
+    if ndim == 1:
+        raise ValueError(
+            "Expected a 2D X (samples x features), got a 1D array instead. Reshape your data "
+            "either using array.reshape(-1, 1) if your data has a single feature or "
+            "array.reshape(1, -1) if it contains a single sample (a pandas Series: "
+            "series.to_frame().T for one row).")
+    if ndim != 2:
+        raise ValueError(f"Expected a 2D X (samples x features); got {ndim} dimension(s).")
 
 
 def attribute_list(protected_attributes):
@@ -157,11 +185,12 @@ class InputSplitter:
         _warn_about_groups(self.encoder, codes)
         return self._inputs(rest, codes)
 
-    def transform(self, X):
-        """``(features, codes)`` of ``X``; see the class docstring."""
+    def transform(self, X, handle_unknown="error"):
+        """``(features, codes)`` of ``X``; see the class docstring (``handle_unknown``: see
+        :meth:`GroupEncoder.transform`)."""
         rest, protected = split_columns(X, self.indices)
         self._check_features(rest)
-        return self._inputs(rest, self.encoder.transform(protected))
+        return self._inputs(rest, self.encoder.transform(protected, handle_unknown))
 
     def _check_features(self, rest):
         if not np.isfinite(rest).all():
@@ -175,14 +204,16 @@ class InputSplitter:
         return np.ascontiguousarray(np.hstack([rest, self.one_hot(codes)])), codes
 
     def one_hot(self, codes):
-        """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot."""
+        """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot;
+        the group of unseen values (code ``k``) as the mean of the ``k`` known encodings."""
         blocks = []
         for j, categories in enumerate(self.encoder.categories_):
             column = codes[:, j].numpy()
-            if len(categories) == 2:
-                blocks.append(column[:, None].astype(np.float64))
+            k = len(categories)
+            if k == 2:
+                blocks.append(np.array([0.0, 1.0, 0.5])[column][:, None])
             else:
-                blocks.append(np.eye(len(categories))[column])
+                blocks.append(np.vstack([np.eye(k), np.full((1, k), 1.0 / k)])[column])
         return np.hstack(blocks)
 
 
@@ -262,7 +293,8 @@ class GroupEncoder:
     """Integer codes for the groups of every protected attribute, learned once.
 
     ``fit`` records the sorted distinct values of every column (each needs at least two);
-    ``transform`` maps values to their position, raising on a value not seen in ``fit``. With
+    ``transform`` maps values to their position, and a value not seen in ``fit`` raises or
+    takes the code ``len(categories)`` (``handle_unknown="new_group"``). With
     ``intersectional=True``, :meth:`constraint_groups` combines the attributes into one, coded
     stably across batches.
     """
@@ -303,10 +335,16 @@ class GroupEncoder:
             self.categories_.append(categories)
         return self
 
-    def transform(self, columns):
-        """Group codes of every attribute, a LongTensor of shape (n, n_attributes)."""
+    def transform(self, columns, handle_unknown="error"):
+        """Group codes of every attribute, a LongTensor of shape (n, n_attributes).
+
+        A value not seen in fit raises :class:`ValueError` (``handle_unknown="error"``), or
+        (``"new_group"``) takes the code ``len(categories)`` of its attribute, with one warning
+        per call naming the attributes and their unseen values.
+        """
         values = _as_objects(columns, len(self.names))
         codes = np.empty(values.shape, dtype=np.int64)
+        unseen_values = {}
         for j, (name, index) in enumerate(zip(self.names, self._indexes())):
             column = values[:, j]
             if pd.isna(column).any():
@@ -316,12 +354,25 @@ class GroupEncoder:
                 codes[:, j] = [lookup.get(v, -1) for v in column]
             else:
                 codes[:, j] = index.get_indexer(column)
-            if (codes[:, j] < 0).any():
-                unseen = sorted(set(column[codes[:, j] < 0]), key=_sort_key)
+            unseen_rows = codes[:, j] < 0
+            if not unseen_rows.any():
+                continue
+            unseen = sorted(set(column[unseen_rows]), key=_sort_key)
+            if handle_unknown != "new_group":
                 raise ValueError(
                     f"protected attribute {name!r} has values not seen in fit: {unseen[:5]}; "
-                    f"known values: {list(index)}."
+                    f"known values: {list(index)}. To predict such rows as one extra group, "
+                    f"set handle_unknown='new_group'; partial_fit learns every value from the "
+                    f"groups of its first call."
                 )
+            codes[unseen_rows, j] = len(index)
+            unseen_values[name] = unseen
+        if unseen_values:
+            listed = "; ".join(f"{name!r}: {unseen[:5]}" for name, unseen in
+                               unseen_values.items())
+            warn(f"protected attribute values not seen in fit: {listed}; each attribute's "
+                 f"unseen values form one extra group, constrained like the others "
+                 f"(handle_unknown='new_group').", UserWarning)
         return torch.from_numpy(codes)
 
     def _indexes(self):
@@ -339,10 +390,34 @@ class GroupEncoder:
         return self.fit(columns).transform(columns)
 
     def constraint_groups(self, codes):
-        """The groups the constraint compares: the codes, or their intersection, stably coded."""
+        """The groups the constraint compares: the codes, or their intersection, stably coded
+        (a combination holding an unseen value's code past those of every known one)."""
         if not self.intersectional:
             return codes
-        return intersect_groups(codes, [len(c) for c in self.categories_])
+        sizes = [len(c) for c in self.categories_]
+        unseen = (codes == torch.tensor(sizes)).any(dim=1)
+        known = intersect_groups(codes, sizes)
+        if not bool(unseen.any()):
+            return known
+        extended = math.prod(sizes) + intersect_groups(codes, [k + 1 for k in sizes])
+        return torch.where(unseen[:, None], extended, known)
+
+    def describe(self, row):
+        """One row of :meth:`constraint_groups` codes as the user knows its groups, such as
+        ``"sex='F', race=<unseen>"`` (``<unseen>``: the group of values not seen in fit)."""
+        row = [int(code) for code in row]
+        if self.intersectional:
+            sizes = [len(c) for c in self.categories_]
+            code = row[0]
+            if code >= math.prod(sizes):
+                code, sizes = code - math.prod(sizes), [k + 1 for k in sizes]
+            row = []
+            for k in reversed(sizes):
+                code, digit = divmod(code, k)
+                row.insert(0, digit)
+        return ", ".join(
+            f"{name}={categories[code]!r}" if code < len(categories) else f"{name}=<unseen>"
+            for name, categories, code in zip(self.names, self.categories_, row))
 
     def group_names(self):
         """Per attribute (or for the intersection), the value of every code, for reports."""

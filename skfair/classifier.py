@@ -54,6 +54,17 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     intersectional : bool, default=False
         Constrain every combination of the protected attributes' values instead of each attribute
         separately.
+    handle_unknown : {"error", "new_group"}, default="error"
+        What prediction does with a protected attribute's value not seen in fit (a rare group
+        missing from a cross-validation training fold, a new category). ``"error"``: raise
+        :class:`ValueError`. ``"new_group"``: all of an attribute's unseen values form one
+        extra group of that attribute (with ``intersectional=True``, extra combinations), the
+        same in every batch and stream, which the constraint covers like any group (demographic
+        parity: in a batch of at least ``b_tau`` rows its mean is within ``epsilon`` of every
+        other group's). As a network input it is the mean of the known groups' encodings (0.5
+        in a binary attribute's 0/1 column, ``1 / k`` in each of ``k`` one-hot columns). A
+        warning names the attributes and their unseen values. ``partial_fit`` raises on them
+        whatever this says (declare them with its ``groups``).
     guarantee : {"proba", "labels"}, default="proba"
         What :meth:`predict` guarantees. ``"proba"``: the probabilities meet the constraint (as
         described above) and the labels are ``p > 0.5``. ``"labels"`` (demographic parity or
@@ -253,6 +264,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
                  fairness="demographic_parity", epsilon=0.05, intersectional=False,
+                 handle_unknown="error",
                  guarantee="proba", solver="exact", b_tau=100, eta0=None,
                  stream_warm_start=True, distortion_penalty=10.0, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu", module=None,
@@ -263,7 +275,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
                  verbose=0, random_state=None):
         super().__init__(
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
-            fairness=fairness, epsilon=epsilon, intersectional=intersectional, solver=solver,
+            fairness=fairness, epsilon=epsilon, intersectional=intersectional,
+            handle_unknown=handle_unknown, solver=solver,
             b_tau=b_tau, eta0=eta0, stream_warm_start=stream_warm_start,
             distortion_penalty=distortion_penalty, inference=inference,
             hidden_layer_sizes=hidden_layer_sizes, activation=activation,

@@ -174,3 +174,193 @@ def test_fit_warns_about_many_values_and_small_groups_and_refuses_infinite_group
     with pytest.raises(ValueError, match="'g' contains infinite values"):
         clf.fit(X[["x"]].assign(g=np.where(X["x"] > 0, 1.0, np.inf)), y)
     assert not hasattr(clf, "module_")
+
+
+# ------------------------------------------------------------------------------------------------
+# Protected values not seen in fit (handle_unknown)
+FAST = dict(hidden_layer_sizes=(8,), max_epochs=5, batch_size=128, learning_rate=0.01,
+            random_state=0)
+
+
+def _groups_frame(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["F", "M"], n)
+    race = rng.choice(["a", "b", "c"], n)
+    x = rng.normal(size=n) + 0.8 * (sex == "M")
+    y = (x + 0.5 * (race == "b") + rng.normal(size=n) > 0.5).astype(int)
+    return pd.DataFrame({"x": x, "sex": sex, "race": race}), pd.Series(y)
+
+
+def test_group_encoder_codes_unseen_values_as_one_extra_group_with_one_warning():
+    frame = pd.DataFrame({"sex": ["M", "F", "F"], "race": ["b", "a", "c"]})
+    enc = GroupEncoder(["sex", "race"]).fit(frame)
+    new = pd.DataFrame({"sex": ["X", "F", "Y", "M"], "race": ["a", "d", "e", "d"]})
+    with pytest.raises(ValueError, match=r"'sex' has values not seen in fit: \['X', 'Y'\].*"
+                                         r"handle_unknown='new_group'"):
+        enc.transform(new)
+    for values in (new, new.to_numpy(dtype=object)):  # the dict and the pandas look-ups
+        with pytest.warns(UserWarning) as record:
+            codes = enc.transform(values, "new_group").numpy()
+        assert len(record) == 1
+        assert ("'sex': ['X', 'Y']; 'race': ['d', 'e']" in str(record[0].message))
+        np.testing.assert_array_equal(codes, [[2, 0], [0, 3], [2, 3], [1, 3]])
+    many = pd.concat([new] * 20, ignore_index=True)  # above the dict look-up's size
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        np.testing.assert_array_equal(enc.transform(many, "new_group").numpy(),
+                                      np.tile(codes, (20, 1)))
+
+
+def test_unseen_groups_enter_the_network_as_the_mean_of_the_known_encodings():
+    """A 0/1 column has no all-zero code naming no group: the unseen group is 0.5 there, and
+    1 / k in each of k one-hot columns."""
+    from skfair._validation import InputSplitter
+
+    frame = pd.DataFrame({"x": np.arange(20.0), "sex": ["M", "F"] * 10,
+                          "race": ["a", "b", "c", "d"] * 5})
+    splitter = InputSplitter(["sex", "race"])
+    with pytest.warns(UserWarning, match="fewer than 10"):
+        splitter.fit(frame, np.array(frame.columns), 3)
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        features, _ = splitter.transform(
+            pd.DataFrame({"x": [1.0, 2.0], "sex": ["X", "F"], "race": ["a", "z"]}),
+            "new_group")
+    np.testing.assert_array_equal(features, [[1.0, 0.5, 1, 0, 0, 0],
+                                             [2.0, 0.0, 0.25, 0.25, 0.25, 0.25]])
+
+
+def test_intersectional_codes_of_unseen_combinations_leave_the_known_ones_unchanged():
+    enc = GroupEncoder(["a", "b"], intersectional=True).fit(
+        np.array([[0, "x"], [1, "y"], [1, "z"]], dtype=object))
+    rows = np.array([[1, "z"], [2, "z"], [0, "w"], [2, "w"], [0, "x"]], dtype=object)
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        cells = enc.constraint_groups(enc.transform(rows, "new_group"))[:, 0].tolist()
+    # known: 3 * a + b over 2 x 3 values; with an unseen value: 6 + 4 * a + b over 3 x 4
+    assert cells == [5, 6 + 4 * 2 + 2, 6 + 0 + 3, 6 + 4 * 2 + 3, 0]
+    assert [enc.describe([c]) for c in cells] == [
+        "a=1, b='z'", "a=<unseen>, b='z'", "a=0, b=<unseen>", "a=<unseen>, b=<unseen>",
+        "a=0, b='x'"]
+
+
+def _group_means(values, groups):
+    groups = pd.Series(groups).reset_index(drop=True)
+    return pd.Series(values).groupby(groups).mean()
+
+
+@pytest.mark.parametrize("intersectional", [False, True])
+def test_new_group_is_constrained_like_any_group_in_an_exact_batch(intersectional):
+    """The guarantee with unseen values as the docs read it: all of an attribute's unseen
+    values (here two, 'X' and 'Y') pooled into one group, its numpy mean within epsilon of
+    every other group's mean (of the crossed cells with intersectional=True)."""
+    from skfair import FairNeuralClassifier
+
+    X, y = _groups_frame()
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], epsilon=0.02,
+                               intersectional=intersectional, handle_unknown="new_group",
+                               **FAST).fit(X, y)
+    test, _ = _groups_frame(300, seed=1)
+    test.loc[:11, "sex"] = ["X", "Y"] * 6
+    test.loc[6:20, "race"] = "z"
+    with pytest.warns(UserWarning, match=r"'sex': \['X', 'Y'\]; 'race': \['z'\]"):
+        p = clf.predict_proba(test)[:, 1]
+    sex = test["sex"].where(test["sex"].isin(["F", "M"]), "unseen")
+    race = test["race"].where(test["race"].isin(["a", "b", "c"]), "unseen")
+    partitions = [sex + "&" + race] if intersectional else [sex, race]
+    for groups in partitions:
+        means = _group_means(p, groups)
+        assert "unseen" in " ".join(means.index)
+        assert means.max() - means.min() <= 0.02 + 1e-7, means
+
+
+def test_cross_validation_with_a_group_missing_from_a_training_fold():
+    """A rare group whose rows all fall in one test fold: its training fold has not seen it.
+    The default raises the documented error; handle_unknown='new_group' scores every fold."""
+    from sklearn.model_selection import KFold, cross_validate
+
+    from skfair import FairNeuralClassifier
+
+    X, y = _groups_frame(450)
+    X.loc[440:, "race"] = "rare"  # ten rows, all in the last of three folds
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST)
+    with pytest.raises(ValueError, match=r"'race' has values not seen in fit: \['rare'\]"):
+        cross_validate(clf, X, y, cv=KFold(3), error_score="raise")
+    with pytest.warns(UserWarning, match=r"'race': \['rare'\]"):
+        scores = cross_validate(clf.set_params(handle_unknown="new_group"), X, y, cv=KFold(3),
+                                scoring=["accuracy", "neg_log_loss"], error_score="raise")
+    assert np.isfinite(scores["test_accuracy"]).all()
+    assert np.isfinite(scores["test_neg_log_loss"]).all()
+
+
+def test_a_stream_keys_every_unseen_value_as_the_same_group():
+    """Unseen values arriving in different batches ('X', then 'Y') are one group of the
+    stream: its pooled statistics count them together and the guarantee holds."""
+    import warnings
+
+    from skfair import FairNeuralRegressor
+
+    X, y = _groups_frame()
+    reg = FairNeuralRegressor(protected_attributes=["sex"], handle_unknown="new_group",
+                              epsilon=0.05, **FAST).fit(X.drop(columns="race"), y)
+    stream, _ = _groups_frame(120, seed=2)
+    stream = stream.drop(columns="race")
+    stream.loc[::5, "sex"] = np.where(np.arange(24) < 12, "X", "Y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for start in range(0, 120, 4):
+            reg.partial_predict(stream.iloc[start:start + 4])
+    counts = {codes: count for codes, (_, count) in reg.stream_.atom_sums.items()}
+    assert counts[(2,)] == 24 and counts[(0,)] + counts[(1,)] == 96
+    stats = reg.stream_stats()
+    assert set(stats["per_attribute_gaps"]) == {0}
+    assert stats["weighted_avg_fairness_gap"] <= reg.epsilon + stats["bound"] + 1e-9
+
+
+def test_unseen_values_in_row_by_row_inference_and_partial_fit():
+    """inference='individual' needs an offset for the unseen group from a calibration set
+    that holds it (the error names it); partial_fit raises on unseen values whatever
+    handle_unknown says."""
+    from skfair import FairNeuralClassifier
+
+    X, y = _groups_frame()
+    clf = FairNeuralClassifier(protected_attributes=["sex"], inference="individual",
+                               handle_unknown="new_group", **FAST).fit(X.drop(columns="race"), y)
+    new = X.drop(columns="race").iloc[:200].assign(sex=["F", "M", "X", "M"] * 50)
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        with pytest.raises(ValueError, match=r"sex=<unseen> was not in the calibration data"):
+            clf.predict(new)
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        clf.calibrate(new)
+        one = clf.predict_proba(new.iloc[2:3])
+    with pytest.warns(UserWarning, match="not seen in fit"):
+        np.testing.assert_array_equal(one, clf.predict_proba(new.iloc[:4])[2:3])
+    with pytest.raises(ValueError, match=r"'sex' has values not seen in fit: \['X'\]"):
+        clf.partial_fit(new, y.iloc[:200])
+
+
+# ------------------------------------------------------------------------------------------------
+# X that is not a dense two-dimensional container
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+@pytest.mark.parametrize("protected", [None, ["sex"]])
+@pytest.mark.parametrize("method", ["fit", "predict", "predict_proba", "partial_predict"])
+def test_one_dimensional_and_sparse_X_raise_saying_what_to_do(protected, method):
+    import scipy.sparse as sp
+
+    from skfair import FairNeuralClassifier
+
+    X, y = _groups_frame(200)
+    X = X.drop(columns="race").assign(sex=(X["sex"] == "M").astype(float))
+    array = X.to_numpy()
+    clf = FairNeuralClassifier(protected_attributes=protected, **FAST)
+    if method != "fit":
+        clf.fit(X, y)
+    state = dict(clf.__dict__)
+    call = (lambda Z: clf.fit(Z, y)) if method == "fit" else getattr(clf, method)
+    for one_dimensional in (array[:, 0], array[0], X["x"], X.iloc[0]):
+        with pytest.raises(ValueError, match=r"(?s)Expected (a )?2(D|-dimensional).*"
+                                             r"(Reshape your data|Pass a DataFrame)"):
+            call(one_dimensional)
+    with pytest.raises(ValueError, match="(2D X.*got 3 dimension|dim 3)"):
+        call(np.zeros((3, 2, 2)))
+    fix = r"\.toarray\(\)" if protected is None else r"X\.toarray\(\), or pass a pandas DataFrame"
+    with pytest.raises(TypeError, match=fix):
+        call(sp.csr_matrix(array))
+    assert clf.__dict__.keys() == state.keys()  # nothing fitted, no stream started
