@@ -26,6 +26,8 @@ from .constraints import intersect_groups
 
 #: DataFrames of at most this many rows are split through one object array (see split_columns)
 SMALL_FRAME = 32
+#: columns converted at once by split_columns (its temporary is this many columns of X)
+COLUMN_BLOCK = 16
 #: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 #: fit warns about a protected group with fewer training rows than this: its mean, which the
@@ -188,17 +190,33 @@ class InputSplitter:
     def transform(self, X, handle_unknown="error"):
         """``(features, codes)`` of ``X``; see the class docstring (``handle_unknown``: see
         :meth:`GroupEncoder.transform`)."""
-        rest, protected = split_columns(X, self.indices)
-        self._check_features(rest)
+        rest, protected = split_columns(X, self.indices, room=self._one_hot_width())
+        self._check_features(rest[:, :len(self.feature_indices)])
         return self._inputs(rest, self.encoder.transform(protected, handle_unknown))
 
     def _check_features(self, rest):
-        if not np.isfinite(rest).all():
-            problem = "NaN" if np.isnan(rest).any() else "infinity"
+        if len(rest) == 0:
+            return
+        # per column, without a temporary of X's size: a NaN makes its column's maximum NaN
+        high, low = rest.max(axis=0), rest.min(axis=0)
+        if not (np.isfinite(high).all() and np.isfinite(low).all()):
+            problem = "NaN" if np.isnan(high).any() else "infinity"
             raise ValueError(f"Input X contains {problem} in a column that is not protected.")
-        check_float32(rest, self.feature_indices, self.feature_names)
+        _check_peaks(np.maximum(high, -low), self.feature_indices, self.feature_names)
+
+    def _one_hot_width(self):
+        """The number of network inputs of the protected attributes (0 when excluded)."""
+        if self.exclude_protected:
+            return 0
+        return sum(1 if len(c) == 2 else len(c) for c in self.encoder.categories_)
 
     def _inputs(self, rest, codes):
+        """The network's inputs: ``rest`` with the protected attributes' encoding written into
+        its spare columns (those :meth:`transform` left), or appended to it."""
+        n_rest = len(self.feature_indices)
+        if rest.shape[1] > n_rest:
+            rest[:, n_rest:] = self.one_hot(codes)
+            return rest, codes
         if self.exclude_protected:
             return np.ascontiguousarray(rest), codes
         return np.ascontiguousarray(np.hstack([rest, self.one_hot(codes)])), codes
@@ -234,19 +252,25 @@ def _warn_about_groups(encoder, codes):
                  f"mostly noise (consider merging rare groups).", UserWarning)
 
 
-def split_columns(X, protected_indices):
-    """``(rest, protected)``: the columns of X that are not protected as a float64 array (NaN
-    where pandas has a missing value) and the protected ones as an object array.
+def split_columns(X, protected_indices, room=0):
+    """``(rest, protected)``: the columns of X that are not protected as a row-major float64
+    array (NaN where pandas has a missing value) with ``room`` more columns left unset (for the
+    caller to fill), and the protected ones as an object array.
 
-    A DataFrame's columns go to float64 block by block, without a round trip through Python
-    objects (which costs seconds and gigabytes at a million rows); only a frame of a few rows
-    (a stream's) goes through one object array, cheaper than pandas' column selection at that
-    size; a numeric array is split as it is.
+    The float64 array is written column block by column block: a DataFrame's columns go
+    straight to it without a round trip through Python objects (which costs seconds and
+    gigabytes at a million rows), and no second copy is made to append the protected
+    attributes' encoding. Only a frame of a few rows (a stream's) goes through one object
+    array, cheaper than pandas' column selection at that size.
     """
     if isinstance(X, pd.DataFrame) and len(X) > SMALL_FRAME:
-        rest = X.iloc[:, np.delete(np.arange(X.shape[1]), protected_indices)]
-        protected = X.iloc[:, protected_indices].to_numpy(dtype=object)
-        return _numeric(lambda: rest.to_numpy(dtype=np.float64, na_value=np.nan)), protected
+        kept = np.delete(np.arange(X.shape[1]), protected_indices)
+        rest = np.empty((len(X), len(kept) + room))
+        for start in range(0, len(kept), COLUMN_BLOCK):
+            block = X.iloc[:, kept[start:start + COLUMN_BLOCK]]
+            rest[:, start:start + block.shape[1]] = _numeric(
+                lambda: block.to_numpy(dtype=np.float64, na_value=np.nan))
+        return rest, X.iloc[:, protected_indices].to_numpy(dtype=object)
     if isinstance(X, pd.DataFrame):
         values = X.to_numpy(dtype=object)
     elif isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
@@ -255,18 +279,27 @@ def split_columns(X, protected_indices):
         values = np.asarray(X, dtype=object)
     if values.ndim != 2:
         raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
-    rest = np.delete(values, protected_indices, axis=1)
-    if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them
-        rest[pd.isna(rest)] = np.nan
-    return (_numeric(lambda: rest.astype(np.float64)),
-            values[:, protected_indices].astype(object))
+    kept = np.delete(np.arange(values.shape[1]), protected_indices)
+    rest = np.empty((len(values), len(kept) + room))
+    for start in range(0, len(kept), COLUMN_BLOCK):
+        block = values[:, kept[start:start + COLUMN_BLOCK]]
+        if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them
+            block[pd.isna(block)] = np.nan
+        rest[:, start:start + block.shape[1]] = _numeric(lambda: block.astype(np.float64))
+    return rest, values[:, protected_indices].astype(object)
 
 
 def check_float32(features, columns, feature_names):
     """Raise, naming the columns of X (``columns``: their positions; ``feature_names``: X's
     column names or None), where a finite value overflows the network's float32 inputs: the
     network would turn it into NaN."""
-    peak = np.abs(features).max(axis=0, initial=0.0)
+    high = features.max(axis=0, initial=0.0)
+    low = features.min(axis=0, initial=0.0)
+    _check_peaks(np.maximum(high, -low), columns, feature_names)
+
+
+def _check_peaks(peak, columns, feature_names):
+    """:func:`check_float32` from the largest magnitude of every column."""
     over = np.flatnonzero(peak >= FLOAT32_OVERFLOW)
     if len(over):
         named = [str(feature_names[columns[j]]) if feature_names is not None

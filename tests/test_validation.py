@@ -68,12 +68,17 @@ def _mixed_frame(n, seed=0):
     })
 
 
-def test_large_and_small_frames_split_into_the_same_features_and_groups():
+@pytest.mark.parametrize("column_block", [1, 3, 16])
+def test_large_and_small_frames_split_into_the_same_features_and_groups(column_block,
+                                                                         monkeypatch):
     """Frames above SMALL_FRAME rows go to float64 column block by column block; smaller ones
-    through one object array: both give the same network inputs and group codes."""
-    from skfair import FairNeuralClassifier
+    through one object array: both give the same network inputs and group codes (the
+    protected attributes' encoding written into the columns the split left for it), for any
+    number of column blocks."""
+    from skfair import FairNeuralClassifier, _validation
     from skfair._validation import SMALL_FRAME
 
+    monkeypatch.setattr(_validation, "COLUMN_BLOCK", column_block)
     X = _mixed_frame(200)
     y = (X["x"] > 0).astype(int)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
@@ -100,9 +105,12 @@ def test_large_and_small_frames_split_into_the_same_features_and_groups():
     ("x", 1e39, r"beyond float32's range .*\['x'\]"),
     ("count", pd.NA, "contains NaN"),
 ])
-def test_both_frame_paths_raise_the_same_errors(n, column, value, match):
-    from skfair import FairNeuralClassifier
+@pytest.mark.parametrize("column_block", [1, 16])
+def test_both_frame_paths_raise_the_same_errors(n, column, value, match, column_block,
+                                                monkeypatch):
+    from skfair import FairNeuralClassifier, _validation
 
+    monkeypatch.setattr(_validation, "COLUMN_BLOCK", column_block)
     X = _mixed_frame(200)
     y = (X["x"] > 0).astype(int)
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
