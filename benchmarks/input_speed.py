@@ -221,10 +221,8 @@ def first_call_table():
     directory)."""
     rows = []
     for cache in ("warm", "empty"):
-        env = dict(os.environ)
         with tempfile.TemporaryDirectory() as empty:
-            if cache == "empty":
-                env["NUMBA_CACHE_DIR"] = empty
+            env = dict(os.environ, **({"NUMBA_CACHE_DIR": empty} if cache == "empty" else {}))
             result = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True,
                                     text=True, cwd=ROOT, check=True, env=env)
         imported, projected, fitted = map(float, result.stdout.split())

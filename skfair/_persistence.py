@@ -63,7 +63,10 @@ class NetworkState:
                         for name, value in module.state_dict().items()}
 
     def module(self):
-        module = make_mlp(self.widths[0], self.widths[1:-1], self.activation)
+        # (built without drawing from torch's global generator: loading a model must not
+        # change the random numbers a user draws next; the weights are overwritten anyway)
+        with torch.random.fork_rng(devices=[]):
+            module = make_mlp(self.widths[0], self.widths[1:-1], self.activation)
         module.load_state_dict({name: torch.from_numpy(value.copy())
                                 for name, value in self.weights.items()})
         return module.train(self.training)
@@ -114,7 +117,9 @@ def _perceptron_shape(module):
     widths = [linear[0].in_features] + [layer.out_features for layer in linear]
     activation = next((name for name, kind in ACTIVATIONS.items()
                        if len(module) > 1 and type(module[1]) is kind), "relu")
-    if repr(make_mlp(widths[0], widths[1:-1], activation)) != repr(module) or not all(
+    with torch.random.fork_rng(devices=[]):  # (saving must not move torch's generator)
+        reference = make_mlp(widths[0], widths[1:-1], activation)
+    if repr(reference) != repr(module) or not all(
             p.requires_grad for p in module.parameters()):
         return None
     return widths, activation

@@ -157,7 +157,8 @@ class FairnessLayer(nn.Module):
             Non-negative integer group codes of every sample, one column per attribute. With a
             2-d ``z``, groups of shape (n,) or (n, n_attributes) are shared by the ``B``
             problems; groups whose leading dimensions are ``z``'s shape (B, n) give each
-            problem its own.
+            problem its own (when ``B == n == n_attributes`` the two readings coincide: pass
+            3-d groups).
         y_true : torch.Tensor of shape (n,) or (B, n), optional
             True targets, required by ``equalized_odds``, ``equal_opportunity`` (binary labels)
             and ``mean_residual``; gradients flow to it where it enters the constraint. With a
@@ -185,7 +186,8 @@ class FairnessLayer(nn.Module):
                            _per_problem(y_true, z, "y_true"),
                            _per_problem(sample_weight, z, "sample_weight"))
             solved = [self._project(row, *values) for row, values in zip(z, problems)]
-            y, info = torch.stack([y for y, _ in solved]), [info for _, info in solved]
+            info = [info for _, info in solved]
+            y = torch.stack([y for y, _ in solved]) if solved else z.clone()
         else:
             y, info = self._project(z, groups, y_true, sample_weight)
         # (straight into the instance dict: nn.Module's __setattr__ first looks among the
@@ -574,6 +576,13 @@ def _per_problem(values, z, name):
         return [None] * len(z)
     values = torch.as_tensor(values)
     most = 2 if name == "groups" else 1  # the dimensions of one problem's values
+    if name == "groups" and values.ndim == 2 and len(z) == z.shape[1] == values.shape[1] > 1:
+        # (B, n) per problem or (n, n_attributes) shared: the shapes coincide
+        raise ValueError(
+            f"groups of shape {tuple(values.shape)} for z of shape {tuple(z.shape)} could be "
+            f"per problem (B, n) or shared (n, n_attributes); pass them as (B, n, "
+            f"n_attributes): groups[..., None] per problem, or groups.expand({len(z)}, -1, -1) "
+            f"shared.")
     if values.ndim <= most + 1 and tuple(values.shape[:2]) == tuple(z.shape):
         return list(values.unbind(0))
     if values.ndim <= most and values.shape[:1] == z.shape[1:]:

@@ -222,7 +222,8 @@ def plot_training_history(estimator):
     -------
     fig : matplotlib Figure
         Left: training (and validation) loss. Right, when the estimator has protected
-        attributes: the gap of the network's outputs before the layer, and with early stopping
+        attributes: the gap of the network's outputs before the layer and of the training
+        outputs after it (``train_fair_gap``), and with early stopping
         the gap of the validation split's predictions, which the title describes (its
         ``val_regime``): the split is predicted as one batch, projected exactly when it has at
         least ``b_tau`` rows and otherwise given one step of the stream (whose gap may exceed
@@ -253,7 +254,9 @@ def plot_training_history(estimator):
         gap_ax.plot(history["epoch"], history["train_fair_gap"], linestyle=":",
                     label="train: after the layer")
         if history["val_gap"].notna().any():
-            label, regime = _validation_gap_regime(final, history["val_regime"].iloc[-1])
+            # (the last epoch that had a validation split: a later warm start may have none)
+            regime = history["val_regime"].dropna().iloc[-1]
+            label, regime = _validation_gap_regime(final, regime)
             gap_ax.plot(history["epoch"], history["val_gap"], label=label)
             gap_ax.set_title(regime, fontsize=9)
         gap_ax.axhline(final.epsilon, color="gray", linestyle="--",
@@ -278,5 +281,7 @@ def _validation_gap_regime(final, regime):
         return ("validation: one stream step",
                 f"validation split under b_tau={final.b_tau} rows: one step of the stream,\n"
                 f"whose gap may exceed epsilon (the stream bounds its average)")
-    return ("validation: exact projection",
-            f"validation split of at least b_tau={final.b_tau} rows: projected exactly")
+    if regime == "exact":
+        return ("validation: exact projection",
+                f"validation split of at least b_tau={final.b_tau} rows: projected exactly")
+    raise ValueError(f"history_ records an unknown validation regime {regime!r}.")

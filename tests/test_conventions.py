@@ -206,6 +206,24 @@ def test_the_default_network_round_trips_through_pickle_as_plain_arrays():
         torch.testing.assert_close(value, original, rtol=0, atol=0, msg=name)
 
 
+def test_saving_and_loading_leave_torch_random_numbers_alone():
+    import copy
+    import pickle
+
+    from conftest import biased_frame
+
+    from skfair import FairNeuralClassifier
+
+    X, y = biased_frame(300)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    for save_and_load in (lambda m: pickle.loads(pickle.dumps(m)), copy.deepcopy):
+        torch.manual_seed(0)
+        save_and_load(clf)
+        torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
 def test_the_package_declares_its_annotations():
     """PEP 561: the py.typed marker ships with the package, and the public API is annotated."""
     import typing

@@ -1131,6 +1131,26 @@ def test_batched_shapes_that_fit_no_problem_are_an_error(name, shape, match):
         layer(z[None], groups)
 
 
+def test_square_groups_that_could_be_shared_or_per_problem_are_an_error():
+    z = torch.rand(3, 3, dtype=torch.float64)
+    groups = torch.tensor([[0, 1, 0], [1, 0, 1], [0, 0, 1]])  # (B, n) or (n, n_attributes)?
+    layer = FairnessLayer("demographic_parity", epsilon=0.0)
+    with pytest.raises(ValueError, match=r"could be per problem \(B, n\) or shared"):
+        layer(z, groups)
+    per_problem = layer(z, groups[..., None])
+    shared = layer(z, groups.expand(3, -1, -1))
+    for b in range(3):
+        torch.testing.assert_close(per_problem[b], layer(z[b], groups[b]))
+        torch.testing.assert_close(shared[b], layer(z[b], groups))
+
+
+def test_a_batch_of_no_problems_is_an_empty_output():
+    layer = FairnessLayer("demographic_parity", epsilon=0.05)
+    z = torch.rand(0, 5, dtype=torch.float64, requires_grad=True)
+    y = layer(z, torch.tensor([0, 1, 0, 1, 1]))
+    assert y.shape == (0, 5) and layer.last_solve_ == []
+
+
 def test_a_column_of_outputs_is_not_taken_for_problems_of_one_output():
     """A network's (n, 1) output is not n problems of one output (each left as it is): the
     error says to flatten it."""

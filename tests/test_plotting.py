@@ -177,3 +177,16 @@ def test_plots_say_what_the_predictions_went_through(fairness, b_tau, legend, sa
     assert legend_texts(loss_ax)[:2] == ["train: loss after the layer",
                                          "train: + distortion penalty (minimised)"]
     assert plot_group_distributions(clf, X).axes[1].get_title() == after
+
+
+def test_history_plot_names_the_regime_of_the_last_validated_epoch():
+    """A warm start without a validation split appends epochs without one: the title still
+    describes the split that was validated."""
+    X, y = biased_frame(400)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], early_stopping=True,
+                               warm_start=True, **FAST).fit(X, y)
+    clf.set_params(early_stopping=False).fit(X, y)
+    regimes = [r["val_regime"] for r in clf.history_]
+    assert "stream" in regimes and regimes[-1] is None
+    _, gap_ax = plot_training_history(clf).axes
+    assert "one step of the stream" in gap_ax.get_title()
