@@ -25,7 +25,8 @@ prep = ColumnTransformer(
     [("num", StandardScaler(), numeric),
      ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)],
     remainder="passthrough").set_output(transform="pandas").fit(X_train)
-# A Pipeline has no partial_predict: transform once, then stream into the estimator.
+# The test set is transformed once and streamed into the estimator (for a Pipeline's raw
+# batches, skfair.partial_predict_proba(pipeline, batch) transforms each batch first).
 train, test = prep.transform(X_train), prep.transform(X_test)
 model = FairNeuralClassifier(protected_attributes=["sex", "race"], epsilon=0.05, max_epochs=5,
                              random_state=0).fit(train, y_train)
