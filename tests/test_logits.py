@@ -250,12 +250,16 @@ def test_fairness_report_shows_the_constrained_scale(data, on_logits):
 def test_plot_shows_the_logits(data, on_logits):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from skfair.plotting import plot_group_distributions
 
     X, _ = data
     fig = plot_group_distributions(on_logits, X, attribute="sex")
-    assert fig.axes[1].get_xlabel() == "logit of class 1"
-    means = [line.get_xdata()[0] for line in fig.axes[1].get_lines()]
+    xlabel, means = fig.axes[1].get_xlabel(), [line.get_xdata()[0]
+                                               for line in fig.axes[1].get_lines()]
+    plt.close(fig)  # (pyplot warns past 20 open figures)
+    assert xlabel == "logit of class 1"
     assert np.ptp(means) <= EPSILON + 1e-9
 
 
