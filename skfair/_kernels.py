@@ -95,9 +95,9 @@ def free_shift(values, y, atom, shift, weight, lo, hi, out):
 #: the losses below, ``scale`` the unit of the squared error and ``penalty`` the weight of the
 #: squared distortion ``(z - y)**2``
 Loss = namedtuple("Loss", "target weight kind scale penalty")
-#: the per-sample losses :func:`objective` knows: binary cross-entropy of probabilities, and the
-#: squared error in units of a scale
-LOG_LOSS, SQUARED_ERROR = 0, 1
+#: the per-sample losses :func:`objective` knows: binary cross-entropy of probabilities, the
+#: squared error in units of a scale, and binary cross-entropy of the probabilities of logits
+LOG_LOSS, SQUARED_ERROR, LOGIT_LOG_LOSS = 0, 1, 2
 #: the log loss clips probabilities to [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] (finite logs where
 #: the projection puts a probability on 0 or 1)
 PROBABILITY_CLIP = 1e-7
@@ -112,9 +112,10 @@ def objective(y, z, loss, grad_y, grad_z):
     Writes its partial gradient in ``y`` into ``grad_y`` and in ``z`` into ``grad_z`` (the
     penalty's). ``loss.kind`` is :data:`LOG_LOSS` (``y`` clipped to ``[PROBABILITY_CLIP, 1 -
     PROBABILITY_CLIP]``, each log bounded below by -100 and the derivative's denominator by
-    1e-12, as in :func:`torch.nn.functional.binary_cross_entropy`) or :data:`SQUARED_ERROR`
-    (``((y - target) / scale)**2``): the estimators' torch losses, computed in the same
-    compiled call as the projection's gradient.
+    1e-12, as in :func:`torch.nn.functional.binary_cross_entropy`), :data:`SQUARED_ERROR`
+    (``((y - target) / scale)**2``) or :data:`LOGIT_LOG_LOSS` (the log loss of ``sigmoid(y)``
+    for logits ``y``, as :func:`torch.nn.functional.binary_cross_entropy_with_logits`): the
+    estimators' torch losses, computed in the same compiled call as the projection's gradient.
     """
     target, weight, kind, scale, penalty = loss
     total_weight = 0.0
@@ -139,6 +140,10 @@ def objective(y, z, loss, grad_y, grad_z):
             # (the clip passes the gradient where y lies within it, ends included)
             inside = PROBABILITY_CLIP <= y[i] <= 1.0 - PROBABILITY_CLIP
             slope = (p - target[i]) / max(p * (1.0 - p), 1e-12) if inside else 0.0
+        elif kind == LOGIT_LOG_LOSS:
+            # softplus(y) - target * y, in the form that neither overflows nor cancels
+            term = max(y[i], 0.0) - target[i] * y[i] + np.log1p(np.exp(-abs(y[i])))
+            slope = 1.0 / (1.0 + np.exp(-y[i])) - target[i]
         else:
             residual = (y[i] - target[i]) / scale
             term = residual * residual

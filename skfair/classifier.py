@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.class_weight import compute_class_weight
@@ -22,11 +23,14 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     The network's probabilities ``p = sigmoid(f(X))`` are projected onto the probabilities whose
     group statistics differ by at most ``epsilon`` (the closest ones in Euclidean distance, within
     ``[0, 1]``), and the network is trained with binary cross-entropy on the projected
-    probabilities, so it learns to be accurate *given* the constraint.
+    probabilities, so it learns to be accurate *given* the constraint. With
+    ``constrain="logit"`` the layer acts on the logits ``f(X)`` instead, with no bounds, and the
+    probabilities are ``sigmoid`` of the fair logits: every guarantee below then holds for the
+    logits.
 
     At prediction time a batch of at least ``b_tau`` rows is projected exactly: its
-    probabilities satisfy the constraint (hard guarantee, checked to 1e-9 of the outputs'
-    scale). A shorter batch takes a step of the online primal-dual algorithm, whose
+    probabilities (or logits) satisfy the constraint (hard guarantee, checked to 1e-9 of the
+    outputs' scale). A shorter batch takes a step of the online primal-dual algorithm, whose
     sample-weighted average violation over a stream converges to at most ``epsilon`` (see
     :meth:`partial_predict_proba`). Constraints that need true labels (equalized odds,
     equal opportunity) are enforced during training only: at prediction time labels are unknown,
@@ -49,6 +53,19 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             default="demographic_parity"
         The constraint (see :mod:`skfair.constraints`); on probabilities, demographic parity
         bounds the difference of the groups' mean predicted probabilities.
+    constrain : {"proba", "logit"}, default="proba"
+        Where the constraint acts. ``"proba"``: on the probabilities, within ``[0, 1]``.
+        ``"logit"``: on the network's logits, unbounded (as a :class:`~skfair.FairnessLayer`
+        with ``bounds=None`` on raw logits): demographic parity then bounds the difference of
+        the groups' mean logits, the network trains with the log loss of ``sigmoid`` of the
+        fair logits, :meth:`predict_proba` returns ``sigmoid`` of them and
+        :meth:`decision_function` the fair logits themselves. Every guarantee on scores
+        (exact batches, streams and :meth:`stream_stats`, calibration offsets) is then on the
+        logit scale; the groups' mean probabilities may differ by more than ``epsilon``, and
+        ``individual_gap_bound`` of the scores is infinite. ``epsilon`` and
+        ``distortion_penalty`` are in the units of that scale. Fixed by ``fit`` (and the first
+        ``partial_fit``); the network must give logits (no ``module`` ending in
+        ``nn.Sigmoid``).
     epsilon : float, default=0.05
         Largest allowed difference.
     intersectional : bool, default=False
@@ -66,16 +83,16 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         warning names the attributes and their unseen values. ``partial_fit`` raises on them
         whatever this says (declare them with its ``groups``).
     guarantee : {"proba", "labels"}, default="proba"
-        What :meth:`predict` guarantees. ``"proba"``: the probabilities meet the constraint (as
-        described above) and the labels are ``p > 0.5``. ``"labels"`` (demographic parity or
-        disparate impact): in every batch of at least ``b_tau`` rows, the *selection rates* of
-        the predicted labels meet the constraint exactly, as fractions of counts, and among
-        such labelings the one of highest expected accuracy under the fair probabilities is
-        returned (:func:`skfair.decisions.fair_labels`); the probabilities keep their own
-        guarantee. Batches shorter than ``b_tau`` are decided by an online
-        primal-dual algorithm over per-group threshold offsets, whose sample-weighted average
-        selection-rate gap provably converges to at most ``epsilon`` (see :meth:`stream_stats`,
-        key ``"labels"``).
+        What :meth:`predict` guarantees. ``"proba"``: the scores meet the constraint (the
+        probabilities, or the logits with ``constrain="logit"``, as described above) and the
+        labels are ``p > 0.5``. ``"labels"`` (demographic parity or disparate impact): in every
+        batch of at least ``b_tau`` rows, the *selection rates* of the predicted labels meet the
+        constraint exactly, as fractions of counts, and among such labelings the one of highest
+        expected accuracy under the fair probabilities is returned
+        (:func:`skfair.decisions.fair_labels`); the scores keep their own guarantee. Batches
+        shorter than ``b_tau`` are decided by an online primal-dual algorithm over per-group
+        threshold offsets, whose sample-weighted average selection-rate gap provably converges
+        to at most ``epsilon`` (see :meth:`stream_stats`, key ``"labels"``).
     solver : {"exact", "qpth"}, default="exact"
         Projection solver: ``"exact"``, the package's own (certified by the guarantee check), or
         ``"qpth"``, the reference implementation (``O(n^2)`` memory; falls back to the exact
@@ -83,15 +100,16 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     b_tau : int, default=100
         Batches with at least this many rows are projected exactly; shorter ones stream.
     eta0 : float, default=None
-        Dual step size of the streaming regime (``None``: 0.1 for probabilities, 0.3 for the
+        Dual step size of the streaming regime (``None``: 0.1 for the scores, 0.3 for the
         decisions of ``guarantee="labels"``).
     stream_warm_start : bool, default=True
         Start streams from the multipliers recorded in fit (``dual_init_``).
     distortion_penalty : float, default=10.0
         Weight of the mean squared distance between the network's outputs and their fair
-        projection, added to the loss: it teaches the network to be fair by itself. This is what
-        makes label-dependent constraints (enforced through the layer in training only) carry
-        over to prediction, and it leaves less for the layer to correct on small batches.
+        projection (probabilities, or logits with ``constrain="logit"``), added to the loss: it
+        teaches the network to be fair by itself. This is what makes label-dependent
+        constraints (enforced through the layer in training only) carry over to prediction,
+        and it leaves less for the layer to correct on small batches.
     inference : {"batch", "individual"}, default="batch"
         ``"batch"``: predictions are fair *per batch* (as above), so a row's prediction
         depends on the rows predicted with it. ``"individual"``: every row is predicted on its
@@ -187,8 +205,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         The values of every protected attribute (``group_encoder_.categories_``).
     constraint_ : AffineConstraint or None
         The constraint in use.
-    bounds_ : tuple
-        ``(0.0, 1.0)``.
+    bounds_ : tuple or None
+        ``(0.0, 1.0)``; None with ``constrain="logit"`` (logits are unbounded).
     module_ : torch.nn.Module
         The trained network.
     history_ : list of dict
@@ -197,10 +215,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
         - ``epoch``: its number, counting on over warm starts and ``partial_fit`` calls.
         - ``train_loss``: the log loss of the training batches' probabilities *after* the
-          layer (each batch projected exactly, as it was trained), without the distortion
-          penalty: the quantity of ``val_loss``. The mean over the epoch's batches (weighted by
-          their sizes) of their weighted mean loss; without protected attributes, of the
-          network's probabilities.
+          layer (each batch projected exactly, as it was trained; with ``constrain="logit"``,
+          ``sigmoid`` of the fair logits), without the distortion penalty: the quantity of
+          ``val_loss``. The mean over the epoch's batches (weighted by their sizes) of their
+          weighted mean loss; without protected attributes, of the network's probabilities.
         - ``train_penalty``: the distortion penalty over the same batches (``distortion_penalty``
           times the mean squared distance between the network's probabilities and the fair
           ones). ``train_loss + train_penalty`` is the objective the optimizer minimised.
@@ -222,6 +240,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
           labels: predictions do not go through the layer).
         - ``seconds``: the epoch's duration, validation included.
 
+        The penalty and the gaps are on the scale the layer acts on: logits with
+        ``constrain="logit"``.
+
         With early stopping, ``fit`` keeps the network and ``dual_init_`` of the last epoch
         that improved ``val_loss`` by at least ``tol``.
     loss_curve_ : list of float
@@ -234,10 +255,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         stopping the one whose network is kept), in the stream's scale.
     calibration_ : Calibration
         With ``inference="individual"``: per combination of groups (``cells``, their group
-        codes), the ``offsets`` subtracted from the network's probabilities, the decision
-        ``thresholds`` (``guarantee="labels"``, else None), the calibration rows (``sizes``)
-        and the constraint's gap on the calibration set of the offset probabilities (``gap``)
-        and of the thresholded labels (``label_gap``).
+        codes), the ``offsets`` subtracted from the network's probabilities (logits with
+        ``constrain="logit"``), the decision ``thresholds`` of the offset scores
+        (``guarantee="labels"``, else None), the calibration rows (``sizes``) and the
+        constraint's gap on the calibration set of the offset scores (``gap``) and of the
+        thresholded labels (``label_gap``).
 
     Examples
     --------
@@ -251,6 +273,14 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     >>> p = clf.predict_proba(X)[:, 1]
     >>> bool(abs(p[X["sex"] == "M"].mean() - p[X["sex"] == "F"].mean()) <= 0.05 + 1e-7)
     True
+
+    On the logits, as a fairness layer without bounds on a network's raw outputs:
+
+    >>> on_logits = FairNeuralClassifier(protected_attributes=["sex"], constrain="logit",
+    ...                                  max_epochs=20, random_state=0).fit(X, y)
+    >>> z = on_logits.decision_function(X)  # the fair logits
+    >>> bool(abs(z[X["sex"] == "M"].mean() - z[X["sex"] == "F"].mean()) <= 0.05 + 1e-7)
+    True
     """
 
     _parameter_constraints = {
@@ -258,14 +288,15 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         "fairness": [AffineConstraint, StrOptions({
             "demographic_parity", "equalized_odds", "equal_opportunity",
             "false_positive_rate_parity", "error_rate_parity", "disparate_impact"})],
+        "constrain": [StrOptions({"proba", "logit"})],
         "guarantee": [StrOptions({"proba", "labels"})],
         "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
     def __init__(self, *, protected_attributes=None, exclude_protected=False,
-                 fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 handle_unknown="error",
-                 guarantee="proba", solver="exact", b_tau=100, eta0=None,
+                 fairness="demographic_parity", constrain="proba", epsilon=0.05,
+                 intersectional=False, handle_unknown="error", guarantee="proba",
+                 solver="exact", b_tau=100, eta0=None,
                  stream_warm_start=True, distortion_penalty=10.0, inference="batch",
                  hidden_layer_sizes=(64, 64), activation="relu", module=None,
                  batch_size=256, max_epochs=100, learning_rate=1e-3,
@@ -286,6 +317,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tol=tol, warm_start=warm_start, device=device, n_jobs=n_jobs, verbose=verbose,
             random_state=random_state)
+        self.constrain = constrain
         self.guarantee = guarantee
         self.class_weight = class_weight
 
@@ -351,24 +383,48 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
                                          y=self.classes_[target.astype(np.int64)])
         return weight * per_class[target.astype(np.int64)]
 
+    def _on_logits(self):
+        """Whether the fitted layer acts on logits (``constrain="logit"`` at fit: no bounds)."""
+        return self.bounds_ is None
+
+    def _start(self, features, codes, target, constraint, device, warm):
+        super()._start(features, codes, target, constraint, device, warm)
+        if self._on_logits() and ends_in_sigmoid(self.module_):
+            raise ValueError(
+                "constrain='logit' puts the network's logits through the layer, and this module "
+                "ends in nn.Sigmoid (it gives probabilities): drop its last layer, or use "
+                "constrain='proba'.")
+
     def _output(self, raw):
+        if self._on_logits():
+            return raw
         # a module ending in a sigmoid gives probabilities already: no second sigmoid
         return raw if ends_in_sigmoid(self.module_) else torch.sigmoid(raw)
 
-    _compiled_loss = _kernels.LOG_LOSS
+    def _probabilities(self, values):
+        """The probabilities of outputs on the layer's scale (a numpy array)."""
+        return expit(values) if self._on_logits() else values
+
+    @property
+    def _compiled_loss(self):
+        return _kernels.LOGIT_LOG_LOSS if self._on_logits() else _kernels.LOG_LOSS
 
     def _sample_losses(self, y_fair, target):
-        # The projection may put probabilities exactly on 0 or 1; keep the log finite.
         # (one fused operation forward and backward: cheaper than its formula in tensor ops)
+        if self._on_logits():
+            return torch.nn.functional.binary_cross_entropy_with_logits(y_fair, target,
+                                                                        reduction="none")
+        # The projection may put probabilities exactly on 0 or 1; keep the log finite.
         clip = _kernels.PROBABILITY_CLIP
         return torch.nn.functional.binary_cross_entropy(y_fair.clamp(clip, 1 - clip), target,
                                                         reduction="none")
 
     def _fit_bounds(self, target):
-        return (0.0, 1.0)
+        return None if self.constrain == "logit" else (0.0, 1.0)
 
     def predict_proba(self, X):
-        """Fair probabilities (stateless).
+        """Fair probabilities (stateless); with ``constrain="logit"``, ``sigmoid`` of the fair
+        logits (:meth:`decision_function`).
 
         Parameters
         ----------
@@ -379,7 +435,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         proba : ndarray of shape (n_samples, 2)
             Probabilities of ``classes_[0]`` and ``classes_[1]``.
         """
-        p = self._predict_values(X)
+        p = self._probabilities(self._predict_values(X))
         return np.column_stack([1 - p, p])
 
     def audit_predict_proba(self, X, y):
@@ -401,7 +457,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         proba : ndarray of shape (n_samples, 2)
         """
-        p = self._audit_values(X, y)
+        p = self._probabilities(self._audit_values(X, y))
         return np.column_stack([1 - p, p])
 
     def predict_log_proba(self, X):
@@ -419,9 +475,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             return np.log(self.predict_proba(X))
 
     def decision_function(self, X):
-        """Log-odds of the fair probabilities, ``log(p / (1 - p))``: positive where
-        :meth:`predict` (with ``guarantee="proba"``) says ``classes_[1]``; infinite where the
-        layer put a probability at 0 or 1 (stateless).
+        """Log-odds of the fair probabilities: positive where :meth:`predict` (with
+        ``guarantee="proba"``) says ``classes_[1]`` (stateless). With ``constrain="logit"``, the
+        fair logits the layer returned (the values its guarantee is on); else ``log(p / (1 -
+        p))``, infinite where the layer put a probability at 0 or 1.
 
         Parameters
         ----------
@@ -431,9 +488,11 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        p = self._predict_values(X)
+        values = self._predict_values(X)
+        if self._on_logits():
+            return values
         with np.errstate(divide="ignore"):
-            return np.log(p) - np.log1p(-p)
+            return np.log(values) - np.log1p(-values)
 
     def predict(self, X):
         """Class labels: ``classes_[1]`` where the fair probability exceeds 0.5 (stateless).
@@ -446,32 +505,36 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         y : ndarray of shape (n_samples,)
         """
-        p, groups = self._predict_values_and_groups(X)
+        values, groups = self._predict_values_and_groups(X)
         if self._row_by_row(groups):
-            return self._thresholded(p, groups)
+            return self._thresholded(values, groups)
+        p = self._probabilities(values)
         if not self._decides(groups) or len(p) == 0:
             return self.classes_[(p > 0.5).astype(int)]
         # like the probabilities: the first batch of a fresh stream
         labels = self._new_decision_stream().step(torch.from_numpy(p), groups)
         return self.classes_[labels.numpy().astype(int)]
 
-    def _thresholded(self, p, groups):
-        """Row-by-row labels of the offset probabilities ``p``: above their combination's
-        calibrated threshold with ``guarantee="labels"``, else above 0.5."""
+    def _thresholded(self, values, groups):
+        """Row-by-row labels of the offset outputs ``values`` (on the layer's scale): above
+        their combination's calibrated threshold (on that scale) with ``guarantee="labels"``,
+        else where their probability exceeds 0.5."""
         thresholds = self.calibration_.thresholds
         if self.guarantee != "labels":
-            return self.classes_[(p > 0.5).astype(int)]
+            return self.classes_[(self._probabilities(values) > 0.5).astype(int)]
         if thresholds is None:
             raise NotFittedError("guarantee='labels' was set after the calibration, which "
                                  "learned no decision thresholds: call calibrate(X) again.")
-        return self.classes_[(p > thresholds[self._cells(groups)]).astype(int)]
+        return self.classes_[(values > thresholds[self._cells(groups)]).astype(int)]
 
     def _calibration_labels(self):
         if self.guarantee != "labels":
             return None
         ratio = getattr(self.constraint_, "ratio", None)
-        return lambda scores, codes: fair_labels(scores, codes, min(float(self.epsilon), 1.0),
-                                                 ratio=ratio)
+        # the labels of highest expected accuracy under the probabilities of the scores; a
+        # cell's labels are its top scores, whose thresholds are on the scores' scale
+        return lambda scores, codes: fair_labels(self._probabilities(scores), codes,
+                                                 min(float(self.epsilon), 1.0), ratio=ratio)
 
     def _decides(self, groups):
         """Whether labels come from a decision stream (``guarantee="labels"``, groups)."""
@@ -483,7 +546,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             self.eta0 if self.eta0 is not None else _streaming.DEFAULT_DECISION_ETA0, self.b_tau)
 
     def partial_predict_proba(self, X):
-        """Probabilities for the next batch of a stream (stateful).
+        """Probabilities for the next batch of a stream (stateful); with ``constrain="logit"``
+        the stream acts on the logits, and the probabilities are ``sigmoid`` of its outputs.
 
         A batch of at least ``b_tau`` rows is projected exactly; a smaller one takes one step of
         the online primal-dual algorithm, which updates the stream's multipliers (see
@@ -499,7 +563,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         proba : ndarray of shape (n_samples, 2)
         """
-        p = self._partial_values(X)
+        p = self._probabilities(self._partial_values(X))
         return np.column_stack([1 - p, p])
 
     def partial_predict(self, X):
@@ -514,9 +578,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         -------
         y : ndarray of shape (n_samples,)
         """
-        p, groups = self._partial_values_and_groups(X)
-        if len(p) and self._row_by_row(groups):
-            return self._thresholded(p, groups)
+        values, groups = self._partial_values_and_groups(X)
+        if len(values) and self._row_by_row(groups):
+            return self._thresholded(values, groups)
+        p = self._probabilities(values)
         if not self._decides(groups) or len(p) == 0:
             return self.classes_[(p > 0.5).astype(int)]
         stream = getattr(self, "decision_stream_", None)
@@ -534,14 +599,17 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         Returns
         -------
         stats : dict
-            The statistics of the probabilities (see :meth:`BaseFairNeural.stream_stats
-            <skfair._base.BaseFairNeural.stream_stats>`). With ``guarantee="labels"``, key
+            The statistics of the scores (see :meth:`BaseFairNeural.stream_stats
+            <skfair._base.BaseFairNeural.stream_stats>`), on the scale that key ``"scale"``
+            names: ``"proba"`` (probabilities) or ``"logit"`` (with ``constrain="logit"``, the
+            gaps and the bound are differences of mean logits). With ``guarantee="labels"``, key
             ``"labels"`` holds the same statistics for the decisions of
             :meth:`partial_predict` (their rows' values are selection rates:
             ``weighted_avg_fairness_gap`` is at most ``epsilon + bound``), or None before its
             first batch.
         """
         stats = super().stream_stats()
+        stats["scale"] = "logit" if self._on_logits() else "proba"
         if self.guarantee == "labels":
             stream = getattr(self, "decision_stream_", None)
             stats["labels"] = None if stream is None else stream.stats()

@@ -883,16 +883,18 @@ class _Maker:
     """The estimator's output of a block from its fair values."""
 
     def __init__(self, estimator, method):
+        self.estimator = estimator
         self.classes = getattr(estimator, "classes_", None)
         self.method = method
         self.dtype = np.float64 if method == "predict_proba" or self.classes is None \
             else self.classes.dtype
 
-    def __call__(self, p):
+    def __call__(self, values):
+        if self.classes is None:
+            return values
+        p = self.estimator._probabilities(values)  # (the fair values may be logits)
         if self.method == "predict_proba":
             return np.column_stack([1 - p, p])
-        if self.classes is None:
-            return p
         return self.classes[(p > 0.5).astype(int)]
 
 

@@ -301,11 +301,11 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     """The training objective of a batch through the exact projection, as one autograd node.
 
     The weighted mean of ``loss(y, target) + penalty * (z - y)**2`` at the projection ``y`` of
-    ``z`` (:func:`skfair._kernels.objective`: ``loss`` is ``LOG_LOSS`` or ``SQUARED_ERROR``,
-    the latter in units of ``scale``), with its gradient in ``z`` through the projection (the
-    targets, weights and rows are data: no gradient flows to them). Returns ``(objective,
-    result)``, a 0-dim tensor and the solver's :class:`~skfair._exact.SolveResult` (its
-    multipliers, iterations and check), or None when the result fails the guarantee check (the
+    ``z`` (:func:`skfair._kernels.objective`: ``loss`` is ``LOG_LOSS``, ``LOGIT_LOG_LOSS`` or
+    ``SQUARED_ERROR``, the latter in units of ``scale``), with its gradient in ``z`` through the
+    projection (the targets, weights and rows are data: no gradient flows to them). Returns
+    ``(objective, result)``, a 0-dim tensor and the solver's :class:`~skfair._exact.SolveResult`
+    (its multipliers, iterations and check), or None when the result fails the guarantee check (the
     caller then goes through :func:`project`, which falls back to the other backend).
 
     The projection is what :func:`project` computes and checks; what differs is the autograd
@@ -323,9 +323,9 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
 
 
 #: the loss of :func:`training_objective`: ``losses(fair, target)`` the per-sample torch losses,
-#: ``compiled`` their kind in :func:`skfair._kernels.objective` (``LOG_LOSS`` or
-#: ``SQUARED_ERROR``), ``scale`` the unit of the squared error and ``penalty`` the weight of the
-#: squared distortion ``(out - fair)**2``
+#: ``compiled`` their kind in :func:`skfair._kernels.objective` (``LOG_LOSS``,
+#: ``LOGIT_LOG_LOSS`` or ``SQUARED_ERROR``), ``scale`` the unit of the squared error and
+#: ``penalty`` the weight of the squared distortion ``(out - fair)**2``
 TrainingLoss = namedtuple("TrainingLoss", "losses compiled scale penalty")
 
 

@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.metadata_routing import MetadataRequest
 
 from ._validation import GroupEncoder, protected_frame
+from .classifier import FairNeuralClassifier
 from .constraints import constraint_gap, intersect_groups
 from .layer import GUARANTEE_TOL
 
@@ -603,7 +604,11 @@ def fairness_report(estimator: BaseEstimator, X: ArrayLike, y: ArrayLike, *,
     report : DataFrame
         Indexed by ``(attribute, kind, name)``. Rows of kind ``"group"`` are the groups of
         each attribute (``name`` is the group's value): ``count``, ``mean prediction`` (mean
-        probability of the positive class, or mean prediction), then ``selection rate``,
+        probability of the positive class, or mean prediction), for a
+        :class:`~skfair.FairNeuralClassifier` fitted with ``constrain="logit"`` ``mean logit``
+        (the mean of its fair logits, :meth:`~skfair.FairNeuralClassifier.decision_function`:
+        the scale its guarantee is on, where ``mean prediction``'s gap is not bounded by
+        ``epsilon``), then ``selection rate``,
         ``accuracy``, ``TPR``, ``FPR`` (classifier, from the predicted labels) or ``MSE``,
         ``mean residual`` (regressor). After each attribute's groups come its rows of kind
         ``"summary"``: ``gap`` holds ``max - min`` of every column over the groups (and the
@@ -675,15 +680,20 @@ def _sensitive_frame(sensitive_features, n, against):
 
 def _classifier_group_row(estimator, X, y):
     """The report's columns of a classifier for the rows of a group (a mask)."""
-    classes = _final(estimator).classes_
-    positive = (np.asarray(y) == classes[1]).astype(float)
+    final = _final(estimator)
+    positive = (np.asarray(y) == final.classes_[1]).astype(float)
     proba = estimator.predict_proba(X)[:, 1]
-    label = (estimator.predict(X) == classes[1]).astype(float)
+    label = (estimator.predict(X) == final.classes_[1]).astype(float)
+    # the fair logits themselves: logit(proba) would lose them where proba rounds to 0 or 1
+    on_logits = isinstance(final, FairNeuralClassifier) and final._on_logits()
+    logits = estimator.decision_function(X) if on_logits else None
 
     def row(m):
         pos, neg = m & (positive == 1), m & (positive == 0)
-        return {"count": int(m.sum()), "mean prediction": proba[m].mean(),
-                "selection rate": label[m].mean(),
+        scores = {"mean prediction": proba[m].mean()}
+        if logits is not None:
+            scores["mean logit"] = logits[m].mean()
+        return {"count": int(m.sum()), **scores, "selection rate": label[m].mean(),
                 "accuracy": (label[m] == positive[m]).mean(),
                 "TPR": label[pos].mean() if pos.any() else np.nan,
                 "FPR": label[neg].mean() if neg.any() else np.nan}

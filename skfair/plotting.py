@@ -164,9 +164,10 @@ def plot_group_distributions(estimator, X, attribute=None, bins=30):
     -------
     fig : matplotlib Figure
         Two axes, "before" (the network's outputs) and "after" (the fair predictions), with one
-        histogram per group and a dashed line at its mean. A constraint that needs true labels
-        is enforced in training only: the second axes then shows the predictions, which do
-        not go through the layer.
+        histogram per group and a dashed line at its mean, on the scale the layer acts on (a
+        classifier's probabilities, or its logits with ``constrain="logit"``). A constraint
+        that needs true labels is enforced in training only: the second axes then shows the
+        predictions, which do not go through the layer.
     """
     plt = _pyplot()
     final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
@@ -182,8 +183,11 @@ def plot_group_distributions(estimator, X, attribute=None, bins=30):
                          f"{attribute!r}.")
     inputs = estimator[:-1].transform(X) if isinstance(estimator, Pipeline) else X
     before = final._predict_unconstrained(inputs)
-    after = (estimator.predict_proba(X)[:, 1] if is_classifier(estimator)
-             else estimator.predict(X))
+    after = final._predict_values(inputs)  # on the scale of ``before``: the layer's
+    scale = "prediction"
+    if is_classifier(final):
+        scale = (f"{'logit' if final._on_logits() else 'predicted probability'} of class "
+                 f"{final.classes_[1]}")
     groups = sensitive[attribute].to_numpy()
     edges = np.histogram_bin_edges(np.concatenate([before, after]), bins=bins)
     after_title = "after the layer"
@@ -198,8 +202,7 @@ def plot_group_distributions(estimator, X, attribute=None, bins=30):
                     color=f"C{i}", label=f"{attribute}={value} (mean {mean:.3f})")
             ax.axvline(mean, color=f"C{i}", linestyle="--", linewidth=1)
         ax.set_title(title)
-        ax.set_xlabel(f"predicted probability of class {final.classes_[1]}"
-                      if is_classifier(final) else "prediction")
+        ax.set_xlabel(scale)
         ax.legend(fontsize=8, loc="upper left")
     axes[0].set_ylabel("density")
     fig.suptitle(f"Predictions by {attribute} (dashed: group means)")
