@@ -433,8 +433,9 @@ def make_fairness_scorer(metric: str | Callable[..., float], greater_is_better: 
     """Make a scorer from a fairness metric.
 
     The scorer predicts with the estimator (for classifiers ``predict_proba[:, 1]``, the scores,
-    or with ``response="labels"`` 0/1 for ``predict == classes_[1]``, the decisions;
-    ``predict`` for regressors) and takes the protected groups from
+    or the fair logits, ``decision_function``, of a skfair classifier with
+    ``constrain="logit"``, whose guarantee is on them; with ``response="labels"`` 0/1 for
+    ``predict == classes_[1]``, the decisions; ``predict`` for regressors) and takes the protected groups from
     the raw ``X`` it is given, using the fitted skfair estimator's ``protected_attributes`` (also
     as the last step of a Pipeline), so that ``GridSearchCV(scoring={"dp": ...})`` needs no
     plumbing; it then compares them crossed or not as the estimator's ``intersectional`` says
@@ -451,7 +452,8 @@ def make_fairness_scorer(metric: str | Callable[..., float], greater_is_better: 
         Gaps are better when smaller, so by default the scorer returns the **negative** gap, as
         scikit-learn's scorers of errors do: ``cv_results_["mean_test_dp"]`` holds ``-gap``.
     response : {"proba", "labels"}, default="proba"
-        What a classifier's metric is computed on: its probabilities or its predicted labels.
+        What a classifier's metric is computed on: its scores (probabilities, or logits where
+        the model constrains logits) or its predicted labels.
     **kwargs
         Passed to the metric (e.g. ``pos_label``).
 
@@ -525,6 +527,8 @@ def _predictions(estimator, X, response="proba"):
     if is_classifier(estimator):
         if response == "labels":
             return (estimator.predict(X) == _final(estimator).classes_[1]).astype(float)
+        if getattr(_final(estimator), "constrain", "proba") == "logit":
+            return estimator.decision_function(X)  # the scale the guarantee is on
         return estimator.predict_proba(X)[:, 1]
     return estimator.predict(X)
 

@@ -277,3 +277,17 @@ def test_dask_global_prediction_on_logits(data, on_logits):
         labels = sd.predict(on_logits, ddf).compute()
     np.testing.assert_allclose(proba, on_logits.predict_proba(X), rtol=0, atol=1e-9)
     np.testing.assert_array_equal(labels, on_logits.predict(X))
+
+
+def test_fairness_scorers_measure_the_logits_the_model_constrains(data, on_logits):
+    from skfair.metrics import demographic_parity_scorer
+
+    X, _ = data
+    batch = X.iloc[:200]  # one batch of at least b_tau rows: projected exactly
+    logits = on_logits.decision_function(batch)
+    gap = max(group_gaps(logits, batch).values())
+    assert -demographic_parity_scorer(on_logits, batch, None) == pytest.approx(gap, abs=1e-12)
+    assert gap <= EPSILON + 1e-9
+    # the probabilities' gap, which the guarantee does not bound, is another figure
+    probabilities = max(group_gaps(on_logits.predict_proba(batch)[:, 1], batch).values())
+    assert probabilities != pytest.approx(gap, abs=1e-6)
