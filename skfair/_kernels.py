@@ -11,7 +11,10 @@ Arguments that travel together are named tuples (:class:`Box`, :class:`Rows`, :c
 :class:`Loss`), which the compiled functions read like structs.
 """
 
+import hashlib
+import os
 from collections import namedtuple
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -31,11 +34,44 @@ def jit(function):
         return numba.njit(nogil=True)(function)
 
 
+def retire_stale_machine_code(sources, record):
+    """Make numba recompile when any of ``sources`` (the modules whose functions are compiled)
+    changed since ``record`` (a file holding their fingerprint) was written.
+
+    numba validates a function's cached machine code against its own source file only, but a
+    compiled function here contains the functions of the other module it calls: after an edit
+    of ``_kernels.py`` alone (a ``git pull`` in an editable install), the solver in
+    ``_exact.py`` would run its cached copy of the old code. Touching every source file when
+    their joint fingerprint changes invalidates all their caches, wherever numba keeps them.
+    Nothing is done where the record cannot be written (an installed package, whose files an
+    upgrade replaces together).
+    """
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
+    fingerprint = digest.hexdigest()
+    try:
+        if record.exists() and record.read_text() == fingerprint:
+            return False
+        for source in sources:
+            os.utime(source)
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(fingerprint)
+    except OSError:
+        return False
+    return True
+
+
 def inline(function):
     """``function`` compiled into each compiled function that calls it (numba's inlining of its
     intermediate representation), never on its own: a helper that splits a compiled function
     for reading costs no compilation, cache entry or call of its own."""
     return numba.njit(inline="always", nogil=True)(function)
+
+
+_PACKAGE = Path(__file__).resolve().parent
+retire_stale_machine_code([_PACKAGE / "_kernels.py", _PACKAGE / "_exact.py"],
+                          _PACKAGE / "__pycache__" / "numba-sources.sha256")
 
 
 @jit

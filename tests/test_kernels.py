@@ -158,3 +158,29 @@ def test_objective_is_the_estimators_torch_loss(loss, penalty):
     assert value == pytest.approx(float(want.detach()), rel=1e-14)
     np.testing.assert_allclose(grad_y, y_t.grad.numpy(), rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(grad_z, z_t.grad.numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_stale_machine_code_is_retired_when_a_compiled_module_changes(tmp_path):
+    """A change of any compiled module touches all of them (so numba, which checks each
+    function's cache against its own file only, recompiles the callers too); no change, no
+    touch."""
+    import os
+
+    sources = [tmp_path / "_kernels.py", tmp_path / "_exact.py"]
+    for source in sources:
+        source.write_text(f"# {source.name}\n")
+    record = tmp_path / "__pycache__" / "numba-sources.sha256"
+    assert _kernels.retire_stale_machine_code(sources, record) and record.is_file()
+
+    def age():
+        for source in sources:
+            os.utime(source, (1e9, 1e9))
+
+    age()
+    assert not _kernels.retire_stale_machine_code(sources, record)
+    assert [s.stat().st_mtime for s in sources] == [1e9, 1e9]
+    sources[0].write_text("# _kernels.py, edited\n")
+    age()
+    assert _kernels.retire_stale_machine_code(sources, record)
+    assert all(s.stat().st_mtime > 1e9 for s in sources)  # the unchanged _exact.py too
+    assert not _kernels.retire_stale_machine_code(sources, record)
