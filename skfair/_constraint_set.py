@@ -8,6 +8,8 @@ with :func:`host_set` (:mod:`skfair._rows`); a custom constraint's dense rows go
 constructor.
 """
 
+from collections.abc import Hashable, Iterable, Sequence
+
 import numpy as np
 import torch
 
@@ -55,7 +57,8 @@ class ConstraintSet:
         Per-sample column scale (the sample weights); ``None`` means all ones.
     """
 
-    def __init__(self, coef, atom, h, keys, weight=None):
+    def __init__(self, coef: torch.Tensor, atom: torch.Tensor, h: torch.Tensor,
+                 keys: Iterable[Hashable], weight: torch.Tensor | None = None) -> None:
         if coef.ndim != 2 or atom.ndim != 1 or h.ndim != 1:
             raise ValueError(
                 f"coef, atom and h must have 2, 1 and 1 dimensions; got {coef.ndim}, "
@@ -91,51 +94,51 @@ class ConstraintSet:
         self._host = {}  # numpy copies on the host, made on first use (or by the builders)
 
     @property
-    def n_rows(self):
+    def n_rows(self) -> int:
         return self.h.shape[0]
 
     @property
-    def n_samples(self):
+    def n_samples(self) -> int:
         return self.atom.shape[0]
 
     @property
-    def n_atoms(self):
+    def n_atoms(self) -> int:
         return self._n_atoms
 
     @property
-    def keys(self):
+    def keys(self) -> Sequence[Hashable]:
         """The key of every row (a sequence; the built-in constraints make them on access)."""
         return self._keys
 
     @property
-    def coef(self):
+    def coef(self) -> torch.Tensor:
         """The coefficients of every row on every atom, a tensor of shape (m, n_atoms) on the
         device of :attr:`atom` (made on first access from the factored rows)."""
         if self._coef is None:
             self._coef = device_tensor(self.host_coef, self.atom.device)
         return self._coef
 
-    def atom_sums(self, y):
+    def atom_sums(self, y: torch.Tensor) -> torch.Tensor:
         """Weighted sums of ``y`` over the samples of every atom, shape (n_atoms,)."""
         if self.weight is not None:
             y = y * self.weight
         return segment_sum(y, self.atom, self.n_atoms)
 
-    def matvec(self, y):
+    def matvec(self, y: torch.Tensor) -> torch.Tensor:
         """``G @ y`` for ``y`` of shape (n,)."""
         return row_tensor(self.host_rows, self.atom_sums(y))
 
-    def rmatvec(self, lam):
+    def rmatvec(self, lam: torch.Tensor) -> torch.Tensor:
         """``G.T @ lam`` for ``lam`` of shape (m,)."""
         values = atom_tensor(self.host_rows, lam)[self.atom]
         return values if self.weight is None else values * self.weight
 
-    def violation(self, y):
+    def violation(self, y: torch.Tensor) -> float:
         """``max(G @ y - h)`` as a float (``-inf`` without rows): how far ``y`` is from the fair
         set."""
         return self.violation_and_range(y)[0]
 
-    def violation_and_range(self, y):
+    def violation_and_range(self, y: torch.Tensor) -> tuple[float, float, float]:
         """``(max(G @ y - h), min(y), max(y))`` from one compiled pass over ``y`` on the host;
         the range is NaN when ``y`` holds a NaN."""
         if y.shape != (self.n_samples,):
@@ -152,47 +155,47 @@ class ConstraintSet:
         return value
 
     @property
-    def host_rows(self):
+    def host_rows(self) -> _kernels.Rows:
         """The rows in the factored form of the compiled passes (:class:`skfair._kernels.Rows`)."""
         return self._host["rows"]
 
     @property
-    def host_coef(self):
+    def host_coef(self) -> np.ndarray:
         """:attr:`coef` as a float64 numpy array on the host (dense: checks and small sets)."""
         return self._cached("coef", lambda: dense_coef(self.host_rows, self.n_atoms))
 
     @property
-    def host_h(self):
+    def host_h(self) -> np.ndarray:
         """:attr:`h` (detached) as a float64 numpy array on the host."""
         return self._cached("h", lambda: host_array(self.h))
 
     @property
-    def host_atom(self):
+    def host_atom(self) -> np.ndarray:
         """:attr:`atom` as an int64 numpy array on the host."""
         return self._cached("atom", lambda: host_vector(self.atom.long()))
 
     @property
-    def host_weight(self):
+    def host_weight(self) -> np.ndarray:
         """:attr:`weight` as a float64 numpy array on the host, empty without weights."""
         if self.weight is None:
             return NO_WEIGHT
         return self._cached("weight", lambda: host_vector(self.weight.to(torch.float64)))
 
     @property
-    def host_mass(self):
+    def host_mass(self) -> np.ndarray:
         """Total weight of the samples of every atom (their number without weights), a numpy
         array on the host."""
         return self._cached("mass", lambda: self._atom_totals(self.host_weight))
 
     @property
-    def square_mass(self):
+    def square_mass(self) -> np.ndarray:
         """Total squared weight of every atom's samples, a numpy array on the host."""
         if self.weight is None:
             return self.host_mass
         return self._cached("square_mass", lambda: self._atom_totals(self.host_weight**2))
 
     @property
-    def host_problem(self):
+    def host_problem(self) -> _kernels.Problem:
         """The host arrays of the compiled passes as one :class:`skfair._kernels.Problem`
         (``host_atom, host_weight, host_rows, host_h, host_mass, square_mass``; one cached
         lookup per pass: at training batch sizes the Python around a pass costs about as much
@@ -209,7 +212,7 @@ class ConstraintSet:
         return np.bincount(self.host_atom, weights=weight if weight.size else None,
                            minlength=self.n_atoms).astype(np.float64)
 
-    def dense(self):
+    def dense(self) -> torch.Tensor:
         """The dense matrix ``G`` of shape (m, n); for small problems, checks and qpth."""
         G = self.coef[:, self.atom]
         return G if self.weight is None else G * self.weight

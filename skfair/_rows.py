@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from . import _kernels
 from ._constraint_set import host_set, row_tensor, segment_sum, statistics
@@ -83,7 +84,7 @@ def group_mean_set(constraint, groups, *, epsilon, y_true=None, sample_weight=No
     return host_set(rows, atom, h, h_tensor, keys, device, weight, mass)
 
 
-def as_group_matrix(groups):
+def as_group_matrix(groups: torch.Tensor | ArrayLike) -> torch.Tensor:
     if not isinstance(groups, torch.Tensor):
         groups = torch.as_tensor(groups)
     if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:

@@ -34,8 +34,11 @@ Group means are weighted by ``sample_weight`` when it is given.
 
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import TypeAlias
 
 import torch
+from numpy.typing import ArrayLike
 
 from ._constraint_set import ConstraintSet
 from ._rows import (GroupMeanLayout, as_group_matrix, check_weight, code_range,
@@ -57,15 +60,21 @@ __all__ = [
 ]
 
 
+#: what :meth:`AffineConstraint.rows` returns: ``(G, h)``, or ``(G, h, keys)`` naming the rows
+_DenseRows: TypeAlias = (tuple[torch.Tensor, torch.Tensor]
+             | tuple[torch.Tensor, torch.Tensor, Sequence[Hashable]])
+
+
 class InfeasibleConstraintError(ValueError):
     """No output within the bounds satisfies the constraint; ``key`` names the row."""
 
-    def __init__(self, message, key=None):
+    def __init__(self, message: str, key: Hashable | None = None) -> None:
         super().__init__(message)
         self.key = key
 
 
-def intersect_groups(groups, cardinalities=None):
+def intersect_groups(groups: torch.Tensor | ArrayLike,
+                     cardinalities: Sequence[int] | None = None) -> torch.Tensor:
     """Encode the cartesian product of several protected attributes as one attribute.
 
     Parameters
@@ -131,11 +140,12 @@ class AffineConstraint(ABC):
     torch.Size([2, 4])
     """
 
-    requires_y_true = False
-    label_cells = None
+    requires_y_true: bool = False
+    label_cells: tuple[int, ...] | None = None
 
     @abstractmethod
-    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+    def rows(self, groups: torch.Tensor, *, epsilon: float, y_true: torch.Tensor | None = None,
+             sample_weight: torch.Tensor | None = None) -> _DenseRows:
         """Dense rows of one batch.
 
         Parameters
@@ -157,7 +167,9 @@ class AffineConstraint(ABC):
             A third element may name the rows; by default they are numbered.
         """
 
-    def build(self, groups, *, epsilon, y_true=None, sample_weight=None):
+    def build(self, groups: torch.Tensor | ArrayLike, *, epsilon: float,
+              y_true: torch.Tensor | None = None,
+              sample_weight: torch.Tensor | None = None) -> ConstraintSet:
         """The :class:`ConstraintSet` of one batch (called once per batch by every consumer)."""
         groups = as_group_matrix(groups)
         code_range(groups)
@@ -179,16 +191,20 @@ class _GroupMeanConstraint(GroupMeanLayout, AffineConstraint):
     """Constraints on the (weighted) group means of the outputs, built in factored form
     (:func:`skfair._rows.group_mean_set`)."""
 
-    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+    def rows(self, groups: torch.Tensor, *, epsilon: float, y_true: torch.Tensor | None = None,
+             sample_weight: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, Sequence[Hashable]]:
         cs = self.build(groups, epsilon=epsilon, y_true=y_true, sample_weight=sample_weight)
         return cs.dense(), cs.h, cs.keys
 
-    def build(self, groups, *, epsilon, y_true=None, sample_weight=None):
+    def build(self, groups: torch.Tensor | ArrayLike, *, epsilon: float,
+              y_true: torch.Tensor | ArrayLike | None = None,
+              sample_weight: torch.Tensor | ArrayLike | None = None) -> ConstraintSet:
         """Rows in factored form."""
         return group_mean_set(self, groups, epsilon=epsilon, y_true=y_true,
                               sample_weight=sample_weight)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -289,13 +305,13 @@ class DisparateImpact(_GroupMeanConstraint):
     name = "disparate_impact"
     layout = "ratios"
 
-    def __init__(self, ratio=0.8):
+    def __init__(self, ratio: float = 0.8) -> None:
         if (not isinstance(ratio, numbers.Real) or isinstance(ratio, bool)
                 or not 0 < ratio <= 1):
             raise ValueError(f"ratio must be a number in (0, 1]; got {ratio!r}.")
         self.ratio = float(ratio)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"DisparateImpact(ratio={self.ratio!r})"
 
 
@@ -304,7 +320,7 @@ _BUILTINS = {cls.name: cls for cls in (DemographicParity, EqualizedOdds, EqualOp
                                        DisparateImpact)}
 
 
-def get_constraint(constraint):
+def get_constraint(constraint: str | AffineConstraint) -> AffineConstraint:
     """Resolve a constraint given by name or as an :class:`AffineConstraint` instance.
 
     Parameters
@@ -329,7 +345,9 @@ def get_constraint(constraint):
     )
 
 
-def constraint_gap(constraint, y, groups, *, y_true=None, sample_weight=None):
+def constraint_gap(constraint: str | AffineConstraint, y: torch.Tensor | ArrayLike,
+                   groups: torch.Tensor | ArrayLike, *, y_true: torch.Tensor | None = None,
+                   sample_weight: torch.Tensor | None = None) -> float:
     """The smallest epsilon for which ``y`` satisfies ``constraint`` on this batch.
 
     This is the one definition of every fairness measure in skfair: ``max(G y - h)`` with the

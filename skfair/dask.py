@@ -46,6 +46,8 @@ scheduler dask uses: a ``distributed.Client`` when one is active.
 import collections
 import math
 import numbers
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -56,10 +58,15 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"skfair.dask needs dask: pip install 'skfair[dask]' ({exc})") from None
 
-from .constraints import (DemographicParity, DisparateImpact, EqualizedOdds, EqualOpportunity,
-                          ErrorRateParity, FalsePositiveRateParity, InfeasibleConstraintError,
-                          MeanResidual, intersect_groups)
+from .classifier import FairNeuralClassifier
+from .constraints import (AffineConstraint, DemographicParity, DisparateImpact, EqualizedOdds,
+                          EqualOpportunity, ErrorRateParity, FalsePositiveRateParity,
+                          InfeasibleConstraintError, MeanResidual, intersect_groups)
 from .layer import GUARANTEE_TOL, FairnessLayer
+from .regressor import FairNeuralRegressor
+
+if TYPE_CHECKING:  # for the annotations: dask.dataframe is imported where frames are handled
+    import dask.dataframe as dd
 
 __all__ = ["predict", "predict_proba", "project"]
 
@@ -84,9 +91,13 @@ LADDER = tuple(0.3 ** k for k in range(1, 11))
 FAN_IN = 8
 
 
-def project(z, groups, constraint="demographic_parity", *, epsilon, bounds=(0.0, 1.0),
-            sample_weight=None, y_true=None, intersectional=False, dual_init=None,
-            max_passes=MAX_PASSES):
+def project(z: "da.Array | dd.Series", groups: "da.Array | dd.Series | dd.DataFrame",
+            constraint: str | AffineConstraint = "demographic_parity", *, epsilon: float,
+            bounds: tuple[float | None, float | None] | None = (0.0, 1.0),
+            sample_weight: "da.Array | dd.Series | None" = None,
+            y_true: "da.Array | dd.Series | None" = None, intersectional: bool = False,
+            dual_init: Mapping[Hashable, float] | None = None,
+            max_passes: int = MAX_PASSES) -> "tuple[da.Array | dd.Series, dict[str, Any]]":
     """Project the raw outputs of a whole Dask collection onto its fair set, exactly.
 
     The result is the projection :func:`skfair.layer.project` (and
@@ -192,7 +203,10 @@ def project(z, groups, constraint="demographic_parity", *, epsilon, bounds=(0.0,
     return y, solution.info
 
 
-def predict_proba(estimator, X, *, mode="global", return_info=False, max_passes=MAX_PASSES):
+def predict_proba(estimator: FairNeuralClassifier, X: "dd.DataFrame | da.Array", *,
+                  mode: Literal["global", "partition"] = "global", return_info: bool = False,
+                  max_passes: int = MAX_PASSES
+                  ) -> da.Array | tuple[da.Array, dict[str, Any] | None]:
     """Fair probabilities of a fitted :class:`~skfair.FairNeuralClassifier` for a Dask
     collection.
 
@@ -233,7 +247,10 @@ def predict_proba(estimator, X, *, mode="global", return_info=False, max_passes=
     return _predict(estimator, X, "predict_proba", mode, return_info, max_passes)
 
 
-def predict(estimator, X, *, mode="global", return_info=False, max_passes=MAX_PASSES):
+def predict(estimator: FairNeuralClassifier | FairNeuralRegressor,
+            X: "dd.DataFrame | da.Array", *, mode: Literal["global", "partition"] = "global",
+            return_info: bool = False, max_passes: int = MAX_PASSES
+            ) -> da.Array | tuple[da.Array, dict[str, Any] | None]:
     """Fair predictions of a fitted :class:`~skfair.FairNeuralClassifier` (labels: the fair
     probability above 0.5) or :class:`~skfair.FairNeuralRegressor` (values) for a Dask
     collection.

@@ -43,15 +43,18 @@ attribute to within ``epsilon`` of that, which is why small groups can cost accu
 import math
 import warnings
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .constraints import intersect_groups
 
 __all__ = ["fair_labels", "selection_rate_gap"]
 
 
-def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
+def fair_labels(proba: ArrayLike, groups: ArrayLike, epsilon: float, *,
+                intersectional: bool = False, ratio: float | None = None) -> NDArray[np.int64]:
     """Labels of one batch whose selection rates meet demographic parity (or, with ``ratio``,
     the disparate-impact rule) exactly.
 
@@ -107,7 +110,8 @@ def fair_labels(proba, groups, epsilon, *, intersectional=False, ratio=None):
     return _integer_program(gain, codes, float(epsilon), ratio)
 
 
-def _checked_batch(proba, groups, epsilon, ratio):
+def _checked_batch(proba: ArrayLike, groups: ArrayLike, epsilon: float, ratio: float | None
+                   ) -> tuple[NDArray[np.float64], NDArray[Any]]:
     """``(proba, groups)`` of :func:`fair_labels` as float64 (n,) and (n, n_attributes) arrays,
     every argument checked."""
     proba = np.asarray(proba, dtype=np.float64)
@@ -130,7 +134,8 @@ def _checked_batch(proba, groups, epsilon, ratio):
     return proba, groups
 
 
-def selection_rate_gap(labels, groups, *, ratio=None):
+def selection_rate_gap(labels: ArrayLike, groups: ArrayLike, *,
+                       ratio: float | None = None) -> Fraction:
     """The largest difference of selection rates between two groups present, per attribute
     (the largest over the attributes), as an exact fraction; with ``ratio``, the largest
     ``ratio * rate_v - rate_u`` over ordered pairs of groups (at least 0), the quantity the

@@ -6,13 +6,23 @@ constrained layout, so that no label is cut off.
 """
 
 import numbers
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
+from .classifier import FairNeuralClassifier
 from .metrics import protected_columns
+from .regressor import FairNeuralRegressor
+
+if TYPE_CHECKING:  # names of annotations only: matplotlib is optional, imported when drawing
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
 __all__ = ["plot_tradeoff", "plot_group_distributions", "plot_training_history"]
 
@@ -27,7 +37,10 @@ def _pyplot():
     return plt
 
 
-def plot_tradeoff(results, score="accuracy", gap="dp", param="epsilon", baseline=None, ax=None):
+def plot_tradeoff(
+        results: "GridSearchCV | RandomizedSearchCV | Mapping[str, ArrayLike] | pd.DataFrame",
+        score: str = "accuracy", gap: str = "dp", param: str = "epsilon",
+        baseline: tuple[float, float] | None = None, ax: "Axes | None" = None) -> "Axes":
     """Cross-validated score against fairness gap, one point per candidate.
 
     Parameters
@@ -147,7 +160,9 @@ def _pareto_front(gaps, scores):
     return np.array(front, dtype=int)
 
 
-def plot_group_distributions(estimator, X, attribute=None, bins=30):
+def plot_group_distributions(estimator: FairNeuralClassifier | FairNeuralRegressor | Pipeline,
+                             X: ArrayLike, attribute: str | None = None,
+                             bins: int = 30) -> "Figure":
     """Per-group histograms of the predictions before and after the fairness layer.
 
     Parameters
@@ -214,7 +229,8 @@ def _constraint_name(final):
     return getattr(constraint, "name", type(constraint).__name__).replace("_", " ")
 
 
-def plot_training_history(estimator):
+def plot_training_history(
+        estimator: FairNeuralClassifier | FairNeuralRegressor | Pipeline) -> "Figure":
     """Training loss and fairness gap per epoch.
 
     Parameters

@@ -241,3 +241,70 @@ def test_the_package_declares_its_annotations():
         hints = typing.get_type_hints(function)
         assert "return" in hints, function.__qualname__
     assert typing.get_type_hints(FairnessLayer.forward)["return"] is torch.Tensor
+
+
+def _public_callables(module):
+    """Every function and class in ``module.__all__`` with the public methods, ``__init__`` and
+    property getters that skfair defines on the classes (inherited ones included)."""
+    import inspect
+
+    for name in module.__all__:
+        value = getattr(module, name)
+        if not inspect.isclass(value):
+            yield name, value
+            continue
+        for attribute, member in inspect.getmembers(value):
+            if attribute.startswith("_") and attribute != "__init__":
+                continue
+            function = member.fget if isinstance(member, property) else member
+            if (inspect.isfunction(function)
+                    and function.__module__.split(".")[0] == "skfair"):
+                yield f"{name}.{attribute}", function
+
+
+def _annotation_only_names(module):
+    """The names ``module`` imports under ``if TYPE_CHECKING:``, which its string annotations
+    refer to (matplotlib and dask.dataframe stay optional at run time)."""
+    import ast
+    import inspect
+
+    names = {}
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            exec(compile(ast.Module(node.body, type_ignores=[]), module.__file__, "exec"), names)
+    return names
+
+
+@pytest.mark.parametrize("module_name", ["skfair.constraints", "skfair.dask", "skfair.datasets",
+                                         "skfair.decisions", "skfair.plotting"])
+def test_the_public_functions_and_methods_of_every_module_are_annotated(module_name):
+    """Every parameter (but self) and every return is annotated, and every annotation names
+    something that exists: :func:`typing.get_type_hints` resolves it."""
+    import importlib
+    import inspect
+    import typing
+
+    if module_name in ("skfair.dask", "skfair.plotting"):
+        pytest.importorskip("dask.dataframe" if module_name == "skfair.dask" else "matplotlib")
+    module = importlib.import_module(module_name)
+    names = _annotation_only_names(module)
+    callables = list(_public_callables(module))
+    assert {name.split(".")[0] for name, _ in callables} == set(module.__all__)
+    for name, function in callables:
+        hints = typing.get_type_hints(function, localns=names)
+        parameters = [p for p in inspect.signature(function).parameters if p != "self"]
+        assert [p for p in parameters if p not in hints] == [], name
+        assert "return" in hints, name
+
+
+def test_importing_skfair_and_its_modules_imports_neither_matplotlib_nor_dask():
+    """The annotations that name matplotlib and dask.dataframe types keep them optional."""
+    import subprocess
+    import sys
+
+    code = ("import sys, skfair, skfair.constraints, skfair.datasets, skfair.decisions, "
+            "skfair.metrics, skfair.plotting; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'dask'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

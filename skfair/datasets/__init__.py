@@ -7,12 +7,17 @@ Every loader returns a :class:`sklearn.utils.Bunch` in the style of ``sklearn.da
 """
 
 from importlib import resources
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
 from sklearn.utils import Bunch
 
 __all__ = ["load_adult", "load_compas", "load_german_credit", "load_law_school"]
+
+#: what a loader returns: a Bunch, or ``(data, target)`` with ``return_X_y`` (pandas objects with
+#: ``as_frame``, else ndarrays)
+_Loaded: TypeAlias = Bunch | tuple[pd.DataFrame, pd.Series] | tuple[np.ndarray, np.ndarray]
 
 _ADULT_DESCR = """Adult census income (UCI Machine Learning Repository)
 =====================================================
@@ -117,7 +122,7 @@ def _bunch(frame, target, protected, descr, as_frame, return_X_y, categorical):
     return bunch
 
 
-def load_adult(*, as_frame=True, return_X_y=False):
+def load_adult(*, as_frame: bool = True, return_X_y: bool = False) -> _Loaded:
     """Load the Adult census income dataset (classification; protected: sex, race).
 
     Parameters
@@ -150,7 +155,7 @@ def load_adult(*, as_frame=True, return_X_y=False):
                   categorical)
 
 
-def load_compas(*, as_frame=True, return_X_y=False):
+def load_compas(*, as_frame: bool = True, return_X_y: bool = False) -> _Loaded:
     """Load ProPublica's COMPAS two-year recidivism data (classification; protected: sex, race).
 
     Parameters
@@ -178,7 +183,7 @@ def load_compas(*, as_frame=True, return_X_y=False):
                   ["age_cat", "sex", "race", "c_charge_degree"])
 
 
-def load_german_credit(*, as_frame=True, return_X_y=False):
+def load_german_credit(*, as_frame: bool = True, return_X_y: bool = False) -> _Loaded:
     """Load the German credit data (classification; protected: sex, age_group).
 
     Parameters
@@ -210,7 +215,7 @@ def load_german_credit(*, as_frame=True, return_X_y=False):
                   return_X_y, categorical)
 
 
-def load_law_school(*, as_frame=True, return_X_y=False):
+def load_law_school(*, as_frame: bool = True, return_X_y: bool = False) -> _Loaded:
     """Load the LSAC law school data (regression of ZFYA; protected: race, sex).
 
     Parameters
