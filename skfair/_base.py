@@ -546,13 +546,22 @@ class BaseFairNeural(BaseEstimator):
         """Whether outputs go through the layer at prediction time (label-free constraints)."""
         return self.constraint_ is not None and not self.constraint_.requires_y_true
 
+    def _prediction_regime(self, n_rows, groups):
+        """How :meth:`_fair_outputs` puts a batch of ``n_rows`` rows through the layer:
+        ``"exact"``, one exact projection (at least ``b_tau`` rows); ``"stream"``, one step of
+        a new stream (fewer rows); ``"unconstrained"``, not at all (no protected attributes, a
+        constraint that needs true labels, or no rows: the outputs are clipped)."""
+        if groups is None or not self._streams_outputs() or n_rows == 0:
+            return "unconstrained"
+        return "exact" if n_rows >= self.b_tau else "stream"
+
     def _fair_outputs(self, out, groups):
         """Stateless inference: the outputs as the first batch of a fresh stream.
 
         A batch of at least ``b_tau`` rows is projected exactly; a shorter one takes a
         primal-dual step, from ``dual_init_`` when ``stream_warm_start``.
         """
-        if groups is None or not self._streams_outputs() or len(out) == 0:
+        if self._prediction_regime(len(out), groups) == "unconstrained":
             return self._clip(out)
         return self._new_stream(self.stream_warm_start).step(out, groups.to(out.device))
 

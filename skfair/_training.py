@@ -158,8 +158,7 @@ def make_optimizer(model, device):
                 fused=fused or None)
 
 
-def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, device,
-              bar=None):
+def run_epoch(model, data, train_idx, row_cache, optimizer, epoch, generator, device, bar):
     """One pass over the training samples (``train_idx``), as an :class:`Epoch`; ``bar``, a
     progress bar (or None), advances by one per batch."""
     model.module_.train()
@@ -274,7 +273,7 @@ def epoch_penalty(model, raw, fair, loss_weight, sizes):
 def evaluate(model, X, target, weight, loss_weight, groups, device):
     """``(loss, gap, regime)`` of the validation split: the loss and gap of the outputs
     ``predict`` (with ``inference="batch"``) gives for the whole split at once, and how they
-    went through the layer (:func:`prediction_regime`)."""
+    went through the layer (the estimator's ``_prediction_regime``)."""
     with torch.no_grad():
         model.module_.eval()
         out = model._output(outputs(model.module_, X.to(device)).double())
@@ -284,17 +283,7 @@ def evaluate(model, X, target, weight, loss_weight, groups, device):
         if groups is not None:
             gap = constraint_gap(model.constraint_, fair, groups,
                                  y_true=model._labels_for(target), sample_weight=weight)
-    return loss, gap, prediction_regime(model, len(target), groups)
-
-
-def prediction_regime(model, n_rows, groups):
-    """How ``predict`` puts a batch of ``n_rows`` rows through the layer
-    (``model._fair_outputs``): ``"exact"``, one exact projection (at least ``b_tau`` rows);
-    ``"stream"``, one step of a new stream (fewer rows); ``"unconstrained"``, not at all (no
-    protected attributes, or a constraint that needs true labels: the outputs are clipped)."""
-    if groups is None or not model._streams_outputs():
-        return "unconstrained"
-    return "exact" if n_rows >= model.b_tau else "stream"
+    return loss, gap, model._prediction_regime(len(target), groups)
 
 
 #: the columns of the verbose table, keys of ``history_``, and the format of their values
@@ -380,6 +369,7 @@ class EarlyStopping:
         return self.stall >= self.patience
 
     def restore_best(self, model):
+        """Give ``model`` back the network and ``dual_init_`` of the best epoch (if any)."""
         if self.best_state is not None:
             state, model.dual_init_ = self.best_state
             model.module_.load_state_dict(state)

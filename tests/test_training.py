@@ -223,6 +223,7 @@ def test_history_without_protected_attributes(biased):
     holds None."""
     X, y = biased
     clf = FairNeuralClassifier(early_stopping=True, **FAST).fit(X[["x1", "x2"]], y)
+    assert clf.loss_curve_ == [record["train_loss"] for record in clf.history_]
     for record in clf.history_:
         assert record["train_loss"] > 0 and record["val_loss"] > 0
         assert record["val_regime"] == "unconstrained"
@@ -273,14 +274,23 @@ def test_validation_figures_are_what_predict_gives_on_the_split(biased, monkeypa
         assert kept["val_gap"] <= clf.epsilon + 1e-6
 
 
-def test_validation_regime_of_a_label_dependent_constraint(biased):
+def test_validation_regime_of_a_label_dependent_constraint(biased, monkeypatch):
     """Equalized odds needs labels, which predict does not have: the validation predictions
-    do not go through the layer."""
+    do not go through the layer, and val_gap is their equalized-odds gap given the split's
+    labels (here the kept epoch is the first: training stops two epochs after it)."""
     X, y = biased
+    held_out = _recorded_validation_split(monkeypatch)
     clf = FairNeuralClassifier(protected_attributes=PROTECTED, fairness="equalized_odds",
-                               early_stopping=True, **FAST).fit(X, y)
+                               early_stopping=True, n_iter_no_change=2, tol=0.5,
+                               **dict(FAST, max_epochs=10)).fit(X, y)
     assert {r["val_regime"] for r in clf.history_} == {"unconstrained"}
-    assert all(r["val_gap"] >= 0 for r in clf.history_)
+    X_val, y_val = X.iloc[held_out[0]], np.asarray(y)[held_out[0]]
+    p = clf.predict_proba(X_val)[:, 1]
+    enc = clf.group_encoder_
+    groups = enc.constraint_groups(enc.transform(X_val[enc.names]))
+    gap = constraint_gap("equalized_odds", torch.as_tensor(p), groups,
+                         y_true=torch.as_tensor(y_val, dtype=torch.float64))
+    assert clf.history_[0]["val_gap"] == pytest.approx(gap, abs=1e-6) and gap > 0
 
 
 def test_convergence_warning_only_when_max_epochs_ends_an_improving_fit(biased):
