@@ -22,15 +22,28 @@ answer; otherwise the dual is searched for its peak along the step to them (an a
 pattern repeats) and the next pattern is read there. A pattern whose QP has no solution (the
 held outputs leave the rows none) gives a proximal step instead. Started from the Newton
 iteration's multipliers, whose pattern is nearly right, it takes a few patterns.
+
+Raw outputs far beyond the problem's scale (``1e20`` with bounds ``[0, 1]``) carry rounding
+errors larger than the outputs: ``z_i - w_i s_a`` is known only to a few units in the last
+place of ``z_i``, which is all the guarantee's certificate asks of it. Such an output counts as
+free when it is within that rounding of the bounds, the QP's rows are met to the rounding of
+their sums, and the outputs of a settled pattern are then corrected at their own scale
+(:func:`_corrected`: the least change of the free outputs that makes the active rows hold)
+and given the multipliers that best explain them (:func:`_multipliers`). Far out, the dual is
+nearly piecewise linear and the steps from the Newton iteration's multipliers may not settle:
+the method starts again from those of the linear program the projection tends to
+(:func:`_far_start`).
 The caller checks and certifies the result, as every exact result."""
 
 import math
 
 import numpy as np
+from scipy import sparse
 from scipy.linalg import qr_delete, qr_insert, solve_triangular
+from scipy.optimize import linprog, nnls
 
 from ._exact import Point, evaluate, line_search
-from ._kernels import Box, atom_shift, clip_shift
+from ._kernels import Box, atom_shift
 
 #: an output within this times the problem's scale of a bound may count as clipped or free
 PATTERN_TOL = 1e-12
@@ -39,31 +52,82 @@ MAX_PATTERNS = 20
 #: most unknowns of a pattern's QP (atoms with free outputs, and rows for the proximal step):
 #: its dense algebra is quadratic in them per step
 MAX_UNKNOWNS = 600
+#: most outputs of the linear program of :func:`_far_start`, per unknown of the QP
+LP_SAMPLES = 10
 #: most steps of the QP method, per unknown (a step adds a row, or drops one)
 GI_STEPS = 4
 #: a row is added to the active set when violated by more than this times the problem's scale
 #: (a hundredth of the guarantee's tolerance: the rest is left to rounding)
 VIOLATION_TOL = 1e-11
+#: raw outputs are known to this many units in their last place: beyond the problem's scale
+#: their rounding decides which outputs are clipped (a quarter of what the guarantee's
+#: certificate allows, :func:`skfair._guarantee.backward_error`)
+Z_ULPS = 16
+#: most rounds of :func:`_corrected`
+CORRECTIONS = 8
+#: most steps of NNLS (:func:`_multipliers`), per unknown
+NNLS_STEPS = 4
+#: the rows' accuracy that :func:`_corrected` aims for, relative to the outputs' scale (a tenth
+#: of the guarantee's)
+CORRECTED_TOL = 1e-10
 #: a row's normal counts as dependent on the active ones when its part outside their span is
 #: below this fraction of its norm
 DEPENDENCE_TOL = 1e-10
+#: float64 machine epsilon
+EPSILON = float(np.finfo(np.float64).eps)
 
 
 def solve(z, cs, lo, hi, lam, scale):
     """The projection of ``z`` (host float64) onto ``cs`` within ``[lo, hi]`` (floats, infinite
     where missing) from the multipliers ``lam``: ``(y, lam, n_patterns)``, or None when the
     method does not settle (no ascent, more than :data:`MAX_PATTERNS` patterns, too many atoms,
-    or rows that the free outputs cannot meet)."""
+    or rows that the free outputs cannot meet).
+
+    Raw outputs whose rounding exceeds the scale's tolerance (far beyond the bounds, say) leave
+    the dual nearly piecewise linear, and the steps from ``lam`` may not settle: the method is
+    then started again from the multipliers of the linear program that the projection tends
+    to far out (:func:`_far_start`)."""
     problem = cs.host_problem
-    box = Box(lo, hi)
     rows_on_atoms = _atom_rows(problem.rows, cs.n_atoms)
     weight = problem.weight if problem.weight.size else np.ones_like(z)
-    every_row = np.arange(cs.n_rows)
+    slack = _rounding(z, scale)
+    found = _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack)
+    if found is None and slack.any():
+        start = _far_start(z, weight, problem, rows_on_atoms, lo, hi)
+        if start is not None:
+            found = _settle(z, weight, problem, rows_on_atoms, lo, hi, start, scale, slack)
+    return found
+
+
+def _far_start(z, weight, problem, rows_on_atoms, lo, hi):
+    """The multipliers of ``max z^T y`` s.t. ``G y <= h``, ``lo <= y <= hi`` (the limit of the
+    projection of ``t z`` as ``t`` grows; in ``z``'s units), or None when HiGHS finds none
+    (no bounds to stop ``y``, or more variables than :data:`MAX_UNKNOWNS` times
+    :data:`LP_SAMPLES`)."""
+    n_atoms = rows_on_atoms.shape[1]
+    if z.size > LP_SAMPLES * MAX_UNKNOWNS:
+        return None
+    unit = float(np.abs(z).max())
+    on_atoms = sparse.csr_matrix((weight, (problem.atom, np.arange(z.size))),
+                                 shape=(n_atoms, z.size))
+    found = linprog(-z / unit, A_ub=sparse.csr_matrix(rows_on_atoms) @ on_atoms,
+                    b_ub=problem.h, bounds=(None if lo == -math.inf else lo,
+                                            None if hi == math.inf else hi),
+                    method="highs-ds")
+    if found.status != 0:
+        return None
+    return np.maximum(-found.ineqlin.marginals * unit, 0.0)
+
+
+def _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack):
+    """:func:`solve` from the multipliers ``lam``, ``slack`` per output (:func:`_rounding`)."""
+    box = Box(lo, hi)
+    every_row = np.arange(rows_on_atoms.shape[0])
     lam = np.maximum(lam, 0.0)
     residual, free_mass = evaluate(z, problem, box, lam)
     closeness = 1.0
     for n_patterns in range(1, MAX_PATTERNS + 1):
-        pattern = _pattern(z, weight, problem, lam, lo, hi)
+        pattern = _pattern(z, weight, problem, lam, lo, hi, slack)
         target = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale)
         if target is None:
             # The clipped outputs held at their bounds leave the rows no solution (the model
@@ -75,11 +139,15 @@ def solve(z, cs, lo, hi, lam, scale):
                 return None
             pattern = None  # not a pattern's solution: only a step
         if pattern is not None and _holds(z, weight, problem, target, pattern, lo, hi,
-                                          PATTERN_TOL * scale):
+                                          PATTERN_TOL * scale + slack):
             # the multipliers solve the QP of their own pattern: the KKT conditions hold
-            y = np.empty_like(z)
-            clip_shift(z, problem.atom, atom_shift(problem.rows, target), problem.weight, lo,
-                       hi, y)
+            corrected = _corrected(z, weight, problem, rows_on_atoms, target, pattern, lo, hi)
+            if corrected is None:
+                return None
+            y, free, tight = corrected
+            if free is not None:
+                # the outputs moved: the multipliers are those of the moved outputs
+                target = _multipliers(z, weight, problem, rows_on_atoms, y, free, tight)
             return y, target, n_patterns
         # The QP's multipliers maximise the dual's quadratic model on this pattern: the step to
         # them ascends, and the search along it for the dual's peak makes every pattern's
@@ -89,9 +157,11 @@ def solve(z, cs, lo, hi, lam, scale):
         if not slope > 0 and pattern is not None:
             # another peak of a model with dependent rows, no higher than ``lam``: the
             # proximal step's peak is unique
-            step = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale,
-                               proximal=lam, closeness=closeness) - lam
-            pattern = None
+            proximal = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale,
+                                   proximal=lam, closeness=closeness)
+            if proximal is None:
+                return None
+            step, pattern = proximal - lam, None
             slope = float(residual @ step)
         if not slope > 0:
             return None
@@ -111,10 +181,18 @@ def _unclipped(z, weight, problem, lam):
     return z - weight * atom_shift(problem.rows, lam)[problem.atom]
 
 
-def _pattern(z, weight, problem, lam, lo, hi):
-    """Which outputs the multipliers ``lam`` clip: 1 at ``hi``, -1 at ``lo``, 0 free."""
+def _rounding(z, scale):
+    """Per output, how far rounding leaves its place unknown: :data:`Z_ULPS` units in the last
+    place of ``z_i`` where that exceeds :data:`PATTERN_TOL` times the scale, else 0."""
+    rounding = Z_ULPS * np.spacing(np.abs(z))
+    return np.where(rounding > PATTERN_TOL * scale, rounding, 0.0)
+
+
+def _pattern(z, weight, problem, lam, lo, hi, slack):
+    """Which outputs the multipliers ``lam`` clip: 1 at ``hi``, -1 at ``lo``, 0 free (also
+    those beyond a bound by at most their ``slack``)."""
     unclipped = _unclipped(z, weight, problem, lam)
-    return np.where(unclipped >= hi, 1, np.where(unclipped <= lo, -1, 0))
+    return np.where(unclipped >= hi + slack, 1, np.where(unclipped <= lo - slack, -1, 0))
 
 
 def _holds(z, weight, problem, lam, pattern, lo, hi, tol):
@@ -124,6 +202,64 @@ def _holds(z, weight, problem, lam, pattern, lo, hi, tol):
     return bool(np.all(np.where(pattern > 0, unclipped >= hi - tol,
                                 np.where(pattern < 0, unclipped <= lo + tol,
                                          (lo - tol <= unclipped) & (unclipped <= hi + tol)))))
+
+
+def _corrected(z, weight, problem, rows_on_atoms, lam, pattern, lo, hi):
+    """The outputs of the multipliers ``lam``, which hold ``pattern``, with the rows met at the
+    outputs' own scale: ``(y, free, tight)``, the outputs left free and the rows made to hold
+    with equality (both None when the outputs needed no change); None when that fails.
+
+    Far beyond the problem's scale, ``z - G^T lam`` carries the rounding of ``z``: its free
+    outputs are moved, each atom's in proportion to the weights (as a change of its shift
+    would), by the least change (in the QP's metric) that makes the *tight* rows hold with
+    equality: at first those with a multiplier (independent ones, from the QP method), then
+    also the rows a change violated, as long as they are not left slack. A free output that
+    this takes beyond a bound is clipped there. The change is a perturbation of ``z`` that the
+    caller's certificate bounds."""
+    n_atoms = rows_on_atoms.shape[1]
+    free = pattern == 0
+    y = np.clip(_unclipped(z, weight, problem, lam), lo, hi)
+    tight = lam > 0
+    unit_h = float(np.abs(problem.h).max(initial=1.0))
+    for n_rounds in range(CORRECTIONS + 1):
+        residual = rows_on_atoms @ np.bincount(problem.atom, weights=weight * y,
+                                               minlength=n_atoms) - problem.h
+        tol = CORRECTED_TOL * max(unit_h, float(np.abs(y).max(initial=1.0)))
+        if np.all(residual <= tol) and np.all(residual[tight] >= -tol):
+            return (y, free, tight) if n_rounds else (y, None, None)
+        if n_rounds == CORRECTIONS:
+            return None
+        if n_rounds:
+            # rows the change violated join; those that joined and are left slack leave
+            tight = (lam > 0) | (tight & (residual >= -tol)) | (residual > tol)
+        root_mass = np.sqrt(np.bincount(problem.atom, weights=weight**2 * free,
+                                        minlength=n_atoms))
+        moving = np.flatnonzero(root_mass > 0)
+        change = np.linalg.lstsq(rows_on_atoms[np.ix_(tight, moving)] * root_mass[moving],
+                                 -residual[tight], rcond=None)[0]
+        shift = np.zeros(n_atoms)
+        shift[moving] = change / root_mass[moving]
+        y = np.where(free, y + weight * shift[problem.atom], y)
+        beyond = free & ((y < lo) | (y > hi))
+        y[beyond] = np.clip(y[beyond], lo, hi)
+        free &= ~beyond
+    return None
+
+
+def _multipliers(z, weight, problem, rows_on_atoms, y, free, tight):
+    """Multipliers ``lam >= 0`` on the ``tight`` rows whose shifts best give the ``free``
+    outputs ``y`` (least squares in the QP's metric, by NNLS: a basis of independent rows,
+    not a large combination of dependent ones that cancels)."""
+    n_atoms = rows_on_atoms.shape[1]
+    mass = np.bincount(problem.atom, weights=weight**2 * free, minlength=n_atoms)
+    moving = np.flatnonzero(mass > 0)
+    shift = np.bincount(problem.atom, weights=weight * (z - y) * free,
+                        minlength=n_atoms)[moving] / mass[moving]
+    root_mass = np.sqrt(mass[moving])
+    lam = np.zeros(rows_on_atoms.shape[0])
+    lam[tight] = nnls((rows_on_atoms[np.ix_(tight, moving)] * root_mass).T, shift * root_mass,
+                      maxiter=NNLS_STEPS * (moving.size + 10))[0]
+    return lam
 
 
 def _atom_rows(rows, n_atoms):
@@ -166,13 +302,16 @@ def _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale, proxi
         # slack x_e = e / sqrt(rho) + sqrt(rho) proximal, and the objective ||(x, x_e)||^2 / 2
         normals = np.hstack([normals, -math.sqrt(rho) * np.eye(n_rows)])
         beta = beta - rho * proximal
-    return _goldfarb_idnani(normals, beta, VIOLATION_TOL * scale)
+    # (beta's rounding, from sums at the raw outputs' magnitude, is a row's tolerance too)
+    tol = np.maximum(VIOLATION_TOL * scale,
+                     Z_ULPS * EPSILON * (np.abs(rows_on_atoms) @ np.abs(fixed_sums)))
+    return _goldfarb_idnani(normals, beta, tol)
 
 
 def _goldfarb_idnani(normals, beta, tol):
     """The multipliers ``lam >= 0`` of ``min ||x||^2 / 2 s.t. normals @ x <= beta`` (rows
-    violated by at most ``tol`` count as met), by the dual active-set method of Goldfarb and
-    Idnani; None when the rows contradict each other.
+    violated by at most ``tol``, a number or one per row, count as met), by the dual active-set
+    method of Goldfarb and Idnani; None when the rows contradict each other.
 
     From the unconstrained minimum ``x = 0``, the most violated row ``p`` is added: ``x`` moves
     along ``d``, the part of ``-a_p`` outside the span of the active rows, while the active
@@ -187,10 +326,10 @@ def _goldfarb_idnani(normals, beta, tol):
     # N = -normals[active].T = Q R, kept up to date by column updates (O(dim^2) each)
     q, r_mat = np.eye(dim), np.zeros((dim, 0))
     for _ in range(GI_STEPS * (dim + 10)):
-        violation = normals @ x - beta
+        violation = normals @ x - beta - tol
         violation[active] = -np.inf
         p = int(np.argmax(violation)) if n_rows else -1
-        if p < 0 or not violation[p] > tol:
+        if p < 0 or not violation[p] > 0:
             lam = np.zeros(n_rows)
             lam[active] = u
             return lam
