@@ -52,8 +52,8 @@ MAX_PATTERNS = 20
 #: most unknowns of a pattern's QP (atoms with free outputs, and rows for the proximal step):
 #: its dense algebra is quadratic in them per step
 MAX_UNKNOWNS = 600
-#: most outputs of the linear program of :func:`_far_start`, per unknown of the QP
-LP_SAMPLES = 10
+#: most outputs, and most rows, of the linear program of :func:`_far_start`
+LP_SIZE = 6000
 #: most steps of the QP method, per unknown (a step adds a row, or drops one)
 GI_STEPS = 4
 #: a row is added to the active set when violated by more than this times the problem's scale
@@ -86,26 +86,38 @@ def solve(z, cs, lo, hi, lam, scale):
     Raw outputs whose rounding exceeds the scale's tolerance (far beyond the bounds, say) leave
     the dual nearly piecewise linear, and the steps from ``lam`` may not settle: the method is
     then started again from the multipliers of the linear program that the projection tends
-    to far out (:func:`_far_start`)."""
+    to far out (:func:`_far_start`), and when that does not settle either, the program's own
+    outputs are corrected (one pattern: theirs)."""
     problem = cs.host_problem
     rows_on_atoms = _atom_rows(problem.rows, cs.n_atoms)
     weight = problem.weight if problem.weight.size else np.ones_like(z)
     slack = _rounding(z, scale)
     found = _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack)
-    if found is None and slack.any():
-        start = _far_start(z, weight, problem, rows_on_atoms, lo, hi)
-        if start is not None:
-            found = _settle(z, weight, problem, rows_on_atoms, lo, hi, start, scale, slack)
-    return found
+    if found is not None or not slack.any():
+        return found
+    limit = _far_start(z, weight, problem, rows_on_atoms, lo, hi)
+    if limit is None:
+        return None
+    start, y = limit
+    found = _settle(z, weight, problem, rows_on_atoms, lo, hi, start, scale, slack)
+    if found is not None:
+        return found
+    # (the linear program's free outputs are at most one per atom and row: the atoms' pivots)
+    corrected = _corrected(z, weight, problem, rows_on_atoms, y, (lo < y) & (y < hi),
+                           start > 0, lo, hi)
+    if corrected is None:
+        return None
+    y, free, tight, _ = corrected
+    return y, _multipliers(z, weight, problem, rows_on_atoms, y, free, tight), 1
 
 
 def _far_start(z, weight, problem, rows_on_atoms, lo, hi):
-    """The multipliers of ``max z^T y`` s.t. ``G y <= h``, ``lo <= y <= hi`` (the limit of the
-    projection of ``t z`` as ``t`` grows; in ``z``'s units), or None when HiGHS finds none
-    (no bounds to stop ``y``, or more variables than :data:`MAX_UNKNOWNS` times
-    :data:`LP_SAMPLES`)."""
-    n_atoms = rows_on_atoms.shape[1]
-    if z.size > LP_SAMPLES * MAX_UNKNOWNS:
+    """``(lam, y)``, the multipliers (in ``z``'s units) and solution of ``max z^T y`` s.t. ``G y
+    <= h``, ``lo <= y <= hi`` (the limit of the projection of ``t z`` as ``t`` grows), or None
+    when HiGHS finds none (no bounds to stop ``y``) or the program has more outputs or rows
+    than :data:`LP_SIZE`."""
+    n_rows, n_atoms = rows_on_atoms.shape
+    if max(z.size, n_rows) > LP_SIZE:
         return None
     unit = float(np.abs(z).max())
     on_atoms = sparse.csr_matrix((weight, (problem.atom, np.arange(z.size))),
@@ -116,7 +128,7 @@ def _far_start(z, weight, problem, rows_on_atoms, lo, hi):
                     method="highs-ds")
     if found.status != 0:
         return None
-    return np.maximum(-found.ineqlin.marginals * unit, 0.0)
+    return np.maximum(-found.ineqlin.marginals * unit, 0.0), np.clip(found.x, lo, hi)
 
 
 def _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack):
@@ -141,12 +153,13 @@ def _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack):
         if pattern is not None and _holds(z, weight, problem, target, pattern, lo, hi,
                                           PATTERN_TOL * scale + slack):
             # the multipliers solve the QP of their own pattern: the KKT conditions hold
-            corrected = _corrected(z, weight, problem, rows_on_atoms, target, pattern, lo, hi)
+            corrected = _corrected(z, weight, problem, rows_on_atoms,
+                                   np.clip(_unclipped(z, weight, problem, target), lo, hi),
+                                   pattern == 0, target > 0, lo, hi)
             if corrected is None:
                 return None
-            y, free, tight = corrected
-            if free is not None:
-                # the outputs moved: the multipliers are those of the moved outputs
+            y, free, tight, moved = corrected
+            if moved:  # the multipliers are those of the moved outputs
                 target = _multipliers(z, weight, problem, rows_on_atoms, y, free, tight)
             return y, target, n_patterns
         # The QP's multipliers maximise the dual's quadratic model on this pattern: the step to
@@ -204,42 +217,43 @@ def _holds(z, weight, problem, lam, pattern, lo, hi, tol):
                                          (lo - tol <= unclipped) & (unclipped <= hi + tol)))))
 
 
-def _corrected(z, weight, problem, rows_on_atoms, lam, pattern, lo, hi):
-    """The outputs of the multipliers ``lam``, which hold ``pattern``, with the rows met at the
-    outputs' own scale: ``(y, free, tight)``, the outputs left free and the rows made to hold
-    with equality (both None when the outputs needed no change); None when that fails.
+def _corrected(z, weight, problem, rows_on_atoms, y, free, held, lo, hi):
+    """The outputs ``y`` (of some multipliers, within the bounds), with the rows met at the
+    outputs' own scale and the rows ``held`` active: ``(y, free, tight, moved)``, the outputs
+    left free (of those ``free``), the rows active at ``y`` and whether the outputs moved;
+    None when that fails.
 
-    Far beyond the problem's scale, ``z - G^T lam`` carries the rounding of ``z``: its free
+    Far beyond the problem's scale, ``z - G^T lam`` carries the rounding of ``z``: the free
     outputs are moved, each atom's in proportion to the weights (as a change of its shift
-    would), by the least change (in the QP's metric) that makes the *tight* rows hold with
-    equality: at first those with a multiplier (independent ones, from the QP method), then
-    also the rows a change violated, as long as they are not left slack. A free output that
-    this takes beyond a bound is clipped there. The change is a perturbation of ``z`` that the
-    caller's certificate bounds."""
+    would), by the least change (in the QP's metric) that meets every row and keeps those with
+    a multiplier active (:func:`_goldfarb_idnani` at the outputs' scale). A free output that
+    this takes beyond a bound is clipped there, and the rest corrected again. The change is a
+    perturbation of ``z`` that the caller's certificate bounds."""
     n_atoms = rows_on_atoms.shape[1]
-    free = pattern == 0
-    y = np.clip(_unclipped(z, weight, problem, lam), lo, hi)
-    tight = lam > 0
+    free = free.copy()
     unit_h = float(np.abs(problem.h).max(initial=1.0))
     for n_rounds in range(CORRECTIONS + 1):
         residual = rows_on_atoms @ np.bincount(problem.atom, weights=weight * y,
                                                minlength=n_atoms) - problem.h
-        tol = CORRECTED_TOL * max(unit_h, float(np.abs(y).max(initial=1.0)))
-        if np.all(residual <= tol) and np.all(residual[tight] >= -tol):
-            return (y, free, tight) if n_rounds else (y, None, None)
+        unit = max(unit_h, float(np.abs(y).max(initial=1.0)))
+        tol = CORRECTED_TOL * unit
+        if np.all(residual <= tol) and np.all(residual[held] >= -tol):
+            return y, free, residual >= -tol, n_rounds > 0
         if n_rounds == CORRECTIONS:
             return None
-        if n_rounds:
-            # rows the change violated join; those that joined and are left slack leave
-            tight = (lam > 0) | (tight & (residual >= -tol)) | (residual > tol)
         root_mass = np.sqrt(np.bincount(problem.atom, weights=weight**2 * free,
                                         minlength=n_atoms))
         moving = np.flatnonzero(root_mass > 0)
-        change = np.linalg.lstsq(rows_on_atoms[np.ix_(tight, moving)] * root_mass[moving],
-                                 -residual[tight], rcond=None)[0]
+        # x = sqrt(f) * (change of the shifts): row r changes by normals[r] @ x
+        normals = -rows_on_atoms[:, moving] * root_mass[moving]
+        change = _goldfarb_idnani(np.vstack([normals, -normals[held]]),
+                                  np.concatenate([-residual, residual[held]]),
+                                  VIOLATION_TOL * unit)
+        if change is None:
+            return None
         shift = np.zeros(n_atoms)
-        shift[moving] = change / root_mass[moving]
-        y = np.where(free, y + weight * shift[problem.atom], y)
+        shift[moving] = -(np.vstack([normals, -normals[held]]).T @ change) / root_mass[moving]
+        y = np.where(free, y - weight * shift[problem.atom], y)
         beyond = free & ((y < lo) | (y > hi))
         y[beyond] = np.clip(y[beyond], lo, hi)
         free &= ~beyond

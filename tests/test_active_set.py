@@ -186,6 +186,26 @@ FAR_OUT_REFUSALS = {
         z=np.array([9e19, -7e19, 8e19, 6e19, -9e19]), groups=np.array([[3], [1], [0], [2], [2]]),
         constraint="equal_opportunity", epsilon=0.0, bounds=(-5.0, 3.0), y_true=np.ones(5),
         sample_weight=np.array([2e-2, 1e6, 3e-1, 2e-3, 1e-6]), intersectional=True),
+    "unbounded, outputs 1e8 out beside one inside": Instance(
+        z=np.array([0.79, -1e8, 1e8], dtype=np.float32), groups=np.array([[2, 2], [0, 1], [1, 0]]),
+        constraint="equalized_odds", epsilon=1e-3, bounds=None, y_true=np.zeros(3)),
+    "bounded, one output 1e12 out beside one inside, weights spanning 1e7": Instance(
+        z=np.array([1e12, 0.7]), groups=np.array([[0, 0], [1, 0]]), constraint="mean_residual",
+        epsilon=0.05, bounds=(-5.0, 3.0), y_true=np.array([0.08, 0.5]),
+        sample_weight=np.array([1e6, 8.4e-2])),
+    "bounded, parity of outputs 1e20 out, weights spanning 1e7": Instance(
+        z=np.array([9.12424e19, -5.02295e19, 6.04101e19]),
+        groups=np.array([[0, 0], [1, 0], [1, 1]]), constraint="demographic_parity",
+        epsilon=1.0, bounds=(-5.0, 3.0), sample_weight=np.array([3.9e-2, 1e6, 6.3e-2])),
+    "bounded float32, equal opportunity of outputs 1e20 out": Instance(
+        z=np.array([6.9684782e19, -7.5951985e19, -6.0551478e19], dtype=np.float32),
+        groups=np.array([[1, 0], [0, 0], [0, 1]]), constraint="equal_opportunity",
+        epsilon=1e-3, bounds=(-5.0, 3.0), y_true=np.ones(3), sample_weight=np.array([2.0, 1, 1])),
+    "bounded float32, outputs 1e20 out on both sides, two attributes": Instance(
+        z=np.array([1e20, -1e20, 1e20], dtype=np.float32),
+        groups=np.array([[1, 0], [1, 1], [0, 1]]), constraint="equal_opportunity",
+        epsilon=0.05, bounds=(0.0, 1.0), y_true=np.ones(3),
+        sample_weight=np.array([1.7, 1.6, 1.6])),
 }
 
 
