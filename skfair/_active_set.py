@@ -87,26 +87,28 @@ def solve(z, cs, lo, hi, lam, scale):
     the dual nearly piecewise linear, and the steps from ``lam`` may not settle: the method is
     then started again from the multipliers of the linear program that the projection tends
     to far out (:func:`_far_start`), and when that does not settle either, the program's own
-    outputs are corrected (one pattern: theirs)."""
+    outputs are corrected (one pattern: theirs). When none of these meets the rows at the
+    outputs' scale, the first settled outputs are returned as they are (the caller's check
+    judges them)."""
     problem = cs.host_problem
     rows_on_atoms = _atom_rows(problem.rows, cs.n_atoms)
     weight = problem.weight if problem.weight.size else np.ones_like(z)
     slack = _rounding(z, scale)
-    found = _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack)
-    if found is not None or not slack.any():
-        return found
+    first, met = _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack)
+    if met or not slack.any():
+        return first
     limit = _far_start(z, weight, problem, rows_on_atoms, lo, hi)
     if limit is None:
-        return None
+        return first
     start, y = limit
-    found = _settle(z, weight, problem, rows_on_atoms, lo, hi, start, scale, slack)
-    if found is not None:
+    found, met = _settle(z, weight, problem, rows_on_atoms, lo, hi, start, scale, slack)
+    if met:
         return found
     # (the linear program's free outputs are at most one per atom and row: the atoms' pivots)
     corrected = _corrected(z, weight, problem, rows_on_atoms, y, (lo < y) & (y < hi),
                            start > 0, lo, hi)
     if corrected is None:
-        return None
+        return first
     y, free, tight, _ = corrected
     return y, _multipliers(z, weight, problem, rows_on_atoms, y, free, tight), 1
 
@@ -132,7 +134,9 @@ def _far_start(z, weight, problem, rows_on_atoms, lo, hi):
 
 
 def _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack):
-    """:func:`solve` from the multipliers ``lam``, ``slack`` per output (:func:`_rounding`)."""
+    """:func:`solve` from the multipliers ``lam``, ``slack`` per output (:func:`_rounding`),
+    and whether its outputs met the rows at their own scale (:func:`_corrected`; if not, they
+    are those of the multipliers, as they are)."""
     box = Box(lo, hi)
     every_row = np.arange(rows_on_atoms.shape[0])
     lam = np.maximum(lam, 0.0)
@@ -148,20 +152,20 @@ def _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack):
             target = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale,
                                  proximal=lam, closeness=closeness)
             if target is None:
-                return None
+                return None, False
             pattern = None  # not a pattern's solution: only a step
         if pattern is not None and _holds(z, weight, problem, target, pattern, lo, hi,
                                           PATTERN_TOL * scale + slack):
             # the multipliers solve the QP of their own pattern: the KKT conditions hold
-            corrected = _corrected(z, weight, problem, rows_on_atoms,
-                                   np.clip(_unclipped(z, weight, problem, target), lo, hi),
-                                   pattern == 0, target > 0, lo, hi)
+            y = np.clip(_unclipped(z, weight, problem, target), lo, hi)
+            corrected = _corrected(z, weight, problem, rows_on_atoms, y, pattern == 0,
+                                   target > 0, lo, hi)
             if corrected is None:
-                return None
+                return (y, target, n_patterns), False
             y, free, tight, moved = corrected
             if moved:  # the multipliers are those of the moved outputs
                 target = _multipliers(z, weight, problem, rows_on_atoms, y, free, tight)
-            return y, target, n_patterns
+            return (y, target, n_patterns), True
         # The QP's multipliers maximise the dual's quadratic model on this pattern: the step to
         # them ascends, and the search along it for the dual's peak makes every pattern's
         # step a gain (no cycle among patterns).
@@ -173,20 +177,20 @@ def _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack):
             proximal = _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale,
                                    proximal=lam, closeness=closeness)
             if proximal is None:
-                return None
+                return None, False
             step, pattern = proximal - lam, None
             slope = float(residual @ step)
         if not slope > 0:
-            return None
+            return None, False
         length, (lam, residual, free_mass) = line_search(
             z, problem, box, Point(lam, residual, free_mass), every_row, step, slope)
         if length == 0.0:
-            return None
+            return None, False
         if pattern is None:
             # a proximal step: the next one ventures farther after a long one (a pattern whose
             # model has no peak is left along its rising ray), less far after a short one
             closeness *= 0.1 if length > 0.75 else 10.0 if length < 0.25 else 1.0
-    return None
+    return None, False
 
 
 def _unclipped(z, weight, problem, lam):
