@@ -4,7 +4,8 @@ Checked against references that share none of its code: the QP method against Cl
 random small QPs with duplicated, opposite and dependent rows; the whole method, started cold
 (from zero multipliers, not from the Newton iteration's point), against the oracle of
 ``tests/_oracle.py`` (numpy group means, Clarabel's projection); and the fuzzing's in-range
-failures of the Newton iteration, which it now solves through the public layer.
+failures of the Newton iteration, and its refusals of raw outputs far beyond the outputs' scale,
+which it now solves through the public layer.
 """
 
 import numpy as np
@@ -16,6 +17,7 @@ from _oracle import (
     EPSILONS,
     Instance,
     check,
+    far_out,
     gap,
     infeasibility,
     make_instance,
@@ -165,5 +167,51 @@ def test_dependent_rows_at_tiny_epsilon_are_projected(name):
                           *Bounds.of(inst.bounds))
     # what made these failures: the Newton iteration alone ends short of the tolerance
     assert newton.check[0] > 1e-9
+    outcome = check(inst, with_reference=True)
+    assert outcome.ok and not outcome.loud, outcome.problems
+
+
+#: the fuzzing's refusals of raw outputs far beyond the outputs' scale (the rounding of ``z``
+#: exceeds the outputs), shrunk
+FAR_OUT_REFUSALS = {
+    "unbounded, one output 1e20 held by its target": Instance(
+        z=np.array([1.19506605e20], dtype=np.float32), groups=np.array([[0, 0]]),
+        constraint="mean_residual", epsilon=1.0, bounds=None, y_true=np.array([-3.0]),
+        sample_weight=np.array([1e6])),
+    "bounded, outputs 1e12 out, three attributes at epsilon 1e-9": Instance(
+        z=np.array([1e12, -7e11, 6e11], dtype=np.float32),
+        groups=np.array([[0, 0, 1], [0, 0, 2], [0, 1, 0]]), constraint="mean_residual",
+        epsilon=1e-9, bounds=(0.0, 1.0), y_true=np.array([0.392, 0.922, 0.943])),
+    "bounded, outputs 1e20 out, weights spanning 1e12, epsilon 0": Instance(
+        z=np.array([9e19, -7e19, 8e19, 6e19, -9e19]), groups=np.array([[3], [1], [0], [2], [2]]),
+        constraint="equal_opportunity", epsilon=0.0, bounds=(-5.0, 3.0), y_true=np.ones(5),
+        sample_weight=np.array([2e-2, 1e6, 3e-1, 2e-3, 1e-6]), intersectional=True),
+    "unbounded, outputs 1e8 out beside one inside": Instance(
+        z=np.array([0.79, -1e8, 1e8], dtype=np.float32), groups=np.array([[2, 2], [0, 1], [1, 0]]),
+        constraint="equalized_odds", epsilon=1e-3, bounds=None, y_true=np.zeros(3)),
+    "bounded, one output 1e12 out beside one inside, weights spanning 1e7": Instance(
+        z=np.array([1e12, 0.7]), groups=np.array([[0, 0], [1, 0]]), constraint="mean_residual",
+        epsilon=0.05, bounds=(-5.0, 3.0), y_true=np.array([0.08, 0.5]),
+        sample_weight=np.array([1e6, 8.4e-2])),
+    "bounded, parity of outputs 1e20 out, weights spanning 1e7": Instance(
+        z=np.array([9.12424e19, -5.02295e19, 6.04101e19]),
+        groups=np.array([[0, 0], [1, 0], [1, 1]]), constraint="demographic_parity",
+        epsilon=1.0, bounds=(-5.0, 3.0), sample_weight=np.array([3.9e-2, 1e6, 6.3e-2])),
+    "bounded float32, equal opportunity of outputs 1e20 out": Instance(
+        z=np.array([6.9684782e19, -7.5951985e19, -6.0551478e19], dtype=np.float32),
+        groups=np.array([[1, 0], [0, 0], [0, 1]]), constraint="equal_opportunity",
+        epsilon=1e-3, bounds=(-5.0, 3.0), y_true=np.ones(3), sample_weight=np.array([2.0, 1, 1])),
+    "bounded float32, outputs 1e20 out on both sides, two attributes": Instance(
+        z=np.array([1e20, -1e20, 1e20], dtype=np.float32),
+        groups=np.array([[1, 0], [1, 1], [0, 1]]), constraint="equal_opportunity",
+        epsilon=0.05, bounds=(0.0, 1.0), y_true=np.ones(3),
+        sample_weight=np.array([1.7, 1.6, 1.6])),
+}
+
+
+@pytest.mark.parametrize("name", FAR_OUT_REFUSALS)
+def test_far_out_raw_outputs_are_projected(name):
+    inst = FAR_OUT_REFUSALS[name]
+    assert far_out(inst)  # beyond the range where the layer may refuse
     outcome = check(inst, with_reference=True)
     assert outcome.ok and not outcome.loud, outcome.problems
