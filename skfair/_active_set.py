@@ -42,6 +42,7 @@ from scipy import sparse
 from scipy.linalg import qr_delete, qr_insert, solve_triangular
 from scipy.optimize import linprog, nnls
 
+from ._constraint_set import dense_coef
 from ._exact import Point, evaluate, line_search
 from ._kernels import Box, atom_shift
 
@@ -91,7 +92,7 @@ def solve(z, cs, lo, hi, lam, scale):
     outputs' scale, the first settled outputs are returned as they are (the caller's check
     judges them)."""
     problem = cs.host_problem
-    rows_on_atoms = _atom_rows(problem.rows, cs.n_atoms)
+    rows_on_atoms = dense_coef(problem.rows, cs.n_atoms)  # K: G y = K S, S the atom sums
     weight = problem.weight if problem.weight.size else np.ones_like(z)
     slack = _rounding(z, scale)
     first, met = _settle(z, weight, problem, rows_on_atoms, lo, hi, lam, scale, slack)
@@ -278,16 +279,6 @@ def _multipliers(z, weight, problem, rows_on_atoms, y, free, tight):
     lam[tight] = nnls((rows_on_atoms[np.ix_(tight, moving)] * root_mass).T, shift * root_mass,
                       maxiter=NNLS_STEPS * (moving.size + 10))[0]
     return lam
-
-
-def _atom_rows(rows, n_atoms):
-    """``K``: the rows as a dense matrix on the atoms' weighted sums (``G y = K S``)."""
-    n_stats = rows.stat_ptr.size - 1
-    stats = np.zeros((n_stats + 1, n_atoms))  # the last one: no statistic (index -1)
-    for s in range(n_stats):
-        span = slice(rows.stat_ptr[s], rows.stat_ptr[s + 1])
-        np.add.at(stats[s], rows.stat_atom[span], rows.stat_coef[span])
-    return stats[rows.plus] - stats[rows.minus]
 
 
 def _pattern_qp(z, weight, pattern, problem, rows_on_atoms, lo, hi, scale, proximal=None,
