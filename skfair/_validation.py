@@ -281,6 +281,14 @@ def split_columns(X, protected_indices, room=0):
         raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
     kept = np.delete(np.arange(values.shape[1]), protected_indices)
     rest = np.empty((len(values), len(kept) + room))
+    if values.dtype != object:
+        # each run of adjacent kept columns in one slice assignment (no gathered copy)
+        runs = np.flatnonzero(np.diff(kept) != 1) + 1
+        for part in np.split(np.arange(len(kept)), runs):
+            if len(part):
+                first = kept[part[0]]
+                rest[:, part[0]:part[-1] + 1] = values[:, first:first + len(part)]
+        return rest, values[:, protected_indices].astype(object)
     for start in range(0, len(kept), COLUMN_BLOCK):
         block = values[:, kept[start:start + COLUMN_BLOCK]]
         if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them

@@ -372,3 +372,24 @@ def test_one_dimensional_and_sparse_X_raise_saying_what_to_do(protected, method)
     with pytest.raises(TypeError, match=fix):
         call(sp.csr_matrix(array))
     assert clf.__dict__.keys() == state.keys()  # nothing fitted, no stream started
+
+
+@pytest.mark.parametrize("protected", [[0], [6], [2, 5], [1, 2], [0, 3, 6]])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64])
+def test_numeric_arrays_keep_every_other_column_in_order(protected, dtype):
+    """The columns that are not protected, copied run by run of adjacent columns, are exactly
+    np.delete's, as float64, followed by the protected attributes' encoding."""
+    from skfair._validation import InputSplitter
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(-50, 50, (300, 7)).astype(dtype)
+    X[:, protected] = rng.integers(0, 3, (300, len(protected)))
+    splitter = InputSplitter(protected)
+    fitted, _ = splitter.fit_transform(X, None, 7)
+    features, codes = splitter.transform(X)
+    n_rest = 7 - len(protected)
+    np.testing.assert_array_equal(features[:, :n_rest],
+                                  np.delete(X, protected, axis=1).astype(np.float64))
+    np.testing.assert_array_equal(features[:, n_rest:], splitter.one_hot(codes))
+    np.testing.assert_array_equal(features, fitted)
+    assert features.dtype == np.float64 and features.flags.c_contiguous
