@@ -215,3 +215,22 @@ def test_far_out_raw_outputs_are_projected(name):
     assert far_out(inst)  # beyond the range where the layer may refuse
     outcome = check(inst, with_reference=True)
     assert outcome.ok and not outcome.loud, outcome.problems
+
+
+@pytest.mark.parametrize("limit, value", [("MAX_UNKNOWNS", 0), ("GI_STEPS", 0),
+                                          ("MAX_PATTERNS", 0)])
+def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch, limit,
+                                                                      value):
+    """Past a cap (QP size, QP steps, patterns) the method returns None, never a partial
+    answer; the layer then refuses an instance that only the method could project."""
+    inst = FUZZ_FAILURES["bounded float32, 4 samples, three attributes"]
+    cs = _constraint_set(inst)
+    z = inst.z.astype(np.float64)
+    monkeypatch.setattr(_active_set, limit, value)
+    box = Bounds.of(inst.bounds).box
+    assert _active_set.solve(z, cs, *box, np.zeros(cs.n_rows), 1.0) is None
+    with pytest.raises(RuntimeError, match="The fairness projection failed"):
+        FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)(
+            torch.as_tensor(inst.z), torch.as_tensor(inst.groups),
+            y_true=torch.as_tensor(inst.y_true), sample_weight=torch.as_tensor(
+                inst.sample_weight))
