@@ -276,7 +276,7 @@ def _annotation_only_names(module):
 
 
 @pytest.mark.parametrize("module_name", ["skfair.classifier", "skfair.constraints", "skfair.dask",
-                                         "skfair.datasets", "skfair.decisions",
+                                         "skfair.datasets", "skfair.decisions", "skfair.layer",
                                          "skfair.pipeline", "skfair.plotting",
                                          "skfair.regressor"])
 def test_the_public_functions_and_methods_of_every_module_are_annotated(module_name):
