@@ -13,10 +13,13 @@ import math
 import numbers
 import os
 from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
@@ -31,13 +34,16 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from . import _calibration, _persistence, _streaming, _training
 from ._bounds import Bounds
 from ._network import ACTIVATIONS, check_module, make_mlp, outputs
-from ._validation import InputSplitter, check_dense_2d, check_float32
+from ._validation import GroupEncoder, InputSplitter, check_dense_2d, check_float32
 from .constraints import AffineConstraint, get_constraint
 from .layer import SOLVERS, project
 
 
 #: rows the network is evaluated on at a time at prediction (see ``_network_outputs``)
 NETWORK_CHUNK = 8192
+
+#: the estimator a method returns itself as (``typing.Self`` needs Python 3.11)
+Self = TypeVar("Self", bound="BaseFairNeural")
 
 
 class BaseFairNeural(BaseEstimator):
@@ -149,7 +155,7 @@ class BaseFairNeural(BaseEstimator):
 
     #: :func:`skfair._kernels.objective`'s version of :meth:`_sample_losses` (the fair
     #: training step)
-    _compiled_loss = None
+    _compiled_loss: int | None = None
 
     @abstractmethod
     def _fit_bounds(self, target):
@@ -185,12 +191,12 @@ class BaseFairNeural(BaseEstimator):
                                             self.n_features_in_, known_groups)
 
     @property
-    def group_encoder_(self):
+    def group_encoder_(self) -> GroupEncoder:
         """The groups of every protected attribute (``group_encoder_.categories_``)."""
         return self.splitter_.encoder
 
     @property
-    def protected_indices_(self):
+    def protected_indices_(self) -> list[int]:
         """Positions of the protected columns in X."""
         return self.splitter_.indices
 
@@ -217,7 +223,8 @@ class BaseFairNeural(BaseEstimator):
     # ----------------------------------------------------------------------------------------
     # Training
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self: Self, X: ArrayLike | pd.DataFrame, y: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> Self:
         """Train the network through the fairness layer.
 
         A failed call changes nothing: the arguments are validated first, and an error during
@@ -274,7 +281,9 @@ class BaseFairNeural(BaseEstimator):
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, sample_weight=None, groups=None):
+    def partial_fit(self: Self, X: ArrayLike | pd.DataFrame, y: ArrayLike,
+                    sample_weight: ArrayLike | None = None,
+                    groups: Sequence[ArrayLike] | None = None) -> Self:
         """Train on one chunk of the data: one epoch over ``(X, y)`` through the fairness layer.
 
         For data larger than memory, or arriving over time. The first call on an unfitted
@@ -597,7 +606,7 @@ class BaseFairNeural(BaseEstimator):
 
     # ----------------------------------------------------------------------------------------
     # Row-by-row inference (inference="individual", see skfair._calibration)
-    def calibrate(self, X):
+    def calibrate(self: Self, X: ArrayLike | pd.DataFrame) -> Self:
         """Learn the per-group offsets of ``inference="individual"`` on a calibration set.
 
         ``X`` is projected exactly once, as one batch; the shift the projection gives each
@@ -626,7 +635,7 @@ class BaseFairNeural(BaseEstimator):
         self.calibration_ = self._calibration(out, groups)
         return self
 
-    def individual_gap_bound(self, delta=0.05):
+    def individual_gap_bound(self, delta: float = 0.05) -> float:
         """A bound on the population gap of row-by-row predictions, from the calibration set.
 
         With probability at least ``1 - delta`` over the draw of the calibration rows (drawn
@@ -683,7 +692,7 @@ class BaseFairNeural(BaseEstimator):
 
     # ----------------------------------------------------------------------------------------
     # Streaming
-    def reset_stream(self):
+    def reset_stream(self: Self) -> Self:
         """Start a new stream for :meth:`partial_predict`.
 
         The multipliers start from ``dual_init_`` (the average multipliers of the last training
@@ -700,7 +709,7 @@ class BaseFairNeural(BaseEstimator):
         return self
 
     #: the fitted attributes that hold a stream's state (ended by a refit and reset_stream)
-    _stream_attributes = ("stream_",)
+    _stream_attributes: tuple[str, ...] = ("stream_",)
 
     def _end_streams(self):
         for name in self._stream_attributes:
@@ -726,7 +735,7 @@ class BaseFairNeural(BaseEstimator):
         self.stream_ = stream  # a first stream is kept once its first step succeeded
         return values.cpu().numpy(), groups
 
-    def stream_stats(self):
+    def stream_stats(self) -> dict[str, Any]:
         """Statistics of the current stream.
 
         Returns

@@ -1,7 +1,12 @@
 """FairNeuralClassifier: a binary neural classifier whose probabilities are fair by construction."""
 
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
 import numpy as np
+import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 from scipy.special import expit
 from sklearn.base import ClassifierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
@@ -11,10 +16,12 @@ from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import column_or_1d
 
 from . import _kernels, _streaming
-from ._base import BaseFairNeural
+from ._base import BaseFairNeural, Self
 from ._network import ends_in_sigmoid
 from .constraints import AffineConstraint, DemographicParity, DisparateImpact, get_constraint
 from .decisions import fair_labels
+
+__all__ = ["FairNeuralClassifier"]
 
 
 class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
@@ -293,17 +300,29 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
-    def __init__(self, *, protected_attributes=None, exclude_protected=False,
-                 fairness="demographic_parity", constrain="proba", epsilon=0.05,
-                 intersectional=False, handle_unknown="error", guarantee="proba",
-                 solver="exact", b_tau=100, eta0=None,
-                 stream_warm_start=True, distortion_penalty=10.0, inference="batch",
-                 hidden_layer_sizes=(64, 64), activation="relu", module=None,
-                 batch_size=256, max_epochs=100, learning_rate=1e-3,
-                 learning_rate_schedule="constant", optimizer="adam", weight_decay=0.0,
-                 class_weight=None, early_stopping=False, validation_fraction=0.1,
-                 n_iter_no_change=10, tol=1e-4, warm_start=False, device="cpu", n_jobs=None,
-                 verbose=0, random_state=None):
+    def __init__(self, *, protected_attributes: str | int | Sequence[str | int] | None = None,
+                 exclude_protected: bool = False,
+                 fairness: str | AffineConstraint = "demographic_parity",
+                 constrain: Literal["proba", "logit"] = "proba", epsilon: float = 0.05,
+                 intersectional: bool = False,
+                 handle_unknown: Literal["error", "new_group"] = "error",
+                 guarantee: Literal["proba", "labels"] = "proba",
+                 solver: Literal["exact", "qpth"] = "exact", b_tau: int = 100,
+                 eta0: float | None = None, stream_warm_start: bool = True,
+                 distortion_penalty: float = 10.0,
+                 inference: Literal["batch", "individual"] = "batch",
+                 hidden_layer_sizes: Sequence[int] = (64, 64),
+                 activation: Literal["relu", "tanh", "logistic", "gelu"] = "relu",
+                 module: torch.nn.Module | Callable[[int], torch.nn.Module] | None = None,
+                 batch_size: int = 256, max_epochs: int = 100, learning_rate: float = 1e-3,
+                 learning_rate_schedule: Literal["constant", "adaptive"] = "constant",
+                 optimizer: Literal["adam", "adamw", "sgd"] = "adam", weight_decay: float = 0.0,
+                 class_weight: dict[Any, float] | Literal["balanced"] | None = None,
+                 early_stopping: bool = False, validation_fraction: float = 0.1,
+                 n_iter_no_change: int = 10, tol: float = 1e-4, warm_start: bool = False,
+                 device: str | torch.device = "cpu", n_jobs: int | None = None,
+                 verbose: int = 0,
+                 random_state: int | np.random.RandomState | None = None) -> None:
         super().__init__(
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional,
@@ -350,7 +369,9 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         return (y == self.classes_[1]).astype(np.float64)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y, classes=None, sample_weight=None, groups=None):
+    def partial_fit(self: Self, X: ArrayLike | pd.DataFrame, y: ArrayLike,
+                    classes: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+                    groups: Sequence[ArrayLike] | None = None) -> Self:
         """Train on one chunk of the data: one epoch over ``(X, y)`` through the fairness layer.
 
         See :meth:`BaseFairNeural.partial_fit <skfair._base.BaseFairNeural.partial_fit>`;
@@ -422,7 +443,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
     def _fit_bounds(self, target):
         return None if self.constrain == "logit" else (0.0, 1.0)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Fair probabilities (stateless); with ``constrain="logit"``, ``sigmoid`` of the fair
         logits (:meth:`decision_function`).
 
@@ -438,7 +459,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p = self._probabilities(self._predict_values(X))
         return np.column_stack([1 - p, p])
 
-    def audit_predict_proba(self, X, y):
+    def audit_predict_proba(self, X: ArrayLike | pd.DataFrame, y: ArrayLike) -> np.ndarray:
         """Fair probabilities of a labelled batch (an audit, a hold-out set), given its labels.
 
         Label-dependent constraints (equalized odds, equal opportunity, ...) cannot act at
@@ -460,7 +481,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p = self._probabilities(self._audit_values(X, y))
         return np.column_stack([1 - p, p])
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Logarithms of :meth:`predict_proba` (``-inf`` where the layer put a probability at 0).
 
         Parameters
@@ -474,7 +495,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
-    def decision_function(self, X):
+    def decision_function(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Log-odds of the fair probabilities: positive where :meth:`predict` (with
         ``guarantee="proba"``) says ``classes_[1]`` (stateless). With ``constrain="logit"``, the
         fair logits the layer returned (the values its guarantee is on); else ``log(p / (1 -
@@ -494,7 +515,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         with np.errstate(divide="ignore"):
             return np.log(values) - np.log1p(-values)
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Class labels: ``classes_[1]`` where the fair probability exceeds 0.5 (stateless).
 
         Parameters
@@ -545,7 +566,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
             self.constraint_, min(float(self.epsilon), 1.0),
             self.eta0 if self.eta0 is not None else _streaming.DEFAULT_DECISION_ETA0, self.b_tau)
 
-    def partial_predict_proba(self, X):
+    def partial_predict_proba(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Probabilities for the next batch of a stream (stateful); with ``constrain="logit"``
         the stream acts on the logits, and the probabilities are ``sigmoid`` of its outputs.
 
@@ -566,7 +587,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
         p = self._probabilities(self._partial_values(X))
         return np.column_stack([1 - p, p])
 
-    def partial_predict(self, X):
+    def partial_predict(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Class labels for the next batch of a stream (stateful); see
         :meth:`partial_predict_proba`.
 
@@ -593,7 +614,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseFairNeural):
 
     _stream_attributes = ("stream_", "decision_stream_")
 
-    def stream_stats(self):
+    def stream_stats(self) -> dict[str, Any]:
         """Statistics of the current stream.
 
         Returns

@@ -1,8 +1,13 @@
 """FairNeuralRegressor: a neural regressor whose predictions are fair by construction."""
 
 import numbers
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import ArrayLike
 from sklearn.base import RegressorMixin
 from sklearn.utils._param_validation import InvalidParameterError, Options, StrOptions
 from sklearn.utils.validation import check_array, column_or_1d
@@ -10,6 +15,8 @@ from sklearn.utils.validation import check_array, column_or_1d
 from . import _kernels
 from ._base import BaseFairNeural
 from .constraints import AffineConstraint
+
+__all__ = ["FairNeuralRegressor"]
 
 #: share of the training targets' range added on each side when bounds are inferred
 BOUNDS_MARGIN = 0.1
@@ -197,17 +204,27 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         "bounds": [None, Options(bool, {False}), tuple, list],
     }
 
-    def __init__(self, *, protected_attributes=None, exclude_protected=False,
-                 fairness="demographic_parity", epsilon=0.05, intersectional=False,
-                 handle_unknown="error",
-                 solver="exact", b_tau=100, eta0=None, stream_warm_start=True,
-                 distortion_penalty=10.0, inference="batch",
-                 bounds=None, hidden_layer_sizes=(64, 64),
-                 activation="relu", module=None, batch_size=256, max_epochs=100,
-                 learning_rate=1e-3, learning_rate_schedule="constant", optimizer="adam",
-                 weight_decay=0.0, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, warm_start=False,
-                 device="cpu", n_jobs=None, verbose=0, random_state=None):
+    def __init__(self, *, protected_attributes: str | int | Sequence[str | int] | None = None,
+                 exclude_protected: bool = False,
+                 fairness: str | AffineConstraint = "demographic_parity", epsilon: float = 0.05,
+                 intersectional: bool = False,
+                 handle_unknown: Literal["error", "new_group"] = "error",
+                 solver: Literal["exact", "qpth"] = "exact", b_tau: int = 100,
+                 eta0: float | None = None, stream_warm_start: bool = True,
+                 distortion_penalty: float = 10.0,
+                 inference: Literal["batch", "individual"] = "batch",
+                 bounds: tuple[float, float] | Literal[False] | None = None,
+                 hidden_layer_sizes: Sequence[int] = (64, 64),
+                 activation: Literal["relu", "tanh", "logistic", "gelu"] = "relu",
+                 module: torch.nn.Module | Callable[[int], torch.nn.Module] | None = None,
+                 batch_size: int = 256, max_epochs: int = 100, learning_rate: float = 1e-3,
+                 learning_rate_schedule: Literal["constant", "adaptive"] = "constant",
+                 optimizer: Literal["adam", "adamw", "sgd"] = "adam", weight_decay: float = 0.0,
+                 early_stopping: bool = False, validation_fraction: float = 0.1,
+                 n_iter_no_change: int = 10, tol: float = 1e-4, warm_start: bool = False,
+                 device: str | torch.device = "cpu", n_jobs: int | None = None,
+                 verbose: int = 0,
+                 random_state: int | np.random.RandomState | None = None) -> None:
         super().__init__(
             protected_attributes=protected_attributes, exclude_protected=exclude_protected,
             fairness=fairness, epsilon=epsilon, intersectional=intersectional,
@@ -267,7 +284,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
                 f"got {self.bounds!r}. Use bounds=False for unbounded predictions."
             )
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Fair predictions (stateless).
 
         Parameters
@@ -280,7 +297,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         """
         return self._predict_values(X)
 
-    def audit_predict(self, X, y):
+    def audit_predict(self, X: ArrayLike | pd.DataFrame, y: ArrayLike) -> np.ndarray:
         """Fair predictions of a labelled batch (an audit, a hold-out set), given its targets:
         one exact projection with the constraint given ``y`` (``mean_residual`` included, which
         cannot act at prediction time without targets), any batch size. Stateless.
@@ -297,7 +314,7 @@ class FairNeuralRegressor(RegressorMixin, BaseFairNeural):
         """
         return self._audit_values(X, y)
 
-    def partial_predict(self, X):
+    def partial_predict(self, X: ArrayLike | pd.DataFrame) -> np.ndarray:
         """Predictions for the next batch of a stream (stateful); see
         :meth:`FairNeuralClassifier.partial_predict_proba`.
 

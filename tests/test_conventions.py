@@ -275,8 +275,10 @@ def _annotation_only_names(module):
     return names
 
 
-@pytest.mark.parametrize("module_name", ["skfair.constraints", "skfair.dask", "skfair.datasets",
-                                         "skfair.decisions", "skfair.plotting"])
+@pytest.mark.parametrize("module_name", ["skfair.classifier", "skfair.constraints", "skfair.dask",
+                                         "skfair.datasets", "skfair.decisions", "skfair.layer",
+                                         "skfair.pipeline", "skfair.plotting",
+                                         "skfair.regressor"])
 def test_the_public_functions_and_methods_of_every_module_are_annotated(module_name):
     """Every parameter (but self) and every return is annotated, and every annotation names
     something that exists: :func:`typing.get_type_hints` resolves it."""
@@ -295,6 +297,40 @@ def test_the_public_functions_and_methods_of_every_module_are_annotated(module_n
         parameters = [p for p in inspect.signature(function).parameters if p != "self"]
         assert [p for p in parameters if p not in hints] == [], name
         assert "return" in hints, name
+
+
+@pytest.mark.parametrize("estimator, own_options", [
+    ("FairNeuralClassifier", {"constrain", "guarantee", "class_weight"}),
+    ("FairNeuralRegressor", set()),
+])
+def test_the_string_options_an_estimator_annotates_are_those_its_fit_accepts(estimator,
+                                                                               own_options):
+    """A parameter's ``Literal`` strings are the options of its ``_parameter_constraints``, so
+    that a type checker and ``fit`` accept the same values (``fairness``, typed ``str``, names
+    a constraint that ``fit`` looks up)."""
+    import typing
+
+    from sklearn.utils._param_validation import StrOptions
+
+    import skfair
+
+    cls = getattr(skfair, estimator)
+    hints = typing.get_type_hints(cls.__init__)
+    with_options = set()
+    for name, constraints in cls._parameter_constraints.items():
+        hint = hints[name]
+        parts = [hint] if typing.get_origin(hint) is typing.Literal else typing.get_args(hint)
+        if str in parts:
+            continue
+        annotated = {value for part in parts if typing.get_origin(part) is typing.Literal
+                     for value in typing.get_args(part) if isinstance(value, str)}
+        accepted = {option for c in constraints if isinstance(c, StrOptions)
+                    for option in c.options}
+        assert annotated == accepted, name
+        if accepted:
+            with_options.add(name)
+    assert with_options == {"handle_unknown", "solver", "inference", "activation",
+                            "learning_rate_schedule", "optimizer"} | own_options
 
 
 def test_importing_skfair_and_its_modules_imports_neither_matplotlib_nor_dask():
