@@ -436,9 +436,9 @@ def make_fairness_scorer(metric: str | Callable[..., float], greater_is_better: 
     or the fair logits, ``decision_function``, of a skfair classifier with
     ``constrain="logit"``, whose guarantee is on them; with ``response="labels"`` 0/1 for
     ``predict == classes_[1]``, the decisions; ``predict`` for regressors) and takes the
-    protected groups from the raw ``X`` it is given, using the fitted skfair estimator's ``protected_attributes`` (also
-    as the last step of a Pipeline), so that ``GridSearchCV(scoring={"dp": ...})`` needs no
-    plumbing; it then compares them crossed or not as the estimator's ``intersectional`` says
+    protected groups from the raw ``X`` it is given, using the fitted skfair estimator's
+    ``protected_attributes`` (also as the last step of a Pipeline), so that
+    ``GridSearchCV(scoring={"dp": ...})`` needs no plumbing; it then compares them crossed or not as the estimator's ``intersectional`` says
     (the gap it constrains). For other estimators pass the groups through metadata routing
     (:meth:`FairnessScorer.set_score_request`); the metric's own default applies.
 
