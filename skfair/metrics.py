@@ -439,7 +439,8 @@ def make_fairness_scorer(metric: str | Callable[..., float], greater_is_better: 
     protected groups from the raw ``X`` it is given, using the fitted skfair estimator's
     ``protected_attributes`` (also as the last step of a Pipeline), so that
     ``GridSearchCV(scoring={"dp": ...})`` needs no plumbing; it then compares them crossed or
-    not as the estimator's ``intersectional`` says (the gap it constrains). For other estimators pass the groups through metadata routing
+    not as the estimator's ``intersectional`` says (the gap it constrains). For other
+    estimators pass the groups through metadata routing
     (:meth:`FairnessScorer.set_score_request`); the metric's own default applies.
 
     Parameters
