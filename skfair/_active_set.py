@@ -276,6 +276,10 @@ def _multipliers(z, weight, problem, rows_on_atoms, y, free, tight):
                         minlength=n_atoms)[moving] / mass[moving]
     root_mass = np.sqrt(mass[moving])
     lam = np.zeros(rows_on_atoms.shape[0])
+    if moving.size == 0 or not np.any(tight):
+        # no free output to explain, or no row to explain it with (scipy's nnls does not
+        # take an empty matrix)
+        return lam
     lam[tight] = nnls((rows_on_atoms[np.ix_(tight, moving)] * root_mass).T, shift * root_mass,
                       maxiter=NNLS_STEPS * (moving.size + 10))[0]
     return lam

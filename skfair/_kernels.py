@@ -43,8 +43,8 @@ def retire_stale_machine_code(sources, record):
     of ``_kernels.py`` alone (a ``git pull`` in an editable install), the solver in
     ``_exact.py`` would run its cached copy of the old code. Touching every source file when
     their joint fingerprint changes invalidates all their caches, wherever numba keeps them.
-    Nothing is done where the record cannot be written (an installed package, whose files an
-    upgrade replaces together).
+    Nothing is done where the record cannot be written (a read-only installation, whose files
+    an upgrade replaces together).
     """
     digest = hashlib.sha256()
     for source in sources:

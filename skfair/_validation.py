@@ -218,8 +218,8 @@ class InputSplitter:
             rest[:, n_rest:] = self.one_hot(codes)
             return rest, codes
         if self.exclude_protected:
-            return np.ascontiguousarray(rest), codes
-        return np.ascontiguousarray(np.hstack([rest, self.one_hot(codes)])), codes
+            return rest, codes
+        return np.hstack([rest, self.one_hot(codes)]), codes
 
     def one_hot(self, codes):
         """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot;
@@ -259,8 +259,8 @@ def split_columns(X, protected_indices, room=0):
 
     The float64 array is written column block by column block: a DataFrame's columns go
     straight to it without a round trip through Python objects (which costs seconds and
-    gigabytes at a million rows), and no second copy is made to append the protected
-    attributes' encoding. Only a frame of a few rows (a stream's) goes through one object
+    gigabytes at a million rows), and with ``room`` (prediction, once the groups are known) no
+    second copy is made to append the protected attributes' encoding. Only a frame of a few rows (a stream's) goes through one object
     array, cheaper than pandas' column selection at that size.
     """
     if isinstance(X, pd.DataFrame) and len(X) > SMALL_FRAME:
@@ -277,8 +277,6 @@ def split_columns(X, protected_indices, room=0):
         values = X
     else:
         values = np.asarray(X, dtype=object)
-    if values.ndim != 2:
-        raise ValueError(f"Expected a 2D X (samples x features); got shape {values.shape}.")
     kept = np.delete(np.arange(values.shape[1]), protected_indices)
     rest = np.empty((len(values), len(kept) + room))
     if values.dtype != object:

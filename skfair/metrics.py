@@ -528,7 +528,7 @@ def _predictions(estimator, X, response="proba"):
     if is_classifier(estimator):
         if response == "labels":
             return (estimator.predict(X) == _final(estimator).classes_[1]).astype(float)
-        if getattr(_final(estimator), "constrain", "proba") == "logit":
+        if _on_logits(_final(estimator)):
             return estimator.decision_function(X)  # the scale the guarantee is on
         return estimator.predict_proba(X)[:, 1]
     return estimator.predict(X)
@@ -683,6 +683,12 @@ def _sensitive_frame(sensitive_features, n, against):
     return frame
 
 
+def _on_logits(final):
+    """Whether ``final``, a fitted estimator, is a skfair classifier whose layer acts on its
+    logits (as fitted: ``constrain`` set afterwards does not count)."""
+    return isinstance(final, FairNeuralClassifier) and final._on_logits()
+
+
 def _classifier_group_row(estimator, X, y):
     """The report's columns of a classifier for the rows of a group (a mask)."""
     final = _final(estimator)
@@ -690,8 +696,7 @@ def _classifier_group_row(estimator, X, y):
     proba = estimator.predict_proba(X)[:, 1]
     label = (estimator.predict(X) == final.classes_[1]).astype(float)
     # the fair logits themselves: logit(proba) would lose them where proba rounds to 0 or 1
-    on_logits = isinstance(final, FairNeuralClassifier) and final._on_logits()
-    logits = estimator.decision_function(X) if on_logits else None
+    logits = estimator.decision_function(X) if _on_logits(final) else None
 
     def row(m):
         pos, neg = m & (positive == 1), m & (positive == 0)

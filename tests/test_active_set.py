@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from skfair import FairnessLayer, _active_set, _exact
 from skfair._bounds import Bounds
+from skfair._constraint_set import dense_coef
 from skfair.constraints import intersect_groups
 from skfair.layer import as_group_matrix
 
@@ -234,3 +235,19 @@ def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch
             torch.as_tensor(inst.z), torch.as_tensor(inst.groups),
             y_true=torch.as_tensor(inst.y_true), sample_weight=torch.as_tensor(
                 inst.sample_weight))
+
+
+def test_no_free_output_or_no_tight_row_gives_zero_multipliers():
+    """The multipliers that explain the free outputs: none to explain, or no row to explain
+    them with, is zero (not a call of nnls on an empty matrix)."""
+    inst = FUZZ_FAILURES["bounded float32, 4 samples, three attributes"]
+    cs = _constraint_set(inst)
+    problem = cs.host_problem
+    rows = dense_coef(problem.rows, cs.n_atoms)
+    z = inst.z.astype(np.float64)
+    weight = problem.weight if problem.weight.size else np.ones_like(z)
+    y = np.clip(z, *inst.bounds)
+    for free, tight in ((np.zeros(len(z), bool), np.ones(cs.n_rows, bool)),
+                        (np.ones(len(z), bool), np.zeros(cs.n_rows, bool))):
+        lam = _active_set._multipliers(z, weight, problem, rows, y, free, tight)
+        np.testing.assert_array_equal(lam, np.zeros(cs.n_rows))

@@ -291,3 +291,16 @@ def test_fairness_scorers_measure_the_logits_the_model_constrains(data, on_logit
     # the probabilities' gap, which the guarantee does not bound, is another figure
     probabilities = max(group_gaps(on_logits.predict_proba(batch)[:, 1], batch).values())
     assert probabilities != pytest.approx(gap, abs=1e-6)
+
+
+def test_scorers_read_the_scale_the_model_was_fitted_with(data):
+    from skfair.metrics import demographic_parity_scorer
+
+    X, y = data
+    clf = FairNeuralClassifier(protected_attributes=PROTECTED, epsilon=EPSILON, **FAST)
+    clf.fit(X, y)
+    batch = X.iloc[:200]
+    probabilities = max(group_gaps(clf.predict_proba(batch)[:, 1], batch).values())
+    clf.set_params(constrain="logit")  # not refitted: its layer still acts on probabilities
+    assert -demographic_parity_scorer(clf, batch, None) == pytest.approx(probabilities,
+                                                                         abs=1e-12)

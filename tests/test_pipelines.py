@@ -80,10 +80,3 @@ def test_a_pipeline_whose_final_step_cannot_stream_is_refused_before_anything_ru
                                         r"streaming needs a FairNeuralClassifier or "
                                         r"FairNeuralRegressor, or a Pipeline"):
         partial_predict(LogisticRegression(), X)
-
-
-def test_the_functions_are_annotated():
-    import typing
-
-    for function in (partial_predict, partial_predict_proba):
-        assert typing.get_type_hints(function)["return"] is np.ndarray

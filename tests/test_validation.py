@@ -285,17 +285,22 @@ def test_cross_validation_with_a_group_missing_from_a_training_fold():
     from sklearn.model_selection import KFold, cross_validate
 
     from skfair import FairNeuralClassifier
+    from skfair.metrics import demographic_parity_scorer
 
     X, y = _groups_frame(450)
     X.loc[440:, "race"] = "rare"  # ten rows, all in the last of three folds
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST)
     with pytest.raises(ValueError, match=r"'race' has values not seen in fit: \['rare'\]"):
         cross_validate(clf, X, y, cv=KFold(3), error_score="raise")
+    scoring = {"accuracy": "accuracy", "log_loss": "neg_log_loss",
+               "dp": demographic_parity_scorer}
     with pytest.warns(UserWarning, match=r"'race': \['rare'\]"):
         scores = cross_validate(clf.set_params(handle_unknown="new_group"), X, y, cv=KFold(3),
-                                scoring=["accuracy", "neg_log_loss"], error_score="raise")
+                                scoring=scoring, error_score="raise")
     assert np.isfinite(scores["test_accuracy"]).all()
-    assert np.isfinite(scores["test_neg_log_loss"]).all()
+    assert np.isfinite(scores["test_log_loss"]).all()
+    # each test fold (150 rows, at least b_tau) is projected exactly, the rare group included
+    assert (-scores["test_dp"] <= clf.epsilon + 1e-9).all()
 
 
 def test_a_stream_keys_every_unseen_value_as_the_same_group():
