@@ -5,7 +5,7 @@ import warnings
 from pathlib import Path
 
 #: frames in these packages are skipped when a warning looks for the line that caused it
-_INTERNAL = tuple(str(Path(module.__file__).resolve().parent)
+_INTERNAL = tuple(str(Path(str(module.__file__)).resolve().parent)
                   for module in (sys.modules["skfair"], __import__("sklearn")))
 
 

@@ -246,7 +246,7 @@ def mean_residual_difference(y_true: ArrayLike, y_pred: ArrayLike, *,
                 sample_weight, intersectional)
 
 
-_METRICS = {
+_METRICS: dict[str, Callable[..., float]] = {
     "demographic_parity": demographic_parity_difference,
     "equalized_odds": equalized_odds_difference,
     "equal_opportunity": equal_opportunity_difference,
@@ -290,19 +290,19 @@ def demographic_parity_ratio(y_true: ArrayLike | None, y_pred: ArrayLike, *,
     >>> demographic_parity_ratio(None, [1, 0, 1, 1], sensitive_features=["a", "a", "b", "b"])
     0.5
     """
-    y_pred = _numeric(y_pred, "y_pred")
-    if (y_pred < 0).any():
+    scores = _numeric(y_pred, "y_pred")
+    if (scores < 0).any():
         raise ValueError("y_pred must be non-negative for a ratio of group means.")
-    codes = _encode_sensitive(sensitive_features, len(y_pred), intersectional).numpy()
-    weight = np.ones(len(y_pred))
+    codes = _encode_sensitive(sensitive_features, len(scores), intersectional).numpy()
+    weight = np.ones(len(scores))
     if sample_weight is not None:
         weight = _numeric(sample_weight, "sample_weight")
-        _check_length(weight, len(y_pred), "sample_weight")
+        _check_length(weight, len(scores), "sample_weight")
     ratio = 1.0
     for column in codes.T:
         totals = np.bincount(column, weights=weight)
         present = totals > 0
-        means = np.bincount(column, weights=weight * y_pred)[present] / totals[present]
+        means = np.bincount(column, weights=weight * scores)[present] / totals[present]
         if means.max() > 0:
             ratio = min(ratio, float(means.min() / means.max()))
     return ratio
@@ -643,7 +643,7 @@ def fairness_report(estimator: BaseEstimator, X: ArrayLike, y: ArrayLike, *,
     if not (is_classifier(estimator) or is_regressor(estimator)):
         raise ValueError(f"{type(estimator).__name__} is neither a classifier nor a regressor.")
     sensitive = (protected_columns(estimator, X) if sensitive_features is None
-                 else _sensitive_frame(sensitive_features, len(y), "y"))
+                 else _sensitive_frame(sensitive_features, np.shape(y)[0], "y"))
     if is_classifier(estimator):
         group_row, summary = _classifier_group_row(estimator, X, y), _classifier_summary
     else:
