@@ -75,14 +75,17 @@ A batch with a non-finite output raises :class:`ValueError` before any state cha
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from . import _persistence, _rows
 from ._bounds import Bounds
-from ._host import host_vector
-from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
+from ._constraint_set import NO_WEIGHT
+from ._dual_step import dual_step
+from ._host import device_tensor, host_vector
+from ._kernels import Rows, row_gram, row_values, stat_squares, value_range
 from .constraints import constraint_gap
 from .decisions import fair_labels
 from .layer import project
@@ -130,12 +133,12 @@ def warm_start_duals(solved, n_batches):
     return duals
 
 
-def _atom_sums(y, cs):
-    """The weighted sums of the outputs ``y`` (a tensor) over the atoms of ``cs``."""
-    values = host_vector(y.to(torch.float64))
+def _row_values(y, cs):
+    """``G y - h`` of the rows ``cs`` at the outputs ``y`` (a float64 numpy array)."""
     weight = cs.host_weight
-    return np.bincount(cs.host_atom, weights=values * weight if weight.size else values,
+    sums = np.bincount(cs.host_atom, weights=y * weight if weight.size else y,
                        minlength=cs.n_atoms)
+    return row_values(cs.host_rows, sums, cs.host_h)
 
 
 def _gram(cs):
@@ -145,12 +148,35 @@ def _gram(cs):
     return row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows))
 
 
-def _present_groups(atoms):
-    """Per attribute, the set of group codes present in a batch (from
-    :func:`skfair._rows.atoms`)."""
-    _, table, counts = atoms
-    codes = [c for c, count in zip(table, counts.tolist()) if count]
-    return [set(col) for col in zip(*codes)] if codes else []
+#: how many batch compositions a stream keeps the rows of (a stream of single rows has one per
+#: combination of groups)
+MAX_COMPOSITIONS = 1024
+
+
+class _StepRows(NamedTuple):
+    """The rows of a primal-dual step's batch and what the step derives from them alone.
+
+    ``rows`` (factored) over the atoms ``atom`` (None: the batch's combinations of groups) with
+    sample ``weight``; ``h`` without the reference means; ``keys`` (a tuple); ``gram``, ``G
+    G^T``, and its diagonal ``norms``; ``references``: triples ``(row, group, sign)``, row
+    ``row`` adds ``sign`` times the running mean of ``group`` (an ``(attribute, code)``) to
+    ``h``; ``scaled``: triples ``(row, u, w)``, the row compares the present group ``u`` with
+    the absent ``w`` and its divisor has the factor ``1 + N_u / N_w``; ``pairs``: ``((a, u,
+    w), w)`` for each such comparison; ``present``: the atoms with samples (None: to be
+    found).
+    """
+
+    rows: Rows
+    atom: np.ndarray | None
+    weight: np.ndarray
+    h: np.ndarray
+    keys: tuple
+    gram: np.ndarray
+    norms: np.ndarray
+    references: tuple
+    scaled: tuple
+    pairs: tuple
+    present: list | None
 
 
 class PrimalDualStream:
@@ -173,6 +199,9 @@ class PrimalDualStream:
         stream's scale, the reduction of the row's value each one makes (see
         :func:`row_norms`).
     """
+
+    #: the primal point of a step is the output itself (:class:`DecisionStream`: thresholded)
+    THRESHOLD = None
 
     def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="exact", dual_init=None):
         if constraint.requires_y_true:
@@ -199,14 +228,50 @@ class PrimalDualStream:
         # (attribute, u, w) -> sum_t n_t * the reference mean of w compared with u, and sum_t n_t
         self.reference_sums = {}
         self.reference_uses = {}
+        self._derive()
+
+    #: what :meth:`_derive` computes from the state: neither stored nor compared
+    _DERIVED = ("_groups", "_compositions")
+
+    def _derive(self):
+        """The pooled statistics of every group seen, ``(attribute, code) -> [sum of outputs,
+        count, its combinations]``, from :attr:`atom_sums` (each total summed over its
+        combinations in their order, so that it does not depend on how the stream was
+        batched), and an empty cache of the rows of batch compositions (they depend on the
+        groups seen)."""
+        self._groups = {}
+        self._compositions = {}
+        for codes, (_, count) in self.atom_sums.items():
+            self._add_combination(codes)
+            for a, g in enumerate(codes):
+                self._groups[(a, g)][1] += count
+        self._update_totals(self._groups.values())
+
+    def _add_combination(self, codes):
+        for a, g in enumerate(codes):
+            group = self._groups.get((a, g))
+            if group is None:  # a new group: new reference rows for the compositions
+                group = self._groups[(a, g)] = [0.0, 0, []]
+                self._compositions.clear()
+            group[2].append(codes)
+
+    def _update_totals(self, groups):
+        atom_sums = self.atom_sums
+        for group in groups:
+            total = 0.0
+            for codes in group[2]:
+                total += atom_sums[codes][0]
+            group[0] = total
 
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
     def __getstate__(self):
-        return _persistence.plain(self.__dict__)
+        return _persistence.plain({name: value for name, value in self.__dict__.items()
+                                   if name not in self._DERIVED})
 
     def __setstate__(self, state):
         self.__dict__.update(_persistence.restored(state))
+        self._derive()
 
     def step(self, z, groups):
         """Fair outputs of one batch: exact projection or one primal-dual step.
@@ -218,146 +283,156 @@ class PrimalDualStream:
         n = z.shape[0]
         if n == 0:
             return z.to(torch.float64).clone()
-        if not bool(torch.isfinite(z).all()):
+        z = z.to(torch.float64)
+        values = host_vector(z)
+        low, high = value_range(values)
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
-        z = z.to(torch.float64)
-        bounds = Bounds.of(self.bounds)
-        atoms = _rows.atoms(groups.cpu().numpy())
+        atoms = _rows.atoms(groups.numpy(force=True))
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
-            self._record(y, cs, atoms)
+            y_host = host_vector(y)
+            self._record(y_host, atoms, cs.keys,
+                         (_row_values(y_host, cs) + self.epsilon).tolist() if cs.n_rows else [])
             return y
-        references = self._reference_means()
-        cs = self._build(groups, references)
-        if cs.n_rows == 0:  # a step without rows: no multiplier to move
-            y = self._decide(bounds.clip(z))
+        step_rows = self._step_rows(groups, atoms)
+        if not step_rows.keys:  # a step without rows: no multiplier to move
+            y = self._decide(Bounds.of(self.bounds).clip(z))
             self.n_steps += 1
-            self._record(y, cs, atoms)
+            self._record(host_vector(y), atoms, (), [])
             return y
-        return self._primal_dual(z, cs, atoms, references, bounds)
+        return device_tensor(self._primal_dual(values, step_rows, atoms), z.device)
 
-    def _primal_dual(self, z, cs, atoms, references, bounds):
-        """The primal-dual step of a batch shorter than ``b_tau`` with rows ``cs`` (its
-        ``atoms``, the ``references`` its rows compare with): its outputs; the state changes
-        only once the step is known to be finite."""
-        n = z.shape[0]
-        present = _present_groups(atoms)
-        # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
-        gram = _gram(cs)
-        scale = self._row_scales(np.diag(gram).copy(), cs.keys, present, references)
-        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-        lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
-        # the primal step and the rows' values by the compiled passes on the host (a stream's
-        # batches are small: tensor operations would cost more to dispatch than to compute)
-        primal = np.empty(n)
-        clip_shift(host_vector(z), cs.host_atom, atom_shift(cs.host_rows, lam * inverse),
-                   cs.host_weight, *bounds.box, primal)
-        y = self._decide(torch.from_numpy(primal).to(z.device))
-        violation = row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
-        # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
-        # than the previous step's: the bound needs a non-increasing sequence
+    def _primal_dual(self, z, step_rows, atoms):
+        """The primal-dual step of a batch ``z`` (a float64 numpy array) shorter than ``b_tau``
+        with rows ``step_rows`` (its ``atoms``): its outputs; the state changes only once the
+        step is known to be finite."""
+        n = z.size
+        groups = self._groups
+        h = step_rows.h
+        if step_rows.references:  # the running means of the absent groups
+            h = h.copy()
+            for r, group, sign in step_rows.references:
+                total, count, _ = groups[group]
+                h[r] += sign * (total / count)
+        scale = step_rows.norms.copy()
+        for r, u, w in step_rows.scaled:
+            scale[r] *= 1.0 + (groups[u][1] if u in groups else 0) / groups[w][1]
+        duals = self.duals
+        keys = step_rows.keys
+        lam = np.array([duals.get(key, 0.0) for key in keys], dtype=np.float64)
         size_squares = self.size_squares + n * n
-        step_size = min(self.step_size, self.eta0 / math.sqrt(size_squares))
-        gain = _response(gram, inverse, (lam > 0) | (violation > 0))
-        if gain > 0:
-            step_size = min(step_size, MAX_GAIN / (n * gain))
-        lam = np.maximum(lam + step_size * n * violation, 0.0)
-        if not np.isfinite(lam).all():  # float64 overflow
+        y = np.empty(n)
+        violation, lam, step_size = dual_step(
+            z, atoms[0] if step_rows.atom is None else step_rows.atom, step_rows.weight,
+            step_rows.rows, h, lam, scale, step_rows.gram, *Bounds.of(self.bounds).box,
+            math.nan if self.THRESHOLD is None else self.THRESHOLD, n, float(size_squares),
+            self.eta0, self.step_size, MAX_GAIN, y)
+        values = lam.tolist()
+        largest = max(values)
+        if not math.isfinite(largest) or not np.isfinite(lam).all():  # float64 overflow
             raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
         # the step is taken: the state changes from here on
         self.n_steps += 1
         self.size_squares = size_squares
         self.step_size = step_size
-        values = lam.tolist()
-        for key, value in zip(cs.keys, values):
-            self.duals[key] = value
-        self.lambda_max = max(self.lambda_max, max(values))
-        self._record_references(cs.keys, references, present, n)
-        self._record(y, cs, atoms)
+        for key, value in zip(keys, values):
+            duals[key] = value
+        self.lambda_max = max(self.lambda_max, largest)
+        # per pair (u, w), u present and w absent: n times the reference mean of w it used
+        for pair, group in step_rows.pairs:
+            total, count, _ = groups[group]
+            self.reference_sums[pair] = self.reference_sums.get(pair, 0.0) + n * (total / count)
+            self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
+        self._record(y, atoms, keys, (violation + self.epsilon).tolist(), step_rows.present)
         return y
 
-    def _build(self, groups, references):
-        """The rows of a primal-dual step's batch: a group-mean constraint's compare the groups
-        present with the ``references`` (running means) of those absent."""
-        if references is None:
-            return self.constraint.build(groups, epsilon=self.epsilon)
-        return _rows.group_mean_set(self.constraint, groups, epsilon=self.epsilon,
-                                    reference_means=references)
+    def _step_rows(self, groups, atoms):
+        """The :class:`_StepRows` of a primal-dual step's batch (``groups``, its ``atoms``): a
+        group-mean constraint's compare the groups present with the running means of those
+        absent; they depend on the batch's composition only, and are kept by it."""
+        if not isinstance(self.constraint, _rows.GroupMeanLayout):
+            cs = self.constraint.build(groups, epsilon=self.epsilon)
+            gram = _gram(cs)
+            return _StepRows(cs.host_rows, cs.host_atom, cs.host_weight, cs.host_h,
+                             tuple(cs.keys), gram, np.diag(gram).copy(), (), (), (), None)
+        _, table, mass = atoms
+        key = (table, mass.tobytes())
+        step_rows = self._compositions.get(key)
+        if step_rows is None:
+            if len(self._compositions) >= MAX_COMPOSITIONS:
+                self._compositions.clear()
+            step_rows = self._compositions[key] = self._group_mean_rows(table, mass, key[1])
+        return step_rows
+
+    def _group_mean_rows(self, table, mass, mass_key):
+        """The :class:`_StepRows` of a group-mean constraint for a batch whose atoms ``table``
+        hold ``mass`` samples (``mass_key`` its bytes)."""
+        constraint = self.constraint
+        references = (tuple((a, g, None) for a, g in self._groups)
+                      if constraint.borrows_references else ())
+        rows, h, _, keys, reference_rows = _rows.batch_rows(
+            type(constraint), table, mass_key, len(table[0]), references, self.epsilon,
+            constraint.ratio)
+        keys = tuple(keys)
+        gram = row_gram(rows, mass, np.arange(len(keys)))
+        present = np.flatnonzero(mass).tolist()
+        in_batch = [set(column) for column in zip(*(table[j] for j in present))]
+        scaled, pairs = [], []
+        if self._groups:
+            for r, (a, u, v, *_) in enumerate(keys):
+                if u in in_batch[a] and v not in in_batch[a]:
+                    scaled.append((r, (a, u), (a, v)))
+                    pairs.append(((a, u, v), (a, v)))
+                elif v in in_batch[a] and u not in in_batch[a]:
+                    scaled.append((r, (a, v), (a, u)))
+        return _StepRows(rows, None, NO_WEIGHT, h, keys, gram, np.diag(gram).copy(),
+                         tuple((r, reference[:2], sign) for r, reference, sign in reference_rows),
+                         tuple(scaled), tuple(pairs), present)
 
     def _exact(self, z, cs, groups):
         """The outputs of a batch of at least ``b_tau`` rows: its exact projection."""
         return project(z, cs, self.bounds, self.solver)[0]
 
     def _decide(self, y):
-        """The outputs of a primal-dual step from its primal point ``y``: ``y`` itself."""
-        return y
+        """The outputs of a primal-dual step from its primal point ``y`` (a tensor)."""
+        return y if self.THRESHOLD is None else (y > self.THRESHOLD).to(torch.float64)
 
-    def _row_scales(self, norms, keys, present, references):
-        """The divisor of each row's multiplier in the primal step: ``||g_k||^2``; for a row
-        that compares a present group ``u`` with the reference mean of an absent group ``w``,
-        ``||g_k||^2 (1 + N_u / N_w)`` with the pooled counts, so that ``u`` moves by
-        ``lam N_w / (N_u + N_w)``: its share of the reduction had ``w`` been in the batch in its
-        pooled proportion, as in a batch of both groups."""
-        if not references:
-            return norms
-        counts = self._group_stats()[1]
-        for r, (a, u, v, *_) in enumerate(keys):
-            if u in present[a] and v not in present[a]:
-                norms[r] *= 1.0 + counts.get((a, u), 0) / counts[(a, v)]
-            elif v in present[a] and u not in present[a]:
-                norms[r] *= 1.0 + counts.get((a, v), 0) / counts[(a, u)]
-        return norms
-
-    def _group_stats(self):
-        """Pooled mean and count of every (attribute, group) over all outputs streamed so far."""
-        sums = {}
-        for codes, (total, count) in self.atom_sums.items():
-            for a, g in enumerate(codes):
-                acc = sums.setdefault((a, g), [0.0, 0])
-                acc[0] += total
-                acc[1] += count
-        return ({key: total / count for key, (total, count) in sums.items()},
-                {key: count for key, (_, count) in sums.items()})
-
-    def _reference_means(self):
-        if not isinstance(self.constraint, _rows.GroupMeanLayout):
-            return None
-        return {(a, g, None): mean for (a, g), mean in self._group_stats()[0].items()}
-
-    def _record_references(self, keys, references, present, n):
-        """Per pair ``(u, w)``, ``u`` present and ``w`` absent, add ``n`` times the reference
-        mean of ``w`` the batch's rows used (and ``n`` to its weight)."""
-        if not references:
-            return
-        for a, u, w, *_ in keys:
-            if u in present[a] and w not in present[a]:
-                pair = (a, u, w)
-                self.reference_sums[pair] = (self.reference_sums.get(pair, 0.0)
-                                             + n * references[(a, w, None)])
-                self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
-
-    def _record(self, y, cs, atoms):
-        n = y.shape[0]
+    def _record(self, y, atoms, keys, values, present=None):
+        """Add a batch's outputs ``y`` (a float64 numpy array; its ``atoms``) and the values
+        ``values`` of its rows ``keys`` (``G y`` less ``h`` without epsilon) to the stream's
+        statistics; ``present`` lists the atoms with samples (None: to be found)."""
+        n = y.size
         self.n_batches += 1
         self.n_samples += n
-        values = []
-        if cs.n_rows:  # from the factored rows: a parity constraint has k (k - 1) of them
-            values = (row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
-                      + self.epsilon).tolist()
-        for key, value in zip(cs.keys, values):
-            self.row_sums[key] = self.row_sums.get(key, 0.0) + n * value
+        row_sums = self.row_sums
+        for key, value in zip(keys, values):
+            row_sums[key] = row_sums.get(key, 0.0) + n * value
         gap = max(values, default=0.0)
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
         atom, table, counts = atoms
-        sums = np.bincount(atom, weights=host_vector(y.to(torch.float64)), minlength=len(table))
-        for codes, total, count in zip(table, sums.tolist(), counts.tolist()):
-            if count:
-                acc = self.atom_sums.setdefault(codes, [0.0, 0])
-                acc[0] += total
-                acc[1] += int(count)
+        if present is None:
+            present = np.flatnonzero(counts).tolist()
+        sums = np.bincount(atom, weights=y, minlength=len(table)).tolist()
+        counts = counts.tolist()
+        atom_sums, groups = self.atom_sums, self._groups
+        touched = {}
+        for j in present:
+            codes = table[j]
+            acc = atom_sums.get(codes)
+            if acc is None:
+                acc = atom_sums[codes] = [0.0, 0]
+                self._add_combination(codes)
+            count = int(counts[j])
+            acc[0] += sums[j]
+            acc[1] += count
+            for a, g in enumerate(codes):
+                group = touched[(a, g)] = groups[(a, g)]
+                group[1] += count
+        self._update_totals(touched.values())
 
     def _pooled_gaps(self):
         """Per attribute, the constraint's gap on all streamed outputs pooled.
@@ -379,10 +454,10 @@ class PrimalDualStream:
         N = max(self.n_samples, 1)
         row_avg = {k: s / N for k, s in self.row_sums.items()}
         per_attribute = self._pooled_gaps()
-        means = self._group_stats()[0]
         drift = 0.0
         for (a, u, w), total in self.reference_sums.items():
-            drift = max(drift, abs(total / self.reference_uses[(a, u, w)] - means[(a, w)]))
+            pooled, count, _ = self._groups[(a, w)]
+            drift = max(drift, abs(total / self.reference_uses[(a, u, w)] - pooled / count))
         bound = self.lambda_max / (self.step_size * N)  # 0 before the first step (alpha = inf)
         return {
             "weighted_avg_fairness_gap": max(row_avg.values(), default=0.0),
@@ -438,15 +513,3 @@ class DecisionStream(PrimalDualStream):
                              ratio=getattr(self.constraint, "ratio", None))
         return torch.as_tensor(labels, dtype=torch.float64, device=z.device)
 
-    def _decide(self, y):
-        return (y > self.THRESHOLD).to(torch.float64)
-
-
-def _response(gram, inverse, active):
-    """Infinity norm of ``M = G G^T diag(inverse)`` restricted to the ``active`` rows (a
-    positive multiplier or a violation): how much those rows' values change per unit change of
-    their multipliers in the primal step, when no output is clipped."""
-    if not active.any():
-        return 0.0
-    block = np.abs(gram[np.ix_(active, active)])
-    return float((block * inverse[active][None, :]).sum(axis=1).max())

@@ -1,0 +1,58 @@
+"""The compiled arithmetic of one primal-dual step of a stream (:mod:`skfair._streaming`).
+
+A stream's batches are small: one compiled call per step costs less than the tens of numpy and
+torch calls on arrays of a few elements that the same arithmetic takes otherwise.
+"""
+
+import math
+
+import numpy as np
+
+from ._kernels import atom_shift, clip_shift, jit, row_values
+
+
+@jit
+def dual_step(z, atom, weight, rows, h, lam, scale, gram, lo, hi, threshold, n, size_squares,
+              eta0, previous_step, max_gain, y):
+    """One primal-dual step (see :mod:`skfair._streaming`) of the batch ``z`` whose rows are
+    ``rows`` (factored, over the atoms ``atom``) and ``h``, from the multipliers ``lam`` with
+    the divisors ``scale``; ``gram`` is ``G G^T``.
+
+    Writes the outputs into ``y``: ``clip(z - G^T (lam / scale), lo, hi)``, then ``1[y >
+    threshold]`` unless ``threshold`` is NaN. Returns ``(violation, new_lam, step_size)``:
+    ``G y - h``, the updated multipliers (non-finite ones when they overflow) and the step's
+    ``alpha_t`` (``size_squares`` includes this batch's ``n**2``).
+    """
+    m = lam.size
+    inverse = np.zeros(m)
+    for r in range(m):
+        if scale[r] > 0:
+            inverse[r] = 1.0 / scale[r]
+    clip_shift(z, atom, atom_shift(rows, lam * inverse), weight, lo, hi, y)
+    if threshold == threshold:
+        for i in range(y.size):
+            y[i] = 1.0 if y[i] > threshold else 0.0
+    sums = np.zeros(rows.atom_ptr.size - 1)
+    weighted = weight.shape[0] > 0
+    for i in range(y.size):
+        sums[atom[i]] += weight[i] * y[i] if weighted else y[i]
+    violation = row_values(rows, sums, h)
+    # alpha_t = eta0 / sqrt(sum_s n_s^2), no larger than the previous step (the bound needs a
+    # non-increasing sequence) and capped by this batch's stable limit MAX_GAIN / (n ||M_t||)
+    step_size = min(previous_step, eta0 / math.sqrt(size_squares))
+    gain = 0.0
+    for r in range(m):
+        if lam[r] > 0 or violation[r] > 0:  # the rows taking part in the step
+            total = 0.0
+            for q in range(m):
+                if lam[q] > 0 or violation[q] > 0:
+                    total += abs(gram[r, q]) * inverse[q]
+            gain = max(gain, total)
+    if gain > 0:
+        step_size = min(step_size, max_gain / (n * gain))
+    new_lam = np.empty(m)
+    rate = step_size * n
+    for r in range(m):
+        value = lam[r] + rate * violation[r]
+        new_lam[r] = 0.0 if value <= 0.0 else value  # NaN stays NaN
+    return violation, new_lam, step_size
