@@ -75,6 +75,7 @@ A batch with a non-finite output raises :class:`ValueError` before any state cha
 """
 
 import math
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -148,9 +149,12 @@ def _gram(cs):
     return row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows))
 
 
-#: how many batch compositions a stream keeps the rows of (a stream of single rows has one per
+#: how many sets of atoms present a stream keeps the structure of the rows of
+MAX_STRUCTURES = 1024
+#: how many numbers the rows a stream keeps per batch composition may hold (their Gram matrices,
+#: m x m each) before they are dropped (a stream of single rows has one composition per
 #: combination of groups)
-MAX_COMPOSITIONS = 1024
+MAX_CACHED_NUMBERS = 1 << 21
 
 
 class _StepRows(NamedTuple):
@@ -173,10 +177,58 @@ class _StepRows(NamedTuple):
     keys: tuple
     gram: np.ndarray
     norms: np.ndarray
-    references: tuple
-    scaled: tuple
-    pairs: tuple
-    present: list | None
+    references: tuple = ()
+    scaled: tuple = ()
+    pairs: tuple = ()
+    present: list | None = None
+
+
+class _GroupMeanRows:
+    """The structure of a stream's group-mean rows for the batches whose atoms ``table`` with
+    samples are those of ``mass``, given the groups the stream has seen (:meth:`at`: the rows
+    of one composition)."""
+
+    def __init__(self, stream, table, mass):
+        constraint = stream.constraint
+        references = (tuple((a, g, None) for a, g in stream._groups)
+                      if constraint.borrows_references else ())
+        member, plus, minus, family_size, family_start, reference_rows, keys = (
+            _rows.row_structure(type(constraint), table, (mass > 0).tobytes(), len(table[0]),
+                                references, constraint.ratio))
+        self.keys = tuple(keys)
+        self.h = np.full(len(self.keys), stream.epsilon)
+        # the rows' statistics, in the layout of skfair._constraint_set.statistics: entry e of
+        # statistic stat[e] on atom atom[e] is member[stat[e], atom[e]] / the group's mass
+        self.inside = (member != 0).astype(np.float64)
+        stat, atom = np.nonzero(member)
+        self.order = np.argsort(atom, kind="stable")
+        self.stat, self.member = stat, member[stat, atom]
+        self.template = Rows(np.r_[0, np.cumsum(np.bincount(stat, minlength=len(member)))],
+                             atom, None,
+                             np.r_[0, np.cumsum(np.bincount(atom, minlength=len(table)))],
+                             stat[self.order], None, plus, minus, family_size, family_start)
+        self.present = np.flatnonzero(mass).tolist()
+        in_batch = [set(column) for column in zip(*(table[j] for j in self.present))]
+        scaled, pairs = [], []
+        if stream._groups:
+            for r, (a, u, v, *_) in enumerate(self.keys):
+                if u in in_batch[a] and v not in in_batch[a]:
+                    scaled.append((r, (a, u), (a, v)))
+                    pairs.append(((a, u, v), (a, v)))
+                elif v in in_batch[a] and u not in in_batch[a]:
+                    scaled.append((r, (a, v), (a, u)))
+        self.references = tuple((r, reference[:2], sign) for r, reference, sign in reference_rows)
+        self.scaled, self.pairs = tuple(scaled), tuple(pairs)
+
+    def at(self, mass):
+        """The :class:`_StepRows` of the batches with atom sizes ``mass``."""
+        coef = self.member / (self.inside @ mass)[self.stat]
+        t = self.template
+        rows = Rows(t.stat_ptr, t.stat_atom, coef, t.atom_ptr, t.atom_stat, coef[self.order],
+                    t.plus, t.minus, t.family_size, t.family_start)
+        gram = row_gram(rows, mass, np.arange(len(self.keys)))
+        return _StepRows(rows, None, NO_WEIGHT, self.h, self.keys, gram, gram.diagonal().copy(),
+                         self.references, self.scaled, self.pairs, self.present)
 
 
 class PrimalDualStream:
@@ -231,7 +283,7 @@ class PrimalDualStream:
         self._derive()
 
     #: what :meth:`_derive` computes from the state: neither stored nor compared
-    _DERIVED = ("_groups", "_compositions")
+    _DERIVED = ("_box", "_groups", "_structures", "_compositions", "_cached_numbers")
 
     def _derive(self):
         """The pooled statistics of every group seen, ``(attribute, code) -> [sum of outputs,
@@ -239,8 +291,9 @@ class PrimalDualStream:
         combinations in their order, so that it does not depend on how the stream was
         batched), and an empty cache of the rows of batch compositions (they depend on the
         groups seen)."""
+        self._box = Bounds.of(self.bounds).box
         self._groups = {}
-        self._compositions = {}
+        self._structures, self._compositions, self._cached_numbers = {}, {}, 0
         for codes, (_, count) in self.atom_sums.items():
             self._add_combination(codes)
             for a, g in enumerate(codes):
@@ -250,9 +303,11 @@ class PrimalDualStream:
     def _add_combination(self, codes):
         for a, g in enumerate(codes):
             group = self._groups.get((a, g))
-            if group is None:  # a new group: new reference rows for the compositions
+            if group is None:  # a new group: new reference rows for every composition
                 group = self._groups[(a, g)] = [0.0, 0, []]
+                self._structures.clear()
                 self._compositions.clear()
+                self._cached_numbers = 0
             group[2].append(codes)
 
     def _update_totals(self, groups):
@@ -295,13 +350,13 @@ class PrimalDualStream:
             y = self._exact(z, cs, groups)
             y_host = host_vector(y)
             self._record(y_host, atoms, cs.keys,
-                         (_row_values(y_host, cs) + self.epsilon).tolist() if cs.n_rows else [])
+                         _row_values(y_host, cs) + self.epsilon if cs.n_rows else None)
             return y
         step_rows = self._step_rows(groups, atoms)
         if not step_rows.keys:  # a step without rows: no multiplier to move
             y = self._decide(Bounds.of(self.bounds).clip(z))
             self.n_steps += 1
-            self._record(host_vector(y), atoms, (), [])
+            self._record(host_vector(y), atoms, (), None)
             return y
         return device_tensor(self._primal_dual(values, step_rows, atoms), z.device)
 
@@ -317,80 +372,64 @@ class PrimalDualStream:
             for r, group, sign in step_rows.references:
                 total, count, _ = groups[group]
                 h[r] += sign * (total / count)
-        scale = step_rows.norms.copy()
-        for r, u, w in step_rows.scaled:
-            scale[r] *= 1.0 + (groups[u][1] if u in groups else 0) / groups[w][1]
+        scale = step_rows.norms
+        if step_rows.scaled:
+            scale = scale.copy()
+            for r, u, w in step_rows.scaled:
+                scale[r] *= 1.0 + (groups[u][1] if u in groups else 0) / groups[w][1]
         duals = self.duals
         keys = step_rows.keys
-        lam = np.array([duals.get(key, 0.0) for key in keys], dtype=np.float64)
+        lam = np.fromiter(map(duals.get, keys, repeat(0.0)), np.float64, len(keys))
         size_squares = self.size_squares + n * n
         y = np.empty(n)
         violation, lam, step_size = dual_step(
             z, atoms[0] if step_rows.atom is None else step_rows.atom, step_rows.weight,
-            step_rows.rows, h, lam, scale, step_rows.gram, *Bounds.of(self.bounds).box,
+            step_rows.rows, h, lam, scale, step_rows.gram, *self._box,
             math.nan if self.THRESHOLD is None else self.THRESHOLD, n, float(size_squares),
             self.eta0, self.step_size, MAX_GAIN, y)
-        values = lam.tolist()
-        largest = max(values)
-        if not math.isfinite(largest) or not np.isfinite(lam).all():  # float64 overflow
+        largest = float(lam.max())  # NaN if one is
+        if not math.isfinite(largest):  # float64 overflow
             raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
         # the step is taken: the state changes from here on
         self.n_steps += 1
         self.size_squares = size_squares
         self.step_size = step_size
-        for key, value in zip(keys, values):
-            duals[key] = value
+        duals.update(zip(keys, lam.tolist()))
         self.lambda_max = max(self.lambda_max, largest)
         # per pair (u, w), u present and w absent: n times the reference mean of w it used
         for pair, group in step_rows.pairs:
             total, count, _ = groups[group]
             self.reference_sums[pair] = self.reference_sums.get(pair, 0.0) + n * (total / count)
             self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
-        self._record(y, atoms, keys, (violation + self.epsilon).tolist(), step_rows.present)
+        self._record(y, atoms, keys, violation + self.epsilon, step_rows.present)
         return y
 
     def _step_rows(self, groups, atoms):
-        """The :class:`_StepRows` of a primal-dual step's batch (``groups``, its ``atoms``): a
+        """The :class:`_StepRows` of a primal-dual step's batch (``groups``, its ``atoms``). A
         group-mean constraint's compare the groups present with the running means of those
-        absent; they depend on the batch's composition only, and are kept by it."""
+        absent: their structure depends on which atoms have samples only, and is kept by it."""
         if not isinstance(self.constraint, _rows.GroupMeanLayout):
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             gram = _gram(cs)
             return _StepRows(cs.host_rows, cs.host_atom, cs.host_weight, cs.host_h,
-                             tuple(cs.keys), gram, np.diag(gram).copy(), (), (), (), None)
+                             tuple(cs.keys), gram, gram.diagonal().copy())
         _, table, mass = atoms
         key = (table, mass.tobytes())
         step_rows = self._compositions.get(key)
         if step_rows is None:
-            if len(self._compositions) >= MAX_COMPOSITIONS:
+            pattern = (table, (mass > 0).tobytes())
+            structure = self._structures.get(pattern)
+            if structure is None:
+                if len(self._structures) >= MAX_STRUCTURES:
+                    self._structures.clear()
+                structure = self._structures[pattern] = _GroupMeanRows(self, table, mass)
+            step_rows = structure.at(mass)
+            self._cached_numbers += step_rows.gram.size
+            if self._cached_numbers > MAX_CACHED_NUMBERS:
                 self._compositions.clear()
-            step_rows = self._compositions[key] = self._group_mean_rows(table, mass, key[1])
+                self._cached_numbers = step_rows.gram.size
+            self._compositions[key] = step_rows
         return step_rows
-
-    def _group_mean_rows(self, table, mass, mass_key):
-        """The :class:`_StepRows` of a group-mean constraint for a batch whose atoms ``table``
-        hold ``mass`` samples (``mass_key`` its bytes)."""
-        constraint = self.constraint
-        references = (tuple((a, g, None) for a, g in self._groups)
-                      if constraint.borrows_references else ())
-        rows, h, _, keys, reference_rows = _rows.batch_rows(
-            type(constraint), table, mass_key, len(table[0]), references, self.epsilon,
-            constraint.ratio)
-        keys = tuple(keys)
-        gram = row_gram(rows, mass, np.arange(len(keys)))
-        present = np.flatnonzero(mass).tolist()
-        in_batch = [set(column) for column in zip(*(table[j] for j in present))]
-        scaled, pairs = [], []
-        if self._groups:
-            for r, (a, u, v, *_) in enumerate(keys):
-                if u in in_batch[a] and v not in in_batch[a]:
-                    scaled.append((r, (a, u), (a, v)))
-                    pairs.append(((a, u, v), (a, v)))
-                elif v in in_batch[a] and u not in in_batch[a]:
-                    scaled.append((r, (a, v), (a, u)))
-        return _StepRows(rows, None, NO_WEIGHT, h, keys, gram, np.diag(gram).copy(),
-                         tuple((r, reference[:2], sign) for r, reference, sign in reference_rows),
-                         tuple(scaled), tuple(pairs), present)
 
     def _exact(self, z, cs, groups):
         """The outputs of a batch of at least ``b_tau`` rows: its exact projection."""
@@ -402,15 +441,18 @@ class PrimalDualStream:
 
     def _record(self, y, atoms, keys, values, present=None):
         """Add a batch's outputs ``y`` (a float64 numpy array; its ``atoms``) and the values
-        ``values`` of its rows ``keys`` (``G y`` less ``h`` without epsilon) to the stream's
-        statistics; ``present`` lists the atoms with samples (None: to be found)."""
+        ``values`` (a numpy array, None without rows) of its rows ``keys`` (``G y`` less ``h``
+        without epsilon) to the stream's statistics; ``present`` lists the atoms with samples
+        (None: to be found)."""
         n = y.size
         self.n_batches += 1
         self.n_samples += n
-        row_sums = self.row_sums
-        for key, value in zip(keys, values):
-            row_sums[key] = row_sums.get(key, 0.0) + n * value
-        gap = max(values, default=0.0)
+        gap = 0.0
+        if values is not None:
+            row_sums = self.row_sums
+            previous = np.fromiter(map(row_sums.get, keys, repeat(0.0)), np.float64, len(values))
+            row_sums.update(zip(keys, (previous + n * values).tolist()))
+            gap = float(values.max())
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
         atom, table, counts = atoms
