@@ -12,20 +12,25 @@ from ._kernels import atom_shift, clip_shift, jit, row_values
 
 
 @jit
-def dual_step(z, atom, weight, rows, h, lam, scale, gram, lo, hi, threshold, n, size_squares,
-              eta0, previous_step, max_gain, y):
+def dual_step(z, atom, weight, rows, h, scale, gram, index, duals, has_dual, row_sums, recorded,
+              lo, hi, threshold, n, size_squares, eta0, previous_step, max_gain, epsilon, y):
     """One primal-dual step (see :mod:`skfair._streaming`) of the batch ``z`` whose rows are
-    ``rows`` (factored, over the atoms ``atom``) and ``h``, from the multipliers ``lam`` with
-    the divisors ``scale``; ``gram`` is ``G G^T``.
+    ``rows`` (factored, over the atoms ``atom``, samples weighted by ``weight``) and ``h``, with
+    the divisors ``scale``; ``gram`` is ``G G^T``. Row ``r`` is entry ``index[r]`` of the
+    stream's multipliers ``duals`` and row sums ``row_sums``.
 
     Writes the outputs into ``y``: ``clip(z - G^T (lam / scale), lo, hi)``, then ``1[y >
-    threshold]`` unless ``threshold`` is NaN. Returns ``(violation, new_lam, step_size)``:
-    ``G y - h``, the updated multipliers (non-finite ones when they overflow) and the step's
-    ``alpha_t`` (``size_squares`` includes this batch's ``n**2``).
+    threshold]`` unless ``threshold`` is NaN. Returns ``(step_size, largest, gap)``: the step's
+    ``alpha_t`` (``size_squares`` includes this batch's ``n**2``), the largest updated
+    multiplier (infinite when one overflows) and the batch's gap ``max(G y - h) + epsilon``.
+    Unless a multiplier overflows, the updated multipliers are written to ``duals`` (flagging
+    ``has_dual``) and ``n (G y - h + epsilon)`` is added to ``row_sums`` (flagging
+    ``recorded``); otherwise nothing is written but ``y``.
     """
-    m = lam.size
-    inverse = np.zeros(m)
+    m = index.size
+    lam, inverse = np.empty(m), np.zeros(m)
     for r in range(m):
+        lam[r] = duals[index[r]]
         if scale[r] > 0:
             inverse[r] = 1.0 / scale[r]
     clip_shift(z, atom, atom_shift(rows, lam * inverse), weight, lo, hi, y)
@@ -50,9 +55,21 @@ def dual_step(z, atom, weight, rows, h, lam, scale, gram, lo, hi, threshold, n, 
             gain = max(gain, total)
     if gain > 0:
         step_size = min(step_size, max_gain / (n * gain))
-    new_lam = np.empty(m)
     rate = step_size * n
+    largest, finite = 0.0, True
     for r in range(m):
         value = lam[r] + rate * violation[r]
-        new_lam[r] = 0.0 if value <= 0.0 else value  # NaN stays NaN
-    return violation, new_lam, step_size
+        lam[r] = 0.0 if value <= 0.0 else value  # NaN stays NaN
+        finite = finite and math.isfinite(lam[r])
+        largest = max(largest, lam[r])
+    if not finite:
+        return step_size, np.inf, np.nan
+    gap = -np.inf
+    for r in range(m):
+        duals[index[r]] = lam[r]
+        has_dual[index[r]] = True
+        value = violation[r] + epsilon
+        row_sums[index[r]] += n * value
+        recorded[index[r]] = True
+        gap = max(gap, value)
+    return step_size, largest, gap

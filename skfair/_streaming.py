@@ -75,7 +75,6 @@ A batch with a non-finite output raises :class:`ValueError` before any state cha
 """
 
 import math
-from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -162,7 +161,8 @@ class _StepRows(NamedTuple):
 
     ``rows`` (factored) over the atoms ``atom`` (None: the batch's combinations of groups) with
     sample ``weight``; ``h`` without the reference means; ``keys`` (a tuple); ``gram``, ``G
-    G^T``, and its diagonal ``norms``; ``references``: triples ``(row, group, sign)``, row
+    G^T``, and its diagonal ``norms``; ``index``: the stream's entries of the rows' multipliers
+    and sums; ``references``: triples ``(row, group, sign)``, row
     ``row`` adds ``sign`` times the running mean of ``group`` (an ``(attribute, code)``) to
     ``h``; ``scaled``: triples ``(row, u, w)``, the row compares the present group ``u`` with
     the absent ``w`` and its divisor has the factor ``1 + N_u / N_w``; ``pairs``: ``((a, u,
@@ -177,6 +177,7 @@ class _StepRows(NamedTuple):
     keys: tuple
     gram: np.ndarray
     norms: np.ndarray
+    index: np.ndarray
     references: tuple = ()
     scaled: tuple = ()
     pairs: tuple = ()
@@ -196,6 +197,7 @@ class _GroupMeanRows:
             _rows.row_structure(type(constraint), table, (mass > 0).tobytes(), len(table[0]),
                                 references, constraint.ratio))
         self.keys = tuple(keys)
+        self.index = stream._indices(self.keys)
         self.h = np.full(len(self.keys), stream.epsilon)
         # the rows' statistics, in the layout of skfair._constraint_set.statistics: entry e of
         # statistic stat[e] on atom atom[e] is member[stat[e], atom[e]] / the group's mass
@@ -228,7 +230,7 @@ class _GroupMeanRows:
                     t.plus, t.minus, t.family_size, t.family_start)
         gram = row_gram(rows, mass, np.arange(len(self.keys)))
         return _StepRows(rows, None, NO_WEIGHT, self.h, self.keys, gram, gram.diagonal().copy(),
-                         self.references, self.scaled, self.pairs, self.present)
+                         self.index, self.references, self.scaled, self.pairs, self.present)
 
 
 class PrimalDualStream:
@@ -266,24 +268,68 @@ class PrimalDualStream:
         self.eta0 = float(eta0)
         self.b_tau = int(b_tau)
         self.solver = solver
-        self.duals = {k: float(v) for k, v in (dual_init or {}).items()}
-        self.lambda_max = max(self.duals.values(), default=0.0)
+        dual_init = {k: float(v) for k, v in (dual_init or {}).items()}
+        self.lambda_max = max(dual_init.values(), default=0.0)
         self.n_steps = 0  # primal-dual steps taken
         self.size_squares = 0  # sum over the steps of n_t^2
         self.step_size = math.inf  # alpha_t of the last step (non-increasing)
         self.n_batches = 0
         self.n_samples = 0
-        self.row_sums = {}  # key -> sum_t n_t (G_t y_t)_k, h excluded
         self.batch_gap_sum = 0.0  # sum_t n_t * (the batch's own gap)
         self.batch_violation_sum = 0.0  # sum_t n_t * max(0, gap - epsilon)
         self.atom_sums = {}  # combination of group codes -> [sum of outputs, count]
         # (attribute, u, w) -> sum_t n_t * the reference mean of w compared with u, and sum_t n_t
         self.reference_sums = {}
         self.reference_uses = {}
+        self._start_rows(dual_init, {})
         self._derive()
 
+    # The multipliers and row sums live in arrays, one entry per row key ever met (a step reads
+    # and updates them by index in one compiled call); duals and row_sums show them by key.
+    def _start_rows(self, duals, row_sums):
+        self._row_keys, self._row_index = [], {}
+        self._duals, self._row_sums = np.zeros(0), np.zeros(0)
+        self._has_dual, self._recorded = np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
+        index = self._indices(duals)
+        self._duals[index] = list(duals.values())
+        self._has_dual[index] = True
+        index = self._indices(row_sums)
+        self._row_sums[index] = list(row_sums.values())
+        self._recorded[index] = True
+
+    def _indices(self, keys):
+        """The entries of the row keys ``keys`` (an int64 array), new keys getting new ones."""
+        found = self._row_index
+        for key in keys:
+            if key not in found:
+                found[key] = len(self._row_keys)
+                self._row_keys.append(key)
+        if len(self._row_keys) > self._duals.size:
+            size = 2 * len(self._row_keys)
+            for name in ("_duals", "_row_sums", "_has_dual", "_recorded"):
+                old = getattr(self, name)
+                new = np.zeros(size, dtype=old.dtype)
+                new[:old.size] = old
+                setattr(self, name, new)
+        return np.array([found[key] for key in keys], dtype=np.int64)
+
+    @property
+    def duals(self):
+        """The multipliers by row key (those started from or stepped)."""
+        return self._by_key(self._duals, self._has_dual)
+
+    @property
+    def row_sums(self):
+        """``sum_t n_t (G_t y_t - h_t + epsilon)_k`` by row key ``k`` (the rows recorded)."""
+        return self._by_key(self._row_sums, self._recorded)
+
+    def _by_key(self, values, present):
+        keys, entries = self._row_keys, np.flatnonzero(present).tolist()
+        return dict(zip([keys[i] for i in entries], values[entries].tolist()))
+
     #: what :meth:`_derive` computes from the state: neither stored nor compared
-    _DERIVED = ("_box", "_groups", "_structures", "_compositions", "_cached_numbers")
+    _DERIVED = ("_box", "_groups", "_structures", "_compositions", "_cached_numbers",
+                "_row_keys", "_row_index", "_duals", "_row_sums", "_has_dual", "_recorded")
 
     def _derive(self):
         """The pooled statistics of every group seen, ``(attribute, code) -> [sum of outputs,
@@ -321,11 +367,15 @@ class PrimalDualStream:
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
     def __getstate__(self):
-        return _persistence.plain({name: value for name, value in self.__dict__.items()
-                                   if name not in self._DERIVED})
+        state = {name: value for name, value in self.__dict__.items()
+                 if name not in self._DERIVED}
+        return _persistence.plain(dict(state, duals=self.duals, row_sums=self.row_sums))
 
     def __setstate__(self, state):
-        self.__dict__.update(_persistence.restored(state))
+        state = _persistence.restored(state)
+        duals, row_sums = state.pop("duals"), state.pop("row_sums")
+        self.__dict__.update(state)
+        self._start_rows(duals, row_sums)
         self._derive()
 
     def step(self, z, groups):
@@ -349,14 +399,20 @@ class PrimalDualStream:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
             y_host = host_vector(y)
-            self._record(y_host, atoms, cs.keys,
-                         _row_values(y_host, cs) + self.epsilon if cs.n_rows else None)
+            gap = 0.0
+            if cs.n_rows:
+                values = _row_values(y_host, cs) + self.epsilon
+                for i, value in zip(self._indices(cs.keys).tolist(), values.tolist()):
+                    self._row_sums[i] += n * value
+                    self._recorded[i] = True
+                gap = float(values.max())
+            self._record(y_host, atoms, gap)
             return y
         step_rows = self._step_rows(groups, atoms)
         if not step_rows.keys:  # a step without rows: no multiplier to move
             y = self._decide(Bounds.of(self.bounds).clip(z))
             self.n_steps += 1
-            self._record(host_vector(y), atoms, (), None)
+            self._record(host_vector(y), atoms, 0.0)
             return y
         return device_tensor(self._primal_dual(values, step_rows, atoms), z.device)
 
@@ -377,31 +433,27 @@ class PrimalDualStream:
             scale = scale.copy()
             for r, u, w in step_rows.scaled:
                 scale[r] *= 1.0 + (groups[u][1] if u in groups else 0) / groups[w][1]
-        duals = self.duals
-        keys = step_rows.keys
-        lam = np.fromiter(map(duals.get, keys, repeat(0.0)), np.float64, len(keys))
         size_squares = self.size_squares + n * n
         y = np.empty(n)
-        violation, lam, step_size = dual_step(
+        step_size, largest, gap = dual_step(
             z, atoms[0] if step_rows.atom is None else step_rows.atom, step_rows.weight,
-            step_rows.rows, h, lam, scale, step_rows.gram, *self._box,
+            step_rows.rows, h, scale, step_rows.gram, step_rows.index, self._duals,
+            self._has_dual, self._row_sums, self._recorded, *self._box,
             math.nan if self.THRESHOLD is None else self.THRESHOLD, n, float(size_squares),
-            self.eta0, self.step_size, MAX_GAIN, y)
-        largest = float(lam.max())  # NaN if one is
-        if not math.isfinite(largest):  # float64 overflow
+            self.eta0, self.step_size, MAX_GAIN, self.epsilon, y)
+        if not math.isfinite(largest):  # float64 overflow (nothing written)
             raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
-        # the step is taken: the state changes from here on
+        # the step is taken (the multipliers and row sums are written): the rest of the state
         self.n_steps += 1
         self.size_squares = size_squares
         self.step_size = step_size
-        duals.update(zip(keys, lam.tolist()))
         self.lambda_max = max(self.lambda_max, largest)
         # per pair (u, w), u present and w absent: n times the reference mean of w it used
         for pair, group in step_rows.pairs:
             total, count, _ = groups[group]
             self.reference_sums[pair] = self.reference_sums.get(pair, 0.0) + n * (total / count)
             self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
-        self._record(y, atoms, keys, violation + self.epsilon, step_rows.present)
+        self._record(y, atoms, gap, step_rows.present)
         return y
 
     def _step_rows(self, groups, atoms):
@@ -410,9 +462,9 @@ class PrimalDualStream:
         absent: their structure depends on which atoms have samples only, and is kept by it."""
         if not isinstance(self.constraint, _rows.GroupMeanLayout):
             cs = self.constraint.build(groups, epsilon=self.epsilon)
-            gram = _gram(cs)
-            return _StepRows(cs.host_rows, cs.host_atom, cs.host_weight, cs.host_h,
-                             tuple(cs.keys), gram, gram.diagonal().copy())
+            gram, keys = _gram(cs), tuple(cs.keys)
+            return _StepRows(cs.host_rows, cs.host_atom, cs.host_weight, cs.host_h, keys, gram,
+                             gram.diagonal().copy(), self._indices(keys))
         _, table, mass = atoms
         key = (table, mass.tobytes())
         step_rows = self._compositions.get(key)
@@ -439,20 +491,13 @@ class PrimalDualStream:
         """The outputs of a primal-dual step from its primal point ``y`` (a tensor)."""
         return y if self.THRESHOLD is None else (y > self.THRESHOLD).to(torch.float64)
 
-    def _record(self, y, atoms, keys, values, present=None):
-        """Add a batch's outputs ``y`` (a float64 numpy array; its ``atoms``) and the values
-        ``values`` (a numpy array, None without rows) of its rows ``keys`` (``G y`` less ``h``
-        without epsilon) to the stream's statistics; ``present`` lists the atoms with samples
-        (None: to be found)."""
+    def _record(self, y, atoms, gap, present=None):
+        """Add a batch's outputs ``y`` (a float64 numpy array; its ``atoms``) and its ``gap``
+        (its rows' largest value) to the stream's statistics; ``present`` lists the atoms with
+        samples (None: to be found)."""
         n = y.size
         self.n_batches += 1
         self.n_samples += n
-        gap = 0.0
-        if values is not None:
-            row_sums = self.row_sums
-            previous = np.fromiter(map(row_sums.get, keys, repeat(0.0)), np.float64, len(values))
-            row_sums.update(zip(keys, (previous + n * values).tolist()))
-            gap = float(values.max())
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
         atom, table, counts = atoms
@@ -494,7 +539,6 @@ class PrimalDualStream:
     def stats(self):
         """Summary of the stream; see the module docstring for the guarantee."""
         N = max(self.n_samples, 1)
-        row_avg = {k: s / N for k, s in self.row_sums.items()}
         per_attribute = self._pooled_gaps()
         drift = 0.0
         for (a, u, w), total in self.reference_sums.items():
@@ -502,7 +546,8 @@ class PrimalDualStream:
             drift = max(drift, abs(total / self.reference_uses[(a, u, w)] - pooled / count))
         bound = self.lambda_max / (self.step_size * N)  # 0 before the first step (alpha = inf)
         return {
-            "weighted_avg_fairness_gap": max(row_avg.values(), default=0.0),
+            "weighted_avg_fairness_gap": max(
+                (s / N for s in self._row_sums[self._recorded].tolist()), default=0.0),
             "bound": bound,
             "epsilon": self.epsilon,
             "mean_batch_gap": self.batch_gap_sum / N,

@@ -351,6 +351,21 @@ def test_non_finite_outputs_raise_before_the_state_changes(bad):
     assert bool(torch.isfinite(y).all()) and stream.stats()["n_batches"] == 31
 
 
+def test_multipliers_that_would_overflow_raise_before_the_state_changes():
+    """Finite outputs far apart (bounds None) make a row's value overflow to infinity: the
+    step raises and leaves every multiplier, sum and counter as it was."""
+    rng = np.random.default_rng(9)
+    stream = PrimalDualStream(get_constraint("demographic_parity"), EPS, None, DEFAULT_ETA0, 100)
+    for _ in range(30):
+        stream.step(*biased_batch(rng, int(rng.integers(1, 9)), 0.5))
+    state, duals = pickle.dumps(stream), stream.duals
+    with pytest.raises(ValueError, match="overflow"):
+        stream.step(torch.tensor([1e308, -1e308], dtype=torch.float64), torch.tensor([[1], [0]]))
+    assert pickle.dumps(stream) == state and stream.duals == duals
+    y = stream.step(*biased_batch(rng, 4, 0.5))  # the stream goes on
+    assert bool(torch.isfinite(y).all()) and stream.stats()["n_batches"] == 31
+
+
 def test_reference_drift_is_reported():
     """Single rows; group 0's scores rise along the stream, so the running means group 1 is
     compared with lag behind group 0's final pooled mean: that lag is the drift term."""
