@@ -234,7 +234,7 @@ class _GroupMeanRows:
 
 
 class PrimalDualStream:
-    """State of one stream: multipliers, counters and pooled statistics (all plain Python).
+    """State of one stream: multipliers, counters and pooled statistics.
 
     Parameters
     ----------
@@ -327,9 +327,10 @@ class PrimalDualStream:
         keys, entries = self._row_keys, np.flatnonzero(present).tolist()
         return dict(zip([keys[i] for i in entries], values[entries].tolist()))
 
-    #: what :meth:`_derive` computes from the state: neither stored nor compared
-    _DERIVED = ("_box", "_groups", "_structures", "_compositions", "_cached_numbers",
-                "_row_keys", "_row_index", "_duals", "_row_sums", "_has_dual", "_recorded")
+    #: what a stream stores in another form (the arrays of the rows: as duals and row_sums) or
+    #: computes anew when loaded (:meth:`_derive`)
+    _NOT_STORED = ("_row_keys", "_row_index", "_duals", "_row_sums", "_has_dual", "_recorded",
+                   "_box", "_groups", "_structures", "_compositions", "_cached_numbers")
 
     def _derive(self):
         """The pooled statistics of every group seen, ``(attribute, code) -> [sum of outputs,
@@ -368,7 +369,7 @@ class PrimalDualStream:
     # (skfair._persistence).
     def __getstate__(self):
         state = {name: value for name, value in self.__dict__.items()
-                 if name not in self._DERIVED}
+                 if name not in self._NOT_STORED}
         return _persistence.plain(dict(state, duals=self.duals, row_sums=self.row_sums))
 
     def __setstate__(self, state):
@@ -389,8 +390,8 @@ class PrimalDualStream:
         if n == 0:
             return z.to(torch.float64).clone()
         z = z.to(torch.float64)
-        values = host_vector(z)
-        low, high = value_range(values)
+        host_z = host_vector(z)
+        low, high = value_range(host_z)
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
@@ -414,7 +415,7 @@ class PrimalDualStream:
             self.n_steps += 1
             self._record(host_vector(y), atoms, 0.0)
             return y
-        return device_tensor(self._primal_dual(values, step_rows, atoms), z.device)
+        return device_tensor(self._primal_dual(host_z, step_rows, atoms), z.device)
 
     def _primal_dual(self, z, step_rows, atoms):
         """The primal-dual step of a batch ``z`` (a float64 numpy array) shorter than ``b_tau``
