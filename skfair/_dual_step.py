@@ -12,22 +12,38 @@ from ._kernels import atom_shift, clip_shift, jit, row_values
 
 
 @jit
-def dual_step(z, atom, weight, rows, h, scale, gram, index, duals, has_dual, row_sums, recorded,
-              lo, hi, threshold, n, size_squares, eta0, previous_step, max_gain, epsilon, y):
+def dual_step(z, atom, weight, rows, h, norms, gram, index, reference_rows, reference_signs,
+              reference_groups, scaled_rows, scaled_present, scaled_absent, pairs, pair_groups,
+              lo, hi, threshold, n, size_squares, eta0, previous_step, max_gain, epsilon,
+              duals, has_dual, row_sums, recorded, group_totals, group_counts, pair_sums,
+              pair_uses, y):
     """One primal-dual step (see :mod:`skfair._streaming`) of the batch ``z`` whose rows are
-    ``rows`` (factored, over the atoms ``atom``, samples weighted by ``weight``) and ``h``, with
-    the divisors ``scale``; ``gram`` is ``G G^T``. Row ``r`` is entry ``index[r]`` of the
-    stream's multipliers ``duals`` and row sums ``row_sums``.
+    ``rows`` (factored, over the atoms ``atom``, samples weighted by ``weight``) and ``h``;
+    ``norms`` and ``gram`` are the diagonal of ``G G^T`` and ``G G^T``, the other arguments
+    those of :class:`skfair._streaming._StepRows` and the stream's arrays: row ``r`` is entry
+    ``index[r]`` of the multipliers ``duals`` and the row sums ``row_sums``, a group entry
+    ``g`` has the pooled sum of outputs ``group_totals[g]`` and count ``group_counts[g]``, a
+    reference pair ``p`` the sums ``pair_sums[p]`` and ``pair_uses[p]``.
 
     Writes the outputs into ``y``: ``clip(z - G^T (lam / scale), lo, hi)``, then ``1[y >
     threshold]`` unless ``threshold`` is NaN. Returns ``(step_size, largest, gap)``: the step's
     ``alpha_t`` (``size_squares`` includes this batch's ``n**2``), the largest updated
     multiplier (infinite when one overflows) and the batch's gap ``max(G y - h) + epsilon``.
     Unless a multiplier overflows, the updated multipliers are written to ``duals`` (flagging
-    ``has_dual``) and ``n (G y - h + epsilon)`` is added to ``row_sums`` (flagging
-    ``recorded``); otherwise nothing is written but ``y``.
+    ``has_dual``), ``n (G y - h + epsilon)`` is added to ``row_sums`` (flagging ``recorded``)
+    and ``n`` times the reference mean of each pair to its sums; otherwise nothing is written
+    but ``y``.
     """
     m = index.size
+    # the running means of the absent groups, and the divisors of the rows that use them
+    h = h.copy()
+    for i in range(reference_rows.size):
+        g = reference_groups[i]
+        h[reference_rows[i]] += reference_signs[i] * (group_totals[g] / group_counts[g])
+    scale = norms.copy()
+    for i in range(scaled_rows.size):
+        scale[scaled_rows[i]] *= 1.0 + (group_counts[scaled_present[i]]
+                                        / group_counts[scaled_absent[i]])
     lam, inverse = np.empty(m), np.zeros(m)
     for r in range(m):
         lam[r] = duals[index[r]]
@@ -72,4 +88,8 @@ def dual_step(z, atom, weight, rows, h, scale, gram, index, duals, has_dual, row
         row_sums[index[r]] += n * value
         recorded[index[r]] = True
         gap = max(gap, value)
+    for i in range(pairs.size):
+        g = pair_groups[i]
+        pair_sums[pairs[i]] += n * (group_totals[g] / group_counts[g])
+        pair_uses[pairs[i]] += n
     return step_size, largest, gap

@@ -148,6 +148,9 @@ def _gram(cs):
     return row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows))
 
 
+#: an empty index array
+_NONE = np.zeros(0, dtype=np.int64)
+
 #: how many sets of atoms present a stream keeps the structure of the rows of
 MAX_STRUCTURES = 1024
 #: how many numbers the rows a stream keeps per batch composition may hold (their Gram matrices,
@@ -156,18 +159,45 @@ MAX_STRUCTURES = 1024
 MAX_CACHED_NUMBERS = 1 << 21
 
 
+class _Entries:
+    """Numbers by key in numpy arrays, one entry per key ever met, so that the compiled step
+    reads and writes them by entry: ``columns`` maps each array's name to its dtype."""
+
+    def __init__(self, **columns):
+        self.keys, self.index = [], {}
+        self.columns = {name: np.zeros(0, dtype=dtype) for name, dtype in columns.items()}
+
+    def entries(self, keys):
+        """The entries of ``keys`` (an int64 array), new keys getting new (zero) ones."""
+        index = self.index
+        for key in keys:
+            if key not in index:
+                index[key] = len(self.keys)
+                self.keys.append(key)
+        if len(self.keys) > len(next(iter(self.columns.values()))):
+            for name, old in self.columns.items():
+                self.columns[name] = np.zeros(2 * len(self.keys), dtype=old.dtype)
+                self.columns[name][:old.size] = old
+        return np.array([index[key] for key in keys], dtype=np.int64)
+
+    def items(self, column, present):
+        """``(key, value)`` of ``column`` for the keys whose ``present`` is true (nonzero)."""
+        values, entries = self.columns[column], np.flatnonzero(self.columns[present]).tolist()
+        return zip([self.keys[i] for i in entries], values[entries].tolist())
+
+
 class _StepRows(NamedTuple):
     """The rows of a primal-dual step's batch and what the step derives from them alone.
 
     ``rows`` (factored) over the atoms ``atom`` (None: the batch's combinations of groups) with
     sample ``weight``; ``h`` without the reference means; ``keys`` (a tuple); ``gram``, ``G
-    G^T``, and its diagonal ``norms``; ``index``: the stream's entries of the rows' multipliers
-    and sums; ``references``: triples ``(row, group, sign)``, row
-    ``row`` adds ``sign`` times the running mean of ``group`` (an ``(attribute, code)``) to
-    ``h``; ``scaled``: triples ``(row, u, w)``, the row compares the present group ``u`` with
-    the absent ``w`` and its divisor has the factor ``1 + N_u / N_w``; ``pairs``: ``((a, u,
-    w), w)`` for each such comparison; ``present``: the atoms with samples (None: to be
-    found).
+    G^T``, and its diagonal ``norms``; ``index``: the rows' entries in the stream's multipliers
+    and sums. The rows that compare a present group ``u`` with the running mean of an absent
+    one ``w`` (entries of the stream's group statistics): row ``reference_rows[i]`` adds
+    ``reference_signs[i]`` times the mean of ``reference_groups[i]`` to ``h``; the divisor of
+    row ``scaled_rows[i]`` has the factor ``1 + N_u / N_w`` of ``scaled_present[i]`` and
+    ``scaled_absent[i]``; each pair ``(u, w)`` is entry ``pairs[i]`` of the stream's reference
+    sums, ``w`` ``pair_groups[i]``. ``present``: the atoms with samples (None: to be found).
     """
 
     rows: Rows
@@ -178,9 +208,14 @@ class _StepRows(NamedTuple):
     gram: np.ndarray
     norms: np.ndarray
     index: np.ndarray
-    references: tuple = ()
-    scaled: tuple = ()
-    pairs: tuple = ()
+    reference_rows: np.ndarray = _NONE
+    reference_signs: np.ndarray = np.zeros(0)
+    reference_groups: np.ndarray = _NONE
+    scaled_rows: np.ndarray = _NONE
+    scaled_present: np.ndarray = _NONE
+    scaled_absent: np.ndarray = _NONE
+    pairs: np.ndarray = _NONE
+    pair_groups: np.ndarray = _NONE
     present: list | None = None
 
 
@@ -197,7 +232,7 @@ class _GroupMeanRows:
             _rows.row_structure(type(constraint), table, (mass > 0).tobytes(), len(table[0]),
                                 references, constraint.ratio))
         self.keys = tuple(keys)
-        self.index = stream._indices(self.keys)
+        self.index = stream._row_entries.entries(self.keys)
         self.h = np.full(len(self.keys), stream.epsilon)
         # the rows' statistics, in the layout of skfair._constraint_set.statistics: entry e of
         # statistic stat[e] on atom atom[e] is member[stat[e], atom[e]] / the group's mass
@@ -219,8 +254,15 @@ class _GroupMeanRows:
                     pairs.append(((a, u, v), (a, v)))
                 elif v in in_batch[a] and u not in in_batch[a]:
                     scaled.append((r, (a, v), (a, u)))
-        self.references = tuple((r, reference[:2], sign) for r, reference, sign in reference_rows)
-        self.scaled, self.pairs = tuple(scaled), tuple(pairs)
+        groups = stream._group_entries.entries
+        self.reference_rows = np.array([r for r, _, _ in reference_rows], dtype=np.int64)
+        self.reference_signs = np.array([sign for _, _, sign in reference_rows], dtype=float)
+        self.reference_groups = groups([reference[:2] for _, reference, _ in reference_rows])
+        self.scaled_rows = np.array([r for r, _, _ in scaled], dtype=np.int64)
+        self.scaled_present = groups([u for _, u, _ in scaled])
+        self.scaled_absent = groups([w for _, _, w in scaled])
+        self.pairs = stream._pair_entries.entries([pair for pair, _ in pairs])
+        self.pair_groups = groups([w for _, w in pairs])
 
     def at(self, mass):
         """The :class:`_StepRows` of the batches with atom sizes ``mass``."""
@@ -230,7 +272,9 @@ class _GroupMeanRows:
                     t.plus, t.minus, t.family_size, t.family_start)
         gram = row_gram(rows, mass, np.arange(len(self.keys)))
         return _StepRows(rows, None, NO_WEIGHT, self.h, self.keys, gram, gram.diagonal().copy(),
-                         self.index, self.references, self.scaled, self.pairs, self.present)
+                         self.index, self.reference_rows, self.reference_signs,
+                         self.reference_groups, self.scaled_rows, self.scaled_present,
+                         self.scaled_absent, self.pairs, self.pair_groups, self.present)
 
 
 class PrimalDualStream:
@@ -278,106 +322,108 @@ class PrimalDualStream:
         self.batch_gap_sum = 0.0  # sum_t n_t * (the batch's own gap)
         self.batch_violation_sum = 0.0  # sum_t n_t * max(0, gap - epsilon)
         self.atom_sums = {}  # combination of group codes -> [sum of outputs, count]
-        # (attribute, u, w) -> sum_t n_t * the reference mean of w compared with u, and sum_t n_t
-        self.reference_sums = {}
-        self.reference_uses = {}
-        self._start_rows(dual_init, {})
-        self._derive()
+        self._load(dual_init, {}, {}, {})
 
-    # The multipliers and row sums live in arrays, one entry per row key ever met (a step reads
-    # and updates them by index in one compiled call); duals and row_sums show them by key.
-    def _start_rows(self, duals, row_sums):
-        self._row_keys, self._row_index = [], {}
-        self._duals, self._row_sums = np.zeros(0), np.zeros(0)
-        self._has_dual, self._recorded = np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)
-        index = self._indices(duals)
-        self._duals[index] = list(duals.values())
-        self._has_dual[index] = True
-        index = self._indices(row_sums)
-        self._row_sums[index] = list(row_sums.values())
-        self._recorded[index] = True
+    # The multipliers, the rows' sums and the pooled statistics of the groups and reference
+    # pairs live in arrays (_Entries): a step reads and updates them by entry in one compiled
+    # call. duals, row_sums, reference_sums and reference_uses show them by key, and are what
+    # a stream stores (their arrays are not).
+    def _load(self, duals, row_sums, reference_sums, reference_uses):
+        """Start the arrays from the stored dicts, the pooled group statistics from
+        :attr:`atom_sums`, and the caches empty."""
+        self._box = Bounds.of(self.bounds).box
+        self._structures, self._compositions, self._cached_numbers = {}, {}, 0
+        self._row_entries = _Entries(duals=np.float64, has_dual=bool, sums=np.float64,
+                                     recorded=bool)
+        self._fill(self._row_entries, duals, "duals", "has_dual")
+        self._fill(self._row_entries, row_sums, "sums", "recorded")
+        # sum_t n_t * the reference mean of w compared with u, and sum_t n_t, by (a, u, w)
+        self._pair_entries = _Entries(sums=np.float64, uses=np.int64)
+        self._fill(self._pair_entries, reference_sums, "sums")
+        self._fill(self._pair_entries, reference_uses, "uses")
+        # every group seen: the combinations it belongs to (in the order of atom_sums), and
+        # its pooled sum of outputs and count
+        self._groups = {}
+        self._group_entries = _Entries(total=np.float64, count=np.float64)
+        added = {}
+        for codes, (_, count) in self.atom_sums.items():
+            self._add_combination(codes)
+            for group in enumerate(codes):
+                added[group] = added.get(group, 0) + count
+        self._add_to_groups(added)
 
-    def _indices(self, keys):
-        """The entries of the row keys ``keys`` (an int64 array), new keys getting new ones."""
-        found = self._row_index
-        for key in keys:
-            if key not in found:
-                found[key] = len(self._row_keys)
-                self._row_keys.append(key)
-        if len(self._row_keys) > self._duals.size:
-            size = 2 * len(self._row_keys)
-            for name in ("_duals", "_row_sums", "_has_dual", "_recorded"):
-                old = getattr(self, name)
-                new = np.zeros(size, dtype=old.dtype)
-                new[:old.size] = old
-                setattr(self, name, new)
-        return np.array([found[key] for key in keys], dtype=np.int64)
+    @staticmethod
+    def _fill(entries, values, column, flag=None):
+        index = entries.entries(values)
+        entries.columns[column][index] = list(values.values())
+        if flag is not None:
+            entries.columns[flag][index] = True
 
     @property
     def duals(self):
         """The multipliers by row key (those started from or stepped)."""
-        return self._by_key(self._duals, self._has_dual)
+        return dict(self._row_entries.items("duals", "has_dual"))
 
     @property
     def row_sums(self):
         """``sum_t n_t (G_t y_t - h_t + epsilon)_k`` by row key ``k`` (the rows recorded)."""
-        return self._by_key(self._row_sums, self._recorded)
+        return dict(self._row_entries.items("sums", "recorded"))
 
-    def _by_key(self, values, present):
-        keys, entries = self._row_keys, np.flatnonzero(present).tolist()
-        return dict(zip([keys[i] for i in entries], values[entries].tolist()))
+    @property
+    def reference_sums(self):
+        """``sum_t n_t R_w`` by pair ``(a, u, w)`` (``u`` present, ``w`` absent, ``R_w`` the
+        running mean of ``w`` its rows used)."""
+        return dict(self._pair_entries.items("sums", "uses"))
 
-    #: what a stream stores in another form (the arrays of the rows: as duals and row_sums) or
-    #: computes anew when loaded (:meth:`_derive`)
-    _NOT_STORED = ("_row_keys", "_row_index", "_duals", "_row_sums", "_has_dual", "_recorded",
-                   "_box", "_groups", "_structures", "_compositions", "_cached_numbers")
+    @property
+    def reference_uses(self):
+        """``sum_t n_t`` over the batches of the sums of :attr:`reference_sums`."""
+        return dict(self._pair_entries.items("uses", "uses"))
 
-    def _derive(self):
-        """The pooled statistics of every group seen, ``(attribute, code) -> [sum of outputs,
-        count, its combinations]``, from :attr:`atom_sums` (each total summed over its
-        combinations in their order, so that it does not depend on how the stream was
-        batched), and an empty cache of the rows of batch compositions (they depend on the
-        groups seen)."""
-        self._box = Bounds.of(self.bounds).box
-        self._groups = {}
-        self._structures, self._compositions, self._cached_numbers = {}, {}, 0
-        for codes, (_, count) in self.atom_sums.items():
-            self._add_combination(codes)
-            for a, g in enumerate(codes):
-                self._groups[(a, g)][1] += count
-        self._update_totals(self._groups.values())
+    #: what a stream stores in another form (the arrays: as the dicts of the properties) or
+    #: computes anew when loaded (:meth:`_load`)
+    _NOT_STORED = ("_row_entries", "_pair_entries", "_group_entries", "_groups", "_box",
+                   "_structures", "_compositions", "_cached_numbers")
 
     def _add_combination(self, codes):
         for a, g in enumerate(codes):
-            group = self._groups.get((a, g))
-            if group is None:  # a new group: new reference rows for every composition
-                group = self._groups[(a, g)] = [0.0, 0, []]
+            combinations = self._groups.get((a, g))
+            if combinations is None:  # a new group: new reference rows for every composition
+                combinations = self._groups[(a, g)] = []
                 self._structures.clear()
                 self._compositions.clear()
                 self._cached_numbers = 0
-            group[2].append(codes)
+            combinations.append(codes)
 
-    def _update_totals(self, groups):
-        atom_sums = self.atom_sums
-        for group in groups:
-            total = 0.0
-            for codes in group[2]:
-                total += atom_sums[codes][0]
-            group[0] = total
+    def _add_to_groups(self, added):
+        """Add ``added`` (group -> count) to the groups' pooled counts, and recompute their
+        pooled sums of outputs over their combinations, in their order (so that a sum does not
+        depend on how the stream was batched)."""
+        entries = self._group_entries.entries(added)
+        columns = self._group_entries.columns
+        columns["count"][entries] += list(added.values())
+        atom_sums, total = self.atom_sums, columns["total"]
+        for group, i in zip(added, entries.tolist()):
+            value = 0.0
+            for codes in self._groups[group]:
+                value += atom_sums[codes][0]
+            total[i] = value
 
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
     def __getstate__(self):
         state = {name: value for name, value in self.__dict__.items()
                  if name not in self._NOT_STORED}
-        return _persistence.plain(dict(state, duals=self.duals, row_sums=self.row_sums))
+        return _persistence.plain(dict(
+            state, duals=self.duals, row_sums=self.row_sums, reference_sums=self.reference_sums,
+            reference_uses=self.reference_uses))
 
     def __setstate__(self, state):
         state = _persistence.restored(state)
-        duals, row_sums = state.pop("duals"), state.pop("row_sums")
+        stored = [state.pop(name)
+                  for name in ("duals", "row_sums", "reference_sums", "reference_uses")]
         self.__dict__.update(state)
-        self._start_rows(duals, row_sums)
-        self._derive()
+        self._load(*stored)
 
     def step(self, z, groups):
         """Fair outputs of one batch: exact projection or one primal-dual step.
@@ -403,9 +449,12 @@ class PrimalDualStream:
             gap = 0.0
             if cs.n_rows:
                 values = _row_values(y_host, cs) + self.epsilon
-                for i, value in zip(self._indices(cs.keys).tolist(), values.tolist()):
-                    self._row_sums[i] += n * value
-                    self._recorded[i] = True
+                entries = self._row_entries.entries(cs.keys).tolist()  # may grow the arrays
+                sums, recorded = (self._row_entries.columns[name] for name in ("sums",
+                                                                               "recorded"))
+                for i, value in zip(entries, values.tolist()):
+                    sums[i] += n * value
+                    recorded[i] = True
                 gap = float(values.max())
             self._record(y_host, atoms, gap)
             return y
@@ -422,38 +471,26 @@ class PrimalDualStream:
         with rows ``step_rows`` (its ``atoms``): its outputs; the state changes only once the
         step is known to be finite."""
         n = z.size
-        groups = self._groups
-        h = step_rows.h
-        if step_rows.references:  # the running means of the absent groups
-            h = h.copy()
-            for r, group, sign in step_rows.references:
-                total, count, _ = groups[group]
-                h[r] += sign * (total / count)
-        scale = step_rows.norms
-        if step_rows.scaled:
-            scale = scale.copy()
-            for r, u, w in step_rows.scaled:
-                scale[r] *= 1.0 + (groups[u][1] if u in groups else 0) / groups[w][1]
         size_squares = self.size_squares + n * n
         y = np.empty(n)
+        rows, groups, pairs = (entries.columns for entries in (
+            self._row_entries, self._group_entries, self._pair_entries))
+        s = step_rows
         step_size, largest, gap = dual_step(
-            z, atoms[0] if step_rows.atom is None else step_rows.atom, step_rows.weight,
-            step_rows.rows, h, scale, step_rows.gram, step_rows.index, self._duals,
-            self._has_dual, self._row_sums, self._recorded, *self._box,
+            z, atoms[0] if s.atom is None else s.atom, s.weight, s.rows, s.h, s.norms, s.gram,
+            s.index, s.reference_rows, s.reference_signs, s.reference_groups, s.scaled_rows,
+            s.scaled_present, s.scaled_absent, s.pairs, s.pair_groups, *self._box,
             math.nan if self.THRESHOLD is None else self.THRESHOLD, n, float(size_squares),
-            self.eta0, self.step_size, MAX_GAIN, self.epsilon, y)
+            self.eta0, self.step_size, MAX_GAIN, self.epsilon, rows["duals"],
+            rows["has_dual"], rows["sums"], rows["recorded"], groups["total"], groups["count"],
+            pairs["sums"], pairs["uses"], y)
         if not math.isfinite(largest):  # float64 overflow (nothing written)
             raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
-        # the step is taken (the multipliers and row sums are written): the rest of the state
+        # the step is taken (multipliers and sums are written): the rest of the state
         self.n_steps += 1
         self.size_squares = size_squares
         self.step_size = step_size
         self.lambda_max = max(self.lambda_max, largest)
-        # per pair (u, w), u present and w absent: n times the reference mean of w it used
-        for pair, group in step_rows.pairs:
-            total, count, _ = groups[group]
-            self.reference_sums[pair] = self.reference_sums.get(pair, 0.0) + n * (total / count)
-            self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
         self._record(y, atoms, gap, step_rows.present)
         return y
 
@@ -465,7 +502,7 @@ class PrimalDualStream:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             gram, keys = _gram(cs), tuple(cs.keys)
             return _StepRows(cs.host_rows, cs.host_atom, cs.host_weight, cs.host_h, keys, gram,
-                             gram.diagonal().copy(), self._indices(keys))
+                             gram.diagonal().copy(), self._row_entries.entries(keys))
         _, table, mass = atoms
         key = (table, mass.tobytes())
         step_rows = self._compositions.get(key)
@@ -506,8 +543,7 @@ class PrimalDualStream:
             present = np.flatnonzero(counts).tolist()
         sums = np.bincount(atom, weights=y, minlength=len(table)).tolist()
         counts = counts.tolist()
-        atom_sums, groups = self.atom_sums, self._groups
-        touched = {}
+        atom_sums, added = self.atom_sums, {}
         for j in present:
             codes = table[j]
             acc = atom_sums.get(codes)
@@ -517,10 +553,9 @@ class PrimalDualStream:
             count = int(counts[j])
             acc[0] += sums[j]
             acc[1] += count
-            for a, g in enumerate(codes):
-                group = touched[(a, g)] = groups[(a, g)]
-                group[1] += count
-        self._update_totals(touched.values())
+            for group in enumerate(codes):
+                added[group] = added.get(group, 0) + count
+        self._add_to_groups(added)
 
     def _pooled_gaps(self):
         """Per attribute, the constraint's gap on all streamed outputs pooled.
@@ -542,13 +577,15 @@ class PrimalDualStream:
         N = max(self.n_samples, 1)
         per_attribute = self._pooled_gaps()
         drift = 0.0
+        uses, groups = self.reference_uses, self._group_entries
+        pooled, counts = (groups.columns[name].tolist() for name in ("total", "count"))
         for (a, u, w), total in self.reference_sums.items():
-            pooled, count, _ = self._groups[(a, w)]
-            drift = max(drift, abs(total / self.reference_uses[(a, u, w)] - pooled / count))
+            i = groups.index[(a, w)]
+            drift = max(drift, abs(total / uses[(a, u, w)] - pooled[i] / counts[i]))
         bound = self.lambda_max / (self.step_size * N)  # 0 before the first step (alpha = inf)
         return {
-            "weighted_avg_fairness_gap": max(
-                (s / N for s in self._row_sums[self._recorded].tolist()), default=0.0),
+            "weighted_avg_fairness_gap": max((s / N for s in self.row_sums.values()),
+                                             default=0.0),
             "bound": bound,
             "epsilon": self.epsilon,
             "mean_batch_gap": self.batch_gap_sum / N,
