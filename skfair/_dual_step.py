@@ -93,3 +93,43 @@ def dual_step(z, atom, weight, rows, h, norms, gram, index, reference_rows, refe
         pair_sums[pairs[i]] += n * (group_totals[g] / group_counts[g])
         pair_uses[pairs[i]] += n
     return step_size, largest, gap
+
+
+@jit
+def record_outputs(y, atom, n_atoms, present, combinations, groups, touched, combination_totals,
+                   combination_counts, group_totals, group_counts, group_start,
+                   group_combinations):
+    """Add a batch's outputs ``y`` to the stream's pooled statistics: atom ``present[k]`` of
+    the batch (``atom`` of each sample) is the stream's combination ``combinations[k]``, whose
+    groups are ``groups[k]``; ``touched`` lists those groups once each, and group ``g``'s
+    combinations are ``group_combinations[group_start[g]:group_start[g + 1]]``, in the order the
+    stream met them. Each touched group's pooled sum of outputs is summed anew over its
+    combinations in that order (:func:`pool_groups`), so that it does not depend on how the
+    stream was batched. Returns how many groups the batch has that the stream had not seen."""
+    sums, mass = np.zeros(n_atoms), np.zeros(n_atoms)
+    for i in range(y.size):
+        sums[atom[i]] += y[i]
+        mass[atom[i]] += 1.0
+    new = 0
+    for k in range(present.size):
+        c = combinations[k]
+        combination_totals[c] += sums[present[k]]
+        combination_counts[c] += mass[present[k]]
+        for a in range(groups.shape[1]):
+            g = groups[k, a]
+            if group_counts[g] == 0:
+                new += 1
+            group_counts[g] += mass[present[k]]
+    pool_groups(touched, group_start, group_combinations, combination_totals, group_totals)
+    return new
+
+
+@jit
+def pool_groups(touched, group_start, group_combinations, combination_totals, group_totals):
+    """Each ``touched`` group's pooled sum of outputs, summed over its combinations (see
+    :func:`record_outputs`) in the order the stream met them."""
+    for g in touched:
+        total = 0.0
+        for e in range(group_start[g], group_start[g + 1]):
+            total += combination_totals[group_combinations[e]]
+        group_totals[g] = total

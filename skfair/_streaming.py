@@ -83,7 +83,7 @@ import torch
 from . import _persistence, _rows
 from ._bounds import Bounds
 from ._constraint_set import NO_WEIGHT
-from ._dual_step import dual_step
+from ._dual_step import dual_step, pool_groups, record_outputs
 from ._host import device_tensor, host_vector
 from ._kernels import Rows, row_gram, row_values, stat_squares, value_range
 from .constraints import constraint_gap
@@ -186,6 +186,17 @@ class _Entries:
         return zip([self.keys[i] for i in entries], values[entries].tolist())
 
 
+class _Combinations(NamedTuple):
+    """Where a batch's outputs go in the stream's pooled statistics: its atoms with samples
+    ``present`` are the stream's combinations ``combinations`` (entries), of the groups
+    ``groups`` (entries, one column per attribute); ``touched`` lists those groups once."""
+
+    present: np.ndarray
+    combinations: np.ndarray
+    groups: np.ndarray
+    touched: np.ndarray
+
+
 class _StepRows(NamedTuple):
     """The rows of a primal-dual step's batch and what the step derives from them alone.
 
@@ -197,7 +208,8 @@ class _StepRows(NamedTuple):
     ``reference_signs[i]`` times the mean of ``reference_groups[i]`` to ``h``; the divisor of
     row ``scaled_rows[i]`` has the factor ``1 + N_u / N_w`` of ``scaled_present[i]`` and
     ``scaled_absent[i]``; each pair ``(u, w)`` is entry ``pairs[i]`` of the stream's reference
-    sums, ``w`` ``pair_groups[i]``. ``present``: the atoms with samples (None: to be found).
+    sums, ``w`` ``pair_groups[i]``. ``outputs``: the :class:`_Combinations` of the batch (None:
+    to be found).
     """
 
     rows: Rows
@@ -216,7 +228,7 @@ class _StepRows(NamedTuple):
     scaled_absent: np.ndarray = _NONE
     pairs: np.ndarray = _NONE
     pair_groups: np.ndarray = _NONE
-    present: list | None = None
+    outputs: "_Combinations | None" = None
 
 
 class _GroupMeanRows:
@@ -226,8 +238,8 @@ class _GroupMeanRows:
 
     def __init__(self, stream, table, mass):
         constraint = stream.constraint
-        references = (tuple((a, g, None) for a, g in stream._groups)
-                      if constraint.borrows_references else ())
+        seen = stream._seen_groups()
+        references = tuple((a, g, None) for a, g in seen) if constraint.borrows_references else ()
         member, plus, minus, family_size, family_start, reference_rows, keys = (
             _rows.row_structure(type(constraint), table, (mass > 0).tobytes(), len(table[0]),
                                 references, constraint.ratio))
@@ -244,10 +256,10 @@ class _GroupMeanRows:
                              atom, None,
                              np.r_[0, np.cumsum(np.bincount(atom, minlength=len(table)))],
                              stat[self.order], None, plus, minus, family_size, family_start)
-        self.present = np.flatnonzero(mass).tolist()
-        in_batch = [set(column) for column in zip(*(table[j] for j in self.present))]
+        self.outputs = stream._combinations(table, mass)
+        in_batch = [set(column) for column in zip(*(table[j] for j in self.outputs.present))]
         scaled, pairs = [], []
-        if stream._groups:
+        if seen:
             for r, (a, u, v, *_) in enumerate(self.keys):
                 if u in in_batch[a] and v not in in_batch[a]:
                     scaled.append((r, (a, u), (a, v)))
@@ -274,7 +286,7 @@ class _GroupMeanRows:
         return _StepRows(rows, None, NO_WEIGHT, self.h, self.keys, gram, gram.diagonal().copy(),
                          self.index, self.reference_rows, self.reference_signs,
                          self.reference_groups, self.scaled_rows, self.scaled_present,
-                         self.scaled_absent, self.pairs, self.pair_groups, self.present)
+                         self.scaled_absent, self.pairs, self.pair_groups, self.outputs)
 
 
 class PrimalDualStream:
@@ -321,16 +333,14 @@ class PrimalDualStream:
         self.n_samples = 0
         self.batch_gap_sum = 0.0  # sum_t n_t * (the batch's own gap)
         self.batch_violation_sum = 0.0  # sum_t n_t * max(0, gap - epsilon)
-        self.atom_sums = {}  # combination of group codes -> [sum of outputs, count]
-        self._load(dual_init, {}, {}, {})
+        self._load(dual_init, {}, {}, {}, {})
 
     # The multipliers, the rows' sums and the pooled statistics of the groups and reference
     # pairs live in arrays (_Entries): a step reads and updates them by entry in one compiled
     # call. duals, row_sums, reference_sums and reference_uses show them by key, and are what
     # a stream stores (their arrays are not).
-    def _load(self, duals, row_sums, reference_sums, reference_uses):
-        """Start the arrays from the stored dicts, the pooled group statistics from
-        :attr:`atom_sums`, and the caches empty."""
+    def _load(self, duals, row_sums, reference_sums, reference_uses, atom_sums):
+        """Start the arrays from the stored dicts, and the caches empty."""
         self._box = Bounds.of(self.bounds).box
         self._structures, self._compositions, self._cached_numbers = {}, {}, 0
         self._row_entries = _Entries(duals=np.float64, has_dual=bool, sums=np.float64,
@@ -341,16 +351,53 @@ class PrimalDualStream:
         self._pair_entries = _Entries(sums=np.float64, uses=np.int64)
         self._fill(self._pair_entries, reference_sums, "sums")
         self._fill(self._pair_entries, reference_uses, "uses")
-        # every group seen: the combinations it belongs to (in the order of atom_sums), and
-        # its pooled sum of outputs and count
-        self._groups = {}
+        # the pooled sum of outputs and count of every combination of groups and of every
+        # group, and the combinations of each group (_group_members: the numbers of
+        # combinations and groups it was built for, then group_start and group_combinations of
+        # skfair._dual_step.record_outputs)
+        self._combination_entries = _Entries(total=np.float64, count=np.float64)
         self._group_entries = _Entries(total=np.float64, count=np.float64)
-        added = {}
-        for codes, (_, count) in self.atom_sums.items():
-            self._add_combination(codes)
-            for group in enumerate(codes):
-                added[group] = added.get(group, 0) + count
-        self._add_to_groups(added)
+        self._group_members = (0, 0, np.zeros(1, dtype=np.int64), _NONE)
+        if atom_sums:
+            table = tuple(atom_sums)
+            totals, counts = (np.array(column, dtype=np.float64)
+                              for column in zip(*atom_sums.values()))
+            outputs = self._combinations(table, counts)
+            combinations = self._combination_entries.columns
+            combinations["total"][outputs.combinations] = totals
+            combinations["count"][outputs.combinations] = counts
+            groups = self._group_entries.columns
+            np.add.at(groups["count"], outputs.groups, counts[:, None])
+            pool_groups(outputs.touched, *self._group_members[2:], combinations["total"],
+                        groups["total"])
+
+    def _combinations(self, table, mass):
+        """The :class:`_Combinations` of a batch whose atoms ``table`` hold ``mass`` samples
+        (new combinations and groups get entries)."""
+        present = np.flatnonzero(mass)
+        codes = [table[j] for j in present.tolist()]
+        combinations = self._combination_entries.entries(codes)
+        groups = self._group_entries.entries(
+            [group for row in codes for group in enumerate(row)]).reshape(len(codes),
+                                                                          len(table[0]))
+        sizes = (len(self._combination_entries.keys), len(self._group_entries.keys))
+        if sizes != self._group_members[:2]:  # the combinations of every group, anew
+            members = [[] for _ in range(sizes[1])]
+            for c, row in enumerate(self._combination_entries.keys):
+                for g in self._group_entries.entries(list(enumerate(row))).tolist():
+                    members[g].append(c)
+            self._group_members = sizes + (
+                np.r_[0, np.cumsum([len(m) for m in members])].astype(np.int64),
+                np.array([c for m in members for c in m], dtype=np.int64))
+        return _Combinations(present, combinations, groups, np.unique(groups))
+
+    def _seen_groups(self):
+        """The groups with outputs in the stream, in the order their first combination was met:
+        the reference means the rows of a batch may compare with."""
+        combinations = self._combination_entries
+        seen = np.flatnonzero(combinations.columns["count"]).tolist()
+        return list(dict.fromkeys(group for c in seen for group in enumerate(
+            combinations.keys[c])))
 
     @staticmethod
     def _fill(entries, values, column, flag=None):
@@ -376,38 +423,22 @@ class PrimalDualStream:
         return dict(self._pair_entries.items("sums", "uses"))
 
     @property
+    def atom_sums(self):
+        """``[sum of outputs, count]`` by combination of group codes (those streamed)."""
+        combinations = self._combination_entries
+        totals, counts = (combinations.columns[name].tolist() for name in ("total", "count"))
+        return {combinations.keys[i]: [totals[i], int(counts[i])]
+                for i in np.flatnonzero(combinations.columns["count"]).tolist()}
+
+    @property
     def reference_uses(self):
         """``sum_t n_t`` over the batches of the sums of :attr:`reference_sums`."""
         return dict(self._pair_entries.items("uses", "uses"))
 
     #: what a stream stores in another form (the arrays: as the dicts of the properties) or
     #: computes anew when loaded (:meth:`_load`)
-    _NOT_STORED = ("_row_entries", "_pair_entries", "_group_entries", "_groups", "_box",
-                   "_structures", "_compositions", "_cached_numbers")
-
-    def _add_combination(self, codes):
-        for a, g in enumerate(codes):
-            combinations = self._groups.get((a, g))
-            if combinations is None:  # a new group: new reference rows for every composition
-                combinations = self._groups[(a, g)] = []
-                self._structures.clear()
-                self._compositions.clear()
-                self._cached_numbers = 0
-            combinations.append(codes)
-
-    def _add_to_groups(self, added):
-        """Add ``added`` (group -> count) to the groups' pooled counts, and recompute their
-        pooled sums of outputs over their combinations, in their order (so that a sum does not
-        depend on how the stream was batched)."""
-        entries = self._group_entries.entries(added)
-        columns = self._group_entries.columns
-        columns["count"][entries] += list(added.values())
-        atom_sums, total = self.atom_sums, columns["total"]
-        for group, i in zip(added, entries.tolist()):
-            value = 0.0
-            for codes in self._groups[group]:
-                value += atom_sums[codes][0]
-            total[i] = value
+    _NOT_STORED = ("_row_entries", "_pair_entries", "_combination_entries", "_group_entries",
+                   "_group_members", "_box", "_structures", "_compositions", "_cached_numbers")
 
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
@@ -416,12 +447,12 @@ class PrimalDualStream:
                  if name not in self._NOT_STORED}
         return _persistence.plain(dict(
             state, duals=self.duals, row_sums=self.row_sums, reference_sums=self.reference_sums,
-            reference_uses=self.reference_uses))
+            reference_uses=self.reference_uses, atom_sums=self.atom_sums))
 
     def __setstate__(self, state):
         state = _persistence.restored(state)
-        stored = [state.pop(name)
-                  for name in ("duals", "row_sums", "reference_sums", "reference_uses")]
+        stored = [state.pop(name) for name in ("duals", "row_sums", "reference_sums",
+                                                "reference_uses", "atom_sums")]
         self.__dict__.update(state)
         self._load(*stored)
 
@@ -491,7 +522,7 @@ class PrimalDualStream:
         self.size_squares = size_squares
         self.step_size = step_size
         self.lambda_max = max(self.lambda_max, largest)
-        self._record(y, atoms, gap, step_rows.present)
+        self._record(y, atoms, gap, step_rows.outputs)
         return y
 
     def _step_rows(self, groups, atoms):
@@ -529,33 +560,28 @@ class PrimalDualStream:
         """The outputs of a primal-dual step from its primal point ``y`` (a tensor)."""
         return y if self.THRESHOLD is None else (y > self.THRESHOLD).to(torch.float64)
 
-    def _record(self, y, atoms, gap, present=None):
+    def _record(self, y, atoms, gap, outputs=None):
         """Add a batch's outputs ``y`` (a float64 numpy array; its ``atoms``) and its ``gap``
-        (its rows' largest value) to the stream's statistics; ``present`` lists the atoms with
-        samples (None: to be found)."""
+        (its rows' largest value) to the stream's statistics; ``outputs`` are its
+        :class:`_Combinations` (None: to be found)."""
         n = y.size
         self.n_batches += 1
         self.n_samples += n
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
-        atom, table, counts = atoms
-        if present is None:
-            present = np.flatnonzero(counts).tolist()
-        sums = np.bincount(atom, weights=y, minlength=len(table)).tolist()
-        counts = counts.tolist()
-        atom_sums, added = self.atom_sums, {}
-        for j in present:
-            codes = table[j]
-            acc = atom_sums.get(codes)
-            if acc is None:
-                acc = atom_sums[codes] = [0.0, 0]
-                self._add_combination(codes)
-            count = int(counts[j])
-            acc[0] += sums[j]
-            acc[1] += count
-            for group in enumerate(codes):
-                added[group] = added.get(group, 0) + count
-        self._add_to_groups(added)
+        atom, table, mass = atoms
+        if outputs is None:
+            outputs = self._combinations(table, mass)
+        combinations, groups = (entries.columns for entries in (self._combination_entries,
+                                                                 self._group_entries))
+        if record_outputs(y, atom, len(table), outputs.present, outputs.combinations,
+                          outputs.groups, outputs.touched, combinations["total"],
+                          combinations["count"], groups["total"], groups["count"],
+                          *self._group_members[2:]):
+            # new groups: new reference rows for every composition
+            self._structures.clear()
+            self._compositions.clear()
+            self._cached_numbers = 0
 
     def _pooled_gaps(self):
         """Per attribute, the constraint's gap on all streamed outputs pooled.
@@ -563,10 +589,11 @@ class PrimalDualStream:
         Each combination of groups stands for its streamed rows by its mean with their count as
         weight, which leaves every weighted group mean, hence the gap, unchanged.
         """
-        if not self.atom_sums:
+        atom_sums = self.atom_sums
+        if not atom_sums:
             return {}
-        table = torch.tensor(list(self.atom_sums), dtype=torch.long)
-        totals, counts = zip(*self.atom_sums.values())
+        table = torch.tensor(list(atom_sums), dtype=torch.long)
+        totals, counts = zip(*atom_sums.values())
         counts = torch.tensor(counts, dtype=torch.float64)
         means = torch.tensor(totals, dtype=torch.float64) / counts
         return {a: constraint_gap(self.constraint, means, table[:, [a]], sample_weight=counts)
