@@ -249,7 +249,8 @@ class _GroupMeanRows:
         # the rows' statistics, in the layout of skfair._constraint_set.statistics: entry e of
         # statistic stat[e] on atom atom[e] is member[stat[e], atom[e]] / the group's mass
         self.inside = (member != 0).astype(np.float64)
-        stat, atom = np.nonzero(member)
+        # (contiguous: one compiled signature whatever the number of entries)
+        stat, atom = (np.ascontiguousarray(index) for index in np.nonzero(member))
         self.order = np.argsort(atom, kind="stable")
         self.stat, self.member = stat, member[stat, atom]
         self.template = Rows(np.r_[0, np.cumsum(np.bincount(stat, minlength=len(member)))],
