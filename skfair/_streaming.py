@@ -228,7 +228,7 @@ class _StepRows(NamedTuple):
     scaled_absent: np.ndarray = _NONE
     pairs: np.ndarray = _NONE
     pair_groups: np.ndarray = _NONE
-    outputs: "_Combinations | None" = None
+    outputs: _Combinations | None = None
 
 
 class _GroupMeanRows:
@@ -336,10 +336,10 @@ class PrimalDualStream:
         self.batch_violation_sum = 0.0  # sum_t n_t * max(0, gap - epsilon)
         self._load(dual_init, {}, {}, {}, {})
 
-    # The multipliers, the rows' sums and the pooled statistics of the groups and reference
-    # pairs live in arrays (_Entries): a step reads and updates them by entry in one compiled
-    # call. duals, row_sums, reference_sums and reference_uses show them by key, and are what
-    # a stream stores (their arrays are not).
+    # The multipliers, the rows' sums and the pooled statistics of the reference pairs, the
+    # combinations of groups and the groups live in arrays (_Entries): a step reads and updates
+    # them by entry in compiled calls. duals, row_sums, reference_sums, reference_uses and
+    # atom_sums show them by key, and are what a stream stores (its arrays are not).
     def _load(self, duals, row_sums, reference_sums, reference_uses, atom_sums):
         """Start the arrays from the stored dicts, and the caches empty."""
         self._box = Bounds.of(self.bounds).box
