@@ -70,7 +70,8 @@ def inline(function):
 
 
 _PACKAGE = Path(__file__).resolve().parent
-retire_stale_machine_code([_PACKAGE / "_kernels.py", _PACKAGE / "_exact.py"],
+retire_stale_machine_code([_PACKAGE / "_kernels.py", _PACKAGE / "_exact.py",
+                           _PACKAGE / "_dual_step.py"],
                           _PACKAGE / "__pycache__" / "numba-sources.sha256")
 
 

@@ -75,14 +75,17 @@ A batch with a non-finite output raises :class:`ValueError` before any state cha
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from . import _persistence, _rows
 from ._bounds import Bounds
-from ._host import host_vector
-from ._kernels import atom_shift, clip_shift, row_gram, row_values, stat_squares
+from ._constraint_set import NO_WEIGHT
+from ._dual_step import dual_step, pool_groups, record_outputs
+from ._host import device_tensor, host_vector
+from ._kernels import Rows, row_gram, row_values, stat_squares, value_range
 from .constraints import constraint_gap
 from .decisions import fair_labels
 from .layer import project
@@ -130,12 +133,12 @@ def warm_start_duals(solved, n_batches):
     return duals
 
 
-def _atom_sums(y, cs):
-    """The weighted sums of the outputs ``y`` (a tensor) over the atoms of ``cs``."""
-    values = host_vector(y.to(torch.float64))
+def _row_values(y, cs):
+    """``G y - h`` of the rows ``cs`` at the outputs ``y`` (a float64 numpy array)."""
     weight = cs.host_weight
-    return np.bincount(cs.host_atom, weights=values * weight if weight.size else values,
+    sums = np.bincount(cs.host_atom, weights=y * weight if weight.size else y,
                        minlength=cs.n_atoms)
+    return row_values(cs.host_rows, sums, cs.host_h)
 
 
 def _gram(cs):
@@ -145,16 +148,150 @@ def _gram(cs):
     return row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows))
 
 
-def _present_groups(atoms):
-    """Per attribute, the set of group codes present in a batch (from
-    :func:`skfair._rows.atoms`)."""
-    _, table, counts = atoms
-    codes = [c for c, count in zip(table, counts.tolist()) if count]
-    return [set(col) for col in zip(*codes)] if codes else []
+#: an empty index array
+_NONE = np.zeros(0, dtype=np.int64)
+
+#: how many sets of atoms present a stream keeps the structure of the rows of
+MAX_STRUCTURES = 1024
+#: how many numbers the rows a stream keeps per batch composition may hold (their Gram matrices,
+#: m x m each) before they are dropped (a stream of single rows has one composition per
+#: combination of groups)
+MAX_CACHED_NUMBERS = 1 << 21
+
+
+class _Entries:
+    """Numbers by key in numpy arrays, one entry per key ever met, so that the compiled step
+    reads and writes them by entry: ``columns`` maps each array's name to its dtype."""
+
+    def __init__(self, **columns):
+        self.keys, self.index = [], {}
+        self.columns = {name: np.zeros(0, dtype=dtype) for name, dtype in columns.items()}
+
+    def entries(self, keys):
+        """The entries of ``keys`` (an int64 array), new keys getting new (zero) ones."""
+        index = self.index
+        for key in keys:
+            if key not in index:
+                index[key] = len(self.keys)
+                self.keys.append(key)
+        if len(self.keys) > len(next(iter(self.columns.values()))):
+            for name, old in self.columns.items():
+                self.columns[name] = np.zeros(2 * len(self.keys), dtype=old.dtype)
+                self.columns[name][:old.size] = old
+        return np.array([index[key] for key in keys], dtype=np.int64)
+
+    def items(self, column, present):
+        """``(key, value)`` of ``column`` for the keys whose ``present`` is true (nonzero)."""
+        values, entries = self.columns[column], np.flatnonzero(self.columns[present]).tolist()
+        return zip([self.keys[i] for i in entries], values[entries].tolist())
+
+
+class _Combinations(NamedTuple):
+    """Where a batch's outputs go in the stream's pooled statistics: its atoms with samples
+    ``present`` are the stream's combinations ``combinations`` (entries), of the groups
+    ``groups`` (entries, one column per attribute); ``touched`` lists those groups once."""
+
+    present: np.ndarray
+    combinations: np.ndarray
+    groups: np.ndarray
+    touched: np.ndarray
+
+
+class _StepRows(NamedTuple):
+    """The rows of a primal-dual step's batch and what the step derives from them alone.
+
+    ``rows`` (factored) over the atoms ``atom`` (None: the batch's combinations of groups) with
+    sample ``weight``; ``h`` without the reference means; ``keys`` (a tuple); ``gram``, ``G
+    G^T``, and its diagonal ``norms``; ``index``: the rows' entries in the stream's multipliers
+    and sums. The rows that compare a present group ``u`` with the running mean of an absent
+    one ``w`` (entries of the stream's group statistics): row ``reference_rows[i]`` adds
+    ``reference_signs[i]`` times the mean of ``reference_groups[i]`` to ``h``; the divisor of
+    row ``scaled_rows[i]`` has the factor ``1 + N_u / N_w`` of ``scaled_present[i]`` and
+    ``scaled_absent[i]``; each pair ``(u, w)`` is entry ``pairs[i]`` of the stream's reference
+    sums, ``w`` ``pair_groups[i]``. ``outputs``: the :class:`_Combinations` of the batch (None:
+    to be found).
+    """
+
+    rows: Rows
+    atom: np.ndarray | None
+    weight: np.ndarray
+    h: np.ndarray
+    keys: tuple
+    gram: np.ndarray
+    norms: np.ndarray
+    index: np.ndarray
+    reference_rows: np.ndarray = _NONE
+    reference_signs: np.ndarray = np.zeros(0)
+    reference_groups: np.ndarray = _NONE
+    scaled_rows: np.ndarray = _NONE
+    scaled_present: np.ndarray = _NONE
+    scaled_absent: np.ndarray = _NONE
+    pairs: np.ndarray = _NONE
+    pair_groups: np.ndarray = _NONE
+    outputs: _Combinations | None = None
+
+
+class _GroupMeanRows:
+    """The structure of a stream's group-mean rows for the batches whose atoms ``table`` with
+    samples are those of ``mass``, given the groups the stream has seen (:meth:`at`: the rows
+    of one composition)."""
+
+    def __init__(self, stream, table, mass):
+        constraint = stream.constraint
+        seen = stream._seen_groups()
+        references = tuple((a, g, None) for a, g in seen) if constraint.borrows_references else ()
+        member, plus, minus, family_size, family_start, reference_rows, keys = (
+            _rows.row_structure(type(constraint), table, (mass > 0).tobytes(), len(table[0]),
+                                references, constraint.ratio))
+        self.keys = tuple(keys)
+        self.index = stream._row_entries.entries(self.keys)
+        self.h = np.full(len(self.keys), stream.epsilon)
+        # the rows' statistics, in the layout of skfair._constraint_set.statistics: entry e of
+        # statistic stat[e] on atom atom[e] is member[stat[e], atom[e]] / the group's mass
+        self.inside = (member != 0).astype(np.float64)
+        # (contiguous: one compiled signature whatever the number of entries)
+        stat, atom = (np.ascontiguousarray(index) for index in np.nonzero(member))
+        self.order = np.argsort(atom, kind="stable")
+        self.stat, self.member = stat, member[stat, atom]
+        self.template = Rows(np.r_[0, np.cumsum(np.bincount(stat, minlength=len(member)))],
+                             atom, None,
+                             np.r_[0, np.cumsum(np.bincount(atom, minlength=len(table)))],
+                             stat[self.order], None, plus, minus, family_size, family_start)
+        self.outputs = stream._combinations(table, mass)
+        in_batch = [set(column) for column in zip(*(table[j] for j in self.outputs.present))]
+        scaled, pairs = [], []
+        if seen:
+            for r, (a, u, v, *_) in enumerate(self.keys):
+                if u in in_batch[a] and v not in in_batch[a]:
+                    scaled.append((r, (a, u), (a, v)))
+                    pairs.append(((a, u, v), (a, v)))
+                elif v in in_batch[a] and u not in in_batch[a]:
+                    scaled.append((r, (a, v), (a, u)))
+        groups = stream._group_entries.entries
+        self.reference_rows = np.array([r for r, _, _ in reference_rows], dtype=np.int64)
+        self.reference_signs = np.array([sign for _, _, sign in reference_rows], dtype=float)
+        self.reference_groups = groups([reference[:2] for _, reference, _ in reference_rows])
+        self.scaled_rows = np.array([r for r, _, _ in scaled], dtype=np.int64)
+        self.scaled_present = groups([u for _, u, _ in scaled])
+        self.scaled_absent = groups([w for _, _, w in scaled])
+        self.pairs = stream._pair_entries.entries([pair for pair, _ in pairs])
+        self.pair_groups = groups([w for _, w in pairs])
+
+    def at(self, mass):
+        """The :class:`_StepRows` of the batches with atom sizes ``mass``."""
+        coef = self.member / (self.inside @ mass)[self.stat]
+        t = self.template
+        rows = Rows(t.stat_ptr, t.stat_atom, coef, t.atom_ptr, t.atom_stat, coef[self.order],
+                    t.plus, t.minus, t.family_size, t.family_start)
+        gram = row_gram(rows, mass, np.arange(len(self.keys)))
+        return _StepRows(rows, None, NO_WEIGHT, self.h, self.keys, gram, gram.diagonal().copy(),
+                         self.index, self.reference_rows, self.reference_signs,
+                         self.reference_groups, self.scaled_rows, self.scaled_present,
+                         self.scaled_absent, self.pairs, self.pair_groups, self.outputs)
 
 
 class PrimalDualStream:
-    """State of one stream: multipliers, counters and pooled statistics (all plain Python).
+    """State of one stream: multipliers, counters and pooled statistics.
 
     Parameters
     ----------
@@ -174,6 +311,9 @@ class PrimalDualStream:
         :func:`row_norms`).
     """
 
+    #: the primal point of a step is the output itself (:class:`DecisionStream`: thresholded)
+    THRESHOLD = None
+
     def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="exact", dual_init=None):
         if constraint.requires_y_true:
             raise ValueError(
@@ -185,28 +325,137 @@ class PrimalDualStream:
         self.eta0 = float(eta0)
         self.b_tau = int(b_tau)
         self.solver = solver
-        self.duals = {k: float(v) for k, v in (dual_init or {}).items()}
-        self.lambda_max = max(self.duals.values(), default=0.0)
+        dual_init = {k: float(v) for k, v in (dual_init or {}).items()}
+        self.lambda_max = max(dual_init.values(), default=0.0)
         self.n_steps = 0  # primal-dual steps taken
         self.size_squares = 0  # sum over the steps of n_t^2
         self.step_size = math.inf  # alpha_t of the last step (non-increasing)
         self.n_batches = 0
         self.n_samples = 0
-        self.row_sums = {}  # key -> sum_t n_t (G_t y_t)_k, h excluded
         self.batch_gap_sum = 0.0  # sum_t n_t * (the batch's own gap)
         self.batch_violation_sum = 0.0  # sum_t n_t * max(0, gap - epsilon)
-        self.atom_sums = {}  # combination of group codes -> [sum of outputs, count]
-        # (attribute, u, w) -> sum_t n_t * the reference mean of w compared with u, and sum_t n_t
-        self.reference_sums = {}
-        self.reference_uses = {}
+        self._load(dual_init, {}, {}, {}, {})
+
+    # The multipliers, the rows' sums and the pooled statistics of the reference pairs, the
+    # combinations of groups and the groups live in arrays (_Entries): a step reads and updates
+    # them by entry in compiled calls. duals, row_sums, reference_sums, reference_uses and
+    # atom_sums show them by key, and are what a stream stores (its arrays are not).
+    def _load(self, duals, row_sums, reference_sums, reference_uses, atom_sums):
+        """Start the arrays from the stored dicts, and the caches empty."""
+        self._box = Bounds.of(self.bounds).box
+        self._structures, self._compositions, self._cached_numbers = {}, {}, 0
+        self._row_entries = _Entries(duals=np.float64, has_dual=bool, sums=np.float64,
+                                     recorded=bool)
+        self._fill(self._row_entries, duals, "duals", "has_dual")
+        self._fill(self._row_entries, row_sums, "sums", "recorded")
+        # sum_t n_t * the reference mean of w compared with u, and sum_t n_t, by (a, u, w)
+        self._pair_entries = _Entries(sums=np.float64, uses=np.int64)
+        self._fill(self._pair_entries, reference_sums, "sums")
+        self._fill(self._pair_entries, reference_uses, "uses")
+        # the pooled sum of outputs and count of every combination of groups and of every
+        # group, and the combinations of each group (_group_members: the numbers of
+        # combinations and groups it was built for, then group_start and group_combinations of
+        # skfair._dual_step.record_outputs)
+        self._combination_entries = _Entries(total=np.float64, count=np.float64)
+        self._group_entries = _Entries(total=np.float64, count=np.float64)
+        self._group_members = (0, 0, np.zeros(1, dtype=np.int64), _NONE)
+        if atom_sums:
+            table = tuple(atom_sums)
+            totals, counts = (np.array(column, dtype=np.float64)
+                              for column in zip(*atom_sums.values()))
+            outputs = self._combinations(table, counts)
+            combinations = self._combination_entries.columns
+            combinations["total"][outputs.combinations] = totals
+            combinations["count"][outputs.combinations] = counts
+            groups = self._group_entries.columns
+            np.add.at(groups["count"], outputs.groups, counts[:, None])
+            pool_groups(outputs.touched, *self._group_members[2:], combinations["total"],
+                        groups["total"])
+
+    def _combinations(self, table, mass):
+        """The :class:`_Combinations` of a batch whose atoms ``table`` hold ``mass`` samples
+        (new combinations and groups get entries)."""
+        present = np.flatnonzero(mass)
+        codes = [table[j] for j in present.tolist()]
+        combinations = self._combination_entries.entries(codes)
+        groups = self._group_entries.entries(
+            [group for row in codes for group in enumerate(row)]).reshape(len(codes),
+                                                                          len(table[0]))
+        sizes = (len(self._combination_entries.keys), len(self._group_entries.keys))
+        if sizes != self._group_members[:2]:  # the combinations of every group, anew
+            members = [[] for _ in range(sizes[1])]
+            for c, row in enumerate(self._combination_entries.keys):
+                for g in self._group_entries.entries(list(enumerate(row))).tolist():
+                    members[g].append(c)
+            self._group_members = sizes + (
+                np.r_[0, np.cumsum([len(m) for m in members])].astype(np.int64),
+                np.array([c for m in members for c in m], dtype=np.int64))
+        return _Combinations(present, combinations, groups, np.unique(groups))
+
+    def _seen_groups(self):
+        """The groups with outputs in the stream, in the order their first combination was met:
+        the reference means the rows of a batch may compare with."""
+        combinations = self._combination_entries
+        seen = np.flatnonzero(combinations.columns["count"]).tolist()
+        return list(dict.fromkeys(group for c in seen for group in enumerate(
+            combinations.keys[c])))
+
+    @staticmethod
+    def _fill(entries, values, column, flag=None):
+        index = entries.entries(values)
+        entries.columns[column][index] = list(values.values())
+        if flag is not None:
+            entries.columns[flag][index] = True
+
+    @property
+    def duals(self):
+        """The multipliers by row key (those started from or stepped)."""
+        return dict(self._row_entries.items("duals", "has_dual"))
+
+    @property
+    def row_sums(self):
+        """``sum_t n_t (G_t y_t - h_t + epsilon)_k`` by row key ``k`` (the rows recorded)."""
+        return dict(self._row_entries.items("sums", "recorded"))
+
+    @property
+    def reference_sums(self):
+        """``sum_t n_t R_w`` by pair ``(a, u, w)`` (``u`` present, ``w`` absent, ``R_w`` the
+        running mean of ``w`` its rows used)."""
+        return dict(self._pair_entries.items("sums", "uses"))
+
+    @property
+    def atom_sums(self):
+        """``[sum of outputs, count]`` by combination of group codes (those streamed)."""
+        combinations = self._combination_entries
+        totals, counts = (combinations.columns[name].tolist() for name in ("total", "count"))
+        return {combinations.keys[i]: [totals[i], int(counts[i])]
+                for i in np.flatnonzero(combinations.columns["count"]).tolist()}
+
+    @property
+    def reference_uses(self):
+        """``sum_t n_t`` over the batches of the sums of :attr:`reference_sums`."""
+        return dict(self._pair_entries.items("uses", "uses"))
+
+    #: what a stream stores in another form (the arrays: as the dicts of the properties) or
+    #: computes anew when loaded (:meth:`_load`)
+    _NOT_STORED = ("_row_entries", "_pair_entries", "_combination_entries", "_group_entries",
+                   "_group_members", "_box", "_structures", "_compositions", "_cached_numbers")
 
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
     def __getstate__(self):
-        return _persistence.plain(self.__dict__)
+        state = {name: value for name, value in self.__dict__.items()
+                 if name not in self._NOT_STORED}
+        return _persistence.plain(dict(
+            state, duals=self.duals, row_sums=self.row_sums, reference_sums=self.reference_sums,
+            reference_uses=self.reference_uses, atom_sums=self.atom_sums))
 
     def __setstate__(self, state):
-        self.__dict__.update(_persistence.restored(state))
+        state = _persistence.restored(state)
+        stored = [state.pop(name) for name in ("duals", "row_sums", "reference_sums",
+                                                "reference_uses", "atom_sums")]
+        self.__dict__.update(state)
+        self._load(*stored)
 
     def step(self, z, groups):
         """Fair outputs of one batch: exact projection or one primal-dual step.
@@ -218,146 +467,122 @@ class PrimalDualStream:
         n = z.shape[0]
         if n == 0:
             return z.to(torch.float64).clone()
-        if not bool(torch.isfinite(z).all()):
+        z = z.to(torch.float64)
+        host_z = host_vector(z)
+        low, high = value_range(host_z)
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
-        z = z.to(torch.float64)
-        bounds = Bounds.of(self.bounds)
-        atoms = _rows.atoms(groups.cpu().numpy())
+        atoms = _rows.atoms(groups.numpy(force=True))
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
-            self._record(y, cs, atoms)
+            y_host = host_vector(y)
+            gap = 0.0
+            if cs.n_rows:
+                values = _row_values(y_host, cs) + self.epsilon
+                entries = self._row_entries.entries(cs.keys).tolist()  # may grow the arrays
+                sums, recorded = (self._row_entries.columns[name] for name in ("sums",
+                                                                               "recorded"))
+                for i, value in zip(entries, values.tolist()):
+                    sums[i] += n * value
+                    recorded[i] = True
+                gap = float(values.max())
+            self._record(y_host, atoms, gap)
             return y
-        references = self._reference_means()
-        cs = self._build(groups, references)
-        if cs.n_rows == 0:  # a step without rows: no multiplier to move
-            y = self._decide(bounds.clip(z))
+        step_rows = self._step_rows(groups, atoms)
+        if not step_rows.keys:  # a step without rows: no multiplier to move
+            y = self._decide(Bounds.of(self.bounds).clip(z))
             self.n_steps += 1
-            self._record(y, cs, atoms)
+            self._record(host_vector(y), atoms, 0.0)
             return y
-        return self._primal_dual(z, cs, atoms, references, bounds)
+        return device_tensor(self._primal_dual(host_z, step_rows, atoms), z.device)
 
-    def _primal_dual(self, z, cs, atoms, references, bounds):
-        """The primal-dual step of a batch shorter than ``b_tau`` with rows ``cs`` (its
-        ``atoms``, the ``references`` its rows compare with): its outputs; the state changes
-        only once the step is known to be finite."""
-        n = z.shape[0]
-        present = _present_groups(atoms)
-        # the small algebra of the m rows in numpy (a few microseconds, not tens with torch)
-        gram = _gram(cs)
-        scale = self._row_scales(np.diag(gram).copy(), cs.keys, present, references)
-        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-        lam = np.array([self.duals.get(k, 0.0) for k in cs.keys], dtype=np.float64)
-        # the primal step and the rows' values by the compiled passes on the host (a stream's
-        # batches are small: tensor operations would cost more to dispatch than to compute)
-        primal = np.empty(n)
-        clip_shift(host_vector(z), cs.host_atom, atom_shift(cs.host_rows, lam * inverse),
-                   cs.host_weight, *bounds.box, primal)
-        y = self._decide(torch.from_numpy(primal).to(z.device))
-        violation = row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
-        # alpha_t = eta0 / sqrt(sum_s n_s^2), capped by this batch's stable limit, and no larger
-        # than the previous step's: the bound needs a non-increasing sequence
+    def _primal_dual(self, z, step_rows, atoms):
+        """The primal-dual step of a batch ``z`` (a float64 numpy array) shorter than ``b_tau``
+        with rows ``step_rows`` (its ``atoms``): its outputs; the state changes only once the
+        step is known to be finite."""
+        n = z.size
         size_squares = self.size_squares + n * n
-        step_size = min(self.step_size, self.eta0 / math.sqrt(size_squares))
-        gain = _response(gram, inverse, (lam > 0) | (violation > 0))
-        if gain > 0:
-            step_size = min(step_size, MAX_GAIN / (n * gain))
-        lam = np.maximum(lam + step_size * n * violation, 0.0)
-        if not np.isfinite(lam).all():  # float64 overflow
+        y = np.empty(n)
+        rows, groups, pairs = (entries.columns for entries in (
+            self._row_entries, self._group_entries, self._pair_entries))
+        s = step_rows
+        step_size, largest, gap = dual_step(
+            z, atoms[0] if s.atom is None else s.atom, s.weight, s.rows, s.h, s.norms, s.gram,
+            s.index, s.reference_rows, s.reference_signs, s.reference_groups, s.scaled_rows,
+            s.scaled_present, s.scaled_absent, s.pairs, s.pair_groups, *self._box,
+            math.nan if self.THRESHOLD is None else self.THRESHOLD, n, float(size_squares),
+            self.eta0, self.step_size, MAX_GAIN, self.epsilon, rows["duals"],
+            rows["has_dual"], rows["sums"], rows["recorded"], groups["total"], groups["count"],
+            pairs["sums"], pairs["uses"], y)
+        if not math.isfinite(largest):  # float64 overflow (nothing written)
             raise ValueError("The stream's multipliers would overflow; its state is unchanged.")
-        # the step is taken: the state changes from here on
+        # the step is taken (multipliers and sums are written): the rest of the state
         self.n_steps += 1
         self.size_squares = size_squares
         self.step_size = step_size
-        values = lam.tolist()
-        for key, value in zip(cs.keys, values):
-            self.duals[key] = value
-        self.lambda_max = max(self.lambda_max, max(values))
-        self._record_references(cs.keys, references, present, n)
-        self._record(y, cs, atoms)
+        self.lambda_max = max(self.lambda_max, largest)
+        self._record(y, atoms, gap, step_rows.outputs)
         return y
 
-    def _build(self, groups, references):
-        """The rows of a primal-dual step's batch: a group-mean constraint's compare the groups
-        present with the ``references`` (running means) of those absent."""
-        if references is None:
-            return self.constraint.build(groups, epsilon=self.epsilon)
-        return _rows.group_mean_set(self.constraint, groups, epsilon=self.epsilon,
-                                    reference_means=references)
+    def _step_rows(self, groups, atoms):
+        """The :class:`_StepRows` of a primal-dual step's batch (``groups``, its ``atoms``). A
+        group-mean constraint's compare the groups present with the running means of those
+        absent: their structure depends on which atoms have samples only, and is kept by it."""
+        if not isinstance(self.constraint, _rows.GroupMeanLayout):
+            cs = self.constraint.build(groups, epsilon=self.epsilon)
+            gram, keys = _gram(cs), tuple(cs.keys)
+            return _StepRows(cs.host_rows, cs.host_atom, cs.host_weight, cs.host_h, keys, gram,
+                             gram.diagonal().copy(), self._row_entries.entries(keys))
+        _, table, mass = atoms
+        key = (table, mass.tobytes())
+        step_rows = self._compositions.get(key)
+        if step_rows is None:
+            pattern = (table, (mass > 0).tobytes())
+            structure = self._structures.get(pattern)
+            if structure is None:
+                if len(self._structures) >= MAX_STRUCTURES:
+                    self._structures.clear()
+                structure = self._structures[pattern] = _GroupMeanRows(self, table, mass)
+            step_rows = structure.at(mass)
+            self._cached_numbers += step_rows.gram.size
+            if self._cached_numbers > MAX_CACHED_NUMBERS:
+                self._compositions.clear()
+                self._cached_numbers = step_rows.gram.size
+            self._compositions[key] = step_rows
+        return step_rows
 
     def _exact(self, z, cs, groups):
         """The outputs of a batch of at least ``b_tau`` rows: its exact projection."""
         return project(z, cs, self.bounds, self.solver)[0]
 
     def _decide(self, y):
-        """The outputs of a primal-dual step from its primal point ``y``: ``y`` itself."""
-        return y
+        """The outputs of a primal-dual step from its primal point ``y`` (a tensor)."""
+        return y if self.THRESHOLD is None else (y > self.THRESHOLD).to(torch.float64)
 
-    def _row_scales(self, norms, keys, present, references):
-        """The divisor of each row's multiplier in the primal step: ``||g_k||^2``; for a row
-        that compares a present group ``u`` with the reference mean of an absent group ``w``,
-        ``||g_k||^2 (1 + N_u / N_w)`` with the pooled counts, so that ``u`` moves by
-        ``lam N_w / (N_u + N_w)``: its share of the reduction had ``w`` been in the batch in its
-        pooled proportion, as in a batch of both groups."""
-        if not references:
-            return norms
-        counts = self._group_stats()[1]
-        for r, (a, u, v, *_) in enumerate(keys):
-            if u in present[a] and v not in present[a]:
-                norms[r] *= 1.0 + counts.get((a, u), 0) / counts[(a, v)]
-            elif v in present[a] and u not in present[a]:
-                norms[r] *= 1.0 + counts.get((a, v), 0) / counts[(a, u)]
-        return norms
-
-    def _group_stats(self):
-        """Pooled mean and count of every (attribute, group) over all outputs streamed so far."""
-        sums = {}
-        for codes, (total, count) in self.atom_sums.items():
-            for a, g in enumerate(codes):
-                acc = sums.setdefault((a, g), [0.0, 0])
-                acc[0] += total
-                acc[1] += count
-        return ({key: total / count for key, (total, count) in sums.items()},
-                {key: count for key, (_, count) in sums.items()})
-
-    def _reference_means(self):
-        if not isinstance(self.constraint, _rows.GroupMeanLayout):
-            return None
-        return {(a, g, None): mean for (a, g), mean in self._group_stats()[0].items()}
-
-    def _record_references(self, keys, references, present, n):
-        """Per pair ``(u, w)``, ``u`` present and ``w`` absent, add ``n`` times the reference
-        mean of ``w`` the batch's rows used (and ``n`` to its weight)."""
-        if not references:
-            return
-        for a, u, w, *_ in keys:
-            if u in present[a] and w not in present[a]:
-                pair = (a, u, w)
-                self.reference_sums[pair] = (self.reference_sums.get(pair, 0.0)
-                                             + n * references[(a, w, None)])
-                self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
-
-    def _record(self, y, cs, atoms):
-        n = y.shape[0]
+    def _record(self, y, atoms, gap, outputs=None):
+        """Add a batch's outputs ``y`` (a float64 numpy array; its ``atoms``) and its ``gap``
+        (its rows' largest value) to the stream's statistics; ``outputs`` are its
+        :class:`_Combinations` (None: to be found)."""
+        n = y.size
         self.n_batches += 1
         self.n_samples += n
-        values = []
-        if cs.n_rows:  # from the factored rows: a parity constraint has k (k - 1) of them
-            values = (row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
-                      + self.epsilon).tolist()
-        for key, value in zip(cs.keys, values):
-            self.row_sums[key] = self.row_sums.get(key, 0.0) + n * value
-        gap = max(values, default=0.0)
         self.batch_gap_sum += n * gap
         self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
-        atom, table, counts = atoms
-        sums = np.bincount(atom, weights=host_vector(y.to(torch.float64)), minlength=len(table))
-        for codes, total, count in zip(table, sums.tolist(), counts.tolist()):
-            if count:
-                acc = self.atom_sums.setdefault(codes, [0.0, 0])
-                acc[0] += total
-                acc[1] += int(count)
+        atom, table, mass = atoms
+        if outputs is None:
+            outputs = self._combinations(table, mass)
+        combinations, groups = (entries.columns for entries in (self._combination_entries,
+                                                                 self._group_entries))
+        if record_outputs(y, atom, len(table), outputs.present, outputs.combinations,
+                          outputs.groups, outputs.touched, combinations["total"],
+                          combinations["count"], groups["total"], groups["count"],
+                          *self._group_members[2:]):
+            # new groups: new reference rows for every composition
+            self._structures.clear()
+            self._compositions.clear()
+            self._cached_numbers = 0
 
     def _pooled_gaps(self):
         """Per attribute, the constraint's gap on all streamed outputs pooled.
@@ -365,10 +590,11 @@ class PrimalDualStream:
         Each combination of groups stands for its streamed rows by its mean with their count as
         weight, which leaves every weighted group mean, hence the gap, unchanged.
         """
-        if not self.atom_sums:
+        atom_sums = self.atom_sums
+        if not atom_sums:
             return {}
-        table = torch.tensor(list(self.atom_sums), dtype=torch.long)
-        totals, counts = zip(*self.atom_sums.values())
+        table = torch.tensor(list(atom_sums), dtype=torch.long)
+        totals, counts = zip(*atom_sums.values())
         counts = torch.tensor(counts, dtype=torch.float64)
         means = torch.tensor(totals, dtype=torch.float64) / counts
         return {a: constraint_gap(self.constraint, means, table[:, [a]], sample_weight=counts)
@@ -377,15 +603,17 @@ class PrimalDualStream:
     def stats(self):
         """Summary of the stream; see the module docstring for the guarantee."""
         N = max(self.n_samples, 1)
-        row_avg = {k: s / N for k, s in self.row_sums.items()}
         per_attribute = self._pooled_gaps()
-        means = self._group_stats()[0]
         drift = 0.0
+        uses, groups = self.reference_uses, self._group_entries
+        pooled, counts = (groups.columns[name].tolist() for name in ("total", "count"))
         for (a, u, w), total in self.reference_sums.items():
-            drift = max(drift, abs(total / self.reference_uses[(a, u, w)] - means[(a, w)]))
+            i = groups.index[(a, w)]
+            drift = max(drift, abs(total / uses[(a, u, w)] - pooled[i] / counts[i]))
         bound = self.lambda_max / (self.step_size * N)  # 0 before the first step (alpha = inf)
         return {
-            "weighted_avg_fairness_gap": max(row_avg.values(), default=0.0),
+            "weighted_avg_fairness_gap": max((s / N for s in self.row_sums.values()),
+                                             default=0.0),
             "bound": bound,
             "epsilon": self.epsilon,
             "mean_batch_gap": self.batch_gap_sum / N,
@@ -438,15 +666,3 @@ class DecisionStream(PrimalDualStream):
                              ratio=getattr(self.constraint, "ratio", None))
         return torch.as_tensor(labels, dtype=torch.float64, device=z.device)
 
-    def _decide(self, y):
-        return (y > self.THRESHOLD).to(torch.float64)
-
-
-def _response(gram, inverse, active):
-    """Infinity norm of ``M = G G^T diag(inverse)`` restricted to the ``active`` rows (a
-    positive multiplier or a violation): how much those rows' values change per unit change of
-    their multipliers in the primal step, when no output is clipped."""
-    if not active.any():
-        return 0.0
-    block = np.abs(gram[np.ix_(active, active)])
-    return float((block * inverse[active][None, :]).sum(axis=1).max())

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skfair._streaming import DEFAULT_ETA0, DecisionStream, PrimalDualStream
-from skfair.constraints import constraint_gap, get_constraint
+from skfair.constraints import AffineConstraint, constraint_gap, get_constraint
 
 EPS = 0.05
 
@@ -351,6 +351,21 @@ def test_non_finite_outputs_raise_before_the_state_changes(bad):
     assert bool(torch.isfinite(y).all()) and stream.stats()["n_batches"] == 31
 
 
+def test_multipliers_that_would_overflow_raise_before_the_state_changes():
+    """Finite outputs far apart (bounds None) make a row's value overflow to infinity: the
+    step raises and leaves every multiplier, sum and counter as it was."""
+    rng = np.random.default_rng(9)
+    stream = PrimalDualStream(get_constraint("demographic_parity"), EPS, None, DEFAULT_ETA0, 100)
+    for _ in range(30):
+        stream.step(*biased_batch(rng, int(rng.integers(1, 9)), 0.5))
+    state, duals = pickle.dumps(stream), stream.duals
+    with pytest.raises(ValueError, match="overflow"):
+        stream.step(torch.tensor([1e308, -1e308], dtype=torch.float64), torch.tensor([[1], [0]]))
+    assert pickle.dumps(stream) == state and stream.duals == duals
+    y = stream.step(*biased_batch(rng, 4, 0.5))  # the stream goes on
+    assert bool(torch.isfinite(y).all()) and stream.stats()["n_batches"] == 31
+
+
 def test_reference_drift_is_reported():
     """Single rows; group 0's scores rise along the stream, so the running means group 1 is
     compared with lag behind group 0's final pooled mean: that lag is the drift term."""
@@ -559,3 +574,227 @@ def test_random_decision_streams_meet_the_bound(seed, b_tau, n_batches, n_attrib
                        default=0.0)
         assert weighted == pytest.approx(stats["weighted_avg_fairness_gap"], abs=1e-12)
         assert weighted <= EPS + stats["bound"] + 1e-12
+
+
+# --- the step's cached, compiled bookkeeping against a plain reference --------------------------
+
+class _PlainStream:
+    """The primal-dual stream written plainly: every batch rebuilds its rows (with the running
+    means of the absent groups), pools the group statistics from scratch and computes the step
+    with numpy; ``threshold`` set, it is the decision stream. :class:`PrimalDualStream` must
+    reproduce its outputs, multipliers and statistics."""
+
+    def __init__(self, constraint, epsilon, bounds, eta0, b_tau, dual_init=None,
+                 threshold=None):
+        self.constraint, self.epsilon, self.bounds = constraint, epsilon, bounds
+        self.eta0, self.b_tau, self.threshold = eta0, b_tau, threshold
+        self.duals = dict(dual_init or {})
+        self.lambda_max = max(self.duals.values(), default=0.0)
+        self.n_steps = self.size_squares = self.n_batches = self.n_samples = 0
+        self.step_size = math.inf
+        self.batch_gap_sum = self.batch_violation_sum = 0.0
+        self.row_sums, self.atom_sums, self.reference_sums, self.reference_uses = {}, {}, {}, {}
+
+    def step(self, z, groups):
+        from skfair import _rows
+        from skfair._bounds import Bounds
+        from skfair._kernels import atom_shift, clip_shift, row_gram
+        from skfair._streaming import MAX_GAIN
+        from skfair.decisions import fair_labels
+        from skfair.layer import project
+
+        n = len(z)
+        z = z.to(torch.float64)
+        codes = groups.numpy()
+        atoms = _rows.atoms(codes)
+        if n >= self.b_tau:
+            cs = self.constraint.build(groups, epsilon=self.epsilon)
+            if self.threshold is None:
+                y = project(z, cs, self.bounds)[0].numpy()
+            else:
+                y = fair_labels(z.numpy(), codes, self.epsilon,
+                                ratio=getattr(self.constraint, "ratio", None)).astype(float)
+            self._record(y, cs, atoms)
+            return y
+        means, counts = self._group_stats()
+        grouped = isinstance(self.constraint, _rows.GroupMeanLayout)
+        if grouped:
+            cs = _rows.group_mean_set(self.constraint, groups, epsilon=self.epsilon,
+                                      reference_means={(a, g, None): mean
+                                                       for (a, g), mean in means.items()})
+        else:
+            cs = self.constraint.build(groups, epsilon=self.epsilon)
+        if cs.n_rows == 0:
+            y = self._decide(np.clip(z.numpy(), *Bounds.of(self.bounds).box))
+            self.n_steps += 1
+            self._record(y, cs, atoms)
+            return y
+        present = [set(column) for column in zip(*(row for row, count in
+                                                   zip(atoms[1], atoms[2]) if count))]
+        keys = list(cs.keys)
+        gram = row_gram(cs.host_rows, cs.square_mass, np.arange(cs.n_rows))
+        scale = np.diag(gram).copy()
+        if grouped and means:
+            for r, (a, u, v, *_) in enumerate(keys):
+                if u in present[a] and v not in present[a]:
+                    scale[r] *= 1.0 + counts.get((a, u), 0) / counts[(a, v)]
+                elif v in present[a] and u not in present[a]:
+                    scale[r] *= 1.0 + counts.get((a, v), 0) / counts[(a, u)]
+        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+        lam = np.array([self.duals.get(k, 0.0) for k in keys])
+        y = np.empty(n)
+        clip_shift(z.numpy(), cs.host_atom, atom_shift(cs.host_rows, lam * inverse),
+                   cs.host_weight, *Bounds.of(self.bounds).box, y)
+        y = self._decide(y)
+        violation = self._values(y, cs)
+        size_squares = self.size_squares + n * n
+        step_size = min(self.step_size, self.eta0 / math.sqrt(size_squares))
+        active = (lam > 0) | (violation > 0)
+        if active.any():
+            block = np.abs(gram[np.ix_(active, active)]) * inverse[active][None, :]
+            step_size = min(step_size, MAX_GAIN / (n * block.sum(axis=1).max()))
+        lam = np.maximum(lam + step_size * n * violation, 0.0)
+        self.n_steps += 1
+        self.size_squares, self.step_size = size_squares, step_size
+        self.duals.update(zip(keys, lam.tolist()))
+        self.lambda_max = max(self.lambda_max, lam.max())
+        for a, u, w, *_ in keys if grouped and means else ():
+            if u in present[a] and w not in present[a]:
+                pair = (a, u, w)
+                self.reference_sums[pair] = self.reference_sums.get(pair, 0.0) + n * means[(a, w)]
+                self.reference_uses[pair] = self.reference_uses.get(pair, 0) + n
+        self._record(y, cs, atoms)
+        return y
+
+    def _decide(self, y):
+        return y if self.threshold is None else (y > self.threshold).astype(float)
+
+    @staticmethod
+    def _values(y, cs):
+        from skfair._kernels import row_values
+
+        weight = cs.host_weight
+        sums = np.bincount(cs.host_atom, weights=y * weight if weight.size else y,
+                           minlength=cs.n_atoms)
+        return row_values(cs.host_rows, sums, cs.host_h)
+
+    def _group_stats(self):
+        sums = {}
+        for codes, (total, count) in self.atom_sums.items():
+            for a, g in enumerate(codes):
+                acc = sums.setdefault((a, g), [0.0, 0])
+                acc[0] += total
+                acc[1] += count
+        return ({k: total / count for k, (total, count) in sums.items()},
+                {k: count for k, (_, count) in sums.items()})
+
+    def _record(self, y, cs, atoms):
+        n = len(y)
+        self.n_batches += 1
+        self.n_samples += n
+        values = (self._values(y, cs) + self.epsilon).tolist() if cs.n_rows else []
+        for key, value in zip(cs.keys, values):
+            self.row_sums[key] = self.row_sums.get(key, 0.0) + n * value
+        gap = max(values, default=0.0)
+        self.batch_gap_sum += n * gap
+        self.batch_violation_sum += n * max(0.0, gap - self.epsilon)
+        atom, table, counts = atoms
+        sums = np.bincount(atom, weights=y, minlength=len(table))
+        for codes, total, count in zip(table, sums.tolist(), counts.tolist()):
+            if count:
+                acc = self.atom_sums.setdefault(codes, [0.0, 0])
+                acc[0] += total
+                acc[1] += int(count)
+
+    def stats(self):
+        N = max(self.n_samples, 1)
+        means = self._group_stats()[0]
+        drift = max((abs(total / self.reference_uses[pair] - means[(pair[0], pair[2])])
+                     for pair, total in self.reference_sums.items()), default=0.0)
+        table = torch.tensor(list(self.atom_sums), dtype=torch.long)
+        totals, counts = (torch.tensor(c, dtype=torch.float64)
+                          for c in zip(*self.atom_sums.values()))
+        gaps = {a: constraint_gap(self.constraint, totals / counts, table[:, [a]],
+                                  sample_weight=counts) for a in range(table.shape[1])}
+        return {
+            "weighted_avg_fairness_gap": max(s / N for s in self.row_sums.values()),
+            "bound": self.lambda_max / (self.step_size * N),
+            "epsilon": self.epsilon,
+            "mean_batch_gap": self.batch_gap_sum / N,
+            "mean_batch_violation": self.batch_violation_sum / N,
+            "pooled_fairness_gap": max(gaps.values()),
+            "per_attribute_gaps": gaps,
+            "reference_drift": drift,
+            "n_batches": self.n_batches,
+            "n_steps": self.n_steps,
+            "n_samples": self.n_samples,
+            "lambda_max": self.lambda_max,
+        }
+
+
+class _FirstAttributeParity(AffineConstraint):
+    """A custom (dense) constraint: the two groups of attribute 0 have means within epsilon."""
+
+    def rows(self, groups, *, epsilon, y_true=None, sample_weight=None):
+        one = (groups[:, 0] == 1).to(torch.float64)
+        if not 0 < float(one.sum()) < len(one):
+            return torch.zeros((0, len(one)), dtype=torch.float64), torch.zeros(0)
+        G = one / one.sum() - (1 - one) / (1 - one).sum()
+        return torch.stack([G, -G]), torch.full((2,), float(epsilon), dtype=torch.float64)
+
+
+def _close(actual, expected):
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            _close(actual[key], expected[key])
+    else:
+        np.testing.assert_allclose(np.asarray(actual, dtype=float),
+                                   np.asarray(expected, dtype=float), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("constraint", ["demographic_parity", "disparate_impact", "custom"])
+@pytest.mark.parametrize("bounds, decisions", [((0.0, 1.0), False), (None, False),
+                                               ((0.0, 1.0), True)])
+def test_step_reproduces_the_plain_algorithm_on_a_long_stream(constraint, bounds, decisions):
+    """Batches of 1 to b_tau - 1 rows (and a few projected exactly) over three attributes whose
+    groups appear one after another, some rarely; a large eta0 now and then lets the stability
+    cap bind; the state goes through pickle midway. Outputs, multipliers and every statistic
+    equal those of :class:`_PlainStream`."""
+    b_tau, epsilon = 12, 0.02
+    constraint = (_FirstAttributeParity() if constraint == "custom"
+                  else get_constraint(constraint))
+    rng = np.random.default_rng(11)
+    eta0 = 3.0 if constraint.__class__.__name__ == "DemographicParity" else DEFAULT_ETA0
+    dual_init = {(0, 1, 0, None): 0.05, (1, 2, 0, None): 0.01} if not decisions else None
+    if decisions:
+        stream = DecisionStream(constraint, epsilon, eta0, b_tau)
+        plain = _PlainStream(constraint, epsilon, (0.0, 1.0), eta0, b_tau,
+                             threshold=DecisionStream.THRESHOLD)
+    else:
+        stream = PrimalDualStream(constraint, epsilon, bounds, eta0, b_tau, dual_init=dual_init)
+        plain = _PlainStream(constraint, epsilon, bounds, eta0, b_tau, dual_init=dual_init)
+    n_groups = np.array([2, 4, 3])
+    for t in range(600):
+        n = int(rng.integers(b_tau, 2 * b_tau)) if t % 97 == 50 else int(
+            rng.choice([1, 1, 2, 3, 5, 8, b_tau - 1]))
+        # group g of an attribute appears from batch 40 g on, the last one rarely
+        reach = np.minimum(n_groups, 1 + t // 40)
+        share = [np.r_[np.ones(k - 1), 0.1][:k] for k in reach]
+        groups = np.stack([rng.choice(k, size=n, p=p / p.sum()) for k, p in zip(reach, share)],
+                          axis=1)
+        z = 0.4 + 0.2 * groups[:, 0] - 0.1 * groups[:, 1] + 0.15 * rng.standard_normal(n)
+        low, high = (0.0, 1.0) if decisions else (-0.2, 1.2)
+        z = torch.as_tensor(z if bounds is None else np.clip(z, low, high))
+        groups = torch.as_tensor(groups)
+        if t == 300:
+            stream = pickle.loads(pickle.dumps(stream))
+        y, expected = stream.step(z, groups), plain.step(z, groups)
+        assert y.dtype == torch.float64
+        _close(y.numpy(), expected)
+    assert stream.stats()["n_steps"] > 500 and stream.stats()["lambda_max"] > 0
+    _close(stream.stats(), plain.stats())
+    for name in ("duals", "row_sums", "reference_sums", "reference_uses"):
+        _close(getattr(stream, name), getattr(plain, name))
+    _close({k: tuple(v) for k, v in stream.atom_sums.items()},
+           {k: tuple(v) for k, v in plain.atom_sums.items()})
