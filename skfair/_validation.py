@@ -311,9 +311,11 @@ class InputSplitter:
         return [tuple(run) for run in runs], converted, protected_at
 
     def _check_features(self, rest):
-        peak = _peaks(rest)
-        if peak.max(initial=0.0) < FLOAT32_OVERFLOW:  # (False where a peak is NaN)
+        # X's extremes first, then its columns' (to name them) only when one is out of range
+        # or NaN (which fails every comparison)
+        if -FLOAT32_OVERFLOW < rest.min(initial=0.0) and rest.max(initial=0.0) < FLOAT32_OVERFLOW:
             return
+        peak = _peaks(rest)
         if not np.isfinite(peak).all():
             problem = "NaN" if np.isnan(peak).any() else "infinity"
             raise ValueError(f"Input X contains {problem} in a column that is not protected.")
@@ -327,14 +329,14 @@ class InputSplitter:
 
     def _inputs(self, rest, codes):
         """The network's inputs: ``rest`` with the protected attributes' encoding written into
-        its spare columns (those :meth:`transform` left), or appended to it."""
+        its spare columns (those :meth:`transform` left), or appended to it; and ``codes`` (a
+        numpy array) as a LongTensor."""
         n_rest = len(self.feature_indices)
         if rest.shape[1] > n_rest:
             rest[:, n_rest:] = self.one_hot(codes)
-            return rest, codes
-        if self.exclude_protected:
-            return rest, codes
-        return np.hstack([rest, self.one_hot(codes)]), codes
+        elif not self.exclude_protected:
+            rest = np.hstack([rest, self.one_hot(codes)])
+        return rest, torch.from_numpy(codes)
 
     def one_hot(self, codes):
         """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot;
@@ -372,7 +374,7 @@ def _warn_about_groups(encoder, codes):
             warn(f"protected attribute {name!r} has {len(categories)} distinct values, each a "
                  f"group; if it is numeric, bin it first (e.g. with pandas.cut).", UserWarning)
             continue
-        counts = np.bincount(codes[:, j].numpy(), minlength=len(categories))
+        counts = np.bincount(codes[:, j], minlength=len(categories))
         # (a group known but absent, as partial_fit's first chunk may have, is not rare)
         rare = np.flatnonzero((counts > 0) & (counts < SMALL_GROUP))
         small = [f"{categories[k]!r} ({counts[k]})" for k in rare]
@@ -484,20 +486,21 @@ class GroupEncoder:
         (``"new_group"``) takes the code ``len(categories)`` of its attribute, with one warning
         per call naming the attributes and their unseen values.
         """
-        return self.transform_columns(list(_as_objects(columns, len(self.names)).T),
-                                      handle_unknown)
+        return torch.from_numpy(self.transform_columns(
+            list(_as_objects(columns, len(self.names)).T), handle_unknown))
 
     def transform_columns(self, columns, handle_unknown="error"):
         """:meth:`transform` of a 1-D column per attribute, numpy or pandas arrays as X held
-        them: a categorical column is coded from its categories, without converting its
-        values, and any other with more than ``SMALL_FRAME`` rows from its distinct values."""
+        them, as a numpy array: a categorical column is coded from its categories, without
+        converting its values, and any other with more than ``SMALL_FRAME`` rows from its
+        distinct values."""
         found = [self._value_codes(j, column) for j, column in enumerate(columns)]
         codes = np.empty((len(columns[0]), len(self.names)), dtype=np.int64)
         for j, (positions, _, value_codes) in enumerate(found):
             codes[:, j] = value_codes[:-1] if positions is None else value_codes[positions]
         if codes.min(initial=0) < 0:
             self._code_unseen(codes, found, handle_unknown)
-        return torch.from_numpy(codes)
+        return codes
 
     def _value_codes(self, j, column):
         """``(positions, values, value_codes)`` of attribute ``j``'s column: the column as
@@ -509,10 +512,12 @@ class GroupEncoder:
             if cache is None:
                 cache = self._category_cache = [None] * len(self.names)
             # the frames of a stream share their columns' dtype: its codes are looked up once
-            if cache[j] is None or cache[j][0] is not column.dtype:
+            dtype, values, value_codes = cache[j] or (None, None, None)
+            if dtype is not column.dtype:
                 values = np.asarray(column.categories, dtype=object)
-                cache[j] = (column.dtype, values, self._lookup(j, values))
-            return column.codes, cache[j][1], cache[j][2]
+                value_codes = self._lookup(j, values)
+                cache[j] = (column.dtype, values, value_codes)
+            return column.codes, values, value_codes
         if len(column) > SMALL_FRAME:
             positions, distinct = pd.factorize(column)
             values = np.asarray(distinct, dtype=object)

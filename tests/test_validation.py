@@ -596,3 +596,4 @@ def test_network_outputs_whose_check_overflows_are_counted_not_refused(monkeypat
     monkeypatch.setattr(reg, "_output", some_infinite)
     with pytest.raises(ValueError, match="NaN or infinite for 3 of the 100 rows"):
         reg._network_outputs(features)
+
