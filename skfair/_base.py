@@ -186,11 +186,11 @@ class BaseFairNeural(BaseEstimator):
                                             self.n_features_in_, known_groups)
 
     def _has_fitted_columns(self, X):
-        """Whether X has the columns of fit as sklearn's check would find it, checked directly
-        (it costs most of a millisecond per batch of a stream): a DataFrame with the column
-        names of fit (compared as lists, or the very Index found equal before: pandas'
-        element-wise comparison costs tens of microseconds), or an array of as many columns
-        after an array."""
+        """Whether sklearn's check of X's columns would pass, found directly (that check
+        costs most of a millisecond per batch of a stream): a DataFrame with the column names
+        of fit (compared as lists, or the very Index found equal before: pandas' element-wise
+        comparison costs tens of microseconds), or, after an array, an array of as many
+        columns."""
         names = getattr(self, "feature_names_in_", None)
         if isinstance(X, pd.DataFrame) and names is not None:
             return self.splitter_.has_columns(X.columns)

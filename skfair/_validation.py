@@ -253,8 +253,9 @@ class InputSplitter:
     def _split_frame(self, X, room):
         """:meth:`split` of a DataFrame, from its blocks.
 
-        pandas holds a frame's columns in blocks, a 2-D array of columns of one dtype each: a
-        numeric block's columns go run by run of adjacent columns straight from it (a view)
+        pandas holds a frame's columns in blocks, a 2-D array of columns of one dtype each
+        (``X._mgr.blocks``, internal but the same from pandas 2 to 3): a numeric block's
+        columns go run by run of adjacent columns straight from it (a view)
         into the float64 array, without a temporary copy and, on a frame of one row (a
         stream's), without pandas' indexing, whose fixed cost exceeds the conversion. The
         plan of these copies depends only on which columns each block holds: it is made once
