@@ -89,8 +89,9 @@ def prediction_table(sizes):
         positional.fit(array[:10_000], y)
         features, _ = fair._validate_X(X, reset=False)
 
-        def forward():  # as prediction runs it (in chunks), from validated features
-            fair._network_outputs(features)
+        def forward():  # as prediction runs it (in chunks, its threads), from validated features
+            with fair._torch_threads():
+                fair._network_outputs(features)
 
         matrix = numeric.to_numpy(dtype=np.float64)
         repeats = SMALL_REPEATS if size <= 10_000 else 3
