@@ -176,12 +176,7 @@ class BaseFairNeural(BaseEstimator):
                           getattr(self, "feature_names_in_", None))
             return features, None
         check_dense_2d(X)
-        names = getattr(self, "feature_names_in_", None)
-        # Same column names as in fit is what sklearn's check would accept; comparing them
-        # directly (as lists: pandas' element-wise comparison costs tens of microseconds)
-        # saves most of a millisecond per batch of a stream.
-        if not (not reset and isinstance(X, pd.DataFrame) and names is not None
-                and X.columns.tolist() == names.tolist()):
+        if reset or not self._has_fitted_columns(X):
             validate_data(self, X, reset=reset, skip_check_array=True)
         if not reset:
             return self.splitter_.transform(X, handle_unknown)
@@ -189,6 +184,17 @@ class BaseFairNeural(BaseEstimator):
                                        self.intersectional)
         return self.splitter_.fit_transform(X, getattr(self, "feature_names_in_", None),
                                             self.n_features_in_, known_groups)
+
+    def _has_fitted_columns(self, X):
+        """Whether sklearn's check of X's columns would pass, found directly (that check
+        costs most of a millisecond per batch of a stream): a DataFrame with the column names
+        of fit (compared as lists, or the very Index found equal before: pandas' element-wise
+        comparison costs tens of microseconds), or, after an array, an array of as many
+        columns."""
+        names = getattr(self, "feature_names_in_", None)
+        if isinstance(X, pd.DataFrame) and names is not None:
+            return self.splitter_.has_columns(X.columns)
+        return names is None and isinstance(X, np.ndarray) and X.shape[1] == self.n_features_in_
 
     @property
     def group_encoder_(self) -> GroupEncoder:
@@ -491,7 +497,8 @@ class BaseFairNeural(BaseEstimator):
     # Inference
     def _raw_outputs(self, X):
         """Validated X -> (float64 outputs before the layer, group codes)."""
-        check_is_fitted(self)
+        if not hasattr(self, "module_"):  # sklearn's check costs more than the network
+            check_is_fitted(self)
         features, codes = self._validate_X(X, reset=False, handle_unknown=self.handle_unknown)
         with self._torch_threads():
             out = self._network_outputs(features)
@@ -526,20 +533,22 @@ class BaseFairNeural(BaseEstimator):
         with torch.no_grad():
             if self.module_.training:  # switching walks every submodule: not per stream batch
                 self.module_.eval()
-            raw = torch.cat([
-                outputs(self.module_, torch.tensor(features[start:start + NETWORK_CHUNK],
-                                                   dtype=torch.float32, device=device))
-                for start in range(0, max(len(features), 1), NETWORK_CHUNK)])
-            out = self._output(raw.double())
+            chunks = [outputs(self.module_, torch.from_numpy(
+                features[start:start + NETWORK_CHUNK].astype(np.float32)).to(device))
+                for start in range(0, max(len(features), 1), NETWORK_CHUNK)]
+            raw = (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).double()
+            out = self._output(raw)
             # The raw outputs too: the classifier's sigmoid maps an infinite logit to 0 or 1.
-            finite = torch.isfinite(raw) & torch.isfinite(out)
-            if not bool(finite.all()):
-                bad = len(out) - int(finite.sum())
-                raise ValueError(
-                    f"The network's outputs are NaN or infinite for {bad} of the {len(out)} "
-                    f"rows of X: its weights or these inputs overflow. Check X's scale, or refit "
-                    f"(e.g. with a smaller learning_rate)."
-                )
+            # Their dot product, one operation, is finite unless one of them is not (or it
+            # overflows: then they are counted).
+            if not math.isfinite(raw.dot(out)):
+                bad = len(out) - int((torch.isfinite(raw) & torch.isfinite(out)).sum())
+                if bad:
+                    raise ValueError(
+                        f"The network's outputs are NaN or infinite for {bad} of the "
+                        f"{len(out)} rows of X: its weights or these inputs overflow. Check X's "
+                        f"scale, or refit (e.g. with a smaller learning_rate)."
+                    )
         return out
 
     def _clip(self, out):

@@ -24,9 +24,11 @@ from ._warnings import warn
 from .constraints import intersect_groups
 
 
-#: DataFrames of at most this many rows are split through one object array (see split_columns)
-SMALL_FRAME = 32
-#: columns converted at once by split_columns (its temporary is this many columns of X)
+#: batches of at most this many rows have their protected values looked up one by one in a
+#: dict (cheaper than pandas.factorize at that size; see GroupEncoder.transform_columns)
+SMALL_FRAME = 64
+#: columns converted at once through pandas or Python objects (the temporary is this many
+#: columns of X; see InputSplitter.split)
 COLUMN_BLOCK = 16
 #: the smallest float64 magnitude that rounds to infinity in float32 (the network's inputs)
 FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
@@ -162,6 +164,14 @@ class InputSplitter:
         self.exclude_protected = exclude_protected
         self.intersectional = intersectional
 
+    #: what the splitter remembers between calls, rebuilt when used
+    _CACHES = ("_frame_plan", "_columns_seen", "_array_runs", "_encoding_cache")
+
+    def __getstate__(self):
+        # without the caches: they hold slices and pandas indexes, which skops cannot store
+        # (skfair._persistence)
+        return {**self.__dict__, **dict.fromkeys(self._CACHES)}
+
     def fit(self, X, feature_names, n_features):
         """Learn the protected columns' positions and groups from ``X`` (``feature_names``:
         its column names or None; ``n_features``: its number of columns)."""
@@ -177,62 +187,185 @@ class InputSplitter:
         columns = feature_names if feature_names is not None else range(n_features)
         self.names = _display_names(attribute_list(self.protected_attributes),
                                     [columns[i] for i in self.indices])
-        rest, protected = split_columns(X, self.indices)
+        self.__dict__.update(dict.fromkeys(self._CACHES))  # none of an earlier fit
+        rest, protected = self.split(X)
         if len(rest) == 0:
             raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required.")
         self._check_features(rest)
-        self.encoder = GroupEncoder(self.names, self.intersectional).fit(protected,
-                                                                         known_groups)
-        codes = self.encoder.transform(protected)
+        self.encoder = GroupEncoder(self.names, self.intersectional).fit(
+            np.column_stack([np.asarray(column, dtype=object) for column in protected]),
+            known_groups)
+        codes = self.encoder.transform_columns(protected)
         _warn_about_groups(self.encoder, codes)
         return self._inputs(rest, codes)
 
     def transform(self, X, handle_unknown="error"):
         """``(features, codes)`` of ``X``; see the class docstring (``handle_unknown``: see
         :meth:`GroupEncoder.transform`)."""
-        rest, protected = split_columns(X, self.indices, room=self._one_hot_width())
+        rest, protected = self.split(X, room=self._one_hot_width())
         self._check_features(rest[:, :len(self.feature_indices)])
-        return self._inputs(rest, self.encoder.transform(protected, handle_unknown))
+        return self._inputs(rest, self.encoder.transform_columns(protected, handle_unknown))
+
+    def has_columns(self, columns):
+        """Whether a DataFrame's ``columns`` (an Index) are the column names seen in fit.
+
+        The last Index found equal is remembered: the frames of a stream (``X.iloc[[i]]``)
+        share its data (``Index.is_``), and an Index cannot change, so their check costs
+        nothing."""
+        seen = getattr(self, "_columns_seen", None)
+        if seen is not None and columns.is_(seen):
+            return True
+        if columns.tolist() != self.feature_names.tolist():
+            return False
+        self._columns_seen = columns
+        return True
+
+    def split(self, X, room=0):
+        """``(rest, protected)``: the columns of X that are not protected as a row-major
+        float64 array (NaN where pandas has a missing value) with ``room`` more columns left
+        unset (for the caller to fill), and the protected ones, a 1-D array per attribute as X
+        holds it (a numpy column, or a pandas array such as a Categorical).
+
+        No round trip through Python objects, which costs seconds and gigabytes at a million
+        rows, and no second copy to append the protected attributes' encoding (``room``).
+        A DataFrame's numeric columns are copied from pandas' blocks of columns (see
+        :meth:`_split_frame`), a numeric array's run by run of adjacent columns; any other X
+        goes through Python objects (:func:`split_columns`).
+        """
+        if isinstance(X, pd.DataFrame):
+            return self._split_frame(X, room)
+        if isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
+            return self._split_numeric(X, room)
+        return split_columns(X, self.indices, room)
+
+    def _split_numeric(self, values, room):
+        # each run of adjacent kept columns in one slice assignment (no gathered copy)
+        if getattr(self, "_array_runs", None) is None:
+            kept = self.feature_indices
+            parts = np.split(np.arange(len(kept)), np.flatnonzero(np.diff(kept) != 1) + 1)
+            self._array_runs = [(int(kept[part[0]]), int(part[0]), len(part))
+                                for part in parts if len(part)]
+        rest = np.empty((len(values), len(self.feature_indices) + room))
+        for first, column, width in self._array_runs:
+            rest[:, column:column + width] = values[:, first:first + width]
+        return rest, [values[:, i] for i in self.indices]
+
+    def _split_frame(self, X, room):
+        """:meth:`split` of a DataFrame, from its blocks.
+
+        pandas holds a frame's columns in blocks, a 2-D array of columns of one dtype each
+        (``X._mgr.blocks``, internal but the same from pandas 2 to 3): a numeric block's
+        columns go run by run of adjacent columns straight from it (a view)
+        into the float64 array, without a temporary copy and, on a frame of one row (a
+        stream's), without pandas' indexing, whose fixed cost exceeds the conversion. The
+        plan of these copies depends only on which columns each block holds: it is made once
+        per layout (every batch of a stream, or of one source, has the same). The columns of
+        other blocks (objects, pandas' own arrays) go through ``DataFrame.to_numpy``, at most
+        ``COLUMN_BLOCK`` at a time.
+        """
+        blocks = X._mgr.blocks
+        layout = tuple(_block_layout(block) for block in blocks)
+        plan = getattr(self, "_frame_plan", None)
+        if plan is None or plan[0] != layout:
+            plan = self._frame_plan = (layout, *self._plan_frame(layout))
+        _, runs, converted, protected_at = plan
+        rest = np.empty((len(X), len(self.feature_indices) + room))
+        for block, start, stop, column in runs:
+            rest[:, column:column + stop - start] = blocks[block].values[start:stop].T
+        for positions, columns in converted:
+            rest[:, columns] = _numeric(
+                lambda: X.iloc[:, positions].to_numpy(dtype=np.float64, na_value=np.nan))
+        protected = []
+        for block, row in protected_at:
+            values = blocks[block].values
+            protected.append(values[row] if values.ndim == 2 else values)
+        return rest, protected
+
+    def _plan_frame(self, layout):
+        """``(runs, converted, protected_at)`` of :meth:`_split_frame` for a frame whose blocks
+        are ``layout`` (see :func:`_block_layout`): ``(block, first row, end row, first
+        column of rest)`` of every run of a numeric block's kept columns; ``(positions in X,
+        columns of rest)`` of at most ``COLUMN_BLOCK`` columns of the other blocks; and
+        ``(block, row)`` of every protected attribute."""
+        n_features = len(self.feature_indices) + len(self.indices)
+        rest_column = np.full(n_features, -1)
+        rest_column[self.feature_indices] = np.arange(len(self.feature_indices))
+        attribute = {int(index): j for j, index in enumerate(self.indices)}
+        runs, other, protected_at = [], [], [None] * len(self.indices)
+        for block, (placement, numeric) in enumerate(layout):
+            positions = range(n_features)[placement] if isinstance(placement, slice) else placement
+            for row, position in enumerate(positions):
+                column = int(rest_column[position])
+                if position in attribute:
+                    protected_at[attribute[position]] = (block, row)
+                elif not numeric:
+                    other.append((position, column))
+                elif runs and runs[-1][0] == block and runs[-1][2] == row and (
+                        runs[-1][3] + row - runs[-1][1] == column):
+                    runs[-1][2] = row + 1
+                else:
+                    runs.append([block, row, row + 1, column])
+        other.sort()
+        converted = [([p for p, _ in other[start:start + COLUMN_BLOCK]],
+                      [c for _, c in other[start:start + COLUMN_BLOCK]])
+                     for start in range(0, len(other), COLUMN_BLOCK)]
+        return [tuple(run) for run in runs], converted, protected_at
 
     def _check_features(self, rest):
-        if len(rest) == 0:
+        # X's extremes first, then its columns' (to name them) only when one is out of range
+        # or NaN (which fails every comparison)
+        if -FLOAT32_OVERFLOW < rest.min(initial=0.0) and rest.max(initial=0.0) < FLOAT32_OVERFLOW:
             return
-        # per column, without a temporary of X's size: a NaN makes its column's maximum NaN
-        high, low = rest.max(axis=0), rest.min(axis=0)
-        if not (np.isfinite(high).all() and np.isfinite(low).all()):
-            problem = "NaN" if np.isnan(high).any() else "infinity"
+        peak = _peaks(rest)
+        if not np.isfinite(peak).all():
+            problem = "NaN" if np.isnan(peak).any() else "infinity"
             raise ValueError(f"Input X contains {problem} in a column that is not protected.")
-        _check_peaks(np.maximum(high, -low), self.feature_indices, self.feature_names)
+        _check_peaks(peak, self.feature_indices, self.feature_names)
 
     def _one_hot_width(self):
         """The number of network inputs of the protected attributes (0 when excluded)."""
         if self.exclude_protected:
             return 0
-        return sum(1 if len(c) == 2 else len(c) for c in self.encoder.categories_)
+        return sum(encoding.shape[1] for encoding in self._encodings())
 
     def _inputs(self, rest, codes):
         """The network's inputs: ``rest`` with the protected attributes' encoding written into
-        its spare columns (those :meth:`transform` left), or appended to it."""
+        its spare columns (those :meth:`transform` left), or appended to it; and ``codes`` (a
+        numpy array) as a LongTensor."""
         n_rest = len(self.feature_indices)
         if rest.shape[1] > n_rest:
             rest[:, n_rest:] = self.one_hot(codes)
-            return rest, codes
-        if self.exclude_protected:
-            return rest, codes
-        return np.hstack([rest, self.one_hot(codes)]), codes
+        elif not self.exclude_protected:
+            rest = np.hstack([rest, self.one_hot(codes)])
+        return rest, torch.from_numpy(codes)
 
     def one_hot(self, codes):
         """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot;
         the group of unseen values (code ``k``) as the mean of the ``k`` known encodings."""
-        blocks = []
-        for j, categories in enumerate(self.encoder.categories_):
-            column = codes[:, j].numpy()
-            k = len(categories)
-            if k == 2:
-                blocks.append(np.array([0.0, 1.0, 0.5])[column][:, None])
-            else:
-                blocks.append(np.vstack([np.eye(k), np.full((1, k), 1.0 / k)])[column])
-        return np.hstack(blocks)
+        codes = np.asarray(codes)
+        return np.hstack([encoding[codes[:, j]] for j, encoding in enumerate(self._encodings())])
+
+    def _encodings(self):
+        """Per attribute, the network inputs of every code, a row each (built once)."""
+        if getattr(self, "_encoding_cache", None) is None:
+            self._encoding_cache = [
+                np.array([[0.0], [1.0], [0.5]]) if len(categories) == 2 else
+                np.vstack([np.eye(len(categories)), np.full((1, len(categories)),
+                                                            1.0 / len(categories))])
+                for categories in self.encoder.categories_]
+        return self._encoding_cache
+
+
+def _block_layout(block):
+    """What the plan of :meth:`InputSplitter._split_frame` needs of a pandas block: the
+    positions of its columns in the frame (a slice, or a tuple of positions) and whether it is
+    a 2-D numpy array of numbers (booleans, integers or floats), copied as it is."""
+    placement = block.mgr_locs
+    positions = placement.as_slice if placement.is_slice_like else tuple(
+        placement.as_array.tolist())
+    values = block.values
+    return positions, (isinstance(values, np.ndarray) and values.ndim == 2
+                       and values.dtype.kind in "biuf")
 
 
 def _warn_about_groups(encoder, codes):
@@ -242,7 +375,7 @@ def _warn_about_groups(encoder, codes):
             warn(f"protected attribute {name!r} has {len(categories)} distinct values, each a "
                  f"group; if it is numeric, bin it first (e.g. with pandas.cut).", UserWarning)
             continue
-        counts = np.bincount(codes[:, j].numpy(), minlength=len(categories))
+        counts = np.bincount(codes[:, j], minlength=len(categories))
         # (a group known but absent, as partial_fit's first chunk may have, is not rare)
         rare = np.flatnonzero((counts > 0) & (counts < SMALL_GROUP))
         small = [f"{categories[k]!r} ({counts[k]})" for k in rare]
@@ -253,55 +386,28 @@ def _warn_about_groups(encoder, codes):
 
 
 def split_columns(X, protected_indices, room=0):
-    """``(rest, protected)``: the columns of X that are not protected as a row-major float64
-    array (NaN where pandas has a missing value) with ``room`` more columns left unset (for the
-    caller to fill), and the protected ones as an object array.
-
-    The float64 array is written column block by column block: a DataFrame's columns go
-    straight to it without a round trip through Python objects (which costs seconds and
-    gigabytes at a million rows), and with ``room`` (prediction, once the groups are known) no
-    second copy is made to append the protected attributes' encoding. Only a frame of a few rows (a stream's) goes through one object
-    array, cheaper than pandas' column selection at that size.
-    """
-    if isinstance(X, pd.DataFrame) and len(X) > SMALL_FRAME:
-        kept = np.delete(np.arange(X.shape[1]), protected_indices)
-        rest = np.empty((len(X), len(kept) + room))
-        for start in range(0, len(kept), COLUMN_BLOCK):
-            block = X.iloc[:, kept[start:start + COLUMN_BLOCK]]
-            rest[:, start:start + block.shape[1]] = _numeric(
-                lambda: block.to_numpy(dtype=np.float64, na_value=np.nan))
-        return rest, X.iloc[:, protected_indices].to_numpy(dtype=object)
-    if isinstance(X, pd.DataFrame):
-        values = X.to_numpy(dtype=object)
-    elif isinstance(X, np.ndarray) and X.dtype.kind in "biuf":
-        values = X
-    else:
-        values = np.asarray(X, dtype=object)
+    """:meth:`InputSplitter.split` of an X that is neither a DataFrame nor a numeric array (a
+    list, an object array): through Python objects, ``COLUMN_BLOCK`` columns at a time."""
+    values = np.asarray(X, dtype=object)
     kept = np.delete(np.arange(values.shape[1]), protected_indices)
     rest = np.empty((len(values), len(kept) + room))
-    if values.dtype != object:
-        # each run of adjacent kept columns in one slice assignment (no gathered copy)
-        runs = np.flatnonzero(np.diff(kept) != 1) + 1
-        for part in np.split(np.arange(len(kept)), runs):
-            if len(part):
-                first = kept[part[0]]
-                rest[:, part[0]:part[-1] + 1] = values[:, first:first + len(part)]
-        return rest, values[:, protected_indices].astype(object)
     for start in range(0, len(kept), COLUMN_BLOCK):
         block = values[:, kept[start:start + COLUMN_BLOCK]]
-        if isinstance(X, pd.DataFrame):  # missing values as NaN, as the block path has them
-            block[pd.isna(block)] = np.nan
         rest[:, start:start + block.shape[1]] = _numeric(lambda: block.astype(np.float64))
-    return rest, values[:, protected_indices].astype(object)
+    return rest, [values[:, i] for i in protected_indices]
+
+
+def _peaks(features):
+    """The largest magnitude in every column of ``features`` (0 without rows; NaN where the
+    column has one), without a temporary of the features' size."""
+    return np.maximum(features.max(axis=0, initial=0.0), -features.min(axis=0, initial=0.0))
 
 
 def check_float32(features, columns, feature_names):
     """Raise, naming the columns of X (``columns``: their positions; ``feature_names``: X's
     column names or None), where a finite value overflows the network's float32 inputs: the
     network would turn it into NaN."""
-    high = features.max(axis=0, initial=0.0)
-    low = features.min(axis=0, initial=0.0)
-    _check_peaks(np.maximum(high, -low), columns, feature_names)
+    _check_peaks(_peaks(features), columns, feature_names)
 
 
 def _check_peaks(peak, columns, feature_names):
@@ -343,9 +449,9 @@ class GroupEncoder:
         self.intersectional = intersectional
 
     def __getstate__(self):
-        # without the caches, rebuilt when used: they hold pandas indexes, which skops cannot
+        # without the caches, rebuilt when used: they hold pandas dtypes, which skops cannot
         # store (skfair._persistence)
-        return {**self.__dict__, "_index_cache": None, "_lookup_cache": None}
+        return {**self.__dict__, "_lookup_cache": None, "_category_cache": None}
 
     def fit(self, columns, known=None):
         """Learn the values of every column (and, per column, those of ``known``)."""
@@ -354,7 +460,7 @@ class GroupEncoder:
             if len(known) != len(self.names):
                 raise ValueError(f"groups must list the values of each of the {len(self.names)} "
                                  f"protected attributes {self.names}; got {len(known)} list(s).")
-        self.categories_, self._index_cache, self._lookup_cache = [], None, None
+        self.categories_, self._lookup_cache, self._category_cache = [], None, None
         for j, name in enumerate(self.names):
             values = columns[name]
             if known is not None:
@@ -381,49 +487,79 @@ class GroupEncoder:
         (``"new_group"``) takes the code ``len(categories)`` of its attribute, with one warning
         per call naming the attributes and their unseen values.
         """
-        values = _as_objects(columns, len(self.names))
-        codes = np.empty(values.shape, dtype=np.int64)
+        return torch.from_numpy(self.transform_columns(
+            list(_as_objects(columns, len(self.names)).T), handle_unknown))
+
+    def transform_columns(self, columns, handle_unknown="error"):
+        """:meth:`transform` of a 1-D column per attribute, numpy or pandas arrays as X held
+        them, as a numpy array: a categorical column is coded from its categories, without
+        converting its values, and any other with more than ``SMALL_FRAME`` rows from its
+        distinct values."""
+        found = [self._value_codes(j, column) for j, column in enumerate(columns)]
+        codes = np.empty((len(columns[0]), len(self.names)), dtype=np.int64)
+        for j, (positions, _, value_codes) in enumerate(found):
+            codes[:, j] = value_codes[:-1] if positions is None else value_codes[positions]
+        if codes.min(initial=0) < 0:
+            self._code_unseen(codes, found, handle_unknown)
+        return codes
+
+    def _value_codes(self, j, column):
+        """``(positions, values, value_codes)`` of attribute ``j``'s column: the column as
+        positions into its distinct ``values`` (None: ``values`` is the column itself, as
+        Python objects) and the code of every value (-1: not seen in fit), then a -1 for the
+        position -1 of a missing value."""
+        if isinstance(column, pd.Categorical):
+            cache = getattr(self, "_category_cache", None)
+            if cache is None:
+                cache = self._category_cache = [None] * len(self.names)
+            # the frames of a stream share their columns' dtype: its codes are looked up once
+            dtype, values, value_codes = cache[j] or (None, None, None)
+            if dtype is not column.dtype:
+                values = np.asarray(column.categories, dtype=object)
+                value_codes = self._lookup(j, values)
+                cache[j] = (column.dtype, values, value_codes)
+            return column.codes, values, value_codes
+        if len(column) > SMALL_FRAME:
+            positions, distinct = pd.factorize(column)
+            values = np.asarray(distinct, dtype=object)
+            return positions, values, self._lookup(j, values)
+        values = np.asarray(column, dtype=object)
+        return None, values, self._lookup(j, values)
+
+    def _lookup(self, j, values):
+        """The codes of attribute ``j``'s ``values`` (-1: not seen in fit), then a -1."""
+        if getattr(self, "_lookup_cache", None) is None:
+            self._lookup_cache = [{v: i for i, v in enumerate(c)} for c in self.categories_]
+        lookup = self._lookup_cache[j]
+        return np.array([*(lookup.get(v, -1) for v in values), -1], dtype=np.int64)
+
+    def _code_unseen(self, codes, found, handle_unknown):
+        """The rows of ``codes`` that are -1 (:meth:`transform_columns`): raise on a missing
+        value, and on a value not seen in fit unless ``handle_unknown="new_group"``, which
+        codes it ``len(categories)`` with one warning naming these values."""
         unseen_values = {}
-        for j, (name, index) in enumerate(zip(self.names, self._indexes())):
-            column = values[:, j]
-            if pd.isna(column).any():
+        for j, (name, (positions, values, _)) in enumerate(zip(self.names, found)):
+            if pd.isna(values).any() if positions is None else (positions < 0).any():
                 raise ValueError(f"protected attribute {name!r} contains missing values.")
-            if len(column) <= 64:  # a dict look-up beats pandas' machinery on small batches
-                lookup = self._lookups()[j]
-                codes[:, j] = [lookup.get(v, -1) for v in column]
-            else:
-                codes[:, j] = index.get_indexer(column)
             unseen_rows = codes[:, j] < 0
             if not unseen_rows.any():
                 continue
-            unseen = sorted(set(column[unseen_rows]), key=_sort_key)
+            present = values[unseen_rows] if positions is None else values[
+                positions[unseen_rows]]
+            unseen = sorted(set(present), key=_sort_key)
             if handle_unknown != "new_group":
                 raise ValueError(
                     f"protected attribute {name!r} has values not seen in fit: {unseen[:5]}; "
-                    f"known values: {list(index)}. To predict such rows as one extra group, "
-                    f"set handle_unknown='new_group'; partial_fit learns every value from the "
-                    f"groups of its first call."
+                    f"known values: {list(self.categories_[j])}. To predict such rows as one "
+                    f"extra group, set handle_unknown='new_group'; partial_fit learns every "
+                    f"value from the groups of its first call."
                 )
-            codes[unseen_rows, j] = len(index)
+            codes[unseen_rows, j] = len(self.categories_[j])
             unseen_values[name] = unseen
-        if unseen_values:
-            listed = "; ".join(f"{name!r}: {unseen[:5]}" for name, unseen in
-                               unseen_values.items())
-            warn(f"protected attribute values not seen in fit: {listed}; each attribute's "
-                 f"unseen values form one extra group, constrained like the others "
-                 f"(handle_unknown='new_group').", UserWarning)
-        return torch.from_numpy(codes)
-
-    def _indexes(self):
-        # Built once: transform runs for every batch of a stream.
-        if getattr(self, "_index_cache", None) is None:
-            self._index_cache = [pd.Index(c, dtype=object) for c in self.categories_]
-        return self._index_cache
-
-    def _lookups(self):
-        if getattr(self, "_lookup_cache", None) is None:
-            self._lookup_cache = [{v: i for i, v in enumerate(c)} for c in self.categories_]
-        return self._lookup_cache
+        listed = "; ".join(f"{name!r}: {unseen[:5]}" for name, unseen in unseen_values.items())
+        warn(f"protected attribute values not seen in fit: {listed}; each attribute's unseen "
+             f"values form one extra group, constrained like the others "
+             f"(handle_unknown='new_group').", UserWarning)
 
     def fit_transform(self, columns):
         return self.fit(columns).transform(columns)

@@ -398,3 +398,233 @@ def test_numeric_arrays_keep_every_other_column_in_order(protected, dtype):
     np.testing.assert_array_equal(features[:, n_rest:], splitter.one_hot(codes))
     np.testing.assert_array_equal(features, fitted)
     assert features.dtype == np.float64 and features.flags.c_contiguous
+
+
+# ------------------------------------------------------------------------------------------------
+# The split of X: pandas' blocks and numpy arrays against a round trip through Python objects
+def _through_objects(splitter, X, handle_unknown="error"):
+    """The features and codes of X converted through one object array, column by column."""
+    values = X.to_numpy(dtype=object) if isinstance(X, pd.DataFrame) else np.asarray(
+        X, dtype=object)
+    rest = np.delete(values, splitter.indices, axis=1)
+    rest[pd.isna(rest)] = np.nan
+    codes = splitter.encoder.transform(values[:, splitter.indices], handle_unknown)
+    return np.hstack([rest.astype(np.float64), splitter.one_hot(codes)]), codes.numpy()
+
+
+def _dtypes_frame(n, seed=0):
+    """Features of many dtypes, the protected columns among them, in several pandas blocks."""
+    rng = np.random.default_rng(seed)
+    sex = rng.choice(["F", "M"], n)
+    race = rng.choice(["a", "b", "c"], n)
+    frame = pd.DataFrame({
+        "x": rng.normal(size=n),
+        "sex": pd.Categorical(sex),
+        "count": rng.integers(-5, 5, n),
+        "small": rng.normal(size=n).astype(np.float32),
+        "byte": rng.integers(0, 9, n).astype(np.uint8),
+        "flag": rng.integers(0, 2, n).astype(bool),
+        "race": pd.array(race, dtype="str"),
+        "nullable": pd.array(rng.integers(0, 9, n), dtype="Int64"),
+        "ratio": pd.array(rng.normal(size=n), dtype="Float64"),
+        "yes": pd.array(rng.integers(0, 2, n).astype(bool), dtype="boolean"),
+        "numbers": np.array(rng.normal(size=n), dtype=object),
+        "level": pd.Categorical(rng.choice([0.5, 1.5], n)),
+        "y": rng.normal(size=n),
+    })
+    frame["added"] = rng.normal(size=n)  # a block of its own
+    return frame
+
+
+@pytest.mark.parametrize("n", [1, 5, 200])
+def test_frames_of_every_dtype_split_as_through_python_objects(n):
+    """Features (bit for bit) and codes from pandas' blocks are those of the object round trip,
+    for one row, a few, and more than SMALL_FRAME (the codes from distinct values), whatever
+    the dtypes, the protected columns' place and the frame's blocks."""
+    from skfair._validation import SMALL_FRAME, InputSplitter
+
+    frame = _dtypes_frame(300)
+    splitter = InputSplitter(["sex", "race"]).fit(frame, np.array(frame.columns), frame.shape[1])
+    assert 5 < SMALL_FRAME < 200
+    X = _dtypes_frame(n, seed=1)
+    shuffled = X[list(reversed(X.columns))]  # other blocks, the same columns in another order
+    reordered = InputSplitter(["sex", "race"]).fit(frame[shuffled.columns],
+                                                   np.array(shuffled.columns), X.shape[1])
+    for split, Z in ((splitter, X), (reordered, shuffled), (splitter, X), (splitter, X.copy())):
+        features, codes = split.transform(Z)
+        expected_features, expected_codes = _through_objects(split, Z)
+        np.testing.assert_array_equal(features, expected_features)
+        np.testing.assert_array_equal(codes.numpy(), expected_codes)
+        assert features.dtype == np.float64 and features.flags.c_contiguous
+    many, _ = splitter.transform(pd.concat([X] * 3, ignore_index=True))
+    np.testing.assert_array_equal(many, np.vstack([splitter.transform(X)[0]] * 3))
+
+
+@pytest.mark.parametrize("n", [1, 5, 200])
+@pytest.mark.parametrize("dtype", ["category", "str", "object", "Int64", "float64"])
+def test_protected_columns_of_every_dtype_code_as_python_objects(n, dtype):
+    """Codes of a protected column as a categorical (categories in another order than fit's,
+    and unused ones), an arrow string, objects, a nullable integer or numbers, of 1 to 200 rows,
+    as their values give them: unseen values raise the same error, or (new_group) take the same
+    code with the same warning, and missing values raise."""
+    from skfair._validation import InputSplitter
+
+    rng = np.random.default_rng(0)
+    numeric = dtype in ("Int64", "float64")
+    known = [0, 1, 2] if numeric else ["a", "b", "c"]
+    fit_frame = pd.DataFrame({"x": rng.normal(size=60), "g": np.array(known * 20, dtype=object)})
+    splitter = InputSplitter(["g"]).fit(fit_frame, np.array(fit_frame.columns), 2)
+
+    def frame(values):
+        values = list(values)
+        if dtype == "category":  # categories in reverse order, one of them never used
+            categories = sorted({v for v in values if v is not None} | {"zz"}, reverse=True)
+            column = pd.Categorical(values, categories=categories)
+        else:
+            column = pd.array(values, dtype=dtype) if dtype != "object" else np.array(
+                values, dtype=object)
+        return pd.DataFrame({"x": np.arange(float(len(values))), "g": column})
+
+    X = frame(rng.choice(known, n))
+    features, codes = splitter.transform(X)
+    np.testing.assert_array_equal(codes.numpy()[:, 0], [known.index(v) for v in X["g"]])
+    np.testing.assert_array_equal(features, _through_objects(splitter, X)[0])
+
+    unseen = (7 if dtype != "float64" else 7.5) if numeric else "d"
+    values = list(X["g"])
+    values[n // 2] = unseen
+    Z = frame(values)
+    with pytest.raises(ValueError) as raised:
+        splitter.transform(Z)
+    with pytest.raises(ValueError) as expected:
+        _through_objects(splitter, Z)
+    assert str(raised.value) == str(expected.value)
+    assert f"values not seen in fit: [{unseen!r}]" in str(raised.value)
+    with pytest.warns(UserWarning) as record:
+        features, codes = splitter.transform(Z, "new_group")
+    with pytest.warns(UserWarning) as expected_record:
+        expected_features, expected_codes = _through_objects(splitter, Z, "new_group")
+    assert [str(w.message) for w in record] == [str(w.message) for w in expected_record]
+    np.testing.assert_array_equal(codes.numpy(), expected_codes)
+    np.testing.assert_array_equal(features, expected_features)
+    assert codes[n // 2, 0] == 3
+
+    values[n // 2] = None
+    with pytest.raises(ValueError, match="'g' contains missing values"):
+        splitter.transform(frame(values), "new_group")
+
+
+@pytest.mark.parametrize("n", [1, 200])
+def test_numeric_arrays_code_protected_columns_as_python_objects(n):
+    """A numeric array's protected columns (floats, integers) code as their Python values do,
+    on a few rows and from distinct values on many; unseen and missing ones raise the same."""
+    from skfair._validation import InputSplitter
+
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.normal(size=(300, 2)), rng.integers(0, 3, 300), rng.integers(0, 2, 300)]
+    splitter = InputSplitter([2, 3]).fit(X, None, 4)
+    for Z in (X[:n], X[:n].astype(np.float32), np.round(X[:n]).astype(np.int64)):
+        features, codes = splitter.transform(Z)
+        expected_features, expected_codes = _through_objects(splitter, Z)
+        np.testing.assert_array_equal(features, expected_features)
+        np.testing.assert_array_equal(codes.numpy(), expected_codes)
+    Z = X[:n].copy()
+    Z[-1, 2] = 5.0
+    with pytest.raises(ValueError, match=r"'2' has values not seen in fit: \[5\.0\]"):
+        splitter.transform(Z)
+    Z[-1, 2] = np.nan
+    with pytest.raises(ValueError, match="'2' contains missing values"):
+        splitter.transform(Z)
+
+
+def test_a_stream_of_rows_splits_as_the_frame_and_checks_its_columns():
+    """One-row frames cut from a frame (a stream) give its rows' features and codes; a frame
+    whose columns differ from fit's is still refused after frames whose columns were known."""
+    from skfair import FairNeuralClassifier
+
+    X = _dtypes_frame(200)
+    y = (X["x"] > 0).astype(int)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
+                               random_state=0).fit(X, y)
+    features, codes = clf._validate_X(X, reset=False)
+    for i in (0, 7, 199):
+        row_features, row_codes = clf._validate_X(X.iloc[[i]], reset=False)
+        np.testing.assert_array_equal(row_features, features[i:i + 1])
+        np.testing.assert_array_equal(row_codes, codes[i:i + 1])
+    with pytest.raises(ValueError, match="feature names should match"):
+        clf._validate_X(X.iloc[[0]].rename(columns={"x": "z"}), reset=False)
+    with pytest.raises(ValueError, match="feature names should match"):
+        clf._validate_X(X.iloc[[0], ::-1], reset=False)
+
+
+def test_arrays_of_another_width_or_after_a_frame_meet_sklearns_checks():
+    """The direct check of an array's columns lets sklearn's own messages through: an array
+    of another width raises, an array after a frame warns that it has no feature names."""
+    from skfair import FairNeuralClassifier
+
+    X, y = _groups_frame(200)
+    X = X.drop(columns="race").assign(sex=(X["sex"] == "M").astype(float))
+    on_array = FairNeuralClassifier(protected_attributes=[1], **FAST).fit(X.to_numpy(), y)
+    on_array.predict_proba(X.to_numpy()[:1])
+    with pytest.raises(ValueError, match="X has 3 features, but .* is expecting 2"):
+        on_array.predict_proba(np.c_[X.to_numpy()[:1], [[0.0]]])
+    on_frame = FairNeuralClassifier(protected_attributes=["sex"], **FAST).fit(X, y)
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        on_frame.predict_proba(X.to_numpy()[:1])
+
+
+def test_network_outputs_whose_check_overflows_are_counted_not_refused(monkeypatch):
+    """Finite outputs so large that the one-operation check overflows are counted one by one
+    and pass; non-finite ones among them raise with their number."""
+    import torch
+
+    from skfair import FairNeuralRegressor
+
+    X, y = _groups_frame(100)
+    reg = FairNeuralRegressor(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    with torch.no_grad():  # every raw output 1.0
+        reg.module_[-1].weight.zero_()
+        reg.module_[-1].bias.fill_(1.0)
+    features, _ = reg._validate_X(X, reset=False)
+    monkeypatch.setattr(reg, "_output", lambda raw: raw * 1e307)
+    np.testing.assert_array_equal(reg._network_outputs(features), np.full(100, 1e307))
+
+    def some_infinite(raw):
+        out = raw * 1e307
+        out[:3] = np.inf
+        return out
+    monkeypatch.setattr(reg, "_output", some_infinite)
+    with pytest.raises(ValueError, match="NaN or infinite for 3 of the 100 rows"):
+        reg._network_outputs(features)
+
+
+def test_the_network_runs_its_layers_in_turn_unless_something_hooks_it():
+    """The default network's outputs, layer by layer, are its call's bit for bit; a hook on
+    the network, on one of its layers or on every module makes them come from its call."""
+    import torch
+
+    from skfair._network import _unhooked, make_mlp, outputs
+
+    torch.manual_seed(0)
+    module = make_mlp(5, (8, 8), "gelu").eval()
+    x = torch.randn(300, 5)
+    assert _unhooked(module)
+    with torch.no_grad():
+        for rows in (x[:1], x):
+            assert torch.equal(outputs(module, rows), module(rows).reshape(-1))
+        plain = outputs(module, x)
+        zero = lambda layer, inputs, output: output * 0  # noqa: E731
+        for register in (module.register_forward_hook, module[1].register_forward_hook,
+                         torch.nn.modules.module.register_module_forward_hook):
+            handle = register(zero)
+            try:
+                assert not _unhooked(module)
+                hooked = outputs(module, x)
+                assert torch.equal(hooked, module(x).reshape(-1))
+                assert not torch.equal(hooked, plain)
+            finally:
+                handle.remove()
+    assert _unhooked(module)
+    custom = torch.nn.Sequential(torch.nn.Linear(5, 1))
+    custom.register_forward_pre_hook(lambda layer, inputs: (inputs[0] * 0,))
+    assert torch.equal(outputs(custom, x), custom[0].bias.expand(300))
