@@ -2,14 +2,9 @@
 network (the default or the user's ``module``) meets."""
 
 import torch
-import torch.nn.modules.module
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "logistic": nn.Sigmoid, "gelu": nn.GELU}
-
-#: torch's hooks on every module (register_module_forward_hook and the like)
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                 "_global_backward_pre_hooks")
 
 
 def make_mlp(n_features, hidden_layer_sizes, activation):
@@ -24,27 +19,8 @@ def make_mlp(n_features, hidden_layer_sizes, activation):
 
 def outputs(module, x):
     """The network's one output per row of ``x``, shape (n,) (the module returns (n,) or (n, 1),
-    which :func:`check_module` verified at fit).
-
-    A Sequential that nothing hooks (:func:`_unhooked`) runs its layers' ``forward`` one after
-    the other, which is what calling it does, without ``nn.Module``'s calling machinery around
-    each layer: on a few rows (a stream's) that machinery takes longer than the arithmetic."""
-    if not _unhooked(module):
-        return module(x).reshape(-1)
-    for layer in module:
-        x = layer.forward(x)
-    return x.reshape(-1)
-
-
-def _unhooked(module):
-    """Whether ``module`` is a Sequential whose call is its layers' ``forward`` in turn: no hook
-    on it, on its layers nor on every module (torch's global ones: when their registry cannot
-    be read, they are taken to exist), and no tracing by torch.jit."""
-    if type(module) is not nn.Sequential or torch.jit.is_tracing() or any(
-            getattr(torch.nn.modules.module, name, True) for name in _GLOBAL_HOOKS):
-        return False
-    return not any(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
-                   or layer._backward_pre_hooks for layer in (module, *module))
+    which :func:`check_module` verified at fit)."""
+    return module(x).reshape(-1)
 
 
 def ends_in_sigmoid(module):

@@ -597,34 +597,3 @@ def test_network_outputs_whose_check_overflows_are_counted_not_refused(monkeypat
     with pytest.raises(ValueError, match="NaN or infinite for 3 of the 100 rows"):
         reg._network_outputs(features)
 
-
-def test_the_network_runs_its_layers_in_turn_unless_something_hooks_it():
-    """The default network's outputs, layer by layer, are its call's bit for bit; a hook on
-    the network, on one of its layers or on every module makes them come from its call."""
-    import torch
-
-    from skfair._network import _unhooked, make_mlp, outputs
-
-    torch.manual_seed(0)
-    module = make_mlp(5, (8, 8), "gelu").eval()
-    x = torch.randn(300, 5)
-    assert _unhooked(module)
-    with torch.no_grad():
-        for rows in (x[:1], x):
-            assert torch.equal(outputs(module, rows), module(rows).reshape(-1))
-        plain = outputs(module, x)
-        zero = lambda layer, inputs, output: output * 0  # noqa: E731
-        for register in (module.register_forward_hook, module[1].register_forward_hook,
-                         torch.nn.modules.module.register_module_forward_hook):
-            handle = register(zero)
-            try:
-                assert not _unhooked(module)
-                hooked = outputs(module, x)
-                assert torch.equal(hooked, module(x).reshape(-1))
-                assert not torch.equal(hooked, plain)
-            finally:
-                handle.remove()
-    assert _unhooked(module)
-    custom = torch.nn.Sequential(torch.nn.Linear(5, 1))
-    custom.register_forward_pre_hook(lambda layer, inputs: (inputs[0] * 0,))
-    assert torch.equal(outputs(custom, x), custom[0].bias.expand(300))
