@@ -261,10 +261,10 @@ class InputSplitter:
         plan of these copies depends only on which columns each block holds: it is made once
         per layout (every batch of a stream, or of one source, has the same). The columns of
         other blocks (objects, pandas' own arrays) go through ``DataFrame.to_numpy``, at most
-        ``COLUMN_BLOCK`` at a time.
+        ``COLUMN_BLOCK`` at a time, as every column does where a pandas version does not hold
+        its frames so (:func:`_frame_layout` is None).
         """
-        blocks = X._mgr.blocks
-        layout = tuple(_block_layout(block) for block in blocks)
+        blocks, layout = _frame_layout(X)
         plan = getattr(self, "_frame_plan", None)
         if plan is None or plan[0] != layout:
             plan = self._frame_plan = (layout, *self._plan_frame(layout))
@@ -277,6 +277,11 @@ class InputSplitter:
                 lambda: X.iloc[:, positions].to_numpy(dtype=np.float64, na_value=np.nan))
         protected = []
         for block, row in protected_at:
+            if block is None:  # no blocks: row is the column's position
+                column = X.iloc[:, row]
+                protected.append(column.to_numpy() if isinstance(column.dtype, np.dtype)
+                                 else column.array)
+                continue
             values = blocks[block].values
             protected.append(values[row] if values.ndim == 2 else values)
         return rest, protected
@@ -286,8 +291,12 @@ class InputSplitter:
         are ``layout`` (see :func:`_block_layout`): ``(block, first row, end row, first
         column of rest)`` of every run of a numeric block's kept columns; ``(positions in X,
         columns of rest)`` of at most ``COLUMN_BLOCK`` columns of the other blocks; and
-        ``(block, row)`` of every protected attribute."""
+        ``(block, row)`` of every protected attribute (``(None, position in X)`` when
+        ``layout`` is None)."""
         n_features = len(self.feature_indices) + len(self.indices)
+        blocks_known = layout is not None
+        if not blocks_known:
+            layout = ((slice(0, n_features), False),)  # every column through to_numpy
         rest_column = np.full(n_features, -1)
         rest_column[self.feature_indices] = np.arange(len(self.feature_indices))
         attribute = {int(index): j for j, index in enumerate(self.indices)}
@@ -297,7 +306,8 @@ class InputSplitter:
             for row, position in enumerate(positions):
                 column = int(rest_column[position])
                 if position in attribute:
-                    protected_at[attribute[position]] = (block, row)
+                    protected_at[attribute[position]] = (block, row) if blocks_known else (
+                        None, position)
                 elif not numeric:
                     other.append((position, column))
                 elif runs and runs[-1][0] == block and runs[-1][2] == row and (
@@ -354,6 +364,17 @@ class InputSplitter:
                                                             1.0 / len(categories))])
                 for categories in self.encoder.categories_]
         return self._encoding_cache
+
+
+def _frame_layout(X):
+    """``(blocks, layout)``: X's blocks of columns (pandas' internal storage, see
+    :meth:`InputSplitter._split_frame`) and :func:`_block_layout` of each, or ``(None, None)``
+    where a pandas version does not hold a frame in such blocks."""
+    try:
+        blocks = X._mgr.blocks
+        return blocks, tuple(_block_layout(block) for block in blocks)
+    except AttributeError:
+        return None, None
 
 
 def _block_layout(block):

@@ -436,12 +436,18 @@ def _dtypes_frame(n, seed=0):
     return frame
 
 
+@pytest.mark.parametrize("blocks", [True, False])
 @pytest.mark.parametrize("n", [1, 5, 200])
-def test_frames_of_every_dtype_split_as_through_python_objects(n):
+def test_frames_of_every_dtype_split_as_through_python_objects(n, blocks, monkeypatch):
     """Features (bit for bit) and codes from pandas' blocks are those of the object round trip,
     for one row, a few, and more than SMALL_FRAME (the codes from distinct values), whatever
-    the dtypes, the protected columns' place and the frame's blocks."""
+    the dtypes, the protected columns' place and the frame's blocks; and so are those of the
+    public path taken where a pandas version holds no blocks."""
+    from skfair import _validation
     from skfair._validation import SMALL_FRAME, InputSplitter
+
+    if not blocks:
+        monkeypatch.setattr(_validation, "_frame_layout", lambda X: (None, None))
 
     frame = _dtypes_frame(300)
     splitter = InputSplitter(["sex", "race"]).fit(frame, np.array(frame.columns), frame.shape[1])
