@@ -50,6 +50,9 @@ from ._kernels import Box, atom_shift
 PATTERN_TOL = 1e-12
 #: most pattern updates before giving up
 MAX_PATTERNS = 20
+#: most entries of the dense rows on the atoms: beyond it the method's dense algebra over the
+#: rows would cost more than it could save, and its matrix alone gigabytes
+DENSE_SIZE = 10_000_000
 #: most unknowns of a pattern's QP (atoms with free outputs, and rows for the proximal step):
 #: its dense algebra is quadratic in them per step
 MAX_UNKNOWNS = 600
@@ -82,7 +85,8 @@ def solve(z, cs, lo, hi, lam, scale):
     """The projection of ``z`` (host float64) onto ``cs`` within ``[lo, hi]`` (floats, infinite
     where missing) from the multipliers ``lam``: ``(y, lam, n_patterns)``, or None when the
     method does not settle (no ascent, more than :data:`MAX_PATTERNS` patterns, too many atoms,
-    or rows that the free outputs cannot meet).
+    or rows that the free outputs cannot meet) or the rows on the atoms exceed
+    :data:`DENSE_SIZE` entries.
 
     Raw outputs whose rounding exceeds the scale's tolerance (far beyond the bounds, say) leave
     the dual nearly piecewise linear, and the steps from ``lam`` may not settle: the method is
@@ -91,6 +95,8 @@ def solve(z, cs, lo, hi, lam, scale):
     outputs are corrected (one pattern: theirs). When none of these meets the rows at the
     outputs' scale, the first settled outputs are returned as they are (the caller's check
     judges them)."""
+    if cs.n_rows * cs.n_atoms > DENSE_SIZE:
+        return None
     problem = cs.host_problem
     rows_on_atoms = dense_coef(problem.rows, cs.n_atoms)  # K: G y = K S, S the atom sums
     weight = problem.weight if problem.weight.size else np.ones_like(z)

@@ -219,10 +219,10 @@ def test_far_out_raw_outputs_are_projected(name):
 
 
 @pytest.mark.parametrize("limit, value", [("MAX_UNKNOWNS", 0), ("GI_STEPS", 0),
-                                          ("MAX_PATTERNS", 0)])
+                                          ("MAX_PATTERNS", 0), ("DENSE_SIZE", 0)])
 def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch, limit,
                                                                       value):
-    """Past a cap (QP size, QP steps, patterns) the method returns None, never a partial
+    """Past a cap (QP size, QP steps, patterns, dense rows) the method returns None, never a partial
     answer; the layer then refuses an instance that only the method could project."""
     inst = FUZZ_FAILURES["bounded float32, 4 samples, three attributes"]
     cs = _constraint_set(inst)
