@@ -50,6 +50,9 @@ from ._kernels import Box, atom_shift
 PATTERN_TOL = 1e-12
 #: most pattern updates before giving up
 MAX_PATTERNS = 20
+#: most entries of the dense rows on the atoms: beyond it the method's dense algebra over the
+#: rows would cost more than it could save, and its matrix alone gigabytes
+DENSE_SIZE = 10_000_000
 #: most unknowns of a pattern's QP (atoms with free outputs, and rows for the proximal step):
 #: its dense algebra is quadratic in them per step
 MAX_UNKNOWNS = 600
@@ -74,6 +77,8 @@ CORRECTED_TOL = 1e-10
 #: a row's normal counts as dependent on the active ones when its part outside their span is
 #: below this fraction of its norm
 DEPENDENCE_TOL = 1e-10
+#: most rounds of :func:`certifying_multipliers` (each a linear program on the residual)
+CERTIFY_ROUNDS = 3
 #: float64 machine epsilon
 EPSILON = float(np.finfo(np.float64).eps)
 
@@ -82,7 +87,8 @@ def solve(z, cs, lo, hi, lam, scale):
     """The projection of ``z`` (host float64) onto ``cs`` within ``[lo, hi]`` (floats, infinite
     where missing) from the multipliers ``lam``: ``(y, lam, n_patterns)``, or None when the
     method does not settle (no ascent, more than :data:`MAX_PATTERNS` patterns, too many atoms,
-    or rows that the free outputs cannot meet).
+    or rows that the free outputs cannot meet) or the rows on the atoms exceed
+    :data:`DENSE_SIZE` entries.
 
     Raw outputs whose rounding exceeds the scale's tolerance (far beyond the bounds, say) leave
     the dual nearly piecewise linear, and the steps from ``lam`` may not settle: the method is
@@ -91,6 +97,8 @@ def solve(z, cs, lo, hi, lam, scale):
     outputs are corrected (one pattern: theirs). When none of these meets the rows at the
     outputs' scale, the first settled outputs are returned as they are (the caller's check
     judges them)."""
+    if cs.n_rows * cs.n_atoms > DENSE_SIZE:
+        return None
     problem = cs.host_problem
     rows_on_atoms = dense_coef(problem.rows, cs.n_atoms)  # K: G y = K S, S the atom sums
     weight = problem.weight if problem.weight.size else np.ones_like(z)
@@ -376,3 +384,76 @@ def _goldfarb_idnani(normals, beta, tol):
             u = np.delete(u, drop)
             q, r_mat = qr_delete(q, r_mat, drop, which="col")
     return None
+
+
+def certifying_multipliers(z, cs, lo, hi, y, lam, active, allowed):
+    """Multipliers ``lam >= 0`` on the ``active`` rows under which every output ``y_i`` (within
+    the bounds ``[lo, hi]``) is the projection of a raw output within ``allowed_i`` of
+    ``z_i``, or None when none is found (or the rows on the atoms exceed :data:`DENSE_SIZE`
+    entries, or the program :data:`LP_SIZE` rows or unknowns); ``lam`` is where the search
+    starts.
+
+    Each output asks its atom's shift ``s_a = (G^T lam)_a / w_i`` for an interval: a free one
+    ``|z_i - w_i s_a - y_i| <= allowed_i``, one at ``hi`` ``z_i - w_i s_a >= hi - allowed_i``,
+    one at ``lo`` alike. Shifts within every interval make a linear feasibility problem in
+    ``lam``; aiming at half the intervals' width, each round solves it (HiGHS, the least
+    total multiplier) for the change of the multipliers, in units of the current shifts'
+    largest miss, so that a shift of the raw outputs' magnitude is met to the rounding of
+    that magnitude after one or two rounds."""
+    n_rows, n_atoms = cs.n_rows, cs.n_atoms
+    if n_rows * n_atoms > DENSE_SIZE:
+        return None
+    problem = cs.host_problem
+    weight = problem.weight if problem.weight.size else np.ones_like(z)
+    target = _shift_intervals(z, y, weight, problem.atom, n_atoms, lo, hi, allowed / 2)
+    limit = _shift_intervals(z, y, weight, problem.atom, n_atoms, lo, hi, allowed)
+    if np.any(target[0] > target[1]):
+        return None
+    asked = np.isfinite(limit[0]) | np.isfinite(limit[1])
+    if max(int(active.sum()), 2 * int(asked.sum())) > LP_SIZE:
+        return None
+    # the shifts of the asking atoms per unit of each active row's multiplier
+    on_shifts = sparse.csr_matrix(dense_coef(problem.rows, n_atoms)[np.ix_(active, asked)].T)
+    (low, high), (least, most) = [(a[asked], b[asked]) for a, b in (target, limit)]
+    found = np.maximum(lam[active], 0.0)
+    for n_rounds in range(CERTIFY_ROUNDS + 1):
+        shifts = on_shifts @ found
+        if np.all((least <= shifts) & (shifts <= most)):
+            out = np.zeros(n_rows)
+            out[active] = found
+            return out
+        unit = float(np.maximum(low - shifts, shifts - high).max())
+        if n_rounds == CERTIFY_ROUNDS or not unit > 0:
+            return None
+        # (HiGHS takes bounds beyond 1e20 for none at all: the change is capped far inside)
+        change = linprog(np.ones(found.size), A_ub=sparse.vstack([on_shifts, -on_shifts]),
+                         b_ub=np.r_[np.minimum((high - shifts) / unit, CHANGE_CAP),
+                                    np.minimum((shifts - low) / unit, CHANGE_CAP)],
+                         bounds=np.c_[np.maximum(-found / unit, -CHANGE_CAP),
+                                      np.full(found.size, np.inf)],
+                         method="highs-ds")
+        if change.status != 0:
+            return None
+        found = np.maximum(found + change.x * unit, 0.0)
+    return None
+
+
+#: the largest change (in units of the shifts' miss) a round of :func:`certifying_multipliers`
+#: may ask of a shift or a multiplier
+CHANGE_CAP = 1e9
+
+
+def _shift_intervals(z, y, weight, atom, n_atoms, lo, hi, allowed):
+    """``(low, high)``: per atom, the shifts ``s_a`` under which each of its outputs ``y_i``
+    is the projection of a raw output within ``allowed_i`` of ``z_i`` (infinite where no
+    output asks; samples of weight 0 do not move and ask nothing)."""
+    moving = weight > 0
+    w = weight[moving]
+    z, y, allowed = z[moving], y[moving], allowed[moving]
+    at_low, at_high = y <= lo, y >= hi
+    below = np.where(at_low, z - lo - allowed, np.where(at_high, -np.inf, z - y - allowed))
+    above = np.where(at_high, z - hi + allowed, np.where(at_low, np.inf, z - y + allowed))
+    low, high = np.full(n_atoms, -np.inf), np.full(n_atoms, np.inf)
+    np.maximum.at(low, atom[moving], below / w)
+    np.minimum.at(high, atom[moving], above / w)
+    return low, high

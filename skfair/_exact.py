@@ -180,7 +180,8 @@ def recentred_solve(z, cs, lo, hi):
         n_iter += stage.n_iter
         if t >= 1.0:
             break
-        if n_iter > CONTINUATION_ITERATIONS:
+        if (n_iter > CONTINUATION_ITERATIONS
+                or n_iter * (cs.n_rows + host.size) > CONTINUATION_WORK):
             return stage  # refused by the caller: too costly to pursue
         grown = min(1.0, t * CONTINUATION_FACTOR)
         lam, t = stage.host_lam * (grown / t), grown
@@ -204,8 +205,11 @@ def recentred_solve(z, cs, lo, hi):
 
 #: how much farther from the bounds each stage of :func:`recentred_solve` puts the raw outputs
 CONTINUATION_FACTOR = 100.0
-#: the iterations the continuation of :func:`recentred_solve` may take in all
+#: the iterations the continuation of :func:`recentred_solve` may take in all, and their work
+#: (iterations times rows plus outputs: each iteration passes over both): the continuations
+#: that end certified need far less, and past either a refusal should come in seconds
 CONTINUATION_ITERATIONS = 1000
+CONTINUATION_WORK = 10_000_000
 #: multipliers larger than this times the outputs' scale are recentred (:func:`recentred_solve`)
 RECENTRE = 1e3
 #: most rows :func:`recentred_solve` recentres: their opposites are rows outside the pair

@@ -4,7 +4,8 @@ Every backend's outputs are checked from the values themselves (one compiled pas
 :func:`check`), not from the solver's residuals: the rows must hold to :data:`GUARANTEE_TOL`
 times the outputs' scale and the bounds exactly. An exact solve that needed a second solve (or
 a recentred one) is accepted only when its outputs are certified, from the KKT conditions, to
-be the projection of raw outputs near the given ones (:func:`certified`).
+be the projection of raw outputs near the given ones (:func:`certified`): by the solver's
+multipliers, or when those do not, by multipliers searched for the outputs themselves.
 """
 
 import math
@@ -90,30 +91,54 @@ def exact_violation(result, cs, bounds, failures):
 
 
 def certified(z, y, lam, found, cs, bounds, what, failures):
-    """Whether outputs ``y`` with multipliers ``lam`` (and their check ``found``) are the exact
+    """The multipliers that certify outputs ``y`` (with their check ``found``) to be the exact
     projection of raw outputs within ``POLISH_TOL`` times their scale plus 64 ulp of ``z``
-    (:func:`backward_error`); if not, the reason goes to ``failures`` (``what`` names the
-    solve)."""
-    excess = backward_error(z, y, lam, cs, bounds, tolerance(found, cs),
-                            POLISH_TOL * output_scale(found, cs))
-    if excess > 0:
-        failures.append(f"exact: the {what} is not certified to be the projection of z "
-                        f"(backward error beyond its tolerance by {excess:.3g})")
-    return excess <= 0
+    (:func:`backward_error`): ``lam`` when it does, else those that
+    :func:`skfair._active_set.certifying_multipliers` finds for ``y``, judged by the same
+    certificate; None when neither does, the reason in ``failures`` (``what`` names the
+    solve).
+
+    Far beyond the outputs' scale a solver's multipliers may be a large combination that
+    cancels to within rounding, and no certificate accepts them although ``y`` is the
+    projection: the search asks only whether some multipliers certify ``y``."""
+    from ._active_set import certifying_multipliers
+
+    active_tol, tol = tolerance(found, cs), POLISH_TOL * output_scale(found, cs)
+    excess = backward_error(z, y, lam, cs, bounds, active_tol, tol)
+    if excess <= 0:
+        return lam
+    searched = certifying_multipliers(z, cs, *bounds.box, y, lam, active_rows(y, cs, active_tol),
+                                      allowed_error(z, tol))
+    if searched is not None and backward_error(z, y, searched, cs, bounds, active_tol, tol) <= 0:
+        return searched
+    failures.append(f"exact: the {what} is not certified to be the projection of z "
+                    f"(backward error beyond its tolerance by {excess:.3g})")
+    return None
 
 
 def backward_error(z, y, lam, cs, bounds, active_tol, tol):
     """How far ``y`` is from being the exact projection of raw outputs near ``z``: the largest
-    excess, over the samples, of ``|z''_i - z_i|`` beyond ``tol + 64 ulp(z_i)``, where ``y`` is
-    the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y`` (within
-    ``active_tol``; the others' set to zero). At most 0 when ``y`` is certified."""
-    rows = row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h)
-    free = unclipped(z, np.where(rows >= -active_tol, lam, 0.0), cs)
+    excess, over the samples, of ``|z''_i - z_i|`` beyond :func:`allowed_error`, where ``y``
+    is the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y``
+    (:func:`active_rows`; the others' set to zero). At most 0 when ``y`` is certified."""
+    free = unclipped(z, np.where(active_rows(y, cs, active_tol), lam, 0.0), cs)
     low, high = bounds.box
     error = np.where(y >= high, np.maximum(high - free, 0.0),
                      np.where(y <= low, np.maximum(free - low, 0.0), np.abs(y - free)))
-    allowed = tol + 64 * np.spacing(np.abs(z))
-    return float((error - allowed).max(initial=-math.inf))
+    return float((error - allowed_error(z, tol)).max(initial=-math.inf))
+
+
+def active_rows(y, cs, active_tol):
+    """Whether each row holds as an equality at ``y`` to within ``active_tol``: the rows whose
+    multipliers a certificate keeps."""
+    return row_values(cs.host_rows, _atom_sums(y, cs), cs.host_h) >= -active_tol
+
+
+def allowed_error(z, tol):
+    """Per sample, how far from ``z_i`` the raw output of which ``y`` is the projection may
+    lie: ``tol`` plus 64 units in the last place of ``z_i``, the rounding with which ``z_i``
+    enters any shift computed at its magnitude."""
+    return tol + 64 * np.spacing(np.abs(z))
 
 
 def unclipped(z, lam, cs):

@@ -416,7 +416,8 @@ def _polished(z, result, cs, bounds, failures):
     second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, *bounds)
     found = checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
-    if not certified(z, second.host_y, lam, found, cs, bounds, "second solve", failures):
+    lam = certified(z, second.host_y, lam, found, cs, bounds, "second solve", failures)
+    if lam is None:
         return None
     return _exact.SolveResult(second.y, lam, result.n_iter + second.n_iter, second.converged,
                               second.scale, second.host_y, found)
@@ -432,24 +433,26 @@ def _active_set_result(z, first, cs, bounds, failures):
         return None
     y, lam, n_patterns = found
     checked_y = check(y, cs)
-    if not certified(host, y, lam, checked_y, cs, bounds, "active-set solve", failures):
+    lam = certified(host, y, lam, checked_y, cs, bounds, "active-set solve", failures)
+    if lam is None:
         return None
     return _exact.SolveResult(device_tensor(y, z.device), lam, first.n_iter + n_patterns, True,
                               first.scale, y, checked_y)
 
 
 def _recentred(z, cs, bounds, failures):
-    """:func:`skfair._exact.recentred_solve` of ``z`` when its multipliers are non-negative
-    (the recentred rows were active) and its outputs are certified like :func:`_polished`'s;
-    else None, with the reason in ``failures``. (The caller checks the guarantee.)"""
+    """:func:`skfair._exact.recentred_solve` of ``z`` when its outputs are certified like
+    :func:`_polished`'s (a recentred row that was not active has a negative multiplier: the
+    certificate starts from the non-negative part); else None, with the reason in
+    ``failures``. (The caller checks the guarantee.)"""
     result = _exact.recentred_solve(z, cs, *bounds)
-    if not result.host_lam.min(initial=0.0) >= 0:
-        failures.append("exact: a recentred row was not active")
+    found = checked(result, cs)
+    lam = certified(host_vector(z), result.host_y, np.maximum(result.host_lam, 0.0), found, cs,
+                    bounds, "recentred solve", failures)
+    if lam is None:
         return None
-    if not certified(host_vector(z), result.host_y, result.host_lam, checked(result, cs), cs,
-                     bounds, "recentred solve", failures):
-        return None
-    return result
+    return _exact.SolveResult(result.y, lam, result.n_iter, result.converged, result.scale,
+                              result.host_y, found)
 
 
 def _qpth_backend(z, cs, bounds, failures):

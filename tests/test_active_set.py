@@ -31,6 +31,8 @@ from hypothesis import strategies as st
 from skfair import FairnessLayer, _active_set, _exact
 from skfair._bounds import Bounds
 from skfair._constraint_set import dense_coef
+from skfair._guarantee import POLISH_TOL, certified, output_scale
+from skfair._guarantee import check as check_outputs
 from skfair.constraints import intersect_groups
 from skfair.layer import as_group_matrix
 
@@ -207,6 +209,37 @@ FAR_OUT_REFUSALS = {
         groups=np.array([[1, 0], [1, 1], [0, 1]]), constraint="equal_opportunity",
         epsilon=0.05, bounds=(0.0, 1.0), y_true=np.ones(3),
         sample_weight=np.array([1.7, 1.6, 1.6])),
+    # The two below were refused: their outputs were the projection, but the multipliers found
+    # for them were a combination of size 1e12 that cancels to within rounding, which no
+    # certificate accepts; the multipliers that certify them are searched for now.
+    "bounded, equalized odds of outputs 1e12 out, weights spanning 2.5e11": Instance(
+        z=np.array([0.6228132, 0.3488771, 1e12, 1e12, 0.9632723, 0.59120321, -1e12]),
+        groups=np.array([[2, 5], [2, 1], [3, 1], [3, 1], [2, 4], [10, 4], [2, 6]]),
+        constraint="equalized_odds", epsilon=1e-3, bounds=(0.0, 1.0), y_true=np.ones(7),
+        sample_weight=np.array([4e3, 5.0, 3e4, 4e-6, 9e-2, 5e-2, 1e6])),
+    "bounded float32, intersectional equalized odds of tied outputs 1e12 out": Instance(
+        z=np.array([8.3e11, 8.3e11, 8.3e11, -2e11, -9.2e11, -9.2e11, -9.2e11, 8.3e11, -2e11,
+                    -9.2e11, 8.3e11, 8.3e11], dtype=np.float32),
+        groups=np.array([[0, 3], [11, 2], [9, 3], [1, 2], [7, 3], [10, 3], [10, 2], [7, 3],
+                         [5, 2], [9, 3], [1, 3], [5, 3]]),
+        constraint="equalized_odds", epsilon=1e-3, bounds=(0.0, 1.0),
+        y_true=np.array([0.0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1]),
+        sample_weight=np.array([2.0, 5, 2, 0.3, 300, 2e-6, 3e-3, 5, 2e-4, 4e-4, 300, 2e4]),
+        intersectional=True),
+}
+
+#: refusals of the fuzzing (benchmarks/guarantee_fuzz.py, seed 0) that no smaller instance
+#: reproduces, as the parameters they were drawn from (:func:`_oracle.make_instance`): outputs
+#: far out on both sides in groups of one sample, whose certifying multipliers were not found
+FAR_OUT_DRAWS = {
+    "59 outputs 1e12 out, three attributes intersected": dict(
+        n=59, n_attributes=3, max_groups=27, constraint="equalized_odds", epsilon=0.05,
+        bounds=(0.0, 1.0), z_kind="far", magnitude=1e12, float32=True, weights="none",
+        targets="inside", intersectional=True, seed=2920723721),
+    "1401 outputs 1e20 out at epsilon 0, two attributes intersected": dict(
+        n=1401, n_attributes=2, max_groups=13, constraint="equalized_odds", epsilon=0.0,
+        bounds=(0.0, 1.0), z_kind="far", magnitude=1e20, float32=True, weights="none",
+        targets="wide", intersectional=True, seed=3351823453),
 }
 
 
@@ -218,11 +251,44 @@ def test_far_out_raw_outputs_are_projected(name):
     assert outcome.ok and not outcome.loud, outcome.problems
 
 
+@pytest.mark.parametrize("name", FAR_OUT_DRAWS)
+def test_far_out_draws_of_the_fuzzing_are_projected(name):
+    inst = make_instance(**FAR_OUT_DRAWS[name])
+    assert far_out(inst)
+    outcome = check(inst)
+    assert outcome.ok and not outcome.loud, outcome.problems
+
+
+def test_the_certificate_searches_for_multipliers_when_the_solvers_do_not_certify():
+    """Outputs that are the projection, given multipliers that do not certify them: the
+    search finds ones that do, and outputs that are not the projection get none."""
+    inst = FAR_OUT_REFUSALS["bounded, equalized odds of outputs 1e12 out, weights spanning "
+                            "2.5e11"]
+    cs = _constraint_set(inst)
+    bounds = Bounds.of(inst.bounds)
+    z = inst.z.astype(np.float64)
+    y = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)(
+        torch.as_tensor(inst.z), torch.as_tensor(inst.groups),
+        y_true=torch.as_tensor(inst.y_true),
+        sample_weight=torch.as_tensor(inst.sample_weight)).detach().numpy()
+    found = check_outputs(y, cs)
+    lam = certified(z, y, np.zeros(cs.n_rows), found, cs, bounds, "test", failures := [])
+    assert lam is not None and lam.min() >= 0 and not failures
+    assert _active_set.certifying_multipliers(
+        z, cs, *bounds.box, y, np.zeros(cs.n_rows), np.ones(cs.n_rows, bool),
+        POLISH_TOL * output_scale(found, cs) + 64 * np.spacing(np.abs(z))) is not None
+    moved = y.copy()
+    moved[np.argmin(np.abs(y - 0.5))] += 1e-3  # a free output moved: no multipliers explain it
+    assert certified(z, moved, lam, check_outputs(moved, cs), cs, bounds, "test",
+                     failures) is None
+    assert failures and "not certified" in failures[0]
+
+
 @pytest.mark.parametrize("limit, value", [("MAX_UNKNOWNS", 0), ("GI_STEPS", 0),
-                                          ("MAX_PATTERNS", 0)])
+                                          ("MAX_PATTERNS", 0), ("DENSE_SIZE", 0)])
 def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch, limit,
                                                                       value):
-    """Past a cap (QP size, QP steps, patterns) the method returns None, never a partial
+    """Past a cap (QP size, QP steps, patterns, dense rows) the method returns None, never a partial
     answer; the layer then refuses an instance that only the method could project."""
     inst = FUZZ_FAILURES["bounded float32, 4 samples, three attributes"]
     cs = _constraint_set(inst)

@@ -187,3 +187,22 @@ def test_thousands_of_intersectional_cells_project_in_a_few_iterations():
     means = np.bincount(cells, y) / np.bincount(cells)
     assert means.max() - means.min() <= 0.05 + 1e-9
     assert layer.last_solve_["n_rows"] > 500_000 and layer.last_solve_["n_iter"] <= 15
+
+
+@pytest.mark.parametrize("limit", ["CONTINUATION_ITERATIONS", "CONTINUATION_WORK"])
+def test_the_continuation_of_far_out_outputs_stops_at_its_budget(monkeypatch, limit):
+    """Past its iterations or its work (iterations times rows plus outputs) the continuation
+    returns its last stage, for the caller to judge, instead of going on: a refusal of a large
+    problem comes in seconds."""
+    z = torch.tensor([1e12, -1e12, 0.3, 0.2], dtype=torch.float64)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.0)
+    stages = []
+    solve = _exact.solve
+    monkeypatch.setattr(_exact, "solve", lambda *args, **kwargs: stages.append(1) or solve(
+        *args, **kwargs))
+    _exact.recentred_solve(z, cs, 0.0, 1.0)
+    assert len(stages) > 2  # the continuation's stages, and the recentred solve
+    stages.clear()
+    monkeypatch.setattr(_exact, limit, 0)
+    _exact.recentred_solve(z, cs, 0.0, 1.0)
+    assert len(stages) == 1
