@@ -305,6 +305,28 @@ def test_outputs_no_active_row_explains_get_no_multipliers_not_an_error():
     assert "not certified" in failures[0]
 
 
+@pytest.mark.parametrize("start", [np.inf, np.nan])
+def test_non_finite_starting_multipliers_get_none_not_an_error(start):
+    """A solver's multipliers that overflowed (or are NaN) on the active rows: the search
+    starts from them, finds nothing and says so, and the certificate refuses."""
+    rng = np.random.default_rng(0)
+    z = np.r_[rng.uniform(0.0, 0.2, 6), rng.uniform(0.8, 1.0, 6)]
+    inst = Instance(z=z, groups=np.repeat([[0], [1]], 6, axis=0),
+                    constraint="demographic_parity", epsilon=0.1)
+    cs = _constraint_set(inst)
+    bounds = Bounds.of(inst.bounds)
+    y = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)(
+        torch.as_tensor(z), torch.as_tensor(inst.groups)).detach().numpy()
+    found = check_outputs(y, cs)
+    active = active_rows(y, cs, tolerance(found, cs))
+    assert active.any()
+    lam = np.where(active, start, 0.0)
+    assert _active_set.certifying_multipliers(z, cs, *bounds.box, y, lam, active,
+                                              np.full(len(z), 1e-6)) is None
+    assert certified(z, y, lam, found, cs, bounds, "test", failures := []) is None
+    assert "not certified" in failures[0]
+
+
 @pytest.mark.parametrize("limit, value", [("MAX_UNKNOWNS", 0), ("GI_STEPS", 0),
                                           ("MAX_PATTERNS", 0), ("DENSE_SIZE", 0)])
 def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch, limit,
