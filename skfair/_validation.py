@@ -444,9 +444,11 @@ def _check_peaks(peak, columns, feature_names):
 
 def _float_columns(frame):
     """``frame`` as float64 (NaN where pandas has a missing value); a column of dates,
-    durations or complex numbers, which numpy turns into numbers silently, raises."""
+    durations or complex numbers (or categories of them), which numpy turns into numbers
+    silently, raises."""
     for name, dtype in frame.dtypes.items():
-        if dtype.kind in "mMc":
+        values = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
+        if values.kind in "mMc":
             raise TypeError(f"column {name!r} holds {dtype}")
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
