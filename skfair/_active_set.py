@@ -423,7 +423,8 @@ def certifying_multipliers(z, cs, lo, hi, y, lam, active, allowed):
             out[active] = found
             return out
         unit = float(np.maximum(low - shifts, shifts - high).max())
-        if n_rounds == CERTIFY_ROUNDS or not unit > 0:
+        # (no multiplier to change, or shifts that overflowed: nothing a round can mend)
+        if n_rounds == CERTIFY_ROUNDS or not 0 < unit < math.inf or not found.size:
             return None
         # (HiGHS takes bounds beyond 1e20 for none at all: the change is capped far inside)
         change = linprog(np.ones(found.size), A_ub=sparse.vstack([on_shifts, -on_shifts]),

@@ -273,8 +273,7 @@ class InputSplitter:
         for block, start, stop, column in runs:
             rest[:, column:column + stop - start] = blocks[block].values[start:stop].T
         for positions, columns in converted:
-            rest[:, columns] = _numeric(
-                lambda: X.iloc[:, positions].to_numpy(dtype=np.float64, na_value=np.nan))
+            rest[:, columns] = _numeric(lambda: _float_columns(X.iloc[:, positions]))
         protected = []
         for block, row in protected_at:
             if block is None:  # no blocks: row is the column's position
@@ -441,6 +440,17 @@ def _check_peaks(peak, columns, feature_names):
             f"X has values beyond float32's range (about 3.4e38), the network's input "
             f"precision, in column(s) {named}; rescale them, e.g. with a StandardScaler."
         )
+
+
+def _float_columns(frame):
+    """``frame`` as float64 (NaN where pandas has a missing value); a column of dates,
+    durations or complex numbers (or categories of them), which numpy turns into numbers
+    silently, raises."""
+    for name, dtype in frame.dtypes.items():
+        values = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
+        if values.kind in "mMc":
+            raise TypeError(f"column {name!r} holds {dtype}")
+    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _numeric(convert):

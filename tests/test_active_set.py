@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from skfair import FairnessLayer, _active_set, _exact
 from skfair._bounds import Bounds
 from skfair._constraint_set import dense_coef
-from skfair._guarantee import POLISH_TOL, certified, output_scale
+from skfair._guarantee import POLISH_TOL, active_rows, certified, output_scale, tolerance
 from skfair._guarantee import check as check_outputs
 from skfair.constraints import intersect_groups
 from skfair.layer import as_group_matrix
@@ -282,6 +282,49 @@ def test_the_certificate_searches_for_multipliers_when_the_solvers_do_not_certif
     assert certified(z, moved, lam, check_outputs(moved, cs), cs, bounds, "test",
                      failures) is None
     assert failures and "not certified" in failures[0]
+
+
+def test_outputs_no_active_row_explains_get_no_multipliers_not_an_error():
+    """Every row slack at outputs that differ from the clipped raw outputs (a sample alone in
+    its group moved): no multipliers can explain them, and the search says so (None, the
+    certificate refuses) instead of handing the linear program no unknowns."""
+    rng = np.random.default_rng(0)
+    inst = Instance(z=rng.uniform(0.3, 0.7, 8), groups=np.array([[0]] + [[1]] * 7),
+                    constraint="demographic_parity", epsilon=0.5)
+    cs = _constraint_set(inst)
+    bounds = Bounds.of(inst.bounds)
+    moved = inst.z.copy()
+    moved[0] += 1e-3
+    found = check_outputs(moved, cs)
+    assert not active_rows(moved, cs, tolerance(found, cs)).any()
+    assert _active_set.certifying_multipliers(
+        inst.z, cs, *bounds.box, moved, np.zeros(cs.n_rows), np.zeros(cs.n_rows, bool),
+        np.full(8, 1e-9)) is None
+    assert certified(inst.z, moved, np.zeros(cs.n_rows), found, cs, bounds, "test",
+                     failures := []) is None
+    assert "not certified" in failures[0]
+
+
+@pytest.mark.parametrize("start", [np.inf, np.nan])
+def test_non_finite_starting_multipliers_get_none_not_an_error(start):
+    """A solver's multipliers that overflowed (or are NaN) on the active rows: the search
+    starts from them, finds nothing and says so, and the certificate refuses."""
+    rng = np.random.default_rng(0)
+    z = np.r_[rng.uniform(0.0, 0.2, 6), rng.uniform(0.8, 1.0, 6)]
+    inst = Instance(z=z, groups=np.repeat([[0], [1]], 6, axis=0),
+                    constraint="demographic_parity", epsilon=0.1)
+    cs = _constraint_set(inst)
+    bounds = Bounds.of(inst.bounds)
+    y = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)(
+        torch.as_tensor(z), torch.as_tensor(inst.groups)).detach().numpy()
+    found = check_outputs(y, cs)
+    active = active_rows(y, cs, tolerance(found, cs))
+    assert active.any()
+    lam = np.where(active, start, 0.0)
+    assert _active_set.certifying_multipliers(z, cs, *bounds.box, y, lam, active,
+                                              np.full(len(z), 1e-6)) is None
+    assert certified(z, y, lam, found, cs, bounds, "test", failures := []) is None
+    assert "not certified" in failures[0]
 
 
 @pytest.mark.parametrize("limit, value", [("MAX_UNKNOWNS", 0), ("GI_STEPS", 0),

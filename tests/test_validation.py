@@ -122,6 +122,33 @@ def test_both_frame_paths_raise_the_same_errors(n, column, value, match, column_
         clf.predict_proba(bad)
 
 
+@pytest.mark.parametrize("n", [1, 200])
+@pytest.mark.parametrize("value", [pd.Timestamp("2020-01-01"), pd.Timedelta("1D"),
+                                   pd.Timestamp("2020-01-01", tz="UTC"), 1 + 2j,
+                                   "category", "timestamp[ns][pyarrow]"])
+def test_dates_durations_and_complex_features_are_refused_not_read_as_numbers(n, value):
+    """numpy turns dates and durations into counts of time units and drops an imaginary part:
+    such a column of X is refused, in fit and in prediction, for a stream's row as for many."""
+    from skfair import FairNeuralClassifier
+
+    X = _mixed_frame(200)
+    y = (X["x"] > 0).astype(int)
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
+                               random_state=0).fit(X, y)
+    bad = X.iloc[:n].copy()
+    if isinstance(value, str):  # categories of dates, or pyarrow's dates
+        if value.endswith("[pyarrow]"):
+            pytest.importorskip("pyarrow")
+        bad["x"] = pd.Series([pd.Timestamp("2020-01-01")] * n, index=bad.index, dtype=value)
+    else:
+        bad["x"] = [value] * n
+    with pytest.raises(ValueError, match=r"must be numeric \(column 'x' holds"):
+        clf.predict_proba(bad)
+    with pytest.raises(ValueError, match=r"must be numeric \(column 'x' holds"):
+        FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1).fit(
+            bad, y.iloc[:n])
+
+
 def test_splitter_fit_transform_and_transform_agree_on_frames_and_arrays():
     """The splitter fitted on a frame gives the same features and codes for the same rows
     later, by name or by position, and appends the protected columns as network inputs (0/1
