@@ -408,6 +408,11 @@ def _dual_newton(z, problem, box, lam, atol, scale, max_iter):
             # opposite rows are both active: with a stale gradient the step put the removed
             # multiplier back on the opposite row, and the next iteration removed it again).
             residual, free_mass = evaluate(z, problem, box, lam)
+            # a leftover on a satisfied row may have been all that kept the point from
+            # converging: judged on the stale gradient, the step would find no ascent
+            worst = _worst(lam, residual)
+            if worst <= atol:
+                return n_iter, True, lam
             if chosen.size == 0:  # every row satisfied at zero but for rounding leftovers
                 continue
         at = Point(lam, residual, free_mass)

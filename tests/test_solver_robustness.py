@@ -206,3 +206,24 @@ def test_the_continuation_of_far_out_outputs_stops_at_its_budget(monkeypatch, li
     monkeypatch.setattr(_exact, limit, 0)
     _exact.recentred_solve(z, cs, 0.0, 1.0)
     assert len(stages) == 1
+
+
+def test_a_warm_start_whose_only_excess_is_a_leftover_multiplier_converges():
+    """Mean residual, bounds (0, 1), a warm start that is the optimum but for a rounding
+    leftover (1e-17) on a row satisfied by far: pinning the leftover to zero leaves the
+    optimum, and the solver must say so there (it judged the step on the gradient from before
+    the pinning, found no ascent and stopped unconverged)."""
+    z = np.array([-0.04990977, -0.05363902, 0.08267043, 1.03822954, 0.75173605, 0.98893085,
+                  0.70221078, 0.36915936])
+    y_true = np.array([0.89224011, 0.61371694, 0.82935613, 0.49805605, 0.69251813, 0.33902537,
+                       0.5228285, 0.21622339])
+    groups = [[1, 2]] * 3 + [[0, 2]] + [[1, 2]] * 4
+    cs = get_constraint("mean_residual").build(torch.as_tensor(groups), epsilon=0.2,
+                                               y_true=torch.as_tensor(y_true))
+    cold = _exact.solve(torch.as_tensor(z), cs, 0.0, 1.0)
+    assert cs.n_rows == 6 and cold.host_lam[2] == 0  # row 2 holds with a slack of 0.37
+    lam0 = np.zeros(cs.n_rows)
+    lam0[2] = 1e-17
+    warm = _exact.solve(torch.as_tensor(z), cs, 0.0, 1.0, lam0=lam0)
+    assert cold.converged and warm.converged
+    torch.testing.assert_close(warm.y, cold.y, atol=1e-12, rtol=0)
