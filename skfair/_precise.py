@@ -9,20 +9,22 @@ For small batches this module solves the projection
     min 1/2 ||y - z||^2   s.t.   G y <= h,   lo <= y <= hi
 
 with every number a decimal of :data:`PRECISION` significant digits, from the float64 ``z``,
-rows, weights and bounds converted exactly (``h`` raised by :data:`SLACK`), by the dual active-set method of Goldfarb and
-Idnani (1983) with the identity Hessian: from ``y = z`` it adds the most violated constraint
-(a row or a bound, by its distance) and moves ``y`` along the part of its normal outside the
-span of the active normals, dropping the active constraint whose multiplier reaches zero first;
-the active normals stay independent, so dependent rows cost nothing. The solution is certified
-in the same precision, as strictly as a float one (:func:`skfair._guarantee.backward_error`):
+rows, weights and bounds converted exactly (``h`` raised by :data:`SLACK`), by the dual
+active-set method of Goldfarb and Idnani (1983) with the identity Hessian: from ``y = z`` it
+adds the most violated constraint (a row or a bound, by its distance) and moves ``y`` along
+the part of its normal outside the span of the active normals (through the inverse of their
+Gram matrix, updated as a constraint joins or leaves), dropping the active constraint whose
+multiplier reaches zero first; the active normals stay independent, so dependent rows cost
+nothing. The solution is certified in the same precision, as strictly as a float one
+(:func:`skfair._guarantee.backward_error`):
 the multipliers are non-negative, the exact outputs meet the rows to the guarantee's tolerance,
 and the outputs rounded to float64 are the projection of raw outputs within the guarantee's
 allowance of ``z``, with the multipliers of the rows active at the rounded outputs. The
 caller's float checks then judge fairness and bounds on the rounded outputs.
 
-The method is dense in the samples: a step costs ``O(k^3)`` decimal operations for ``k <= n``
-active constraints, and a pass over the constraints ``O((m + 2 n) n)``; :data:`MAX_SAMPLES`
-and :data:`MAX_ROWS` keep a solve within about a second.
+The method is dense in the samples: a step costs ``O((k + m) n)`` decimal operations for
+``k <= n`` active constraints and ``m`` rows; :data:`MAX_SAMPLES` and :data:`MAX_ROWS` keep a
+solve (at most :data:`STEPS_PER_CONSTRAINT` steps per constraint) within about a second.
 """
 
 import decimal
@@ -34,10 +36,12 @@ import numpy as np
 from ._guarantee import GUARANTEE_TOL
 
 #: significant decimal digits of the arithmetic: multipliers up to float64's range that cancel
-#: to the guarantee's tolerance need about 20 digits beyond float64's 16; the rest is margin
-PRECISION = 60
-#: most samples of a batch the method takes: the active set holds up to ``n`` constraints and
-#: each step solves its ``k x k`` system in decimal arithmetic (``O(n^3)`` per step)
+#: to the guarantee's tolerance need about 20 digits beyond float64's 16, and the inverse Gram
+#: matrix of the active normals, updated at every step, loses as many digits as its condition
+#: number has (sample weights spanning 1e12 make it up to 1e48)
+PRECISION = 100
+#: most samples of a batch the method takes: the active set holds up to ``n`` constraints, and
+#: a solve takes a step or two per sample, each ``O(n^2)`` decimal operations and more
 MAX_SAMPLES = 64
 #: most rows the method takes: every step scans them (``O(m n)`` decimal operations)
 MAX_ROWS = 400
@@ -67,9 +71,10 @@ def solve(z, cs, lo, hi):
     """``(y, lam, n_steps)``: the projection of ``z`` (host float64) onto ``cs`` within ``[lo,
     hi]`` (floats, infinite where missing), as float64 outputs ``y`` (rounded from their
     decimal values) and the rows' multipliers ``lam`` (decimals: rounded to float64, those of
-    raw outputs far out no longer cancel to within the certificate's allowance); None when the constraints have no common
-    point or the method does not settle within its steps. Call it for batches that
-    :func:`fits`; the result is not certified (:func:`backward_error`)."""
+    raw outputs far out no longer cancel to within the certificate's allowance); None when
+    the constraints have no common point or the method does not settle within its steps.
+    Call it for batches that :func:`fits`; the result is not certified
+    (:func:`backward_error`)."""
     with decimal.localcontext() as context:
         context.prec = PRECISION
         rows, h = _rows(cs)
@@ -147,26 +152,31 @@ def _goldfarb_idnani(z, normals, limits, n_rows):
     norms = np.array([square.sqrt() for square in squares], dtype=object)
     # (the constraints' magnitudes need no precision: float64 values)
     absolute, magnitude = np.abs(normals.astype(np.float64)), np.abs(limits.astype(np.float64))
+    # a bound's normal is a signed unit vector: its value is the signed output
+    sample = np.argmax(absolute[n_rows:], axis=1)
+    sign = normals[n_rows:][np.arange(sample.size), sample]
     y = z.copy()
     active, u = [], []  # the active constraints and their multipliers
-    gram = np.empty((0, 0), dtype=object)  # the Gram matrix of the active normals
-    n_steps = 0
-    while n_steps < STEPS_PER_CONSTRAINT * len(normals):
-        slack = normals.dot(y) - limits
+    inverse = np.empty((0, 0), dtype=object)  # the inverse Gram matrix of the active normals
+    n_steps, max_steps = 0, STEPS_PER_CONSTRAINT * len(normals)
+    while True:
+        slack = np.concatenate([normals[:n_rows].dot(y), sign * y[sample]]) - limits
         allowed = MET * (magnitude + absolute.dot(np.abs(y.astype(np.float64))))
         distance = [s / norm if s > allowed[j] and j not in active and norm > 0 else 0
                     for j, (s, norm) in enumerate(zip(slack, norms))]
-        p = int(np.argmax(distance))
-        if not distance[p] > 0:
+        p = max(range(len(distance)), key=distance.__getitem__, default=-1)
+        if p < 0 or not distance[p] > 0:
             multipliers = np.full(len(normals), Decimal(0), dtype=object)
             multipliers[active] = u
             return multipliers[:n_rows], n_steps
         added, violation, u_p = normals[p], slack[p], Decimal(0)
-        while n_steps < STEPS_PER_CONSTRAINT * len(normals):
+        while True:
+            if n_steps == max_steps:
+                return None
             n_steps += 1
             chosen = normals[active]
             products = chosen.dot(added)
-            along = _solve(gram, products) if active else products
+            along = inverse.dot(products)
             direction = added - along.dot(chosen) if active else added
             squared = direction.dot(direction)
             # (None: the added normal is in the span of the active ones, y cannot move)
@@ -178,8 +188,11 @@ def _goldfarb_idnani(z, normals, limits, n_rows):
             if partial is None or (full is not None and full <= partial[0]):
                 u = [u_i - full * a for u_i, a in zip(u, along)] + [u_p + full]
                 y = y - full * direction
-                gram = np.block([[gram, products[:, None]],
-                                 [products[None, :], np.array([[squares[p]]])]])
+                # (the inverse of the Gram matrix bordered by the added normal: its Schur
+                # complement is the squared part of the normal outside the active span)
+                border = -along / squared
+                inverse = np.block([[inverse - np.outer(border, along), border[:, None]],
+                                    [border[None, :], np.array([[1 / squared]])]])
                 active.append(p)
                 break
             step, drop = partial
@@ -189,24 +202,9 @@ def _goldfarb_idnani(z, normals, limits, n_rows):
                 y = y - step * direction
                 violation -= step * squared
             del active[drop], u[drop]
-            gram = np.delete(np.delete(gram, drop, axis=0), drop, axis=1)
-    return None
-
-
-def _solve(matrix, rhs):
-    """``matrix^-1 rhs`` by Gaussian elimination with partial pivoting (decimal arrays)."""
-    k = len(rhs)
-    system = np.concatenate([matrix, rhs.reshape(k, 1)], axis=1)
-    for j in range(k):
-        pivot = j + int(np.argmax(np.abs(system[j:, j])))
-        system[[j, pivot]] = system[[pivot, j]]
-        for i in range(j + 1, k):
-            if system[i, j]:
-                system[i, j:] = system[i, j:] - system[i, j] / system[j, j] * system[j, j:]
-    out = np.empty(k, dtype=object)
-    for j in range(k - 1, -1, -1):
-        out[j] = (system[j, k] - system[j, j + 1:k].dot(out[j + 1:])) / system[j, j]
-    return out
+            column = np.delete(inverse[:, drop], drop)
+            inverse = (np.delete(np.delete(inverse, drop, axis=0), drop, axis=1)
+                       - np.outer(column, column) / inverse[drop, drop])
 
 
 def _clipped(values, lo, hi):
