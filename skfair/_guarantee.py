@@ -5,7 +5,9 @@ Every backend's outputs are checked from the values themselves (one compiled pas
 times the outputs' scale and the bounds exactly. An exact solve that needed a second solve (or
 a recentred one) is accepted only when its outputs are certified, from the KKT conditions, to
 be the projection of raw outputs near the given ones (:func:`certified`): by the solver's
-multipliers, or when those do not, by multipliers searched for the outputs themselves.
+multipliers, or when those do not, by multipliers searched for the outputs themselves. The
+last resort of small batches, solved in extended precision, is certified the same way in that
+precision (:func:`skfair._precise.backward_error`).
 """
 
 import math

@@ -12,7 +12,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from . import _active_set, _exact, _guarantee, _kernels, _qpth
+from . import _active_set, _exact, _guarantee, _kernels, _precise, _qpth
 from ._bounds import Bounds
 from ._constraint_set import ConstraintSet
 from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
@@ -373,11 +373,12 @@ def _exact_backend(z, cs, bounds, failures):
         result = _active_set_result(z, first, cs, bounds, reasons)
     if result is None:
         result = _recentred(z, cs, bounds, reasons)
-    if result is None:
-        failures.extend(reasons)
-        return None
-    violation = exact_violation(result, cs, bounds, failures)
+    if result is None or not meets_guarantee(checked(result, cs), cs, bounds):
+        # the last resort, before a refusal
+        result = _precise_result(z, first, cs, bounds, reasons) or result
+    violation = None if result is None else exact_violation(result, cs, bounds, reasons)
     if violation is None:
+        failures.extend(reasons)
         return None
     y = _ExactProjection.apply(z, cs.h, (result, cs, *bounds))
     return y, _info("exact", result.n_iter, violation, cs, result.host_lam)
@@ -453,6 +454,33 @@ def _recentred(z, cs, bounds, failures):
         return None
     return _exact.SolveResult(result.y, lam, result.n_iter, result.converged, result.scale,
                               result.host_y, found)
+
+
+def _precise_result(z, first, cs, bounds, failures):
+    """The projection by :func:`skfair._precise.solve` (decimal arithmetic: the last resort of
+    small batches, whose certificate float64 cannot compute), certified in the same precision
+    (:func:`skfair._precise.backward_error`, as strict as :func:`certified`); else None, with
+    the reason in ``failures``. (The caller checks the guarantee on the float64 outputs.)"""
+    if not _precise.fits(cs):
+        failures.append(f"exact: the batch is too large for the extended-precision solve "
+                        f"({cs.n_samples} samples, {cs.n_rows} rows; at most "
+                        f"{_precise.MAX_SAMPLES} and {_precise.MAX_ROWS})")
+        return None
+    host = host_vector(z)
+    found = _precise.solve(host, cs, *bounds.box)
+    if found is None:
+        failures.append("exact: the extended-precision solve did not settle")
+        return None
+    y, lam, n_steps = found
+    checked_y = check(y, cs)
+    excess = _precise.backward_error(host, y, lam, cs, bounds, tolerance(checked_y, cs),
+                                     POLISH_TOL * output_scale(checked_y, cs))
+    if not excess <= 0:
+        failures.append(f"exact: the extended-precision solve is not certified to be the "
+                        f"projection of z (backward error beyond its tolerance by {excess:.3g})")
+        return None
+    return _exact.SolveResult(device_tensor(y, z.device), lam.astype(np.float64),
+                              first.n_iter + n_steps, True, first.scale, y, checked_y)
 
 
 def _qpth_backend(z, cs, bounds, failures):

@@ -28,7 +28,7 @@ from _oracle import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from skfair import FairnessLayer, _active_set, _exact
+from skfair import FairnessLayer, _active_set, _exact, _precise
 from skfair._bounds import Bounds
 from skfair._constraint_set import dense_coef
 from skfair._guarantee import POLISH_TOL, active_rows, certified, output_scale, tolerance
@@ -337,6 +337,7 @@ def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch
     cs = _constraint_set(inst)
     z = inst.z.astype(np.float64)
     monkeypatch.setattr(_active_set, limit, value)
+    monkeypatch.setattr(_precise, "MAX_SAMPLES", 0)  # (the last resort would project it)
     box = Bounds.of(inst.bounds).box
     assert _active_set.solve(z, cs, *box, np.zeros(cs.n_rows), 1.0) is None
     with pytest.raises(RuntimeError, match="The fairness projection failed"):

@@ -462,14 +462,36 @@ def test_solver_auto_is_refused_naming_the_options():
 
 
 def test_exact_solver_failing_raises_without_fallback(monkeypatch):
-    from skfair import _exact
+    from skfair import _exact, _precise
 
     monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
         z.clone(), cs.h.new_zeros(cs.n_rows), 3, False, 1.0))
+    monkeypatch.setattr(_precise, "solve", lambda z, cs, lo, hi: None)
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     with pytest.raises(RuntimeError, match="exact: max violation"):
         project(z, cs, (0.0, 1.0), solver="exact")
+
+
+def test_exact_solver_failing_on_a_small_batch_is_rescued_in_extended_precision(monkeypatch):
+    """Before refusing, a small batch is projected in decimal arithmetic (``skfair._precise``),
+    certified and checked like every exact result, and differentiated like one."""
+    from skfair import _exact
+
+    monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
+        z.clone(), cs.h.new_zeros(cs.n_rows), 3, False, 1.0))
+    z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64, requires_grad=True)
+    cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
+    y, info = project(z, cs, (0.0, 1.0), solver="exact")
+    # the group means 0.85 and 0.25 meet at a gap of 0.1: each group moves by 0.25 (to within
+    # the method's slack on h, _precise.SLACK)
+    expected = torch.tensor([0.65, 0.55, 0.55, 0.45], dtype=torch.float64)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-10)
+    assert info["solver"] == "exact" and info["max_violation"] <= 1e-9
+    (grad,) = torch.autograd.grad(y[0], z)
+    # within a group the shift is shared: y_0 = z_0 - (z_0 + z_1 - z_2 - z_3) / 4 + const
+    torch.testing.assert_close(grad, torch.tensor([0.75, -0.25, 0.25, 0.25],
+                                                  dtype=torch.float64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -515,10 +537,11 @@ def test_a_solver_claiming_no_iterations_is_not_trusted_with_unfair_outputs(monk
 
 
 def test_both_backends_failing_raise(monkeypatch):
-    from skfair import _exact, _qpth
+    from skfair import _exact, _precise, _qpth
 
     monkeypatch.setattr(_exact, "solve", lambda z, cs, lo, hi, lam0=None, **k: _exact.SolveResult(
         z.clone(), cs.h.new_zeros(cs.n_rows), 0, False, 1.0))
+    monkeypatch.setattr(_precise, "solve", lambda z, cs, lo, hi: None)
     monkeypatch.setattr(_qpth, "qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
@@ -865,15 +888,22 @@ def test_a_first_solve_far_from_the_projection_is_not_polished_into_another_answ
 
 
 def test_without_a_certified_answer_the_projection_is_refused(monkeypatch):
-    from skfair import _active_set
+    from decimal import Decimal
+
+    from skfair import _active_set, _precise
 
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
     _perturbed_first_solve(monkeypatch, torch.tensor([0.3, 0.3, -0.2, -0.2],
                                                      dtype=torch.float64))
     monkeypatch.setattr(_active_set, "solve", lambda *args: None)
-    with pytest.raises(RuntimeError, match="not certified to be the projection"):
+    # the last resort's outputs, moved from z without multipliers to explain it, are refused
+    # by its own certificate
+    monkeypatch.setattr(_precise, "solve", lambda z, cs, lo, hi: (
+        z - 0.1, np.full(cs.n_rows, Decimal(0), dtype=object), 1))
+    with pytest.raises(RuntimeError, match="not certified to be the projection") as refusal:
         project(z, cs, (0.0, 1.0), "exact")
+    assert "the extended-precision solve is not certified" in str(refusal.value)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
