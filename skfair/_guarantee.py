@@ -122,8 +122,12 @@ def backward_error(z, y, lam, cs, bounds, active_tol, tol):
     """How far ``y`` is from being the exact projection of raw outputs near ``z``: the largest
     excess, over the samples, of ``|z''_i - z_i|`` beyond :func:`allowed_error`, where ``y``
     is the projection of ``z''`` with the multipliers ``lam`` of the rows active at ``y``
-    (:func:`active_rows`; the others' set to zero). At most 0 when ``y`` is certified."""
-    free = unclipped(z, np.where(active_rows(y, cs, active_tol), lam, 0.0), cs)
+    (:func:`active_rows`; the others' set to zero). At most 0 when ``y`` is certified;
+    infinite when a kept multiplier is negative or not finite (no KKT point then)."""
+    kept = np.where(active_rows(y, cs, active_tol), lam, 0.0)
+    if not (np.isfinite(kept).all() and (kept >= 0).all()):
+        return math.inf
+    free = unclipped(z, kept, cs)
     low, high = bounds.box
     error = np.where(y >= high, np.maximum(high - free, 0.0),
                      np.where(y <= low, np.maximum(free - low, 0.0), np.abs(y - free)))

@@ -202,7 +202,7 @@ class _StepRows(NamedTuple):
 
     ``rows`` (factored) over the atoms ``atom`` (None: the batch's combinations of groups) with
     sample ``weight``; ``h`` without the reference means; ``keys`` (a tuple); ``gram``, ``G
-    G^T``, and its diagonal ``norms``; ``index``: the rows' entries in the stream's multipliers
+    G^T``, and its diagonal ``norms``; ``entries``: the rows' entries in the stream's multipliers
     and sums. The rows that compare a present group ``u`` with the running mean of an absent
     one ``w`` (entries of the stream's group statistics): row ``reference_rows[i]`` adds
     ``reference_signs[i]`` times the mean of ``reference_groups[i]`` to ``h``; the divisor of
@@ -219,7 +219,7 @@ class _StepRows(NamedTuple):
     keys: tuple
     gram: np.ndarray
     norms: np.ndarray
-    index: np.ndarray
+    entries: np.ndarray
     reference_rows: np.ndarray = _NONE
     reference_signs: np.ndarray = np.zeros(0)
     reference_groups: np.ndarray = _NONE
@@ -312,7 +312,7 @@ class PrimalDualStream:
     """
 
     #: the primal point of a step is the output itself (:class:`DecisionStream`: thresholded)
-    THRESHOLD = None
+    THRESHOLD: float | None = None
 
     def __init__(self, constraint, epsilon, bounds, eta0, b_tau, solver="exact", dual_init=None):
         if constraint.requires_y_true:
@@ -510,7 +510,7 @@ class PrimalDualStream:
         s = step_rows
         step_size, largest, gap = dual_step(
             z, atoms[0] if s.atom is None else s.atom, s.weight, s.rows, s.h, s.norms, s.gram,
-            s.index, s.reference_rows, s.reference_signs, s.reference_groups, s.scaled_rows,
+            s.entries, s.reference_rows, s.reference_signs, s.reference_groups, s.scaled_rows,
             s.scaled_present, s.scaled_absent, s.pairs, s.pair_groups, *self._box,
             math.nan if self.THRESHOLD is None else self.THRESHOLD, n, float(size_squares),
             self.eta0, self.step_size, MAX_GAIN, self.epsilon, rows["duals"],

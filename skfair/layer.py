@@ -224,7 +224,7 @@ def project(z: torch.Tensor, cs: ConstraintSet,
     bounds = Bounds.of(bounds)
     double = z.dtype == torch.float64
     z64 = z if double else z.to(torch.float64)
-    failures = []
+    failures: list[str] = []
     order = _BACKEND_ORDER[solver]
     for backend in order:
         out = (_exact_backend if backend == "exact" else _qpth_backend)(z64, cs, bounds, failures)

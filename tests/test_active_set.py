@@ -361,3 +361,27 @@ def test_no_free_output_or_no_tight_row_gives_zero_multipliers():
                         (np.ones(len(z), bool), np.zeros(cs.n_rows, bool))):
         lam = _active_set._multipliers(z, weight, problem, rows, y, free, tight)
         np.testing.assert_array_equal(lam, np.zeros(cs.n_rows))
+
+
+def test_negative_multipliers_certify_nothing():
+    """Outputs fair but not the projection (z is fair as it is; y moves the groups apart to the
+    gap epsilon) are exactly what a negative multiplier on the now active row explains; a KKT
+    point has none, so the certificate refuses them."""
+    from skfair._guarantee import backward_error
+
+    inst = Instance(z=np.full(8, 0.5), groups=np.repeat([[0], [1]], 4, axis=0),
+                    constraint="demographic_parity", epsilon=0.1)
+    cs = _constraint_set(inst)
+    bounds = Bounds.of(inst.bounds)
+    y = np.r_[np.full(4, 0.55), np.full(4, 0.45)]
+    G, h = cs.dense().numpy(), cs.h.numpy()
+    row = int(np.argmax(G @ y - h))
+    assert abs((G @ y - h)[row]) < 1e-12  # the row that y makes active
+    lam = np.zeros(cs.n_rows)
+    lam[row] = -0.2
+    np.testing.assert_allclose(inst.z - G.T @ lam, y, atol=1e-15)  # what lam would explain
+    found = check_outputs(y, cs)
+    tol = POLISH_TOL * output_scale(found, cs)
+    assert backward_error(inst.z, y, lam, cs, bounds, tolerance(found, cs), tol) == np.inf
+    assert certified(inst.z, y, lam, found, cs, bounds, "test", failures := []) is None
+    assert "not certified" in failures[0]
