@@ -115,7 +115,14 @@ def test_cold_start_is_the_projection(n, n_attributes, max_groups, constraint, e
     box = Bounds.of(bounds).box
     scale_ = _exact.problem_scale(torch.as_tensor(inst.z), cs, *Bounds.of(bounds))
     found = _active_set.solve(inst.z.astype(np.float64), cs, *box, np.zeros(cs.n_rows), scale_)
-    assert found is not None, "the active-set method did not settle from zero multipliers"
+    if found is None:
+        # its one documented excuse: a pattern whose held outputs contradict the rows needs
+        # the proximal step, a QP with a slack per row, which it does not take beyond
+        # MAX_UNKNOWNS unknowns (the layer's other methods project such batches)
+        assert cs.n_rows + cs.n_atoms > _active_set.MAX_UNKNOWNS, (
+            "the active-set method did not settle from zero multipliers")
+        assert check(inst).ok
+        return
     y, lam, _ = found
     assert lam.min(initial=0.0) >= 0
     if bounds is not None:
