@@ -96,6 +96,21 @@ def run_layer(inst):
     return y.detach().numpy()
 
 
+def constraint_set(inst):
+    """The layer's constraint set of the instance (white-box tests of its solvers)."""
+    from skfair import FairnessLayer
+    from skfair.constraints import intersect_groups
+    from skfair.layer import as_group_matrix
+
+    layer = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)
+    groups = as_group_matrix(torch.as_tensor(inst.groups))
+    if inst.intersectional:
+        groups = intersect_groups(groups)
+    as_tensor = (lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float64))
+    return layer.constraint.build(groups, epsilon=inst.epsilon, y_true=as_tensor(inst.y_true),
+                                  sample_weight=as_tensor(inst.sample_weight))
+
+
 # --- group means ---------------------------------------------------------------------------
 
 def partitions(inst):

@@ -17,6 +17,7 @@ from _oracle import (
     EPSILONS,
     Instance,
     check,
+    constraint_set,
     far_out,
     gap,
     infeasibility,
@@ -33,18 +34,6 @@ from skfair._bounds import Bounds
 from skfair._constraint_set import dense_coef
 from skfair._guarantee import POLISH_TOL, active_rows, certified, output_scale, tolerance
 from skfair._guarantee import check as check_outputs
-from skfair.constraints import intersect_groups
-from skfair.layer import as_group_matrix
-
-
-def _constraint_set(inst):
-    layer = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)
-    groups = as_group_matrix(torch.as_tensor(inst.groups))
-    if inst.intersectional:
-        groups = intersect_groups(groups)
-    as_tensor = (lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float64))
-    return layer.constraint.build(groups, epsilon=inst.epsilon, y_true=as_tensor(inst.y_true),
-                                  sample_weight=as_tensor(inst.sample_weight))
 
 
 def _clarabel_qp(normals, beta):
@@ -111,7 +100,7 @@ def test_cold_start_is_the_projection(n, n_attributes, max_groups, constraint, e
     inst = make_instance(n, n_attributes, max_groups, constraint, epsilon, bounds, z_kind, 1.0,
                          False, weights, "inside", intersectional, seed)
     assume(pair_rows(inst) <= 2000 and infeasibility(inst) == 0.0)
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     box = Bounds.of(bounds).box
     scale_ = _exact.problem_scale(torch.as_tensor(inst.z), cs, *Bounds.of(bounds))
     found = _active_set.solve(inst.z.astype(np.float64), cs, *box, np.zeros(cs.n_rows), scale_)
@@ -172,7 +161,7 @@ FUZZ_FAILURES = {
 @pytest.mark.parametrize("name", FUZZ_FAILURES)
 def test_dependent_rows_at_tiny_epsilon_are_projected(name):
     inst = FUZZ_FAILURES[name]
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     newton = _exact.solve(torch.as_tensor(inst.z, dtype=torch.float64), cs,
                           *Bounds.of(inst.bounds))
     # what made these failures: the Newton iteration alone ends short of the tolerance
@@ -271,7 +260,7 @@ def test_the_certificate_searches_for_multipliers_when_the_solvers_do_not_certif
     search finds ones that do, and outputs that are not the projection get none."""
     inst = FAR_OUT_REFUSALS["bounded, equalized odds of outputs 1e12 out, weights spanning "
                             "2.5e11"]
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     bounds = Bounds.of(inst.bounds)
     z = inst.z.astype(np.float64)
     y = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)(
@@ -298,7 +287,7 @@ def test_outputs_no_active_row_explains_get_no_multipliers_not_an_error():
     rng = np.random.default_rng(0)
     inst = Instance(z=rng.uniform(0.3, 0.7, 8), groups=np.array([[0]] + [[1]] * 7),
                     constraint="demographic_parity", epsilon=0.5)
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     bounds = Bounds.of(inst.bounds)
     moved = inst.z.copy()
     moved[0] += 1e-3
@@ -320,7 +309,7 @@ def test_non_finite_starting_multipliers_get_none_not_an_error(start):
     z = np.r_[rng.uniform(0.0, 0.2, 6), rng.uniform(0.8, 1.0, 6)]
     inst = Instance(z=z, groups=np.repeat([[0], [1]], 6, axis=0),
                     constraint="demographic_parity", epsilon=0.1)
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     bounds = Bounds.of(inst.bounds)
     y = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)(
         torch.as_tensor(z), torch.as_tensor(inst.groups)).detach().numpy()
@@ -341,7 +330,7 @@ def test_beyond_its_limits_the_method_gives_up_and_the_layer_refuses(monkeypatch
     """Past a cap (QP size, QP steps, patterns, dense rows) the method returns None, never a partial
     answer; the layer then refuses an instance that only the method could project."""
     inst = FUZZ_FAILURES["bounded float32, 4 samples, three attributes"]
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     z = inst.z.astype(np.float64)
     monkeypatch.setattr(_active_set, limit, value)
     monkeypatch.setattr(_precise, "MAX_SAMPLES", 0)  # (the last resort would project it)
@@ -358,7 +347,7 @@ def test_no_free_output_or_no_tight_row_gives_zero_multipliers():
     """The multipliers that explain the free outputs: none to explain, or no row to explain
     them with, is zero (not a call of nnls on an empty matrix)."""
     inst = FUZZ_FAILURES["bounded float32, 4 samples, three attributes"]
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     problem = cs.host_problem
     rows = dense_coef(problem.rows, cs.n_atoms)
     z = inst.z.astype(np.float64)
@@ -378,7 +367,7 @@ def test_negative_multipliers_certify_nothing():
 
     inst = Instance(z=np.full(8, 0.5), groups=np.repeat([[0], [1]], 4, axis=0),
                     constraint="demographic_parity", epsilon=0.1)
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     bounds = Bounds.of(inst.bounds)
     y = np.r_[np.full(4, 0.55), np.full(4, 0.45)]
     G, h = cs.dense().numpy(), cs.h.numpy()

@@ -17,6 +17,7 @@ from _oracle import (
     MAGNITUDES,
     WEIGHT_KINDS,
     check,
+    constraint_set,
     far_out,
     gap,
     infeasibility,
@@ -29,24 +30,12 @@ from _oracle import (
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from skfair import FairnessLayer, _precise
+from skfair import _precise
 from skfair import layer as layer_module
 from skfair._bounds import Bounds
 from skfair._constraint_set import ConstraintSet
 from skfair._guarantee import POLISH_TOL, output_scale, tolerance
 from skfair._guarantee import check as check_outputs
-from skfair.constraints import intersect_groups
-from skfair.layer import as_group_matrix
-
-
-def _constraint_set(inst):
-    layer = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)
-    groups = as_group_matrix(torch.as_tensor(inst.groups))
-    if inst.intersectional:
-        groups = intersect_groups(groups)
-    as_tensor = (lambda a: None if a is None else torch.as_tensor(a, dtype=torch.float64))
-    return layer.constraint.build(groups, epsilon=inst.epsilon, y_true=as_tensor(inst.y_true),
-                                  sample_weight=as_tensor(inst.sample_weight))
 
 
 def _certificate(z, y, lam, cs, bounds):
@@ -69,7 +58,7 @@ def test_precise_solve_is_the_certified_projection(n, n_attributes, max_groups, 
     inst = make_instance(n, n_attributes, max_groups, constraint, epsilon, bounds, z_kind,
                          magnitude, False, weights, "inside", intersectional, seed)
     assume(pair_rows(inst) <= 400 and infeasibility(inst) == 0.0)
-    cs = _constraint_set(inst)
+    cs = constraint_set(inst)
     assume(_precise.fits(cs))
     z = inst.z.astype(np.float64)
     found = _precise.solve(z, cs, *Bounds.of(bounds).box)
@@ -94,7 +83,7 @@ def test_precise_solve_reports_contradicting_rows():
 def test_certificate_refuses_other_outputs_and_negative_multipliers():
     inst = make_instance(12, 2, 3, "demographic_parity", 0.05, (0.0, 1.0), "uniform", 1.0,
                          False, "mild", "inside", False, 7)
-    cs, bounds = _constraint_set(inst), Bounds.of(inst.bounds)
+    cs, bounds = constraint_set(inst), Bounds.of(inst.bounds)
     z = inst.z.astype(np.float64)
     y, lam, _ = _precise.solve(z, cs, *bounds.box)
     assert lam.max() > 0  # the rows move the outputs: the certificate has something to check
