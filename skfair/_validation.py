@@ -407,9 +407,12 @@ def _warn_about_groups(encoder, codes):
 
 def split_columns(X, protected_indices, room=0):
     """:meth:`InputSplitter.split` of an X that is neither a DataFrame nor a numeric array (a
-    list, an object array): through Python objects, ``COLUMN_BLOCK`` columns at a time."""
+    list, an object array): through Python objects, ``COLUMN_BLOCK`` columns at a time. An
+    array of dates, durations or complex numbers raises, as such a frame column does."""
     values = np.asarray(X, dtype=object)
     kept = np.delete(np.arange(values.shape[1]), protected_indices)
+    if isinstance(X, np.ndarray) and len(kept):
+        _numeric(lambda: _refuse_non_numbers(int(kept[0]), X.dtype))
     rest = np.empty((len(values), len(kept) + room))
     for start in range(0, len(kept), COLUMN_BLOCK):
         block = values[:, kept[start:start + COLUMN_BLOCK]]
@@ -447,10 +450,16 @@ def _float_columns(frame):
     durations or complex numbers (or categories of them), which numpy turns into numbers
     silently, raises."""
     for name, dtype in frame.dtypes.items():
-        values = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
-        if values.kind in "mMc":
-            raise TypeError(f"column {name!r} holds {dtype}")
+        _refuse_non_numbers(name, dtype)
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _refuse_non_numbers(name, dtype):
+    """Raise TypeError for a column ``name`` of dates, durations or complex numbers (or
+    categories of them): numpy would turn it into numbers silently."""
+    values = dtype.categories.dtype if isinstance(dtype, pd.CategoricalDtype) else dtype
+    if values.kind in "mMc":
+        raise TypeError(f"column {name!r} holds {dtype}")
 
 
 def _numeric(convert):

@@ -1,5 +1,7 @@
 """Finding protected columns and encoding their groups."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -147,6 +149,20 @@ def test_dates_durations_and_complex_features_are_refused_not_read_as_numbers(n,
     with pytest.raises(ValueError, match=r"must be numeric \(column 'x' holds"):
         FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1).fit(
             bad, y.iloc[:n])
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[ns]", "timedelta64[ns]", "complex128"])
+def test_arrays_of_dates_durations_or_complex_numbers_are_refused(dtype):
+    """A numpy array of dates, durations or complex numbers as X: refused like such a frame
+    column (numpy would read them as counts of time units, or drop the imaginary part)."""
+    from skfair import FairNeuralClassifier
+
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.normal(size=(50, 2)), rng.integers(0, 2, 50)]
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.raises(ValueError, match=rf"must be numeric \(column 0 holds {re.escape(dtype)}\)"):
+        FairNeuralClassifier(protected_attributes=[2], max_epochs=1).fit(
+            (X * 1e9).astype(dtype), y)
 
 
 def test_splitter_fit_transform_and_transform_agree_on_frames_and_arrays():
