@@ -26,7 +26,7 @@ from .constraints import intersect_groups
 
 #: batches of at most this many rows have their protected values looked up one by one in a
 #: dict (cheaper than pandas.factorize at that size; see GroupEncoder.transform_columns)
-SMALL_FRAME = 64
+LOOKUP_ROWS = 64
 #: columns converted at once through pandas or Python objects (the temporary is this many
 #: columns of X; see InputSplitter.split)
 COLUMN_BLOCK = 16
@@ -533,7 +533,7 @@ class GroupEncoder:
     def transform_columns(self, columns, handle_unknown="error"):
         """:meth:`transform` of a 1-D column per attribute, numpy or pandas arrays as X held
         them, as a numpy array: a categorical column is coded from its categories, without
-        converting its values, and any other with more than ``SMALL_FRAME`` rows from its
+        converting its values, and any other with more than ``LOOKUP_ROWS`` rows from its
         distinct values."""
         found = [self._value_codes(j, column) for j, column in enumerate(columns)]
         codes = np.empty((len(columns[0]), len(self.names)), dtype=np.int64)
@@ -559,7 +559,7 @@ class GroupEncoder:
                 value_codes = self._lookup(j, values)
                 cache[j] = (column.dtype, values, value_codes)
             return column.codes, values, value_codes
-        if len(column) > SMALL_FRAME:
+        if len(column) > LOOKUP_ROWS:
             positions, distinct = pd.factorize(column)
             values = np.asarray(distinct, dtype=object)
             return positions, values, self._lookup(j, values)

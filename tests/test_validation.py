@@ -73,12 +73,12 @@ def _mixed_frame(n, seed=0):
 @pytest.mark.parametrize("column_block", [1, 3, 16])
 def test_large_and_small_frames_split_into_the_same_features_and_groups(column_block,
                                                                          monkeypatch):
-    """Frames above SMALL_FRAME rows go to float64 column block by column block; smaller ones
-    through one object array: both give the same network inputs and group codes (the
-    protected attributes' encoding written into the columns the split left for it), for any
-    number of column blocks."""
+    """Frames above LOOKUP_ROWS rows have their protected values coded from their distinct
+    values, smaller ones looked up one by one: both give the same network inputs and group
+    codes (the protected attributes' encoding written into the columns the split left for
+    it), for any number of column blocks of the columns converted through pandas."""
     from skfair import FairNeuralClassifier, _validation
-    from skfair._validation import SMALL_FRAME
+    from skfair._validation import LOOKUP_ROWS
 
     monkeypatch.setattr(_validation, "COLUMN_BLOCK", column_block)
     X = _mixed_frame(200)
@@ -86,12 +86,12 @@ def test_large_and_small_frames_split_into_the_same_features_and_groups(column_b
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], max_epochs=1,
                                random_state=0).fit(X, y)
     features, codes = clf._validate_X(X, reset=False)
-    assert len(X) > SMALL_FRAME
-    for start in range(0, 200, SMALL_FRAME):
-        part = X.iloc[start:start + SMALL_FRAME]
+    assert len(X) > LOOKUP_ROWS
+    for start in range(0, 200, LOOKUP_ROWS):
+        part = X.iloc[start:start + LOOKUP_ROWS]
         small_features, small_codes = clf._validate_X(part, reset=False)
-        np.testing.assert_array_equal(small_features, features[start:start + SMALL_FRAME])
-        np.testing.assert_array_equal(small_codes, codes[start:start + SMALL_FRAME])
+        np.testing.assert_array_equal(small_features, features[start:start + LOOKUP_ROWS])
+        np.testing.assert_array_equal(small_codes, codes[start:start + LOOKUP_ROWS])
     numeric = X.assign(sex=X["sex"].cat.codes, race=X["race"].map({"a": 0, "b": 1, "c": 2}))
     from_array = FairNeuralClassifier(protected_attributes=[4, 5], max_epochs=1,
                                       random_state=0).fit(numeric.to_numpy(np.float64), y)
@@ -483,18 +483,18 @@ def _dtypes_frame(n, seed=0):
 @pytest.mark.parametrize("n", [1, 5, 200])
 def test_frames_of_every_dtype_split_as_through_python_objects(n, blocks, monkeypatch):
     """Features (bit for bit) and codes from pandas' blocks are those of the object round trip,
-    for one row, a few, and more than SMALL_FRAME (the codes from distinct values), whatever
+    for one row, a few, and more than LOOKUP_ROWS (the codes from distinct values), whatever
     the dtypes, the protected columns' place and the frame's blocks; and so are those of the
     public path taken where a pandas version holds no blocks."""
     from skfair import _validation
-    from skfair._validation import SMALL_FRAME, InputSplitter
+    from skfair._validation import LOOKUP_ROWS, InputSplitter
 
     if not blocks:
         monkeypatch.setattr(_validation, "_frame_layout", lambda X: (None, None))
 
     frame = _dtypes_frame(300)
     splitter = InputSplitter(["sex", "race"]).fit(frame, np.array(frame.columns), frame.shape[1])
-    assert 5 < SMALL_FRAME < 200
+    assert 5 < LOOKUP_ROWS < 200
     X = _dtypes_frame(n, seed=1)
     shuffled = X[list(reversed(X.columns))]  # other blocks, the same columns in another order
     reordered = InputSplitter(["sex", "race"]).fit(frame[shuffled.columns],
