@@ -12,7 +12,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from . import _active_set, _exact, _guarantee, _kernels, _precise, _qpth
+from . import _active_set, _exact, _guarantee, _kernels, _precise, _qpth, _reduction
 from ._bounds import Bounds
 from ._constraint_set import ConstraintSet
 from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
@@ -368,20 +368,58 @@ def _exact_backend(z, cs, bounds, failures):
         if inside and violation <= tolerance(found, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam)
     reasons = []
-    first, result = result, _polished(z, result, cs, bounds, reasons)
-    if result is None:
-        result = _active_set_result(z, first, cs, bounds, reasons)
-    if result is None:
-        result = _recentred(z, cs, bounds, reasons)
+    first, result = result, _float_result(z, result, cs, bounds, reasons)
     if result is None or not meets_guarantee(checked(result, cs), cs, bounds):
-        # the last resort, before a refusal
-        result = _precise_result(z, first, cs, bounds, reasons) or result
+        # the last resorts, before a refusal
+        result = (_reduced_result(z, first, cs, bounds, reasons)
+                  or _precise_result(z, first, cs, bounds, reasons) or result)
     violation = None if result is None else exact_violation(result, cs, bounds, reasons)
     if violation is None:
         failures.extend(reasons)
         return None
     y = _ExactProjection.apply(z, cs.h, (result, cs, *bounds))
     return y, _info("exact", result.n_iter, violation, cs, result.host_lam)
+
+
+def _float_result(z, first, cs, bounds, failures):
+    """The certified projection from the ``first`` solve of ``z``: that solve itself when its
+    outputs meet the guarantee, else :func:`_polished`, :func:`_active_set_result` or
+    :func:`_recentred`, the first that is certified; None when none is (the reasons in
+    ``failures``)."""
+    return (_polished(z, first, cs, bounds, failures)
+            or _active_set_result(z, first, cs, bounds, failures)
+            or _recentred(z, cs, bounds, failures))
+
+
+def _reduced_result(z, first, cs, bounds, failures):
+    """The projection of ``z`` as that of raw outputs whose far ones are brought nearer their
+    bound (:mod:`skfair._reduction`), certified on ``z`` itself with the multipliers of the
+    nearer outputs plus those of the far ones' linear program; else None, with the reason in
+    ``failures``. One solve per :data:`skfair._reduction.TARGETS` entry until one is
+    certified."""
+    host = host_vector(z)
+    low, high = bounds.box
+    far = _reduction.excess(host, low, high)
+    if not far.any():
+        return None  # nothing to reduce: the float solves' reasons stand
+    program = _reduction.program_multipliers(far, cs, low, high)
+    if program is None:
+        failures.append("exact: the linear program of the far raw outputs found no optimum")
+        return None
+    for target in _reduction.TARGETS:
+        nearer, t = _reduction.reduced(host, far, low, high, target)
+        reasons = []
+        start = _exact.solve(device_tensor(nearer, z.device), cs, *bounds)
+        result = _float_result(device_tensor(nearer, z.device), start, cs, bounds, reasons)
+        if result is None:
+            continue
+        lam = certified(host, result.host_y, np.maximum(result.host_lam + (1 - t) * program, 0.0),
+                        checked(result, cs), cs, bounds, "reduced solve", reasons)
+        if lam is not None:
+            return _exact.SolveResult(result.y, lam, first.n_iter + result.n_iter, True,
+                                      first.scale, result.host_y, checked(result, cs))
+    failures.append(reasons[-1])
+    return None
 
 
 def _polished(z, result, cs, bounds, failures):

@@ -270,8 +270,24 @@ def reference(inst):
     import cvxpy as cp
 
     z = np.asarray(inst.z, dtype=np.float64)
-    w = _weights(inst)
     y = cp.Variable(inst.n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(y - z)), reference_constraints(inst, y))
+    try:
+        problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12,
+                      tol_feas=1e-12, max_iter=400)
+    except cp.error.SolverError as exc:
+        return None, f"solver error: {exc}"
+    if problem.status != cp.OPTIMAL or y.value is None:
+        return None, problem.status
+    return np.asarray(y.value, dtype=np.float64), problem.status
+
+
+def reference_constraints(inst, y):
+    """The instance's fairness constraints and bounds on the cvxpy variable ``y``, built here
+    from the group codes with numpy."""
+    import cvxpy as cp
+
+    w = _weights(inst)
     cons = []
     for _, members in partitions(inst):
         if inst.constraint != "mean_residual" and len(members) < 2:
@@ -287,15 +303,90 @@ def reference(inst):
             cons.append(cp.max(means) - cp.min(means) <= inst.epsilon)
     if inst.bounds is not None:
         cons += [y >= inst.bounds[0], y <= inst.bounds[1]]
-    problem = cp.Problem(cp.Minimize(cp.sum_squares(y - z)), cons)
+    return cons
+
+
+def far_reference(inst, far=1e4):
+    """The projection of raw outputs far outside the bounds by its limit: ``(y, c, value,
+    z_near)``, or None when no output is far or a solver fails.
+
+    Split ``z = z_near + z_far``: ``z_far`` the excess over the bound of the outputs more than
+    ``far`` widths (at least 1) beyond it, ``z_near`` that bound for them and ``z`` for the
+    others. Far enough out, the projection of ``z`` is the point nearest ``z_near`` among the
+    maximisers of ``c . y`` over the fair set (``c = z_far`` normalised to a largest entry of 1):
+    the limit of ``argmin ||y - z_near - t z_far||`` as ``t`` grows, which that problem reaches
+    at a finite ``t`` (its objective is ``t`` times a linear one plus a quadratic). The linear
+    program is solved by HiGHS (its ``value``), then the nearest point by Clarabel with the
+    program's value kept to ``LEXICOGRAPHIC_SLACK`` (relative): ``y`` may give up that much of
+    it to come nearer ``z_near`` (see :func:`far_problems`)."""
+    import cvxpy as cp
+
+    lo, hi = inst.bounds
+    z = np.asarray(inst.z, dtype=np.float64)
+    beyond = z - np.clip(z, lo, hi)
+    is_far = np.abs(beyond) > far * max(1.0, hi - lo)
+    if not is_far.any():
+        return None
+    c = np.where(is_far, beyond, 0.0)
+    c /= np.abs(c).max()
+    z_near = np.where(is_far, np.clip(z, lo, hi), z)
+    y = cp.Variable(inst.n)
+    cons = reference_constraints(inst, y)
+    program = cp.Problem(cp.Maximize(c @ y), cons)
     try:
-        problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12,
-                      tol_feas=1e-12, max_iter=400)
-    except cp.error.SolverError as exc:
-        return None, f"solver error: {exc}"
-    if problem.status != cp.OPTIMAL or y.value is None:
-        return None, problem.status
-    return np.asarray(y.value, dtype=np.float64), problem.status
+        program.solve(solver=cp.HIGHS)  # a linear program: Clarabel's interior point is inexact
+        if program.status != cp.OPTIMAL:
+            return None
+        nearest = cp.Problem(cp.Minimize(cp.sum_squares(y - z_near)),
+                             cons + [c @ y >= program.value - LEXICOGRAPHIC_SLACK
+                                     * max(1.0, abs(program.value))])
+        nearest.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12,
+                      max_iter=400)
+    except cp.error.SolverError:
+        return None
+    # (Clarabel calls its answer on the thin optimal face inaccurate more often than not)
+    if nearest.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or y.value is None:
+        return None
+    return np.clip(np.asarray(y.value, dtype=np.float64), lo, hi), c, program.value, z_near
+
+
+#: how much of the linear program's optimum :func:`far_reference` lets the second step give up
+LEXICOGRAPHIC_SLACK = 1e-10
+
+
+def far_problems(inst, y, required=False):
+    """What is wrong with ``y`` as the projection of far raw outputs, judged by their limit
+    (:func:`far_reference`): ``y`` must maximise the linear program (to ``1e-8`` of ``sum |c|``
+    and its value: the layer's outputs are certified to a backward error of ``1e-6`` of the
+    scale) and lie no farther from ``z_near`` than the reference (which may give up some of the
+    program to come nearer); where the reference keeps at least ``y``'s value of the program,
+    the two may differ by ``FAR_DEVIATION`` of the scale. An empty list when nothing is wrong,
+    or when the reference failed and is not ``required``."""
+    found = far_reference(inst)
+    if found is None:
+        return ["the limit reference failed"] if required else []
+    y_ref, c, value, z_near = found
+    y = np.asarray(y, np.float64)
+    problems = []
+    slack = 1e-8 * max(1.0, abs(value), float(np.abs(c).sum()))
+    if c @ y < value - slack:
+        problems.append(f"off the far outputs' optimal face: c . y = {c @ y!r}, optimum "
+                        f"{value!r}")
+    d, d_ref = np.linalg.norm(y - z_near), np.linalg.norm(y_ref - z_near)
+    if d > d_ref + 1e-6 * max(1.0, d_ref):
+        problems.append(f"farther from z_near than the limit reference: {d!r} > {d_ref!r}")
+    sc = scale(inst, y_ref)
+    deviation = float(np.abs(y - y_ref).max()) / sc
+    if c @ y_ref >= c @ y - 1e-12 * slack and deviation > FAR_DEVIATION:
+        problems.append(f"y differs from the limit reference by {deviation:.3g} (relative to "
+                        f"the scale {sc:.3g})")
+    return problems
+
+
+#: how far (relative to the outputs' scale) the layer's answer may lie from the limit reference
+#: where the reference is no worse: the layer's certificate allows a backward error of 1e-6 of
+#: the scale, and Clarabel's answer on the optimal face (a thin set) is accurate to about as much
+FAR_DEVIATION = 1e-4
 
 
 # --- the whole check -------------------------------------------------------------------------

@@ -128,17 +128,19 @@ def test_small_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
     assert far_out(inst)
     outcome = check(inst, with_reference=True)
     assert outcome.ok and not outcome.loud, outcome.problems
-    # without the last resort, the layer refuses them
+    # without the last resorts (this one, and the reduction of far outputs), the layer
+    # refuses them
     monkeypatch.setattr(layer_module, "_precise_result", lambda *args: None)
+    monkeypatch.setattr(layer_module, "_reduced_result", lambda *args: None)
     with pytest.raises(RuntimeError, match="The fairness projection failed"):
         run_layer(inst)
 
 
 def test_refusal_of_a_large_batch_names_the_size_limit():
-    # a refusal of the fuzzing, seed 0: 1797 samples, beyond the extended-precision solve
-    inst = make_instance(n=1797, n_attributes=4, max_groups=27, constraint="demographic_parity",
-                         epsilon=1e-9, bounds=(0.0, 1.0), z_kind="far", magnitude=1e8,
-                         float32=False, weights="zeros", targets="wide", intersectional=True,
-                         seed=1292206448)
+    # a refusal of the fuzzing, seed 0: 1433 samples, beyond the extended-precision solve
+    inst = make_instance(n=1433, n_attributes=4, max_groups=16, constraint="equal_opportunity",
+                         epsilon=0.0, bounds=(0.0, 1.0), z_kind="outliers", magnitude=1e20,
+                         float32=True, weights="ratio1e12", targets="wide", intersectional=True,
+                         seed=648229065)
     with pytest.raises(RuntimeError, match="too large for the extended-precision solve"):
         run_layer(inst)

@@ -1,0 +1,139 @@
+"""Raw outputs far outside the bounds, brought to the outputs' scale (``skfair._reduction``).
+
+Checked against references that share none of its code: the linear program's multipliers
+against the optimum of the same program posed on the oracle's own rows (HiGHS through cvxpy);
+the reduced projection against the limit characterization of the projection of far raw
+outputs (:func:`_oracle.far_reference`: the linear program, then the nearest point on its
+optimal face, Clarabel); and the fuzzing's refusals it lifts, which the layer refused without
+it.
+"""
+
+import numpy as np
+import pytest
+import torch
+from _oracle import (
+    check,
+    constraint_set,
+    far_out,
+    far_problems,
+    make_instance,
+    reference_constraints,
+    run_layer,
+)
+
+from skfair import _exact, _reduction
+from skfair import layer as layer_module
+from skfair._bounds import Bounds
+
+
+def far_instance(seed, n=40, constraint="demographic_parity", epsilon=1e-9, z_kind="far",
+                 magnitude=1e20, weights="mild", bounds=(0.0, 1.0)):
+    """A small instance with raw outputs far out: the first of the seeds ``seed``, ``seed +
+    1000``, ... whose draw has some (tied outputs are drawn far only half the time)."""
+    while True:
+        inst = make_instance(n=n, n_attributes=2, max_groups=6, constraint=constraint,
+                             epsilon=epsilon, bounds=bounds, z_kind=z_kind, magnitude=magnitude,
+                             float32=False, weights=weights, targets="inside",
+                             intersectional=False, seed=seed)
+        if _reduction.excess(inst.z.astype(np.float64), *bounds).any():
+            return inst
+        seed += 1000
+
+
+def test_excess_keeps_only_outputs_far_beyond_a_bound():
+    width = _reduction.FAR_OUTSIDE * 8.0
+    z = np.array([0.0, 3.0, 3.0 + width, 3.0 + 2 * width, -5.0 - 2 * width, -1e300])
+    far = _reduction.excess(z, -5.0, 3.0)
+    np.testing.assert_array_equal(far, [0.0, 0.0, 0.0, 2 * width, -2 * width, -1e300 + 5.0])
+    # one bound: only outputs beyond it can be far
+    np.testing.assert_array_equal(_reduction.excess(np.array([1e20, -1e20]), 0.0, np.inf),
+                                  [0.0, -1e20])
+
+
+def test_reduced_outputs_keep_near_ones_and_direction():
+    z = np.array([0.5, 2e20, -1e10, 1.5])
+    far = _reduction.excess(z, 0.0, 1.0)
+    nearer, t = _reduction.reduced(z, far, 0.0, 1.0, 100.0)
+    assert 0 < t < 1
+    np.testing.assert_array_equal(nearer[[0, 3]], z[[0, 3]])
+    assert nearer[1] == pytest.approx(1.0 + 100.0) and nearer[2] < 0.0
+    assert nearer[2] == pytest.approx(-t * 1e10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_program_multipliers_meet_the_programs_optimum(seed):
+    import cvxpy as cp
+
+    inst = far_instance(seed, constraint=["demographic_parity", "mean_residual"][seed % 2],
+                        epsilon=[1e-9, 0.05, 0.0][seed % 3])
+    cs = constraint_set(inst)
+    z = inst.z.astype(np.float64)
+    lo, hi = inst.bounds
+    far = _reduction.excess(z, lo, hi)
+    nu = _reduction.program_multipliers(far, cs, lo, hi)
+    assert nu is not None and (nu >= 0).all()
+    # weak duality makes h . nu + sum_i max(lo r_i, hi r_i), r = far - G^T nu, an upper bound
+    # of max far . y over the fair set: equal to the optimum when nu is optimal
+    weight = inst.sample_weight if inst.sample_weight is not None else np.ones(inst.n)
+    r = far - weight * (cs.host_coef.T @ nu)[cs.host_problem.atom]
+    dual = cs.host_h @ nu + np.maximum(lo * r, hi * r).sum()
+    y = cp.Variable(inst.n)
+    unit = np.abs(far).max()  # HiGHS reads coefficients of 1e20 as infinite
+    program = cp.Problem(cp.Maximize(far / unit @ y), reference_constraints(inst, y))
+    program.solve(solver=cp.HIGHS)
+    assert dual / unit == pytest.approx(program.value, rel=1e-9)
+
+
+def reduced(inst):
+    """The layer's reduced projection of ``inst`` alone (not only after the float solves fail),
+    or None."""
+    cs = constraint_set(inst)
+    z = torch.as_tensor(inst.z.astype(np.float64))
+    bounds = Bounds.of(inst.bounds)
+    return layer_module._reduced_result(z, _exact.solve(z, cs, *bounds), cs, bounds, [])
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("z_kind,weights", [("far", "mild"), ("outliers", "none"),
+                                            ("ties", "zeros")])
+def test_reduced_projection_is_the_limit_of_far_raw_outputs(seed, z_kind, weights):
+    inst = far_instance(seed, z_kind=z_kind, weights=weights, magnitude=1e20,
+                        constraint=["demographic_parity", "mean_residual",
+                                    "equalized_odds"][seed % 3],
+                        epsilon=[1e-9, 0.05, 0.0, 1e-3][seed % 4],
+                        bounds=[(0.0, 1.0), (-5.0, 3.0)][seed % 2])
+    result = reduced(inst)
+    assert result is not None  # certified on every drawn instance
+    assert far_problems(inst, result.host_y, required=True) == []
+
+
+#: refusals of the fuzzing (benchmarks/guarantee_fuzz.py, seed 0) that the reduction lifts, as
+#: the parameters they were drawn from (:func:`_oracle.make_instance`): raw outputs 1e12-1e20
+#: out at epsilon near 0, whose multipliers cancel on the outputs that end inside the bounds
+FUZZ_REFUSALS = {
+    "741 outputs 1e20 out, mean residual of two attributes": dict(
+        n=741, n_attributes=2, max_groups=25, constraint="mean_residual", epsilon=1e-09,
+        bounds=(-5.0, 3.0), z_kind="far", magnitude=1e20, float32=True, weights="zeros",
+        targets="inside", intersectional=False, seed=2113449589),
+    "1065 outputs 1e20 out, mean residual of four attributes": dict(
+        n=1065, n_attributes=4, max_groups=23, constraint="mean_residual", epsilon=1e-09,
+        bounds=(0.0, 1.0), z_kind="far", magnitude=1e20, float32=True, weights="zeros",
+        targets="inside", intersectional=False, seed=3507235421),
+    "821 outputs, 1e12 outliers, intersectional equal opportunity": dict(
+        n=821, n_attributes=4, max_groups=17, constraint="equal_opportunity", epsilon=1e-09,
+        bounds=(0.0, 1.0), z_kind="outliers", magnitude=1e12, float32=True, weights="mild",
+        targets="wide", intersectional=True, seed=3223562042),
+}
+
+
+@pytest.mark.parametrize("name", FUZZ_REFUSALS)
+def test_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
+    inst = make_instance(**FUZZ_REFUSALS[name])
+    assert far_out(inst)
+    outcome = check(inst, with_reference=False)
+    assert outcome.ok and not outcome.loud, outcome.problems
+    assert far_problems(inst, outcome.y, required=True) == []
+    # without the reduction, the layer refuses them
+    monkeypatch.setattr(_reduction, "FAR_OUTSIDE", np.inf)
+    with pytest.raises(RuntimeError, match="The fairness projection failed"):
+        run_layer(inst)
