@@ -9,9 +9,10 @@ set ``F`` (the rows and the bounds) of ``z_t = z_near + t z_far`` for some ``0 <
 ``z - y = (z_t - y) + (1 - t) z_far``, where ``z_t - y`` lies in the normal cone of ``F`` at
 ``y`` (``y`` projects ``z_t``) and so does ``z_far`` (``y`` maximises it), and the cone holds
 their sum with ``1 - t >= 0``: the optimality condition of the projection of ``z``. As ``t``
-grows the projection of ``z_t`` settles on the optimal face of that linear program, so a
-moderate ``t`` (far outputs :data:`TARGETS` widths beyond their bound) gives the projection
-of any ``z``, however far.
+grows the projection of ``z_t`` settles on the optimal face of that linear program (at a
+finite ``t``: the objective is ``t`` times a linear one plus a quadratic), so a moderate ``t``
+(far outputs :data:`TARGETS` widths beyond their bound) gives the projection of most ``z``,
+however far. Raw outputs that tie exactly stay tied in ``z_t``.
 
 Float64 cannot compute that projection from ``z`` itself: its multipliers have the raw outputs'
 magnitude and cancel, on the outputs that end inside the bounds, below their rounding. From
@@ -32,7 +33,8 @@ from ._constraint_set import sparse_coef
 #: outputs more than this many bounds' widths (at least 1) beyond a bound are far
 FAR_OUTSIDE = 1e4
 #: how many widths beyond their bound the farthest output is put, one solve per entry in turn
-#: (below FAR_OUTSIDE: the reduced outputs are not far again)
+#: until one is certified: the nearest first (the more accurate solve), then farther ones (they
+#: settle on the program's optimum sooner); all below FAR_OUTSIDE, so none is far again
 TARGETS = (1e1, 1e2, 1e3)
 
 

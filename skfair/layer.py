@@ -368,11 +368,18 @@ def _exact_backend(z, cs, bounds, failures):
         if inside and violation <= tolerance(found, cs):
             return z, _info("exact", 0, violation, cs, result.host_lam)
     reasons = []
-    first, result = result, _float_result(z, result, cs, bounds, reasons)
+    first = result
+    far = _reduction.excess(host_vector(z), *bounds.box)
+    if far.any():
+        # Raw outputs far out: the first solve's outputs carry the rounding of their magnitude
+        # and are kept only when certified; the reduction, exact where it applies, goes first.
+        result = (_reduced_result(z, far, first, cs, bounds, reasons)
+                  or _float_result(z, first, cs, bounds, reasons, certify_first=True))
+    else:
+        result = _float_result(z, first, cs, bounds, reasons)
     if result is None or not meets_guarantee(checked(result, cs), cs, bounds):
-        # the last resorts, before a refusal
-        result = (_reduced_result(z, first, cs, bounds, reasons)
-                  or _precise_result(z, first, cs, bounds, reasons) or result)
+        # the last resort, before a refusal
+        result = _precise_result(z, first, cs, bounds, reasons) or result
     violation = None if result is None else exact_violation(result, cs, bounds, reasons)
     if violation is None:
         failures.extend(reasons)
@@ -381,27 +388,25 @@ def _exact_backend(z, cs, bounds, failures):
     return y, _info("exact", result.n_iter, violation, cs, result.host_lam)
 
 
-def _float_result(z, first, cs, bounds, failures):
-    """The certified projection from the ``first`` solve of ``z``: that solve itself when its
-    outputs meet the guarantee, else :func:`_polished`, :func:`_active_set_result` or
-    :func:`_recentred`, the first that is certified; None when none is (the reasons in
-    ``failures``)."""
-    return (_polished(z, first, cs, bounds, failures)
+def _float_result(z, first, cs, bounds, failures, certify_first=False):
+    """The projection from the ``first`` solve of ``z``: that solve itself when its outputs
+    meet the guarantee (and are certified, with ``certify_first``), else :func:`_polished`,
+    :func:`_active_set_result` or :func:`_recentred`, the first that is certified; None when
+    none is (the reasons in ``failures``)."""
+    return (_polished(z, first, cs, bounds, failures, certify_first)
             or _active_set_result(z, first, cs, bounds, failures)
             or _recentred(z, cs, bounds, failures))
 
 
-def _reduced_result(z, first, cs, bounds, failures):
-    """The projection of ``z`` as that of raw outputs whose far ones are brought nearer their
-    bound (:mod:`skfair._reduction`), certified on ``z`` itself with the multipliers of the
-    nearer outputs plus those of the far ones' linear program; else None, with the reason in
+def _reduced_result(z, far, first, cs, bounds, failures):
+    """The projection of ``z`` as that of raw outputs whose far ones (their excess over the
+    bound ``far``, :func:`skfair._reduction.excess`) are brought nearer their bound
+    (:mod:`skfair._reduction`), certified on ``z`` itself with the multipliers of the nearer
+    outputs plus those of the far ones' linear program; else None, with the reason in
     ``failures``. One solve per :data:`skfair._reduction.TARGETS` entry until one is
     certified."""
     host = host_vector(z)
     low, high = bounds.box
-    far = _reduction.excess(host, low, high)
-    if not far.any():
-        return None  # nothing to reduce: the float solves' reasons stand
     program = _reduction.program_multipliers(far, cs, low, high)
     if program is None:
         failures.append("exact: the linear program of the far raw outputs found no optimum")
@@ -422,8 +427,9 @@ def _reduced_result(z, first, cs, bounds, failures):
     return None
 
 
-def _polished(z, result, cs, bounds, failures):
-    """``result``, or when its outputs miss the guarantee, the projection of those outputs.
+def _polished(z, result, cs, bounds, failures, certify_first=False):
+    """``result``, or when its outputs miss the guarantee (or, with ``certify_first``, are not
+    certified like the second solve's below), the projection of those outputs.
 
     Raw outputs far from the fair set (far outside the bounds, or without bounds far from
     each other) cost the first solve its accuracy: its outputs ``y1`` carry the rounding error
@@ -444,7 +450,13 @@ def _polished(z, result, cs, bounds, failures):
     """
     first = checked(result, cs)
     if meets_guarantee(first, cs, bounds):
-        return result
+        if not certify_first:
+            return result
+        lam = certified(host_vector(z), result.host_y, result.host_lam, first, cs, bounds,
+                        "first solve", failures)
+        if lam is not None:
+            return _exact.SolveResult(result.y, lam, result.n_iter, result.converged,
+                                      result.scale, result.host_y, first)
     z = host_vector(z)
     scale = output_scale(first, cs)
     free = unclipped(z, result.host_lam, cs)

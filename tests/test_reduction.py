@@ -21,7 +21,7 @@ from _oracle import (
     run_layer,
 )
 
-from skfair import _exact, _reduction
+from skfair import FairnessLayer, _exact, _precise, _reduction
 from skfair import layer as layer_module
 from skfair._bounds import Bounds
 
@@ -84,13 +84,12 @@ def test_program_multipliers_meet_the_programs_optimum(seed):
     assert dual / unit == pytest.approx(program.value, rel=1e-9)
 
 
-def reduced(inst):
-    """The layer's reduced projection of ``inst`` alone (not only after the float solves fail),
-    or None."""
-    cs = constraint_set(inst)
-    z = torch.as_tensor(inst.z.astype(np.float64))
-    bounds = Bounds.of(inst.bounds)
-    return layer_module._reduced_result(z, _exact.solve(z, cs, *bounds), cs, bounds, [])
+def reduced(cs, z, bounds):
+    """The layer's reduced projection of ``z`` alone (whether or not other solves would
+    succeed), or None when it is not certified."""
+    bounds = Bounds.of(bounds)
+    far = _reduction.excess(z.numpy(), *bounds.box)
+    return layer_module._reduced_result(z, far, _exact.solve(z, cs, *bounds), cs, bounds, [])
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -102,7 +101,8 @@ def test_reduced_projection_is_the_limit_of_far_raw_outputs(seed, z_kind, weight
                                     "equalized_odds"][seed % 3],
                         epsilon=[1e-9, 0.05, 0.0, 1e-3][seed % 4],
                         bounds=[(0.0, 1.0), (-5.0, 3.0)][seed % 2])
-    result = reduced(inst)
+    result = reduced(constraint_set(inst), torch.as_tensor(inst.z.astype(np.float64)),
+                     inst.bounds)
     assert result is not None  # certified on every drawn instance
     assert far_problems(inst, result.host_y, required=True) == []
 
@@ -137,3 +137,33 @@ def test_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
     monkeypatch.setattr(_reduction, "FAR_OUTSIDE", np.inf)
     with pytest.raises(RuntimeError, match="The fairness projection failed"):
         run_layer(inst)
+
+
+def test_far_outputs_tied_exactly_are_projected_as_the_exact_solve_does():
+    # outputs 3.4e19 below the bounds, tied exactly: solved at their magnitude the tie broke
+    # within the rounding a certificate of 64 units in the last place accepts, and the outputs
+    # ended 0.075 from the projection; the reduction keeps the tie
+    inst = make_instance(n=8, n_attributes=2, max_groups=14, constraint="demographic_parity",
+                         epsilon=0.05, bounds=(-5.0, 3.0), z_kind="ties", magnitude=1e20,
+                         float32=True, weights="none", targets="wide", intersectional=False,
+                         seed=3490754742)
+    cs = constraint_set(inst)
+    exact = _precise.solve(inst.z.astype(np.float64), cs, *Bounds.of(inst.bounds).box)
+    assert exact is not None
+    np.testing.assert_allclose(run_layer(inst), exact[0], rtol=0, atol=1e-6)
+
+
+def test_far_outputs_below_a_single_bound():
+    # bounds=(0, None): only outputs far below 0 are far; the reduction's program keeps y >= 0
+    # alone, and its answer is the one of the extended-precision solve
+    z = torch.tensor([-1e20, 0.3, 0.5, -3e19, 0.7, 0.2, 0.9, 0.1], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    layer = FairnessLayer("demographic_parity", epsilon=0.01, bounds=(0.0, None))
+    y = layer(z, groups).numpy()
+    means = [y[groups.numpy() == g].mean() for g in range(3)]
+    assert max(means) - min(means) <= 0.01 + 1e-9 and y.min() >= 0.0
+    cs = layer.constraint.build(groups.reshape(-1, 1), epsilon=0.01)
+    exact = _precise.solve(z.numpy(), cs, 0.0, np.inf)
+    assert exact is not None
+    np.testing.assert_allclose(y, exact[0], rtol=0, atol=1e-6)
+    assert reduced(cs, z, layer.bounds) is not None
