@@ -776,7 +776,8 @@ class BaseFairNeural(BaseEstimator):
     # Persistence: torch state on the CPU so that any machine can load the estimator, in the
     # types that skops stores too (skfair._persistence).
     def __getstate__(self):
-        state = super().__getstate__()
+        # a copy: object.__getstate__ gives the instance's own dict
+        state = dict(super().__getstate__())
         if "module_" in state:
             state["module_"] = copy.deepcopy(self.module_).cpu()
         return _persistence.plain(state)

@@ -330,6 +330,15 @@ def test_reproducible_and_pickle_joblib_round_trip(biased, tmp_path):
     assert all(p.device.type == "cpu" for p in restored.module_.parameters())
 
 
+def test_pickling_leaves_the_estimator_as_it_is(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    module, proba = clf.module_, clf.predict_proba(X)
+    pickle.dumps(clf)
+    assert clf.module_ is module  # the stored copy is made for the file, not put in place
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
 def test_warm_start_continues_training(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
