@@ -926,6 +926,17 @@ def test_n_jobs_sets_torch_threads_for_the_call_only(biased, monkeypatch, n_jobs
         FairNeuralClassifier(n_jobs=0).fit(X[["x1"]], y)
 
 
+def test_probabilities_are_the_columns_one_minus_p_and_p(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    p = clf._probabilities(clf._predict_values(X))
+    for proba in (clf.predict_proba(X), clf.audit_predict_proba(X, y)):
+        assert proba.dtype == np.float64 and proba.flags.c_contiguous
+    np.testing.assert_array_equal(clf.predict_proba(X), np.column_stack([1 - p, p]))
+    row = clf.partial_predict_proba(X.iloc[[0]])
+    assert row.shape == (1, 2) and row[0, 0] == 1 - row[0, 1]
+
+
 def test_decision_function_and_log_proba_follow_the_fair_probabilities(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
