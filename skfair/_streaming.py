@@ -467,7 +467,8 @@ class PrimalDualStream:
         n = z.shape[0]
         if n == 0:
             return z.to(torch.float64).clone()
-        z = z.to(torch.float64)
+        if z.dtype != torch.float64:
+            z = z.to(torch.float64)
         host_z = host_vector(z)
         low, high = value_range(host_z)
         if not (math.isfinite(low) and math.isfinite(high)):

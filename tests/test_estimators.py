@@ -339,6 +339,29 @@ def test_pickling_leaves_the_estimator_as_it_is(biased):
     np.testing.assert_array_equal(clf.predict_proba(X), proba)
 
 
+def test_the_inputs_go_to_the_device_of_the_network_as_it_is(biased):
+    from skfair import _base
+
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    clf.partial_predict_proba(X.iloc[[0]])
+    assert clf._network_device() == torch.device("cpu")
+    clf.module_.to("meta")  # moved (into new parameters) after its device was found
+    assert clf._network_device() == torch.device("meta")
+    key = id(clf.module_)
+    clf.fit(X, y)  # a new network
+    assert clf._network_device() == torch.device("cpu")
+    np.testing.assert_array_equal(
+        clf.predict_proba(X),
+        FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+        .predict_proba(X))
+    assert key not in _base._FIRST_PARAMETER  # nothing is kept of a network that is gone
+    copied = copy.deepcopy(clf)
+    assert copied._network_device() == torch.device("cpu")
+    copied.module_.to("meta")
+    assert clf._network_device() == torch.device("cpu")  # each network its own
+
+
 def test_warm_start_continues_training(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
