@@ -7,7 +7,6 @@ for a batch of at least ``b_tau`` rows, else a step of the stream (:mod:`skfair.
 or per-row offsets (:mod:`skfair._calibration`).
 """
 
-import contextlib
 import copy
 import math
 import numbers
@@ -511,22 +510,15 @@ class BaseFairNeural(BaseEstimator):
             out = self._network_outputs(features)
         return out, self._groups(codes)
 
-    @contextlib.contextmanager
     def _torch_threads(self):
-        """torch's intra-op threads set to ``n_jobs`` (``None``: 1; negative: all processors
-        but ``-1 - n_jobs``) for the duration, then put back."""
+        """A context in which torch's intra-op threads are ``n_jobs`` (``None``: 1; negative:
+        all processors but ``-1 - n_jobs``), put back after."""
         n_jobs = 1 if self.n_jobs is None else int(self.n_jobs)
         if n_jobs == 0:
             raise InvalidParameterError(
                 f"n_jobs must be None, a positive number of threads or a negative count from "
                 f"all processors (-1: all); got {self.n_jobs!r}.")
-        threads = n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
+        return _TorchThreads(n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs))
 
     def _network_outputs(self, features):
         """The network's float64 outputs (after the output function, before the layer) for a
@@ -537,7 +529,10 @@ class BaseFairNeural(BaseEstimator):
         hundreds of megabytes written and read back per layer (the network treats rows
         independently in eval mode, so the outputs are the same)."""
         module, device = self.module_, self._network_device()
-        with torch.no_grad():
+        # Inference mode: the outputs feed no gradient, and their tensors skip the autograd
+        # bookkeeping that no_grad keeps (their version counters). Only skfair's prediction
+        # code, which changes none in place, sees them.
+        with torch.inference_mode():
             if module.training:  # switching walks every submodule: not per stream batch
                 module.eval()
             chunks = [outputs(module, device_tensor(
@@ -816,6 +811,21 @@ class BaseFairNeural(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+class _TorchThreads:
+    """torch's intra-op threads set to ``threads`` for the duration of a ``with``, then put back
+    (a class: entering a generator's context costs more, and every stream batch enters one)."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc_info):
+        torch.set_num_threads(self.previous)
 
 
 def _available(device):

@@ -362,6 +362,26 @@ def test_the_inputs_go_to_the_device_of_the_network_as_it_is(biased):
     assert clf._network_device() == torch.device("cpu")  # each network its own
 
 
+def test_predictions_run_the_network_as_no_grad_does_and_leave_it_trainable(biased):
+    """The network runs in inference mode at prediction: the outputs are those of a no_grad
+    forward pass, bit for bit, and a later fit trains as it would have without them."""
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
+                               **FAST).fit(X, y)
+    twin = copy.deepcopy(clf)
+    features = clf._validate_X(X, reset=False)[0]
+    with torch.no_grad(), clf._torch_threads():
+        direct = clf.module_(torch.from_numpy(features.astype(np.float32)))
+    outputs = clf._network_outputs(features)
+    np.testing.assert_array_equal(outputs.numpy(),
+                                  torch.sigmoid(direct.reshape(-1).double()).numpy())
+    clf.predict_proba(X)
+    clf.partial_predict_proba(X.iloc[[0]])
+    clf.fit(X, y)
+    twin.fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), twin.predict_proba(X))
+
+
 def test_warm_start_continues_training(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
