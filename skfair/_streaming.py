@@ -506,8 +506,8 @@ class PrimalDualStream:
         n = z.size
         size_squares = self.size_squares + n * n
         y = np.empty(n)
-        rows, groups, pairs = (entries.columns for entries in (
-            self._row_entries, self._group_entries, self._pair_entries))
+        rows, groups, pairs = (self._row_entries.columns, self._group_entries.columns,
+                               self._pair_entries.columns)
         s = step_rows
         step_size, largest, gap = dual_step(
             z, atoms[0] if s.atom is None else s.atom, s.weight, s.rows, s.h, s.norms, s.gram,
@@ -574,8 +574,7 @@ class PrimalDualStream:
         atom, table, mass = atoms
         if outputs is None:
             outputs = self._combinations(table, mass)
-        combinations, groups = (entries.columns for entries in (self._combination_entries,
-                                                                 self._group_entries))
+        combinations, groups = self._combination_entries.columns, self._group_entries.columns
         if record_outputs(y, atom, len(table), outputs.present, outputs.combinations,
                           outputs.groups, outputs.touched, combinations["total"],
                           combinations["count"], groups["total"], groups["count"],

@@ -43,6 +43,8 @@ MANY_GROUPS = 20
 def check_dense_2d(X):
     """Raise, saying what to do, unless X is a dense two-dimensional container: the protected
     columns are read from X as it is, before scikit-learn's own checks."""
+    if isinstance(X, pd.DataFrame):  # dense and 2-D: nothing to ask it
+        return
     if sp.issparse(X):
         raise TypeError(
             "Sparse data was passed for X, but the protected attributes are read from dense "
