@@ -344,6 +344,7 @@ class PrimalDualStream:
         """Start the arrays from the stored dicts, and the caches empty."""
         self._box = Bounds.of(self.bounds).box
         self._structures, self._compositions, self._cached_numbers = {}, {}, 0
+        self._row_atoms = {}
         self._row_entries = _Entries(duals=np.float64, has_dual=bool, sums=np.float64,
                                      recorded=bool)
         self._fill(self._row_entries, duals, "duals", "has_dual")
@@ -439,7 +440,8 @@ class PrimalDualStream:
     #: what a stream stores in another form (the arrays: as the dicts of the properties) or
     #: computes anew when loaded (:meth:`_load`)
     _NOT_STORED = ("_row_entries", "_pair_entries", "_combination_entries", "_group_entries",
-                   "_group_members", "_box", "_structures", "_compositions", "_cached_numbers")
+                   "_group_members", "_box", "_structures", "_compositions", "_cached_numbers",
+                   "_row_atoms")
 
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
@@ -474,7 +476,7 @@ class PrimalDualStream:
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
-        atoms = _rows.atoms(groups.numpy(force=True))
+        atoms = self._atoms(groups.numpy(force=True))
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
@@ -498,6 +500,20 @@ class PrimalDualStream:
             self._record(host_vector(y), atoms, 0.0)
             return y
         return device_tensor(self._primal_dual(host_z, step_rows, atoms), z.device)
+
+    def _atoms(self, codes):
+        """:func:`skfair._rows.atoms` of a batch's group ``codes``. A single row's are kept by
+        its codes (a stream of single rows meets each combination of groups again and again;
+        at most ``MAX_STRUCTURES`` are kept, of a few kilobytes each)."""
+        if len(codes) != 1:
+            return _rows.atoms(codes)
+        key = (codes.dtype, codes.tobytes())
+        atoms = self._row_atoms.get(key)
+        if atoms is None:
+            if len(self._row_atoms) >= MAX_STRUCTURES:
+                self._row_atoms.clear()
+            atoms = self._row_atoms[key] = _rows.atoms(codes)
+        return atoms
 
     def _primal_dual(self, z, step_rows, atoms):
         """The primal-dual step of a batch ``z`` (a float64 numpy array) shorter than ``b_tau``
