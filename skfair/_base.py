@@ -7,11 +7,11 @@ for a batch of at least ``b_tau`` rows, else a step of the stream (:mod:`skfair.
 or per-row offsets (:mod:`skfair._calibration`).
 """
 
-import contextlib
 import copy
 import math
 import numbers
 import os
+import weakref
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from . import _calibration, _persistence, _streaming, _training
 from ._bounds import Bounds
+from ._host import device_tensor
 from ._network import ACTIVATIONS, check_module, make_mlp, outputs
 from ._validation import GroupEncoder, InputSplitter, check_dense_2d, check_float32
 from .constraints import AffineConstraint, get_constraint
@@ -41,6 +42,10 @@ from .layer import SOLVERS, project
 
 #: rows the network is evaluated on at a time at prediction (see ``_network_outputs``)
 NETWORK_CHUNK = 8192
+
+#: weak references ``(network, its first parameter)`` by ``id`` of the network (whatever its
+#: equality), for ``BaseFairNeural._network_device``; an entry goes with its network
+_FIRST_PARAMETER: dict[int, tuple] = {}
 
 #: the estimator a method returns itself as (``typing.Self`` needs Python 3.11)
 Self = TypeVar("Self", bound="BaseFairNeural")
@@ -422,6 +427,7 @@ class BaseFairNeural(BaseEstimator):
             self.history_ = []
         self._n_network_inputs = features.shape[1]
         self.module_.to(device)
+        _FIRST_PARAMETER.pop(id(self.module_), None)  # (a move may make new parameters)
         check_module(self.module_, features.shape[1], self._inputs_description(codes))
 
     def _groups(self, codes):
@@ -504,22 +510,15 @@ class BaseFairNeural(BaseEstimator):
             out = self._network_outputs(features)
         return out, self._groups(codes)
 
-    @contextlib.contextmanager
     def _torch_threads(self):
-        """torch's intra-op threads set to ``n_jobs`` (``None``: 1; negative: all processors
-        but ``-1 - n_jobs``) for the duration, then put back."""
+        """A context in which torch's intra-op threads are ``n_jobs`` (``None``: 1; negative:
+        all processors but ``-1 - n_jobs``), put back after."""
         n_jobs = 1 if self.n_jobs is None else int(self.n_jobs)
         if n_jobs == 0:
             raise InvalidParameterError(
                 f"n_jobs must be None, a positive number of threads or a negative count from "
                 f"all processors (-1: all); got {self.n_jobs!r}.")
-        threads = n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
+        return _TorchThreads(n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs))
 
     def _network_outputs(self, features):
         """The network's float64 outputs (after the output function, before the layer) for a
@@ -529,12 +528,15 @@ class BaseFairNeural(BaseEstimator):
         the processor's cache and are allocated once, where those of a million rows would be
         hundreds of megabytes written and read back per layer (the network treats rows
         independently in eval mode, so the outputs are the same)."""
-        device = next(self.module_.parameters()).device
-        with torch.no_grad():
-            if self.module_.training:  # switching walks every submodule: not per stream batch
-                self.module_.eval()
-            chunks = [outputs(self.module_, torch.from_numpy(
-                features[start:start + NETWORK_CHUNK].astype(np.float32)).to(device))
+        module, device = self.module_, self._network_device()
+        # Inference mode: the outputs feed no gradient, and their tensors skip the autograd
+        # bookkeeping that no_grad keeps (their version counters). Only skfair's prediction
+        # code, which changes none in place, sees them.
+        with torch.inference_mode():
+            if module.training:  # switching walks every submodule: not per stream batch
+                module.eval()
+            chunks = [outputs(module, device_tensor(
+                features[start:start + NETWORK_CHUNK].astype(np.float32), device))
                 for start in range(0, max(len(features), 1), NETWORK_CHUNK)]
             raw = (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).double()
             out = self._output(raw)
@@ -550,6 +552,23 @@ class BaseFairNeural(BaseEstimator):
                         f"scale, or refit (e.g. with a smaller learning_rate)."
                     )
         return out
+
+    def _network_device(self):
+        """The device of the network's first parameter, which is found once per network:
+        walking the submodules for it costs as much as a layer of a stream's network pass.
+        Moving a network to another processor moves its parameters' data (the parameter asked
+        is the network's); a move that makes new parameters (to the meta device, say) drops the
+        old ones, and with them the one found."""
+        module = self.module_
+        found = _FIRST_PARAMETER.get(id(module))
+        parameter = None if found is None or found[0]() is not module else found[1]()
+        if parameter is None:
+            parameter = next(module.parameters())
+            key = id(module)
+            _FIRST_PARAMETER[key] = (
+                weakref.ref(module, lambda _: _FIRST_PARAMETER.pop(key, None)),
+                weakref.ref(parameter))
+        return parameter.device
 
     def _clip(self, out):
         return Bounds.of(self.bounds_).clip(out)
@@ -735,7 +754,7 @@ class BaseFairNeural(BaseEstimator):
     def _partial_values_and_groups(self, X):
         """The next stream batch's fair outputs (numpy) and group codes (a tensor, or None)."""
         out, groups = self._raw_outputs(X)  # validates everything before any state changes
-        if len(out) == 0:
+        if out.shape[0] == 0:
             return out.cpu().numpy(), groups
         if self._row_by_row(groups):  # no stream: every row on its own
             return self._offset_outputs(out, groups).cpu().numpy(), groups
@@ -776,7 +795,8 @@ class BaseFairNeural(BaseEstimator):
     # Persistence: torch state on the CPU so that any machine can load the estimator, in the
     # types that skops stores too (skfair._persistence).
     def __getstate__(self):
-        state = super().__getstate__()
+        # a copy: object.__getstate__ gives the instance's own dict
+        state = dict(super().__getstate__())
         if "module_" in state:
             state["module_"] = copy.deepcopy(self.module_).cpu()
         return _persistence.plain(state)
@@ -791,6 +811,21 @@ class BaseFairNeural(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+class _TorchThreads:
+    """torch's intra-op threads set to ``threads`` for the duration of a ``with``, then put back
+    (a class: entering a generator's context costs more, and every stream batch enters one)."""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def __enter__(self):
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc_info):
+        torch.set_num_threads(self.previous)
 
 
 def _available(device):

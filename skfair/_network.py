@@ -26,8 +26,10 @@ def outputs(module, x):
 def ends_in_sigmoid(module):
     """Whether the module is a Sequential whose last layer is a sigmoid: its outputs are
     probabilities, not logits."""
-    return isinstance(module, nn.Sequential) and len(module) > 0 and isinstance(module[-1],
-                                                                                 nn.Sigmoid)
+    if not isinstance(module, nn.Sequential):
+        return False
+    layers = list(module)  # (indexing a Sequential walks it, and costs more)
+    return bool(layers) and isinstance(layers[-1], nn.Sigmoid)
 
 
 def check_module(module, n_inputs, inputs):

@@ -344,6 +344,7 @@ class PrimalDualStream:
         """Start the arrays from the stored dicts, and the caches empty."""
         self._box = Bounds.of(self.bounds).box
         self._structures, self._compositions, self._cached_numbers = {}, {}, 0
+        self._row_atoms = {}
         self._row_entries = _Entries(duals=np.float64, has_dual=bool, sums=np.float64,
                                      recorded=bool)
         self._fill(self._row_entries, duals, "duals", "has_dual")
@@ -439,7 +440,8 @@ class PrimalDualStream:
     #: what a stream stores in another form (the arrays: as the dicts of the properties) or
     #: computes anew when loaded (:meth:`_load`)
     _NOT_STORED = ("_row_entries", "_pair_entries", "_combination_entries", "_group_entries",
-                   "_group_members", "_box", "_structures", "_compositions", "_cached_numbers")
+                   "_group_members", "_box", "_structures", "_compositions", "_cached_numbers",
+                   "_row_atoms")
 
     # Persistence: the sums are keyed by the rows' tuples, which skops cannot store as keys
     # (skfair._persistence).
@@ -467,13 +469,14 @@ class PrimalDualStream:
         n = z.shape[0]
         if n == 0:
             return z.to(torch.float64).clone()
-        z = z.to(torch.float64)
+        if z.dtype != torch.float64:
+            z = z.to(torch.float64)
         host_z = host_vector(z)
         low, high = value_range(host_z)
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError("z must be finite; the outputs of this batch hold NaN or an "
                              "infinity (the stream's state is unchanged).")
-        atoms = _rows.atoms(groups.numpy(force=True))
+        atoms = self._atoms(groups.numpy(force=True))
         if n >= self.b_tau:
             cs = self.constraint.build(groups, epsilon=self.epsilon)
             y = self._exact(z, cs, groups)
@@ -498,6 +501,20 @@ class PrimalDualStream:
             return y
         return device_tensor(self._primal_dual(host_z, step_rows, atoms), z.device)
 
+    def _atoms(self, codes):
+        """:func:`skfair._rows.atoms` of a batch's group ``codes``. A single row's are kept by
+        its codes (a stream of single rows meets each combination of groups again and again;
+        at most ``MAX_STRUCTURES`` are kept, of a few kilobytes each)."""
+        if len(codes) != 1:
+            return _rows.atoms(codes)
+        key = (codes.dtype, codes.tobytes())
+        atoms = self._row_atoms.get(key)
+        if atoms is None:
+            if len(self._row_atoms) >= MAX_STRUCTURES:
+                self._row_atoms.clear()
+            atoms = self._row_atoms[key] = _rows.atoms(codes)
+        return atoms
+
     def _primal_dual(self, z, step_rows, atoms):
         """The primal-dual step of a batch ``z`` (a float64 numpy array) shorter than ``b_tau``
         with rows ``step_rows`` (its ``atoms``): its outputs; the state changes only once the
@@ -505,8 +522,8 @@ class PrimalDualStream:
         n = z.size
         size_squares = self.size_squares + n * n
         y = np.empty(n)
-        rows, groups, pairs = (entries.columns for entries in (
-            self._row_entries, self._group_entries, self._pair_entries))
+        rows, groups, pairs = (self._row_entries.columns, self._group_entries.columns,
+                               self._pair_entries.columns)
         s = step_rows
         step_size, largest, gap = dual_step(
             z, atoms[0] if s.atom is None else s.atom, s.weight, s.rows, s.h, s.norms, s.gram,
@@ -573,8 +590,7 @@ class PrimalDualStream:
         atom, table, mass = atoms
         if outputs is None:
             outputs = self._combinations(table, mass)
-        combinations, groups = (entries.columns for entries in (self._combination_entries,
-                                                                 self._group_entries))
+        combinations, groups = self._combination_entries.columns, self._group_entries.columns
         if record_outputs(y, atom, len(table), outputs.present, outputs.combinations,
                           outputs.groups, outputs.touched, combinations["total"],
                           combinations["count"], groups["total"], groups["count"],

@@ -43,6 +43,8 @@ MANY_GROUPS = 20
 def check_dense_2d(X):
     """Raise, saying what to do, unless X is a dense two-dimensional container: the protected
     columns are read from X as it is, before scikit-learn's own checks."""
+    if isinstance(X, pd.DataFrame):  # dense and 2-D: nothing to ask it
+        return
     if sp.issparse(X):
         raise TypeError(
             "Sparse data was passed for X, but the protected attributes are read from dense "
@@ -335,7 +337,7 @@ class InputSplitter:
         """The number of network inputs of the protected attributes (0 when excluded)."""
         if self.exclude_protected:
             return 0
-        return sum(encoding.shape[1] for encoding in self._encodings())
+        return self._encodings()[1]
 
     def _inputs(self, rest, codes):
         """The network's inputs: ``rest`` with the protected attributes' encoding written into
@@ -343,7 +345,7 @@ class InputSplitter:
         numpy array) as a LongTensor."""
         n_rest = len(self.feature_indices)
         if rest.shape[1] > n_rest:
-            rest[:, n_rest:] = self.one_hot(codes)
+            self._write_one_hot(codes, rest, n_rest)
         elif not self.exclude_protected:
             rest = np.hstack([rest, self.one_hot(codes)])
         return rest, torch.from_numpy(codes)
@@ -352,16 +354,29 @@ class InputSplitter:
         """Protected attributes as network inputs: a 0/1 column for binary ones, else one-hot;
         the group of unseen values (code ``k``) as the mean of the ``k`` known encodings."""
         codes = np.asarray(codes)
-        return np.hstack([encoding[codes[:, j]] for j, encoding in enumerate(self._encodings())])
+        encoded = np.empty((len(codes), self._encodings()[1]))
+        self._write_one_hot(codes, encoded, 0)
+        return encoded
+
+    def _write_one_hot(self, codes, out, first):
+        """:meth:`one_hot` of ``codes`` written into the columns of ``out`` from ``first`` on,
+        attribute by attribute (no temporary of the whole encoding)."""
+        for j, (start, stop, encoding) in enumerate(self._encodings()[0]):
+            out[:, first + start:first + stop] = encoding[codes[:, j]]
 
     def _encodings(self):
-        """Per attribute, the network inputs of every code, a row each (built once)."""
+        """``(columns, width)``: per attribute, ``(start, stop, encoding)``, its columns among
+        the ``width`` network inputs of the protected attributes and the inputs of every code,
+        a row each (built once)."""
         if getattr(self, "_encoding_cache", None) is None:
-            self._encoding_cache = [
-                np.array([[0.0], [1.0], [0.5]]) if len(categories) == 2 else
-                np.vstack([np.eye(len(categories)), np.full((1, len(categories)),
-                                                            1.0 / len(categories))])
-                for categories in self.encoder.categories_]
+            columns, width = [], 0
+            for categories in self.encoder.categories_:
+                encoding = np.array([[0.0], [1.0], [0.5]]) if len(categories) == 2 else np.vstack(
+                    [np.eye(len(categories)), np.full((1, len(categories)),
+                                                      1.0 / len(categories))])
+                columns.append((width, width + encoding.shape[1], encoding))
+                width += encoding.shape[1]
+            self._encoding_cache = (columns, width)
         return self._encoding_cache
 
 

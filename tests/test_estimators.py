@@ -330,6 +330,58 @@ def test_reproducible_and_pickle_joblib_round_trip(biased, tmp_path):
     assert all(p.device.type == "cpu" for p in restored.module_.parameters())
 
 
+def test_pickling_leaves_the_estimator_as_it_is(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    module, proba = clf.module_, clf.predict_proba(X)
+    pickle.dumps(clf)
+    assert clf.module_ is module  # the stored copy is made for the file, not put in place
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
+def test_the_inputs_go_to_the_device_of_the_network_as_it_is(biased):
+    from skfair import _base
+
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    clf.partial_predict_proba(X.iloc[[0]])
+    assert clf._network_device() == torch.device("cpu")
+    clf.module_.to("meta")  # moved (into new parameters) after its device was found
+    assert clf._network_device() == torch.device("meta")
+    key = id(clf.module_)
+    clf.fit(X, y)  # a new network
+    assert clf._network_device() == torch.device("cpu")
+    np.testing.assert_array_equal(
+        clf.predict_proba(X),
+        FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+        .predict_proba(X))
+    assert key not in _base._FIRST_PARAMETER  # nothing is kept of a network that is gone
+    copied = copy.deepcopy(clf)
+    assert copied._network_device() == torch.device("cpu")
+    copied.module_.to("meta")
+    assert clf._network_device() == torch.device("cpu")  # each network its own
+
+
+def test_predictions_run_the_network_as_no_grad_does_and_leave_it_trainable(biased):
+    """The network runs in inference mode at prediction: the outputs are those of a no_grad
+    forward pass, bit for bit, and a later fit trains as it would have without them."""
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
+                               **FAST).fit(X, y)
+    twin = copy.deepcopy(clf)
+    features = clf._validate_X(X, reset=False)[0]
+    with torch.no_grad(), clf._torch_threads():
+        direct = clf.module_(torch.from_numpy(features.astype(np.float32)))
+    outputs = clf._network_outputs(features)
+    np.testing.assert_array_equal(outputs.numpy(),
+                                  torch.sigmoid(direct.reshape(-1).double()).numpy())
+    clf.predict_proba(X)
+    clf.partial_predict_proba(X.iloc[[0]])
+    clf.fit(X, y)
+    twin.fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), twin.predict_proba(X))
+
+
 def test_warm_start_continues_training(biased):
     X, y = biased
     clf = FairNeuralClassifier(protected_attributes=["sex", "race"], warm_start=True,
@@ -915,6 +967,17 @@ def test_n_jobs_sets_torch_threads_for_the_call_only(biased, monkeypatch, n_jobs
     np.testing.assert_allclose(clf.set_params(n_jobs=3).predict_proba(X), proba, atol=1e-6)
     with pytest.raises(ValueError, match="n_jobs"):
         FairNeuralClassifier(n_jobs=0).fit(X[["x1"]], y)
+
+
+def test_probabilities_are_the_columns_one_minus_p_and_p(biased):
+    X, y = biased
+    clf = FairNeuralClassifier(protected_attributes=["sex", "race"], **FAST).fit(X, y)
+    p = clf._probabilities(clf._predict_values(X))
+    for proba in (clf.predict_proba(X), clf.audit_predict_proba(X, y)):
+        assert proba.dtype == np.float64 and proba.flags.c_contiguous
+    np.testing.assert_array_equal(clf.predict_proba(X), np.column_stack([1 - p, p]))
+    row = clf.partial_predict_proba(X.iloc[[0]])
+    assert row.shape == (1, 2) and row[0, 0] == 1 - row[0, 1]
 
 
 def test_decision_function_and_log_proba_follow_the_fair_probabilities(biased):

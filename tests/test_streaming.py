@@ -798,3 +798,25 @@ def test_step_reproduces_the_plain_algorithm_on_a_long_stream(constraint, bounds
         _close(getattr(stream, name), getattr(plain, name))
     _close({k: tuple(v) for k, v in stream.atom_sums.items()},
            {k: tuple(v) for k, v in plain.atom_sums.items()})
+
+
+def test_single_rows_atoms_kept_by_their_codes_change_nothing(monkeypatch):
+    """A single row's atoms are kept by its group codes (and dtype), at most MAX_STRUCTURES of
+    them: the outputs and the statistics are those of atoms found anew every time."""
+    from skfair import _rows, _streaming
+
+    rng = np.random.default_rng(3)
+    rows = [(torch.as_tensor(rng.uniform(size=1)), torch.as_tensor(rng.integers(0, 3, (1, 2))))
+            for _ in range(300)]
+    monkeypatch.setattr(_streaming, "MAX_STRUCTURES", 4)
+    kept = new_stream()
+    outputs = [kept.step(z, groups).numpy() for z, groups in rows]
+    assert 0 < len(kept._row_atoms) <= 4
+    # a row of four int32 codes with the bytes of a kept row of two int64 codes has its own
+    wide = np.array([[1, 0]]).view(np.int32)
+    assert kept._atoms(np.array([[1, 0]]))[1] != kept._atoms(wide)[1] == _rows.atoms(wide)[1]
+    monkeypatch.setattr(_streaming.PrimalDualStream, "_atoms",
+                        lambda self, codes: _rows.atoms(codes))
+    anew = new_stream()
+    np.testing.assert_array_equal(outputs, [anew.step(z, groups).numpy() for z, groups in rows])
+    assert kept.stats() == anew.stats()
