@@ -413,9 +413,9 @@ def _reduced_result(z, far, first, cs, bounds, failures):
         return None
     for target in _reduction.TARGETS:
         nearer, t = _reduction.reduced(host, far, low, high, target)
+        nearer = device_tensor(nearer, z.device)
         reasons = []
-        start = _exact.solve(device_tensor(nearer, z.device), cs, *bounds)
-        result = _float_result(device_tensor(nearer, z.device), start, cs, bounds, reasons)
+        result = _float_result(nearer, _exact.solve(nearer, cs, *bounds), cs, bounds, reasons)
         if result is None:
             continue
         lam = certified(host, result.host_y, np.maximum(result.host_lam + (1 - t) * program, 0.0),
