@@ -306,7 +306,9 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     projection (the targets, weights and rows are data: no gradient flows to them). Returns
     ``(objective, result)``, a 0-dim tensor and the solver's :class:`~skfair._exact.SolveResult`
     (its multipliers, iterations and check), or None when the result fails the guarantee check (the
-    caller then goes through :func:`project`, which falls back to the other backend).
+    caller then goes through :func:`project`, which falls back to the other backend), and for raw
+    outputs far beyond the bounds (:func:`skfair._reduction.excess`), whose projection
+    :func:`project` certifies.
 
     The projection is what :func:`project` computes and checks; what differs is the autograd
     graph: the loss, the penalty, their weighted mean and the projection's implicit derivative
@@ -314,6 +316,8 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     (at training batch sizes of tens to hundreds, each costs about as much as the arithmetic).
     """
     bounds = Bounds.of(bounds)
+    if _reduction.excess(host_vector(z), *bounds.box).any():
+        return None
     result = _exact.solve(z.to(torch.float64), cs, *bounds, objective=_kernels.Loss(
         host_vector(target), host_vector(weight), loss, scale, penalty))
     if exact_violation(result, cs, bounds, []) is None:

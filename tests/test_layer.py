@@ -1188,3 +1188,24 @@ def test_a_column_of_outputs_is_not_taken_for_problems_of_one_output():
     with pytest.raises(ValueError, match=r"got \(4, 1\), problems of one output.*z.reshape"):
         layer(torch.tensor([[0.9], [0.8], [0.3], [0.2]]), torch.tensor([[0], [0], [1], [1]]))
     assert layer.last_solve_ is None
+
+
+def test_training_objective_projects_far_raw_outputs_as_project_does():
+    """Raw outputs far beyond the bounds skip the fused objective: a training batch gets the
+    certified projection of :func:`project` (tied far outputs stay tied, where a solve at their
+    magnitude breaks the tie within its rounding)."""
+    from skfair import _kernels
+    from skfair.layer import TrainingLoss, projected_objective, training_objective
+
+    z = torch.tensor([1.2890569e20, -3.3573328e19, -3.3573328e19, 1.7864279e20, -3.3573328e19,
+                      1.7864279e20, 1.2890569e20, -3.3573328e19], dtype=torch.float64)
+    groups = torch.tensor([[12, 0], [12, 0], [1, 3], [12, 0], [1, 0], [12, 0], [12, 0], [1, 0]])
+    cs = get_constraint("demographic_parity").build(groups, epsilon=0.05)
+    ones = torch.ones(8, dtype=torch.float64)
+    assert projected_objective(z, cs, (-5.0, 3.0), ones, ones, _kernels.SQUARED_ERROR, 1.0,
+                               0.0) is None
+    loss = TrainingLoss(lambda y, target: (y - target) ** 2, _kernels.SQUARED_ERROR, 1.0, 0.0)
+    _, _, fair = training_objective(z, cs, (-5.0, 3.0), "exact", ones, ones, loss)
+    expected, _ = project(z, cs, (-5.0, 3.0))
+    torch.testing.assert_close(fair, expected, atol=0, rtol=0)
+    torch.testing.assert_close(fair[[2, 4, 7]], torch.full((3,), 1.35, dtype=torch.float64))
