@@ -100,17 +100,19 @@ def main(argv=None):
     families = defaultdict(lambda: {"tried": 0, "failed": 0, "refused": 0, "violation": 0.0,
                                     "distance": 0.0,
                                     "exceptions": Counter(), "seconds": 0.0, "slowest": 0.0})
-    kinds, first = Counter(), {}
+    kinds, first, refused = Counter(), {}, []
     by_z = defaultdict(lambda: [0, 0, 0])  # (z kind, magnitude) -> [tried, failed, refused]
     start = time.perf_counter()
     skipped = loud = 0
-    for _ in range(args.instances):
+    for index in range(args.instances):
         inst = random_instance(rng, max_n=args.max_n)
         if pair_rows(inst) > MAX_PAIR_ROWS:
             skipped += 1
             continue
         outcome = check(inst)
         loud += outcome.loud
+        if outcome.loud:
+            refused.append((index, inst, outcome.seconds))
         row = families[inst.family()]
         row["tried"] += 1
         row["failed"] += not outcome.ok
@@ -150,6 +152,14 @@ def main(argv=None):
     print("\n### By raw outputs (kind, magnitude where the kind uses one)\n")
     print(markdown_table(["z kind", "magnitude", "tried", "failed", "refused"],
                          [[k, f"{m:g}", *counts] for (k, m), counts in sorted(by_z.items())]))
+    print("\n### Refused instances (what they were drawn from)\n")
+    print(markdown_table(
+        ["#", "n", "constraint", "attributes", "intersectional", "epsilon", "bounds", "z kind",
+         "magnitude", "weights", "dtype", "s"],
+        [[index, inst.n, inst.constraint, inst.groups.shape[1], inst.intersectional,
+          f"{inst.epsilon:g}", inst.family()[1], inst.drawn["z_kind"],
+          f"{inst.drawn['magnitude']:g}", inst.drawn["weights"], str(inst.z.dtype),
+          f"{seconds:.2f}"] for index, inst, seconds in refused]) if refused else "none")
     print("\n### Failures by kind\n")
     print(markdown_table(["kind", "count"], sorted(kinds.items(), key=lambda kv: -kv[1]))
           if kinds else "none")
