@@ -34,8 +34,9 @@ from ._constraint_set import sparse_coef
 FAR_OUTSIDE = 1e4
 #: how many widths beyond their bound the farthest output is put, one solve per entry in turn
 #: until one is certified: the nearest first (the more accurate solve), then farther ones (they
-#: settle on the program's optimum sooner); all below FAR_OUTSIDE, so none is far again
-TARGETS = (1e1, 1e2, 1e3)
+#: settle on the program's optimum sooner), while they are nearer than the raw outputs and the
+#: float solves of the previous one succeeded
+TARGETS = (1e1, 1e2, 1e3, 1e4, 1e5)
 
 
 def width(lo, hi):

@@ -415,19 +415,22 @@ def _reduced_result(z, far, first, cs, bounds, failures):
     if program is None:
         failures.append("exact: the linear program of the far raw outputs found no optimum")
         return None
+    reasons = []
     for target in _reduction.TARGETS:
         nearer, t = _reduction.reduced(host, far, low, high, target)
+        if t >= 1.0:
+            break  # the outputs are no farther than that
         nearer = device_tensor(nearer, z.device)
         reasons = []
         result = _float_result(nearer, _exact.solve(nearer, cs, *bounds), cs, bounds, reasons)
         if result is None:
-            continue
+            break  # (farther outputs only make the float solves harder)
         lam = certified(host, result.host_y, np.maximum(result.host_lam + (1 - t) * program, 0.0),
                         checked(result, cs), cs, bounds, "reduced solve", reasons)
         if lam is not None:
             return _exact.SolveResult(result.y, lam, first.n_iter + result.n_iter, True,
                                       first.scale, result.host_y, checked(result, cs))
-    failures.append(reasons[-1])
+    failures.extend(reasons[-1:])
     return None
 
 

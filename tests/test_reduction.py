@@ -107,9 +107,10 @@ def test_reduced_projection_is_the_limit_of_far_raw_outputs(seed, z_kind, weight
     assert far_problems(inst, result.host_y, required=True) == []
 
 
-#: refusals of the fuzzing (benchmarks/guarantee_fuzz.py, seed 0) that the reduction lifts, as
-#: the parameters they were drawn from (:func:`_oracle.make_instance`): raw outputs 1e12-1e20
-#: out at epsilon near 0, whose multipliers cancel on the outputs that end inside the bounds
+#: refusals of the fuzzing (benchmarks/guarantee_fuzz.py, seeds 0 and 1) that the reduction
+#: lifts, as the parameters they were drawn from (:func:`_oracle.make_instance`): raw outputs
+#: 1e12-1e20 out at epsilon near 0, whose multipliers cancel on the outputs that end inside the
+#: bounds
 FUZZ_REFUSALS = {
     "741 outputs 1e20 out, mean residual of two attributes": dict(
         n=741, n_attributes=2, max_groups=25, constraint="mean_residual", epsilon=1e-09,
@@ -119,6 +120,10 @@ FUZZ_REFUSALS = {
         n=1065, n_attributes=4, max_groups=23, constraint="mean_residual", epsilon=1e-09,
         bounds=(0.0, 1.0), z_kind="far", magnitude=1e20, float32=True, weights="zeros",
         targets="inside", intersectional=False, seed=3507235421),
+    "789 outputs 1e20 out, parity of three attributes (settled 1e4 widths out)": dict(
+        n=789, n_attributes=3, max_groups=14, constraint="demographic_parity", epsilon=1e-09,
+        bounds=(0.0, 1.0), z_kind="far", magnitude=1e20, float32=False, weights="none",
+        targets="huge", intersectional=False, seed=2862272405),
     "821 outputs, 1e12 outliers, intersectional equal opportunity": dict(
         n=821, n_attributes=4, max_groups=17, constraint="equal_opportunity", epsilon=1e-09,
         bounds=(0.0, 1.0), z_kind="outliers", magnitude=1e12, float32=True, weights="mild",
