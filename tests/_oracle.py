@@ -312,13 +312,15 @@ def far_reference(inst, far=1e4):
 
     Split ``z = z_near + z_far``: ``z_far`` the excess over the bound of the outputs more than
     ``far`` widths (at least 1) beyond it, ``z_near`` that bound for them and ``z`` for the
-    others. Far enough out, the projection of ``z`` is the point nearest ``z_near`` among the
-    maximisers of ``c . y`` over the fair set (``c = z_far`` normalised to a largest entry of 1):
-    the limit of ``argmin ||y - z_near - t z_far||`` as ``t`` grows, which that problem reaches
-    at a finite ``t`` (its objective is ``t`` times a linear one plus a quadratic). The linear
-    program is solved by HiGHS (its ``value``), then the nearest point by Clarabel with the
-    program's value kept to ``LEXICOGRAPHIC_SLACK`` (relative): ``y`` may give up that much of
-    it to come nearer ``z_near`` (see :func:`far_problems`)."""
+    others. Far enough out, the projection of ``z`` is the point nearest ``z_near`` on the
+    optimal face of the linear program ``max c . y`` over the fair set (``c = z_far``
+    normalised to a largest entry of 1): the limit of ``argmin ||y - z_near - t z_far||`` as
+    ``t`` grows, which that problem reaches at a finite ``t`` (its objective is ``t`` times a
+    linear one plus a quadratic). The program is solved by HiGHS (its optimum ``value``) on the
+    constraints in linear form; its optimal face is the fair set with every constraint whose
+    dual is positive held as an equality, to ``FACE_TOL`` (complementary slackness: any
+    optimal dual describes the whole face); Clarabel then finds the point of the face nearest
+    ``z_near``."""
     import cvxpy as cp
 
     lo, hi = inst.bounds
@@ -331,44 +333,87 @@ def far_reference(inst, far=1e4):
     c /= np.abs(c).max()
     z_near = np.where(is_far, np.clip(z, lo, hi), z)
     y = cp.Variable(inst.n)
-    cons = reference_constraints(inst, y)
+    sides = _linear_sides(inst, y)  # expressions that must be <= 0
+    cons = [side <= 0 for side in sides]
     program = cp.Problem(cp.Maximize(c @ y), cons)
     try:
         program.solve(solver=cp.HIGHS)  # a linear program: Clarabel's interior point is inexact
         if program.status != cp.OPTIMAL:
             return None
-        nearest = cp.Problem(cp.Minimize(cp.sum_squares(y - z_near)),
-                             cons + [c @ y >= program.value - LEXICOGRAPHIC_SLACK
-                                     * max(1.0, abs(program.value))])
-        nearest.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12,
-                      max_iter=400)
+        largest = max(float(np.max(con.dual_value, initial=0.0)) for con in cons)
+        # (held to FACE_TOL: float64 equalities of a degenerate face need not meet exactly)
+        face = [side[np.asarray(con.dual_value) > FACE_DUAL * largest] >= -FACE_TOL
+                for side, con in zip(sides, cons)
+                if np.any(np.asarray(con.dual_value) > FACE_DUAL * largest)]
     except cp.error.SolverError:
         return None
-    # (Clarabel calls its answer on the thin optimal face inaccurate more often than not)
-    if nearest.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or y.value is None:
+    # Clarabel at tight tolerances, else at its own (the face may be a thin set); a problem
+    # each time (cvxpy keeps a failed solve's state)
+    for options in ({"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12,
+                     "max_iter": 400}, {}):
+        nearest = cp.Problem(cp.Minimize(cp.sum_squares(y - z_near)), cons + face)
+        try:
+            nearest.solve(solver=cp.CLARABEL, **options)
+        except cp.error.SolverError:
+            continue
+        if nearest.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and y.value is not None:
+            break
+    else:
         return None
     return np.clip(np.asarray(y.value, dtype=np.float64), lo, hi), c, program.value, z_near
 
 
-#: how much of the linear program's optimum :func:`far_reference` lets the second step give up
-LEXICOGRAPHIC_SLACK = 1e-10
+#: a constraint belongs to the optimal face of :func:`far_reference`'s program when its dual
+#: exceeds this fraction of the largest (HiGHS's duals of inactive constraints are zero up to
+#: its tolerances)
+FACE_DUAL = 1e-9
+#: how far (absolute: outputs and bounds of order 1) a constraint of the optimal face may be
+#: from equality in :func:`far_reference`
+FACE_TOL = 1e-10
+
+
+def _linear_sides(inst, y):
+    """The instance's constraints on the cvxpy variable ``y`` as vector expressions that must
+    be at most 0, linear (a free centre per compared cell for parity: every group's mean within
+    ``[centre, centre + epsilon]``), built here from the group codes with numpy."""
+    import cvxpy as cp
+
+    w = _weights(inst)
+    sides = []
+    for _, members in partitions(inst):
+        if inst.constraint != "mean_residual" and len(members) < 2:
+            continue
+        A = np.zeros((len(members), inst.n))
+        for g, m in enumerate(members):
+            A[g, m] = w[m] / w[m].sum()
+        if inst.constraint == "mean_residual":
+            t = np.array([_mean(np.asarray(inst.y_true, np.float64), w, m) for m in members])
+            sides += [A @ y - t - inst.epsilon, t - A @ y - inst.epsilon]
+        else:
+            centre = cp.Variable()
+            sides += [A @ y - centre - inst.epsilon, centre - A @ y]
+    if inst.bounds is not None:
+        sides += [inst.bounds[0] - y, y - inst.bounds[1]]
+    return sides
 
 
 def far_problems(inst, y, required=False):
     """What is wrong with ``y`` as the projection of far raw outputs, judged by their limit
     (:func:`far_reference`): ``y`` must maximise the linear program (to ``1e-8`` of ``sum |c|``
     and its value: the layer's outputs are certified to a backward error of ``1e-6`` of the
-    scale) and lie no farther from ``z_near`` than the reference (which may give up some of the
-    program to come nearer); where the reference keeps at least ``y``'s value of the program,
-    the two may differ by ``FAR_DEVIATION`` of the scale. An empty list when nothing is wrong,
-    or when the reference failed and is not ``required``."""
+    scale), lie no farther from ``z_near`` than the reference (to ``1e-6``, relative) and differ
+    from it by at most ``FAR_DEVIATION`` of the scale. An empty list when nothing is wrong, or
+    when the reference failed (or left the program's optimum) and is not ``required``."""
     found = far_reference(inst)
+    if found is not None:
+        y_ref, c, value, z_near = found
+        slack = 1e-8 * max(1.0, abs(value), float(np.abs(c).sum()))
+        if c @ y_ref < value - slack:
+            found = None
     if found is None:
         return ["the limit reference failed"] if required else []
-    y_ref, c, value, z_near = found
     y = np.asarray(y, np.float64)
     problems = []
-    slack = 1e-8 * max(1.0, abs(value), float(np.abs(c).sum()))
     if c @ y < value - slack:
         problems.append(f"off the far outputs' optimal face: c . y = {c @ y!r}, optimum "
                         f"{value!r}")
@@ -377,7 +422,7 @@ def far_problems(inst, y, required=False):
         problems.append(f"farther from z_near than the limit reference: {d!r} > {d_ref!r}")
     sc = scale(inst, y_ref)
     deviation = float(np.abs(y - y_ref).max()) / sc
-    if c @ y_ref >= c @ y - 1e-12 * slack and deviation > FAR_DEVIATION:
+    if deviation > FAR_DEVIATION:
         problems.append(f"y differs from the limit reference by {deviation:.3g} (relative to "
                         f"the scale {sc:.3g})")
     return problems
