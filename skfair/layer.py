@@ -462,8 +462,10 @@ def _polished(z, result, cs, bounds, failures, certify_first=False):
     free = unclipped(z, result.host_lam, cs)
     start = result.host_y.copy()
     low, high = bounds.box
-    start[(start >= high) & (free > high + POLISH_TOL * scale)] = high + FAR * scale
-    start[(start <= low) & (free < low - POLISH_TOL * scale)] = low - FAR * scale
+    # (held at most at the largest float: bounds near float64's range)
+    held = min(high + FAR * scale, _reduction.LARGEST), max(low - FAR * scale, -_reduction.LARGEST)
+    start[(start >= high) & (free > high + POLISH_TOL * scale)] = held[0]
+    start[(start <= low) & (free < low - POLISH_TOL * scale)] = held[1]
     second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, *bounds)
     found = checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free

@@ -8,6 +8,8 @@ optimal face, Clarabel); and the fuzzing's refusals it lifts, which the layer re
 it.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,73 @@ def test_far_outputs_below_a_single_bound():
     assert exact is not None
     np.testing.assert_allclose(y, exact[0], rtol=0, atol=1e-6)
     assert reduced(cs, z, layer.bounds) is not None
+
+
+def test_excess_beyond_the_float_range_is_finite_and_silent():
+    # z - lo overflows for outputs above bounds near the float range: no warning, and an
+    # excess beyond it is the largest float (the reduction then still has a direction)
+    largest = np.finfo(np.float64).max
+    z = np.array([1.7e308, -1.7e308, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(_reduction.excess(z, -1e308, 1e308),
+                                      [1.7e308 - 1e308, -1.7e308 + 1e308, 0.0])
+        far = _reduction.excess(z, -np.inf, -1e308)  # one bound: its width counts as 1
+        np.testing.assert_array_equal(far, [largest, 0.0, 1e308 + 0.5])
+        nearer, _ = _reduction.reduced(z, far, -np.inf, -1e308, 10.0)
+    assert np.isfinite(nearer).all() and nearer[1] == -1.7e308
+
+
+def test_outputs_at_the_largest_float_warn_nothing():
+    largest = np.finfo(np.float64).max
+    z = torch.tensor([largest, 0.3, 0.5, -largest, 0.7, 0.2, 0.9, 0.1], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = FairnessLayer("demographic_parity", epsilon=0.01)(z, groups)
+    assert y[0] == 1.0 and y[3] == 0.0
+
+
+def test_bounds_near_the_float_range_are_not_told_z_is_not_finite():
+    # the second solve held the clipped outputs at hi + 1e3 * scale: infinite for hi = 1e308,
+    # and the user read "z must be finite" for finite raw outputs
+    z = torch.tensor([1.7e308, 0.3, 0.5, -1.7e308, 0.7, 0.2, 0.9, 0.1], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    layer = FairnessLayer("demographic_parity", epsilon=0.01, bounds=(-1e308, 1e308))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (group sums beyond the float range)
+        try:
+            y = layer(z, groups)
+        except RuntimeError as refusal:  # allowed: sums of such outputs overflow float64
+            assert str(refusal).startswith("The fairness projection failed")
+        else:
+            assert torch.isfinite(y).all() and y.abs().max() <= 1e308
+
+
+@pytest.mark.parametrize("size", [1e21, 1e100])
+def test_program_multipliers_do_not_depend_on_the_problems_size(size):
+    # HiGHS reads bounds and right-hand sides of 1e20 and beyond as infinite: posed as given,
+    # the program on bounds (0, 1e21) was unbounded and the reduction never ran there
+    inst = far_instance(3)
+    lo, hi = inst.bounds
+    z = inst.z.astype(np.float64)
+    far = _reduction.excess(z, lo, hi)
+    nu = _reduction.program_multipliers(far, constraint_set(inst), lo, hi)
+    inst.epsilon *= size
+    bigger = _reduction.program_multipliers(far, constraint_set(inst), lo * size, hi * size)
+    assert nu is not None and bigger is not None
+    np.testing.assert_allclose(bigger, nu, rtol=1e-9, atol=1e-9 * np.abs(far).max())
+
+
+def test_reduced_projection_of_a_problem_scaled_beyond_1e20():
+    # the projection commutes with scaling: outputs, bounds and epsilon times 1e21
+    inst = far_instance(0)
+    cs = constraint_set(inst)
+    z = torch.as_tensor(inst.z.astype(np.float64))
+    found = reduced(cs, z, inst.bounds)
+    assert found is not None
+    size = 1e21
+    inst.epsilon *= size
+    scaled = reduced(constraint_set(inst), z * size, tuple(b * size for b in inst.bounds))
+    assert scaled is not None
+    np.testing.assert_allclose(scaled.host_y / size, found.host_y, rtol=0, atol=1e-6)
