@@ -239,3 +239,82 @@ def test_reduced_projection_of_a_problem_scaled_beyond_1e20():
     scaled = reduced(constraint_set(inst), z * size, tuple(b * size for b in inst.bounds))
     assert scaled is not None
     np.testing.assert_allclose(scaled.host_y / size, found.host_y, rtol=0, atol=1e-6)
+
+
+def test_a_program_without_optimum_is_said_and_the_first_solve_still_tried(monkeypatch):
+    inst = far_instance(0)
+    cs = constraint_set(inst)
+    z = torch.as_tensor(inst.z.astype(np.float64))
+    expected = run_layer(inst)
+    monkeypatch.setattr(_reduction, "program_multipliers", lambda *args: None)
+    failures = []
+    bounds = Bounds.of(inst.bounds)
+    far = _reduction.excess(z.numpy(), *bounds.box)
+    assert layer_module._reduced_result(z, far, _exact.solve(z, cs, *bounds), cs, bounds,
+                                        failures) is None
+    assert failures == ["exact: the linear program of the far raw outputs found no optimum"]
+    # the certified first solve (or the other float solves) still answer, as before
+    np.testing.assert_allclose(run_layer(inst), expected, rtol=0, atol=1e-6)
+
+
+def reduced_in_layer(inst, monkeypatch):
+    """The layer's output and info for ``inst`` (float64, with gradients), asserting that the
+    reduction gave it."""
+    given = []
+    original = layer_module._reduced_result
+    monkeypatch.setattr(layer_module, "_reduced_result",
+                        lambda *args: given.append(original(*args)) or given[-1])
+    layer = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds)
+    z = torch.tensor(inst.z.astype(np.float64), requires_grad=True)
+    weight = None if inst.sample_weight is None else torch.as_tensor(inst.sample_weight)
+    y_true = None if inst.y_true is None else torch.as_tensor(inst.y_true)
+    y = layer(z, torch.as_tensor(inst.groups), y_true=y_true, sample_weight=weight)
+    assert len(given) == 1 and given[0] is not None
+    return z, y, layer
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradient_through_a_reduced_projection(seed, monkeypatch):
+    inst = far_instance(seed, constraint=["demographic_parity", "mean_residual"][seed % 2],
+                        epsilon=[1e-9, 0.05][seed // 2])
+    z, y, layer = reduced_in_layer(inst, monkeypatch)
+    direction = torch.linspace(-1.0, 1.0, len(z), dtype=torch.float64)
+    (y * direction).sum().backward()
+    lo, hi = inst.bounds
+    clipped = ((y == lo) | (y == hi)).detach().numpy()
+    assert torch.isfinite(z.grad).all() and clipped.any()
+    assert (z.grad.numpy()[clipped] == 0).all()  # outputs at a bound do not move
+    info = layer.last_solve_
+    duals = np.array(list(info["duals"].values()))
+    assert info["n_iter"] >= 0 and len(duals) == info["n_rows"]
+    assert np.isfinite(duals).all() and (duals >= 0).all()
+    # the same answer, gradient and multipliers twice
+    first_grad, z.grad = z.grad.clone(), None
+    again = layer(z, torch.as_tensor(inst.groups),
+                  y_true=None if inst.y_true is None else torch.as_tensor(inst.y_true),
+                  sample_weight=(None if inst.sample_weight is None
+                                 else torch.as_tensor(inst.sample_weight)))
+    (again * direction).sum().backward()
+    assert torch.equal(again, y) and torch.equal(z.grad, first_grad)
+    np.testing.assert_array_equal(np.array(list(layer.last_solve_["duals"].values())), duals)
+
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gradient_of_a_reduced_projection_along_the_near_outputs(seed, monkeypatch):
+    # gradcheck means nothing at 1e20, but along the outputs that are not far the projection
+    # is piecewise linear: central differences of a small step give its derivative
+    inst = far_instance(seed, epsilon=[1e-9, 0.05][seed % 2], z_kind="outliers")
+    z, y, layer = reduced_in_layer(inst, monkeypatch)
+    weights = torch.linspace(-1.0, 1.0, len(z), dtype=torch.float64)
+    (y * weights).sum().backward()
+    raw = inst.z.astype(np.float64)
+    near = _reduction.excess(raw, *inst.bounds) == 0
+    step = np.where(near, np.random.default_rng(seed).normal(size=len(z)), 0.0) * 1e-7
+    groups, w = torch.as_tensor(inst.groups), torch.as_tensor(inst.sample_weight)
+    moved = [layer(torch.as_tensor(raw + sign * step), groups, sample_weight=w)
+             for sign in (1.0, -1.0)]
+    difference = float(((moved[0] - moved[1]) * weights).sum()) / 2
+    assert difference != 0  # (the near outputs move the projection)
+    assert difference == pytest.approx(float(z.grad @ torch.as_tensor(step)), rel=1e-5,
+                                       abs=1e-12)
