@@ -418,11 +418,16 @@ def _reduced_result(z, far, first, cs, bounds, failures):
         result = _float_result(nearer, _exact.solve(nearer, cs, *bounds), cs, bounds, reasons)
         if result is None:
             continue
+        found = checked(result, cs)
         lam = certified(host, result.host_y, np.maximum(result.host_lam + (1 - t) * program, 0.0),
-                        checked(result, cs), cs, bounds, "reduced solve", reasons)
-        if lam is not None:
+                        found, cs, bounds, "reduced solve", reasons)
+        # (the certificate is of the multipliers alone: outputs that miss the rows give way to
+        # the other solves of z)
+        if lam is not None and meets_guarantee(found, cs, bounds):
             return _exact.SolveResult(result.y, lam, first.n_iter + result.n_iter, True,
-                                      first.scale, result.host_y, checked(result, cs))
+                                      first.scale, result.host_y, found)
+        if lam is not None:
+            reasons.append("exact: the reduced solve's outputs miss the guarantee")
     failures.append(reasons[-1])
     return None
 

@@ -335,3 +335,29 @@ def test_program_grows_with_the_groups_not_their_pairs(monkeypatch):
                         solve(*args, **kwargs))
     FairnessLayer("demographic_parity", epsilon=0.05)(z, groups)
     assert posed and posed[0][0] <= 4 * k
+
+
+def test_reduced_outputs_that_miss_the_guarantee_give_way_to_the_other_solves(monkeypatch):
+    # the certificate judges the multipliers only: a reduced result whose outputs miss the rows
+    # used to be kept, and the solves of z itself were never tried (a refusal beyond the
+    # batches the extended-precision solve takes)
+    inst = far_instance(0, n=100, epsilon=0.05, z_kind="outliers")
+    expected = run_layer(inst)
+    float_result = layer_module._float_result
+
+    def nearer_missing_the_rows(z, first, cs, bounds, failures, certify_first=False):
+        result = float_result(z, first, cs, bounds, failures, certify_first)
+        if result is not None and not certify_first:  # (the nearer solves)
+            result.check = (1.0, *result.check[1:])
+        return result
+
+    monkeypatch.setattr(layer_module, "_float_result", nearer_missing_the_rows)
+    failures = []
+    cs = constraint_set(inst)
+    z = torch.as_tensor(inst.z)
+    bounds = Bounds.of(inst.bounds)
+    far = _reduction.excess(inst.z, *bounds.box)
+    assert layer_module._reduced_result(z, far, _exact.solve(z, cs, *bounds), cs, bounds,
+                                        failures) is None
+    assert failures == ["exact: the reduced solve's outputs miss the guarantee"]
+    np.testing.assert_allclose(run_layer(inst), expected, rtol=0, atol=1e-6)
