@@ -361,3 +361,35 @@ def test_reduced_outputs_that_miss_the_guarantee_give_way_to_the_other_solves(mo
                                         failures) is None
     assert failures == ["exact: the reduced solve's outputs miss the guarantee"]
     np.testing.assert_allclose(run_layer(inst), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_far_projection_agrees_with_the_extended_precision_solve(seed):
+    # small batches drawn across the constraints, weights and far magnitudes the extended
+    # precision resolves (its 100 digits do not cancel multipliers of 1e100)
+    rng = np.random.default_rng(seed)
+    inst = far_instance(
+        int(rng.integers(2**31)), n=int(rng.integers(4, 41)),
+        constraint=str(rng.choice(["demographic_parity", "mean_residual", "equalized_odds",
+                                   "equal_opportunity"])),
+        epsilon=float(rng.choice([0.0, 1e-9, 1e-3, 0.05])),
+        z_kind=str(rng.choice(["far", "outliers", "ties"])),
+        magnitude=float(rng.choice([1e6, 1e12, 1e20])),
+        weights=str(rng.choice(["none", "mild", "zeros"])),
+        bounds=[(0.0, 1.0), (-5.0, 3.0)][seed % 2])
+    cs = constraint_set(inst)
+    exact = _precise.solve(inst.z.astype(np.float64), cs, *Bounds.of(inst.bounds).box)
+    assert exact is not None
+    np.testing.assert_allclose(run_layer(inst), exact[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_far_outputs_in_narrow_dtypes_are_the_cast_projection(dtype):
+    # 6e4 is far (beyond 1e4 widths) yet fits float16
+    z = torch.tensor([-6e4, 0.3, 0.5, 6e4, 0.7, 0.2, 0.9, 0.1], dtype=dtype)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    layer = FairnessLayer("demographic_parity", epsilon=0.01)
+    y = layer(z, groups)
+    wide = layer(z.to(torch.float64), groups)
+    assert y.dtype == dtype and 0 <= float(y.min()) and float(y.max()) <= 1
+    torch.testing.assert_close(y, wide.to(dtype), rtol=0, atol=float(torch.finfo(dtype).eps))
