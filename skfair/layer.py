@@ -15,8 +15,8 @@ from torch import nn
 from . import _active_set, _exact, _guarantee, _kernels, _precise, _qpth, _reduction
 from ._bounds import Bounds
 from ._constraint_set import ConstraintSet
-from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
-                         output_scale, tolerance, unclipped, violations)
+from ._guarantee import (POLISH_TOL, backward_error, certified, check, checked, exact_violation,
+                         meets_guarantee, output_scale, tolerance, unclipped, violations)
 from ._host import device_tensor, host_vector, to_device
 from ._rows import as_group_matrix, check_epsilon
 from .constraints import (AffineConstraint, InfeasibleConstraintError, get_constraint,
@@ -402,15 +402,15 @@ def _reduced_result(z, far, first, cs, bounds, failures):
     """The projection of ``z`` as that of raw outputs whose far ones (their excess over the
     bound ``far``, :func:`skfair._reduction.excess`) are brought nearer their bound
     (:mod:`skfair._reduction`), certified on ``z`` itself with the multipliers of the nearer
-    outputs plus those of the far ones' linear program; else None, with the reason in
-    ``failures``. One solve per :data:`skfair._reduction.TARGETS` entry until one is
-    certified."""
+    outputs, or when those alone do not certify it, plus those of the far ones' linear program;
+    else None, with the reason in ``failures``. One solve per
+    :data:`skfair._reduction.TARGETS` entry until one is certified.
+
+    The program is solved only when needed (once): it costs more than the projection, and far
+    outputs that merely end at their bound need none of its multipliers."""
     host = host_vector(z)
     low, high = bounds.box
-    program = _reduction.program_multipliers(far, cs, low, high)
-    if program is None:
-        failures.append("exact: the linear program of the far raw outputs found no optimum")
-        return None
+    program = None
     for target in _reduction.TARGETS:
         nearer, t = _reduction.reduced(host, far, low, high, target)
         nearer = device_tensor(nearer, z.device)
@@ -419,8 +419,17 @@ def _reduced_result(z, far, first, cs, bounds, failures):
         if result is None:
             continue
         found = checked(result, cs)
-        lam = certified(host, result.host_y, np.maximum(result.host_lam + (1 - t) * program, 0.0),
-                        found, cs, bounds, "reduced solve", reasons)
+        lam = result.host_lam
+        if backward_error(host, result.host_y, lam, cs, bounds, tolerance(found, cs),
+                          POLISH_TOL * output_scale(found, cs)) > 0:
+            if program is None:
+                program = _reduction.program_multipliers(far, cs, low, high)
+            if program is None:
+                failures.append("exact: the linear program of the far raw outputs found no "
+                                "optimum")
+                return None
+            lam = certified(host, result.host_y, np.maximum(lam + (1 - t) * program, 0.0),
+                            found, cs, bounds, "reduced solve", reasons)
         # (the certificate is of the multipliers alone: outputs that miss the rows give way to
         # the other solves of z)
         if lam is not None and meets_guarantee(found, cs, bounds):

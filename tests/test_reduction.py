@@ -324,10 +324,12 @@ def test_gradient_of_a_reduced_projection_along_the_near_outputs(seed, monkeypat
                    "row, k (k - 1) for a parity constraint on k groups: at 2000 groups HiGHS "
                    "takes most of a minute and gigabytes where the projection takes seconds")
 def test_program_grows_with_the_groups_not_their_pairs(monkeypatch):
+    # two outputs far out on either side, each a group of its own: the row between the two
+    # holds them with multipliers of their size, which only the program gives
     k = 60
     groups = torch.arange(2 * k) % k
     z = torch.linspace(0.0, 1.0, 2 * k, dtype=torch.float64)
-    z[0] = 1e20
+    z[:2], groups[k:k + 2] = torch.tensor([1e20, -1e20], dtype=torch.float64), 2
     posed = []
     solve = _reduction.linprog
     monkeypatch.setattr(_reduction, "linprog",
@@ -393,3 +395,35 @@ def test_far_outputs_in_narrow_dtypes_are_the_cast_projection(dtype):
     wide = layer(z.to(torch.float64), groups)
     assert y.dtype == dtype and 0 <= float(y.min()) and float(y.max()) <= 1
     torch.testing.assert_close(y, wide.to(dtype), rtol=0, atol=float(torch.finfo(dtype).eps))
+
+
+def counting_programs(monkeypatch):
+    """A list that records every linear program the reduction solves (its rows' shape)."""
+    posed = []
+    solve = _reduction.linprog
+    monkeypatch.setattr(_reduction, "linprog",
+                        lambda *args, **kwargs: posed.append(kwargs["A_ub"].shape) or
+                        solve(*args, **kwargs))
+    return posed
+
+
+def test_the_program_is_solved_only_when_the_nearer_multipliers_do_not_certify(monkeypatch):
+    # outputs far out that end at their bound need no multiplier of their size: the program
+    # (which costs more than the projection) is not solved for them
+    posed = counting_programs(monkeypatch)
+    z = torch.tensor([1e20, 0.3, 0.5, -3e19, 0.7, 0.2, 0.9, 0.1], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    layer = FairnessLayer("demographic_parity", epsilon=0.01)
+    y = layer(z, groups).numpy()
+    assert posed == []
+    cs = layer.constraint.build(groups.reshape(-1, 1), epsilon=0.01)
+    np.testing.assert_allclose(y, _precise.solve(z.numpy(), cs, 0.0, 1.0)[0], rtol=0, atol=1e-6)
+    # two far outputs on either side, each a group of its own, hold each other through their
+    # row with multipliers of their size: the program is solved, once (their magnitudes
+    # differ: tied ones would make the answer hang on less than their rounding)
+    z = torch.tensor([1e20, -3e19, 0.3, 0.5, 0.7, 0.2], dtype=torch.float64)
+    groups = torch.tensor([0, 1, 2, 2, 3, 3])
+    y = layer(z, groups).numpy()
+    assert len(posed) == 1
+    cs = layer.constraint.build(groups.reshape(-1, 1), epsilon=0.01)
+    np.testing.assert_allclose(y, _precise.solve(z.numpy(), cs, 0.0, 1.0)[0], rtol=0, atol=1e-6)
