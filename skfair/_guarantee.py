@@ -144,7 +144,8 @@ def allowed_error(z, tol):
     """Per sample, how far from ``z_i`` the raw output of which ``y`` is the projection may
     lie: ``tol`` plus 64 units in the last place of ``z_i``, the rounding with which ``z_i``
     enters any shift computed at its magnitude."""
-    return tol + 64 * np.spacing(np.abs(z))
+    with np.errstate(over="ignore"):  # (the largest float's spacing: infinite)
+        return tol + 64 * np.spacing(np.abs(z))
 
 
 def unclipped(z, lam, cs):

@@ -37,6 +37,8 @@ FAR_OUTSIDE = 1e4
 #: settle on the program's optimum sooner), while they are nearer than the raw outputs and the
 #: float solves of the previous one succeeded
 TARGETS = (1e1, 1e2, 1e3, 1e4, 1e5)
+#: the largest float64
+LARGEST = float(np.finfo(np.float64).max)
 
 
 def width(lo, hi):
@@ -47,7 +49,8 @@ def width(lo, hi):
 def excess(z, lo, hi):
     """``z_far``: each raw output's excess over the bound it lies beyond when it is more than
     :data:`FAR_OUTSIDE` widths beyond it, else 0."""
-    beyond = np.where(z > hi, z - hi, np.where(z < lo, z - lo, 0.0))
+    with np.errstate(over="ignore"):  # an excess beyond float64's range: its largest float
+        beyond = np.clip(z - np.clip(z, lo, hi), -LARGEST, LARGEST)
     return np.where(np.abs(beyond) > FAR_OUTSIDE * width(lo, hi), beyond, 0.0)
 
 
@@ -71,10 +74,15 @@ def program_multipliers(far, cs, lo, hi):
                                                                             n_atoms)])
     sums = sparse.hstack([sparse.csr_matrix((-weight, (problem.atom, np.arange(n))),
                                             shape=(n_atoms, n)), sparse.identity(n_atoms)])
+    # HiGHS reads numbers of 1e20 and beyond as infinite: the costs in units of the largest, and
+    # the outputs in units of the problem's size (which leaves the multipliers as they are)
     unit = float(np.abs(far).max())
-    found = linprog(np.r_[-far / unit, np.zeros(n_atoms)], A_ub=on_sums.tocsr(), b_ub=cs.host_h,
-                    A_eq=sums.tocsr(), b_eq=np.zeros(n_atoms),
-                    bounds=[(_finite(lo), _finite(hi))] * n + [(None, None)] * n_atoms,
+    size = max([1.0, float(np.abs(cs.host_h).max(initial=0.0))]
+               + [abs(bound) for bound in (lo, hi) if math.isfinite(bound)])
+    found = linprog(np.r_[-far / unit, np.zeros(n_atoms)], A_ub=on_sums.tocsr(),
+                    b_ub=cs.host_h / size, A_eq=sums.tocsr(), b_eq=np.zeros(n_atoms),
+                    bounds=[(_finite(lo / size), _finite(hi / size))] * n
+                    + [(None, None)] * n_atoms,
                     method="highs-ds", options={"primal_feasibility_tolerance": 1e-10,
                                                 "dual_feasibility_tolerance": 1e-10})
     if found.status != 0:

@@ -15,8 +15,8 @@ from torch import nn
 from . import _active_set, _exact, _guarantee, _kernels, _precise, _qpth, _reduction
 from ._bounds import Bounds
 from ._constraint_set import ConstraintSet
-from ._guarantee import (POLISH_TOL, certified, check, checked, exact_violation, meets_guarantee,
-                         output_scale, tolerance, unclipped, violations)
+from ._guarantee import (POLISH_TOL, backward_error, certified, check, checked, exact_violation,
+                         meets_guarantee, output_scale, tolerance, unclipped, violations)
 from ._host import device_tensor, host_vector, to_device
 from ._rows import as_group_matrix, check_epsilon
 from .constraints import (AffineConstraint, InfeasibleConstraintError, get_constraint,
@@ -406,15 +406,15 @@ def _reduced_result(z, far, first, cs, bounds, failures):
     """The projection of ``z`` as that of raw outputs whose far ones (their excess over the
     bound ``far``, :func:`skfair._reduction.excess`) are brought nearer their bound
     (:mod:`skfair._reduction`), certified on ``z`` itself with the multipliers of the nearer
-    outputs plus those of the far ones' linear program; else None, with the reason in
-    ``failures``. One solve per :data:`skfair._reduction.TARGETS` entry until one is
-    certified."""
+    outputs, or when those alone do not certify it, plus those of the far ones' linear program;
+    else None, with the reason in ``failures``. One solve per
+    :data:`skfair._reduction.TARGETS` entry until one is certified.
+
+    The program is solved only when needed (once): it costs more than the projection, and far
+    outputs that merely end at their bound need none of its multipliers."""
     host = host_vector(z)
     low, high = bounds.box
-    program = _reduction.program_multipliers(far, cs, low, high)
-    if program is None:
-        failures.append("exact: the linear program of the far raw outputs found no optimum")
-        return None
+    program = None
     reasons = []
     for target in _reduction.TARGETS:
         nearer, t = _reduction.reduced(host, far, low, high, target)
@@ -425,11 +425,25 @@ def _reduced_result(z, far, first, cs, bounds, failures):
         result = _float_result(nearer, _exact.solve(nearer, cs, *bounds), cs, bounds, reasons)
         if result is None:
             break  # (farther outputs only make the float solves harder)
-        lam = certified(host, result.host_y, np.maximum(result.host_lam + (1 - t) * program, 0.0),
-                        checked(result, cs), cs, bounds, "reduced solve", reasons)
-        if lam is not None:
+        found = checked(result, cs)
+        lam = result.host_lam
+        if backward_error(host, result.host_y, lam, cs, bounds, tolerance(found, cs),
+                          POLISH_TOL * output_scale(found, cs)) > 0:
+            if program is None:
+                program = _reduction.program_multipliers(far, cs, low, high)
+            if program is None:
+                failures.append("exact: the linear program of the far raw outputs found no "
+                                "optimum")
+                return None
+            lam = certified(host, result.host_y, np.maximum(lam + (1 - t) * program, 0.0),
+                            found, cs, bounds, "reduced solve", reasons)
+        # (the certificate is of the multipliers alone: outputs that miss the rows give way to
+        # the other solves of z)
+        if lam is not None and meets_guarantee(found, cs, bounds):
             return _exact.SolveResult(result.y, lam, first.n_iter + result.n_iter, True,
-                                      first.scale, result.host_y, checked(result, cs))
+                                      first.scale, result.host_y, found)
+        if lam is not None:
+            reasons.append("exact: the reduced solve's outputs miss the guarantee")
     failures.extend(reasons[-1:])
     return None
 
@@ -469,8 +483,10 @@ def _polished(z, result, cs, bounds, failures, certify_first=False):
     free = unclipped(z, result.host_lam, cs)
     start = result.host_y.copy()
     low, high = bounds.box
-    start[(start >= high) & (free > high + POLISH_TOL * scale)] = high + FAR * scale
-    start[(start <= low) & (free < low - POLISH_TOL * scale)] = low - FAR * scale
+    # (held at most at the largest float: bounds near float64's range)
+    held = min(high + FAR * scale, _reduction.LARGEST), max(low - FAR * scale, -_reduction.LARGEST)
+    start[(start >= high) & (free > high + POLISH_TOL * scale)] = held[0]
+    start[(start <= low) & (free < low - POLISH_TOL * scale)] = held[1]
     second = _exact.solve(torch.from_numpy(start).to(result.y.device), cs, *bounds)
     found = checked(second, cs)
     lam = result.host_lam + second.host_lam  # the multipliers of z: z - y = G^T lam where free
