@@ -35,10 +35,12 @@ import numpy as np
 
 from ._guarantee import GUARANTEE_TOL
 
-#: significant decimal digits of the arithmetic: multipliers up to float64's range that cancel
-#: to the guarantee's tolerance need about 20 digits beyond float64's 16, and the inverse Gram
-#: matrix of the active normals, updated at every step, loses as many digits as its condition
-#: number has (sample weights spanning 1e12 make it up to 1e48)
+#: significant decimal digits of the arithmetic for raw outputs of at most 1 in magnitude, one
+#: more per power of ten of the largest (:func:`_digits`): multipliers of the raw outputs' size
+#: that cancel to the guarantee's tolerance need about 20 digits beyond float64's 16 and the
+#: outputs' magnitude, and the inverse Gram matrix of the active normals, updated at every step,
+#: loses as many digits as its condition number has (sample weights spanning 1e12 make it up
+#: to 1e48)
 PRECISION = 100
 #: most samples of a batch the method takes: the active set holds up to ``n`` constraints, and
 #: a solve takes a step or two per sample, each ``O(n^2)`` decimal operations and more
@@ -76,7 +78,7 @@ def solve(z, cs, lo, hi):
     Call it for batches that :func:`fits`; the result is not certified
     (:func:`backward_error`)."""
     with decimal.localcontext() as context:
-        context.prec = PRECISION
+        context.prec = _digits(z)
         rows, h = _rows(cs)
         h = h + Decimal(SLACK * max(1.0, float(np.abs(cs.host_h).max(initial=0.0))))
         found = _goldfarb_idnani(_decimals(z), *_constraints(rows, h, lo, hi))
@@ -93,7 +95,7 @@ def backward_error(z, y, lam, cs, bounds, active_tol, tol):
     most 0 only when the multipliers are non-negative and the outputs ``z - G^T lam`` (clipped)
     that they define meet the rows to ``active_tol``. At most 0 when ``y`` is certified."""
     with decimal.localcontext() as context:
-        context.prec = PRECISION
+        context.prec = _digits(z)
         rows, h = _rows(cs)
         if any(v < 0 for v in lam):
             return math.inf
@@ -109,6 +111,13 @@ def backward_error(z, y, lam, cs, bounds, active_tol, tol):
         allowed = _decimals(np.full_like(z, tol)) + 64 * _decimals(np.spacing(np.abs(z)))
         excess = float(max(error - allowed, default=Decimal(-math.inf)))
         return max(excess, infeasible)
+
+
+def _digits(z):
+    """The significant digits of the arithmetic for raw outputs ``z``: :data:`PRECISION` plus
+    the decimal exponent of the largest beyond 1 (multipliers of their size must cancel)."""
+    largest = float(np.abs(z).max(initial=0.0))
+    return PRECISION + max(0, math.ceil(math.log10(largest))) if largest > 1 else PRECISION
 
 
 def _rows(cs):

@@ -144,3 +144,23 @@ def test_refusal_of_a_large_batch_names_the_size_limit():
                          seed=648229065)
     with pytest.raises(RuntimeError, match="too large for the extended-precision solve"):
         run_layer(inst)
+
+
+@pytest.mark.parametrize("seed", [5, 37, 54])
+def test_raw_outputs_near_the_float_range_keep_their_digits(seed):
+    # outputs 1e300 out: 100 digits cannot cancel multipliers of that size (these outputs came
+    # out unfair); the arithmetic takes one digit more per power of ten
+    inst = make_instance(n=12, n_attributes=2, max_groups=4, constraint="equal_opportunity",
+                         epsilon=0.01, bounds=(0.0, 1.0), z_kind="outliers", magnitude=1e300,
+                         float32=False, weights="mild", targets="inside", intersectional=False,
+                         seed=seed)
+    cs = constraint_set(inst)
+    z = inst.z.astype(np.float64)
+    found = _precise.solve(z, cs, 0.0, 1.0)
+    assert found is not None
+    y, lam, _ = found
+    assert gap(inst, y) <= inst.epsilon + 1e-9 * scale(inst, y)
+    checked = check_outputs(y, cs)
+    assert _precise.backward_error(z, y, lam, cs, Bounds.of((0.0, 1.0)),
+                                   tolerance(checked, cs),
+                                   POLISH_TOL * output_scale(checked, cs)) <= 0
