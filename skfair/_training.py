@@ -240,9 +240,9 @@ def epoch_record(model, data, epoch, result, split, device):
         order = torch.from_numpy(train_idx[np.concatenate(result.positions)])
         raw = torch.cat([raw for _, _, raw, _ in result.solved])
         fair = torch.cat([fair for *_, fair in result.solved])
-        penalty = epoch_penalty(model, raw, fair, data.loss_weight[order].to(device),
-                                [len(b) for b in result.positions])
-        record["train_loss"], record["train_penalty"] = result.objective - penalty, penalty
+        record["train_loss"], record["train_penalty"] = epoch_loss_and_penalty(
+            model, raw, fair, data.target[order].to(device), data.loss_weight[order].to(device),
+            [len(b) for b in result.positions])
         groups = data.groups[order].to(device)
         labels = model._labels_for(data.target[order].to(device))
         weight = data.weight[order].to(device) if data.weighted_means else None
@@ -257,17 +257,26 @@ def epoch_record(model, data, epoch, result, split, device):
     return record
 
 
-def epoch_penalty(model, raw, fair, loss_weight, sizes):
-    """The distortion penalty's part of an epoch's objective, from the raw and fair outputs of
-    its batches (of ``sizes``, in order) and their loss weights: per batch, the weighted mean
-    of ``distortion_penalty * ((raw - fair) / unit)**2``; over the batches, the mean weighted
-    by their sizes, as :func:`run_epoch` averages the objective."""
+def epoch_loss_and_penalty(model, raw, fair, target, loss_weight, sizes):
+    """The loss and the distortion penalty of an epoch's objective, each computed from the raw
+    and fair outputs of its batches (of ``sizes``, in order), their targets and loss weights:
+    per batch, the weighted mean of the loss at the fair outputs and of ``distortion_penalty *
+    ((raw - fair) / unit)**2``; over the batches, the mean weighted by their sizes, as
+    :func:`run_epoch` averages the objective. (Not the objective less the penalty: where the
+    penalty dwarfs the loss, that difference cancels.)"""
     sizes = torch.tensor(sizes, device=raw.device)
     batch = torch.repeat_interleave(torch.arange(len(sizes), device=raw.device), sizes)
-    penalties = torch.zeros(len(sizes), dtype=torch.float64, device=raw.device)
-    penalties.index_add_(0, batch, loss_weight * ((raw - fair) / model._distortion_unit) ** 2)
-    weights = torch.zeros_like(penalties).index_add_(0, batch, loss_weight)
-    return model.distortion_penalty * float((penalties / weights * sizes).sum()) / len(raw)
+    weights = torch.zeros(len(sizes), dtype=torch.float64, device=raw.device).index_add_(
+        0, batch, loss_weight)
+
+    def epoch_mean(values):
+        sums = torch.zeros_like(weights).index_add_(0, batch, loss_weight * values)
+        return float((sums / weights * sizes).sum()) / len(raw)
+
+    fair = fair.to(torch.float64)
+    losses = model._sample_losses(fair, target.to(fair.dtype))
+    distortion = ((raw.to(torch.float64) - fair) / model._distortion_unit) ** 2
+    return epoch_mean(losses), model.distortion_penalty * epoch_mean(distortion)
 
 
 def evaluate(model, X, target, weight, loss_weight, groups, device):

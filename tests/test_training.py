@@ -324,3 +324,30 @@ def test_cuda_without_cuda_is_refused_before_anything_changes(biased):
     np.testing.assert_array_equal(clf.predict_proba(X), proba)
     with pytest.raises(ValueError, match="device='cuda' is not available"):
         FairNeuralRegressor(device="cuda", **FAST).partial_fit(X[["x1"]], X["x2"])
+
+
+def test_train_loss_is_not_the_objective_less_a_huge_penalty(biased):
+    """Outputs 1e15 beyond the bounds make the penalty dwarf the loss: train_loss is the loss
+    at the fair outputs itself (the objective less the penalty cancelled to nonsense, even
+    below 0)."""
+    X, y = biased
+
+    class Huge(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(X.shape[1] - len(PROTECTED) + 2, 1)
+
+        def forward(self, x):
+            return self.linear(x) * 1e15
+
+    target = X["x1"] + y
+    model = FairNeuralRegressor(protected_attributes=PROTECTED, module=Huge(),
+                                bounds=(float(target.min()), float(target.max())),
+                                **dict(FAST, max_epochs=1, learning_rate=1e-30))
+    record = model.fit(X, target).history_[0]
+    assert record["train_penalty"] > 1e20
+    fair = torch.as_tensor(model.predict(X), dtype=torch.float64)
+    scale = model._target_scale
+    direct = float(((fair - torch.as_tensor(target.to_numpy(), dtype=torch.float64)) / scale)
+                   .square().mean())
+    assert 0 < record["train_loss"] < 100 * direct + 1.0
