@@ -67,27 +67,105 @@ def program_multipliers(far, cs, lo, hi):
     output against the bound it lies at), or None when HiGHS finds none.
 
     The program is posed on the atoms' sums ``S_a = sum_{i in a} w_i y_i`` (the rows read only
-    them), so its size is that of the constraint set's rows, not of ``G``."""
+    them), and a family of pair rows ``stat_u - stat_v <= c + o_u - o_v`` over ``k`` groups as
+    its band: every ``stat_u - o_u`` within ``[m, m + c]`` of a free centre ``m``, ``2 k`` rows
+    (:func:`_pair_multipliers` maps their multipliers back onto pairs). Its size is then that
+    of the groups, not of their pairs or of ``G``."""
     problem, n, n_atoms = cs.host_problem, cs.n_samples, cs.n_atoms
+    rows = cs.host_rows
     weight = problem.weight if problem.weight.size else np.ones(n)
-    on_sums = sparse.hstack([sparse.csr_matrix((cs.n_rows, n)), sparse_coef(cs.host_rows,
-                                                                            n_atoms)])
+    n_stats = rows.stat_ptr.size - 1
+    stats = sparse.vstack([  # the last: "no statistic" (index -1), a constant side
+        sparse.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
+                          shape=(n_stats, n_atoms)),
+        sparse.csr_matrix((1, n_atoms))]).tocsr()
+    bands = _bands(rows, cs.host_h)
+    n_centres = len(bands)
+    end = rows.family_start[-1]
+    other = sparse_coef(rows, n_atoms)[end:]
+    member_stats = np.concatenate([band[0] for band in bands] + [np.zeros(0, np.int64)])
+    member_centre = np.repeat(np.arange(n_centres), [band[0].size for band in bands])
+    on_members = stats[member_stats]
+    centre = sparse.csr_matrix((np.ones(member_stats.size),
+                                (np.arange(member_stats.size), member_centre)),
+                               shape=(member_stats.size, n_centres))
+    upper = np.concatenate([band[1] + band[2] for band in bands] + [np.zeros(0)])
+    lower = np.concatenate([-band[1] for band in bands] + [np.zeros(0)])
+    on_sums = sparse.vstack([
+        sparse.hstack([other, sparse.csr_matrix((other.shape[0], n_centres))]),
+        sparse.hstack([on_members, -centre]),   # stat_u - m <= c + o_u
+        sparse.hstack([-on_members, centre]),   # m - stat_u <= -o_u
+    ])
+    A_ub = sparse.hstack([sparse.csr_matrix((on_sums.shape[0], n)), on_sums]).tocsr()
+    b_ub = np.r_[cs.host_h[end:], upper, lower]
     sums = sparse.hstack([sparse.csr_matrix((-weight, (problem.atom, np.arange(n))),
-                                            shape=(n_atoms, n)), sparse.identity(n_atoms)])
+                                            shape=(n_atoms, n)), sparse.identity(n_atoms),
+                          sparse.csr_matrix((n_atoms, n_centres))])
     # HiGHS reads numbers of 1e20 and beyond as infinite: the costs in units of the largest, and
     # the outputs in units of the problem's size (which leaves the multipliers as they are)
     unit = float(np.abs(far).max())
     size = max([1.0, float(np.abs(cs.host_h).max(initial=0.0))]
                + [abs(bound) for bound in (lo, hi) if math.isfinite(bound)])
-    found = linprog(np.r_[-far / unit, np.zeros(n_atoms)], A_ub=on_sums.tocsr(),
-                    b_ub=cs.host_h / size, A_eq=sums.tocsr(), b_eq=np.zeros(n_atoms),
+    found = linprog(np.r_[-far / unit, np.zeros(n_atoms + n_centres)], A_ub=A_ub,
+                    b_ub=b_ub / size, A_eq=sums.tocsr(), b_eq=np.zeros(n_atoms),
                     bounds=[(_finite(lo / size), _finite(hi / size))] * n
-                    + [(None, None)] * n_atoms,
+                    + [(None, None)] * (n_atoms + n_centres),
                     method="highs-ds", options={"primal_feasibility_tolerance": 1e-10,
                                                 "dual_feasibility_tolerance": 1e-10})
     if found.status != 0:
         return None
-    return np.maximum(-found.ineqlin.marginals, 0.0) * unit
+    duals = np.maximum(-found.ineqlin.marginals, 0.0) * unit
+    nu = np.zeros(cs.n_rows)
+    nu[end:] = duals[:cs.n_rows - end]
+    ups = duals[cs.n_rows - end:][:member_stats.size]
+    lows = duals[cs.n_rows - end + member_stats.size:]
+    first = 0
+    for f, band in enumerate(bands):
+        k = band[0].size
+        _pair_multipliers(nu, rows.family_start[f], k, ups[first:first + k],
+                          lows[first:first + k])
+        first += k
+    return nu
+
+
+def _bands(rows, h):
+    """Per family of pair rows: ``(stats, offsets, width)``, its members' statistics, their
+    offsets ``o`` (the first member's 0) and the band's width ``c``, read from the rows' ``h``
+    (``h_uv = c + o_u - o_v``)."""
+    bands = []
+    for f, k in enumerate(rows.family_size):
+        start = rows.family_start[f]
+        members = np.arange(k)
+        # row (u, 0) for u >= 1 and row (0, u): their stats and bounds
+        to_first = start + members[1:] * (k - 1)          # (u, 0)
+        from_first = start + members[1:] - 1              # (0, u)
+        if k < 2:  # no pair: nothing to hold
+            bands.append((np.zeros(0, np.int64), np.zeros(0), 0.0))
+            continue
+        stats = np.r_[rows.minus[to_first[:1]], rows.plus[to_first]]
+        width = (h[to_first[0]] + h[from_first[0]]) / 2
+        offsets = np.r_[0.0, (h[to_first] - h[from_first]) / 2]
+        bands.append((stats, offsets, width))
+    return bands
+
+
+def _pair_multipliers(nu, start, k, ups, lows):
+    """Write onto the ``k (k - 1)`` pair rows from ``start`` multipliers with the band's net
+    flows: member ``u`` gives ``ups[u]`` and takes ``lows[u]``, routed from givers to takers in
+    order (each pair ``(u, v)`` of a giver and a taker carries what both still have; a
+    member's flow to itself moves no output and is dropped)."""
+    u = v = 0
+    give, take = ups.astype(float).copy(), lows.astype(float).copy()
+    while u < k and v < k:
+        amount = min(give[u], take[v])
+        if amount > 0 and u != v:
+            nu[start + u * (k - 1) + v - (v > u)] += amount
+        give[u] -= amount
+        take[v] -= amount
+        if give[u] <= 0:
+            u += 1
+        if take[v] <= 0:
+            v += 1
 
 
 def _finite(bound):
