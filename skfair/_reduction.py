@@ -37,6 +37,9 @@ FAR_OUTSIDE = 1e4
 #: settle on the program's optimum sooner), while they are nearer than the raw outputs and the
 #: float solves of the previous one succeeded
 TARGETS = (1e1, 1e2, 1e3, 1e4, 1e5)
+#: the most rows for which the far outputs' program is also posed with every pair row (when
+#: the band's multipliers fall short of a certificate)
+PAIR_PROGRAM_ROWS = 1_000_000
 #: the largest float64
 LARGEST = float(np.finfo(np.float64).max)
 
@@ -61,7 +64,7 @@ def reduced(z, far, lo, hi, target):
     return np.where(far > 0.0, hi + t * far, np.where(far < 0.0, lo + t * far, z)), t
 
 
-def program_multipliers(far, cs, lo, hi):
+def program_multipliers(far, cs, lo, hi, as_pairs=False):
     """Multipliers ``nu >= 0`` of the rows with which some maximiser ``y`` of ``far . y`` over
     the fair set meets the linear program's optimality conditions (``far - G^T nu`` pushes every
     output against the bound it lies at), or None when HiGHS finds none.
@@ -70,7 +73,9 @@ def program_multipliers(far, cs, lo, hi):
     them), and a family of pair rows ``stat_u - stat_v <= c + o_u - o_v`` over ``k`` groups as
     its band: every ``stat_u - o_u`` within ``[m, m + c]`` of a free centre ``m``, ``2 k`` rows
     (:func:`_pair_multipliers` maps their multipliers back onto pairs). Its size is then that
-    of the groups, not of their pairs or of ``G``."""
+    of the groups, not of their pairs or of ``G``. With ``as_pairs``, every row is posed as it
+    is: HiGHS's multipliers of the pairs themselves can be more accurate than the band's
+    routed ones (to the rounding of the raw outputs that a certificate asks)."""
     problem, n, n_atoms = cs.host_problem, cs.n_samples, cs.n_atoms
     rows = cs.host_rows
     weight = problem.weight if problem.weight.size else np.ones(n)
@@ -79,9 +84,9 @@ def program_multipliers(far, cs, lo, hi):
         sparse.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
                           shape=(n_stats, n_atoms)),
         sparse.csr_matrix((1, n_atoms))]).tocsr()
-    bands = _bands(rows, cs.host_h)
+    bands = [] if as_pairs else _bands(rows, cs.host_h)
     n_centres = len(bands)
-    end = rows.family_start[-1]
+    end = 0 if as_pairs else rows.family_start[-1]
     other = sparse_coef(rows, n_atoms)[end:]
     member_stats = np.concatenate([band[0] for band in bands] + [np.zeros(0, np.int64)])
     member_centre = np.repeat(np.arange(n_centres), [band[0].size for band in bands])

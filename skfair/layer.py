@@ -414,7 +414,7 @@ def _reduced_result(z, far, first, cs, bounds, failures):
     outputs that merely end at their bound need none of its multipliers."""
     host = host_vector(z)
     low, high = bounds.box
-    program = None
+    programs = []  # the band's multipliers, then (if need be) the pairs'
     reasons = []
     for target in _reduction.TARGETS:
         nearer, t = _reduction.reduced(host, far, low, high, target)
@@ -426,17 +426,7 @@ def _reduced_result(z, far, first, cs, bounds, failures):
         if result is None:
             break  # (farther outputs only make the float solves harder)
         found = checked(result, cs)
-        lam = result.host_lam
-        if backward_error(host, result.host_y, lam, cs, bounds, tolerance(found, cs),
-                          POLISH_TOL * output_scale(found, cs)) > 0:
-            if program is None:
-                program = _reduction.program_multipliers(far, cs, low, high)
-            if program is None:
-                failures.append("exact: the linear program of the far raw outputs found no "
-                                "optimum")
-                return None
-            lam = certified(host, result.host_y, np.maximum(lam + (1 - t) * program, 0.0),
-                            found, cs, bounds, "reduced solve", reasons)
+        lam = _reduced_multipliers(host, far, result, t, found, cs, bounds, programs, reasons)
         # (the certificate is of the multipliers alone: outputs that miss the rows give way to
         # the other solves of z)
         if lam is not None and meets_guarantee(found, cs, bounds):
@@ -445,6 +435,36 @@ def _reduced_result(z, far, first, cs, bounds, failures):
         if lam is not None:
             reasons.append("exact: the reduced solve's outputs miss the guarantee")
     failures.extend(reasons[-1:])
+    return None
+
+
+def _reduced_multipliers(z, far, result, t, found, cs, bounds, programs, failures):
+    """The multipliers that certify a nearer solve's ``result`` (its outputs' check ``found``)
+    on ``z``: its own when they do, else its own plus ``(1 - t)`` times those of the far
+    outputs' program, posed as bands, then (up to :data:`skfair._reduction.PAIR_PROGRAM_ROWS`
+    rows) with every pair row; None when none certifies (the reason in ``failures``).
+    ``programs`` keeps the programs' multipliers from one target to the next (each is solved
+    once; None when HiGHS found no optimum)."""
+    low, high = bounds.box
+    lam = result.host_lam
+    if backward_error(z, result.host_y, lam, cs, bounds, tolerance(found, cs),
+                      POLISH_TOL * output_scale(found, cs)) <= 0:
+        return lam
+    reasons = ["exact: the linear program of the far raw outputs found no optimum"]
+    for as_pairs in (False, True):
+        if as_pairs and cs.n_rows > _reduction.PAIR_PROGRAM_ROWS:
+            break
+        if len(programs) == as_pairs:
+            programs.append(_reduction.program_multipliers(far, cs, low, high, as_pairs))
+        if programs[as_pairs] is None:
+            continue
+        reasons = []
+        certificate = certified(z, result.host_y, np.maximum(lam + (1 - t) * programs[as_pairs],
+                                                             0.0),
+                                found, cs, bounds, "reduced solve", reasons)
+        if certificate is not None:
+            return certificate
+    failures.extend(reasons)
     return None
 
 
