@@ -10,7 +10,7 @@ or the intersection of several: the groups partition the samples) or by a linear
 The tolerances (see :func:`tolerance`):
 
 * distance: ``||y - z||`` at most ``1e-7 * max(1, ||y_ref - z||)`` above the reference's
-  (plus float32 rounding), and ``max |y - y_ref| <= 1e-5 * max(scale, ||y_ref - z||)`` (the
+  (plus the rounding of outputs of the scale below, in float32 or float64), and ``max |y - y_ref| <= 1e-5 * max(scale, ||y_ref - z||)`` (the
   reference's own accuracy in ``y`` degrades with the distance it moves);
 * bounds: none; every output lies within the bounds exactly, compared in the returned dtype;
 * float64 outputs: a fairness gap may exceed epsilon by at most ``1e-9 * scale``;
@@ -37,6 +37,7 @@ LABEL_CELLS = {"demographic_parity": (None,), "equalized_odds": (0, 1),
 EPSILONS = (0.0, 1e-9, 1e-3, 0.05, 1.0, 1e6)
 BOUNDS = ((0.0, 1.0), None, (-5.0, 3.0))
 EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
 #: largest n for which the reference projection is solved
 REFERENCE_MAX_N = 300
 
@@ -527,7 +528,8 @@ def _compare_with_reference(inst, y, out):
     d, d_ref = np.linalg.norm(y - z), np.linalg.norm(y_ref - z)
     out.distance = (d - d_ref) / max(1.0, d_ref)
     out.deviation = float(np.max(np.abs(y - y_ref), initial=0.0)) / sc
-    rounding = EPS32 * math.sqrt(inst.n) * sc if inst.z.dtype == np.float32 else 0.0
+    # (outputs are float32 or float64 numbers of the outputs' scale: a rounding of each)
+    rounding = (EPS32 if inst.z.dtype == np.float32 else 4 * EPS64) * math.sqrt(inst.n) * sc
     # A feasible y cannot be closer than the optimum: only a larger distance is the layer's.
     if d > d_ref + 1e-7 * max(1.0, d_ref) + rounding:
         out.problems.append(f"not the projection: ||y - z|| = {d!r}, reference {d_ref!r}")
