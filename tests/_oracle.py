@@ -283,21 +283,31 @@ def reference(inst):
     return np.asarray(y.value, dtype=np.float64), problem.status
 
 
-def reference_constraints(inst, y):
-    """The instance's fairness constraints and bounds on the cvxpy variable ``y``, built here
-    from the group codes with numpy."""
-    import cvxpy as cp
-
+def _compared_means(inst):
+    """Per compared cell, ``(A, t)``: the matrix of its groups' weighted means (a row per group
+    with positive weight) and, for mean residual, the groups' mean targets (else None); cells
+    of one group are left out for parity (nothing to compare)."""
     w = _weights(inst)
-    cons = []
     for _, members in partitions(inst):
         if inst.constraint != "mean_residual" and len(members) < 2:
             continue
         A = np.zeros((len(members), inst.n))
         for g, m in enumerate(members):
             A[g, m] = w[m] / w[m].sum()
+        t = None
         if inst.constraint == "mean_residual":
             t = np.array([_mean(np.asarray(inst.y_true, np.float64), w, m) for m in members])
+        yield A, t
+
+
+def reference_constraints(inst, y):
+    """The instance's fairness constraints and bounds on the cvxpy variable ``y``, built here
+    from the group codes with numpy."""
+    import cvxpy as cp
+
+    cons = []
+    for A, t in _compared_means(inst):
+        if t is not None:
             cons.append(cp.abs(A @ y - t) <= inst.epsilon)
         else:
             means = A @ y
@@ -379,16 +389,9 @@ def _linear_sides(inst, y):
     ``[centre, centre + epsilon]``), built here from the group codes with numpy."""
     import cvxpy as cp
 
-    w = _weights(inst)
     sides = []
-    for _, members in partitions(inst):
-        if inst.constraint != "mean_residual" and len(members) < 2:
-            continue
-        A = np.zeros((len(members), inst.n))
-        for g, m in enumerate(members):
-            A[g, m] = w[m] / w[m].sum()
-        if inst.constraint == "mean_residual":
-            t = np.array([_mean(np.asarray(inst.y_true, np.float64), w, m) for m in members])
+    for A, t in _compared_means(inst):
+        if t is not None:
             sides += [A @ y - t - inst.epsilon, t - A @ y - inst.epsilon]
         else:
             centre = cp.Variable()
