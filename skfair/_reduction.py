@@ -139,18 +139,16 @@ def _bands(rows, h):
     (``h_uv = c + o_u - o_v``)."""
     bands = []
     for f, k in enumerate(rows.family_size):
-        start = rows.family_start[f]
-        members = np.arange(k)
-        # row (u, 0) for u >= 1 and row (0, u): their stats and bounds
-        to_first = start + members[1:] * (k - 1)          # (u, 0)
-        from_first = start + members[1:] - 1              # (0, u)
         if k < 2:  # no pair: nothing to hold
             bands.append((np.zeros(0, np.int64), np.zeros(0), 0.0))
             continue
+        # the rows (u, 0) and (0, u) of every member u >= 1: their statistics and bounds
+        members = np.arange(1, k)
+        to_first = rows.family_start[f] + members * (k - 1)
+        from_first = rows.family_start[f] + members - 1
         stats = np.r_[rows.minus[to_first[:1]], rows.plus[to_first]]
-        width = (h[to_first[0]] + h[from_first[0]]) / 2
         offsets = np.r_[0.0, (h[to_first] - h[from_first]) / 2]
-        bands.append((stats, offsets, width))
+        bands.append((stats, offsets, (h[to_first[0]] + h[from_first[0]]) / 2))
     return bands
 
 
