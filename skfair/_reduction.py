@@ -29,6 +29,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from ._constraint_set import sparse_coef
+from ._kernels import value_range
 
 #: outputs more than this many bounds' widths (at least 1) beyond a bound are far
 FAR_OUTSIDE = 1e4
@@ -47,6 +48,14 @@ LARGEST = float(np.finfo(np.float64).max)
 def width(lo, hi):
     """The scale of the bounds ``[lo, hi]`` (infinite where missing): their width, at least 1."""
     return max(1.0, hi - lo) if math.isfinite(hi - lo) else 1.0
+
+
+def has_far(z, lo, hi):
+    """Whether some raw output of ``z`` lies more than :data:`FAR_OUTSIDE` widths beyond a bound
+    (one compiled pass: every projection asks)."""
+    low, high = value_range(z)
+    reach = FAR_OUTSIDE * width(lo, hi)
+    return high - hi > reach or lo - low > reach
 
 
 def excess(z, lo, hi):

@@ -307,7 +307,7 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     ``(objective, result)``, a 0-dim tensor and the solver's :class:`~skfair._exact.SolveResult`
     (its multipliers, iterations and check), or None when the result fails the guarantee check (the
     caller then goes through :func:`project`, which falls back to the other backend), and for raw
-    outputs far beyond the bounds (:func:`skfair._reduction.excess`), whose projection
+    outputs far beyond the bounds (:func:`skfair._reduction.has_far`), whose projection
     :func:`project` certifies.
 
     The projection is what :func:`project` computes and checks; what differs is the autograd
@@ -316,7 +316,7 @@ def projected_objective(z, cs, bounds, target, weight, loss, scale, penalty):
     (at training batch sizes of tens to hundreds, each costs about as much as the arithmetic).
     """
     bounds = Bounds.of(bounds)
-    if _reduction.excess(host_vector(z), *bounds.box).any():
+    if _reduction.has_far(host_vector(z), *bounds.box):
         return None
     result = _exact.solve(z.to(torch.float64), cs, *bounds, objective=_kernels.Loss(
         host_vector(target), host_vector(weight), loss, scale, penalty))
@@ -373,10 +373,10 @@ def _exact_backend(z, cs, bounds, failures):
             return z, _info("exact", 0, violation, cs, result.host_lam)
     reasons = []
     first = result
-    far = _reduction.excess(host_vector(z), *bounds.box)
-    if far.any():
+    if _reduction.has_far(host_vector(z), *bounds.box):
         # Raw outputs far out: the first solve's outputs carry the rounding of their magnitude
         # and are kept only when certified; the reduction, exact where it applies, goes first.
+        far = _reduction.excess(host_vector(z), *bounds.box)
         result = (_reduced_result(z, far, first, cs, bounds, reasons)
                   or _float_result(z, first, cs, bounds, reasons, certify_first=True))
     else:

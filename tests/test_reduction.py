@@ -467,3 +467,14 @@ def test_pairs_program_when_the_bands_multipliers_fall_short(monkeypatch):
                                         failures) is None
     assert posed == [False] and failures == [
         "exact: the linear program of the far raw outputs found no optimum"]
+
+
+def test_has_far_is_whether_some_excess_is_far():
+    rng = np.random.default_rng(0)
+    reach = _reduction.FAR_OUTSIDE
+    for lo, hi in [(0.0, 1.0), (-5.0, 3.0), (0.0, np.inf), (-np.inf, -1e308), (-1e308, 1e308)]:
+        width = _reduction.width(lo, hi)
+        for scale in (1.0, reach * width, 2 * reach * width, 1e20, 1.7e308):
+            z = rng.uniform(-1.0, 1.0, 7) * scale
+            assert _reduction.has_far(z, lo, hi) == bool(_reduction.excess(z, lo, hi).any())
+    assert not _reduction.has_far(np.zeros(0), 0.0, 1.0)
