@@ -11,7 +11,6 @@ constructor.
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
-from scipy import sparse
 import torch
 
 from . import _kernels
@@ -308,18 +307,3 @@ def _index_tensor(array, device):
 def segment_sum(values, index, size):
     """``out[k] = sum(values[index == k])`` for ``k < size`` (differentiable in ``values``)."""
     return values.new_zeros(size).scatter_add_(0, index, values)
-
-
-def sparse_coef(rows, n_atoms):
-    """The coefficients of :class:`skfair._kernels.Rows` as a sparse (m, n_atoms) matrix (for
-    sets whose dense coefficients would not fit)."""
-    n_stats = rows.stat_ptr.size - 1
-    stat = sparse.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
-                             shape=(n_stats, n_atoms))
-
-    def select(index):
-        has = index >= 0
-        return sparse.csr_matrix((np.ones(int(has.sum())), (np.flatnonzero(has), index[has])),
-                                 shape=(index.size, n_stats))
-
-    return (select(rows.plus) @ stat - select(rows.minus) @ stat).tocsr()

@@ -28,7 +28,6 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
 
-from ._constraint_set import sparse_coef
 from ._kernels import value_range
 
 #: outputs more than this many bounds' widths (at least 1) beyond a bound are far
@@ -96,7 +95,7 @@ def program_multipliers(far, cs, lo, hi, as_pairs=False):
     bands = [] if as_pairs else _bands(rows, cs.host_h)
     n_centres = len(bands)
     end = 0 if as_pairs else rows.family_start[-1]
-    other = sparse_coef(rows, n_atoms)[end:]
+    other = stats[rows.plus[end:]] - stats[rows.minus[end:]]  # rows outside the bands
     member_stats = np.concatenate([band[0] for band in bands] + [np.zeros(0, np.int64)])
     member_centre = np.repeat(np.arange(n_centres), [band[0].size for band in bands])
     on_members = stats[member_stats]
