@@ -57,12 +57,17 @@ def has_far(z, lo, hi):
     return high - hi > reach or lo - low > reach
 
 
+def beyond(z, lo, hi):
+    """Each raw output's excess over the bound it lies beyond (0 within the bounds)."""
+    with np.errstate(over="ignore"):  # an excess beyond float64's range: its largest float
+        return np.clip(z - np.clip(z, lo, hi), -LARGEST, LARGEST)
+
+
 def excess(z, lo, hi):
     """``z_far``: each raw output's excess over the bound it lies beyond when it is more than
     :data:`FAR_OUTSIDE` widths beyond it, else 0."""
-    with np.errstate(over="ignore"):  # an excess beyond float64's range: its largest float
-        beyond = np.clip(z - np.clip(z, lo, hi), -LARGEST, LARGEST)
-    return np.where(np.abs(beyond) > FAR_OUTSIDE * width(lo, hi), beyond, 0.0)
+    out = beyond(z, lo, hi)
+    return np.where(np.abs(out) > FAR_OUTSIDE * width(lo, hi), out, 0.0)
 
 
 def reduced(z, far, lo, hi, target):

@@ -395,11 +395,37 @@ def _exact_backend(z, cs, bounds, failures):
 def _float_result(z, first, cs, bounds, failures, certify_first=False):
     """The projection from the ``first`` solve of ``z``: that solve itself when its outputs
     meet the guarantee (and are certified, with ``certify_first``), else :func:`_polished`,
-    :func:`_active_set_result` or :func:`_recentred`, the first that is certified; None when
-    none is (the reasons in ``failures``)."""
+    :func:`_active_set_result`, :func:`_recentred` or :func:`_warm_started`, the first that is
+    certified; None when none is (the reasons in ``failures``)."""
     return (_polished(z, first, cs, bounds, failures, certify_first)
             or _active_set_result(z, first, cs, bounds, failures)
-            or _recentred(z, cs, bounds, failures))
+            or _recentred(z, cs, bounds, failures)
+            or _warm_started(z, cs, bounds, failures, certify_first))
+
+
+def _warm_started(z, cs, bounds, failures, certify_first):
+    """The projection solved from the multipliers of the linear program of the raw outputs'
+    excess over the bounds (:func:`skfair._reduction.program_multipliers`), then
+    :func:`_polished`; None when no output lies beyond a bound, the program has no optimum or
+    the result is not certified (the reason in ``failures``).
+
+    Raw outputs far beyond the bounds clip nearly every output at the dual's starting point,
+    where it is flat: its Newton steps then crawl towards multipliers of the raw outputs' size.
+    The projection's multipliers tend to the program's as the raw outputs recede (the
+    quadratic term's part stays of the outputs' own scale), so from those the iteration
+    starts where its steps are exact."""
+    low, high = bounds.box
+    excess = _reduction.beyond(host_vector(z), low, high)
+    if not excess.any():
+        failures.append("exact: no raw output lies beyond the bounds to warm-start the solve")
+        return None
+    nu = _reduction.program_multipliers(excess, cs, low, high)
+    if nu is None:
+        failures.append("exact: the linear program of the raw outputs beyond the bounds found "
+                        "no optimum")
+        return None
+    return _polished(z, _exact.solve(z, cs, *bounds, lam0=nu), cs, bounds, failures,
+                     certify_first)
 
 
 def _reduced_result(z, far, first, cs, bounds, failures):
