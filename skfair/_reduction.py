@@ -34,8 +34,7 @@ from ._kernels import value_range
 FAR_OUTSIDE = 1e4
 #: how many widths beyond their bound the farthest output is put, one solve per entry in turn
 #: until one is certified: the nearest first (the more accurate solve), then farther ones (they
-#: settle on the program's optimum sooner), while they are nearer than the raw outputs and the
-#: float solves of the previous one succeeded
+#: settle on the program's optimum sooner), while they are nearer than the raw outputs
 TARGETS = (1e1, 1e2, 1e3, 1e4, 1e5)
 #: the most rows for which the far outputs' program is also posed with every pair row (when
 #: the band's multipliers fall short of a certificate)

@@ -380,7 +380,8 @@ def _exact_backend(z, cs, bounds, failures):
         result = (_reduced_result(z, far, first, cs, bounds, reasons)
                   or _float_result(z, first, cs, bounds, reasons, certify_first=True))
     else:
-        result = _float_result(z, first, cs, bounds, reasons)
+        result = (_float_result(z, first, cs, bounds, reasons)
+                  or _warm_started(z, cs, bounds, reasons))
     if result is None or not meets_guarantee(checked(result, cs), cs, bounds):
         # the last resort, before a refusal
         result = _precise_result(z, first, cs, bounds, reasons) or result
@@ -395,25 +396,27 @@ def _exact_backend(z, cs, bounds, failures):
 def _float_result(z, first, cs, bounds, failures, certify_first=False):
     """The projection from the ``first`` solve of ``z``: that solve itself when its outputs
     meet the guarantee (and are certified, with ``certify_first``), else :func:`_polished`,
-    :func:`_active_set_result`, :func:`_recentred` or :func:`_warm_started`, the first that is
-    certified; None when none is (the reasons in ``failures``)."""
+    :func:`_active_set_result` or :func:`_recentred`, the first that is certified; None when
+    none is (the reasons in ``failures``)."""
     return (_polished(z, first, cs, bounds, failures, certify_first)
             or _active_set_result(z, first, cs, bounds, failures)
-            or _recentred(z, cs, bounds, failures)
-            or _warm_started(z, cs, bounds, failures, certify_first))
+            or _recentred(z, cs, bounds, failures))
 
 
-def _warm_started(z, cs, bounds, failures, certify_first):
+def _warm_started(z, cs, bounds, failures):
     """The projection solved from the multipliers of the linear program of the raw outputs'
     excess over the bounds (:func:`skfair._reduction.program_multipliers`), then
     :func:`_polished`; None when no output lies beyond a bound, the program has no optimum or
     the result is not certified (the reason in ``failures``).
 
-    Raw outputs far beyond the bounds clip nearly every output at the dual's starting point,
+    Raw outputs well beyond the bounds clip nearly every output at the dual's starting point,
     where it is flat: its Newton steps then crawl towards multipliers of the raw outputs' size.
     The projection's multipliers tend to the program's as the raw outputs recede (the
     quadratic term's part stays of the outputs' own scale), so from those the iteration
-    starts where its steps are exact."""
+    starts where its steps are exact. Not for far raw outputs (:func:`skfair._reduction.
+    has_far`): the certificate's allowance of 64 units in their last place is wider than the
+    outputs' scale, and a solve of their magnitude can break their exact ties within it; the
+    reduction's nearer outputs keep them."""
     low, high = bounds.box
     excess = _reduction.beyond(host_vector(z), low, high)
     if not excess.any():
@@ -424,8 +427,7 @@ def _warm_started(z, cs, bounds, failures, certify_first):
         failures.append("exact: the linear program of the raw outputs beyond the bounds found "
                         "no optimum")
         return None
-    return _polished(z, _exact.solve(z, cs, *bounds, lam0=nu), cs, bounds, failures,
-                     certify_first)
+    return _polished(z, _exact.solve(z, cs, *bounds, lam0=nu), cs, bounds, failures)
 
 
 def _reduced_result(z, far, first, cs, bounds, failures):
@@ -448,9 +450,10 @@ def _reduced_result(z, far, first, cs, bounds, failures):
             break  # the outputs are no farther than that
         nearer = device_tensor(nearer, z.device)
         reasons = []
-        result = _float_result(nearer, _exact.solve(nearer, cs, *bounds), cs, bounds, reasons)
+        result = (_float_result(nearer, _exact.solve(nearer, cs, *bounds), cs, bounds, reasons)
+                  or _warm_started(nearer, cs, bounds, reasons))
         if result is None:
-            break  # (farther outputs only make the float solves harder)
+            continue  # (a farther target may still settle: see _warm_started)
         found = checked(result, cs)
         lam = _reduced_multipliers(host, far, result, t, found, cs, bounds, programs, reasons)
         # (the certificate is of the multipliers alone: outputs that miss the rows give way to
