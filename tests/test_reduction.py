@@ -8,6 +8,7 @@ optimal face, Clarabel); and the fuzzing's refusals it lifts, which the layer re
 it.
 """
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -145,6 +146,45 @@ def test_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
     monkeypatch.setattr(_reduction, "FAR_OUTSIDE", np.inf)
     with pytest.raises(RuntimeError, match="The fairness projection failed"):
         run_layer(inst)
+
+
+#: raw outputs about 1e3 bound widths out (within the reduction's reach) on which the dual's
+#: Newton steps crawled from zero multipliers, refused by the fuzzing before the solve was
+#: warm-started from the program of their excess: the parameters they were drawn from, and the
+#: samples kept (all of them, or those that still needed the warm start after shrinking)
+WARM_STARTED = {
+    "34 outputs +-500 to 1e3, intersectional parity of four attributes": (dict(
+        n=1436, n_attributes=4, max_groups=10, constraint="demographic_parity", epsilon=0.05,
+        bounds=(0.0, 1.0), z_kind="far", magnitude=1000.0, float32=True, weights="mild",
+        targets="huge", intersectional=True, seed=622910482),
+        np.r_[910:915, 931:934, 936:938, 984:988, 990:994, 1005:1009, 1011:1015, 1017:1023,
+              1025:1027]),
+    "185 outputs, 1e3 outliers, equalized odds of four attributes": (dict(
+        n=185, n_attributes=4, max_groups=26, constraint="equalized_odds", epsilon=0.05,
+        bounds=(0.0, 1.0), z_kind="outliers", magnitude=1000.0, float32=True, weights="zeros",
+        targets="inside", intersectional=False, seed=2551371660), np.s_[:]),
+}
+
+
+@pytest.mark.parametrize("name", WARM_STARTED)
+def test_stalled_solves_are_warm_started_from_the_excess_program(name, monkeypatch):
+    params, keep = WARM_STARTED[name]
+    inst = subset(make_instance(**params), keep)
+    assert not _reduction.has_far(inst.z.astype(np.float64), *inst.bounds)
+    outcome = check(inst, with_reference=True)
+    assert outcome.ok and not outcome.loud, outcome.problems
+    assert outcome.distance is not None  # (the conic reference judged the answer)
+    # without the warm start, the layer refuses them
+    monkeypatch.setattr(layer_module, "_warm_started", lambda z, cs, bounds, failures: None)
+    with pytest.raises(RuntimeError, match="The fairness projection failed"):
+        run_layer(inst)
+
+
+def subset(inst, keep):
+    """``inst`` with only the samples ``keep`` (an index or a slice)."""
+    pick = (lambda values: None if values is None else values[keep])
+    return dataclasses.replace(inst, z=inst.z[keep], groups=inst.groups[keep],
+                               y_true=pick(inst.y_true), sample_weight=pick(inst.sample_weight))
 
 
 def test_far_outputs_tied_exactly_are_projected_as_the_exact_solve_does():
