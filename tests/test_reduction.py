@@ -135,6 +135,22 @@ FUZZ_REFUSALS = {
 }
 
 
+@pytest.mark.slow
+def test_far_outputs_whose_nearer_solves_stall_are_warm_started(monkeypatch):
+    # 1,131 outputs 1e8 out in 345 crossed cells (118,680 pair rows): the float solves of the
+    # nearer outputs crawled from zero multipliers, and the fuzzing refused the batch
+    inst = make_instance(n=1131, n_attributes=4, max_groups=24, constraint="demographic_parity",
+                         epsilon=0.001, bounds=(-5.0, 3.0), z_kind="far", magnitude=1e8,
+                         float32=True, weights="mild", targets="wide", intersectional=True,
+                         seed=2619505670)
+    outcome = check(inst, with_reference=False)
+    assert outcome.ok and not outcome.loud, outcome.problems
+    assert far_problems(inst, outcome.y, required=True) == []
+    monkeypatch.setattr(layer_module, "_warm_started", lambda z, cs, bounds, failures: None)
+    with pytest.raises(RuntimeError, match="The fairness projection failed"):
+        run_layer(inst)
+
+
 @pytest.mark.parametrize("name", FUZZ_REFUSALS)
 def test_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
     inst = make_instance(**FUZZ_REFUSALS[name])
