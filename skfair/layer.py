@@ -211,6 +211,10 @@ class FairnessLayer(nn.Module):
                 f"solver={self.solver!r}, intersectional={self.intersectional}")
 
 
+#: sample weights whose positive values span more than this ratio are named in a refusal
+WIDE_WEIGHTS = 1e6
+
+
 def project(z: torch.Tensor, cs: ConstraintSet,
             bounds: tuple[float | None, float | None] | Bounds | None,
             solver: Literal["exact", "qpth"] = "exact") -> tuple[torch.Tensor, dict[str, Any]]:
@@ -243,7 +247,37 @@ def project(z: torch.Tensor, cs: ConstraintSet,
             f"The fairness constraint cannot be met within bounds {tuple(bounds)}: its rows "
             f"{shown} contradict each other (each one alone can hold); widen the bounds, "
             f"increase epsilon or drop one of them.", key=conflicting[0])
-    raise RuntimeError("The fairness projection failed: " + "; ".join(failures) + ".")
+    raise _refusal(z64, cs, bounds, failures)
+
+
+def _refusal(z, cs, bounds, failures):
+    """The error of a batch that no backend projected: what in it leaves float64 too few
+    digits, what the user can do, then every attempt's reason (``failures``)."""
+    host = host_vector(z)
+    low, high = bounds.box
+    reach = _reduction.FAR_OUTSIDE * _reduction.width(low, high)
+    n_far = int(np.count_nonzero(np.abs(_reduction.beyond(host, low, high)) > reach))
+    weight = cs.host_weight
+    positive = weight[weight > 0]
+    ratio = float(positive.max() / positive.min()) if positive.size else 1.0
+    traits = [f"raw outputs up to {float(np.abs(host).max(initial=0.0)):.3g} in magnitude"]
+    advice = []
+    if n_far:
+        traits.append(f"{n_far} of them more than {reach:.3g} beyond the bounds")
+        advice.append("rescale or clip the raw outputs (outputs that far beyond the bounds "
+                      "usually mean the network has diverged)")
+    if ratio > WIDE_WEIGHTS:
+        traits.append(f"positive sample weights spanning a ratio of {ratio:.3g}")
+        advice.append("bring the sample weights closer together")
+    if not _precise.fits(cs):
+        advice.append(f"project it in batches of at most {_precise.MAX_SAMPLES} samples and "
+                      f"{_precise.MAX_ROWS} rows, solved in extended precision")
+    options = ", ".join(advice[:-1]) + ", or " if len(advice) > 1 else ""
+    return RuntimeError(
+        f"The fairness projection failed: no solve of this batch ({', '.join(traits)}) could "
+        f"be certified to be its exact projection, and an uncertified answer is never returned"
+        + (f"; {options}{advice[-1]}" if advice else "") + ". Attempts: "
+        + "; ".join(failures) + ".")
 
 
 def _cast(y, dtype, cs, bounds, info):

@@ -545,8 +545,12 @@ def test_both_backends_failing_raise(monkeypatch):
     monkeypatch.setattr(_qpth, "qpth_project", lambda z, cs, lo, hi: z.clone())
     z = torch.tensor([0.9, 0.8, 0.3, 0.2], dtype=torch.float64)
     cs = get_constraint("demographic_parity").build(torch.tensor([0, 0, 1, 1]), epsilon=0.1)
-    with pytest.raises(RuntimeError, match="fairness projection failed"):
+    with pytest.raises(RuntimeError, match="fairness projection failed") as refusal:
         project(z, cs, (0.0, 1.0), solver="qpth")
+    # ordinary outputs and weights, a batch the extended-precision solve takes: no advice
+    message = str(refusal.value)
+    assert "(raw outputs up to 0.9 in magnitude) could be certified" in message
+    assert "never returned. Attempts: qpth: " in message and "exact: " in message
 
 
 def test_solver_stops_at_the_rounding_floor(monkeypatch):

@@ -203,6 +203,29 @@ def subset(inst, keep):
                                y_true=pick(inst.y_true), sample_weight=pick(inst.sample_weight))
 
 
+def test_a_refusal_names_what_makes_the_batch_hard_and_what_to_do():
+    # one of the fuzzing's remaining refusals: outliers 1e20 out, weights spanning 1e12
+    inst = make_instance(n=1538, n_attributes=3, max_groups=9, constraint="demographic_parity",
+                         epsilon=0.0, bounds=(-5.0, 3.0), z_kind="outliers", magnitude=1e20,
+                         float32=True, weights="ratio1e12", targets="inside",
+                         intersectional=False, seed=557713662)
+    z = inst.z.astype(np.float64)
+    n_far = np.count_nonzero(np.abs(z - np.clip(z, -5.0, 3.0)) > 1e4 * 8.0)
+    positive = inst.sample_weight[inst.sample_weight > 0]
+    with pytest.raises(RuntimeError) as refusal:
+        run_layer(inst)
+    message = str(refusal.value)
+    assert message.startswith(
+        f"The fairness projection failed: no solve of this batch (raw outputs up to "
+        f"{np.abs(z).max():.3g} in magnitude, {n_far} of them more than 8e+04 beyond the "
+        f"bounds, positive sample weights spanning a ratio of "
+        f"{positive.max() / positive.min():.3g}) could be certified")
+    assert ("; rescale or clip the raw outputs (outputs that far beyond the bounds usually mean "
+            "the network has diverged), bring the sample weights closer together, or project it "
+            "in batches of at most 64 samples and 400 rows, solved in extended precision. "
+            "Attempts: exact: ") in message
+
+
 def test_far_outputs_tied_exactly_are_projected_as_the_exact_solve_does():
     # outputs 3.4e19 below the bounds, tied exactly: solved at their magnitude the tie broke
     # within the rounding a certificate of 64 units in the last place accepts, and the outputs
