@@ -196,6 +196,29 @@ def test_stalled_solves_are_warm_started_from_the_excess_program(name, monkeypat
         run_layer(inst)
 
 
+def test_gradient_through_a_warm_started_projection(monkeypatch):
+    params, keep = WARM_STARTED["34 outputs +-500 to 1e3, intersectional parity of four attributes"]
+    inst = subset(make_instance(**params), keep)
+    calls = []
+    warm_started = layer_module._warm_started
+    monkeypatch.setattr(layer_module, "_warm_started",
+                        lambda *args: calls.append(1) or warm_started(*args))
+    layer = FairnessLayer(inst.constraint, epsilon=inst.epsilon, bounds=inst.bounds,
+                          intersectional=True)
+    groups, weight = torch.as_tensor(inst.groups), torch.as_tensor(inst.sample_weight)
+    z = torch.as_tensor(inst.z.astype(np.float64)).requires_grad_()
+    y = layer(z, groups, sample_weight=weight)
+    assert calls  # (the warm-started solve gave the answer)
+    # the projection is piecewise linear: its derivative is that of a small central difference
+    direction = torch.linspace(-1.0, 1.0, len(z), dtype=torch.float64)
+    (y * direction).sum().backward()
+    step = torch.as_tensor(np.random.default_rng(0).normal(size=len(z))) * 1e-6
+    moved = [layer(z.detach() + sign * step, groups, sample_weight=weight) for sign in (1, -1)]
+    difference = float(((moved[0] - moved[1]) * direction).sum()) / 2
+    assert abs(float(z.grad @ step) - difference) <= 1e-9
+    assert difference != 0.0
+
+
 def subset(inst, keep):
     """``inst`` with only the samples ``keep`` (an index or a slice)."""
     pick = (lambda values: None if values is None else values[keep])
