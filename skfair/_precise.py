@@ -24,7 +24,7 @@ caller's float checks then judge fairness and bounds on the rounded outputs.
 
 The method is dense in the samples: a step costs ``O((k + m) n)`` decimal operations for
 ``k <= n`` active constraints and ``m`` rows; :data:`MAX_SAMPLES` and :data:`MAX_ROWS` keep a
-solve (at most :data:`STEPS_PER_CONSTRAINT` steps per constraint) within about a second.
+solve (at most :data:`STEPS_PER_CONSTRAINT` steps per constraint) within a few seconds.
 """
 
 import decimal
@@ -44,7 +44,7 @@ from ._guarantee import GUARANTEE_TOL
 PRECISION = 100
 #: most samples of a batch the method takes: the active set holds up to ``n`` constraints, and
 #: a solve takes a step or two per sample, each ``O(n^2)`` decimal operations and more
-MAX_SAMPLES = 64
+MAX_SAMPLES = 128
 #: most rows the method takes: every step scans them (``O(m n)`` decimal operations)
 MAX_ROWS = 400
 #: a constraint counts as met when its violation is below this times its magnitude

@@ -94,7 +94,7 @@ def test_certificate_refuses_other_outputs_and_negative_multipliers():
     assert _certificate(z, y, -lam, cs, bounds) > 0
 
 
-#: refusals of the fuzzing (benchmarks/guarantee_fuzz.py, seed 0) of small batches, as the
+#: refusals of the fuzzing (benchmarks/guarantee_fuzz.py, seeds 0 and 5) of small batches, as the
 #: parameters they were drawn from (:func:`_oracle.make_instance`): outputs far out in groups
 #: of one sample or tied with ordinary ones, whose multipliers cancel beyond float64's
 #: precision, and rows at epsilon 0 whose float64 right-hand sides do not cancel exactly
@@ -119,6 +119,14 @@ SMALL_REFUSALS = {
         n=59, n_attributes=4, max_groups=20, constraint="equalized_odds", epsilon=0.0,
         bounds=(0.0, 1.0), z_kind="outliers", magnitude=1e20, float32=False,
         weights="ratio1e12", targets="wide", intersectional=False, seed=12338796),
+    "73 float32 outputs, 1e12 outliers, equalized odds of two attributes": dict(
+        n=73, n_attributes=2, max_groups=26, constraint="equalized_odds", epsilon=0.001,
+        bounds=(-5.0, 3.0), z_kind="outliers", magnitude=1e12, float32=True, weights="zeros",
+        targets="inside", intersectional=False, seed=365630942),
+    "74 float32 outputs, 1e12 outliers, demographic parity of three attributes": dict(
+        n=74, n_attributes=3, max_groups=28, constraint="demographic_parity", epsilon=0.05,
+        bounds=(0.0, 1.0), z_kind="outliers", magnitude=1e12, float32=True, weights="zeros",
+        targets="wide", intersectional=False, seed=245319988),
 }
 
 

@@ -245,7 +245,7 @@ def test_a_refusal_names_what_makes_the_batch_hard_and_what_to_do():
         f"{positive.max() / positive.min():.3g}) could be certified")
     assert ("; rescale or clip the raw outputs (outputs that far beyond the bounds usually mean "
             "the network has diverged), bring the sample weights closer together, or project it "
-            "in batches of at most 64 samples and 400 rows, solved in extended precision. "
+            "in batches of at most 128 samples and 400 rows, solved in extended precision. "
             "Attempts: exact: ") in message
 
 
