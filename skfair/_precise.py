@@ -32,8 +32,9 @@ import math
 from decimal import Decimal
 
 import numpy as np
+from scipy import sparse
 
-from ._guarantee import GUARANTEE_TOL
+from ._guarantee import GUARANTEE_TOL, active_rows, allowed_error
 
 #: significant decimal digits of the arithmetic for raw outputs of at most 1 in magnitude, one
 #: more per power of ten of the largest (:func:`_digits`): multipliers of the raw outputs' size
@@ -62,6 +63,16 @@ DEPENDENT = Decimal("1e-30")
 SLACK = GUARANTEE_TOL / 100
 #: most steps, per constraint, before giving up (each adds a constraint or drops one)
 STEPS_PER_CONSTRAINT = 4
+#: a float64 certificate short by at most this many units in the last place of the largest raw
+#: output is short by the rounding of sums of such terms: worth a correction in decimal
+ROUNDING_SHORTFALL = 1e3
+#: most rows whose multipliers :func:`refined_multipliers` corrects (the normal equations of
+#: ``k`` rows cost ``O(k^3)`` decimal operations)
+MAX_SUPPORT = 200
+#: correction rounds of :func:`refined_multipliers`, each from the last one's residual
+REFINE_ROUNDS = 3
+#: most rows :func:`refined_multipliers` drops from the support for a negative multiplier
+MAX_DROPS = 8
 
 
 def fits(cs):
@@ -90,27 +101,155 @@ def solve(z, cs, lo, hi):
 
 
 def backward_error(z, y, lam, cs, bounds, active_tol, tol):
-    """:func:`skfair._guarantee.backward_error` of the float64 outputs ``y`` with the
-    decimal multipliers ``lam`` of :func:`solve`, computed in decimal arithmetic; also at
-    most 0 only when the multipliers are non-negative and the outputs ``z - G^T lam`` (clipped)
-    that they define meet the rows to ``active_tol``. At most 0 when ``y`` is certified."""
+    """:func:`skfair._guarantee.backward_error` of the float64 outputs ``y`` with multipliers
+    ``lam`` (decimals of :func:`solve` or :func:`refined_multipliers`, or floats), computed in
+    decimal arithmetic; also at most 0 only when the multipliers are non-negative and the outputs
+    ``z - G^T lam`` (clipped) that they define meet the rows to ``active_tol``. At most 0 when
+    ``y`` is certified. Its cost is linear in the samples, the rows and the statistics'
+    coefficients (the shifts and the rows are computed through the atoms, never as ``G``)."""
     with decimal.localcontext() as context:
         context.prec = _digits(z)
-        rows, h = _rows(cs)
+        lam = np.array([Decimal(v) if isinstance(v, float) else v for v in lam], dtype=object)
         if any(v < 0 for v in lam):
             return math.inf
+        terms = _Terms(cs)
         low, high = bounds.box
         z_dec, y_dec = _decimals(z), _decimals(y)
-        exact = _clipped(z_dec - rows.T.dot(lam), low, high)
-        infeasible = float(max(rows.dot(exact) - h, default=Decimal(0)) - Decimal(active_tol))
-        active = rows.dot(y_dec) - h >= -Decimal(active_tol)
-        free = z_dec - rows.T.dot(np.where(active, lam, Decimal(0)))
+        exact = _clipped(z_dec - terms.shifts(lam), low, high)
+        infeasible = float(max(terms.values(exact), default=Decimal(0)) - Decimal(active_tol))
+        active = terms.values(y_dec) >= -Decimal(active_tol)
+        free = z_dec - terms.shifts(np.where(active, lam, Decimal(0)))
         error = np.where(y >= high, np.maximum(Decimal(high) - free, 0),
                          np.where(y <= low, np.maximum(free - Decimal(low), 0),
                                   np.abs(y_dec - free)))
         allowed = _decimals(np.full_like(z, tol)) + 64 * _decimals(np.spacing(np.abs(z)))
         excess = float(max(error - allowed, default=Decimal(-math.inf)))
         return max(excess, infeasible)
+
+
+def refined_multipliers(z, y, lam, cs, lo, hi, active_tol, tol):
+    """Decimal multipliers with which :func:`backward_error` may certify the float64 outputs
+    ``y`` where the float64 multipliers ``lam`` fall short by their rounding alone, or None.
+
+    Multipliers of the raw outputs' magnitude (``1e20``) must cancel, on the atoms whose
+    outputs end strictly inside the bounds, to the outputs' scale: float64 holds them to
+    ``1e4``. Kept on the rows where ``lam`` is positive and that are active at ``y`` (at most
+    :data:`MAX_SUPPORT`), they are corrected in decimal so that every such atom's shift
+    ``(G^T lam)_a`` meets its outputs' ``(z_i - y_i) / w_i`` in the least-squares sense
+    weighted by each output's allowance (:func:`skfair._guarantee.allowed_error`): the normal
+    equations are solved in the same arithmetic, :data:`REFINE_ROUNDS` times (each from the
+    residual of the last). A row whose multiplier turns negative leaves the support, the most
+    negative first (at most :data:`MAX_DROPS` of them). The certificate decides whether the
+    result holds."""
+    support = np.flatnonzero((lam > 0) & active_rows(y, cs, active_tol))
+    with decimal.localcontext() as context:
+        context.prec = _digits(z)
+        terms = _Terms(cs)
+        wanted, worth = terms.wanted_shifts(z, y, lo, hi, tol)
+        inside = np.flatnonzero(worth > 0)
+        scale = _decimals(worth[inside])
+        lam = _decimals(lam)
+        for _ in range(MAX_DROPS + 1):
+            if not 0 < support.size <= MAX_SUPPORT:
+                return None
+            lam[np.setdiff1d(np.arange(lam.size), support)] = Decimal(0)
+            effect = terms.row_shifts(support)[inside] * worth[inside, None]
+            for _ in range(REFINE_ROUNDS):
+                residual = (wanted - terms.atom_shifts(lam))[inside] * scale
+                lam[support] += _least_squares(effect, residual)
+            if not (lam[support] < 0).any():
+                return lam
+            support = np.delete(support, np.argmin(lam[support]))
+        return None
+
+
+class _Terms:
+    """The rows of a constraint set read through its atoms, in decimal arithmetic: the shifts
+    ``G^T lam`` and the rows' values ``G y - h``, at a cost linear in the samples, the rows and
+    the statistics' coefficients."""
+
+    def __init__(self, cs):
+        problem = cs.host_problem
+        self._rows, self._atom, self._n_atoms = problem.rows, problem.atom, cs.n_atoms
+        self._weight = problem.weight if problem.weight.size else np.ones(problem.atom.size)
+        self._w, self._h = _decimals(self._weight), _decimals(problem.h)
+        self._n_stats = self._rows.stat_ptr.size - 1
+        self._entry_stat = np.repeat(np.arange(self._n_stats), np.diff(self._rows.stat_ptr))
+        self._coef = _decimals(self._rows.stat_coef)
+
+    def atom_shifts(self, lam):
+        """``(G^T lam)`` per atom, for a unit weight."""
+        rows = self._rows
+        net = np.full(self._n_stats + 1, Decimal(0), dtype=object)  # last: no statistic
+        for r in np.flatnonzero(lam != 0):
+            net[rows.plus[r]] += lam[r]
+            net[rows.minus[r]] -= lam[r]
+        shift = np.full(self._n_atoms, Decimal(0), dtype=object)
+        np.add.at(shift, rows.stat_atom, self._coef * net[self._entry_stat])
+        return shift
+
+    def shifts(self, lam):
+        """``G^T lam`` per sample."""
+        return self._w * self.atom_shifts(lam)[self._atom]
+
+    def values(self, y):
+        """``G y - h`` per row."""
+        sums = np.full(self._n_atoms, Decimal(0), dtype=object)
+        np.add.at(sums, self._atom, self._w * y)
+        stat = np.full(self._n_stats + 1, Decimal(0), dtype=object)  # last: no statistic
+        np.add.at(stat, self._entry_stat, self._coef * sums[self._rows.stat_atom])
+        return stat[self._rows.plus] - stat[self._rows.minus] - self._h
+
+    def row_shifts(self, rows):
+        """The float64 matrix ``(n_atoms, len(rows))`` of each row's shift per atom, per unit
+        multiplier."""
+        stats = sparse.vstack([
+            sparse.csr_matrix((self._rows.stat_coef, self._rows.stat_atom,
+                               self._rows.stat_ptr), shape=(self._n_stats, self._n_atoms)),
+            sparse.csr_matrix((1, self._n_atoms))]).tocsr()
+        return (stats[self._rows.plus[rows]] - stats[self._rows.minus[rows]]).T.toarray()
+
+    def wanted_shifts(self, z, y, lo, hi, tol):
+        """``(wanted, worth)`` per atom: the unit-weight shift that best moves its outputs
+        strictly inside ``(lo, hi)`` from ``z`` to ``y`` (decimal; least squares over them), and
+        how much its fit counts (float64: the root sum of ``(w_i / allowance_i)^2`` over them;
+        0 for an atom with none)."""
+        inside = (y > lo) & (y < hi) & (self._weight > 0)
+        z_dec, y_dec = _decimals(z), _decimals(y)
+        moved = np.full(self._n_atoms, Decimal(0), dtype=object)
+        squares = np.full(self._n_atoms, Decimal(0), dtype=object)
+        np.add.at(moved, self._atom[inside], self._w[inside] * (z_dec - y_dec)[inside])
+        np.add.at(squares, self._atom[inside], self._w[inside] ** 2)
+        wanted = np.array([m / s if s else Decimal(0) for m, s in zip(moved, squares)],
+                          dtype=object)
+        share = np.where(inside, (self._weight / allowed_error(z, tol)) ** 2, 0.0)
+        return wanted, np.sqrt(np.bincount(self._atom, weights=share,
+                                           minlength=self._n_atoms))
+
+
+def _least_squares(matrix, target):
+    """The decimal ``x`` that minimises ``||matrix x - target||`` (``matrix`` float64,
+    ``target`` decimal), from the normal equations solved by Gauss-Jordan elimination in
+    decimal; an unknown whose column depends on the others' (to :data:`DEPENDENT`) stays 0."""
+    a = _decimals(matrix).reshape(matrix.shape)
+    normal, right = a.T.dot(a), a.T.dot(target)
+    size = right.size
+    tiny = max((abs(normal[i, i]) for i in range(size)), default=Decimal(0)) * DEPENDENT ** 2
+    pivots, open_rows = [], list(range(size))
+    for column in range(size):
+        row = max(open_rows, key=lambda i: abs(normal[i, column]))
+        if not abs(normal[row, column]) > tiny:
+            continue
+        open_rows.remove(row)
+        pivots.append((row, column))
+        factors = normal[:, column] / normal[row, column]
+        factors[row] = Decimal(0)
+        normal = normal - np.outer(factors, normal[row])
+        right = right - factors * right[row]
+    x = np.full(size, Decimal(0), dtype=object)
+    for row, column in pivots:
+        x[column] = right[row] / normal[row, column]
+    return x
 
 
 def _digits(z):

@@ -522,13 +522,39 @@ def _reduced_multipliers(z, far, result, t, found, cs, bounds, programs, failure
         if programs[as_pairs] is None:
             continue
         reasons = []
-        certificate = certified(z, result.host_y, np.maximum(lam + (1 - t) * programs[as_pairs],
-                                                             0.0),
-                                found, cs, bounds, "reduced solve", reasons)
+        combined = np.maximum(lam + (1 - t) * programs[as_pairs], 0.0)
+        certificate = certified(z, result.host_y, combined, found, cs, bounds, "reduced solve",
+                                reasons)
+        if certificate is None:
+            certificate = _refined(z, result.host_y, combined, found, cs, bounds, reasons)
         if certificate is not None:
             return certificate
     failures.extend(reasons)
     return None
+
+
+def _refined(z, y, lam, found, cs, bounds, failures):
+    """``lam`` corrected in decimal arithmetic where its float64 rounding alone keeps it from
+    certifying the outputs ``y`` (their check ``found``) on ``z``: when the float64
+    certificate falls short by at most :data:`skfair._precise.ROUNDING_SHORTFALL` units in the
+    last place of the largest raw output (:func:`skfair._precise.refined_multipliers`), as
+    float64 multipliers once the decimal certificate holds
+    (:func:`skfair._precise.backward_error`); else None, the reason in ``failures``."""
+    active_tol, tol = tolerance(found, cs), POLISH_TOL * output_scale(found, cs)
+    short = backward_error(z, y, lam, cs, bounds, active_tol, tol)
+    if not short <= _precise.ROUNDING_SHORTFALL * np.spacing(np.abs(z).max()):
+        return None  # (short by more than rounding: the reason is the float certificate's)
+    refined = _precise.refined_multipliers(z, y, lam, cs, *bounds.box, active_tol, tol)
+    if refined is None:
+        failures.append("exact: the decimal correction of the reduced solve's multipliers "
+                        "found none")
+        return None
+    excess = _precise.backward_error(z, y, refined, cs, bounds, active_tol, tol)
+    if not excess <= 0:
+        failures.append(f"exact: the reduced solve is not certified in decimal arithmetic "
+                        f"either (backward error beyond its tolerance by {excess:.3g})")
+        return None
+    return refined.astype(np.float64)
 
 
 def _polished(z, result, cs, bounds, failures, certify_first=False):

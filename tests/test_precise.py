@@ -7,6 +7,9 @@ fuzzing's refusals of small batches, which no float64 method certifies and the l
 projects through it.
 """
 
+import decimal
+from decimal import Decimal
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +175,125 @@ def test_raw_outputs_near_the_float_range_keep_their_digits(seed):
     assert _precise.backward_error(z, y, lam, cs, Bounds.of((0.0, 1.0)),
                                    tolerance(checked, cs),
                                    POLISH_TOL * output_scale(checked, cs)) <= 0
+
+
+def _exact_backward_error(z, y, lam, cs, bounds, active_tol, tol):
+    """The certificate as its definition reads, in exact rational arithmetic with ``G`` as a
+    dense matrix: the reference of :func:`skfair._precise.backward_error` (which works through
+    the atoms in decimal)."""
+    from fractions import Fraction
+
+    from skfair._constraint_set import dense_coef
+
+    problem = cs.host_problem
+    weight = problem.weight if problem.weight.size else np.ones(len(z))
+    coef = dense_coef(problem.rows, cs.n_atoms)[:, problem.atom] * 1.0
+    g = [[Fraction(float(c)) * Fraction(float(w)) for c, w in zip(row, weight)] for row in coef]
+    h = [Fraction(float(v)) for v in problem.h]
+    lam = [Fraction(v) for v in lam]  # (exact, from a float or a decimal)
+    if min(lam, default=0) < 0:
+        return np.inf
+    low, high = bounds.box
+
+    def shifted(multipliers):
+        return [Fraction(float(z[i])) - sum(g[r][i] * multipliers[r] for r in range(len(g)))
+                for i in range(len(z))]
+
+    def clipped(values):
+        return [min(max(v, Fraction(low)) if low > -np.inf else v, Fraction(high))
+                if high < np.inf else (max(v, Fraction(low)) if low > -np.inf else v)
+                for v in values]
+
+    def rows_at(values):
+        return [sum(g[r][i] * values[i] for i in range(len(z))) - h[r] for r in range(len(g))]
+
+    exact = clipped(shifted(lam))
+    infeasible = float(max(rows_at(exact), default=Fraction(0)) - Fraction(active_tol))
+    y_exact = [Fraction(float(v)) for v in y]
+    active = [v >= -Fraction(active_tol) for v in rows_at(y_exact)]
+    free = shifted([m if a else Fraction(0) for m, a in zip(lam, active)])
+    excess = -np.inf
+    for i in range(len(z)):
+        if y[i] >= high:
+            error = max(Fraction(high) - free[i], Fraction(0))
+        elif y[i] <= low:
+            error = max(free[i] - Fraction(low), Fraction(0))
+        else:
+            error = abs(y_exact[i] - free[i])
+        allowed = Fraction(tol) + 64 * Fraction(float(np.spacing(abs(z[i]))))
+        excess = max(excess, float(error - allowed))
+    return max(excess, infeasible)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_certificate_through_the_atoms_is_the_dense_one(seed):
+    # small instances, ordinary and far out, with the decimal solve's multipliers and with
+    # multipliers and outputs moved off it: the same backward error as the exact dense one
+    rng = np.random.default_rng(seed)
+    inst = make_instance(n=12, n_attributes=2, max_groups=3,
+                         constraint=["demographic_parity", "equalized_odds"][seed % 2],
+                         epsilon=[0.0, 0.05, 1e-9][seed % 3], bounds=(0.0, 1.0),
+                         z_kind=["uniform", "outliers"][seed // 3], magnitude=1e12,
+                         float32=False, weights="mild", targets="inside", intersectional=False,
+                         seed=seed)
+    cs = constraint_set(inst)
+    z = inst.z.astype(np.float64)
+    bounds = Bounds.of(inst.bounds)
+    found = _precise.solve(z, cs, *bounds.box)
+    assert found is not None
+    y, lam, _ = found
+    tols = (1e-9, 1e-6)
+    moved_lam = lam * np.array([Decimal(1 + 1e-3 * v) for v in rng.normal(size=len(lam))],
+                                   dtype=object)
+    moved_y = np.clip(y + rng.normal(size=len(y)) * 1e-3, 0.0, 1.0)
+    for outputs, multipliers in ((y, lam), (y, moved_lam), (moved_y, lam)):
+        got = _precise.backward_error(z, outputs, multipliers, cs, bounds, *tols)
+        want = _exact_backward_error(z, outputs, multipliers, cs, bounds, *tols)
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_refined_multipliers_restore_what_float64_rounding_took():
+    # a small batch with outputs 1e20 out: the decimal solve's multipliers certify its
+    # outputs, rounded to float64 they do not (they cancel below float64's rounding); from
+    # those the refinement finds multipliers that do, on the same rows
+    inst = make_instance(**SMALL_REFUSALS["38 outputs 1e20 out, demographic parity of three "
+                                          "attributes"])
+    cs = constraint_set(inst)
+    z = inst.z.astype(np.float64)
+    bounds = Bounds.of(inst.bounds)
+    y, lam, _ = _precise.solve(z, cs, *bounds.box)
+    found = check_outputs(y, cs)
+    tols = tolerance(found, cs), POLISH_TOL * output_scale(found, cs)
+    rounded = lam.astype(np.float64)
+    assert _precise.backward_error(z, y, lam, cs, bounds, *tols) <= 0
+    assert _precise.backward_error(z, y, rounded, cs, bounds, *tols) > 0
+    refined = _precise.refined_multipliers(z, y, rounded, cs, *bounds.box, *tols)
+    assert refined is not None and min(refined) >= 0
+    assert set(np.flatnonzero(refined != 0)) <= set(np.flatnonzero(rounded > 0))
+    assert _precise.backward_error(z, y, refined, cs, bounds, *tols) <= 0
+
+
+def test_refined_multipliers_need_a_support_of_bounded_size():
+    inst = make_instance(**SMALL_REFUSALS["38 outputs 1e20 out, demographic parity of three "
+                                          "attributes"])
+    cs = constraint_set(inst)
+    z = inst.z.astype(np.float64)
+    y = np.clip(z, 0.0, 1.0)
+    assert _precise.refined_multipliers(z, y, np.zeros(cs.n_rows), cs, 0.0, 1.0, 1e-9,
+                                        1e-6) is None
+
+
+@pytest.mark.parametrize("dependent", [False, True])
+def test_least_squares_in_decimal(dependent):
+    rng = np.random.default_rng(3)
+    matrix = rng.integers(-9, 10, size=(9, 4)) / 4.0  # (exact: dependence is exact too)
+    if dependent:
+        matrix[:, 3] = matrix[:, 0] - 2 * matrix[:, 1]  # (its unknown stays 0)
+    target = rng.normal(size=9)
+    with decimal.localcontext(prec=_precise.PRECISION):  # (the arithmetic it runs in)
+        x = _precise._least_squares(matrix, np.array([Decimal(v) for v in target],
+                                                     dtype=object))
+    best = np.linalg.lstsq(matrix, target, rcond=None)[0]
+    fitted = matrix @ np.array([float(v) for v in x])
+    np.testing.assert_allclose(fitted, matrix @ best, rtol=0, atol=1e-12)
+    assert (x[3] == 0) == dependent

@@ -135,6 +135,23 @@ FUZZ_REFUSALS = {
 }
 
 
+def test_far_outputs_certified_by_multipliers_corrected_in_decimal(monkeypatch):
+    # 629 outputs, 1e20 outliers, equalized odds of four attributes at epsilon 1e-9 (a refusal
+    # of the fuzzing, seed 4): the nearer outputs' projection is on the far outputs' optimum
+    # from 10 widths out, but the multipliers of 1e20 that certify it cancel, on the atoms
+    # inside the bounds, only to float64's rounding
+    inst = make_instance(n=629, n_attributes=4, max_groups=25, constraint="equalized_odds",
+                         epsilon=1e-9, bounds=(-5.0, 3.0), z_kind="outliers", magnitude=1e20,
+                         float32=False, weights="mild", targets="inside", intersectional=False,
+                         seed=3312568275)
+    outcome = check(inst, with_reference=False)
+    assert outcome.ok and not outcome.loud, outcome.problems
+    assert far_problems(inst, outcome.y, required=True) == []
+    monkeypatch.setattr(layer_module, "_refined", lambda *args: None)
+    with pytest.raises(RuntimeError, match="The fairness projection failed"):
+        run_layer(inst)
+
+
 @pytest.mark.slow
 def test_far_outputs_whose_nearer_solves_stall_are_warm_started(monkeypatch):
     # 1,131 outputs 1e8 out in 345 crossed cells (118,680 pair rows): the float solves of the
