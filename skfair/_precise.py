@@ -25,6 +25,12 @@ caller's float checks then judge fairness and bounds on the rounded outputs.
 The method is dense in the samples: a step costs ``O((k + m) n)`` decimal operations for
 ``k <= n`` active constraints and ``m`` rows; :data:`MAX_SAMPLES` and :data:`MAX_ROWS` keep a
 solve (at most :data:`STEPS_PER_CONSTRAINT` steps per constraint) within a few seconds.
+
+Larger batches whose float64 answer is right but whose float64 multipliers cancel only to
+their rounding (far raw outputs, :mod:`skfair._reduction`) take the other entry point,
+:func:`refined_multipliers`: those multipliers corrected in the same arithmetic on their own
+rows, at a cost set by the rows that carry them. Both are judged by :func:`backward_error`,
+which works through the atoms and never forms ``G``.
 """
 
 import decimal
