@@ -141,8 +141,9 @@ def refined_multipliers(z, y, lam, cs, lo, hi, active_tol, tol):
     outputs end strictly inside the bounds, to the outputs' scale: float64 holds them to
     ``1e4``. Kept on the rows where ``lam`` is positive and that are active at ``y`` (at most
     :data:`MAX_SUPPORT`), they are corrected in decimal so that every such atom's shift
-    ``(G^T lam)_a`` meets its outputs' ``(z_i - y_i) / w_i`` in the least-squares sense
-    weighted by each output's allowance (:func:`skfair._guarantee.allowed_error`): the normal
+    ``(G^T lam)_a`` meets its outputs' ``(z_i - y_i) / w_i`` in the least-squares sense, each
+    output weighted by ``w_i`` over its allowance (:func:`skfair._guarantee.allowed_error`),
+    the only error the certificate measures: the normal
     equations are solved in the same arithmetic, :data:`REFINE_ROUNDS` times (each from the
     residual of the last). A row whose multiplier turns negative leaves the support, the most
     negative first (at most :data:`MAX_DROPS` of them). The certificate decides whether the
