@@ -72,11 +72,15 @@ STEPS_PER_CONSTRAINT = 4
 #: a float64 certificate short by at most this many units in the last place of the largest raw
 #: output is short by the rounding of sums of such terms: worth a correction in decimal
 ROUNDING_SHORTFALL = 1e3
-#: most rows whose multipliers :func:`refined_multipliers` corrects (the normal equations of
-#: ``k`` rows cost ``O(k^3)`` decimal operations)
-MAX_SUPPORT = 200
-#: correction rounds of :func:`refined_multipliers`, each from the last one's residual
+#: most rows whose correction :func:`refined_multipliers` solves in decimal (the normal
+#: equations of ``k`` rows cost ``O(k^3)`` decimal operations); more rows take float64 least
+#: squares of the decimal residual, iterative refinement, which gains digits each round only
+#: where the weighted problem is far from float64's conditioning limit (weights of one scale)
+DECIMAL_SUPPORT = 200
+#: correction rounds of :func:`refined_multipliers`, each from the last one's residual: solved
+#: in decimal, and solved in float64
 REFINE_ROUNDS = 3
+FLOAT_REFINE_ROUNDS = 8
 #: most rows :func:`refined_multipliers` drops from the support for a negative multiplier
 MAX_DROPS = 8
 
@@ -139,15 +143,15 @@ def refined_multipliers(z, y, lam, cs, lo, hi, active_tol, tol):
 
     Multipliers of the raw outputs' magnitude (``1e20``) must cancel, on the atoms whose
     outputs end strictly inside the bounds, to the outputs' scale: float64 holds them to
-    ``1e4``. Kept on the rows where ``lam`` is positive and that are active at ``y`` (at most
-    :data:`MAX_SUPPORT`), they are corrected in decimal so that every such atom's shift
-    ``(G^T lam)_a`` meets its outputs' ``(z_i - y_i) / w_i`` in the least-squares sense, each
-    output weighted by ``w_i`` over its allowance (:func:`skfair._guarantee.allowed_error`),
-    the only error the certificate measures: the normal
-    equations are solved in the same arithmetic, :data:`REFINE_ROUNDS` times (each from the
-    residual of the last). A row whose multiplier turns negative leaves the support, the most
-    negative first (at most :data:`MAX_DROPS` of them). The certificate decides whether the
-    result holds."""
+    ``1e4``. Kept on the rows where ``lam`` is positive and that are active at ``y``, they are
+    corrected in decimal so that every such atom's shift ``(G^T lam)_a`` meets its outputs'
+    ``(z_i - y_i) / w_i`` in the least-squares sense, each output weighted by ``w_i`` over its
+    allowance (:func:`skfair._guarantee.allowed_error`, the only error the certificate
+    measures). The correction is solved :data:`REFINE_ROUNDS` times, each from the residual
+    of the last, by the normal equations in decimal; for more than :data:`DECIMAL_SUPPORT`
+    rows :data:`FLOAT_REFINE_ROUNDS` times in float64. A row whose multiplier turns negative
+    leaves the support, the most negative first (at most :data:`MAX_DROPS` of them). The
+    certificate decides whether the result holds."""
     support = np.flatnonzero((lam > 0) & active_rows(y, cs, active_tol))
     with decimal.localcontext() as context:
         context.prec = _digits(z)
@@ -157,13 +161,15 @@ def refined_multipliers(z, y, lam, cs, lo, hi, active_tol, tol):
         scale = _decimals(worth[inside])
         lam = _decimals(lam)
         for _ in range(MAX_DROPS + 1):
-            if not 0 < support.size <= MAX_SUPPORT:
+            if not support.size:
                 return None
             lam[np.setdiff1d(np.arange(lam.size), support)] = Decimal(0)
             effect = terms.row_shifts(support)[inside] * worth[inside, None]
-            for _ in range(REFINE_ROUNDS):
+            in_decimal = support.size <= DECIMAL_SUPPORT
+            for _ in range(REFINE_ROUNDS if in_decimal else FLOAT_REFINE_ROUNDS):
                 residual = (wanted - terms.atom_shifts(lam))[inside] * scale
-                lam[support] += _least_squares(effect, residual)
+                lam[support] += (_least_squares(effect, residual) if in_decimal else _decimals(
+                    np.linalg.lstsq(effect, residual.astype(np.float64), rcond=None)[0]))
             if not (lam[support] < 0).any():
                 return lam
             support = np.delete(support, np.argmin(lam[support]))

@@ -135,21 +135,39 @@ FUZZ_REFUSALS = {
 }
 
 
-def test_far_outputs_certified_by_multipliers_corrected_in_decimal(monkeypatch):
+@pytest.mark.parametrize("in_decimal", [True, False])
+def test_far_outputs_certified_by_multipliers_corrected_in_decimal(in_decimal, monkeypatch):
     # 629 outputs, 1e20 outliers, equalized odds of four attributes at epsilon 1e-9 (a refusal
     # of the fuzzing, seed 4): the nearer outputs' projection is on the far outputs' optimum
     # from 10 widths out, but the multipliers of 1e20 that certify it cancel, on the atoms
-    # inside the bounds, only to float64's rounding
+    # inside the bounds, only to float64's rounding. Their correction is solved in decimal,
+    # or (as for supports of more rows) in float64 from the decimal residual
     inst = make_instance(n=629, n_attributes=4, max_groups=25, constraint="equalized_odds",
                          epsilon=1e-9, bounds=(-5.0, 3.0), z_kind="outliers", magnitude=1e20,
                          float32=False, weights="mild", targets="inside", intersectional=False,
                          seed=3312568275)
+    if not in_decimal:
+        monkeypatch.setattr(_precise, "DECIMAL_SUPPORT", 0)
     outcome = check(inst, with_reference=False)
     assert outcome.ok and not outcome.loud, outcome.problems
     assert far_problems(inst, outcome.y, required=True) == []
     monkeypatch.setattr(layer_module, "_refined", lambda *args: None)
     with pytest.raises(RuntimeError, match="The fairness projection failed"):
         run_layer(inst)
+
+
+@pytest.mark.slow
+def test_far_outputs_whose_multipliers_span_many_rows_are_corrected_in_float64():
+    # 1,439 outputs 1e12 out in the crossed cells of four attributes at epsilon 0 (273,006
+    # pair rows; a refusal of the fuzzing, seed 7): the multipliers that certify the nearer
+    # outputs' projection lie on 522 rows, beyond the decimal normal equations' reach
+    inst = make_instance(n=1439, n_attributes=4, max_groups=19, constraint="equal_opportunity",
+                         epsilon=0.0, bounds=(-5.0, 3.0), z_kind="far", magnitude=1e12,
+                         float32=False, weights="mild", targets="huge", intersectional=True,
+                         seed=2049373683)
+    outcome = check(inst, with_reference=False)
+    assert outcome.ok and not outcome.loud, outcome.problems
+    assert far_problems(inst, outcome.y, required=True) == []
 
 
 @pytest.mark.slow
