@@ -135,57 +135,6 @@ FUZZ_REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("in_decimal", [True, False])
-def test_far_outputs_certified_by_multipliers_corrected_in_decimal(in_decimal, monkeypatch):
-    # 629 outputs, 1e20 outliers, equalized odds of four attributes at epsilon 1e-9 (a refusal
-    # of the fuzzing, seed 4): the nearer outputs' projection is on the far outputs' optimum
-    # from 10 widths out, but the multipliers of 1e20 that certify it cancel, on the atoms
-    # inside the bounds, only to float64's rounding. Their correction is solved in decimal,
-    # or (as for supports of more rows) in float64 from the decimal residual
-    inst = make_instance(n=629, n_attributes=4, max_groups=25, constraint="equalized_odds",
-                         epsilon=1e-9, bounds=(-5.0, 3.0), z_kind="outliers", magnitude=1e20,
-                         float32=False, weights="mild", targets="inside", intersectional=False,
-                         seed=3312568275)
-    if not in_decimal:
-        monkeypatch.setattr(_precise, "DECIMAL_SUPPORT", 0)
-    outcome = check(inst, with_reference=False)
-    assert outcome.ok and not outcome.loud, outcome.problems
-    assert far_problems(inst, outcome.y, required=True) == []
-    monkeypatch.setattr(layer_module, "_refined", lambda *args: None)
-    with pytest.raises(RuntimeError, match="The fairness projection failed"):
-        run_layer(inst)
-
-
-@pytest.mark.slow
-def test_far_outputs_whose_multipliers_span_many_rows_are_corrected_in_float64():
-    # 1,439 outputs 1e12 out in the crossed cells of four attributes at epsilon 0 (273,006
-    # pair rows; a refusal of the fuzzing, seed 7): the multipliers that certify the nearer
-    # outputs' projection lie on 522 rows, beyond the decimal normal equations' reach
-    inst = make_instance(n=1439, n_attributes=4, max_groups=19, constraint="equal_opportunity",
-                         epsilon=0.0, bounds=(-5.0, 3.0), z_kind="far", magnitude=1e12,
-                         float32=False, weights="mild", targets="huge", intersectional=True,
-                         seed=2049373683)
-    outcome = check(inst, with_reference=False)
-    assert outcome.ok and not outcome.loud, outcome.problems
-    assert far_problems(inst, outcome.y, required=True) == []
-
-
-@pytest.mark.slow
-def test_far_outputs_whose_nearer_solves_stall_are_warm_started(monkeypatch):
-    # 1,131 outputs 1e8 out in 345 crossed cells (118,680 pair rows): the float solves of the
-    # nearer outputs crawled from zero multipliers, and the fuzzing refused the batch
-    inst = make_instance(n=1131, n_attributes=4, max_groups=24, constraint="demographic_parity",
-                         epsilon=0.001, bounds=(-5.0, 3.0), z_kind="far", magnitude=1e8,
-                         float32=True, weights="mild", targets="wide", intersectional=True,
-                         seed=2619505670)
-    outcome = check(inst, with_reference=False)
-    assert outcome.ok and not outcome.loud, outcome.problems
-    assert far_problems(inst, outcome.y, required=True) == []
-    monkeypatch.setattr(layer_module, "_warm_started", lambda z, cs, bounds, failures: None)
-    with pytest.raises(RuntimeError, match="The fairness projection failed"):
-        run_layer(inst)
-
-
 @pytest.mark.parametrize("name", FUZZ_REFUSALS)
 def test_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
     inst = make_instance(**FUZZ_REFUSALS[name])
@@ -195,6 +144,50 @@ def test_refusals_of_the_fuzzing_are_projected(name, monkeypatch):
     assert far_problems(inst, outcome.y, required=True) == []
     # without the reduction, the layer refuses them
     monkeypatch.setattr(_reduction, "FAR_OUTSIDE", np.inf)
+    with pytest.raises(RuntimeError, match="The fairness projection failed"):
+        run_layer(inst)
+
+
+#: refusals of the fuzzing lifted by the steps after the reduction: the parameters they were
+#: drawn from, the step (a function of ``skfair.layer``) without which the layer refuses them
+#: again, and the largest support whose multipliers' correction is solved in decimal
+FAR_LIFTED = [
+    # 1,131 outputs 1e8 out in 345 crossed cells (118,680 pair rows, seed 2): the float solves
+    # of the nearer outputs crawled from zero multipliers
+    pytest.param(dict(n=1131, n_attributes=4, max_groups=24, constraint="demographic_parity",
+                      epsilon=0.001, bounds=(-5.0, 3.0), z_kind="far", magnitude=1e8,
+                      float32=True, weights="mild", targets="wide", intersectional=True,
+                      seed=2619505670), "_warm_started", _precise.DECIMAL_SUPPORT,
+                 id="nearer solves warm-started", marks=pytest.mark.slow),
+    # 629 outputs, 1e20 outliers, equalized odds of four attributes at epsilon 1e-9 (seed 4):
+    # the nearer outputs' projection is on the far outputs' optimum from 10 widths out, but the
+    # multipliers of 1e20 that certify it cancel, on the atoms inside the bounds, only to
+    # float64's rounding; their correction solved in decimal, or (as for supports of more
+    # rows) in float64 from the decimal residual
+    *[pytest.param(dict(n=629, n_attributes=4, max_groups=25, constraint="equalized_odds",
+                        epsilon=1e-9, bounds=(-5.0, 3.0), z_kind="outliers", magnitude=1e20,
+                        float32=False, weights="mild", targets="inside", intersectional=False,
+                        seed=3312568275), "_refined", support,
+                   id=f"multipliers corrected in {kind}")
+      for support, kind in ((_precise.DECIMAL_SUPPORT, "decimal"), (0, "float64"))],
+    # 1,439 outputs 1e12 out in the crossed cells of four attributes at epsilon 0 (273,006 pair
+    # rows, seed 7): the certifying multipliers lie on 522 rows, beyond the decimal equations
+    pytest.param(dict(n=1439, n_attributes=4, max_groups=19, constraint="equal_opportunity",
+                      epsilon=0.0, bounds=(-5.0, 3.0), z_kind="far", magnitude=1e12,
+                      float32=False, weights="mild", targets="huge", intersectional=True,
+                      seed=2049373683), "_refined", _precise.DECIMAL_SUPPORT,
+                 id="multipliers on many rows corrected", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("params, step, decimal_support", FAR_LIFTED)
+def test_far_refusals_lifted_after_the_reduction(params, step, decimal_support, monkeypatch):
+    inst = make_instance(**params)
+    monkeypatch.setattr(_precise, "DECIMAL_SUPPORT", decimal_support)
+    outcome = check(inst, with_reference=False)
+    assert outcome.ok and not outcome.loud, outcome.problems
+    assert far_problems(inst, outcome.y, required=True) == []
+    monkeypatch.setattr(layer_module, step, lambda *args: None)
     with pytest.raises(RuntimeError, match="The fairness projection failed"):
         run_layer(inst)
 
