@@ -12,6 +12,7 @@ from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from . import _kernels
 from ._host import device_tensor, host_array, host_vector
@@ -261,6 +262,17 @@ def statistics(stat, plus, minus, family_size, family_start):
     return _kernels.Rows(np.r_[0, np.cumsum(by_stat)], atoms, stat[index, atoms],
                          np.r_[0, np.cumsum(by_atom)], index[order], stat[index, atoms][order],
                          plus, minus, family_size, family_start)
+
+
+def sparse_stats(rows, n_atoms):
+    """The statistics of :class:`skfair._kernels.Rows` as a sparse matrix (n_stats + 1,
+    n_atoms), the last row zero: "no statistic" (index -1), so that ``stats[rows.plus] -
+    stats[rows.minus]`` are the rows' coefficients."""
+    n_stats = rows.stat_ptr.size - 1
+    return sparse.vstack([
+        sparse.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
+                          shape=(n_stats, n_atoms)),
+        sparse.csr_matrix((1, n_atoms))]).tocsr()
 
 
 def dense_coef(rows, n_atoms):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ._bounds import open_box
-from ._constraint_set import with_opposites
+from ._constraint_set import sparse_stats, with_opposites
 from ._host import as_host, device_tensor, host_vector
 from ._kernels import (atom_shift, clip_shift, first_unattainable, free_shift, free_sums, inline,
                        jit, objective, pair_gram, row_gram, row_values, shifted_sums,
@@ -253,9 +253,7 @@ def conflicting_rows(cs, lo, hi):
     box = [(low * w if w else 0.0, high * w if w else 0.0) for w in mass]
     box = [(None if math.isinf(a) else a, None if math.isinf(b) else b) for a, b in box]
     scale = max(1.0, float(np.abs(h).max()))
-    stat = sp.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
-                         shape=(rows.stat_ptr.size - 1, n_atoms))
-    stat = sp.vstack([stat, sp.csr_matrix((1, n_atoms))]).tocsr()  # the last: "none" (-1)
+    stat = sparse_stats(rows, n_atoms)
     coef = stat[rows.plus] - stat[rows.minus]
     found = linprog(np.r_[np.zeros(n_atoms), np.ones(m)],
                     A_ub=sp.hstack([coef, -sp.identity(m)], format="csr"), b_ub=h,

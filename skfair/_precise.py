@@ -38,8 +38,7 @@ import math
 from decimal import Decimal
 
 import numpy as np
-from scipy import sparse
-
+from ._constraint_set import sparse_stats
 from ._guarantee import GUARANTEE_TOL, active_rows, allowed_error
 
 #: significant decimal digits of the arithmetic for raw outputs of at most 1 in magnitude, one
@@ -216,10 +215,7 @@ class _Terms:
     def row_shifts(self, rows):
         """The float64 matrix ``(n_atoms, len(rows))`` of each row's shift per atom, per unit
         multiplier."""
-        stats = sparse.vstack([
-            sparse.csr_matrix((self._rows.stat_coef, self._rows.stat_atom,
-                               self._rows.stat_ptr), shape=(self._n_stats, self._n_atoms)),
-            sparse.csr_matrix((1, self._n_atoms))]).tocsr()
+        stats = sparse_stats(self._rows, self._n_atoms)
         return (stats[self._rows.plus[rows]] - stats[self._rows.minus[rows]]).T.toarray()
 
     def wanted_shifts(self, z, y, lo, hi, tol):

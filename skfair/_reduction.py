@@ -28,6 +28,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
 
+from ._constraint_set import sparse_stats
 from ._kernels import value_range
 
 #: outputs more than this many bounds' widths (at least 1) beyond a bound are far
@@ -91,11 +92,7 @@ def program_multipliers(far, cs, lo, hi, as_pairs=False):
     problem, n, n_atoms = cs.host_problem, cs.n_samples, cs.n_atoms
     rows = cs.host_rows
     weight = problem.weight if problem.weight.size else np.ones(n)
-    n_stats = rows.stat_ptr.size - 1
-    stats = sparse.vstack([  # the last: "no statistic" (index -1), a constant side
-        sparse.csr_matrix((rows.stat_coef, rows.stat_atom, rows.stat_ptr),
-                          shape=(n_stats, n_atoms)),
-        sparse.csr_matrix((1, n_atoms))]).tocsr()
+    stats = sparse_stats(rows, n_atoms)  # (the last: "no statistic", a constant side)
     bands = [] if as_pairs else _bands(rows, cs.host_h)
     n_centres = len(bands)
     end = 0 if as_pairs else rows.family_start[-1]

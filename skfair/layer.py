@@ -256,7 +256,7 @@ def _refusal(z, cs, bounds, failures):
     host = host_vector(z)
     low, high = bounds.box
     reach = _reduction.FAR_OUTSIDE * _reduction.width(low, high)
-    n_far = int(np.count_nonzero(np.abs(_reduction.beyond(host, low, high)) > reach))
+    n_far = int(np.count_nonzero(_reduction.excess(host, low, high)))
     weight = cs.host_weight
     positive = weight[weight > 0]
     ratio = float(positive.max() / positive.min()) if positive.size else 1.0
